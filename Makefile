@@ -1,0 +1,43 @@
+# ldtlab — see README.md. Every target installs what it needs first.
+GO      ?= go
+LABCTL  := bin/labctl
+export GOFLAGS := -buildvcs=false
+# A cold run builds two kernels (LDT and vanilla) on top of the tests.
+TEST_TIMEOUT ?= 85m
+
+.PHONY: all labctl setup build check test unit e2e bench vet clean
+
+all: labctl
+
+labctl:
+	@$(GO) build -o $(LABCTL) ./orchestrator/cmd/labctl
+
+setup: labctl
+	@$(LABCTL) setup
+
+build: setup
+	@$(LABCTL) build
+
+# The main job.
+check: setup
+	@$(LABCTL) check
+
+# Unit tests (no VM) and the end-to-end suite (real guests).
+test: setup vet
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+unit: labctl
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests)
+
+e2e: setup
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./tests
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+bench: setup
+	@$(LABCTL) bench
+
+clean:
+	rm -rf bin

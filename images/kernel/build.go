@@ -1,0 +1,604 @@
+package kernel
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"ldtlab/images/cache"
+)
+
+// recipeVersion changes whenever the way a kernel is built changes, so old
+// cache entries are not reused for a different recipe.
+const recipeVersion = "kernel-recipe-3"
+
+// Options select what to build.
+type Options struct {
+	Repo    string    // repository root (images/config, kmod/)
+	Config  string    // "debug" (default) or "perf"
+	Vanilla bool      // build without kmod/patches (A/B comparisons)
+	Jobs    int       // make -j; 0 = CPUs+1
+	Log     io.Writer // progress; nil = os.Stderr
+	Tarball string    // override of the source tarball
+}
+
+// Meta is written as meta.json into every kernel cache entry.
+type Meta struct {
+	Key           string    `json:"key"`
+	SourcePackage string    `json:"source_package"`
+	SourceVersion string    `json:"source_version"`
+	KernelRelease string    `json:"kernel_release"`
+	Config        string    `json:"config"`
+	Vanilla       bool      `json:"vanilla"`
+	Patches       []string  `json:"patches"`
+	Fragments     []string  `json:"fragments"`
+	Modules       []string  `json:"modules"`
+	Compiler      string    `json:"compiler"`
+	BuiltAt       time.Time `json:"built_at"`
+	BuildSeconds  float64   `json:"build_seconds"`
+}
+
+// Build is a complete kernel cache entry.
+type Build struct {
+	Dir     string
+	BzImage string // bzImage
+	Vmlinux string // vmlinux with symbols, for gdb
+	Modules string // root of lib/modules/<release>
+	Meta    Meta
+}
+
+// Variant names the build for humans: "debug", "perf-vanilla".
+func (o Options) Variant() string {
+	v := o.config()
+	if o.Vanilla {
+		v += "-vanilla"
+	}
+	return v
+}
+
+func (o Options) config() string {
+	if o.Config == "" {
+		return "debug"
+	}
+	return o.Config
+}
+
+func (o Options) log() io.Writer {
+	if o.Log == nil {
+		return os.Stderr
+	}
+	return o.Log
+}
+
+// plan is everything a build needs, computed without building.
+type plan struct {
+	opts      Options
+	src       *Source
+	fragments []string // absolute paths, in merge order
+	patches   []string // absolute paths, in series order
+	modules   []string // absolute dirs holding a Kbuild file
+	key       string
+	compiler  string
+}
+
+func newPlan(o Options) (*plan, error) {
+	if o.Repo == "" {
+		return nil, errors.New("kernel build: repository root not set")
+	}
+	switch o.config() {
+	case "debug", "perf":
+	default:
+		return nil, fmt.Errorf("unknown kernel config %q: use debug or perf", o.Config)
+	}
+	src, err := FindSource(o.Tarball)
+	if err != nil {
+		return nil, err
+	}
+	p := &plan{opts: o, src: src}
+	cfgDir := filepath.Join(o.Repo, "images", "config")
+	p.fragments = []string{filepath.Join(cfgDir, "base.config"), filepath.Join(cfgDir, o.config()+".config")}
+	if !o.Vanilla {
+		p.fragments = append(p.fragments, filepath.Join(cfgDir, "ldt.config"))
+		if p.patches, err = readSeries(filepath.Join(o.Repo, "kmod", "patches")); err != nil {
+			return nil, err
+		}
+	}
+	if p.modules, err = moduleDirs(filepath.Join(o.Repo, "kmod")); err != nil {
+		return nil, err
+	}
+	if out, err := exec.Command("gcc", "--version").Output(); err == nil {
+		p.compiler = strings.SplitN(string(out), "\n", 2)[0]
+	} else {
+		return nil, errors.New("gcc not found: install Debian package build-essential (run `labctl setup`)")
+	}
+
+	k := cache.NewKey().
+		AddString("recipe", recipeVersion).
+		AddString("source", fmt.Sprintf("%s %s %d", SourcePackage, src.Version, src.Size)).
+		AddString("config", o.config()).
+		AddString("compiler", p.compiler)
+	for _, f := range p.fragments {
+		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) && filepath.Base(f) == "ldt.config" {
+			continue // optional until the LDT series lands
+		}
+		if err := k.AddFile("fragment/"+filepath.Base(f), f); err != nil {
+			return nil, err
+		}
+	}
+	for i, pt := range p.patches {
+		if err := k.AddFile(fmt.Sprintf("patch/%03d/%s", i, filepath.Base(pt)), pt); err != nil {
+			return nil, err
+		}
+	}
+	for _, m := range p.modules {
+		if err := k.AddTree("module/"+filepath.Base(m), m); err != nil {
+			return nil, err
+		}
+	}
+	p.key = k.Sum()[:24]
+	return p, nil
+}
+
+// readSeries returns the patches named in dir/series, in order. A missing
+// or empty series is valid: the kernel is then vanilla with the lab config.
+func readSeries(dir string) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "series"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		p := filepath.Join(dir, line)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("kmod/patches/series line %d names %s, which does not exist", i+1, line)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// moduleDirs lists kmod/* directories that contain a Kbuild file.
+func moduleDirs(kmod string) ([]string, error) {
+	entries, err := os.ReadDir(kmod)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(kmod, e.Name(), "Kbuild")); err == nil {
+			out = append(out, filepath.Join(kmod, e.Name()))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Key returns the cache key of the build o describes.
+func Key(o Options) (string, error) {
+	p, err := newPlan(o)
+	if err != nil {
+		return "", err
+	}
+	return p.key, nil
+}
+
+// Find returns the cached build for o, if any, without building.
+func Find(o Options) (*Build, bool, error) {
+	p, err := newPlan(o)
+	if err != nil {
+		return nil, false, err
+	}
+	dir, ok := cache.Open("kernels").Lookup(p.key)
+	if !ok {
+		return nil, false, nil
+	}
+	b, err := load(dir)
+	return b, err == nil, err
+}
+
+// Ensure returns the build for o, building it when it is not cached.
+func Ensure(ctx context.Context, o Options) (*Build, bool, error) {
+	p, err := newPlan(o)
+	if err != nil {
+		return nil, false, err
+	}
+	dir, hit, err := cache.Open("kernels").Build(p.key, func(tmp string) error {
+		return p.build(ctx, tmp)
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	b, err := load(dir)
+	return b, hit, err
+}
+
+func load(dir string) (*Build, error) {
+	b := &Build{
+		Dir:     dir,
+		BzImage: filepath.Join(dir, "bzImage"),
+		Vmlinux: filepath.Join(dir, "vmlinux"),
+		Modules: filepath.Join(dir, "modules"),
+	}
+	if err := readJSON(filepath.Join(dir, "meta.json"), &b.Meta); err != nil {
+		return nil, fmt.Errorf("reading kernel build metadata in %s: %w", dir, err)
+	}
+	return b, nil
+}
+
+func (p *plan) logf(format string, args ...any) {
+	fmt.Fprintf(p.opts.log(), "[kernel %s] %s\n", p.opts.Variant(), fmt.Sprintf(format, args...))
+}
+
+// build produces the entry in dst. The source tree and object directory
+// live in a per-variant work directory that persists across builds, so a
+// changed patch recompiles only what it touches.
+func (p *plan) build(ctx context.Context, dst string) error {
+	start := time.Now()
+	pristine, err := p.src.Extract(ctx, p.logf)
+	if err != nil {
+		return err
+	}
+	work := filepath.Join(cache.Dir(), "work", p.opts.Variant())
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	unlock, err := cache.Lock(filepath.Join(work, ".lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	logPath := filepath.Join(work, "build.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	fail := func(what string, err error) error {
+		keep := filepath.Join(cache.Dir(), "logs", p.key+".log")
+		os.MkdirAll(filepath.Dir(keep), 0o755)
+		logFile.Sync()
+		cache.CopyFile(logPath, keep, 0o644)
+		b, _ := os.ReadFile(logPath)
+		return fmt.Errorf("kernel build (%s) failed while %s: %w\n--- last lines of %s ---\n%s", p.opts.Variant(), what, err, keep, tail(string(b), 30))
+	}
+
+	srcDir := filepath.Join(work, "src")
+	outDir := filepath.Join(work, "out")
+	if err := p.prepareTree(ctx, pristine, srcDir, outDir, logFile); err != nil {
+		return fail("preparing the source tree", err)
+	}
+	if err := p.configure(ctx, srcDir, outDir, logFile); err != nil {
+		return fail("configuring", err)
+	}
+	jobs := p.opts.Jobs
+	if jobs <= 0 {
+		jobs = runtime.NumCPU() + 1
+	}
+	p.logf("building %s %s (%s) with %d jobs; log: %s", SourcePackage, p.src.Version, p.opts.Variant(), jobs, logPath)
+	if err := p.make(ctx, srcDir, logFile, true, "O="+outDir, fmt.Sprintf("-j%d", jobs), "bzImage", "modules"); err != nil {
+		return fail("compiling the kernel", err)
+	}
+	release, err := p.output(ctx, srcDir, "-s", "O="+outDir, "kernelrelease")
+	if err != nil {
+		return fail("reading kernelrelease", err)
+	}
+	modRoot := filepath.Join(dst, "modules")
+	if err := p.make(ctx, srcDir, logFile, false, "O="+outDir, "INSTALL_MOD_PATH="+modRoot, "INSTALL_MOD_STRIP=1", "modules_install"); err != nil {
+		return fail("installing modules", err)
+	}
+	var modNames []string
+	extra := filepath.Join(modRoot, "lib", "modules", release, "extra")
+	for _, m := range p.modules {
+		name := filepath.Base(m)
+		buildDir := filepath.Join(work, "ext", name)
+		os.RemoveAll(buildDir)
+		if err := copyTree(m, buildDir); err != nil {
+			return fail("copying module "+name, err)
+		}
+		p.logf("building out-of-tree module kmod/%s", name)
+		if err := p.make(ctx, srcDir, logFile, false, "-C", outDir, "M="+buildDir, fmt.Sprintf("-j%d", jobs), "modules"); err != nil {
+			return fail("building module kmod/"+name, err)
+		}
+		kos, _ := filepath.Glob(filepath.Join(buildDir, "*.ko"))
+		if err := os.MkdirAll(extra, 0o755); err != nil {
+			return err
+		}
+		for _, ko := range kos {
+			if err := cache.CopyFile(ko, filepath.Join(extra, filepath.Base(ko)), 0o644); err != nil {
+				return err
+			}
+			modNames = append(modNames, filepath.Base(ko))
+		}
+	}
+	for src, name := range map[string]string{
+		filepath.Join(outDir, "arch/x86/boot/bzImage"): "bzImage",
+		filepath.Join(outDir, "vmlinux"):               "vmlinux",
+		filepath.Join(outDir, ".config"):               "config",
+		filepath.Join(outDir, "System.map"):            "System.map",
+	} {
+		if err := cache.CopyFile(src, filepath.Join(dst, name), 0o644); err != nil {
+			return fail("copying "+name, err)
+		}
+	}
+	logFile.Sync()
+	cache.CopyFile(logPath, filepath.Join(dst, "build.log"), 0o644)
+
+	meta := Meta{
+		Key: p.key, SourcePackage: SourcePackage, SourceVersion: p.src.Version,
+		KernelRelease: release, Config: p.opts.config(), Vanilla: p.opts.Vanilla,
+		Modules: modNames, Compiler: p.compiler, BuiltAt: time.Now().UTC(),
+		BuildSeconds: time.Since(start).Seconds(),
+	}
+	for _, pt := range p.patches {
+		meta.Patches = append(meta.Patches, filepath.Base(pt))
+	}
+	for _, f := range p.fragments {
+		if _, err := os.Stat(f); err == nil {
+			meta.Fragments = append(meta.Fragments, filepath.Base(f))
+		}
+	}
+	p.logf("built %s in %s", release, time.Since(start).Round(time.Second))
+	return cache.WriteJSON(filepath.Join(dst, "meta.json"), meta)
+}
+
+// prepareTree makes srcDir a hard-link farm of the pristine tree with the
+// series applied. Unchanged files keep the pristine mtimes, so make in the
+// persistent outDir only rebuilds what the patches touch. Files patched in
+// the previous build but not now are replaced by fresh copies with a new
+// mtime, so their objects are rebuilt too.
+func (p *plan) prepareTree(ctx context.Context, pristine, srcDir, outDir string, log io.Writer) error {
+	record := filepath.Join(outDir, ".ldtlab-patched-files")
+	prev := readLines(record)
+	if err := os.RemoveAll(srcDir); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "cp", "-al", pristine, srcDir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("cp -al: %v: %s", err, out)
+	}
+	touched := map[string]bool{}
+	for _, pt := range p.patches {
+		name := "kmod/patches/" + filepath.Base(pt)
+		files, err := patchFiles(pt)
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", name, err)
+		}
+		// Break hard links first: patch must never write through to the
+		// pristine tree shared by every build.
+		for _, f := range files {
+			if err := unshare(filepath.Join(srcDir, f)); err != nil {
+				return err
+			}
+			touched[f] = true
+		}
+		cmd := exec.CommandContext(ctx, "patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-i", pt)
+		cmd.Dir = srcDir
+		out, err := cmd.CombinedOutput()
+		fmt.Fprintf(log, "== patch %s\n%s", name, out)
+		if err != nil {
+			return fmt.Errorf("patch %s does not apply to %s %s: %v\n%s", name, SourcePackage, p.src.Version, err, tail(string(out), 15))
+		}
+		p.logf("applied %s", name)
+	}
+	now := time.Now()
+	for _, f := range prev {
+		if touched[f] {
+			continue
+		}
+		path := filepath.Join(srcDir, f)
+		if _, err := os.Stat(path); err != nil {
+			continue // a file the old series added
+		}
+		if err := unshare(path); err != nil {
+			return err
+		}
+		os.Chtimes(path, now, now)
+	}
+	var list []string
+	for f := range touched {
+		list = append(list, f)
+	}
+	sort.Strings(list)
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(record, []byte(strings.Join(list, "\n")+"\n"), 0o644)
+}
+
+// unshare replaces a hard link by a private copy (no-op if absent).
+func unshare(path string) error {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".ldtlab-unshare"
+	if err := os.WriteFile(tmp, b, st.Mode().Perm()); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// patchFiles lists the files a unified diff modifies (target side, -p1).
+func patchFiles(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "+++ ") {
+			continue
+		}
+		f := strings.Fields(strings.TrimPrefix(line, "+++ "))
+		if len(f) == 0 || f[0] == "/dev/null" {
+			continue
+		}
+		name := f[0]
+		if i := strings.IndexByte(name, '/'); i >= 0 {
+			name = name[i+1:]
+		}
+		files = append(files, name)
+	}
+	return files, nil
+}
+
+func (p *plan) configure(ctx context.Context, srcDir, outDir string, log io.Writer) error {
+	if err := p.make(ctx, srcDir, log, false, "O="+outDir, "allnoconfig"); err != nil {
+		return err
+	}
+	var frags []string
+	for _, f := range p.fragments {
+		if _, err := os.Stat(f); err == nil {
+			frags = append(frags, f)
+		}
+	}
+	args := append([]string{"-m", "-O", outDir, filepath.Join(outDir, ".config")}, frags...)
+	cmd := exec.CommandContext(ctx, filepath.Join(srcDir, "scripts/kconfig/merge_config.sh"), args...)
+	cmd.Dir = srcDir
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("merge_config.sh: %w", err)
+	}
+	if err := p.make(ctx, srcDir, log, false, "O="+outDir, "olddefconfig"); err != nil {
+		return err
+	}
+	return VerifyConfig(filepath.Join(outDir, ".config"), frags)
+}
+
+// make runs make in srcDir, its output to log. With progress it prints a
+// status line every few seconds, so a long build is visibly alive.
+func (p *plan) make(ctx context.Context, srcDir string, log io.Writer, progress bool, args ...string) error {
+	cmd := exec.Command("make", args...)
+	cmd.Dir = srcDir
+	cmd.Env = append(os.Environ(), "KBUILD_BUILD_TIMESTAMP=ldtlab", "KBUILD_BUILD_USER=ldtlab", "KBUILD_BUILD_HOST=ldtlab", "LC_ALL=C")
+	// Own process group: on cancel the whole make tree is stopped.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting make: %w", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.follow(pr, log, progress)
+	}()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		err = ctx.Err()
+	}
+	pw.Close()
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("make %s: %w", strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+func (p *plan) follow(r io.Reader, log io.Writer, progress bool) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	start := time.Now()
+	last := start
+	steps := 0
+	for sc.Scan() {
+		line := sc.Text()
+		fmt.Fprintln(log, line)
+		if !progress {
+			continue
+		}
+		if f := strings.Fields(line); len(f) >= 2 && strings.ToUpper(f[0]) == f[0] && len(f[0]) <= 8 {
+			steps++
+		}
+		if time.Since(last) >= 10*time.Second {
+			last = time.Now()
+			p.logf("%s elapsed, %d steps, now: %s", time.Since(start).Round(time.Second), steps, strings.TrimSpace(line))
+		}
+	}
+	io.Copy(io.Discard, r)
+}
+
+func (p *plan) output(ctx context.Context, srcDir string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "make", args...)
+	cmd.Dir = srcDir
+	out, err := cmd.Output()
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func readLines(path string) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func copyTree(src, dst string) error {
+	return filepath.Walk(src, func(path string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		target := filepath.Join(dst, rel)
+		if info.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		return cache.CopyFile(path, target, info.Mode().Perm())
+	})
+}

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"ldtlab/images/kernel"
+	"ldtlab/images/rootfs"
+	"ldtlab/orchestrator/accel"
+	"ldtlab/orchestrator/lab"
+)
+
+func init() {
+	var g guestFlags
+	var n int
+	var out, suite string
+	register(&command{
+		name:    "bench",
+		summary: "measure build, image and boot times and write them to docs/benchmarks.md",
+		setup: func(fs *flag.FlagSet) {
+			g.register(fs)
+			fs.IntVar(&n, "n", 5, "boots to measure")
+			fs.StringVar(&out, "o", "docs/benchmarks.md", "report file (relative to the repository)")
+			fs.StringVar(&suite, "suite-seconds", "", "measured e2e suite wall time to record (from `time make test`)")
+		},
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			repo, err := repoRoot()
+			if err != nil {
+				return err
+			}
+			return bench(ctx, g.options(repo, "bench"), n, repo+"/"+out, suite)
+		},
+	})
+}
+
+type stats struct{ xs []time.Duration }
+
+func (s *stats) add(d time.Duration) { s.xs = append(s.xs, d) }
+func (s stats) summary() string {
+	if len(s.xs) == 0 {
+		return "-"
+	}
+	x := append([]time.Duration(nil), s.xs...)
+	sort.Slice(x, func(i, j int) bool { return x[i] < x[j] })
+	f := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+	return fmt.Sprintf("median %s (min %s, max %s, n=%d)", f(x[len(x)/2]), f(x[0]), f(x[len(x)-1]), len(x))
+}
+
+func bench(ctx context.Context, o lab.Options, n int, out, suite string) error {
+	o.Log = io.Discard
+	choice, err := accel.Resolve(o.Accel, "/")
+	if err != nil {
+		return err
+	}
+	// Cached lookups (what every command pays on a warm cache).
+	var kHit, iHit stats
+	var kb *kernel.Build
+	var img *rootfs.Image
+	for i := 0; i < 3; i++ {
+		t := time.Now()
+		b, hit, err := kernel.Ensure(ctx, o.KernelOptions())
+		if err != nil {
+			return err
+		}
+		if !hit && i == 0 {
+			fmt.Fprintf(os.Stderr, "bench: kernel was not cached; built it in %s\n", time.Since(t).Round(time.Second))
+			continue
+		}
+		kHit.add(time.Since(t))
+		kb = b
+		t = time.Now()
+		im, _, err := rootfs.Ensure(ctx, rootfs.Options{Repo: o.Repo, Kernel: kb, Log: io.Discard})
+		if err != nil {
+			return err
+		}
+		iHit.add(time.Since(t))
+		img = im
+	}
+	// A full image build, into a scratch directory.
+	var iBuild stats
+	for i := 0; i < 3; i++ {
+		dir, err := os.MkdirTemp("", "ldtlab-bench-img-")
+		if err != nil {
+			return err
+		}
+		t := time.Now()
+		err = rootfs.BuildTo(ctx, rootfs.Options{Repo: o.Repo, Kernel: kb, Log: io.Discard}, dir)
+		iBuild.add(time.Since(t))
+		os.RemoveAll(dir)
+		if err != nil {
+			return err
+		}
+	}
+	// Boot to first command, and the warm path of `labctl check` (lookups
+	// + boot + first command) measured in-process.
+	var boot, first, warm stats
+	for i := 0; i < n; i++ {
+		t := time.Now()
+		kb2, img2, err := lab.Prepare(ctx, o)
+		if err != nil {
+			return err
+		}
+		m, err := lab.BootBuilt(ctx, o, kb2, img2)
+		if err != nil {
+			return err
+		}
+		if _, err := m.Run(ctx, "true"); err != nil {
+			m.Close()
+			return err
+		}
+		warm.add(time.Since(t))
+		boot.add(m.BootTime)
+		t2 := time.Now()
+		m.Run(ctx, "true")
+		first.add(time.Since(t2))
+		m.Close()
+		fmt.Fprintf(os.Stderr, "bench: boot %d/%d: ready in %s\n", i+1, n, m.BootTime.Round(time.Millisecond))
+	}
+	_ = img
+
+	cpu := "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	qv, _ := exec.Command("qemu-system-x86_64", "--version").Output()
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "# Benchmarks\n\nMeasured by `labctl bench` on %s. Figures, not assertions: rerun on your machine.\n\n", time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(&sb, "- machine: %s, %d cores, %s\n- accelerator: %s (%s)\n- QEMU: %s\n- kernel: %s %s (%s config), %d MiB guest, %d vCPUs\n\n",
+		cpu, runtime.NumCPU(), memTotal(), choice.Kind, choice.Reason, strings.SplitN(string(qv), "\n", 2)[0],
+		kb.Meta.SourcePackage, kb.Meta.SourceVersion, kb.Meta.Config, o.MemoryMiB, o.CPUs)
+	fmt.Fprintf(&sb, "| what | figure | target |\n|---|---|---|\n")
+	fmt.Fprintf(&sb, "| cold kernel build (%s, from meta.json of the cached build) | %.0f s | – |\n", o.KernelOptions().Variant(), kb.Meta.BuildSeconds)
+	fmt.Fprintf(&sb, "| cached kernel lookup | %s | < 1 s |\n", kHit.summary())
+	fmt.Fprintf(&sb, "| cached image lookup | %s | < 1 s |\n", iHit.summary())
+	fmt.Fprintf(&sb, "| image build (compile guest programs + assemble initramfs) | %s | – |\n", iBuild.summary())
+	fmt.Fprintf(&sb, "| boot: QEMU start → guest agent ready | %s | – |\n", boot.summary())
+	fmt.Fprintf(&sb, "| warm `check` path: lookups + boot + first guest command | %s | ≤ 5 s |\n", warm.summary())
+	fmt.Fprintf(&sb, "| one more guest command (ssh session over virtio-serial) | %s | – |\n", first.summary())
+	if suite != "" {
+		fmt.Fprintf(&sb, "| e2e suite wall time (`make test`, warm cache) | %s s | – |\n", suite)
+	}
+	sb.WriteString("\nBoot to first command is the sum of the boot row and one command; the\nwarm `check` row includes both plus cache lookups.\n")
+	if err := os.WriteFile(out, []byte(sb.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(sb.String())
+	return nil
+}
+
+func memTotal() string {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "?"
+	}
+	var kb int64
+	fmt.Sscanf(strings.SplitN(string(b), "\n", 2)[0], "MemTotal: %d kB", &kb)
+	return fmt.Sprintf("%.0f GiB RAM", float64(kb)/(1<<20))
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"ldtlab/images/kernel"
+	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/setup"
+)
+
+// guestFlags are the flags shared by every verb that boots a guest.
+type guestFlags struct {
+	config  string
+	vanilla bool
+	accel   string
+	mem     int
+	cpus    int
+	cmdline string
+	swap    int
+	noBuild bool
+}
+
+func (g *guestFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.config, "config", "debug", "kernel configuration: debug (assertions on) or perf (no debug options)")
+	fs.BoolVar(&g.vanilla, "vanilla", false, "use the kernel built without kmod/patches (A/B comparisons)")
+	fs.StringVar(&g.accel, "accel", "auto", "accelerator: auto, kvm or tcg (auto uses KVM only where hardware virtualization works)")
+	fs.IntVar(&g.mem, "mem", 1024, "guest memory in MiB")
+	fs.IntVar(&g.cpus, "cpus", 2, "guest vCPUs")
+	fs.StringVar(&g.cmdline, "cmdline", "", "extra kernel command line (e.g. numa=fake=2)")
+	fs.IntVar(&g.swap, "swap", 512, "disk-backed swap device in MiB (0 = none; zram is always set up)")
+	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
+}
+
+func (g *guestFlags) options(repo, name string) lab.Options {
+	o := lab.Options{
+		Repo: repo, Name: name, Config: g.config, Vanilla: g.vanilla, Accel: g.accel,
+		MemoryMiB: g.mem, CPUs: g.cpus, Cmdline: g.cmdline, SwapMiB: g.swap, NoBuild: g.noBuild,
+	}
+	if g.swap == 0 {
+		o.SwapMiB = -1
+	}
+	return o
+}
+
+func init() {
+	register(&command{
+		name:    "setup",
+		summary: "install the Debian packages the lab needs (idempotent; fast when done)",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			return setup.Ensure(os.Stderr)
+		},
+	})
+
+	var bf struct {
+		config  string
+		vanilla bool
+		all     bool
+	}
+	register(&command{
+		name:    "build",
+		summary: "build (or find cached) the guest kernel and initramfs",
+		setup: func(fs *flag.FlagSet) {
+			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug or perf")
+			fs.BoolVar(&bf.vanilla, "vanilla", false, "build without kmod/patches")
+			fs.BoolVar(&bf.all, "all", false, "build every combination (debug, perf) × (ldt, vanilla)")
+		},
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			repo, err := repoRoot()
+			if err != nil {
+				return err
+			}
+			type variant struct {
+				config  string
+				vanilla bool
+			}
+			vs := []variant{{bf.config, bf.vanilla}}
+			if bf.all {
+				vs = []variant{{"debug", false}, {"debug", true}, {"perf", false}, {"perf", true}}
+			}
+			for _, v := range vs {
+				t := time.Now()
+				kb, img, err := lab.Prepare(ctx, lab.Options{Repo: repo, Config: v.config, Vanilla: v.vanilla})
+				if err != nil {
+					return err
+				}
+				fmt.Printf("%s\n  kernel   %s (%s, source %s %s)\n  vmlinux  %s\n  image    %s\n  took     %s\n",
+					kernel.Options{Config: v.config, Vanilla: v.vanilla}.Variant(), kb.BzImage, kb.Meta.KernelRelease,
+					kb.Meta.SourcePackage, kb.Meta.SourceVersion, kb.Vmlinux, img.Initramfs, time.Since(t).Round(time.Millisecond))
+			}
+			return nil
+		},
+	})
+}

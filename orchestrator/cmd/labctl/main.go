@@ -1,0 +1,137 @@
+// Command labctl is the lab's CLI: build the kernel and image, boot guests
+// in the background or throwaway, run commands and shells in them, copy
+// files, read their console and kernel reports, and tear them down.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"ldtlab/orchestrator/vm"
+)
+
+type command struct {
+	name    string
+	args    string
+	summary string
+	run     func(ctx context.Context, fs *flag.FlagSet, args []string) error
+	setup   func(fs *flag.FlagSet)
+	hidden  bool
+}
+
+var commands []*command
+
+func register(c *command) { commands = append(commands, c) }
+
+func usage() {
+	fmt.Fprintf(os.Stderr, `labctl — the LDT test lab
+
+Usage: labctl COMMAND [flags] [args]
+
+Commands:
+`)
+	sorted := append([]*command(nil), commands...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
+	for _, c := range sorted {
+		if !c.hidden {
+			fmt.Fprintf(os.Stderr, "  %-11s %s\n", c.name, c.summary)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "\n`labctl COMMAND --help` describes each command.\n")
+}
+
+// exitError carries a specific exit status (a guest command's).
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage()
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	name := os.Args[1]
+	var cmd *command
+	for _, c := range commands {
+		if c.name == name {
+			cmd = c
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(os.Stderr, "labctl: unknown command %q\n\n", name)
+		usage()
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet("labctl "+name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: labctl %s [flags] %s\n\n%s\n", name, cmd.args, cmd.summary)
+		var n int
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintf(os.Stderr, "\nFlags:\n")
+			fs.PrintDefaults()
+		}
+	}
+	if cmd.setup != nil {
+		cmd.setup(fs)
+	}
+	if err := fs.Parse(os.Args[2:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := cmd.run(ctx, fs, fs.Args())
+	stop()
+	if err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintf(os.Stderr, "labctl %s: %v\n", name, err)
+		// Distinct statuses: 1 the guest/kernel failed, 3 the lab failed.
+		var ie *vm.InfraError
+		if errors.As(err, &ie) {
+			os.Exit(3)
+		}
+		os.Exit(1)
+	}
+}
+
+// repoRoot finds the ldtlab checkout: $LDTLAB_REPO, the working directory
+// or one of its parents, or the directory above the labctl binary.
+func repoRoot() (string, error) {
+	if r := os.Getenv("LDTLAB_REPO"); r != "" {
+		return r, nil
+	}
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	if exe, err := os.Executable(); err == nil {
+		starts = append(starts, filepath.Dir(exe))
+	}
+	for _, s := range starts {
+		for d := s; ; d = filepath.Dir(d) {
+			if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && strings.HasPrefix(string(b), "module ldtlab\n") {
+				return d, nil
+			}
+			if d == filepath.Dir(d) {
+				break
+			}
+		}
+	}
+	return "", errors.New("cannot find the ldtlab repository: run labctl inside it or set LDTLAB_REPO")
+}

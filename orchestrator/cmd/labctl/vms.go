@@ -1,0 +1,544 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/term"
+
+	"ldtlab/orchestrator/channel"
+	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/report"
+	"ldtlab/orchestrator/vm"
+)
+
+func init() {
+	var up guestFlags
+	var upGDB bool
+	register(&command{
+		name:    "up",
+		args:    "NAME",
+		summary: "boot a guest in the background (state in its own directory)",
+		setup: func(fs *flag.FlagSet) {
+			up.register(fs)
+			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub on 127.0.0.1 and print the gdb command line")
+		},
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) != 1 {
+				fs.Usage()
+				return errors.New("need exactly one VM name")
+			}
+			return cmdUp(ctx, &up, upGDB, args[0])
+		},
+	})
+
+	var sup guestFlags
+	var supDir, supGDB string
+	register(&command{
+		name:    "supervise",
+		args:    "NAME",
+		summary: "(internal) the background process that owns one VM",
+		hidden:  true,
+		setup: func(fs *flag.FlagSet) {
+			sup.register(fs)
+			fs.StringVar(&supDir, "dir", "", "VM directory")
+			fs.StringVar(&supGDB, "gdb", "", "gdbstub address")
+		},
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			repo, err := repoRoot()
+			if err != nil {
+				return err
+			}
+			o := sup.options(repo, args[0])
+			o.Dir, o.GDB, o.NoBuild = supDir, supGDB, true
+			return lab.Supervise(context.Background(), o)
+		},
+	})
+
+	register(&command{
+		name:    "ls",
+		summary: "list guests and their status",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			names, err := lab.List()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATUS\tKERNEL\tVARIANT\tACCEL\tUP\tDIR")
+			for _, n := range names {
+				dir, _ := lab.VMDir(n)
+				st, err := lab.ReadState(dir)
+				if err != nil {
+					fmt.Fprintf(tw, "%s\tunknown\t-\t-\t-\t-\t%s\n", n, dir)
+					continue
+				}
+				status := st.Status
+				if !st.Alive() && (status == lab.StatusRunning || status == lab.StatusBooting) {
+					status = "dead"
+				}
+				upFor := "-"
+				if st.Alive() {
+					upFor = time.Since(st.Started).Round(time.Second).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n, status, dash(st.Kernel), dash(st.KernelVariant), dash(st.Accel), upFor, dir)
+			}
+			return tw.Flush()
+		},
+	})
+
+	register(&command{
+		name:    "down",
+		args:    "NAME...",
+		summary: "power a guest off (ACPI, then kill) and remove its directory",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) == 0 {
+				fs.Usage()
+				return errors.New("name the VM(s) to stop")
+			}
+			for _, n := range args {
+				if err := cmdDown(n); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	})
+
+	register(&command{
+		name:    "run",
+		args:    "NAME -- CMD [ARGS...]",
+		summary: "run a command in a guest; its exit status becomes labctl's",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) < 2 {
+				fs.Usage()
+				return errors.New("need a VM name and a command")
+			}
+			c, err := connect(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			opts := channel.RunOptions{Stdout: os.Stdout, Stderr: os.Stderr}
+			if !term.IsTerminal(int(os.Stdin.Fd())) {
+				opts.Stdin = os.Stdin
+			}
+			code, err := c.Run(ctx, remoteCommand(args[1:]), opts)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	})
+
+	var sh guestFlags
+	register(&command{
+		name:    "shell",
+		args:    "[NAME]",
+		summary: "interactive shell in a guest; without NAME, boot a throwaway guest and remove it on exit",
+		setup:   func(fs *flag.FlagSet) { sh.register(fs) },
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			var code int
+			if len(args) >= 1 {
+				c, err := connect(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				code, err = c.Shell(ctx, os.Stdin, os.Stdout, remoteCommand(args[1:]))
+				if err != nil {
+					return err
+				}
+			} else {
+				repo, err := repoRoot()
+				if err != nil {
+					return err
+				}
+				o := sh.options(repo, "throwaway")
+				m, err := lab.Boot(ctx, o)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				c, err := m.Client(ctx)
+				if err != nil {
+					return err
+				}
+				code, err = c.Shell(context.Background(), os.Stdin, os.Stdout, "")
+				if err != nil {
+					return err
+				}
+				if reps := m.Reports(); len(reps) > 0 {
+					fmt.Fprintf(os.Stderr, "labctl: the kernel reported %d problem(s) during the session:\n", len(reps))
+					for _, r := range reps {
+						fmt.Fprintf(os.Stderr, "  %s\n", r)
+					}
+				}
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	})
+
+	register(&command{
+		name:    "cp",
+		args:    "SRC DST",
+		summary: "copy files or directories to or from a guest; write the guest side as NAME:PATH",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) != 2 {
+				fs.Usage()
+				return errors.New("need SRC and DST")
+			}
+			sn, sp, sRemote := splitRemote(args[0])
+			dn, dp, dRemote := splitRemote(args[1])
+			switch {
+			case sRemote && !dRemote:
+				c, err := connect(ctx, sn)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				return c.Download(ctx, sp, dp)
+			case dRemote && !sRemote:
+				c, err := connect(ctx, dn)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				return c.Upload(ctx, sp, dp)
+			default:
+				return errors.New("exactly one of SRC and DST must be NAME:PATH")
+			}
+		},
+	})
+
+	var follow, reportsOnly bool
+	register(&command{
+		name:    "logs",
+		args:    "NAME",
+		summary: "print a guest's console and the kernel reports found in it",
+		setup: func(fs *flag.FlagSet) {
+			fs.BoolVar(&follow, "f", false, "keep following the console while the guest runs")
+			fs.BoolVar(&reportsOnly, "reports", false, "print only the kernel reports")
+		},
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) != 1 {
+				fs.Usage()
+				return errors.New("need a VM name")
+			}
+			dir, err := lab.VMDir(args[0])
+			if err != nil {
+				return err
+			}
+			path := filepath.Join(dir, "console.log")
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return fmt.Errorf("no console log for %q (%v): is it a VM from `labctl ls`?", args[0], err)
+			}
+			if !reportsOnly {
+				os.Stdout.Write(data)
+			}
+			if follow {
+				return followFile(ctx, path, int64(len(data)), dir)
+			}
+			reps := report.Parse(data)
+			fmt.Printf("\n=== %d kernel report(s) in %s\n", len(reps), path)
+			for i, r := range reps {
+				fmt.Printf("--- report %d: %s%s\n%s\n", i+1, r, map[bool]string{true: " (truncated)"}[r.Truncated], strings.TrimRight(r.Text, "\n"))
+			}
+			return nil
+		},
+	})
+
+	register(&command{
+		name:    "ssh-config",
+		args:    "NAME",
+		summary: "print an OpenSSH config block for a guest (append it to ~/.ssh/config, then `ssh ldtlab-NAME`)",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) != 1 {
+				fs.Usage()
+				return errors.New("need a VM name")
+			}
+			if _, _, err := lab.Socket(args[0]); err != nil {
+				return err
+			}
+			dir, _ := lab.VMDir(args[0])
+			keys, err := channel.LoadKeys(filepath.Join(dir, "keys"))
+			if err != nil {
+				return err
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			fmt.Print(sshConfig(args[0], exe, keys))
+			return nil
+		},
+	})
+
+	register(&command{
+		name:    "proxy",
+		args:    "NAME",
+		summary: "connect stdin/stdout to a guest's SSH server (an OpenSSH ProxyCommand)",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) != 1 {
+				fs.Usage()
+				return errors.New("need a VM name")
+			}
+			sock, _, err := lab.Socket(args[0])
+			if err != nil {
+				return err
+			}
+			conn, err := net.Dial("unix", sock)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(conn, os.Stdin); conn.(*net.UnixConn).CloseWrite(); done <- struct{}{} }()
+			go func() { io.Copy(os.Stdout, conn); done <- struct{}{} }()
+			select {
+			case <-done:
+			case <-ctx.Done():
+			}
+			return nil
+		},
+	})
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// remoteCommand joins argv for the guest shell. A single argument is a
+// shell snippet as typed; several are quoted word by word.
+func remoteCommand(args []string) string {
+	if len(args) == 1 {
+		return args[0]
+	}
+	q := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`;&|<>()*?[]{}!#~") {
+			q[i] = a
+		} else {
+			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(q, " ")
+}
+
+func splitRemote(s string) (name, path string, remote bool) {
+	if i := strings.IndexByte(s, ':'); i > 0 && !strings.Contains(s[:i], "/") {
+		return s[:i], s[i+1:], true
+	}
+	return "", s, false
+}
+
+// connect dials a running VM's ssh.sock with its per-VM keys.
+func connect(ctx context.Context, name string) (*channel.Client, error) {
+	sock, _, err := lab.Socket(name)
+	if err != nil {
+		return nil, err
+	}
+	dir, _ := lab.VMDir(name)
+	keys, err := channel.LoadKeys(filepath.Join(dir, "keys"))
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := d.DialContext(dctx, "unix", sock)
+	if err != nil {
+		return nil, &vm.InfraError{Op: "connecting to " + sock, Err: err}
+	}
+	c, err := channel.Dial(dctx, conn, keys)
+	if err != nil {
+		conn.Close()
+		return nil, &vm.InfraError{Op: "ssh handshake with " + name, Err: err}
+	}
+	return c, nil
+}
+
+func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
+	dir, err := lab.VMDir(name)
+	if err != nil {
+		return err
+	}
+	if st, err := lab.ReadState(dir); err == nil {
+		if st.Alive() {
+			return fmt.Errorf("VM %q is already %s (stop it with `labctl down %s`)", name, st.Status, name)
+		}
+		os.RemoveAll(dir) // leftovers of a dead VM
+	}
+	repo, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	o := g.options(repo, name)
+	// Build in the foreground, where progress and errors are visible.
+	if _, _, err := lab.Prepare(ctx, o); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	args := []string{"supervise", "-dir", dir, "-config", g.config, "-accel", g.accel,
+		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-swap", fmt.Sprint(g.swap), "-cmdline", g.cmdline}
+	if g.vanilla {
+		args = append(args, "-vanilla")
+	}
+	gdbAddr := ""
+	if gdb {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		gdbAddr = fmt.Sprintf("tcp:127.0.0.1:%d", port)
+		args = append(args, "-gdb", gdbAddr)
+	}
+	args = append(args, name)
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "LDTLAB_REPO="+repo)
+	// A session of its own: the supervisor outlives this command and the
+	// terminal's signals.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return &vm.InfraError{Op: "starting the supervisor", Err: err}
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	fmt.Fprintf(os.Stderr, "[lab] booting %s in the background (supervisor pid %d, log %s)\n", name, cmd.Process.Pid, logf.Name())
+	for {
+		st, err := lab.ReadState(dir)
+		if err == nil {
+			switch st.Status {
+			case lab.StatusRunning:
+				fmt.Printf("%s is up: kernel %s (%s), %s, booted in %.2fs\n", name, st.Kernel, st.KernelVariant, st.Accel, st.BootSeconds)
+				fmt.Printf("  labctl run %s -- uname -r\n  labctl shell %s\n  labctl down %s\n", name, name, name)
+				if gdbAddr != "" {
+					fmt.Printf("  gdb %s -ex 'target remote %s'\n", st.Vmlinux, strings.TrimPrefix(gdbAddr, "tcp:"))
+				}
+				return nil
+			case lab.StatusFailed:
+				return fmt.Errorf("%s failed to boot: %s\n(console: %s; `labctl down %s` removes it)", name, st.Error, filepath.Join(dir, "console.log"), name)
+			}
+		}
+		select {
+		case err := <-exited:
+			b, _ := os.ReadFile(logf.Name())
+			return fmt.Errorf("supervisor of %s exited (%v) before the guest was up:\n%s", name, err, lastLines(string(b), 30))
+		case <-ctx.Done():
+			syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func cmdDown(name string) error {
+	dir, err := lab.VMDir(name)
+	if err != nil {
+		return err
+	}
+	st, err := lab.ReadState(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(dir); serr == nil {
+			return os.RemoveAll(dir)
+		}
+		return fmt.Errorf("no VM named %q (see `labctl ls`)", name)
+	}
+	if err == nil && st.Alive() {
+		syscall.Kill(st.SupervisorPID, syscall.SIGTERM)
+		deadline := time.Now().Add(60 * time.Second)
+		for st.Alive() && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if st.Alive() {
+			syscall.Kill(st.SupervisorPID, syscall.SIGKILL)
+		}
+	}
+	// A supervisor killed with SIGKILL takes QEMU with it (parent-death
+	// signal); make sure anyway, checking it really is this VM's QEMU.
+	if st != nil && st.QEMUPID > 0 {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.QEMUPID)); err == nil && strings.Contains(string(b), "ldtlab-"+name) {
+			syscall.Kill(st.QEMUPID, syscall.SIGKILL)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	fmt.Printf("%s is down\n", name)
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+func followFile(ctx context.Context, path string, off int64, dir string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	f.Seek(off, io.SeekStart)
+	buf := make([]byte, 32<<10)
+	for {
+		n, _ := f.Read(buf)
+		if n > 0 {
+			os.Stdout.Write(buf[:n])
+			continue
+		}
+		st, err := lab.ReadState(dir)
+		if err != nil || !st.Alive() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,221 @@
+// Package console captures a guest's serial console: every byte goes to a
+// file (kept after the VM is gone), a bounded in-memory tail (for error
+// messages), and any number of live line subscribers (boot progress, the
+// kernel-report watcher, a terminal mirror).
+package console
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+const tailBytes = 256 << 10
+
+// Capture is an io.Writer fed by the VM backend.
+type Capture struct {
+	mu       sync.Mutex
+	file     *os.File
+	path     string
+	tail     []byte
+	partial  []byte
+	subs     map[int]*sub
+	nextID   int
+	mirror   io.Writer
+	lastOut  time.Time
+	closed   bool
+	closedCh chan struct{}
+}
+
+type sub struct {
+	mu     sync.Mutex
+	queue  []string
+	signal chan struct{}
+	done   bool
+}
+
+// New creates the capture file at path (truncating it). mirror, if not nil,
+// receives a copy of every byte (a terminal, a test log).
+func New(path string, mirror io.Writer) (*Capture, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return &Capture{file: f, path: path, subs: map[int]*sub{}, mirror: mirror, closedCh: make(chan struct{})}, nil
+}
+
+// Path is the capture file.
+func (c *Capture) Path() string { return c.path }
+
+// Write records console output.
+func (c *Capture) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return len(p), nil
+	}
+	c.file.Write(p)
+	if c.mirror != nil {
+		c.mirror.Write(p)
+	}
+	c.tail = append(c.tail, p...)
+	if len(c.tail) > tailBytes {
+		c.tail = append([]byte(nil), c.tail[len(c.tail)-tailBytes/2:]...)
+	}
+	c.lastOut = time.Now()
+	c.partial = append(c.partial, p...)
+	for {
+		i := bytes.IndexByte(c.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := strings.TrimRight(string(c.partial[:i]), "\r")
+		c.partial = c.partial[i+1:]
+		for _, s := range c.subs {
+			s.push(line)
+		}
+	}
+	return len(p), nil
+}
+
+func (s *sub) push(line string) {
+	s.mu.Lock()
+	s.queue = append(s.queue, line)
+	s.mu.Unlock()
+	select {
+	case s.signal <- struct{}{}:
+	default:
+	}
+}
+
+// Subscribe delivers every complete line written from now on, in order,
+// without ever blocking the writer (the queue grows instead). The channel
+// closes when the capture closes or cancel is called.
+func (c *Capture) Subscribe() (<-chan string, func()) {
+	s := &sub{signal: make(chan struct{}, 1)}
+	out := make(chan string)
+	c.mu.Lock()
+	id := c.nextID
+	c.nextID++
+	if !c.closed {
+		c.subs[id] = s
+	}
+	closed := c.closed
+	c.mu.Unlock()
+	stop := make(chan struct{})
+	var once sync.Once
+	cancel := func() {
+		once.Do(func() {
+			c.mu.Lock()
+			delete(c.subs, id)
+			c.mu.Unlock()
+			close(stop)
+		})
+	}
+	go func() {
+		defer close(out)
+		if closed {
+			return
+		}
+		for {
+			s.mu.Lock()
+			q := s.queue
+			s.queue = nil
+			s.mu.Unlock()
+			for _, l := range q {
+				select {
+				case out <- l:
+				case <-stop:
+					return
+				}
+			}
+			if len(q) > 0 {
+				continue
+			}
+			select {
+			case <-s.signal:
+			case <-stop:
+				return
+			case <-c.closedCh:
+				s.mu.Lock()
+				empty := len(s.queue) == 0
+				s.mu.Unlock()
+				if empty {
+					return
+				}
+			}
+		}
+	}()
+	return out, cancel
+}
+
+// WaitFor blocks until a line containing substr appears (after the call),
+// ctx ends, or the capture closes.
+func (c *Capture) WaitFor(ctx context.Context, substr string) error {
+	lines, cancel := c.Subscribe()
+	defer cancel()
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				return io.EOF
+			}
+			if strings.Contains(l, substr) {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Tail returns the last n lines seen (n <= 0: all of the bounded tail).
+func (c *Capture) Tail(n int) string {
+	c.mu.Lock()
+	t := string(c.tail) + string(c.partial[:0])
+	c.mu.Unlock()
+	t = strings.ReplaceAll(t, "\r", "")
+	lines := strings.Split(strings.TrimRight(t, "\n"), "\n")
+	if n > 0 && len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Bytes returns the whole console log so far, read back from the file.
+func (c *Capture) Bytes() []byte {
+	c.mu.Lock()
+	c.file.Sync()
+	c.mu.Unlock()
+	b, _ := os.ReadFile(c.path)
+	return b
+}
+
+// LastOutput is when the guest last printed anything.
+func (c *Capture) LastOutput() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastOut
+}
+
+// Close flushes the file and ends all subscriptions.
+func (c *Capture) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if len(c.partial) > 0 {
+		line := strings.TrimRight(string(c.partial), "\r")
+		for _, s := range c.subs {
+			s.push(line)
+		}
+	}
+	close(c.closedCh)
+	return c.file.Close()
+}

@@ -1,0 +1,208 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"ldtlab/images/cache"
+)
+
+// StateDir is where per-VM directories live: $LDTLAB_STATE, else
+// $XDG_STATE_HOME/ldtlab, else ~/.local/state/ldtlab.
+func StateDir() string {
+	if d := os.Getenv("LDTLAB_STATE"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "ldtlab")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" {
+		home = os.TempDir()
+	}
+	return filepath.Join(home, ".local", "state", "ldtlab")
+}
+
+var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,31}$`)
+
+// VMDir returns the directory of a named VM, checking the name.
+func VMDir(name string) (string, error) {
+	if !validName.MatchString(name) {
+		return "", fmt.Errorf("invalid VM name %q: use 1-32 letters, digits, '.', '_' or '-'", name)
+	}
+	return filepath.Join(StateDir(), "vms", name), nil
+}
+
+// Status values of a VM's state file.
+const (
+	StatusBooting = "booting"
+	StatusRunning = "running"
+	StatusFailed  = "failed"
+	StatusStopped = "stopped"
+)
+
+// State is state.json in a VM directory, written by the supervisor.
+type State struct {
+	Name          string    `json:"name"`
+	Status        string    `json:"status"`
+	Error         string    `json:"error,omitempty"`
+	SupervisorPID int       `json:"supervisor_pid"`
+	QEMUPID       int       `json:"qemu_pid,omitempty"`
+	Kernel        string    `json:"kernel,omitempty"` // release
+	KernelVariant string    `json:"kernel_variant,omitempty"`
+	Vmlinux       string    `json:"vmlinux,omitempty"`
+	Accel         string    `json:"accel,omitempty"`
+	GDB           string    `json:"gdb,omitempty"`
+	Started       time.Time `json:"started"`
+	BootSeconds   float64   `json:"boot_seconds,omitempty"`
+}
+
+// ReadState reads a VM's state.
+func ReadState(dir string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("corrupt %s: %w", filepath.Join(dir, "state.json"), err)
+	}
+	return &s, nil
+}
+
+func writeState(dir string, s *State) error {
+	return cache.WriteJSON(filepath.Join(dir, "state.json"), s)
+}
+
+// Alive reports whether the VM's supervisor still runs.
+func (s *State) Alive() bool {
+	if s.SupervisorPID <= 0 {
+		return false
+	}
+	if err := syscall.Kill(s.SupervisorPID, 0); err != nil {
+		return false
+	}
+	// Guard against pid reuse: the process must be one of ours.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", s.SupervisorPID))
+	return err == nil && strings.Contains(string(cmdline), "supervise")
+}
+
+// List returns the names of all VM directories.
+func List() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(StateDir(), "vms"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// Supervise boots the VM described by o in its state directory and keeps
+// it running until SIGTERM/SIGINT or the guest exits. It serves ssh.sock
+// for `labctl run/shell/cp/proxy` and OpenSSH. Everything it created is
+// removed when it returns, except the console log and state.json.
+func Supervise(ctx context.Context, o Options) error {
+	o.defaults()
+	st := &State{Name: o.Name, Status: StatusBooting, SupervisorPID: os.Getpid(), Started: time.Now().UTC(), GDB: o.GDB}
+	writeState(o.Dir, st)
+	fail := func(err error) error {
+		st.Status, st.Error = StatusFailed, err.Error()
+		writeState(o.Dir, st)
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stop()
+	m, err := Boot(ctx, o)
+	if err != nil {
+		return fail(err)
+	}
+	defer m.Close()
+	sock := filepath.Join(o.Dir, "ssh.sock")
+	os.Remove(sock)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return fail(fmt.Errorf("listening on %s: %w", sock, err))
+	}
+	defer os.Remove(sock)
+	defer l.Close()
+	os.Chmod(sock, 0o600)
+	go m.Mux().Serve(l)
+
+	st.Status = StatusRunning
+	st.QEMUPID = m.Instance().Pid()
+	st.Kernel = m.Kernel.Meta.KernelRelease
+	st.KernelVariant = o.KernelOptions().Variant()
+	st.Vmlinux = m.Kernel.Vmlinux
+	st.Accel = string(m.Accel.Kind)
+	st.BootSeconds = m.BootTime.Seconds()
+	if err := writeState(o.Dir, st); err != nil {
+		return fail(err)
+	}
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), m.Timeouts.Shutdown+m.Timeouts.Grace*2)
+		m.Shutdown(sctx)
+		cancel()
+		st.Status = StatusStopped
+	case <-m.Done():
+		st.Status = StatusStopped
+		if r := m.fatalReport(); r != nil {
+			st.Status, st.Error = StatusFailed, "kernel report: "+r.String()
+		}
+	}
+	st.QEMUPID = 0
+	writeState(o.Dir, st)
+	return nil
+}
+
+// Socket is the ssh.sock of a running VM, or an error saying what to do.
+func Socket(name string) (string, *State, error) {
+	dir, err := VMDir(name)
+	if err != nil {
+		return "", nil, err
+	}
+	st, err := ReadState(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil, fmt.Errorf("no VM named %q: start it with `labctl up %s` (see `labctl ls`)", name, name)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if !st.Alive() {
+		return "", st, fmt.Errorf("VM %q is not running (status %s%s): `labctl logs %s` shows its console, `labctl down %s` cleans it up", name, st.Status, errSuffix(st.Error), name, name)
+	}
+	if st.Status != StatusRunning {
+		return "", st, fmt.Errorf("VM %q is %s, not running yet", name, st.Status)
+	}
+	return filepath.Join(dir, "ssh.sock"), st, nil
+}
+
+func errSuffix(e string) string {
+	if e == "" {
+		return ""
+	}
+	if i := strings.IndexByte(e, '\n'); i >= 0 {
+		e = e[:i]
+	}
+	return ": " + e
+}

@@ -1,0 +1,131 @@
+// Package setup makes sure the host has what the lab needs, from Debian's
+// packages only. It is idempotent and costs one dpkg-query when nothing is
+// missing.
+package setup
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+)
+
+// Package is one Debian package and why the lab needs it.
+type Package struct {
+	Name string
+	Why  string
+}
+
+// Required lists every package the lab uses.
+var Required = []Package{
+	{"qemu-system-x86", "runs the guests (qemu-system-x86_64)"},
+	{"busybox-static", "the guest's userland"},
+	{"linux-source-6.12", "the kernel source tarball"},
+	{"build-essential", "gcc and make for the kernel"},
+	{"bc", "kernel build"},
+	{"bison", "kernel build (kconfig)"},
+	{"flex", "kernel build (kconfig)"},
+	{"libelf-dev", "kernel build (objtool)"},
+	{"libssl-dev", "kernel build (certificates, sign-file)"},
+	{"kmod", "depmod for modules_install"},
+	{"xz-utils", "unpacking the source tarball"},
+	{"patch", "applying kmod/patches"},
+	{"rsync", "kernel header installation for the mm selftests"},
+	{"openssh-client", "ssh(1) through `labctl ssh-config`"},
+}
+
+// Missing returns the required packages that are not installed.
+func Missing(pkgs []Package) ([]Package, error) {
+	names := make([]string, len(pkgs))
+	for i, p := range pkgs {
+		names[i] = p.Name
+	}
+	args := append([]string{"-W", "-f=${Package} ${db:Status-Abbrev}\n"}, names...)
+	// dpkg-query exits 1 when some package is unknown; its output still
+	// lists the known ones.
+	out, _ := exec.Command("dpkg-query", args...).Output()
+	installed := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && strings.HasPrefix(f[1], "ii") {
+			installed[strings.SplitN(f[0], ":", 2)[0]] = true
+		}
+	}
+	var missing []Package
+	for _, p := range pkgs {
+		if !installed[p.Name] {
+			missing = append(missing, p)
+		}
+	}
+	return missing, nil
+}
+
+// Ensure installs missing packages with apt-get (as root, non-interactive).
+// Without root it fails naming the packages and the command to run.
+func Ensure(log io.Writer) error {
+	if _, err := exec.LookPath("dpkg-query"); err != nil {
+		return fmt.Errorf("this lab needs a Debian-based host (dpkg-query not found); install by hand: %s", names(Required))
+	}
+	missing, err := Missing(Required)
+	if err != nil {
+		return err
+	}
+	if len(missing) == 0 {
+		fmt.Fprintln(log, "[setup] all required Debian packages are installed")
+		return nil
+	}
+	for _, p := range missing {
+		fmt.Fprintf(log, "[setup] missing %s (%s)\n", p.Name, p.Why)
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("missing Debian packages: %s; run as root: apt-get install %s", names(missing), names(missing))
+	}
+	run := func(args ...string) error {
+		fmt.Fprintf(log, "[setup] %s\n", strings.Join(args, " "))
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		cmd.Stdin = nil
+		var buf bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &buf, &buf
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("%s: %v\n%s", strings.Join(args, " "), err, tailLines(buf.String(), 20))
+		}
+		return nil
+	}
+	if err := run("apt-get", "update"); err != nil {
+		return err
+	}
+	args := []string{"apt-get", "install", "-y", "--no-install-recommends"}
+	for _, p := range missing {
+		args = append(args, p.Name)
+	}
+	if err := run(args...); err != nil {
+		return err
+	}
+	still, _ := Missing(missing)
+	if len(still) > 0 {
+		return fmt.Errorf("apt-get finished but these packages are still not installed: %s", names(still))
+	}
+	fmt.Fprintf(log, "[setup] installed %s\n", names(missing))
+	return nil
+}
+
+func names(ps []Package) string {
+	var n []string
+	for _, p := range ps {
+		n = append(n, p.Name)
+	}
+	return strings.Join(n, " ")
+}
+
+func tailLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}

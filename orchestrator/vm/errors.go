@@ -1,0 +1,58 @@
+package vm
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// BootError: the guest never became ready, and the cause is on the guest
+// side (kernel did not boot, init failed, VM exited). The console tail says
+// what the kernel managed to print.
+type BootError struct {
+	Reason string
+	Tail   string
+}
+
+func (e *BootError) Error() string {
+	return fmt.Sprintf("guest did not boot: %s%s", e.Reason, tailSuffix(e.Tail))
+}
+
+// CrashError: the kernel reported a failure (panic, BUG, WARNING...).
+type CrashError struct {
+	Title string // normalized report title
+	Type  string
+	Text  string // the report's span of log
+	Tail  string
+}
+
+func (e *CrashError) Error() string {
+	return fmt.Sprintf("kernel crashed: %s: %s\n--- report ---\n%s", e.Type, e.Title, strings.TrimRight(e.Text, "\n"))
+}
+
+// HangError: no progress within a scaled timeout. The VM was killed.
+type HangError struct {
+	Phase string // "boot", "command", "ping"
+	After time.Duration
+	Tail  string
+}
+
+func (e *HangError) Error() string {
+	return fmt.Sprintf("guest hung: no progress during %s within %s (timeouts scale with the accelerator)%s", e.Phase, e.After.Round(time.Millisecond), tailSuffix(e.Tail))
+}
+
+// InfraError: the lab itself failed (QEMU missing, socket, build, I/O).
+type InfraError struct {
+	Op  string
+	Err error
+}
+
+func (e *InfraError) Error() string { return fmt.Sprintf("lab failure while %s: %v", e.Op, e.Err) }
+func (e *InfraError) Unwrap() error { return e.Err }
+
+func tailSuffix(t string) string {
+	if strings.TrimSpace(t) == "" {
+		return "\n--- console: (no output) ---"
+	}
+	return "\n--- console tail ---\n" + strings.TrimRight(t, "\n")
+}

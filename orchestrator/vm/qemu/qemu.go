@@ -1,0 +1,340 @@
+// Package qemu is the embedded VM backend: qemu-system-x86_64 controlled
+// over QMP. The process gets its own process group and dies with its
+// parent; Close stops it (QMP quit, SIGTERM, then SIGKILL after the grace
+// period) and removes every socket it created.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"ldtlab/orchestrator/console"
+	"ldtlab/orchestrator/qmp"
+	"ldtlab/orchestrator/vm"
+)
+
+// Binary is the QEMU executable; LDTLAB_QEMU overrides it.
+func Binary() string {
+	if b := os.Getenv("LDTLAB_QEMU"); b != "" {
+		return b
+	}
+	return "qemu-system-x86_64"
+}
+
+// ControlPortName is the virtio-serial port the guest agent listens on.
+const ControlPortName = "ldtlab.ctl"
+
+// BaseCmdline is what every lab guest boots with. panic=0 keeps a panicked
+// guest alive (pvpanic has already told us) so the whole report reaches
+// the console before we kill it.
+const BaseCmdline = "console=ttyS0 panic=0 no_hash_pointers printk.devkmsg=on rdinit=/init"
+
+type backend struct{}
+
+func init() { vm.Register("qemu", backend{}) }
+
+// Args builds the QEMU command line for cfg (exported for repro output and
+// unit tests).
+func Args(cfg vm.Config) []string {
+	mem := cfg.MemoryMiB
+	if mem == 0 {
+		mem = 1024
+	}
+	cpus := cfg.CPUs
+	if cpus == 0 {
+		cpus = 2
+	}
+	cmdline := strings.TrimSpace(BaseCmdline + " ldtlab.name=" + cfg.Name + " " + cfg.Cmdline)
+	a := []string{
+		"-name", "ldtlab-" + cfg.Name + ",debug-threads=on",
+		"-machine", "pc",
+		"-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+		"-m", fmt.Sprint(mem), "-smp", fmt.Sprint(cpus),
+		"-kernel", cfg.Kernel,
+		"-append", cmdline,
+		// The serial console goes to our stdout pipe: the capture is the
+		// only reader, and it never stops reading.
+		"-chardev", "stdio,id=con,signal=off",
+		"-serial", "chardev:con",
+		"-qmp", "unix:" + filepath.Join(cfg.Dir, "qmp.sock") + ",server=on,wait=off",
+		"-device", "virtio-serial-pci,id=vser",
+		"-chardev", "socket,id=ctl,path=" + filepath.Join(cfg.Dir, "ctl.sock") + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser.0,chardev=ctl,name=" + ControlPortName,
+		"-device", "pvpanic",
+		// Report the panic as an event, leave the guest running so it
+		// finishes printing; we decide when to kill it.
+		"-action", "panic=none",
+		"-no-reboot",
+	}
+	a = append(a, cfg.Accel.QEMUArgs()...)
+	if cfg.Initrd != "" {
+		a = append(a, "-initrd", cfg.Initrd)
+	}
+	for i, d := range cfg.Disks {
+		id := fmt.Sprintf("disk%d", i)
+		a = append(a,
+			"-drive", "file="+d.Path+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap",
+			"-device", "virtio-blk-pci,drive="+id+",serial="+d.Serial)
+	}
+	for _, f := range cfg.FwCfg {
+		a = append(a, "-fw_cfg", "name="+f.Name+",file="+f.Path)
+	}
+	if cfg.GDB != "" {
+		a = append(a, "-gdb", cfg.GDB)
+	}
+	return a
+}
+
+type instance struct {
+	cfg     vm.Config
+	cmd     *exec.Cmd
+	argv    []string
+	con     *console.Capture
+	mon     *qmp.Monitor
+	events  chan vm.Event
+	done    chan struct{}
+	stderr  *tailBuffer
+	closeMu sync.Mutex
+	closed  bool
+	waitErr error
+}
+
+// Start launches QEMU and connects to its monitor. On any failure it
+// tears down what it created.
+func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err error) {
+	if cfg.Dir == "" {
+		return nil, &vm.InfraError{Op: "starting QEMU", Err: errors.New("no VM directory")}
+	}
+	bin, lerr := exec.LookPath(Binary())
+	if lerr != nil {
+		return nil, &vm.InfraError{Op: "starting QEMU", Err: fmt.Errorf("%s not found: install Debian package qemu-system-x86 (run `labctl setup`)", Binary())}
+	}
+	for _, f := range []string{cfg.Kernel, cfg.Initrd} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return nil, &vm.InfraError{Op: "starting QEMU", Err: err}
+		}
+	}
+	if cfg.Timeouts.QMP == 0 {
+		cfg.Timeouts = vm.Scaled(cfg.Accel.Kind)
+	}
+	con, cerr := console.New(filepath.Join(cfg.Dir, "console.log"), cfg.Mirror)
+	if cerr != nil {
+		return nil, &vm.InfraError{Op: "creating console log", Err: cerr}
+	}
+	in := &instance{
+		cfg:    cfg,
+		con:    con,
+		events: make(chan vm.Event, 16),
+		done:   make(chan struct{}),
+		stderr: &tailBuffer{max: 16 << 10},
+	}
+	in.argv = append([]string{bin}, Args(cfg)...)
+	in.cmd = exec.Command(bin, in.argv[1:]...)
+	in.cmd.Stdin = nil
+	in.cmd.Stdout = con
+	in.cmd.Stderr = in.stderr
+	// Own process group (a signal to us does not hit it by accident, and
+	// we can kill its whole group), and death with our thread.
+	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	os.WriteFile(filepath.Join(cfg.Dir, "qemu.cmdline"), []byte(shellQuote(in.argv)+"\n"), 0o600)
+	if err := in.cmd.Start(); err != nil {
+		con.Close()
+		return nil, &vm.InfraError{Op: "starting " + bin, Err: err}
+	}
+	os.WriteFile(filepath.Join(cfg.Dir, "qemu.pid"), []byte(fmt.Sprint(in.cmd.Process.Pid)), 0o600)
+	go in.wait()
+	defer func() {
+		if err != nil {
+			in.Close()
+		}
+	}()
+
+	// The QMP socket appears once QEMU has parsed its arguments; a bad
+	// argument makes QEMU exit instead, and its stderr says why.
+	dctx, cancel := context.WithTimeout(ctx, cfg.Timeouts.QMP*3)
+	defer cancel()
+	mon, merr := dialRetry(dctx, in, func(ctx context.Context) (*qmp.Monitor, error) {
+		return qmp.Dial(ctx, "unix", filepath.Join(cfg.Dir, "qmp.sock"))
+	})
+	if merr != nil {
+		return nil, &vm.InfraError{Op: "connecting to QEMU's monitor", Err: fmt.Errorf("%w; qemu stderr: %s", merr, strings.TrimSpace(in.stderr.String()))}
+	}
+	in.mon = mon
+	go in.watchEvents()
+	return in, nil
+}
+
+func dialRetry[T any](ctx context.Context, in *instance, dial func(context.Context) (T, error)) (T, error) {
+	var zero T
+	for {
+		attempt, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		v, err := dial(attempt)
+		cancel()
+		if err == nil {
+			return v, nil
+		}
+		select {
+		case <-in.done:
+			return zero, fmt.Errorf("QEMU exited: %v", in.waitErr)
+		case <-ctx.Done():
+			return zero, fmt.Errorf("%v (last error: %v)", ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (in *instance) wait() {
+	err := in.cmd.Wait()
+	in.waitErr = err
+	in.con.Close()
+	in.send(vm.Event{Kind: vm.EventExit, Time: time.Now(), Detail: exitDetail(err)})
+	close(in.done)
+}
+
+func exitDetail(err error) string {
+	if err == nil {
+		return "exited with status 0"
+	}
+	return err.Error()
+}
+
+func (in *instance) send(e vm.Event) {
+	select {
+	case in.events <- e:
+	default: // nobody listening and buffer full: drop, Done() still works
+	}
+}
+
+func (in *instance) watchEvents() {
+	for ev := range in.mon.Events() {
+		switch ev.Name {
+		case "GUEST_PANICKED":
+			in.send(vm.Event{Kind: vm.EventPanic, Time: ev.Time, Detail: string(ev.Data)})
+		case "SHUTDOWN":
+			in.send(vm.Event{Kind: vm.EventShutdown, Time: ev.Time, Detail: string(ev.Data)})
+		}
+	}
+}
+
+func (in *instance) Console() *console.Capture { return in.con }
+func (in *instance) Events() <-chan vm.Event    { return in.events }
+func (in *instance) Done() <-chan struct{}      { return in.done }
+func (in *instance) Pid() int                   { return in.cmd.Process.Pid }
+func (in *instance) CommandLine() []string      { return append([]string(nil), in.argv...) }
+func (in *instance) Stderr() string             { return in.stderr.String() }
+
+// Control connects to the guest channel's host end.
+func (in *instance) Control(ctx context.Context) (io.ReadWriteCloser, error) {
+	path := filepath.Join(in.cfg.Dir, "ctl.sock")
+	return dialRetry(ctx, in, func(ctx context.Context) (io.ReadWriteCloser, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	})
+}
+
+func (in *instance) Powerdown(ctx context.Context) error {
+	if _, err := in.mon.Run(ctx, "system_powerdown", nil); err != nil {
+		return err
+	}
+	select {
+	case <-in.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("guest did not power off: %w", ctx.Err())
+	}
+}
+
+func (in *instance) Pause(ctx context.Context) error {
+	_, err := in.mon.Run(ctx, "stop", nil)
+	return err
+}
+
+// Close stops QEMU: QMP quit, then SIGTERM to the group, then SIGKILL.
+func (in *instance) Close() error {
+	in.closeMu.Lock()
+	defer in.closeMu.Unlock()
+	if in.closed {
+		return nil
+	}
+	in.closed = true
+	grace := in.cfg.Timeouts.Grace
+	if grace == 0 {
+		grace = 2 * time.Second
+	}
+	select {
+	case <-in.done:
+	default:
+		if in.mon != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), grace)
+			in.mon.Run(ctx, "quit", nil)
+			cancel()
+		}
+		pid := in.cmd.Process.Pid
+		select {
+		case <-in.done:
+		case <-time.After(grace):
+			syscall.Kill(-pid, syscall.SIGTERM)
+			select {
+			case <-in.done:
+			case <-time.After(grace):
+				syscall.Kill(-pid, syscall.SIGKILL)
+				<-in.done
+			}
+		}
+	}
+	if in.mon != nil {
+		in.mon.Close()
+	}
+	for _, s := range []string{"qmp.sock", "ctl.sock", "qemu.pid"} {
+		os.Remove(filepath.Join(in.cfg.Dir, s))
+	}
+	return nil
+}
+
+// tailBuffer keeps the last max bytes written.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append([]byte(nil), t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
+func shellQuote(argv []string) string {
+	var out []string
+	for _, a := range argv {
+		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`;&|<>()*?[]{}!#~") {
+			out = append(out, a)
+			continue
+		}
+		out = append(out, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
+	}
+	return strings.Join(out, " ")
+}

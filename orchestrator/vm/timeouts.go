@@ -1,0 +1,62 @@
+package vm
+
+import (
+	"os"
+	"strconv"
+	"time"
+
+	"ldtlab/orchestrator/accel"
+)
+
+// Timeouts are the lab's limits, as data. Base values fit hardware
+// virtualization; Scaled multiplies them for TCG, where the guest runs
+// several times slower.
+type Timeouts struct {
+	Scale    float64
+	Boot     time.Duration // QEMU start → guest agent ready
+	Command  time.Duration // default limit of one guest command
+	QMP      time.Duration // one QMP call
+	Shutdown time.Duration // ACPI powerdown → exit
+	Grace    time.Duration // SIGTERM → SIGKILL
+	Ping     time.Duration // one liveness probe of the guest agent
+	Crash    time.Duration // panic seen → rest of the report printed
+}
+
+var base = Timeouts{
+	Scale:    1,
+	Boot:     20 * time.Second,
+	Command:  120 * time.Second,
+	QMP:      3 * time.Second,
+	Shutdown: 10 * time.Second,
+	Grace:    2 * time.Second,
+	Ping:     5 * time.Second,
+	Crash:    1 * time.Second,
+}
+
+// ScaleFor is the slowdown factor of an accelerator. LDTLAB_TIMEOUT_SCALE
+// overrides it (slow CI machines, debugging).
+func ScaleFor(k accel.Kind) float64 {
+	if s, err := strconv.ParseFloat(os.Getenv("LDTLAB_TIMEOUT_SCALE"), 64); err == nil && s > 0 {
+		return s
+	}
+	if k == accel.KVM {
+		return 1
+	}
+	return 4
+}
+
+// Scaled returns the timeouts for an accelerator.
+func Scaled(k accel.Kind) Timeouts {
+	s := ScaleFor(k)
+	d := func(x time.Duration) time.Duration { return time.Duration(float64(x) * s) }
+	return Timeouts{
+		Scale:    s,
+		Boot:     d(base.Boot),
+		Command:  d(base.Command),
+		QMP:      d(base.QMP),
+		Shutdown: d(base.Shutdown),
+		Grace:    base.Grace,
+		Ping:     d(base.Ping),
+		Crash:    d(base.Crash),
+	}
+}

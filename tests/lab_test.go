@@ -1,0 +1,243 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"ldtlab/orchestrator/accel"
+	"ldtlab/orchestrator/channel"
+	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/report"
+	"ldtlab/orchestrator/vm"
+)
+
+// testWriter sends lab progress to the test log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func guestOptions(t testing.TB, name string) lab.Options {
+	return lab.Options{
+		Repo: repo, Name: vmPrefix + name, NoBuild: true, Log: testWriter{t},
+		MemoryMiB: 1024, CPUs: 2,
+	}
+}
+
+// boot starts a guest that is torn down when the test ends, whatever happens.
+func boot(t testing.TB, o lab.Options) *lab.Machine {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	m, err := lab.Boot(ctx, o)
+	require.NoError(t, err, "booting %s", o.Name)
+	t.Cleanup(func() {
+		m.Close()
+		if t.Failed() {
+			t.Logf("console tail of %s:\n%s", o.Name, m.Tail(60))
+		}
+	})
+	return m
+}
+
+func run(t testing.TB, m *lab.Machine, cmd string) lab.Result {
+	t.Helper()
+	r, err := m.Run(context.Background(), cmd)
+	require.NoError(t, err, "running %q", cmd)
+	return r
+}
+
+func TestBootRunExitStatus(t *testing.T) {
+	m := boot(t, guestOptions(t, "basic"))
+	t.Logf("boot to agent ready: %s (%s)", m.BootTime, m.Accel.Kind)
+
+	r := run(t, m, "uname -r")
+	assert.Equal(t, 0, r.Code)
+	assert.Equal(t, m.Kernel.Meta.KernelRelease, strings.TrimSpace(string(r.Stdout)))
+
+	for _, code := range []int{0, 1, 3, 42, 255} {
+		r := run(t, m, fmt.Sprintf("exit %d", code))
+		assert.Equal(t, code, r.Code, "exit %d", code)
+	}
+
+	r = run(t, m, "echo out; echo err >&2; exit 5")
+	assert.Equal(t, "out\n", string(r.Stdout))
+	assert.Equal(t, "err\n", string(r.Stderr))
+	assert.Equal(t, 5, r.Code)
+
+	// A process killed by a signal reports 128+signo.
+	r = run(t, m, "kill -9 $$")
+	assert.Equal(t, 128+9, r.Code)
+
+	// stdin reaches the guest command.
+	var out bytes.Buffer
+	res, err := m.RunWith(context.Background(), "wc -c", channel.RunOptions{Stdin: strings.NewReader(strings.Repeat("x", 100000)), Stdout: &out})
+	require.NoError(t, err)
+	assert.Equal(t, 0, res.Code)
+	assert.Equal(t, "100000", strings.TrimSpace(out.String()))
+
+	// Both swap kinds are set up by the image's init.
+	swaps := string(run(t, m, "cat /proc/swaps").Stdout)
+	assert.Contains(t, swaps, "/dev/zram0")
+	assert.Contains(t, swaps, "/dev/vd")
+	assert.Empty(t, m.Reports(), "kernel reports during a plain boot")
+}
+
+func TestCommandTimeoutKillsRemoteProcess(t *testing.T) {
+	m := boot(t, guestOptions(t, "timeout"))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := m.Run(ctx, "echo $$ > /tmp/sleeper.pid; exec sleep 1000")
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	// The guest is fine, and the remote process is gone.
+	require.NoError(t, m.Ping(context.Background()))
+	require.Eventually(t, func() bool {
+		r := run(t, m, "kill -0 $(cat /tmp/sleeper.pid) 2>/dev/null && echo alive || echo gone")
+		return strings.TrimSpace(string(r.Stdout)) == "gone"
+	}, 10*time.Second, 200*time.Millisecond)
+}
+
+func TestConsoleCaptured(t *testing.T) {
+	m := boot(t, guestOptions(t, "console"))
+	run(t, m, "echo ldtlab-console-marker > /dev/kmsg")
+	require.Eventually(t, func() bool {
+		return bytes.Contains(m.ConsoleLog(), []byte("ldtlab-console-marker"))
+	}, 5*time.Second, 50*time.Millisecond)
+	log := string(m.ConsoleLog())
+	assert.Contains(t, log, "Linux version "+m.Kernel.Meta.KernelRelease)
+	assert.Contains(t, log, "ldtlab-agent: ready")
+	st, err := os.Stat(m.ConsolePath())
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+}
+
+// trigger pokes the labtest fault-injection module.
+func trigger(t *testing.T, m *lab.Machine, what string) lab.Result {
+	t.Helper()
+	r, err := m.Run(context.Background(), "echo "+what+" > /sys/kernel/debug/labtest/trigger")
+	require.NoError(t, err)
+	return r
+}
+
+func waitReport(t *testing.T, m *lab.Machine, typ report.Type) report.Report {
+	t.Helper()
+	var found report.Report
+	require.Eventually(t, func() bool {
+		for _, r := range m.Reports() {
+			if r.Type == typ && !r.Truncated {
+				found = r
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, 100*time.Millisecond, "no %s report in the console", typ)
+	return found
+}
+
+func TestInjectedWarningIsTitled(t *testing.T) {
+	m := boot(t, guestOptions(t, "warn"))
+	require.Empty(t, m.Reports())
+	trigger(t, m, "warn")
+	r := waitReport(t, m, "warning")
+	assert.Contains(t, r.Title, "WARNING in labtest")
+	assert.Contains(t, r.Text, "WARNING:")
+	// The guest survives a WARNING.
+	require.NoError(t, m.Ping(context.Background()))
+}
+
+func TestInjectedBugAndListCorruption(t *testing.T) {
+	m := boot(t, guestOptions(t, "bug"))
+	trigger(t, m, "bug")
+	r := waitReport(t, m, "kernel-bug")
+	assert.Contains(t, r.Title, "labtest")
+	trigger(t, m, "list")
+	r = waitReport(t, m, "list-corruption")
+	assert.Contains(t, r.Title, "corruption")
+}
+
+func TestInjectedPanicIsDetected(t *testing.T) {
+	for _, tc := range []struct {
+		name, cmd, title string
+	}{
+		{"sysrq", "echo c > /proc/sysrq-trigger", "sysrq"},
+		{"module", "echo panic > /sys/kernel/debug/labtest/trigger", "labtest"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := boot(t, guestOptions(t, "panic-"+tc.name))
+			start := time.Now()
+			_, err := m.Run(context.Background(), tc.cmd)
+			var ce *vm.CrashError
+			require.ErrorAs(t, err, &ce, "a guest panic must surface as a CrashError")
+			assert.Equal(t, "panic", ce.Type)
+			assert.Contains(t, strings.ToLower(ce.Title), tc.title)
+			t.Logf("panic detected in %s: %s", time.Since(start), ce.Title)
+			assert.True(t, lab.IsGuestFault(err))
+		})
+	}
+}
+
+func TestHungGuestIsDetected(t *testing.T) {
+	t.Run("boot", func(t *testing.T) {
+		o := guestOptions(t, "hang-boot")
+		o.Cmdline = "ldtlab.hang=1"
+		start := time.Now()
+		m, err := lab.Boot(context.Background(), o)
+		if m != nil {
+			m.Close()
+		}
+		var he *vm.HangError
+		require.ErrorAs(t, err, &he)
+		took := time.Since(start)
+		timeouts := vm.Scaled(accel.Detect("/").Kind)
+		assert.Less(t, took, timeouts.Boot+30*time.Second, "hang must be reported within the scaled boot timeout")
+		assert.Contains(t, he.Tail, "hang requested", "the error carries the console tail")
+	})
+	t.Run("running", func(t *testing.T) {
+		m := boot(t, guestOptions(t, "hang-run"))
+		require.NoError(t, m.Instance().Pause(context.Background()))
+		start := time.Now()
+		err := m.Ping(context.Background())
+		var he *vm.HangError
+		require.ErrorAs(t, err, &he)
+		assert.Less(t, time.Since(start), m.Timeouts.Ping+10*time.Second)
+	})
+}
+
+func TestTwoGuestsAtOnce(t *testing.T) {
+	var wg sync.WaitGroup
+	ms := make([]*lab.Machine, 2)
+	errs := make([]error, 2)
+	for i := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ms[i], errs[i] = lab.Boot(context.Background(), guestOptions(t, fmt.Sprintf("pair%d", i)))
+		}()
+	}
+	wg.Wait()
+	for i := range ms {
+		if ms[i] != nil {
+			t.Cleanup(func() { ms[i].Close() })
+		}
+		require.NoError(t, errs[i])
+	}
+	for i, m := range ms {
+		r := run(t, m, "hostname")
+		assert.Equal(t, fmt.Sprintf("%spair%d", vmPrefix, i), strings.TrimSpace(string(r.Stdout)))
+	}
+	assert.NotEqual(t, ms[0].Dir, ms[1].Dir)
+}
+

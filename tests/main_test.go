@@ -1,0 +1,193 @@
+// Package tests is the end-to-end suite: it boots real guests of the lab's
+// own kernel under QEMU and checks the lab and LDT through them.
+//
+// `go test ./tests` finds the cached kernel and image or builds them. A cold
+// kernel build takes minutes; it runs in a detached `labctl build` process,
+// so that go test's -timeout (10 minutes by default) cannot lose the work,
+// and the suite says so before the timeout hits.
+package tests
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"ldtlab/images/cache"
+	"ldtlab/images/kernel"
+	"ldtlab/orchestrator/setup"
+)
+
+var (
+	repo   string // repository root
+	labctl string // freshly built labctl binary
+)
+
+// vmPrefix marks every QEMU this suite starts, for the leak check.
+const vmPrefix = "e2e-"
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	start := time.Now()
+	wd, _ := os.Getwd()
+	repo = filepath.Dir(wd)
+	if err := setup.Ensure(os.Stdout); err != nil {
+		fmt.Printf("ldtlab e2e: setup failed: %v\n", err)
+		return 1
+	}
+	tmp, err := os.MkdirTemp("", "ldtlab-e2e-")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	labctl = filepath.Join(tmp, "labctl")
+	if out, err := exec.Command("go", "build", "-o", labctl, "../orchestrator/cmd/labctl").CombinedOutput(); err != nil {
+		fmt.Printf("ldtlab e2e: building labctl: %v\n%s", err, out)
+		return 1
+	}
+	for _, v := range suiteKernels {
+		if err := ensureBuilt(v, start); err != nil {
+			fmt.Printf("ldtlab e2e: %v\n", err)
+			return 1
+		}
+	}
+	code := m.Run()
+	if leaked := qemuLeft(); len(leaked) > 0 {
+		fmt.Printf("ldtlab e2e: FAIL: QEMU processes left behind by the suite:\n  %s\n", strings.Join(leaked, "\n  "))
+		for _, l := range leaked {
+			var pid int
+			fmt.Sscan(l, &pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return 1
+	}
+	fmt.Printf("ldtlab e2e: no QEMU process left; suite took %s\n", time.Since(start).Round(time.Second))
+	return code
+}
+
+// suiteKernels are the builds the suite boots.
+var suiteKernels = []kernel.Options{
+	{Config: "debug"},
+}
+
+// ensureBuilt reports a cache hit, or builds in a detached process and
+// watches go test's deadline while waiting.
+func ensureBuilt(o kernel.Options, start time.Time) error {
+	o.Repo = repo
+	if b, ok, err := kernel.Find(o); err != nil {
+		return err
+	} else if ok {
+		fmt.Printf("ldtlab e2e: using cached %s kernel %s (%s)\n", o.Variant(), b.Meta.KernelRelease, b.Dir)
+		return nil
+	}
+	logPath := filepath.Join(cache.Dir(), "logs", "e2e-build-"+o.Variant()+".log")
+	os.MkdirAll(filepath.Dir(logPath), 0o755)
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := []string{"build", "-config", o.Config}
+	if o.Vanilla {
+		args = append(args, "-vanilla")
+	}
+	cmd := exec.Command(labctl, args...)
+	cmd.Dir = repo
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Detached: a go test timeout kills this binary, not the build.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	fmt.Printf("ldtlab e2e: no cached %s kernel for the current sources: building it now (a cold build takes ~7-10 min on 2 cores) in pid %d, log %s\n", o.Variant(), cmd.Process.Pid, logPath)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var deadline time.Time
+	if f := flag.Lookup("test.timeout"); f != nil {
+		if d, ok := f.Value.(flag.Getter).Get().(time.Duration); ok && d > 0 {
+			deadline = start.Add(d)
+		}
+	}
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("building the %s kernel failed (%v):\n%s", o.Variant(), err, tailFile(logPath, 30))
+			}
+			fmt.Printf("ldtlab e2e: built %s kernel in %s\n", o.Variant(), time.Since(start).Round(time.Second))
+			return nil
+		case <-tick.C:
+			fmt.Printf("ldtlab e2e: still building (%s): %s\n", time.Since(start).Round(time.Second), lastLine(logPath))
+			if !deadline.IsZero() && time.Until(deadline) < 45*time.Second {
+				return fmt.Errorf("go test's -timeout expires in %s while the kernel is still building. "+
+					"The build continues in the background (pid %d, log %s); rerun when it finishes, "+
+					"or run `make test` / `go test -timeout 90m ./tests`, which leave room for a cold build",
+					time.Until(deadline).Round(time.Second), cmd.Process.Pid, logPath)
+			}
+		}
+	}
+}
+
+func tailFile(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	l := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+func lastLine(path string) string { return tailFile(path, 1) }
+
+// qemuLeft lists QEMU processes started by this suite that still run.
+func qemuLeft() []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "qemu-system") {
+			continue
+		}
+		if strings.Contains(string(b), "ldtlab-"+vmPrefix) {
+			out = append(out, e.Name()+" "+strings.Join(args, " "))
+		}
+	}
+	return out
+}
+
+// waitGone waits until no QEMU of the suite with the given name runs.
+func waitGone(ctx context.Context, name string) bool {
+	for {
+		found := false
+		for _, l := range qemuLeft() {
+			if strings.Contains(l, "ldtlab-"+name+",") {
+				found = true
+			}
+		}
+		if !found {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
