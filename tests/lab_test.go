@@ -241,3 +241,10 @@ func TestTwoGuestsAtOnce(t *testing.T) {
 	assert.NotEqual(t, ms[0].Dir, ms[1].Dir)
 }
 
+func TestInjectedHungTaskIsTitled(t *testing.T) {
+	m := boot(t, guestOptions(t, "hungtask"))
+	run(t, m, "echo 2 > /proc/sys/kernel/hung_task_timeout_secs")
+	trigger(t, m, "hung")
+	r := waitReport(t, m, "hung-task")
+	assert.Contains(t, r.Title, "INFO: task hung in")
+}

@@ -34,10 +34,10 @@ const vmPrefix = "e2e-"
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	os.Exit(run(m))
+	os.Exit(runSuite(m))
 }
 
-func run(m *testing.M) int {
+func runSuite(m *testing.M) int {
 	start := time.Now()
 	wd, _ := os.Getwd()
 	repo = filepath.Dir(wd)

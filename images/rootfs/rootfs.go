@@ -162,7 +162,7 @@ func build(ctx context.Context, o Options, dst string) error {
 		return fmt.Errorf("building guest programs: %v\n%s", err, out)
 	}
 
-	a := initramfs.NewArchive()
+	a := &initramfs.Archive{}
 	for _, d := range []string{"proc", "sys", "dev", "tmp", "run", "root", "mnt", "mnt/data", "var", "etc", "usr/bin", "usr/sbin", "bin", "sbin", "lib"} {
 		if err := a.AddDir(d, 0o755); err != nil {
 			return err
@@ -175,7 +175,7 @@ func build(ctx context.Context, o Options, dst string) error {
 		return err
 	}
 	// Busybox and its applets.
-	if err := a.AddFile("bin/busybox", o.Busybox, 0o755); err != nil {
+	if err := a.AddHostFile("bin/busybox", o.Busybox, 0o755); err != nil {
 		return err
 	}
 	list, err := exec.CommandContext(ctx, o.Busybox, "--list-full").Output()
@@ -198,7 +198,7 @@ func build(ctx context.Context, o Options, dst string) error {
 	for _, p := range progs {
 		host := filepath.Join(bin, p.Name())
 		if p.Name() == "ldtlab-agent" {
-			if err := a.AddFile("init", host, 0o755); err != nil {
+			if err := a.AddHostFile("init", host, 0o755); err != nil {
 				return err
 			}
 			if err := a.AddSymlink("sbin/ldtlab-agent", "../init"); err != nil {
@@ -206,7 +206,7 @@ func build(ctx context.Context, o Options, dst string) error {
 			}
 			continue
 		}
-		if err := a.AddFile("usr/bin/"+p.Name(), host, 0o755); err != nil {
+		if err := a.AddHostFile("usr/bin/"+p.Name(), host, 0o755); err != nil {
 			return err
 		}
 	}
@@ -216,19 +216,19 @@ func build(ctx context.Context, o Options, dst string) error {
 		return err
 	}
 	etc := map[string]string{
-		"etc/passwd":   "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-		"etc/group":    "root:x:0:\nnogroup:x:65534:\n",
-		"etc/profile":  "export PS1='\\h:\\w\\$ '\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\n",
-		"etc/shells":   "/bin/sh\n",
+		"etc/passwd":     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+		"etc/group":      "root:x:0:\nnogroup:x:65534:\n",
+		"etc/profile":    "export PS1='\\h:\\w\\$ '\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\n",
+		"etc/shells":     "/bin/sh\n",
 		"etc/os-release": "NAME=ldtlab\nID=ldtlab\nPRETTY_NAME=\"ldtlab guest\"\n",
 	}
 	for p, c := range etc {
-		if err := a.AddBytes(p, []byte(c), 0o644); err != nil {
+		if err := a.AddFile(p, 0o644, []byte(c)); err != nil {
 			return err
 		}
 	}
 	for _, e := range o.Extra {
-		if err := a.AddFile(strings.TrimPrefix(e.Path, "/"), e.Host, e.Mode); err != nil {
+		if err := a.AddHostFile(strings.TrimPrefix(e.Path, "/"), e.Host, e.Mode); err != nil {
 			return err
 		}
 	}
@@ -272,7 +272,7 @@ func addTree(a *initramfs.Archive, host, prefix string) error {
 			}
 			return a.AddSymlink(target, l)
 		case d.Type().IsRegular():
-			return a.AddFile(target, p, 0o644)
+			return a.AddHostFile(target, p, 0o644)
 		}
 		return nil
 	})

@@ -230,11 +230,11 @@ func (in *instance) watchEvents() {
 }
 
 func (in *instance) Console() *console.Capture { return in.con }
-func (in *instance) Events() <-chan vm.Event    { return in.events }
-func (in *instance) Done() <-chan struct{}      { return in.done }
-func (in *instance) Pid() int                   { return in.cmd.Process.Pid }
-func (in *instance) CommandLine() []string      { return append([]string(nil), in.argv...) }
-func (in *instance) Stderr() string             { return in.stderr.String() }
+func (in *instance) Events() <-chan vm.Event   { return in.events }
+func (in *instance) Done() <-chan struct{}     { return in.done }
+func (in *instance) Pid() int                  { return in.cmd.Process.Pid }
+func (in *instance) CommandLine() []string     { return append([]string(nil), in.argv...) }
+func (in *instance) Stderr() string            { return in.stderr.String() }
 
 // Control connects to the guest channel's host end.
 func (in *instance) Control(ctx context.Context) (io.ReadWriteCloser, error) {

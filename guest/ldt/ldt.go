@@ -1,0 +1,305 @@
+// Package ldt is the Go binding of the /dev/ldt interface
+// (kmod/include/uapi/linux/ldt.h): attach an open file to a process's
+// address space, then collect the pages written since they were last
+// reported with Clear.
+//
+// Layouts and numbers mirror the C header exactly; x86-64 only, like LDT.
+package ldt
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// DevicePath is the misc device the LDT kernel creates.
+const DevicePath = "/dev/ldt"
+
+// Flags are the ldt_collect flags.
+type Flags uint64
+
+const (
+	// Clear resets the state of every page reported (LDT_CLEAR).
+	Clear Flags = 1 << 0
+	// Naive is the negative control (LDT_NAIVE): hardware D bit only.
+	Naive Flags = 1 << 1
+)
+
+// Region is struct ldt_region: one run of written pages, End exclusive.
+type Region struct {
+	Start uint64
+	End   uint64
+}
+
+// CollectArg is struct ldt_collect, 7 x u64 = 56 bytes, field for field.
+type CollectArg struct {
+	Size    uint64 // in: sizeof(struct ldt_collect)
+	Flags   uint64 // in: Clear | Naive
+	Start   uint64 // in: page-aligned start
+	End     uint64 // in: page-aligned end, exclusive
+	WalkEnd uint64 // out: first address not walked; == End when done
+	Vec     uint64 // in: user pointer to Region[VecLen]
+	VecLen  uint64 // in: capacity of Vec, in regions
+}
+
+// Sizes of the C structs; the blank arrays fail to compile if the Go
+// layout ever drifts from them.
+const (
+	SizeofRegion     = 16
+	SizeofCollectArg = 56
+)
+
+var (
+	_ [SizeofRegion - unsafe.Sizeof(Region{})]byte
+	_ [unsafe.Sizeof(Region{}) - SizeofRegion]byte
+	_ [SizeofCollectArg - unsafe.Sizeof(CollectArg{})]byte
+	_ [unsafe.Sizeof(CollectArg{}) - SizeofCollectArg]byte
+)
+
+// IocMagic is LDT_IOC_MAGIC.
+const IocMagic = 'L'
+
+// Request numbers: LDT_IOC_ATTACH = _IOW('L', 0x40, __s32) and
+// LDT_IOC_COLLECT = _IOWR('L', 0x41, struct ldt_collect).
+var (
+	IocAttach  = IOW(IocMagic, 0x40, 4)
+	IocCollect = IOWR(IocMagic, 0x41, SizeofCollectArg)
+)
+
+// Error is a failed /dev/ldt operation. It unwraps to the underlying error
+// (a unix.Errno for kernel failures) so errors.Is(err, unix.EPERM) works.
+type Error struct {
+	Op  string // "open", "attach" or "collect"
+	Err error
+}
+
+func (e *Error) Error() string {
+	s := "ldt " + e.Op + ": " + e.Err.Error()
+	if m := Meaning(e.Op, e.Err); m != "" {
+		s += " (" + m + ")"
+	}
+	return s
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Meaning explains an errno of operation op the way the ABI defines it, so
+// that a failure in a check log says what went wrong without the header at
+// hand. It returns "" for errors the ABI does not assign a meaning to.
+func Meaning(op string, err error) string {
+	var errno unix.Errno
+	if !errors.As(err, &errno) {
+		return ""
+	}
+	switch op {
+	case "open":
+		switch errno {
+		case unix.ENOENT, unix.ENODEV, unix.ENXIO:
+			return DevicePath + " absent: not running an LDT kernel"
+		case unix.EACCES, unix.EPERM:
+			return "no permission to open " + DevicePath
+		}
+	case "attach":
+		switch errno {
+		case unix.EPERM:
+			return "caller lacks ptrace-attach rights over the target"
+		case unix.ESRCH:
+			return "no such process"
+		case unix.EBUSY:
+			return "file already attached"
+		case unix.ENOTTY:
+			return "not an LDT device"
+		case unix.EFAULT:
+			return "bad pid pointer"
+		}
+	case "collect":
+		switch errno {
+		case unix.EINVAL:
+			return "unaligned or inverted range, unknown flags, wrong size or vec_len 0"
+		case unix.EFAULT:
+			return "bad vec or argument pointer"
+		case unix.ENXIO:
+			return "file not attached yet"
+		case unix.ESRCH:
+			return "target address space is gone"
+		case unix.ENOTTY:
+			return "not an LDT device"
+		}
+	}
+	return ""
+}
+
+// defaultBatch is CollectAll's buffer capacity in regions (16 KiB): large
+// enough that one ioctl usually suffices, small enough to keep per file.
+const defaultBatch = 1024
+
+// File is an open /dev/ldt. Collect may be called concurrently; CollectAll
+// serialises on its reusable buffer.
+type File struct {
+	f  *os.File
+	rc syscall.RawConn
+
+	mu    sync.Mutex
+	buf   []Region
+	batch int
+
+	// ioctlHook replaces the system call in tests of the loops.
+	ioctlHook func(req uintptr, arg unsafe.Pointer) (uintptr, error)
+}
+
+// Open opens /dev/ldt.
+func Open() (*File, error) {
+	f, err := os.OpenFile(DevicePath, os.O_RDWR, 0)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, &Error{Op: "open", Err: err}
+	}
+	file, err := NewFile(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return file, nil
+}
+
+// NewFile wraps an already open /dev/ldt, e.g. one inherited from a parent
+// process (the EPERM check hands an fd to an unprivileged child so the
+// device's file mode does not matter).
+func NewFile(f *os.File) (*File, error) {
+	// RawConn.Control holds a reference on the fd for the duration of each
+	// ioctl, so a concurrent Close cannot make us hit a reused fd number.
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, &Error{Op: "open", Err: err}
+	}
+	return &File{f: f, rc: rc, batch: defaultBatch}, nil
+}
+
+// SetBatch sets CollectAll's buffer capacity in regions (minimum 1).
+func (f *File) SetBatch(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.batch = max(n, 1)
+	f.buf = nil
+}
+
+// Fd returns the file descriptor (valid until Close).
+func (f *File) Fd() uintptr { return f.f.Fd() }
+
+// Close closes the file, dropping the reference on the address space.
+func (f *File) Close() error {
+	if f.f == nil {
+		return nil
+	}
+	return f.f.Close()
+}
+
+func (f *File) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
+	if f.ioctlHook != nil {
+		return f.ioctlHook(req, arg)
+	}
+	var r uintptr
+	var errno unix.Errno
+	err := f.rc.Control(func(fd uintptr) {
+		r, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, req, uintptr(arg))
+	})
+	if err != nil {
+		// Control fails only when the file is closed.
+		return 0, os.ErrClosed
+	}
+	if errno != 0 {
+		return 0, errno
+	}
+	return r, nil
+}
+
+// Attach binds the file to pid's address space (0 = the caller). The ABI
+// declares the argument as _IOW(__s32): the kernel reads the pid through
+// the pointer passed as the ioctl argument.
+func (f *File) Attach(pid int) error {
+	p := int32(pid)
+	if int(p) != pid {
+		return &Error{Op: "attach", Err: unix.EINVAL}
+	}
+	if _, err := f.ioctl(IocAttach, unsafe.Pointer(&p)); err != nil {
+		return &Error{Op: "attach", Err: err}
+	}
+	return nil
+}
+
+// Collect walks [start, end) once, filling vec, and returns the number of
+// regions written and where the walk stopped (== end when complete). It
+// passes everything to the kernel unchecked, so an empty vec yields EINVAL
+// as the ABI says.
+func (f *File) Collect(start, end uintptr, flags Flags, vec []Region) (n int, walkEnd uintptr, err error) {
+	arg := CollectArg{
+		Size:   SizeofCollectArg,
+		Flags:  uint64(flags),
+		Start:  uint64(start),
+		End:    uint64(end),
+		VecLen: uint64(len(vec)),
+	}
+	if len(vec) > 0 {
+		arg.Vec = uint64(uintptr(unsafe.Pointer(&vec[0])))
+	}
+	n, err = f.CollectRaw(&arg)
+	if err != nil {
+		return 0, 0, err
+	}
+	if n > len(vec) {
+		return 0, 0, &Error{Op: "collect", Err: fmt.Errorf("kernel reported %d regions for a vec of %d", n, len(vec))}
+	}
+	return n, uintptr(arg.WalkEnd), nil
+}
+
+// CollectRaw issues LDT_IOC_COLLECT with arg exactly as given, for tests
+// that need malformed arguments. The caller keeps the memory Vec points to
+// alive and mapped.
+func (f *File) CollectRaw(arg *CollectArg) (int, error) {
+	r, err := f.ioctl(IocCollect, unsafe.Pointer(arg))
+	if err != nil {
+		return 0, &Error{Op: "collect", Err: err}
+	}
+	return int(r), nil
+}
+
+// CollectAll walks all of [start, end), resuming at walk_end whenever the
+// buffer fills, and returns every region found. Regions that touch across
+// a resumption point are merged, so the result is what one call with an
+// unbounded vec would return.
+func (f *File) CollectAll(start, end uintptr, flags Flags) ([]Region, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.buf == nil {
+		f.buf = make([]Region, f.batch)
+	}
+	var out []Region
+	for cur := start; cur < end; {
+		n, we, err := f.Collect(cur, end, flags, f.buf)
+		if err != nil {
+			return out, err
+		}
+		for _, r := range f.buf[:n] {
+			if k := len(out); k > 0 && out[k-1].End == r.Start {
+				out[k-1].End = r.End
+				continue
+			}
+			out = append(out, r)
+		}
+		// A walk_end that does not advance would loop forever; it can
+		// only come from a kernel bug, which the checks want to see.
+		if we <= cur || we > end {
+			return out, &Error{Op: "collect", Err: fmt.Errorf("walk_end %#x outside (%#x, %#x] after %d regions", we, cur, end, n)}
+		}
+		cur = we
+	}
+	return out, nil
+}

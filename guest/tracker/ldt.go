@@ -1,0 +1,66 @@
+package tracker
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"ldtlab/guest/ldt"
+)
+
+// ldtTracker is /dev/ldt in normal ("ldt") or negative-control ("naive")
+// mode. It holds the target by address space, so it works for any pid the
+// caller may ptrace-attach to.
+type ldtTracker struct {
+	name  string
+	f     *ldt.File
+	flags ldt.Flags
+}
+
+func openLDT(name string, pid int, start, end uintptr) (Tracker, error) {
+	f, err := ldt.Open()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("tracker %s: %w: %w", name, ErrUnsupported, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", name, err)
+	}
+	t := &ldtTracker{name: name, f: f}
+	if name == "naive" {
+		t.flags = ldt.Naive
+	}
+	if err := f.Attach(pid); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("tracker %s: %w", name, err)
+	}
+	// Everything written before Open is history: drop it so the first
+	// Collect reports only what happens afterwards.
+	if _, err := f.CollectAll(start, end, t.flags|ldt.Clear); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("tracker %s: initial clear: %w", name, err)
+	}
+	return t, nil
+}
+
+func (t *ldtTracker) Name() string { return t.name }
+
+func (t *ldtTracker) Collect(start, end uintptr, clear bool) ([]Region, error) {
+	if err := checkRange(start, end); err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", t.name, err)
+	}
+	flags := t.flags
+	if clear {
+		flags |= ldt.Clear
+	}
+	rs, err := t.f.CollectAll(start, end, flags)
+	if err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", t.name, err)
+	}
+	out := make([]Region, len(rs))
+	for i, r := range rs {
+		out[i] = Region{uintptr(r.Start), uintptr(r.End)}
+	}
+	return out, nil
+}
+
+func (t *ldtTracker) Close() error { return t.f.Close() }

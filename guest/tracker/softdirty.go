@@ -1,0 +1,165 @@
+package tracker
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	pmSoftDirty = 1 << 55
+	pmEntrySize = 8
+)
+
+// softDirtyBatch is how many pagemap entries one pread fetches (512 KiB);
+// a variable so tests can force several batches.
+var softDirtyBatch = 64 << 10
+
+// softDirty tracks with the kernel's soft-dirty bit.
+//
+// Semantics the checks must know about:
+//   - Clearing is process-wide: "4" > clear_refs write-protects the whole
+//     address space, not just the collected range, so a Collect with clear
+//     forgets writes outside [start,end) too. Use one range per tracker.
+//   - Collect with clear is a read followed by a clear, not an atomic
+//     exchange: a write that lands on a page after its pagemap entry was
+//     read as clean and before clear_refs runs is lost. Writers must be
+//     stopped (SIGSTOP) or quiesced around collections where that matters.
+//   - Soft-dirty over-reports by design (new or merged VMAs, mremap, THP
+//     split/collapse, pinned pages; see docs/research dirty-bit-paths.md):
+//     holes of a VMA created after the last clear are reported, too.
+type softDirty struct {
+	pid       int
+	pagemap   *os.File
+	clearRefs *os.File
+	mu        sync.Mutex
+	buf       []byte
+}
+
+// softDirtyWorks reports whether this kernel maintains soft-dirty
+// (CONFIG_MEM_SOFT_DIRTY); without it clear_refs accepts "4" and bit 55
+// simply never appears, which would look like "nothing written".
+var softDirtyWorks = sync.OnceValue(func() error {
+	mem, err := unix.Mmap(-1, 0, PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return fmt.Errorf("probe mmap: %w", err)
+	}
+	defer unix.Munmap(mem)
+	mem[0] = 1 // a freshly written PTE is soft-dirty when the feature exists
+	f, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var e [pmEntrySize]byte
+	addr := uintptr(unsafe.Pointer(&mem[0]))
+	if _, err := f.ReadAt(e[:], int64(addr/PageSize*pmEntrySize)); err != nil {
+		return fmt.Errorf("probe pagemap: %w", err)
+	}
+	if binary.LittleEndian.Uint64(e[:])&pmSoftDirty == 0 {
+		return fmt.Errorf("%w: kernel does not maintain soft-dirty (CONFIG_MEM_SOFT_DIRTY off): a written page lacks pagemap bit 55", ErrUnsupported)
+	}
+	return nil
+})
+
+func procDir(pid int) string {
+	if pid == 0 {
+		return "/proc/self"
+	}
+	return "/proc/" + strconv.Itoa(pid)
+}
+
+func openSoftDirty(name string, pid int, start, end uintptr) (Tracker, error) {
+	if err := softDirtyWorks(); err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", name, err)
+	}
+	dir := procDir(pid)
+	// pagemap binds the target's mm at open time, so pid reuse cannot
+	// redirect reads; clear_refs looks the pid up on every write.
+	pm, err := os.Open(dir + "/pagemap")
+	if err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", name, err)
+	}
+	cr, err := os.OpenFile(dir+"/clear_refs", os.O_WRONLY, 0)
+	if err != nil {
+		pm.Close()
+		return nil, fmt.Errorf("tracker %s: %w", name, err)
+	}
+	t := &softDirty{pid: pid, pagemap: pm, clearRefs: cr}
+	if err := t.clear(); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *softDirty) Name() string { return "softdirty" }
+
+func (t *softDirty) clear() error {
+	if _, err := t.clearRefs.Write([]byte("4")); err != nil {
+		return fmt.Errorf("tracker softdirty: clear_refs: %w", err)
+	}
+	return nil
+}
+
+func (t *softDirty) Collect(start, end uintptr, clear bool) ([]Region, error) {
+	if err := checkRange(start, end); err != nil {
+		return nil, fmt.Errorf("tracker softdirty: %w", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []Region
+	for cur := start; cur < end; {
+		n := min(int((end-cur)/PageSize), softDirtyBatch)
+		if cap(t.buf) < n*pmEntrySize {
+			t.buf = make([]byte, softDirtyBatch*pmEntrySize)
+		}
+		b := t.buf[:n*pmEntrySize]
+		got, err := t.pagemap.ReadAt(b, int64(cur/PageSize*pmEntrySize))
+		if got < len(b) {
+			// pagemap returns 0 once the address space is gone (the
+			// target exited): report that like ldt's ESRCH.
+			if err == nil || errors.Is(err, io.EOF) {
+				err = unix.ESRCH
+			}
+			return nil, fmt.Errorf("tracker softdirty: pagemap read at %#x: %w", cur, err)
+		}
+		out = appendSoftDirty(out, b, cur)
+		cur += uintptr(n) * PageSize
+	}
+	if clear {
+		if err := t.clear(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// appendSoftDirty turns raw pagemap entries for pages from base on into
+// regions, extending the last region of out when it touches.
+func appendSoftDirty(out []Region, entries []byte, base uintptr) []Region {
+	for i := 0; i+pmEntrySize <= len(entries); i += pmEntrySize {
+		if binary.LittleEndian.Uint64(entries[i:])&pmSoftDirty == 0 {
+			continue
+		}
+		p := base + uintptr(i/pmEntrySize)*PageSize
+		if k := len(out); k > 0 && out[k-1].End == p {
+			out[k-1].End = p + PageSize
+			continue
+		}
+		out = append(out, Region{p, p + PageSize})
+	}
+	return out
+}
+
+func (t *softDirty) Close() error {
+	return errors.Join(t.pagemap.Close(), t.clearRefs.Close())
+}

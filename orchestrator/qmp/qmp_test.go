@@ -1,0 +1,535 @@
+package qmp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeQMP is the server end of a net.Pipe speaking just enough QMP.
+type fakeQMP struct {
+	conn net.Conn
+	dec  *json.Decoder
+	wmu  sync.Mutex
+}
+
+type fakeReq struct {
+	Execute   string          `json:"execute"`
+	Arguments json.RawMessage `json:"arguments"`
+	ID        json.RawMessage `json:"id"`
+}
+
+const greeting = `{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}`
+
+func (f *fakeQMP) sendRaw(s string) error {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	_, err := f.conn.Write([]byte(s + "\r\n")) // QEMU ends lines with CRLF
+	return err
+}
+
+func (f *fakeQMP) reply(r fakeReq, ret string) error {
+	return f.sendRaw(fmt.Sprintf(`{"return": %s, "id": %s}`, ret, r.ID))
+}
+
+func (f *fakeQMP) event(name string, i int) error {
+	return f.sendRaw(fmt.Sprintf(`{"timestamp": {"seconds": 1700000000, "microseconds": %d}, "event": %q, "data": {"n": %d}}`, i, name, i))
+}
+
+func (f *fakeQMP) recv() (fakeReq, error) {
+	var r fakeReq
+	err := f.dec.Decode(&r)
+	return r, err
+}
+
+// handshake plays QEMU's side of the greeting and capabilities negotiation.
+func (f *fakeQMP) handshake() error {
+	if err := f.sendRaw(greeting); err != nil {
+		return err
+	}
+	r, err := f.recv()
+	if err != nil {
+		return err
+	}
+	if r.Execute != "qmp_capabilities" {
+		return fmt.Errorf("first command %q, want qmp_capabilities", r.Execute)
+	}
+	return f.reply(r, "{}")
+}
+
+// startFake connects a Monitor to a fake server that completes the handshake
+// and then runs serve. The server's error, if any, fails the test at cleanup.
+func startFake(t *testing.T, serve func(f *fakeQMP) error) *Monitor {
+	t.Helper()
+	cli, srv := net.Pipe()
+	f := &fakeQMP{conn: srv, dec: json.NewDecoder(srv)}
+	errc := make(chan error, 1)
+	go func() {
+		err := f.handshake()
+		if err == nil && serve != nil {
+			err = serve(f)
+		}
+		errc <- err
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	m, err := New(ctx, cli)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		m.Close()
+		srv.Close()
+		select {
+		case err := <-errc:
+			assert.NoError(t, err, "fake server")
+		case <-time.After(2 * time.Second):
+			t.Error("fake server did not finish")
+		}
+	})
+	return m
+}
+
+// idle waits until the client hangs up, reading and ignoring everything.
+func idle(f *fakeQMP) error {
+	for {
+		if _, err := f.recv(); err != nil {
+			return nil
+		}
+	}
+}
+
+func TestHandshake(t *testing.T) {
+	tests := []struct {
+		name    string
+		server  func(f *fakeQMP)
+		wantErr string
+	}{
+		{"ok", func(f *fakeQMP) { f.handshake(); idle(f) }, ""},
+		{"not a greeting", func(f *fakeQMP) { f.sendRaw(`{"hello": 1}`); idle(f) }, "did not send a QMP greeting"},
+		{"silent", func(f *fakeQMP) { idle(f) }, "deadline exceeded"},
+		{"closes at once", func(f *fakeQMP) { f.conn.Close() }, "reading greeting"},
+		{"capabilities refused", func(f *fakeQMP) {
+			f.sendRaw(greeting)
+			r, _ := f.recv()
+			f.sendRaw(fmt.Sprintf(`{"error": {"class": "CommandNotFound", "desc": "nope"}, "id": %s}`, r.ID))
+			idle(f)
+		}, "negotiating capabilities: qmp: CommandNotFound: nope"},
+		{"capabilities never answered", func(f *fakeQMP) { f.sendRaw(greeting); idle(f) }, "deadline exceeded"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cli, srv := net.Pipe()
+			defer srv.Close()
+			go tt.server(&fakeQMP{conn: srv, dec: json.NewDecoder(srv)})
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			m, err := New(ctx, cli)
+			assert.Less(t, time.Since(start), time.Second, "bounded by ctx")
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				assert.NoError(t, m.Close())
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.wantErr)
+			// The connection was closed on failure.
+			_, werr := cli.Write([]byte("x"))
+			assert.Error(t, werr)
+		})
+	}
+}
+
+// TestRunMatchesIDs answers concurrent commands in reverse order: each
+// caller must still get its own answer.
+func TestRunMatchesIDs(t *testing.T) {
+	const n = 8
+	m := startFake(t, func(f *fakeQMP) error {
+		var reqs []fakeReq
+		for range n {
+			r, err := f.recv()
+			if err != nil {
+				return err
+			}
+			reqs = append(reqs, r)
+		}
+		for i := len(reqs) - 1; i >= 0; i-- {
+			r := reqs[i]
+			if err := f.reply(r, string(r.Arguments)); err != nil {
+				return err
+			}
+		}
+		return idle(f)
+	})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ret, err := m.Run(context.Background(), "echo", map[string]int{"i": i})
+			if assert.NoError(t, err) {
+				assert.JSONEq(t, fmt.Sprintf(`{"i": %d}`, i), string(ret))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestEventsInterleaved(t *testing.T) {
+	m := startFake(t, func(f *fakeQMP) error {
+		r, err := f.recv()
+		if err != nil {
+			return err
+		}
+		f.event("STOP", 1)
+		f.reply(r, `{"status": "paused", "running": false}`)
+		f.event("RESUME", 2)
+		return idle(f)
+	})
+	st, err := m.Status(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, "paused", st)
+
+	want := []string{"STOP", "RESUME"}
+	for i, name := range want {
+		select {
+		case ev := <-m.Events():
+			assert.Equal(t, name, ev.Name)
+			assert.JSONEq(t, fmt.Sprintf(`{"n": %d}`, i+1), string(ev.Data))
+			assert.Equal(t, time.Unix(1700000000, int64(i+1)*1000), ev.Time)
+		case <-time.After(time.Second):
+			t.Fatalf("event %s not received", name)
+		}
+	}
+}
+
+// TestEventsDropOldest floods events nobody reads: the reader goroutine must
+// keep going (the command still gets its answer) and keep the newest events.
+func TestEventsDropOldest(t *testing.T) {
+	const extra = 10
+	m := startFake(t, func(f *fakeQMP) error {
+		r, err := f.recv()
+		if err != nil {
+			return err
+		}
+		for i := range EventBuffer + extra {
+			if err := f.event("E", i); err != nil {
+				return err
+			}
+		}
+		f.reply(r, "{}")
+		return idle(f)
+	})
+	_, err := m.Run(context.Background(), "cmd", nil)
+	require.NoError(t, err)
+	require.Len(t, m.Events(), EventBuffer)
+	first := <-m.Events()
+	assert.JSONEq(t, fmt.Sprintf(`{"n": %d}`, extra), string(first.Data))
+}
+
+func TestErrorResponse(t *testing.T) {
+	m := startFake(t, func(f *fakeQMP) error {
+		r, err := f.recv()
+		if err != nil {
+			return err
+		}
+		f.sendRaw(fmt.Sprintf(`{"error": {"class": "GenericError", "desc": "Device 'x' not found"}, "id": %s}`, r.ID))
+		return idle(f)
+	})
+	_, err := m.Run(context.Background(), "device_del", map[string]string{"id": "x"})
+	var qe *Error
+	require.ErrorAs(t, err, &qe)
+	assert.Equal(t, Error{Class: "GenericError", Desc: "Device 'x' not found"}, *qe)
+	assert.EqualError(t, err, "qmp: GenericError: Device 'x' not found")
+}
+
+// TestLateAnswerDropped: an answer arriving after its caller timed out must
+// not be handed to the next caller.
+func TestLateAnswerDropped(t *testing.T) {
+	m := startFake(t, func(f *fakeQMP) error {
+		first, err := f.recv()
+		if err != nil {
+			return err
+		}
+		second, err := f.recv()
+		if err != nil {
+			return err
+		}
+		f.reply(first, `"first"`)
+		f.reply(second, `"second"`)
+		return idle(f)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := m.Run(ctx, "slow", nil)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	ret, err := m.Run(context.Background(), "fast", nil)
+	require.NoError(t, err)
+	assert.Equal(t, `"second"`, string(ret))
+}
+
+func TestNoAnswer(t *testing.T) {
+	tests := []struct {
+		name    string
+		timeout time.Duration // 0: no deadline on ctx, DefaultTimeout applies
+	}{
+		{"ctx deadline", 100 * time.Millisecond},
+		{"default timeout", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m := startFake(t, idle)
+			ctx := context.Background()
+			limit := tt.timeout
+			if tt.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.timeout)
+				defer cancel()
+			} else {
+				limit = DefaultTimeout
+			}
+			start := time.Now()
+			_, err := m.Run(ctx, "query-status", nil)
+			took := time.Since(start)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.GreaterOrEqual(t, took, limit)
+			// Generous slack: the machine may be busy; "never" is what matters.
+			assert.Less(t, took, limit+3*time.Second)
+		})
+	}
+}
+
+// TestWriteBlocked: a server that stops reading must not block Run past its deadline.
+func TestWriteBlocked(t *testing.T) {
+	m := startFake(t, func(f *fakeQMP) error {
+		time.Sleep(300 * time.Millisecond) // net.Pipe writes block until read
+		return idle(f)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := m.Run(ctx, "query-status", nil)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+}
+
+func TestServerClosesMidCall(t *testing.T) {
+	m := startFake(t, func(f *fakeQMP) error {
+		if _, err := f.recv(); err != nil {
+			return err
+		}
+		return f.conn.Close()
+	})
+	start := time.Now()
+	_, err := m.Run(context.Background(), "query-status", nil)
+	require.ErrorIs(t, err, ErrClosed)
+	assert.Less(t, time.Since(start), time.Second)
+
+	_, open := <-m.Events()
+	assert.False(t, open, "events closed when the connection ends")
+	_, err = m.Run(context.Background(), "query-status", nil)
+	require.ErrorIs(t, err, ErrClosed)
+	assert.NoError(t, m.Close())
+}
+
+func TestClose(t *testing.T) {
+	t.Run("zero monitor", func(t *testing.T) {
+		var m Monitor
+		assert.NoError(t, m.Close())
+		assert.NoError(t, m.Close())
+		_, err := m.Run(context.Background(), "query-status", nil)
+		assert.ErrorIs(t, err, ErrClosed)
+		_, open := <-m.Events()
+		assert.False(t, open)
+		<-m.Done()
+	})
+	t.Run("nil monitor", func(t *testing.T) {
+		var m *Monitor
+		assert.NoError(t, m.Close())
+		_, err := m.Run(context.Background(), "query-status", nil)
+		assert.ErrorIs(t, err, ErrClosed)
+	})
+	t.Run("while a call waits", func(t *testing.T) {
+		m := startFake(t, idle)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := m.Run(context.Background(), "query-status", nil)
+			errc <- err
+		}()
+		time.Sleep(50 * time.Millisecond)
+		require.NoError(t, m.Close())
+		select {
+		case err := <-errc:
+			assert.ErrorIs(t, err, ErrClosed)
+		case <-time.After(time.Second):
+			t.Fatal("Run did not return after Close")
+		}
+	})
+	t.Run("while a write blocks", func(t *testing.T) {
+		m := startFake(t, func(f *fakeQMP) error {
+			time.Sleep(300 * time.Millisecond)
+			return idle(f)
+		})
+		errc := make(chan error, 1)
+		go func() {
+			_, err := m.Run(context.Background(), "query-status", nil)
+			errc <- err
+		}()
+		time.Sleep(50 * time.Millisecond)
+		require.NoError(t, m.Close())
+		select {
+		case err := <-errc:
+			assert.ErrorIs(t, err, ErrClosed)
+		case <-time.After(time.Second):
+			t.Fatal("Run did not return after Close")
+		}
+	})
+	t.Run("after calls, twice", func(t *testing.T) {
+		m := startFake(t, func(f *fakeQMP) error {
+			r, err := f.recv()
+			if err != nil {
+				return err
+			}
+			f.reply(r, "{}")
+			return idle(f)
+		})
+		require.NoError(t, m.Stop(context.Background()))
+		assert.NoError(t, m.Close())
+		assert.NoError(t, m.Close())
+		<-m.Done()
+		_, open := <-m.Events()
+		assert.False(t, open)
+		assert.ErrorIs(t, m.Cont(context.Background()), ErrClosed)
+		assert.ErrorIs(t, m.Quit(context.Background()), ErrClosed, "nothing was sent")
+	})
+}
+
+func TestWrappers(t *testing.T) {
+	tests := []struct {
+		name     string
+		call     func(m *Monitor) (string, error)
+		execute  string
+		args     string // expected arguments JSON, "" for none
+		ret      string // "" means: close the connection instead of answering
+		want     string
+		wantFail bool
+	}{
+		{"status", func(m *Monitor) (string, error) { return m.Status(context.Background()) },
+			"query-status", "", `{"running": true, "singlestep": false, "status": "running"}`, "running", false},
+		{"hmp", func(m *Monitor) (string, error) { return m.HumanMonitorCommand(context.Background(), "info cpus") },
+			"human-monitor-command", `{"command-line": "info cpus"}`, `"* CPU #0: thread_id=1\r\n"`, "* CPU #0: thread_id=1\r\n", false},
+		{"stop", func(m *Monitor) (string, error) { return "", m.Stop(context.Background()) }, "stop", "", "{}", "", false},
+		{"cont", func(m *Monitor) (string, error) { return "", m.Cont(context.Background()) }, "cont", "", "{}", "", false},
+		{"powerdown", func(m *Monitor) (string, error) { return "", m.SystemPowerdown(context.Background()) }, "system_powerdown", "", "{}", "", false},
+		{"quit answered", func(m *Monitor) (string, error) { return "", m.Quit(context.Background()) }, "quit", "", "{}", "", false},
+		{"quit hangs up", func(m *Monitor) (string, error) { return "", m.Quit(context.Background()) }, "quit", "", "", "", false},
+		{"typed nil args omitted", func(m *Monitor) (string, error) {
+			ret, err := m.Run(context.Background(), "stop", map[string]int(nil))
+			return string(ret), err
+		}, "stop", "", "{}", "{}", false},
+		{"status hangs up", func(m *Monitor) (string, error) { return m.Status(context.Background()) }, "query-status", "", "", "", true},
+		{"status bad shape", func(m *Monitor) (string, error) { return m.Status(context.Background()) }, "query-status", "", `[]`, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := startFake(t, func(f *fakeQMP) error {
+				r, err := f.recv()
+				if err != nil {
+					return err
+				}
+				if r.Execute != tt.execute {
+					return fmt.Errorf("execute %q, want %q", r.Execute, tt.execute)
+				}
+				if tt.args == "" && r.Arguments != nil {
+					return fmt.Errorf("unexpected arguments %s", r.Arguments)
+				}
+				if tt.args != "" && !assert.JSONEq(t, tt.args, string(r.Arguments)) {
+					return errors.New("wrong arguments")
+				}
+				if tt.ret == "" {
+					return f.conn.Close()
+				}
+				f.reply(r, tt.ret)
+				return idle(f)
+			})
+			got, err := tt.call(m)
+			if tt.wantFail {
+				assert.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
+// TestRealQEMU talks to an actual QEMU with no machine, so it needs no
+// accelerator, kernel or firmware.
+func TestRealQEMU(t *testing.T) {
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	cmd := exec.Command(bin, "-machine", "none", "-nodefaults", "-display", "none",
+		"-qmp", "unix:"+sock+",server=on,wait=off")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	require.NoError(t, cmd.Start())
+	exited := make(chan struct{}) // closed, not sent to: both the test and cleanup wait on it
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var m *Monitor
+	for {
+		// The socket appears shortly after start; retry until it does.
+		m, err = Dial(ctx, "unix", sock)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NoError(t, err)
+	defer m.Close()
+
+	st, err := m.Status(ctx)
+	require.NoError(t, err)
+	assert.Contains(t, []string{"running", "prelaunch", "paused"}, st)
+
+	out, err := m.HumanMonitorCommand(ctx, "info version")
+	require.NoError(t, err)
+	assert.NotEmpty(t, out)
+
+	_, err = m.Run(ctx, "no-such-command", nil)
+	var qe *Error
+	require.ErrorAs(t, err, &qe)
+	assert.Equal(t, "CommandNotFound", qe.Class)
+
+	require.NoError(t, m.Quit(ctx))
+	var sawShutdown bool
+	for ev := range m.Events() { // closed when QEMU hangs up
+		sawShutdown = sawShutdown || ev.Name == "SHUTDOWN"
+	}
+	assert.True(t, sawShutdown, "SHUTDOWN event before hang-up")
+	select {
+	case <-exited:
+	case <-ctx.Done():
+		t.Fatal("qemu did not exit after quit")
+	}
+}

@@ -1,0 +1,57 @@
+package report
+
+import (
+	"bytes"
+	"regexp"
+)
+
+// line is one console line with the printk prefixes split off.
+type line struct {
+	start, end int    // byte span in the input; end is past the newline
+	text       string // message after the prefixes, trailing CRs removed
+	caller     string // "T123" or "C0" from CONFIG_PRINTK_CALLER, else ""
+	kernel     bool   // carried a printk timestamp, so the kernel wrote it
+}
+
+var (
+	// "[    1.234567][    T1] ", "[ 1.2][ C0] ", "[    1.234567] " (dmesg),
+	// "[    1.234567] [    T1] " (util-linux dmesg), optionally behind a
+	// "<4>" syslog level as in `dmesg -r`.
+	prefixRe = regexp.MustCompile(`^(?:<\d+>)?\[\s*\d+\.\d+\]\s?(?:\[\s*([TC]\d+)\]\s?)?`)
+	// A kernel record glued to a partial userspace line on the serial
+	// console. Only the timestamp+caller pair is trusted here, so that
+	// program output such as "[1.5]" does not split lines.
+	midPrefixRe = regexp.MustCompile(`\[\s*\d+\.\d+\]\[\s*[TC]\d+\]`)
+)
+
+func splitLines(log []byte) []line {
+	var out []line
+	for pos := 0; pos < len(log); {
+		end := len(log)
+		if nl := bytes.IndexByte(log[pos:], '\n'); nl >= 0 {
+			end = pos + nl + 1
+		}
+		body := bytes.TrimRight(log[pos:end], "\r\n")
+		if loc := midPrefixRe.FindIndex(body); loc != nil && loc[0] > 0 {
+			out = append(out, makeLine(pos, pos+loc[0], body[:loc[0]]))
+			out = append(out, makeLine(pos+loc[0], end, body[loc[0]:]))
+		} else {
+			out = append(out, makeLine(pos, end, body))
+		}
+		pos = end
+	}
+	return out
+}
+
+func makeLine(start, end int, body []byte) line {
+	l := line{start: start, end: end}
+	if m := prefixRe.FindSubmatchIndex(body); m != nil {
+		l.kernel = true
+		if m[2] >= 0 {
+			l.caller = string(body[m[2]:m[3]])
+		}
+		body = body[m[1]:]
+	}
+	l.text = string(bytes.TrimRight(body, "\r"))
+	return l
+}

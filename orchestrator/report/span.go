@@ -1,0 +1,400 @@
+package report
+
+import (
+	"slices"
+	"strings"
+)
+
+type parser struct {
+	log      []byte
+	lines    []line
+	consumed []bool // line already belongs to a report
+	// kernelMode: some line carries a printk timestamp, so lines without
+	// one are program output and can neither open nor extend a report.
+	kernelMode bool
+}
+
+func newParser(log []byte) *parser {
+	p := &parser{log: log, lines: splitLines(log)}
+	p.consumed = make([]bool, len(p.lines))
+	for _, l := range p.lines {
+		if l.kernel {
+			p.kernelMode = true
+			break
+		}
+	}
+	return p
+}
+
+func (p *parser) candidate(i int) bool { return !p.kernelMode || p.lines[i].kernel }
+
+// mode says what ends a report's span.
+type mode int
+
+const (
+	modeMarker mode = iota // "---[ end trace ... ]---"
+	modeTrace              // the end of the first call trace block
+	modeKASAN              // the closing "=====" rule
+	modeRSS                // the end of a run of check_mm lines
+	modePanic              // "---[ end Kernel panic" or "Rebooting in"
+)
+
+// scanWindow bounds how many console lines after its header a report may
+// reach. Interleaving never spreads a real report this far, and it keeps
+// Parse linear on logs full of unterminated headers.
+const scanWindow = 5000
+
+// span collects the lines of one report while it is being parsed.
+type span struct {
+	p       *parser
+	hdrIdx  int
+	h       hdr
+	m       []string
+	callers []string // printk callers that belong to the report; nil: unknown
+	idx     []int    // included lines, ascending
+	typ     Type
+	mode    mode
+
+	preOops bool // an "Oops:" line may follow and belongs to us
+	prelude bool // a "kernel BUG at"/"WARNING:" line may follow and belongs to us
+	needBug bool // only a report if a BUG/WARNING follows (vma/mm dumps)
+
+	sawOops, sawBugWarn, sawTrace, sawOffset, inPanic bool
+	bugFile, warnFunc                                 string
+	truncated                                         bool
+}
+
+func (s *span) mine(l *line) bool {
+	if s.callers != nil {
+		return slices.Contains(s.callers, l.caller)
+	}
+	if s.p.kernelMode {
+		return l.kernel
+	}
+	return true
+}
+
+func (p *parser) build(i int, h hdr, m []string) (Report, bool) {
+	s := &span{p: p, hdrIdx: i, h: h, m: m}
+	if c := p.lines[i].caller; c != "" {
+		s.callers = []string{c}
+	}
+	s.setup()
+	s.backtrack()
+	s.idx = append(s.idx, i)
+	if !s.scan(i + 1) {
+		return Report{}, false
+	}
+	for _, j := range s.idx {
+		p.consumed[j] = true
+	}
+	return s.report(), true
+}
+
+func (s *span) setup() {
+	s.mode = modeMarker
+	switch s.h {
+	case hWarning:
+		s.typ, s.sawBugWarn, s.bugFile, s.warnFunc = TypeWarning, true, s.m[1], s.m[2]
+	case hKernelBug:
+		s.typ, s.sawBugWarn, s.preOops, s.bugFile = TypeKernelBug, true, true, s.m[1]
+	case hOops:
+		s.typ, s.sawOops = TypeOops, true
+	case hPanic:
+		s.typ, s.mode, s.inPanic = TypePanic, modePanic, true
+	case hKASAN:
+		s.typ, s.mode = TypeKASAN, modeKASAN
+	case hUBSAN:
+		s.typ = TypeUBSAN
+	case hRCU:
+		s.typ, s.mode = TypeRCUStall, modeTrace
+	case hHung:
+		s.typ, s.mode = TypeHungTask, modeTrace
+	case hSoftLockup:
+		s.typ, s.mode = TypeSoftLockup, modeTrace
+	case hHardLockup:
+		s.typ, s.mode = TypeHardLockup, modeTrace
+	case hBadPageState:
+		s.typ, s.mode = TypeBadPageState, modeTrace
+	case hBadPageMap:
+		s.typ, s.mode = TypeBadPageMap, modeTrace
+	case hBadRSS:
+		s.typ, s.mode = TypeBadRSS, modeRSS
+	case hList:
+		s.typ, s.prelude, s.preOops = TypeListCorruption, true, true
+	case hVMPage:
+		s.typ, s.prelude, s.preOops = TypeVMBug, true, true
+	case hVMVMA, hVMMM:
+		s.typ, s.prelude, s.preOops, s.needBug = TypeVMBug, true, true, true
+	case hLockdep:
+		s.typ, s.mode = TypeLockdep, modeTrace
+	case hPageFault, hDoubleFault:
+		s.typ, s.preOops = TypeBug, true
+	default: // hBug: most have no end marker, but an oops may follow
+		s.typ, s.mode, s.preOops = TypeBug, modeTrace, true
+	}
+}
+
+// backtrack pulls in the lines printed just before the header that are
+// part of the report: "cut here", a WARN() message, the page dump before
+// "page dumped because:", the "=====" rule before KASAN/lockdep headers.
+func (s *span) backtrack() {
+	var lead []int
+	seen := 0
+	for j := s.hdrIdx - 1; j >= 0 && j >= s.hdrIdx-200 && seen < 24; j-- {
+		l := &s.p.lines[j]
+		if !s.mine(l) {
+			continue
+		}
+		if s.p.consumed[j] {
+			return
+		}
+		if h, _ := classify(l.text); h != hNone {
+			return
+		}
+		seen++
+		lead = append(lead, j)
+		switch {
+		case cutHereRe.MatchString(l.text) && seen <= 6:
+		case s.h == hVMPage && strings.HasPrefix(l.text, "page:"):
+		case (s.h == hKASAN || s.h == hLockdep) && seen == 1 && ruleRe.MatchString(l.text):
+		default:
+			continue
+		}
+		slices.Reverse(lead)
+		s.idx = lead
+		return
+	}
+}
+
+// scan extends the span from line `from` on. It returns false when the
+// header turned out not to be a report.
+func (s *span) scan(from int) bool {
+	lines := s.p.lines
+	var (
+		inTrace    bool
+		afterBlock bool   // a "</TASK>" closed the call trace block
+		post       bool   // the report proper ended; looking for a consequence panic
+		summary    = true // post: still in the oops executive summary
+		pending    []int  // post: lines kept only if a consequence panic follows
+		count      int
+		hdrPos     = len(s.idx) - 1
+	)
+	for j := from; j < len(lines); j++ {
+		if j-s.hdrIdx > scanWindow {
+			s.truncated = !post && !afterBlock
+			return true
+		}
+		l := &lines[j]
+		if strings.HasPrefix(l.text, "Linux version ") && newBootRe.MatchString(l.text) {
+			// The machine rebooted: nothing after this belongs to us.
+			return s.endOfLog(post || afterBlock)
+		}
+		if s.p.consumed[j] {
+			continue
+		}
+		if !s.mine(l) {
+			if s.typ != TypeRCUStall || l.caller == "" || !nmiBacktrace.MatchString(l.text) {
+				continue
+			}
+			// A stalled CPU dumps its stack from NMI context, i.e.
+			// under its own "Cn" caller: adopt it.
+			s.callers = append(s.callers, l.caller)
+		}
+		h2, m2 := classify(l.text)
+		t := strings.TrimSpace(l.text)
+
+		if post {
+			if h2 == hPanic && consequence(m2[1], s) {
+				s.idx = append(s.idx, pending...)
+				s.idx = append(s.idx, j)
+				pending, post = nil, false
+				s.mode, s.inPanic = modePanic, true
+				continue
+			}
+			if h2 != hNone || len(pending) > 400 {
+				return true
+			}
+			// oops_end reprints the registers after the end marker;
+			// do_exit may add "note:" lines.
+			if summary && s.sawOops && (regLineRe.MatchString(t) || strings.HasPrefix(t, "note: ")) {
+				s.idx = append(s.idx, j)
+				continue
+			}
+			summary = false
+			pending = append(pending, j)
+			continue
+		}
+
+		if (inTrace && !isTraceLine(t)) || afterBlock {
+			inTrace, afterBlock = false, false
+			if s.mode == modeTrace &&
+				(s.typ != TypeRCUStall || h2 != hNone || !rcuContinueRe.MatchString(l.text) || !s.adjacent(j)) {
+				post = true
+				j-- // look at this line again in post mode
+				continue
+			}
+		}
+		if s.mode == modeRSS && h2 != hBadRSS {
+			return true
+		}
+		if h2 != hNone && !s.absorb(h2, m2, l) {
+			return !s.needBug || s.sawBugWarn
+		}
+		s.idx = append(s.idx, j)
+		count++
+		if s.needBug && !s.sawBugWarn && count > 40 {
+			return false
+		}
+		if count > 5000 { // runaway: a real report is far shorter
+			return true
+		}
+		if s.mode == modeTrace && !s.sawTrace && count > 100 {
+			// Some "BUG:"/stall messages come without a stack
+			// (workqueue lockup): keep just the header then.
+			s.idx = s.idx[:hdrPos+1]
+			return true
+		}
+		switch {
+		case endPanicRe.MatchString(t), s.inPanic && rebootingRe.MatchString(t):
+			return true
+		case kernelOffRe.MatchString(t):
+			s.sawOffset = true
+		case endTraceRe.MatchString(t) && s.mode != modePanic && s.mode != modeKASAN:
+			post = true
+			continue
+		case ruleRe.MatchString(t) && s.mode == modeKASAN:
+			post = true
+			continue
+		}
+		switch {
+		case t == "Call Trace:":
+			inTrace, s.sawTrace = true, true
+		case inTrace && t == "</TASK>":
+			// The task stack is always printed last.
+			inTrace, afterBlock = false, true
+		}
+	}
+	return s.endOfLog(post || afterBlock || s.mode == modeRSS)
+}
+
+// adjacent reports whether no other context printed between the span's
+// last line and line j. A stall report continues (more CPUs, starved
+// kthread) only right away; "Cn" callers are reused by later, unrelated
+// interrupt-context messages.
+func (s *span) adjacent(j int) bool {
+	for k := s.idx[len(s.idx)-1] + 1; k < j; k++ {
+		if l := &s.p.lines[k]; l.kernel && !s.mine(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// endOfLog decides whether a span cut off by the end of the log (or by a
+// reboot) was complete anyway.
+func (s *span) endOfLog(complete bool) bool {
+	// With panic=-1 the machine resets right after "Kernel Offset:",
+	// before the end marker is printed.
+	if !complete && !(s.inPanic && s.sawOffset) {
+		s.truncated = true
+	}
+	return true
+}
+
+// absorb decides whether another header line continues this report.
+func (s *span) absorb(h hdr, m []string, l *line) bool {
+	switch h {
+	case hOops:
+		if s.preOops && !s.sawOops && !s.sawTrace {
+			s.sawOops, s.mode = true, modeMarker
+			return true
+		}
+	case hKernelBug:
+		if s.prelude && !s.sawBugWarn && !s.sawTrace {
+			s.sawBugWarn, s.bugFile, s.mode = true, m[1], modeMarker
+			return true
+		}
+	case hWarning:
+		if s.prelude && !s.sawBugWarn && !s.sawTrace {
+			s.sawBugWarn, s.bugFile, s.warnFunc, s.mode = true, m[1], m[2], modeMarker
+			s.preOops = false
+			return true
+		}
+	case hPanic:
+		// A panic in the middle of a report of the same context is
+		// caused by it (panic_on_warn, panic_on_oops, ...).
+		if !s.inPanic && (s.callers == nil || l.caller == s.callers[0]) {
+			s.inPanic, s.mode = true, modePanic
+			return true
+		}
+	case hBadRSS:
+		return s.mode == modeRSS
+	}
+	return false
+}
+
+func (s *span) report() Report {
+	var b strings.Builder
+	for _, j := range s.idx {
+		l := &s.p.lines[j]
+		b.Write(trimEOL(s.p.log[l.start:l.end]))
+		b.WriteByte('\n')
+	}
+	typ := s.finalType()
+	s.typ = typ
+	return Report{
+		Type:      typ,
+		Title:     s.title(),
+		Start:     s.p.lines[s.idx[0]].start,
+		End:       s.p.lines[s.idx[len(s.idx)-1]].end,
+		Text:      b.String(),
+		Truncated: s.truncated,
+	}
+}
+
+func trimEOL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// finalType refines the header's type with what the body revealed.
+func (s *span) finalType() Type {
+	byFile := func(def Type) Type {
+		switch {
+		case strings.HasSuffix(s.bugFile, "mm/page_table_check.c"):
+			return TypePageTableCheck
+		case strings.HasSuffix(s.bugFile, "lib/list_debug.c"):
+			return TypeListCorruption
+		}
+		return def
+	}
+	switch s.h {
+	case hWarning:
+		return byFile(TypeWarning)
+	case hKernelBug:
+		return byFile(TypeKernelBug)
+	case hOops:
+		if strings.Contains(s.oopsMsg(), "general protection fault") {
+			return TypeGPF
+		}
+	case hVMPage:
+		if strings.HasPrefix(s.m[1], "VM_WARN") {
+			return TypeWarning
+		}
+	case hVMVMA, hVMMM:
+		if s.warnFunc != "" {
+			return TypeWarning
+		}
+	}
+	return s.typ
+}
+
+func (s *span) oopsMsg() string {
+	if s.m[1] != "" {
+		return s.m[1]
+	}
+	return s.m[2]
+}
