@@ -79,6 +79,7 @@ func runSuite(m *testing.M) int {
 // suiteKernels are the builds the suite boots.
 var suiteKernels = []kernel.Options{
 	{Config: "debug"},
+	{Config: "debug", Vanilla: true},
 }
 
 // ensureBuilt reports a cache hit, or builds in a detached process and

@@ -21,7 +21,7 @@ import (
 
 // recipeVersion changes whenever the way a kernel is built changes, so old
 // cache entries are not reused for a different recipe.
-const recipeVersion = "kernel-recipe-3"
+const recipeVersion = "kernel-recipe-4"
 
 // Options select what to build.
 type Options struct {
@@ -45,6 +45,8 @@ type Meta struct {
 	Fragments     []string  `json:"fragments"`
 	Modules       []string  `json:"modules"`
 	Compiler      string    `json:"compiler"`
+	Selftests     []string  `json:"selftests"`
+	SelftestsFail []string  `json:"selftests_failed,omitempty"`
 	BuiltAt       time.Time `json:"built_at"`
 	BuildSeconds  float64   `json:"build_seconds"`
 }
@@ -55,7 +57,9 @@ type Build struct {
 	BzImage string // bzImage
 	Vmlinux string // vmlinux with symbols, for gdb
 	Modules string // root of lib/modules/<release>
-	Meta    Meta
+	// SelftestDir holds the static mm selftests built from the same tree.
+	SelftestDir string
+	Meta        Meta
 }
 
 // Variant names the build for humans: "debug", "perf-vanilla".
@@ -242,6 +246,8 @@ func load(dir string) (*Build, error) {
 		BzImage: filepath.Join(dir, "bzImage"),
 		Vmlinux: filepath.Join(dir, "vmlinux"),
 		Modules: filepath.Join(dir, "modules"),
+
+		SelftestDir: filepath.Join(dir, "selftests", "mm"),
 	}
 	if err := readJSON(filepath.Join(dir, "meta.json"), &b.Meta); err != nil {
 		return nil, fmt.Errorf("reading kernel build metadata in %s: %w", dir, err)
@@ -335,6 +341,10 @@ func (p *plan) build(ctx context.Context, dst string) error {
 			modNames = append(modNames, filepath.Base(ko))
 		}
 	}
+	stBuilt, stFailed, err := p.buildSelftests(ctx, srcDir, outDir, dst, logFile)
+	if err != nil {
+		return fail("building the mm selftests", err)
+	}
 	for src, name := range map[string]string{
 		filepath.Join(outDir, "arch/x86/boot/bzImage"): "bzImage",
 		filepath.Join(outDir, "vmlinux"):               "vmlinux",
@@ -352,6 +362,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		Key: p.key, SourcePackage: SourcePackage, SourceVersion: p.src.Version,
 		KernelRelease: release, Config: p.opts.config(), Vanilla: p.opts.Vanilla,
 		Modules: modNames, Compiler: p.compiler, BuiltAt: time.Now().UTC(),
+		Selftests: stBuilt, SelftestsFail: stFailed,
 		BuildSeconds: time.Since(start).Seconds(),
 	}
 	for _, pt := range p.patches {

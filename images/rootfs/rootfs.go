@@ -215,6 +215,10 @@ func build(ctx context.Context, o Options, dst string) error {
 	if err := addTree(a, mods, "lib/modules"); err != nil {
 		return err
 	}
+	// The kernel's mm selftests, built from the same tree.
+	if err := addTree(a, o.Kernel.SelftestDir, "usr/lib/ldtlab/selftests/mm"); err != nil {
+		return err
+	}
 	etc := map[string]string{
 		"etc/passwd":     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
 		"etc/group":      "root:x:0:\nnogroup:x:65534:\n",
@@ -272,7 +276,11 @@ func addTree(a *initramfs.Archive, host, prefix string) error {
 			}
 			return a.AddSymlink(target, l)
 		case d.Type().IsRegular():
-			return a.AddHostFile(target, p, 0o644)
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			return a.AddHostFile(target, p, info.Mode().Perm())
 		}
 		return nil
 	})

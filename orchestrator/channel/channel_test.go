@@ -129,7 +129,9 @@ func TestClosingClientKillsCommand(t *testing.T) {
 	l := newLab(t)
 	c := l.dial(t)
 	pidFile := filepath.Join(t.TempDir(), "pid")
-	go func() { _, _ = c.Run(context.Background(), "sleep 300 & echo $! > "+pidFile+"; wait", channel.RunOptions{}) }()
+	go func() {
+		_, _ = c.Run(context.Background(), "sleep 300 & echo $! > "+pidFile+"; wait", channel.RunOptions{})
+	}()
 	pid, err := strconv.Atoi(waitFile(t, pidFile))
 	require.NoError(t, err)
 	require.NoError(t, c.Close())

@@ -71,6 +71,8 @@ func Args(cfg vm.Config) []string {
 		"-chardev", "socket,id=ctl,path=" + filepath.Join(cfg.Dir, "ctl.sock") + ",server=on,wait=off",
 		"-device", "virtserialport,bus=vser.0,chardev=ctl,name=" + ControlPortName,
 		"-device", "pvpanic",
+		// Entropy from the host, so nothing in the guest waits for the crng.
+		"-device", "virtio-rng-pci",
 		// Report the panic as an event, leave the guest running so it
 		// finishes printing; we decide when to kill it.
 		"-action", "panic=none",

@@ -1,0 +1,240 @@
+package scenario
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/tracker"
+)
+
+func init() {
+	register(&Scenario{
+		Name:  "stale-swap-cache",
+		Paths: "1, 3 (S1)",
+		Doc: "disk swap only: write X, MADV_PAGEOUT, read back (mapped writable and clean, still in the swap cache), " +
+			"write Y, collect+clear, MADV_PAGEOUT, read: must be Y. Without the OS-backup bit the page is dropped clean and X comes back.",
+		Naive: LoseData,
+		Run:   runStaleSwapCache,
+	})
+	register(&Scenario{
+		Name:  "lazyfree",
+		Paths: "9, 1 (S1)",
+		Doc: "4 KiB pages: read back (present), MADV_FREE, write, collect+clear, MADV_PAGEOUT, read: must be the written data. " +
+			"Without the OS-backup bit the clean lazyfree page is discarded and reads as zeros.",
+		Naive: LoseData,
+		Run:   func(e *Env) error { return runLazyfree(e, false) },
+	})
+	register(&Scenario{
+		Name:  "lazyfree-thp",
+		Paths: "9, 1 (S1), PMD discard",
+		Doc: "as lazyfree on a PMD-mapped THP: fresh THP, MADV_FREE the whole 2 MiB, write all of it, collect+clear, " +
+			"MADV_PAGEOUT (__discard_anon_folio_pmd_locked), read.",
+		Naive: LoseData,
+		Run:   func(e *Env) error { return runLazyfree(e, true) },
+	})
+	register(&Scenario{
+		Name:  "swap-roundtrip",
+		Paths: "1, 3 (S2)",
+		Doc: "write, MADV_PAGEOUT (D moves to the folio and the swap entry), read back (the new PTE is clean), collect: " +
+			"the written pages must still be reported.",
+		Naive: MissPages,
+		Run:   runSwapRoundtrip,
+	})
+}
+
+// populated maps an n-page segment of kind and writes every page once, so
+// the scenario starts from present, known content; the tracker opened
+// afterwards does not count these writes.
+func populated(e *Env, kind Kind, n int) (*Workset, *Segment, tracker.Tracker, error) {
+	ws, err := NewWorkset(e.Seed, n)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	seg, err := ws.Map("data", kind, 0, n, -1)
+	if err != nil {
+		ws.Close()
+		return nil, nil, nil, err
+	}
+	for id := range n {
+		ws.Write(id)
+	}
+	t, err := e.Track(ws)
+	if err != nil {
+		ws.Close()
+		return nil, nil, nil, err
+	}
+	ws.Judge(nil) // the setup writes are history
+	return ws, seg, t, nil
+}
+
+// swapStats remembers how completely MADV_PAGEOUT worked, because a
+// scenario whose pages never reached swap proves nothing.
+type swapStats struct{ want, got int }
+
+func (s *swapStats) pageout(b []byte) error {
+	n, err := pageout(b)
+	s.want += len(b) / PageSize
+	s.got += n
+	return err
+}
+
+func (s *swapStats) note(e *Env) {
+	e.Note("MADV_PAGEOUT swapped out %d of %d pages asked for", s.got, s.want)
+	if s.got == 0 {
+		e.Note("WARNING: nothing reached swap; the scenario had no teeth this run")
+	}
+}
+
+func runStaleSwapCache(e *Env) (err error) {
+	restore, disk, err := diskSwapOnly()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if rerr := restore(); rerr != nil && err == nil {
+			err = fmt.Errorf("restore zram swap: %w", rerr)
+		}
+	}()
+	e.Note("swap device for the scenario: %s (zram swapped off meanwhile)", disk)
+	const n = 64
+	ws, seg, t, err := populated(e, Anon, n)
+	if err != nil {
+		return err
+	}
+	defer ws.Close()
+	defer t.Close()
+	var ss swapStats
+	defer ss.note(e)
+	for range e.Epochs {
+		ids := Pick(e.Rand, 0, n, n/2)
+		for _, id := range ids {
+			ws.Write(id) // X
+		}
+		if err := ss.pageout(seg.Bytes(ws)); err != nil {
+			return err
+		}
+		// Reading swaps every page back in: exclusive pages come back
+		// writable and clean, and stay in the swap cache.
+		if err := e.Verify(ws); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			ws.Write(id) // Y, no fault: only the hardware D bit records it
+		}
+		if _, err := e.Collect(ws, t); err != nil {
+			return err
+		}
+		if err := ss.pageout(seg.Bytes(ws)); err != nil {
+			return err
+		}
+		if err := e.Verify(ws); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runLazyfree(e *Env, thp bool) error {
+	if err := anySwap(); err != nil && !thp {
+		return err
+	}
+	kind, n := Anon, 64
+	if thp {
+		kind, n = AnonTHP, 2*HugePage/PageSize
+	}
+	ws, seg, t, err := populated(e, kind, n)
+	if err != nil {
+		return err
+	}
+	defer ws.Close()
+	defer t.Close()
+	var ss swapStats
+	defer ss.note(e)
+	thpSeen := 0
+	for ep := range e.Epochs {
+		if thp {
+			// A fresh PMD-mapped THP every epoch: the last pageout split
+			// or swapped the previous one.
+			b := seg.Bytes(ws)
+			if err := unix.Madvise(b, unix.MADV_DONTNEED); err != nil {
+				return err
+			}
+			for id := range n {
+				ws.Expect(id, 0)
+				ws.Write(id)
+			}
+			if kb, _ := anonHugeKB(ws.Base, ws.End()); kb > 0 {
+				thpSeen++
+			}
+			if err := unix.Madvise(b, unix.MADV_FREE); err != nil {
+				return fmt.Errorf("MADV_FREE: %w", err)
+			}
+			// Every page is rewritten: a lazyfree page left alone may
+			// legitimately read back as zeros.
+			for id := range n {
+				ws.Write(id)
+			}
+		} else {
+			if ep > 0 {
+				// Bring swapped pages back first: MADV_FREE of a swap
+				// entry just frees it, no lazyfree page to lose.
+				if err := e.Verify(ws); err != nil {
+					return err
+				}
+			}
+			for _, id := range Pick(e.Rand, 0, n, n/2) {
+				if err := unix.Madvise(ws.Page(id), unix.MADV_FREE); err != nil {
+					return fmt.Errorf("MADV_FREE: %w", err)
+				}
+				ws.Write(id)
+			}
+		}
+		if _, err := e.Collect(ws, t); err != nil {
+			return err
+		}
+		if err := ss.pageout(seg.Bytes(ws)); err != nil {
+			return err
+		}
+		if err := e.Verify(ws); err != nil {
+			return err
+		}
+	}
+	if thp {
+		e.Note("a PMD-mapped THP formed in %d of %d epochs", thpSeen, e.Epochs)
+		if thpSeen == 0 {
+			return Skipf("no THP formed (transparent_hugepage not madvise/always?); the PMD discard path was not reached")
+		}
+	}
+	return nil
+}
+
+func runSwapRoundtrip(e *Env) error {
+	if err := anySwap(); err != nil {
+		return err
+	}
+	const n = 128
+	ws, seg, t, err := populated(e, Anon, n)
+	if err != nil {
+		return err
+	}
+	defer ws.Close()
+	defer t.Close()
+	var ss swapStats
+	defer ss.note(e)
+	for range e.Epochs {
+		for _, id := range Pick(e.Rand, 0, n, n/2) {
+			ws.Write(id)
+		}
+		if err := ss.pageout(seg.Bytes(ws)); err != nil {
+			return err
+		}
+		if err := e.Verify(ws); err != nil { // swap-in by reading
+			return err
+		}
+		if _, err := e.Collect(ws, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,385 @@
+// Package scenario is the catalogue of deterministic dirty-tracking
+// scenarios of issue 4 and their oracle. Each scenario is a seeded program
+// that drives one family of kernel paths from
+// shared/research/dirty-bit-paths.md, collects with the tracker under test
+// after every epoch and judges the report against ground truth: missed
+// pages (written, not reported), extra pages (reported, not written:
+// counted and classified, never failed) and corrupted pages (content that
+// is not the last written stamp: the kernel lost data).
+package scenario
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"sort"
+	"time"
+
+	"ldtlab/guest/tracker"
+)
+
+// Expect is what the negative control (the naive tracker) must do to a
+// scenario.
+type Expect string
+
+const (
+	LoseData  Expect = "lose-data"  // corrupted > 0
+	MissPages Expect = "miss-pages" // missed > 0
+	Nothing   Expect = "nothing"    // passes like ldt
+)
+
+// Outcomes of a cell.
+const (
+	Pass = "pass"
+	Fail = "fail"
+	Skip = "skip"
+)
+
+// Scenario is one entry of the catalogue.
+type Scenario struct {
+	Name string
+	// Paths names the rows of the dirty-bit map it drives.
+	Paths string
+	Doc   string
+	Naive Expect
+	// NotFor maps trackers the scenario's mechanics exclude to the reason.
+	NotFor map[string]string
+	// Run drives the scenario; it returns a *SkipError when the guest
+	// lacks something it needs.
+	Run func(e *Env) error
+	// Child runs the scenario in a child process (the memory cgroup
+	// scenario); see child.go.
+	Child *ChildSpec
+}
+
+// Trackers lists the trackers the scenario runs under.
+func (s *Scenario) Trackers() []string {
+	var out []string
+	for _, t := range tracker.Names() {
+		if _, no := s.NotFor[t]; !no {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// SkipError says why a scenario cannot run here.
+type SkipError struct{ Reason string }
+
+func (e *SkipError) Error() string { return "skip: " + e.Reason }
+
+// Skipf returns a *SkipError.
+func Skipf(format string, args ...any) error {
+	return &SkipError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// Config selects one cell.
+type Config struct {
+	Tracker string
+	Seed    uint64
+	Epochs  int // 0: the scenario's default
+	// DataDir is a directory on a block-device file system (ext2 on the
+	// guest's data disk) for writeback and O_DIRECT.
+	DataDir string
+	// Progress receives human-readable progress (stderr); nil discards.
+	Progress io.Writer
+	// KeepSets records the reported page offsets of every epoch (compare).
+	KeepSets bool
+}
+
+// Result is one cell, as ldt-check prints it.
+type Result struct {
+	Scenario         string         `json:"scenario"`
+	Tracker          string         `json:"tracker"`
+	Seed             uint64         `json:"seed"`
+	Epochs           int            `json:"epochs"`
+	Outcome          string         `json:"outcome"`
+	AsExpected       bool           `json:"as_expected"`
+	Reason           string         `json:"reason"`
+	Missed           int            `json:"missed"`
+	Extra            int            `json:"extra"`
+	ExtraClassified  map[string]int `json:"extra_classified"`
+	Corrupted        int            `json:"corrupted"`
+	NaiveExpectation Expect         `json:"naive_expectation"`
+	Written          []int          `json:"written"`
+	Reported         []int          `json:"reported"`
+	MissedPerEpoch   []int          `json:"missed_per_epoch"`
+	CorruptPerEpoch  []int          `json:"corrupted_per_epoch"`
+	DurationMS       int64          `json:"duration_ms"`
+	// Notes are facts the scenario established on the way (pages really
+	// swapped out, THPs really formed...): what makes a pass meaningful.
+	Notes []string `json:"notes,omitempty"`
+	// Samples are the first missed and corrupted pages, for diagnosis.
+	Samples []string `json:"samples,omitempty"`
+	// ReportedSets holds each epoch's reported page offsets (-compare).
+	ReportedSets [][]int `json:"reported_sets,omitempty"`
+}
+
+const maxSamples = 8
+
+// Env is what a running scenario gets: its seeded randomness, the tracker
+// under test and the result it fills.
+type Env struct {
+	Config
+	Rand   *rand.Rand
+	Epochs int
+	res    *Result
+	// corrupt holds the (page, expected stamp) pairs already counted, so
+	// a lost page seen by several verifications counts once.
+	corrupt map[[2]uint64]bool
+}
+
+// Logf writes a progress line.
+func (e *Env) Logf(format string, args ...any) {
+	if e.Progress != nil {
+		fmt.Fprintf(e.Progress, "[%s/%s] "+format+"\n", append([]any{e.res.Scenario, e.Tracker}, args...)...)
+	}
+}
+
+// Note records a fact for the result.
+func (e *Env) Note(format string, args ...any) {
+	e.res.Notes = append(e.res.Notes, fmt.Sprintf(format, args...))
+}
+
+func (e *Env) sample(s string) {
+	if len(e.res.Samples) < maxSamples {
+		e.res.Samples = append(e.res.Samples, s)
+	}
+}
+
+// Open opens the tracker under test on pid's [start,end); a tracker the
+// guest lacks turns into a skip.
+func (e *Env) Open(pid int, start, end uintptr) (tracker.Tracker, error) {
+	t, err := tracker.Open(e.Tracker, pid, start, end)
+	if errors.Is(err, tracker.ErrUnsupported) {
+		return nil, &SkipError{Reason: err.Error()}
+	}
+	return t, err
+}
+
+// Track opens the tracker under test on the caller's working set.
+func (e *Env) Track(ws *Workset) (tracker.Tracker, error) {
+	return e.Open(0, ws.Base, ws.End())
+}
+
+// Collect collects with clear over the whole working set and records the
+// oracle's verdict as one epoch.
+func (e *Env) Collect(ws *Workset, t tracker.Tracker) (EpochStat, error) {
+	rs, err := t.Collect(ws.Base, ws.End(), true)
+	if err != nil {
+		return EpochStat{}, fmt.Errorf("collect epoch %d: %w", len(e.res.Written)+1, err)
+	}
+	st := ws.Judge(rs)
+	e.Record(st)
+	return st, nil
+}
+
+// Record adds an epoch's verdict to the result.
+func (e *Env) Record(st EpochStat) {
+	r := e.res
+	r.Written = append(r.Written, st.Written)
+	r.Reported = append(r.Reported, st.Reported)
+	r.MissedPerEpoch = append(r.MissedPerEpoch, len(st.Missed))
+	r.CorruptPerEpoch = append(r.CorruptPerEpoch, 0)
+	r.Missed += len(st.Missed)
+	r.Extra += st.Extra
+	for k, v := range st.Classified {
+		r.ExtraClassified[k] += v
+	}
+	if e.KeepSets {
+		r.ReportedSets = append(r.ReportedSets, st.ReportedOffs)
+	}
+	for i, p := range st.Missed {
+		if i == 2 {
+			break
+		}
+		e.sample(fmt.Sprintf("epoch %d: missed page %#x", len(r.Written), p))
+	}
+	if len(st.Missed) > 0 {
+		e.Logf("epoch %d: written %d reported %d MISSED %d", len(r.Written), st.Written, st.Reported, len(st.Missed))
+	} else {
+		e.Logf("epoch %d: written %d reported %d", len(r.Written), st.Written, st.Reported)
+	}
+}
+
+// AddCorrupt counts corrupted pages found by a verification; a page is
+// counted once per expected content.
+func (e *Env) AddCorrupt(cs []Corruption) {
+	n := 0
+	for _, c := range cs {
+		k := [2]uint64{uint64(c.ID), c.Want}
+		if e.corrupt[k] {
+			continue
+		}
+		e.corrupt[k] = true
+		n++
+		e.sample("corrupted " + c.String())
+	}
+	if n == 0 {
+		return
+	}
+	e.res.Corrupted += n
+	if k := len(e.res.CorruptPerEpoch); k > 0 {
+		e.res.CorruptPerEpoch[k-1] += n
+	}
+	e.Logf("CORRUPTED %d pages (first: %s)", n, cs[0])
+}
+
+// Verify checks all pages of ws through the CPU and counts corruption.
+func (e *Env) Verify(ws *Workset) error {
+	cs, err := ws.Verify(nil)
+	e.AddCorrupt(cs)
+	return err
+}
+
+// Catalogue is every scenario, in the issue's order.
+func Catalogue() []*Scenario { return catalogue }
+
+var catalogue []*Scenario
+
+func register(s *Scenario) { catalogue = append(catalogue, s) }
+
+// Lookup finds a scenario by name.
+func Lookup(name string) (*Scenario, bool) {
+	for _, s := range catalogue {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return nil, false
+}
+
+// Names lists the scenario names in catalogue order.
+func Names() []string {
+	var out []string
+	for _, s := range catalogue {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// defaultEpochs is used when Config.Epochs is 0.
+const defaultEpochs = 6
+
+// RunCell runs scenario s under cfg.Tracker and judges it.
+func RunCell(s *Scenario, cfg Config) *Result {
+	epochs := cfg.Epochs
+	if epochs <= 0 {
+		epochs = defaultEpochs
+	}
+	res := &Result{
+		Scenario: s.Name, Tracker: cfg.Tracker, Seed: cfg.Seed, Epochs: epochs,
+		NaiveExpectation: s.Naive, ExtraClassified: map[string]int{},
+		Written: []int{}, Reported: []int{}, MissedPerEpoch: []int{}, CorruptPerEpoch: []int{},
+	}
+	start := time.Now()
+	defer func() { res.DurationMS = time.Since(start).Milliseconds() }()
+	if !slices.Contains(tracker.Names(), cfg.Tracker) {
+		res.Outcome, res.Reason = Fail, fmt.Sprintf("unknown tracker %q", cfg.Tracker)
+		return res
+	}
+	if why, no := s.NotFor[cfg.Tracker]; no {
+		res.Outcome, res.Reason, res.AsExpected = Skip, "not applicable: "+why, true
+		return res
+	}
+	if s.Child != nil && !inChild {
+		// The child judges its own cell; its result is ours.
+		runInChild(s, cfg, res)
+		return res
+	}
+	err := runBody(s, cfg, res, epochs)
+	var se *SkipError
+	switch {
+	case errors.As(err, &se):
+		res.Outcome, res.Reason, res.AsExpected = Skip, se.Reason, true
+		return res
+	case err != nil:
+		res.Outcome, res.Reason = Fail, err.Error()
+		return res
+	}
+	judge(s, res)
+	return res
+}
+
+func runBody(s *Scenario, cfg Config, res *Result, epochs int) (err error) {
+	e := &Env{
+		Config:  cfg,
+		Rand:    rand.New(rand.NewPCG(cfg.Seed, uint64(len(s.Name))<<32^0x1d7)),
+		Epochs:  epochs,
+		res:     res,
+		corrupt: map[[2]uint64]bool{},
+	}
+	// One OS thread for the whole body: MADV_PAGEOUT drains only the
+	// calling CPU's LRU batches, and pinning needs a stable thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return s.Run(e)
+}
+
+// judge applies the outcome rule the host relies on: pass ⇔ missed == 0
+// and corrupted == 0; for naive, as expected ⇔ it failed the declared way.
+func judge(s *Scenario, res *Result) {
+	res.Outcome = Pass
+	if res.Missed > 0 || res.Corrupted > 0 {
+		res.Outcome = Fail
+	}
+	if res.Tracker != "naive" {
+		res.AsExpected = res.Outcome == Pass
+		if !res.AsExpected {
+			res.Reason = fmt.Sprintf("%d missed, %d corrupted pages", res.Missed, res.Corrupted)
+		}
+		return
+	}
+	switch s.Naive {
+	case LoseData:
+		res.AsExpected = res.Corrupted > 0
+		res.Reason = fmt.Sprintf("naive must lose data: corrupted=%d missed=%d", res.Corrupted, res.Missed)
+	case MissPages:
+		res.AsExpected = res.Missed > 0
+		res.Reason = fmt.Sprintf("naive must miss pages: missed=%d corrupted=%d", res.Missed, res.Corrupted)
+	default:
+		res.AsExpected = res.Outcome == Pass
+		res.Reason = fmt.Sprintf("naive must behave like ldt here: missed=%d corrupted=%d", res.Missed, res.Corrupted)
+	}
+	if !res.AsExpected && s.Naive != Nothing {
+		res.Reason = "no teeth: " + res.Reason
+	}
+}
+
+// ExitCode is ldt-check's status for a cell: 0 as expected, 1 otherwise.
+func (r *Result) ExitCode() int {
+	if r.AsExpected {
+		return 0
+	}
+	return 1
+}
+
+// SortedKeys returns m's keys in order (stable output).
+func SortedKeys(m map[string]int) []string {
+	k := make([]string, 0, len(m))
+	for s := range m {
+		k = append(k, s)
+	}
+	sort.Strings(k)
+	return k
+}
+
+// hostname-free default for the data directory.
+func defaultDataDir() string {
+	if d := os.Getenv("LDTLAB_DATADIR"); d != "" {
+		return d
+	}
+	return "/mnt/data"
+}
+
+// DefaultDataDir is /mnt/data unless LDTLAB_DATADIR says otherwise.
+var DefaultDataDir = defaultDataDir()

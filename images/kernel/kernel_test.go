@@ -1,0 +1,487 @@
+package kernel
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
+}
+
+func TestParseConfig(t *testing.T) {
+	cfg := `#
+# Automatically generated file; DO NOT EDIT.
+#
+CONFIG_CC_VERSION_TEXT="gcc (Debian 12.2.0-14) 12.2.0"
+CONFIG_X86_64=y
+CONFIG_LABTEST=m
+CONFIG_NR_CPUS=64
+CONFIG_LOG_BUF_SHIFT=17
+# CONFIG_KASAN is not set
+CONFIG_DEBUG_VM=n
+  CONFIG_INDENTED=y  
+# a comment mentioning CONFIG_FOO=y
+CONFIG_NO_EQUALS
+NOT_A_CONFIG=y
+CONFIG_EMPTY_STRING=""
+CONFIG_CMDLINE="a=b c=d"
+`
+	got := ParseConfig(cfg)
+	want := map[string]string{
+		"CONFIG_CC_VERSION_TEXT": `"gcc (Debian 12.2.0-14) 12.2.0"`,
+		"CONFIG_X86_64":          "y",
+		"CONFIG_LABTEST":         "m",
+		"CONFIG_NR_CPUS":         "64",
+		"CONFIG_LOG_BUF_SHIFT":   "17",
+		"CONFIG_KASAN":           "n",
+		"CONFIG_DEBUG_VM":        "n",
+		"CONFIG_INDENTED":        "y",
+		"CONFIG_EMPTY_STRING":    `""`,
+		"CONFIG_CMDLINE":         `"a=b c=d"`,
+	}
+	assert.Equal(t, want, got)
+}
+
+func TestParseConfigCRLFAndEmpty(t *testing.T) {
+	assert.Empty(t, ParseConfig(""))
+	assert.Equal(t, map[string]string{"CONFIG_A": "y", "CONFIG_B": "n"},
+		ParseConfig("CONFIG_A=y\r\n# CONFIG_B is not set\r\n"))
+}
+
+func TestVerifyConfig(t *testing.T) {
+	dir := t.TempDir()
+	final := filepath.Join(dir, ".config")
+	writeFile(t, final, `CONFIG_A=y
+CONFIG_B=m
+CONFIG_S="hello"
+CONFIG_N=32
+# CONFIG_OFF is not set
+`)
+	frag := func(name, content string) string {
+		p := filepath.Join(dir, "images", "config", name)
+		writeFile(t, p, content)
+		return p
+	}
+	cases := []struct {
+		name    string
+		frags   map[string]string
+		wantErr []string // substrings; nil = success
+	}{
+		{"satisfied", map[string]string{"base.config": "CONFIG_A=y\nCONFIG_B=m\nCONFIG_S=\"hello\"\nCONFIG_N=32\n"}, nil},
+		{"=n satisfied by absence", map[string]string{"base.config": "CONFIG_ABSENT=n\n"}, nil},
+		{"is not set satisfied by absence", map[string]string{"base.config": "# CONFIG_ABSENT is not set\n"}, nil},
+		{"is not set satisfied by is not set", map[string]string{"base.config": "# CONFIG_OFF is not set\n"}, nil},
+		{"comments and blanks ignored", map[string]string{"base.config": "# comment\n\nCONFIG_A=y\n"}, nil},
+		{"unmet =y named with fragment", map[string]string{"base.config": "CONFIG_A=y\n", "debug.config": "CONFIG_MISSING=y\n"},
+			[]string{"CONFIG_MISSING=y requested by images/config/debug.config", "final config has n"}},
+		{"=y but final has m", map[string]string{"perf.config": "CONFIG_B=y\n"},
+			[]string{"CONFIG_B=y requested by images/config/perf.config", "final config has m"}},
+		{"=n but final has y", map[string]string{"base.config": "# CONFIG_A is not set\n"},
+			[]string{"CONFIG_A=n requested by images/config/base.config", "final config has y"}},
+		{"string differs", map[string]string{"base.config": "CONFIG_S=\"bye\"\n"},
+			[]string{`CONFIG_S="bye"`, `final config has "hello"`}},
+		{"several unmet, all reported", map[string]string{"base.config": "CONFIG_X1=y\n", "debug.config": "CONFIG_X2=m\n"},
+			[]string{"CONFIG_X1=y requested by images/config/base.config", "CONFIG_X2=m requested by images/config/debug.config"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			os.RemoveAll(filepath.Join(dir, "images"))
+			var paths []string
+			for name, content := range c.frags {
+				paths = append(paths, frag(name, content))
+			}
+			err := VerifyConfig(final, paths)
+			if c.wantErr == nil {
+				assert.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			for _, w := range c.wantErr {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestVerifyConfigMissingFiles(t *testing.T) {
+	dir := t.TempDir()
+	assert.Error(t, VerifyConfig(filepath.Join(dir, "nope"), nil))
+	final := filepath.Join(dir, ".config")
+	writeFile(t, final, "CONFIG_A=y\n")
+	assert.Error(t, VerifyConfig(final, []string{filepath.Join(dir, "missing.config")}))
+}
+
+const formatPatch = `From 1111111111111111111111111111111111111111 Mon Sep 17 00:00:00 2001
+From: Lab Author <lab@example.org>
+Date: Mon, 1 Jan 2024 00:00:00 +0000
+Subject: [PATCH 1/5] mm: add the thing
+
+Body text.
+--- not a diff header, just prose
++++ neither is this? (only in commit text, no file)
+
+---
+ arch/x86/include/asm/pgtable.h | 10 ++++++++++
+ mm/ldt.c                       | 20 ++++++++++++++++++++
+ include/uapi/linux/ldt.h       |  5 +++++
+ 3 files changed, 35 insertions(+)
+ create mode 100644 mm/ldt.c
+
+diff --git a/arch/x86/include/asm/pgtable.h b/arch/x86/include/asm/pgtable.h
+index 1234567..89abcde 100644
+--- a/arch/x86/include/asm/pgtable.h
++++ b/arch/x86/include/asm/pgtable.h
+@@ -1,3 +1,4 @@
+ a
++b
+ c
+diff --git a/mm/ldt.c b/mm/ldt.c
+new file mode 100644
+index 0000000..1111111
+--- /dev/null
++++ b/mm/ldt.c
+@@ -0,0 +1,1 @@
++int ldt;
+diff --git a/include/uapi/linux/ldt.h b/include/uapi/linux/ldt.h
+index 2222222..3333333 100644
+--- a/include/uapi/linux/ldt.h	2024-01-01 00:00:00.000000000 +0000
++++ b/include/uapi/linux/ldt.h	2024-01-01 00:00:00.000000000 +0000
+@@ -1 +1,2 @@
+ x
++y
+diff --git a/mm/gone.c b/mm/gone.c
+deleted file mode 100644
+index 4444444..0000000
+--- a/mm/gone.c
++++ /dev/null
+@@ -1 +0,0 @@
+-int gone;
+-- 
+2.39.2
+`
+
+func TestPatchFiles(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "0001-x.patch")
+	writeFile(t, p, formatPatch)
+	files, err := patchFiles(p)
+	require.NoError(t, err)
+	// The "+++ neither ..." line in the commit message looks like a header;
+	// what matters is that every real target is listed with -p1 applied and
+	// that /dev/null (a deletion) is not.
+	assert.Contains(t, files, "arch/x86/include/asm/pgtable.h")
+	assert.Contains(t, files, "mm/ldt.c")
+	assert.Contains(t, files, "include/uapi/linux/ldt.h")
+	assert.NotContains(t, files, "/dev/null")
+	assert.NotContains(t, files, "dev/null")
+	for _, f := range files {
+		assert.False(t, strings.HasPrefix(f, "b/"), "-p1 not stripped from %s", f)
+	}
+}
+
+func TestPatchFilesPlainDiff(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.patch")
+	writeFile(t, p, "--- a/x/y.c\n+++ b/x/y.c\n@@ -1 +1 @@\n-a\n+b\n--- /dev/null\n+++ new/z.c\n@@ -0,0 +1 @@\n+z\n")
+	files, err := patchFiles(p)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"x/y.c", "z.c"}, files)
+
+	_, err = patchFiles(filepath.Join(t.TempDir(), "missing.patch"))
+	assert.Error(t, err)
+}
+
+func TestPatchFilesRealSeries(t *testing.T) {
+	// The repository's own patches must parse to a non-empty file list each.
+	repo := repoRoot(t)
+	patches, err := readSeries(filepath.Join(repo, "kmod", "patches"))
+	require.NoError(t, err)
+	for _, p := range patches {
+		files, err := patchFiles(p)
+		require.NoError(t, err)
+		assert.NotEmpty(t, files, filepath.Base(p))
+		for _, f := range files {
+			assert.False(t, strings.HasPrefix(f, "a/") || strings.HasPrefix(f, "b/") || strings.HasPrefix(f, "/"), "%s: %s", filepath.Base(p), f)
+		}
+	}
+}
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	for d := wd; d != "/"; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+	}
+	t.Fatal("repository root not found")
+	return ""
+}
+
+func TestReadSeries(t *testing.T) {
+	t.Run("missing series is empty", func(t *testing.T) {
+		got, err := readSeries(t.TempDir())
+		assert.NoError(t, err)
+		assert.Empty(t, got)
+	})
+	t.Run("missing directory is empty", func(t *testing.T) {
+		got, err := readSeries(filepath.Join(t.TempDir(), "nope"))
+		assert.NoError(t, err)
+		assert.Empty(t, got)
+	})
+	t.Run("comments and blank lines", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, "0001-a.patch"), "")
+		writeFile(t, filepath.Join(dir, "0002-b.patch"), "")
+		writeFile(t, filepath.Join(dir, "0003-unlisted.patch"), "")
+		writeFile(t, filepath.Join(dir, "series"), "# the LDT series\n\n0002-b.patch\n   \n  0001-a.patch  \n# 0003-unlisted.patch\n")
+		got, err := readSeries(dir)
+		require.NoError(t, err)
+		assert.Equal(t, []string{filepath.Join(dir, "0002-b.patch"), filepath.Join(dir, "0001-a.patch")}, got, "series order, not name order")
+	})
+	t.Run("empty series", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, "series"), "")
+		got, err := readSeries(dir)
+		assert.NoError(t, err)
+		assert.Empty(t, got)
+	})
+	t.Run("missing patch names the line", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, "0001-a.patch"), "")
+		writeFile(t, filepath.Join(dir, "series"), "# c\n0001-a.patch\n\n0002-missing.patch\n")
+		_, err := readSeries(dir)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "line 4")
+		assert.Contains(t, err.Error(), "0002-missing.patch")
+	})
+}
+
+func TestModuleDirs(t *testing.T) {
+	kmod := t.TempDir()
+	writeFile(t, filepath.Join(kmod, "labtest", "Kbuild"), "obj-m += labtest.o\n")
+	writeFile(t, filepath.Join(kmod, "another", "Kbuild"), "obj-m += another.o\n")
+	writeFile(t, filepath.Join(kmod, "patches", "series"), "")
+	writeFile(t, filepath.Join(kmod, "include", "uapi", "linux", "ldt.h"), "")
+	writeFile(t, filepath.Join(kmod, "Kbuild"), "") // a file at top level, not a module dir
+	writeFile(t, filepath.Join(kmod, "README.md"), "")
+	got, err := moduleDirs(kmod)
+	require.NoError(t, err)
+	assert.Equal(t, []string{filepath.Join(kmod, "another"), filepath.Join(kmod, "labtest")}, got)
+
+	got, err = moduleDirs(filepath.Join(kmod, "missing"))
+	assert.NoError(t, err)
+	assert.Empty(t, got)
+}
+
+func TestOptionsVariant(t *testing.T) {
+	assert.Equal(t, "debug", Options{}.Variant())
+	assert.Equal(t, "debug-vanilla", Options{Vanilla: true}.Variant())
+	assert.Equal(t, "perf", Options{Config: "perf"}.Variant())
+	assert.Equal(t, "perf-vanilla", Options{Config: "perf", Vanilla: true}.Variant())
+}
+
+// fakeRepo builds a minimal repository tree and a small fake source tarball.
+func fakeRepo(t *testing.T) (repo, tarball string) {
+	t.Helper()
+	repo = t.TempDir()
+	writeFile(t, filepath.Join(repo, "images", "config", "base.config"), "CONFIG_A=y\n")
+	writeFile(t, filepath.Join(repo, "images", "config", "debug.config"), "CONFIG_DEBUG_VM=y\n")
+	writeFile(t, filepath.Join(repo, "images", "config", "perf.config"), "# CONFIG_DEBUG_VM is not set\n")
+	writeFile(t, filepath.Join(repo, "kmod", "patches", "0001-one.patch"), "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n")
+	writeFile(t, filepath.Join(repo, "kmod", "patches", "0002-two.patch"), "--- a/y\n+++ b/y\n@@ -1 +1 @@\n-a\n+b\n")
+	writeFile(t, filepath.Join(repo, "kmod", "patches", "series"), "0001-one.patch\n0002-two.patch\n")
+	writeFile(t, filepath.Join(repo, "kmod", "labtest", "Kbuild"), "obj-m += labtest.o\n")
+	writeFile(t, filepath.Join(repo, "kmod", "labtest", "labtest.c"), "int labtest;\n")
+	tarball = filepath.Join(t.TempDir(), "linux-source-6.12.tar.xz")
+	writeFile(t, tarball, "not really a tarball")
+	return repo, tarball
+}
+
+func needGCC(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc not installed (Key needs it)")
+	}
+}
+
+func TestFindSourceOverride(t *testing.T) {
+	_, tarball := fakeRepo(t)
+	src, err := FindSource(tarball)
+	require.NoError(t, err)
+	assert.Equal(t, tarball, src.Tarball)
+	assert.Equal(t, int64(len("not really a tarball")), src.Size)
+	assert.NotEmpty(t, src.Version, "either the dpkg version or name-size-mtime")
+
+	t.Setenv("LDTLAB_KERNEL_SOURCE", tarball)
+	src2, err := FindSource("")
+	require.NoError(t, err)
+	assert.Equal(t, tarball, src2.Tarball)
+
+	_, err = FindSource(filepath.Join(t.TempDir(), "missing.tar.xz"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "missing.tar.xz")
+}
+
+func TestKey(t *testing.T) {
+	needGCC(t)
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, tarball := fakeRepo(t)
+	opts := Options{Repo: repo, Tarball: tarball}
+	key := func(o Options) string {
+		t.Helper()
+		k, err := Key(o)
+		require.NoError(t, err)
+		require.Len(t, k, 24)
+		return k
+	}
+	base := key(opts)
+	assert.Equal(t, base, key(opts), "stable across calls")
+
+	type step struct {
+		name    string
+		mutate  func()
+		changes bool
+	}
+	kmod := filepath.Join(repo, "kmod")
+	steps := []step{
+		{"module build output .o/.ko/.cmd appears", func() {
+			for _, f := range []string{"labtest.o", "labtest.ko", "labtest.mod", "labtest.mod.c", "labtest.mod.o", ".labtest.o.cmd", "Module.symvers", "modules.order"} {
+				writeFile(t, filepath.Join(kmod, "labtest", f), "output "+f)
+			}
+		}, false},
+		{"unrelated kmod README", func() { writeFile(t, filepath.Join(kmod, "README.md"), "docs") }, false},
+		{"a patch not in the series", func() { writeFile(t, filepath.Join(kmod, "patches", "0009-draft.patch"), "x") }, false},
+		{"patch content", func() {
+			writeFile(t, filepath.Join(kmod, "patches", "0002-two.patch"), "--- a/y\n+++ b/y\n@@ -1 +1 @@\n-a\n+c\n")
+		}, true},
+		{"series order", func() {
+			writeFile(t, filepath.Join(kmod, "patches", "series"), "0002-two.patch\n0001-one.patch\n")
+		}, true},
+		{"series comment only", func() {
+			writeFile(t, filepath.Join(kmod, "patches", "series"), "# reordered\n0002-two.patch\n0001-one.patch\n")
+		}, false},
+		{"base fragment", func() { writeFile(t, filepath.Join(repo, "images", "config", "base.config"), "CONFIG_A=y\nCONFIG_B=y\n") }, true},
+		{"debug fragment", func() { writeFile(t, filepath.Join(repo, "images", "config", "debug.config"), "CONFIG_KASAN=y\n") }, true},
+		{"perf fragment (not used by debug)", func() { writeFile(t, filepath.Join(repo, "images", "config", "perf.config"), "CONFIG_X=y\n") }, false},
+		{"ldt.config appears", func() { writeFile(t, filepath.Join(repo, "images", "config", "ldt.config"), "CONFIG_LDT=y\n") }, true},
+		{"module source", func() { writeFile(t, filepath.Join(kmod, "labtest", "labtest.c"), "int labtest2;\n") }, true},
+		{"new module header", func() { writeFile(t, filepath.Join(kmod, "labtest", "labtest.h"), "") }, true},
+		{"new module directory", func() {
+			writeFile(t, filepath.Join(kmod, "other", "Kbuild"), "obj-m += other.o\n")
+			writeFile(t, filepath.Join(kmod, "other", "other.c"), "")
+		}, true},
+		{"source tarball size", func() { writeFile(t, tarball, "not really a tarball, longer") }, true},
+	}
+	prev := base
+	for _, s := range steps {
+		s.mutate()
+		got := key(opts)
+		if s.changes {
+			assert.NotEqual(t, prev, got, "key must change: %s", s.name)
+		} else {
+			assert.Equal(t, prev, got, "key must not change: %s", s.name)
+		}
+		prev = got
+	}
+}
+
+func TestKeyVariants(t *testing.T) {
+	needGCC(t)
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, tarball := fakeRepo(t)
+	keys := map[string]string{}
+	for _, o := range []Options{
+		{Repo: repo, Tarball: tarball},
+		{Repo: repo, Tarball: tarball, Config: "perf"},
+		{Repo: repo, Tarball: tarball, Vanilla: true},
+		{Repo: repo, Tarball: tarball, Config: "perf", Vanilla: true},
+	} {
+		k, err := Key(o)
+		require.NoError(t, err)
+		if other, dup := keys[k]; dup {
+			t.Errorf("%s and %s share key %s", o.Variant(), other, k)
+		}
+		keys[k] = o.Variant()
+	}
+	// Explicit "debug" is the default.
+	k1, err := Key(Options{Repo: repo, Tarball: tarball})
+	require.NoError(t, err)
+	k2, err := Key(Options{Repo: repo, Tarball: tarball, Config: "debug"})
+	require.NoError(t, err)
+	assert.Equal(t, k1, k2)
+
+	// Vanilla ignores the patch series entirely, so a patch change keeps its key.
+	v1, err := Key(Options{Repo: repo, Tarball: tarball, Vanilla: true})
+	require.NoError(t, err)
+	writeFile(t, filepath.Join(repo, "kmod", "patches", "0001-one.patch"), "changed")
+	v2, err := Key(Options{Repo: repo, Tarball: tarball, Vanilla: true})
+	require.NoError(t, err)
+	assert.Equal(t, v1, v2)
+	// ...and a broken series does not matter to it.
+	writeFile(t, filepath.Join(repo, "kmod", "patches", "series"), "0007-missing.patch\n")
+	_, err = Key(Options{Repo: repo, Tarball: tarball, Vanilla: true})
+	assert.NoError(t, err)
+	_, err = Key(Options{Repo: repo, Tarball: tarball})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "0007-missing.patch")
+}
+
+func TestKeyErrors(t *testing.T) {
+	needGCC(t)
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, tarball := fakeRepo(t)
+
+	_, err := Key(Options{Tarball: tarball})
+	assert.ErrorContains(t, err, "repository root")
+
+	_, err = Key(Options{Repo: repo, Tarball: tarball, Config: "fast"})
+	assert.ErrorContains(t, err, `"fast"`)
+
+	_, err = Key(Options{Repo: repo, Tarball: filepath.Join(t.TempDir(), "none.tar.xz")})
+	assert.Error(t, err)
+
+	require.NoError(t, os.Remove(filepath.Join(repo, "images", "config", "debug.config")))
+	_, err = Key(Options{Repo: repo, Tarball: tarball})
+	assert.ErrorContains(t, err, "debug.config", "a missing required fragment is an error")
+}
+
+func TestFindMissesInEmptyCache(t *testing.T) {
+	needGCC(t)
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, tarball := fakeRepo(t)
+	b, ok, err := Find(Options{Repo: repo, Tarball: tarball})
+	assert.NoError(t, err)
+	assert.False(t, ok)
+	assert.Nil(t, b)
+}
+
+func TestTopDir(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "linux-source-6.12", "Makefile"), "")
+	got, err := topDir(dir)
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(dir, "linux-source-6.12"), got)
+
+	flat := t.TempDir()
+	writeFile(t, filepath.Join(flat, "Makefile"), "")
+	got, err = topDir(flat)
+	require.NoError(t, err)
+	assert.Equal(t, flat, got)
+
+	_, err = topDir(t.TempDir())
+	assert.Error(t, err)
+}
+
+func TestTail(t *testing.T) {
+	assert.Equal(t, "c\nd", tail("a\nb\nc\nd\n", 2))
+	assert.Equal(t, "a\nb", tail("a\nb", 5))
+}

@@ -1,0 +1,39 @@
+package mmtests
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestParseTAP(t *testing.T) {
+	out := `TAP version 13
+1..5
+# Starting 5 tests
+ok 1 Test test_simple
+not ok 2 Test test_vma_reuse dirty bit of allocated page
+ok 3 Test test_hugepage # SKIP no THP
+ok 4 - with dash
+ok 5 Test test_simple
+# Totals: pass:3 fail:1 xfail:0 xpass:0 skip:1 error:0
+`
+	got := ParseTAP(out)
+	assert.Equal(t, map[string]string{
+		"Test test_simple": "ok",
+		"Test test_vma_reuse dirty bit of allocated page": "not ok",
+		"Test test_hugepage":                              "skip",
+		"with dash":                                       "ok",
+		"Test test_simple #2":                             "ok",
+	}, got)
+}
+
+func TestDiff(t *testing.T) {
+	a := []Result{{Test: "soft-dirty", Exit: 0, Cases: map[string]string{"x": "ok", "y": "ok"}}, {Test: "cow", Exit: 0, Cases: map[string]string{}}}
+	b := []Result{{Test: "soft-dirty", Exit: 1, Cases: map[string]string{"x": "ok", "y": "not ok"}}, {Test: "cow", Exit: 0, Cases: map[string]string{}}}
+	d := Diff(a, b, "ldt", "vanilla")
+	assert.Equal(t, []string{
+		"soft-dirty: exit 0 on ldt vs 1 on vanilla",
+		`soft-dirty: "y" is ok on ldt but not ok on vanilla`,
+	}, d)
+	assert.Empty(t, Diff(a, a, "ldt", "vanilla"))
+}
