@@ -72,6 +72,9 @@ func (k *Key) AddTree(name, dir string) error {
 		if err != nil {
 			return err
 		}
+		if d.IsDir() && p != dir && strings.HasPrefix(d.Name(), ".") {
+			return filepath.SkipDir // .git, editor state
+		}
 		if d.IsDir() || !d.Type().IsRegular() || isBuildOutput(d.Name()) {
 			return nil
 		}

@@ -1,11 +1,15 @@
 package kernel
 
 import (
+	"archive/tar"
+	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -314,6 +318,7 @@ func needGCC(t *testing.T) {
 }
 
 func TestFindSourceOverride(t *testing.T) {
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
 	_, tarball := fakeRepo(t)
 	src, err := FindSource(tarball)
 	require.NoError(t, err)
@@ -369,7 +374,9 @@ func TestKey(t *testing.T) {
 		{"series comment only", func() {
 			writeFile(t, filepath.Join(kmod, "patches", "series"), "# reordered\n0002-two.patch\n0001-one.patch\n")
 		}, false},
-		{"base fragment", func() { writeFile(t, filepath.Join(repo, "images", "config", "base.config"), "CONFIG_A=y\nCONFIG_B=y\n") }, true},
+		{"base fragment", func() {
+			writeFile(t, filepath.Join(repo, "images", "config", "base.config"), "CONFIG_A=y\nCONFIG_B=y\n")
+		}, true},
 		{"debug fragment", func() { writeFile(t, filepath.Join(repo, "images", "config", "debug.config"), "CONFIG_KASAN=y\n") }, true},
 		{"perf fragment (not used by debug)", func() { writeFile(t, filepath.Join(repo, "images", "config", "perf.config"), "CONFIG_X=y\n") }, false},
 		{"ldt.config appears", func() { writeFile(t, filepath.Join(repo, "images", "config", "ldt.config"), "CONFIG_LDT=y\n") }, true},
@@ -484,4 +491,91 @@ func TestTopDir(t *testing.T) {
 func TestTail(t *testing.T) {
 	assert.Equal(t, "c\nd", tail("a\nb\nc\nd\n", 2))
 	assert.Equal(t, "a\nb", tail("a\nb", 5))
+}
+
+// writeTar writes an uncompressed tar (tar -xf detects the format by
+// content, whatever the name) holding linux/Makefile with content.
+func writeTar(t *testing.T, path, content string) {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "linux/", Typeflag: tar.TypeDir, Mode: 0o755}))
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "linux/Makefile", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))}))
+	_, err := tw.Write([]byte(content))
+	require.NoError(t, err)
+	require.NoError(t, tw.Close())
+	require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o644))
+}
+
+func TestExtractFakeTarball(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("no tar")
+	}
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	tarball := filepath.Join(t.TempDir(), "linux-source-6.12.tar.xz")
+	writeTar(t, tarball, "VERSION = 6\n")
+	src, err := FindSource(tarball)
+	require.NoError(t, err)
+	top, err := src.Extract(context.Background(), func(string, ...any) {})
+	require.NoError(t, err)
+	assert.Equal(t, "linux", filepath.Base(top))
+	b, err := os.ReadFile(filepath.Join(top, "Makefile"))
+	require.NoError(t, err)
+	assert.Equal(t, "VERSION = 6\n", string(b))
+
+	// Second call: the shared extraction is reused.
+	logged := false
+	top2, err := src.Extract(context.Background(), func(string, ...any) { logged = true })
+	require.NoError(t, err)
+	assert.Equal(t, top, top2)
+	assert.False(t, logged, "no second extraction")
+
+	bad := filepath.Join(t.TempDir(), "broken.tar.xz")
+	require.NoError(t, os.WriteFile(bad, []byte("garbage"), 0o644))
+	bsrc, err := FindSource(bad)
+	require.NoError(t, err)
+	bsrc.Version = "broken-for-test" // distinct extraction key
+	_, err = bsrc.Extract(context.Background(), func(string, ...any) {})
+	assert.ErrorContains(t, err, "extracting")
+}
+
+// An overriding tarball (LDTLAB_KERNEL_SOURCE / Options.Tarball) that is
+// replaced by another source of the same size must change the kernel key
+// and must not be served from the old extraction. Fails today whenever the
+// Debian package linux-source-6.12 is installed: FindSource (source.go)
+// takes the package's version from dpkg-query for ANY tarball path, so the
+// "name, size and mtime" identity meant for foreign tarballs is never used;
+// Extract's key (version + path) then returns the stale tree.
+func TestOverrideTarballIdentity(t *testing.T) {
+	needGCC(t)
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("no tar")
+	}
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, _ := fakeRepo(t)
+	tarball := filepath.Join(t.TempDir(), "linux-custom.tar.xz")
+	writeTar(t, tarball, "SOURCE = one\n")
+	k1, err := Key(Options{Repo: repo, Tarball: tarball})
+	require.NoError(t, err)
+	src1, err := FindSource(tarball)
+	require.NoError(t, err)
+	top1, err := src1.Extract(context.Background(), func(string, ...any) {})
+	require.NoError(t, err)
+
+	// Another source, same size, same path, newer.
+	writeTar(t, tarball, "SOURCE = two\n")
+	later := time.Now().Add(time.Hour)
+	require.NoError(t, os.Chtimes(tarball, later, later))
+
+	k2, err := Key(Options{Repo: repo, Tarball: tarball})
+	require.NoError(t, err)
+	assert.NotEqual(t, k1, k2, "kernel key unchanged after the source tarball was replaced (version %q)", src1.Version)
+
+	src2, err := FindSource(tarball)
+	require.NoError(t, err)
+	top2, err := src2.Extract(context.Background(), func(string, ...any) {})
+	require.NoError(t, err)
+	b, err := os.ReadFile(filepath.Join(top2, "Makefile"))
+	require.NoError(t, err)
+	assert.Equal(t, "SOURCE = two\n", string(b), "stale extraction %s served for a replaced tarball", top1)
 }

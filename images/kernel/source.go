@@ -25,6 +25,7 @@ type Source struct {
 	Tarball string // /usr/src/linux-source-6.12.tar.xz
 	Version string // Debian package version, e.g. 6.12.117-1~deb12u1
 	Size    int64
+	mtime   int64
 }
 
 // FindSource locates the installed source tarball. tarball may override
@@ -45,9 +46,11 @@ func FindSource(tarball string) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kernel source tarball: %w", err)
 	}
-	src := &Source{Tarball: tarball, Size: st.Size()}
+	src := &Source{Tarball: tarball, Size: st.Size(), mtime: st.ModTime().UnixNano()}
+	// The package version identifies only the package's own tarball.
+	fromPackage := strings.HasPrefix(filepath.Base(tarball), SourcePackage+".tar.") && filepath.Dir(tarball) == "/usr/src"
 	out, err := exec.Command("dpkg-query", "-W", "-f=${Version}", SourcePackage).Output()
-	if err == nil && len(out) > 0 {
+	if fromPackage && err == nil && len(out) > 0 {
 		src.Version = strings.TrimSpace(string(out))
 	} else {
 		// Not from the package: identify it by name, size and mtime.
@@ -60,7 +63,8 @@ func FindSource(tarball string) (*Source, error) {
 // builds of that version and never modified after it is published.
 func (s *Source) Extract(ctx context.Context, log func(string, ...any)) (string, error) {
 	store := cache.Open("src")
-	key := cache.NewKey().AddString("version", s.Version).AddString("tarball", s.Tarball).Sum()[:16]
+	key := cache.NewKey().AddString("version", s.Version).AddString("tarball", s.Tarball).
+		AddString("stat", fmt.Sprintf("%d %d", s.Size, s.mtime)).Sum()[:16]
 	dir, hit, err := store.Build(key, func(tmp string) error {
 		log("extracting %s (%s) once for all builds", s.Tarball, s.Version)
 		cmd := exec.CommandContext(ctx, "tar", "-xf", s.Tarball, "-C", tmp)

@@ -92,7 +92,7 @@ func Ensure(ctx context.Context, o Options) (*Image, bool, error) {
 func Key(o Options) (string, error) {
 	k := cache.NewKey().
 		AddString("recipe", recipeVersion).
-		AddString("go", runtime.Version()).
+		AddString("go", goVersion()).
 		AddString("kernel", o.Kernel.Meta.Key)
 	if err := k.AddFile("busybox", o.Busybox); err != nil {
 		return "", err
@@ -112,6 +112,16 @@ func Key(o Options) (string, error) {
 		k.AddString("extra-mode"+e.Path, e.Mode.String())
 	}
 	return k.Sum()[:24], nil
+}
+
+// goVersion is the toolchain that compiles the guest programs: the go on
+// PATH, not necessarily the one that built this binary.
+func goVersion() string {
+	out, err := exec.Command("go", "env", "GOVERSION").Output()
+	if err != nil {
+		return runtime.Version()
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func addGoSources(k *cache.Key, dir string) error {

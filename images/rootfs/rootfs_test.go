@@ -172,7 +172,8 @@ func TestBuildToReproducible(t *testing.T) {
 	}
 }
 
-func TestBuildToNoBusybox(t *testing.T) {
+func TestEnsureNoBusybox(t *testing.T) {
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
 	o := Options{Repo: repoRoot(t), Kernel: fakeKernel(t), Busybox: filepath.Join(t.TempDir(), "busybox"), Log: io.Discard}
 	_, _, err := Ensure(context.Background(), o)
 	require.Error(t, err)
@@ -180,6 +181,7 @@ func TestBuildToNoBusybox(t *testing.T) {
 }
 
 func TestEnsureNeedsKernel(t *testing.T) {
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
 	_, _, err := Ensure(context.Background(), Options{Repo: t.TempDir()})
 	assert.Error(t, err)
 }
@@ -233,7 +235,9 @@ func TestKey(t *testing.T) {
 		{"extra file content", func() { writeFile(t, extra, "v2", 0o755) }, true},
 		{"extra file mode", func() { o.Extra[0].Mode = 0o644 }, true},
 		{"extra file path", func() { o.Extra[0].Path = "/usr/bin/extra2" }, true},
-		{"guest source", func() { writeFile(t, filepath.Join(repo, "guest", "agent", "agent.go"), "package agent\n// x\n", 0o644) }, true},
+		{"guest source", func() {
+			writeFile(t, filepath.Join(repo, "guest", "agent", "agent.go"), "package agent\n// x\n", 0o644)
+		}, true},
 		{"new guest source", func() { writeFile(t, filepath.Join(repo, "guest", "ldt", "ldt.go"), "package ldt\n", 0o644) }, true},
 		{"go.sum", func() { writeFile(t, filepath.Join(repo, "go.sum"), "x v1 h1:\n", 0o644) }, true},
 		{"go.mod", func() { writeFile(t, filepath.Join(repo, "go.mod"), "module ldtlab\n\ngo 1.26\n", 0o644) }, true},

@@ -38,7 +38,7 @@ type Options struct {
 	CPUs      int
 	Cmdline   string // extra kernel command line
 	SwapMiB   int    // disk-backed swap device size; 0 = 512, <0 = none
-	DataMiB   int    // data disk (ext2 at /mnt/data); 0 = 256, <0 = none
+	DataMiB   int    // data disk (ext2 at /mnt/data, for writeback checks); 0 = none
 	Dir       string // VM directory; "" = a temporary one removed on Close
 	GDB       string // QEMU gdbstub address; "" = off
 	Mirror    io.Writer
@@ -62,9 +62,6 @@ func (o *Options) defaults() {
 	}
 	if o.SwapMiB == 0 {
 		o.SwapMiB = 512
-	}
-	if o.DataMiB == 0 {
-		o.DataMiB = 256
 	}
 	if o.Log == nil {
 		o.Log = os.Stderr

@@ -95,7 +95,19 @@ func (s *State) Alive() bool {
 	}
 	// Guard against pid reuse: the process must be one of ours.
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", s.SupervisorPID))
-	return err == nil && strings.Contains(string(cmdline), "supervise")
+	if err != nil {
+		return false
+	}
+	args := strings.Split(string(cmdline), "\x00")
+	if !strings.Contains(filepath.Base(args[0]), "labctl") {
+		return false
+	}
+	for _, a := range args[1:] {
+		if a == "supervise" {
+			return true
+		}
+	}
+	return false
 }
 
 // List returns the names of all VM directories.

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"math"
 	"os"
 	"strconv"
 	"time"
@@ -33,10 +34,13 @@ var base = Timeouts{
 	Crash:    1 * time.Second,
 }
 
+// maxTimeout caps scaled timeouts (about 100 years: "never").
+const maxTimeout = time.Duration(1<<62 - 1)
+
 // ScaleFor is the slowdown factor of an accelerator. LDTLAB_TIMEOUT_SCALE
 // overrides it (slow CI machines, debugging).
 func ScaleFor(k accel.Kind) float64 {
-	if s, err := strconv.ParseFloat(os.Getenv("LDTLAB_TIMEOUT_SCALE"), 64); err == nil && s > 0 {
+	if s, err := strconv.ParseFloat(os.Getenv("LDTLAB_TIMEOUT_SCALE"), 64); err == nil && s > 0 && !math.IsNaN(s) {
 		return s
 	}
 	if k == accel.KVM {
@@ -48,7 +52,14 @@ func ScaleFor(k accel.Kind) float64 {
 // Scaled returns the timeouts for an accelerator.
 func Scaled(k accel.Kind) Timeouts {
 	s := ScaleFor(k)
-	d := func(x time.Duration) time.Duration { return time.Duration(float64(x) * s) }
+	d := func(x time.Duration) time.Duration {
+		// A huge scale (to disable timeouts while debugging) must not
+		// overflow into a negative, instantly expired duration.
+		if f := float64(x) * s; f < float64(maxTimeout) {
+			return time.Duration(f)
+		}
+		return maxTimeout
+	}
 	return Timeouts{
 		Scale:    s,
 		Boot:     d(base.Boot),

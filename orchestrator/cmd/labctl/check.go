@@ -23,7 +23,9 @@ func init() {
 			if err != nil {
 				return err
 			}
-			return smoke(ctx, g.options(repo, "check"))
+			o := g.options(repo, "check")
+			o.DataMiB = 256
+			return smoke(ctx, o)
 		},
 	})
 }

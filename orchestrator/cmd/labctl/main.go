@@ -86,14 +86,15 @@ func main() {
 	if cmd.setup != nil {
 		cmd.setup(fs)
 	}
-	if err := fs.Parse(os.Args[2:]); err != nil {
+	positional, err := parseInterspersed(fs, os.Args[2:])
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := cmd.run(ctx, fs, fs.Args())
+	err = cmd.run(ctx, fs, positional)
 	stop()
 	if err != nil {
 		var ee exitError
@@ -107,6 +108,30 @@ func main() {
 			os.Exit(3)
 		}
 		os.Exit(1)
+	}
+}
+
+// parseInterspersed lets flags follow positional arguments (`labctl up x
+// --vanilla`), as users type them. Everything after "--" is positional and
+// kept verbatim (the guest command of `labctl run NAME -- CMD`).
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(args) > 0 && len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if rest[0] == "--" {
+			return append(pos, rest[1:]...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
 }
 

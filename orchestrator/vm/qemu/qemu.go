@@ -66,9 +66,9 @@ func Args(cfg vm.Config) []string {
 		// only reader, and it never stops reading.
 		"-chardev", "stdio,id=con,signal=off",
 		"-serial", "chardev:con",
-		"-qmp", "unix:" + filepath.Join(cfg.Dir, "qmp.sock") + ",server=on,wait=off",
+		"-qmp", "unix:" + optEscape(filepath.Join(cfg.Dir, "qmp.sock")) + ",server=on,wait=off",
 		"-device", "virtio-serial-pci,id=vser",
-		"-chardev", "socket,id=ctl,path=" + filepath.Join(cfg.Dir, "ctl.sock") + ",server=on,wait=off",
+		"-chardev", "socket,id=ctl,path=" + optEscape(filepath.Join(cfg.Dir, "ctl.sock")) + ",server=on,wait=off",
 		"-device", "virtserialport,bus=vser.0,chardev=ctl,name=" + ControlPortName,
 		"-device", "pvpanic",
 		// Entropy from the host, so nothing in the guest waits for the crng.
@@ -85,11 +85,11 @@ func Args(cfg vm.Config) []string {
 	for i, d := range cfg.Disks {
 		id := fmt.Sprintf("disk%d", i)
 		a = append(a,
-			"-drive", "file="+d.Path+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap",
+			"-drive", "file="+optEscape(d.Path)+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap",
 			"-device", "virtio-blk-pci,drive="+id+",serial="+d.Serial)
 	}
 	for _, f := range cfg.FwCfg {
-		a = append(a, "-fw_cfg", "name="+f.Name+",file="+f.Path)
+		a = append(a, "-fw_cfg", "name="+f.Name+",file="+optEscape(f.Path))
 	}
 	if cfg.GDB != "" {
 		a = append(a, "-gdb", cfg.GDB)
@@ -305,6 +305,10 @@ func (in *instance) Close() error {
 	}
 	return nil
 }
+
+// optEscape escapes a value inside QEMU's comma-separated options, where
+// a literal comma is written twice.
+func optEscape(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // tailBuffer keeps the last max bytes written.
 type tailBuffer struct {

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * Lightweight dirty tracking (LDT): /dev/ldt.
+ *
+ * Open /dev/ldt, bind the file to a process with LDT_IOC_ATTACH, then call
+ * LDT_IOC_COLLECT to read (and with LDT_CLEAR reset) the set of pages that
+ * were written since they were last reported and cleared. The pages are
+ * returned as merged [start, end) regions.
+ */
+#ifndef _UAPI_LINUX_LDT_H
+#define _UAPI_LINUX_LDT_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+struct ldt_region {
+	__u64 start;            /* page aligned */
+	__u64 end;              /* exclusive */
+};
+
+struct ldt_collect {
+	__u64 size;             /* in: sizeof(struct ldt_collect) */
+	__u64 flags;            /* in: LDT_CLEAR | LDT_NAIVE */
+	__u64 start;            /* in: page-aligned start of the range to walk */
+	__u64 end;              /* in: page-aligned end, exclusive */
+	__u64 walk_end;         /* out: first address not walked; == end when done */
+	__u64 vec;              /* in: user pointer to struct ldt_region[vec_len] */
+	__u64 vec_len;          /* in: capacity of vec, in regions */
+};
+
+#define LDT_CLEAR	(1ULL << 0)	/* reset the state of every page reported */
+#define LDT_NAIVE	(1ULL << 1)	/* negative control: see below */
+
+/*
+ * LDT_NAIVE uses only the hardware dirty bit: it ignores the LDT-backup bit
+ * when reporting and, with LDT_CLEAR, clears the dirty bit without setting
+ * the OS-backup bit. It is the alternative the LDT paper rejects, kept as a
+ * negative control: it misses pages and makes the kernel lose data.
+ */
+
+#define LDT_IOC_MAGIC	'L'
+#define LDT_IOC_ATTACH	_IOW(LDT_IOC_MAGIC, 0x40, __s32)	/* pid, 0 = caller */
+#define LDT_IOC_COLLECT	_IOWR(LDT_IOC_MAGIC, 0x41, struct ldt_collect)
+
+#endif /* _UAPI_LINUX_LDT_H */

@@ -1,0 +1,85 @@
+package setup
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func needDpkg(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("dpkg-query"); err != nil {
+		t.Skip("not a Debian host (no dpkg-query)")
+	}
+	if err := exec.Command("dpkg-query", "-W", "dpkg").Run(); err != nil {
+		t.Skip("dpkg itself is not registered as installed here")
+	}
+}
+
+func TestMissing(t *testing.T) {
+	needDpkg(t)
+	present := Package{Name: "dpkg", Why: "always there on Debian"}
+	absent := Package{Name: "ldtlab-surely-not-a-package-x9q", Why: "never exists"}
+	absent2 := Package{Name: "ldtlab-nor-this-one-z7k", Why: "never exists either"}
+
+	cases := []struct {
+		name string
+		in   []Package
+		want []Package
+	}{
+		{"nothing asked", nil, nil},
+		{"installed", []Package{present}, nil},
+		{"unknown", []Package{absent}, []Package{absent}},
+		{"mixed keeps order and Why", []Package{absent2, present, absent}, []Package{absent2, absent}},
+		{"installed twice", []Package{present, present}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := Missing(c.in)
+			require.NoError(t, err)
+			assert.Equal(t, c.want, got)
+		})
+	}
+}
+
+func TestMissingMultiArch(t *testing.T) {
+	needDpkg(t)
+	// libc6 is Multi-Arch: same; dpkg-query may print it as libc6:amd64.
+	if err := exec.Command("dpkg-query", "-W", "libc6").Run(); err != nil {
+		t.Skip("libc6 not registered")
+	}
+	got, err := Missing([]Package{{Name: "libc6"}})
+	require.NoError(t, err)
+	assert.Empty(t, got)
+}
+
+func TestRequired(t *testing.T) {
+	seen := map[string]bool{}
+	for _, p := range Required {
+		assert.NotEmpty(t, p.Name)
+		assert.NotEmpty(t, p.Why, p.Name)
+		assert.False(t, seen[p.Name], "duplicate %s", p.Name)
+		seen[p.Name] = true
+		assert.Equal(t, strings.TrimSpace(p.Name), p.Name)
+		assert.NotContains(t, p.Name, " ")
+	}
+	for _, must := range []string{"qemu-system-x86", "busybox-static", "linux-source-6.12", "build-essential"} {
+		assert.True(t, seen[must], "%s must be required", must)
+	}
+}
+
+func TestNames(t *testing.T) {
+	assert.Equal(t, "", names(nil))
+	assert.Equal(t, "a", names([]Package{{Name: "a", Why: "x"}}))
+	assert.Equal(t, "a b c", names([]Package{{Name: "a"}, {Name: "b"}, {Name: "c"}}))
+	assert.Equal(t, len(Required)-1, strings.Count(names(Required), " "))
+}
+
+func TestTailLines(t *testing.T) {
+	assert.Equal(t, "c\nd", tailLines("a\nb\nc\nd\n", 2))
+	assert.Equal(t, "a\nb", tailLines("a\nb\n", 20))
+	assert.Equal(t, "", tailLines("", 3))
+}

@@ -1,0 +1,198 @@
+package qemu
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"ldtlab/orchestrator/accel"
+	"ldtlab/orchestrator/vm"
+)
+
+// values returns every argument that follows flag.
+func values(args []string, flag string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+// value returns the single argument following flag.
+func value(t *testing.T, args []string, flag string) string {
+	t.Helper()
+	v := values(args, flag)
+	require.Len(t, v, 1, "%s given %d times in %q", flag, len(v), args)
+	return v[0]
+}
+
+func fullConfig() vm.Config {
+	return vm.Config{
+		Name:      "alpha",
+		Dir:       "/state/vms/alpha",
+		Kernel:    "/cache/kernels/k/bzImage",
+		Initrd:    "/cache/images/i/initramfs.cpio",
+		Cmdline:   "ldtlab.debug=1 loglevel=8",
+		MemoryMiB: 4096,
+		CPUs:      4,
+		Accel:     accel.Choice{Kind: accel.KVM, Reason: "kvm: test"},
+		Disks: []vm.Disk{
+			{Path: "/state/vms/alpha/swap.img", Serial: "ldtlab-swap"},
+			{Path: "/state/vms/alpha/data.img", Serial: "ldtlab-data"},
+		},
+		FwCfg: []vm.FwCfg{
+			{Name: "opt/ldtlab/host_key", Path: "/state/vms/alpha/host_key"},
+			{Name: "opt/ldtlab/authorized_key", Path: "/state/vms/alpha/authorized_key"},
+		},
+		GDB: "tcp:127.0.0.1:1234",
+	}
+}
+
+func TestArgsFull(t *testing.T) {
+	cfg := fullConfig()
+	a := Args(cfg)
+
+	assert.Equal(t, "ldtlab-alpha,debug-threads=on", value(t, a, "-name"))
+	assert.Equal(t, "4096", value(t, a, "-m"))
+	assert.Equal(t, "4", value(t, a, "-smp"))
+	assert.Equal(t, cfg.Kernel, value(t, a, "-kernel"))
+	assert.Equal(t, cfg.Initrd, value(t, a, "-initrd"))
+
+	app := value(t, a, "-append")
+	assert.True(t, strings.HasPrefix(app, BaseCmdline+" "), "base command line first: %q", app)
+	assert.Contains(t, app, "ldtlab.name=alpha")
+	assert.True(t, strings.HasSuffix(app, " ldtlab.debug=1 loglevel=8"), "user command line last: %q", app)
+	assert.Contains(t, app, "console=ttyS0")
+	assert.Contains(t, app, "panic=0")
+
+	// Guest channel: the named virtio-serial port backed by the VM's socket.
+	assert.Contains(t, values(a, "-device"), "virtserialport,bus=vser.0,chardev=ctl,name="+ControlPortName)
+	assert.Equal(t, "ldtlab.ctl", ControlPortName)
+	assert.Contains(t, values(a, "-chardev"), "socket,id=ctl,path="+filepath.Join(cfg.Dir, "ctl.sock")+",server=on,wait=off")
+	assert.Contains(t, values(a, "-device"), "virtio-serial-pci,id=vser")
+	assert.Equal(t, "unix:"+filepath.Join(cfg.Dir, "qmp.sock")+",server=on,wait=off", value(t, a, "-qmp"))
+
+	// Panics: reported by pvpanic, guest left running, never rebooted.
+	assert.Contains(t, values(a, "-device"), "pvpanic")
+	assert.Equal(t, "panic=none", value(t, a, "-action"))
+	assert.Contains(t, a, "-no-reboot")
+	assert.Contains(t, a, "-nodefaults")
+
+	// Serial console on stdio.
+	assert.Equal(t, "chardev:con", value(t, a, "-serial"))
+	assert.Contains(t, values(a, "-chardev"), "stdio,id=con,signal=off")
+
+	// Disks, in order, with their serials.
+	assert.Equal(t, []string{
+		"file=/state/vms/alpha/swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap",
+		"file=/state/vms/alpha/data.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap",
+	}, values(a, "-drive"))
+	assert.Contains(t, values(a, "-device"), "virtio-blk-pci,drive=disk0,serial=ldtlab-swap")
+	assert.Contains(t, values(a, "-device"), "virtio-blk-pci,drive=disk1,serial=ldtlab-data")
+
+	// fw_cfg files.
+	assert.Equal(t, []string{
+		"name=opt/ldtlab/host_key,file=/state/vms/alpha/host_key",
+		"name=opt/ldtlab/authorized_key,file=/state/vms/alpha/authorized_key",
+	}, values(a, "-fw_cfg"))
+
+	assert.Equal(t, "tcp:127.0.0.1:1234", value(t, a, "-gdb"))
+
+	// The accelerator's own arguments, verbatim and contiguous.
+	acc := cfg.Accel.QEMUArgs()
+	require.NotEmpty(t, acc)
+	i := slices.Index(a, acc[0])
+	require.GreaterOrEqual(t, i, 0)
+	assert.Equal(t, acc, a[i:i+len(acc)])
+	assert.Equal(t, "kvm", value(t, a, "-accel"))
+	assert.Equal(t, "host", value(t, a, "-cpu"))
+}
+
+func TestArgsDefaults(t *testing.T) {
+	a := Args(vm.Config{Name: "b", Dir: "/d", Kernel: "/k", Accel: accel.Choice{Kind: accel.TCG}})
+	assert.Equal(t, "1024", value(t, a, "-m"))
+	assert.Equal(t, "2", value(t, a, "-smp"))
+	assert.Equal(t, "ldtlab-b,debug-threads=on", value(t, a, "-name"))
+	assert.Equal(t, BaseCmdline+" ldtlab.name=b", value(t, a, "-append"), "no trailing space without a user command line")
+	assert.NotContains(t, a, "-gdb", "gdb only when asked for")
+	assert.NotContains(t, a, "-initrd")
+	assert.NotContains(t, a, "-drive")
+	assert.NotContains(t, a, "-fw_cfg")
+	assert.Equal(t, "tcg,thread=multi", value(t, a, "-accel"))
+	assert.Equal(t, "max", value(t, a, "-cpu"))
+	// The control port, pvpanic and no-reboot are unconditional.
+	assert.Contains(t, values(a, "-device"), "virtserialport,bus=vser.0,chardev=ctl,name=ldtlab.ctl")
+	assert.Contains(t, values(a, "-device"), "pvpanic")
+	assert.Contains(t, a, "-no-reboot")
+	assert.Equal(t, "panic=none", value(t, a, "-action"))
+}
+
+func TestArgsAccelerators(t *testing.T) {
+	cases := []struct {
+		kind  accel.Kind
+		accel string
+		cpu   string
+	}{
+		{accel.KVM, "kvm", "host"},
+		{accel.TCG, "tcg,thread=multi", "max"},
+	}
+	for _, c := range cases {
+		t.Run(string(c.kind), func(t *testing.T) {
+			a := Args(vm.Config{Name: "x", Dir: "/d", Kernel: "/k", Accel: accel.Choice{Kind: c.kind}})
+			assert.Equal(t, c.accel, value(t, a, "-accel"))
+			assert.Equal(t, c.cpu, value(t, a, "-cpu"))
+		})
+	}
+	// An unknown kind adds nothing (QEMU would pick its own default).
+	a := Args(vm.Config{Name: "x", Dir: "/d", Kernel: "/k"})
+	assert.NotContains(t, a, "-accel")
+	assert.NotContains(t, a, "-cpu")
+}
+
+func TestArgsWellFormed(t *testing.T) {
+	a := Args(fullConfig())
+	// Every option is a flag followed by its value (except the few
+	// switches), so the list can be shell-quoted for a repro line.
+	switches := map[string]bool{"-nodefaults": true, "-no-user-config": true, "-no-reboot": true}
+	for i := 0; i < len(a); i++ {
+		require.True(t, strings.HasPrefix(a[i], "-"), "argument %d (%q) is not a flag", i, a[i])
+		if switches[a[i]] {
+			continue
+		}
+		require.Less(t, i+1, len(a), "%s has no value", a[i])
+		assert.False(t, strings.HasPrefix(a[i+1], "-"), "%s followed by flag %s", a[i], a[i+1])
+		i++
+	}
+	assert.Equal(t, a, Args(fullConfig()), "deterministic")
+}
+
+func TestBinary(t *testing.T) {
+	t.Setenv("LDTLAB_QEMU", "")
+	assert.Equal(t, "qemu-system-x86_64", Binary())
+	t.Setenv("LDTLAB_QEMU", "/opt/qemu/bin/qemu-system-x86_64")
+	assert.Equal(t, "/opt/qemu/bin/qemu-system-x86_64", Binary())
+}
+
+// QEMU splits option values at commas; a literal comma must be doubled.
+// A state or cache directory whose path contains a comma (or a disk image
+// named so) would otherwise break the command line or inject options.
+// Fails today: Args (qemu.go, -drive/-chardev/-qmp/-fw_cfg) pastes paths
+// verbatim.
+func TestArgsEscapesCommasInPaths(t *testing.T) {
+	dir := "/state/a,b"
+	a := Args(vm.Config{
+		Name: "x", Dir: dir, Kernel: "/k", Accel: accel.Choice{Kind: accel.TCG},
+		Disks: []vm.Disk{{Path: dir + "/swap.img", Serial: "s"}},
+		FwCfg: []vm.FwCfg{{Name: "opt/ldtlab/host_key", Path: dir + "/host_key"}},
+	})
+	assert.Equal(t, "unix:/state/a,,b/qmp.sock,server=on,wait=off", value(t, a, "-qmp"))
+	assert.Contains(t, values(a, "-chardev"), "socket,id=ctl,path=/state/a,,b/ctl.sock,server=on,wait=off")
+	assert.Equal(t, "file=/state/a,,b/swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap", value(t, a, "-drive"))
+	assert.Equal(t, "name=opt/ldtlab/host_key,file=/state/a,,b/host_key", value(t, a, "-fw_cfg"))
+}
