@@ -164,6 +164,11 @@ func runLazyfree(e *Env, thp bool) error {
 				ws.Expect(id, 0)
 				ws.Write(id)
 			}
+			// The zap leaves the page tables of a split THP behind, so
+			// the faults above mapped 4 KiB pages: collapse them.
+			if kb, _ := anonHugeKB(ws.Base, ws.End()); kb < n*PageSize/1024 {
+				_ = unix.Madvise(b, unix.MADV_COLLAPSE)
+			}
 			if kb, _ := anonHugeKB(ws.Base, ws.End()); kb > 0 {
 				thpSeen++
 			}

@@ -1,0 +1,47 @@
+package check
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestJudge(t *testing.T) {
+	cases := []struct {
+		name string
+		cell Cell
+		gap  string
+		want string
+	}{
+		{"ldt clean", Cell{Tracker: "ldt", Outcome: "pass"}, "", "PASS"},
+		{"ldt missed", Cell{Tracker: "ldt", Outcome: "fail", Missed: 3}, "", "FAIL"},
+		{"ldt corrupted", Cell{Tracker: "ldt", Outcome: "fail", Corrupted: 1}, "", "FAIL"},
+		{"kernel report fails a clean cell", Cell{Tracker: "ldt", Outcome: "pass", KernelReport: []string{"warning: WARNING in x"}}, "", "FAIL"},
+		{"skip", Cell{Tracker: "softdirty", Outcome: "skip"}, "", "SKIP"},
+		{"naive caught", Cell{Tracker: "naive", Outcome: "fail", AsExpected: true, Corrupted: 5, NaiveExpectation: "lose-data"}, "", "CAUGHT"},
+		{"naive no teeth", Cell{Tracker: "naive", Outcome: "pass", AsExpected: false, NaiveExpectation: "miss-pages"}, "", "NO-TEETH"},
+		{"naive must do nothing", Cell{Tracker: "naive", Outcome: "pass", AsExpected: true, NaiveExpectation: "nothing"}, "", "PASS"},
+		{"naive loses data where it must not", Cell{Tracker: "naive", Outcome: "fail", Corrupted: 1, NaiveExpectation: "nothing"}, "", "FAIL"},
+		{"known gap", Cell{Tracker: "softdirty", Outcome: "fail", Missed: 68}, "kernel", "KNOWN-GAP"},
+		{"known gap never excuses corruption", Cell{Tracker: "softdirty", Outcome: "fail", Missed: 1, Corrupted: 1}, "kernel", "FAIL"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.cell
+			assert.Equal(t, tc.want, Judge(&c, tc.gap))
+		})
+	}
+}
+
+func TestFailedCountsSkips(t *testing.T) {
+	for v, want := range map[string]bool{"PASS": false, "CAUGHT": false, "KNOWN-GAP": false, "N/A": false, "FAIL": true, "NO-TEETH": true, "SKIP": true} {
+		c := Cell{Verdict: v}
+		assert.Equal(t, want, c.Failed(), v)
+	}
+}
+
+func TestLastJSON(t *testing.T) {
+	out := []byte("progress\n{\"a\":1}\nmore\n{\"scenario\":\"x\"}\n")
+	assert.Equal(t, `{"scenario":"x"}`, string(lastJSON(out)))
+	assert.Equal(t, "no json", string(lastJSON([]byte("no json"))))
+}
