@@ -6,6 +6,7 @@
 package check
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -465,7 +466,7 @@ func lastJSON(out []byte) []byte {
 	if len(all) == 0 {
 		return out
 	}
-	return all[len(all)-1]
+	return bytes.TrimSpace(all[len(all)-1])
 }
 
 func (r *runner) compare(ctx context.Context, s Scenario) (json.RawMessage, error) {
