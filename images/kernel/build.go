@@ -91,6 +91,9 @@ type plan struct {
 	src       *Source
 	fragments []string // absolute paths, in merge order
 	patches   []string // absolute paths, in series order
+	// patchData is each patch as hashed into the key: what is applied,
+	// even if the file changes while the build runs.
+	patchData [][]byte
 	modules   []string // absolute dirs holding a Kbuild file
 	key       string
 	compiler  string
@@ -141,9 +144,12 @@ func newPlan(o Options) (*plan, error) {
 		}
 	}
 	for i, pt := range p.patches {
-		if err := k.AddFile(fmt.Sprintf("patch/%03d/%s", i, filepath.Base(pt)), pt); err != nil {
+		b, err := os.ReadFile(pt)
+		if err != nil {
 			return nil, err
 		}
+		p.patchData = append(p.patchData, b)
+		k.Add(fmt.Sprintf("patch/%03d/%s", i, filepath.Base(pt)), b)
 	}
 	for _, m := range p.modules {
 		if err := k.AddTree("module/"+filepath.Base(m), m); err != nil {
@@ -393,8 +399,17 @@ func (p *plan) prepareTree(ctx context.Context, pristine, srcDir, outDir string,
 		return fmt.Errorf("cp -al: %v: %s", err, out)
 	}
 	touched := map[string]bool{}
-	for _, pt := range p.patches {
-		name := "kmod/patches/" + filepath.Base(pt)
+	snap, err := os.MkdirTemp("", "ldtlab-patches-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(snap)
+	for i, orig := range p.patches {
+		name := "kmod/patches/" + filepath.Base(orig)
+		pt := filepath.Join(snap, filepath.Base(orig))
+		if err := os.WriteFile(pt, p.patchData[i], 0o644); err != nil {
+			return err
+		}
 		files, err := patchFiles(pt)
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", name, err)
