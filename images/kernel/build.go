@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -453,7 +454,57 @@ func (p *plan) prepareTree(ctx context.Context, pristine, srcDir, outDir string,
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
+	if err := keepUnchangedMtimes(srcDir, filepath.Join(outDir, ".ldtlab-patched"), list, prev); err != nil {
+		return err
+	}
 	return os.WriteFile(record, []byte(strings.Join(list, "\n")+"\n"), 0o644)
+}
+
+// keepUnchangedMtimes gives a patched file whose content is the same as in
+// the previous build that build's mtime, so that re-applying a series (or
+// changing one patch) recompiles only what really changed. saved holds
+// the previous build's patched files with their mtimes.
+func keepUnchangedMtimes(srcDir, saved string, touched, prev []string) error {
+	for _, f := range prev {
+		if !contains(touched, f) {
+			os.Remove(filepath.Join(saved, f))
+		}
+	}
+	for _, f := range touched {
+		cur := filepath.Join(srcDir, f)
+		old := filepath.Join(saved, f)
+		b, err := os.ReadFile(cur)
+		if err != nil {
+			continue // deleted by the series
+		}
+		if ob, err := os.ReadFile(old); err == nil && bytes.Equal(b, ob) {
+			if st, err := os.Stat(old); err == nil {
+				os.Chtimes(cur, st.ModTime(), st.ModTime())
+				continue
+			}
+		}
+		st, err := os.Stat(cur)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(filepath.Dir(old), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(old, b, 0o644); err != nil {
+			return err
+		}
+		os.Chtimes(old, st.ModTime(), st.ModTime())
+	}
+	return nil
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
 }
 
 // unshare replaces a hard link by a private copy (no-op if absent).
