@@ -54,7 +54,15 @@ func TestCorrectnessCatalogue(t *testing.T) {
 	}
 	require.NotEmpty(t, res.Checkpoint)
 	for _, cp := range res.Checkpoint {
-		assert.Equal(t, "PASS", cp.Verdict, "checkpoint %s/%s: missed %d, %s %s", cp.Target, cp.Tracker, cp.Missed, cp.Reason, cp.Error)
+		want := []string{"PASS"}
+		switch {
+		case cp.Tracker == "naive" && cp.Target == "synthetic":
+			want = []string{"CAUGHT"} // the oracle has teeth
+		case cp.Tracker == "naive":
+			want = []string{"CAUGHT", "NOT-CAUGHT"}
+		}
+		assert.Contains(t, want, cp.Verdict, "checkpoint %s/%s: missed %d, %s %s", cp.Target, cp.Tracker, cp.Missed, cp.Reason, cp.Error)
+		assert.Empty(t, cp.Reports)
 	}
 	assert.Zero(t, res.Failures)
 }

@@ -53,13 +53,15 @@ type Result struct {
 	// Zeroed counts differing pages the target discarded (they read as
 	// zeros and are not mapped: MADV_DONTNEED, reclaimed MADV_FREE): a
 	// content change no dirty tracker reports, shown, not failed.
-	Zeroed        int      `json:"zeroed"`
-	Compared      int      `json:"compared_pages"`
-	ImagePages    int      `json:"image_pages"`
-	Reported      []int    `json:"reported"`
-	StoppedMS     []int64  `json:"stopped_ms"`
-	Samples       []string `json:"samples,omitempty"`
-	Notes         []string `json:"notes,omitempty"`
+	Zeroed     int      `json:"zeroed"`
+	Compared   int      `json:"compared_pages"`
+	ImagePages int      `json:"image_pages"`
+	Reported   []int    `json:"reported"`
+	StoppedMS  []int64  `json:"stopped_ms"`
+	Samples    []string `json:"samples,omitempty"`
+	Notes      []string `json:"notes,omitempty"`
+	// Unreadable counts page reads /proc/PID/mem refused (EOF, EIO).
+	Unreadable    int      `json:"unreadable_pages"`
 	DurationMS    int64    `json:"duration_ms"`
 	SwappedAtEnd  int      `json:"swapped_pages_at_end"`
 	RegionsAtEnd  int      `json:"regions_at_end"`
@@ -186,9 +188,12 @@ func (c *checkpointer) copyPage(addr uintptr) error {
 		b = make([]byte, pageSize)
 	}
 	if _, err := c.mem.ReadAt(b, int64(addr)); err != nil {
-		// A page of a region unmapped meanwhile: nothing to copy.
-		if errors.Is(err, unix.EIO) || errors.Is(err, unix.EFAULT) {
+		// A page of a region unmapped meanwhile, or one the kernel cannot
+		// read (a file mapping past the end of its file reads as EOF):
+		// nothing to copy, and compare skips it the same way.
+		if unreadable(err) {
 			delete(c.image, addr)
+			c.res.Unreadable++
 			return nil
 		}
 		return fmt.Errorf("read /proc/%d/mem at %#x: %w", c.o.Pid, addr, err)
@@ -290,6 +295,11 @@ func (c *checkpointer) round(first bool) (rs []region, err error) {
 	return rs, nil
 }
 
+// unreadable tells errors of /proc/PID/mem that mean "no page here".
+func unreadable(err error) bool {
+	return errors.Is(err, unix.EIO) || errors.Is(err, unix.EFAULT) || errors.Is(err, io.EOF)
+}
+
 func isZero(b []byte) bool {
 	for _, x := range b {
 		if x != 0 {
@@ -328,6 +338,10 @@ func (c *checkpointer) compare(rs []region) error {
 				continue
 			}
 			if _, err := c.mem.ReadAt(buf, int64(addr)); err != nil {
+				if unreadable(err) {
+					c.res.Unreadable++
+					continue
+				}
 				return fmt.Errorf("read /proc/%d/mem at %#x: %w", c.o.Pid, addr, err)
 			}
 			c.res.Compared++
@@ -370,6 +384,11 @@ func Run(o Options) *Result {
 			res.TargetExited = true
 		}
 		res.Outcome, res.Reason = "fail", err.Error()
+		// Reads of a dead process's memory fail with EOF: say what died.
+		if _, serr := os.Stat(fmt.Sprintf("/proc/%d", o.Pid)); serr != nil {
+			res.TargetExited = true
+			res.Reason = fmt.Sprintf("target pid %d exited during the checkpoint (killed? see dmesg): %v", o.Pid, err)
+		}
 		return res
 	}
 	res.Outcome = "pass"

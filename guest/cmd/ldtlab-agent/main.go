@@ -70,6 +70,9 @@ func initMain() {
 		log.Printf("%v", err)
 	}
 	boot.EnsurePowerApplets()
+	if err := boot.LoopbackUp(); err != nil {
+		log.Printf("%v", err)
+	}
 	log.Printf("hostname %s, kernel %s", name, boot.KernelRelease())
 
 	modDir := "/lib/modules/" + boot.KernelRelease() + "/extra"

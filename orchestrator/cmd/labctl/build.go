@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"ldtlab/images/kernel"
+	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/setup"
 )
@@ -22,6 +23,7 @@ type guestFlags struct {
 	cmdline string
 	swap    int
 	noBuild bool
+	redis   bool
 }
 
 func (g *guestFlags) register(fs *flag.FlagSet) {
@@ -33,6 +35,7 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.cmdline, "cmdline", "", "extra kernel command line (e.g. numa=fake=2)")
 	fs.IntVar(&g.swap, "swap", 512, "disk-backed swap device in MiB (0 = none; zram is always set up)")
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
+	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as `labctl check` does)")
 }
 
 func (g *guestFlags) options(repo, name string) lab.Options {
@@ -42,6 +45,14 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 	}
 	if g.swap == 0 {
 		o.SwapMiB = -1
+	}
+	if g.redis {
+		files, err := check.RedisFiles()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "labctl: --redis: %v\n", err)
+			os.Exit(1)
+		}
+		o.Extra = append(o.Extra, files...)
 	}
 	return o
 }

@@ -406,6 +406,9 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	if g.vanilla {
 		args = append(args, "-vanilla")
 	}
+	if g.redis {
+		args = append(args, "-redis")
+	}
 	gdbAddr := ""
 	if gdb {
 		port, err := freePort()
