@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,6 +164,11 @@ func TestAlive(t *testing.T) {
 		t.Skip("no bash")
 	}
 	supervisor := startProcess(t, bash, "-c", "exec -a /usr/bin/labctl sh -c 'sleep 300; :' supervise")
+	// bash needs a moment to exec into the renamed process.
+	require.Eventually(t, func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", supervisor))
+		return strings.HasPrefix(string(b), "/usr/bin/labctl\x00")
+	}, 5*time.Second, 5*time.Millisecond)
 
 	cases := []struct {
 		name string
