@@ -15,15 +15,19 @@ not ok 2 Test test_vma_reuse dirty bit of allocated page
 ok 3 Test test_hugepage # SKIP no THP
 ok 4 - with dash
 ok 5 Test test_simple
+ok 6 transact_test: 1234 transactions
+ok 6 transact_test: 99 transactions
 # Totals: pass:3 fail:1 xfail:0 xpass:0 skip:1 error:0
 `
 	got := ParseTAP(out)
 	assert.Equal(t, map[string]string{
-		"Test test_simple": "ok",
-		"Test test_vma_reuse dirty bit of allocated page": "not ok",
-		"Test test_hugepage":                              "skip",
-		"with dash":                                       "ok",
-		"Test test_simple #2":                             "ok",
+		"1 Test test_simple": "ok",
+		"2 Test test_vma_reuse dirty bit of allocated page": "not ok",
+		"3 Test test_hugepage":                              "skip",
+		"4 with dash":                                       "ok",
+		"5 Test test_simple":                                "ok",
+		"6 transact_test: N transactions":                   "ok",
+		"6 transact_test: N transactions #2":                "ok",
 	}, got)
 }
 
