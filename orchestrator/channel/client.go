@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -88,11 +89,20 @@ func (c *Client) Run(ctx context.Context, cmd string, opts RunOptions) (int, err
 		return -1, fmt.Errorf("run %q: %w", cmd, err)
 	}
 	defer s.Close()
-	s.Stdin, s.Stdout, s.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
+	// Gates: once Run gives up on a dead guest, late output is dropped
+	// instead of racing with the caller reading its buffers.
+	stdout, stderr := &gate{w: opts.Stdout}, &gate{w: opts.Stderr}
+	s.Stdin = opts.Stdin
+	if opts.Stdout != nil {
+		s.Stdout = stdout
+	}
+	if opts.Stderr != nil {
+		s.Stderr = stderr
+	}
 	if err := s.Start(cmd); err != nil {
 		return -1, fmt.Errorf("run %q: starting: %w", cmd, err)
 	}
-	code, err := wait(ctx, s)
+	code, err := wait(ctx, s, stdout, stderr)
 	if err != nil {
 		return -1, fmt.Errorf("run %q: %w", cmd, err)
 	}
@@ -203,7 +213,7 @@ func (c *Client) newSession(env map[string]string) (*ssh.Session, error) {
 
 // wait waits for a started session. On ctx done it sends KILL and closes the
 // channel; the agent kills the process group either way.
-func wait(ctx context.Context, s *ssh.Session) (int, error) {
+func wait(ctx context.Context, s *ssh.Session, gates ...*gate) (int, error) {
 	done := make(chan error, 1)
 	go func() { done <- s.Wait() }()
 	var err error
@@ -212,10 +222,44 @@ func wait(ctx context.Context, s *ssh.Session) (int, error) {
 	case <-ctx.Done():
 		_ = s.Signal(ssh.SIGKILL)
 		s.Close()
-		<-done
+		// A live agent closes the channel at once; a dead guest (panic,
+		// hang) never will, and Wait would block until the connection
+		// is torn down. Give up after a grace period.
+		select {
+		case <-done:
+		case <-time.After(abandonGrace):
+		}
+		for _, g := range gates {
+			g.close()
+		}
 		return -1, ctx.Err()
 	}
 	return exitCode(err)
+}
+
+// abandonGrace bounds the wait for a cancelled session to close.
+var abandonGrace = 2 * time.Second
+
+// gate forwards writes until closed, then drops them.
+type gate struct {
+	mu     sync.Mutex
+	w      io.Writer
+	closed bool
+}
+
+func (g *gate) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed || g.w == nil {
+		return len(p), nil
+	}
+	return g.w.Write(p)
+}
+
+func (g *gate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 }
 
 // exitCode maps the result of Session.Wait to a shell-style exit code.

@@ -550,6 +550,12 @@ func (m *Machine) Close() error {
 	return err
 }
 
+// Panicked is closed when the guest kernel reported a panic (pvpanic).
+func (m *Machine) Panicked() <-chan struct{} { return m.panic }
+
+// CrashError describes the panic after Panicked fired.
+func (m *Machine) CrashError() error { return m.crashError() }
+
 // Done is closed when the VM has exited.
 func (m *Machine) Done() <-chan struct{} { return m.inst.Done() }
 

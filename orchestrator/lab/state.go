@@ -176,6 +176,9 @@ func Supervise(ctx context.Context, o Options) error {
 		m.Shutdown(sctx)
 		cancel()
 		st.Status = StatusStopped
+	case <-m.Panicked():
+		// A panicked guest is of no use: keep its console, stop it.
+		st.Status, st.Error = StatusFailed, m.CrashError().Error()
 	case <-m.Done():
 		st.Status = StatusStopped
 		if r := m.fatalReport(); r != nil {

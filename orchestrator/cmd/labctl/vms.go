@@ -135,7 +135,7 @@ func init() {
 			}
 			code, err := c.Run(ctx, remoteCommand(args[1:]), opts)
 			if err != nil {
-				return err
+				return explainVM(args[0], err)
 			}
 			if code != 0 {
 				return exitError{code}
@@ -319,6 +319,22 @@ func init() {
 			return nil
 		},
 	})
+}
+
+// explainVM adds what happened to the guest when a command against it
+// failed: a kernel crash is the news, not the broken connection.
+func explainVM(name string, err error) error {
+	dir, derr := lab.VMDir(name)
+	if derr != nil {
+		return err
+	}
+	for i := 0; i < 40; i++ { // the supervisor records the crash shortly
+		if st, serr := lab.ReadState(dir); serr == nil && st.Status == lab.StatusFailed {
+			return fmt.Errorf("%w\nVM %s failed: %s\n(`labctl logs %s` shows the console)", err, name, st.Error, name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return err
 }
 
 func dash(s string) string {
