@@ -207,6 +207,7 @@ func TestHungGuestIsDetected(t *testing.T) {
 	})
 	t.Run("running", func(t *testing.T) {
 		m := boot(t, guestOptions(t, "hang-run"))
+		run(t, m, "true") // a guest in use, then frozen
 		require.NoError(t, m.Instance().Pause(context.Background()))
 		start := time.Now()
 		err := m.Ping(context.Background())

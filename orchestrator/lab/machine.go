@@ -404,6 +404,13 @@ func (m *Machine) Client(ctx context.Context) (*channel.Client, error) {
 	c, err := channel.Dial(cctx, conn, m.keys)
 	if err != nil {
 		conn.Close()
+		if gerr := m.guestFailure(); gerr != nil {
+			return nil, gerr
+		}
+		if cctx.Err() != nil && ctx.Err() == nil {
+			// The agent was up once; a guest that stops answering is hung.
+			return nil, &vm.HangError{Phase: "ssh handshake with the guest agent", After: m.Timeouts.Ping * 2, Tail: m.Tail(40)}
+		}
 		return nil, &vm.InfraError{Op: "ssh handshake with the guest agent", Err: err}
 	}
 	m.client = c
