@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"ldtlab/images/kernel"
@@ -166,6 +167,7 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	o.logf("accelerator: %s", choice.Reason)
 	m := &Machine{Name: o.Name, Kernel: kb, Image: img, Accel: choice, Timeouts: vm.Scaled(choice.Kind), panic: make(chan struct{})}
 	if o.Dir == "" {
+		sweepStale()
 		d, err := os.MkdirTemp("", "ldtlab-vm-")
 		if err != nil {
 			return nil, &vm.InfraError{Op: "creating VM directory", Err: err}
@@ -235,6 +237,27 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	m.BootTime = time.Since(start)
 	o.logf("%s ready in %s (%s, kernel %s)", o.Name, m.BootTime.Round(time.Millisecond), choice.Kind, kb.Meta.KernelRelease)
 	return m, nil
+}
+
+// sweepStale removes temporary VM directories left by an orchestrator that
+// was killed outright (SIGKILL runs no cleanup; its QEMU died with it via
+// the parent-death signal, but the directory stayed).
+func sweepStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ldtlab-vm-*"))
+	for _, d := range dirs {
+		st, err := os.Stat(d)
+		if err != nil || time.Since(st.ModTime()) < time.Minute {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(d, "qemu.pid")); err == nil {
+			var pid int
+			fmt.Sscan(string(b), &pid)
+			if pid > 0 && syscall.Kill(pid, 0) == nil {
+				continue // still running
+			}
+		}
+		os.RemoveAll(d)
+	}
 }
 
 func sparseDisk(path string, mib int) (string, error) {

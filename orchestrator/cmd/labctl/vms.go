@@ -177,7 +177,9 @@ func init() {
 				if err != nil {
 					return err
 				}
-				code, err = c.Shell(context.Background(), os.Stdin, os.Stdout, "")
+				// ctx ends on SIGTERM/SIGHUP (^C goes to the guest in raw
+				// mode); the deferred Close then removes the guest.
+				code, err = c.Shell(ctx, os.Stdin, os.Stdout, "")
 				if err != nil {
 					return err
 				}
