@@ -135,7 +135,8 @@ func newPlan(o Options) (*plan, error) {
 		AddString("recipe", recipeVersion).
 		AddString("source", fmt.Sprintf("%s %s %d", SourcePackage, src.Version, src.Size)).
 		AddString("config", o.config()).
-		AddString("compiler", p.compiler)
+		AddString("compiler", p.compiler).
+		AddString("selftests", strings.Join(Selftests, ","))
 	for _, f := range p.fragments {
 		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) && filepath.Base(f) == "ldt.config" {
 			continue // optional until the LDT series lands

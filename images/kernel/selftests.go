@@ -14,10 +14,15 @@ import (
 // Selftests are the kernel's own mm selftests the lab runs on both the LDT
 // and the vanilla kernel (issue 3's A/B comparison). They are built
 // statically from the same patched tree as the kernel.
+//
+// khugepaged is left out: its source in 6.12.117 does not compile
+// (KSFT_SKIP undeclared in khugepaged.c). migration needs libnuma (Debian
+// package libnuma-dev) and two NUMA nodes (the selftest guests boot with
+// numa=fake=2).
 var Selftests = []string{
 	"soft-dirty", "pagemap_ioctl", "uffd-unit-tests", "madv_populate", "mkdirty",
 	"cow", "mremap_test", "mremap_dontunmap", "ksm_functional_tests",
-	"split_huge_page_test", "khugepaged", "migration",
+	"split_huge_page_test", "migration",
 }
 
 // buildSelftests builds each selftest on its own, so that one that does

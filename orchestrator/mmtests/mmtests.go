@@ -193,6 +193,9 @@ func CompareKernels(ctx context.Context, o lab.Options, tests []string, perTest 
 		vo := o
 		vo.Vanilla = vanilla
 		vo.Name = o.Name + "-" + name
+		if !strings.Contains(vo.Cmdline, "numa=fake") {
+			vo.Cmdline = strings.TrimSpace(vo.Cmdline + " numa=fake=2") // for migration
+		}
 		m, err := lab.Boot(ctx, vo)
 		if err != nil {
 			return nil, fmt.Errorf("booting the %s kernel: %w", name, err)

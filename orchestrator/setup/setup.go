@@ -34,6 +34,9 @@ var Required = []Package{
 	{"xz-utils", "unpacking the source tarball"},
 	{"patch", "applying kmod/patches"},
 	{"rsync", "kernel header installation for the mm selftests"},
+	{"libnuma-dev", "the mm selftest migration (static libnuma)"},
+	{"redis-server", "the checkpoint oracle's real-world target"},
+	{"redis-tools", "redis-benchmark, the checkpoint oracle's load"},
 	{"openssh-client", "ssh(1) through `labctl ssh-config`"},
 }
 
