@@ -17,6 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/agent/wire"
 )
 
 func TestHandshakeAgentSide(t *testing.T) {
@@ -37,13 +39,13 @@ func TestHandshakeAgentSide(t *testing.T) {
 	for i := 0; i < 2; i++ { // READY repeats until ACK
 		line, err := br.ReadString('\n')
 		require.NoError(t, err)
-		assert.Equal(t, ReadyLine, line)
+		assert.Equal(t, wire.ReadyLine, line)
 	}
 	assert.GreaterOrEqual(t, time.Since(start), ReadyInterval/2)
 
 	// Junk glued to the ACK line, and payload right behind it.
-	go func() { _, _ = host.Write([]byte("\x00\x01junk" + AckLine + "payload")) }()
-	require.NoError(t, WaitLine(br, StartLine))
+	go func() { _, _ = host.Write([]byte("\x00\x01junk" + wire.AckLine + "payload")) }()
+	require.NoError(t, wire.WaitLine(br, wire.StartLine))
 	r := <-done
 	require.NoError(t, r.err)
 	buf := make([]byte, len("payload"))

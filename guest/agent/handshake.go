@@ -8,27 +8,16 @@ package agent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
-)
 
-// Handshake lines, see docs/design.md "Guest channel".
-const (
-	ReadyLine = "LDTLAB-AGENT/1 READY\n"
-	AckLine   = "LDTLAB-HOST/1 ACK\n"
-	StartLine = "LDTLAB-AGENT/1 START\n"
+	"ldtlab/guest/agent/wire"
 )
 
 // ReadyInterval is how often READY is repeated until the host answers.
 const ReadyInterval = 200 * time.Millisecond
-
-// maxLine bounds the memory spent on garbage (e.g. yamux frames left over from
-// a previous host session) while looking for a handshake line.
-const maxLine = 4096
 
 // Handshake runs the agent side of the handshake on rw: READY every
 // ReadyInterval until an ACK line arrives, then START. It returns the stream
@@ -44,7 +33,7 @@ func Handshake(ctx context.Context, rw io.ReadWriteCloser) (io.ReadWriteCloser, 
 		t := time.NewTicker(ReadyInterval)
 		defer t.Stop()
 		for {
-			if _, err := io.WriteString(rw, ReadyLine); err != nil {
+			if _, err := io.WriteString(rw, wire.ReadyLine); err != nil {
 				writeErr <- err
 				return
 			}
@@ -57,8 +46,8 @@ func Handshake(ctx context.Context, rw io.ReadWriteCloser) (io.ReadWriteCloser, 
 		}
 	}()
 
-	br := bufio.NewReaderSize(rw, maxLine)
-	err := WaitLine(br, AckLine)
+	br := bufio.NewReaderSize(rw, wire.MaxLine)
+	err := wire.WaitLine(br, wire.AckLine)
 	if err != nil {
 		rw.Close() // unblocks the READY writer
 	}
@@ -68,7 +57,7 @@ func Handshake(ctx context.Context, rw io.ReadWriteCloser) (io.ReadWriteCloser, 
 		err = fmt.Errorf("writing READY: %w", werr)
 	}
 	if err == nil {
-		if _, err = io.WriteString(rw, StartLine); err != nil {
+		if _, err = io.WriteString(rw, wire.StartLine); err != nil {
 			err = fmt.Errorf("writing START: %w", err)
 		}
 	}
@@ -79,43 +68,5 @@ func Handshake(ctx context.Context, rw io.ReadWriteCloser) (io.ReadWriteCloser, 
 		}
 		return nil, fmt.Errorf("guest channel handshake: %w", err)
 	}
-	return &bufferedRWC{r: br, rw: rw}, nil
+	return &wire.Buffered{R: br, RW: rw}, nil
 }
-
-// WaitLine reads lines from br until one ends with want (which ends in
-// "\n"); anything before it on the line, and earlier lines, are discarded.
-// Suffix matching tolerates junk glued to the front of the line.
-func WaitLine(br *bufio.Reader, want string) error {
-	wantB := bytes.TrimRight([]byte(want), "\n")
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		switch {
-		case errors.Is(err, bufio.ErrBufferFull):
-			// Over-long garbage: keep only a tail that may still hold the line.
-			line = append(line, chunk...)
-			if len(line) > len(wantB) {
-				line = append(line[:0], line[len(line)-len(wantB):]...)
-			}
-			continue
-		case err != nil:
-			return fmt.Errorf("waiting for %q: %w", bytes.TrimSpace(wantB), err)
-		}
-		line = append(line, chunk...)
-		if bytes.HasSuffix(bytes.TrimRight(line, "\r\n"), wantB) {
-			return nil
-		}
-		line = line[:0]
-	}
-}
-
-// bufferedRWC reads through the handshake's buffer so that no byte the peer
-// sent right after its handshake line is lost.
-type bufferedRWC struct {
-	r  *bufio.Reader
-	rw io.ReadWriteCloser
-}
-
-func (b *bufferedRWC) Read(p []byte) (int, error)  { return b.r.Read(p) }
-func (b *bufferedRWC) Write(p []byte) (int, error) { return b.rw.Write(p) }
-func (b *bufferedRWC) Close() error                { return b.rw.Close() }

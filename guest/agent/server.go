@@ -8,10 +8,11 @@ import (
 	"io"
 	"net"
 	"os"
-	"time"
 
 	"github.com/hashicorp/yamux"
 	"golang.org/x/crypto/ssh"
+
+	"ldtlab/guest/agent/wire"
 )
 
 // Config configures a Server.
@@ -85,19 +86,6 @@ func LoadKeyFiles(hostKeyPath, authorizedKeyPath string) (ssh.Signer, ssh.Public
 	return signer, pub, nil
 }
 
-// YamuxConfig is the yamux configuration of the guest channel. The timeouts
-// are generous because a TCG guest under a stress test can be very slow to
-// answer a keepalive; a spurious session loss would kill running commands.
-func YamuxConfig() *yamux.Config {
-	c := yamux.DefaultConfig()
-	c.KeepAliveInterval = 30 * time.Second
-	c.ConnectionWriteTimeout = 60 * time.Second
-	c.StreamOpenTimeout = 60 * time.Second
-	c.MaxStreamWindowSize = 1 << 20
-	c.LogOutput = io.Discard
-	return c
-}
-
 // Serve runs the whole guest channel on rw: the handshake, then a yamux
 // server session whose every stream is one SSH connection. It returns when
 // the session ends (host gone, ctx done); rw is closed by then, and every
@@ -107,7 +95,7 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriteCloser) error {
 	if err != nil {
 		return err
 	}
-	sess, err := yamux.Server(conn, YamuxConfig())
+	sess, err := yamux.Server(conn, wire.YamuxConfig())
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("yamux server: %w", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"ldtlab/guest/agent/wire"
 	"ldtlab/orchestrator/channel"
 )
 
@@ -401,12 +402,12 @@ func TestHandshakeSkipsJunk(t *testing.T) {
 			errc <- err
 			return
 		}
-		buf := make([]byte, len(channel.AckLine))
+		buf := make([]byte, len(wire.AckLine))
 		if _, err := io.ReadFull(guest, buf); err != nil {
 			errc <- err
 			return
 		}
-		if string(buf) != channel.AckLine {
+		if string(buf) != wire.AckLine {
 			errc <- fmt.Errorf("got %q, want ACK", buf)
 			return
 		}

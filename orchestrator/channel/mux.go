@@ -6,28 +6,17 @@ package channel
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/yamux"
-)
 
-// Handshake lines; they must match guest/agent.
-const (
-	ReadyLine = "LDTLAB-AGENT/1 READY\n"
-	AckLine   = "LDTLAB-HOST/1 ACK\n"
-	StartLine = "LDTLAB-AGENT/1 START\n"
+	"ldtlab/guest/agent/wire"
 )
-
-// maxLine bounds what is buffered while looking for a handshake line (the
-// port may still hold yamux frames of an earlier host session).
-const maxLine = 4096
 
 // ErrClosed is returned by Mux operations once the session is gone.
 var ErrClosed = errors.New("guest channel closed")
@@ -44,15 +33,15 @@ type Mux struct {
 // closed on failure, and by Mux.Close afterwards.
 func Handshake(ctx context.Context, rw io.ReadWriteCloser) (*Mux, error) {
 	stop := context.AfterFunc(ctx, func() { rw.Close() }) // unblocks the reads
-	br := bufio.NewReaderSize(rw, maxLine)
-	err := waitLine(br, ReadyLine)
+	br := bufio.NewReaderSize(rw, wire.MaxLine)
+	err := wire.WaitLine(br, wire.ReadyLine)
 	if err == nil {
-		if _, err = io.WriteString(rw, AckLine); err != nil {
+		if _, err = io.WriteString(rw, wire.AckLine); err != nil {
 			err = fmt.Errorf("writing ACK: %w", err)
 		}
 	}
 	if err == nil {
-		err = waitLine(br, StartLine)
+		err = wire.WaitLine(br, wire.StartLine)
 	}
 	if !stop() {
 		// ctx fired: rw is closed, whatever the reads said.
@@ -62,59 +51,13 @@ func Handshake(ctx context.Context, rw io.ReadWriteCloser) (*Mux, error) {
 		rw.Close()
 		return nil, fmt.Errorf("guest channel handshake: %w", err)
 	}
-	sess, err := yamux.Client(&bufferedRWC{r: br, rw: rw}, yamuxConfig())
+	sess, err := yamux.Client(&wire.Buffered{R: br, RW: rw}, wire.YamuxConfig())
 	if err != nil {
 		rw.Close()
 		return nil, fmt.Errorf("guest channel yamux client: %w", err)
 	}
 	return &Mux{sess: sess}, nil
 }
-
-// yamuxConfig mirrors guest/agent.YamuxConfig: generous timeouts because a
-// TCG guest under stress answers slowly, and a lost session kills commands.
-func yamuxConfig() *yamux.Config {
-	c := yamux.DefaultConfig()
-	c.KeepAliveInterval = 30 * time.Second
-	c.ConnectionWriteTimeout = 60 * time.Second
-	c.StreamOpenTimeout = 60 * time.Second
-	c.MaxStreamWindowSize = 1 << 20
-	c.LogOutput = io.Discard
-	return c
-}
-
-// waitLine reads until a line ending with want; junk before it is dropped.
-func waitLine(br *bufio.Reader, want string) error {
-	wantB := bytes.TrimRight([]byte(want), "\n")
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		switch {
-		case errors.Is(err, bufio.ErrBufferFull):
-			line = append(line, chunk...)
-			if len(line) > len(wantB) {
-				line = append(line[:0], line[len(line)-len(wantB):]...)
-			}
-			continue
-		case err != nil:
-			return fmt.Errorf("waiting for %q: %w", wantB, err)
-		}
-		line = append(line, chunk...)
-		if bytes.HasSuffix(bytes.TrimRight(line, "\r\n"), wantB) {
-			return nil
-		}
-		line = line[:0]
-	}
-}
-
-// bufferedRWC keeps bytes read past the START line for yamux.
-type bufferedRWC struct {
-	r  *bufio.Reader
-	rw io.ReadWriteCloser
-}
-
-func (b *bufferedRWC) Read(p []byte) (int, error)  { return b.r.Read(p) }
-func (b *bufferedRWC) Write(p []byte) (int, error) { return b.rw.Write(p) }
-func (b *bufferedRWC) Close() error                { return b.rw.Close() }
 
 // Open opens a new stream: one fresh SSH connection to the agent.
 func (m *Mux) Open(ctx context.Context) (net.Conn, error) {
