@@ -25,10 +25,15 @@ func TestSelftestsLDTvsVanilla(t *testing.T) {
 	t.Logf("selftests:\n%s", progress.String())
 	require.NoError(t, err)
 	for _, name := range []string{"ldt", "vanilla"} {
-		require.Len(t, c.Results[name], len(kernel.Selftests), "%s kernel ran every selftest", name)
+		ran := map[string]bool{}
 		for _, r := range c.Results[name] {
-			assert.NotEmpty(t, r.Cases, "%s on %s produced no TAP result lines:\n%s", r.Test, name, r.Output)
+			ran[r.Test] = true
+			assert.NotEmpty(t, r.Cases, "%s on %s produced no result lines:\n%s", r.Test, name, r.Output)
 		}
+		assert.Len(t, ran, len(kernel.Selftests), "%s kernel ran every selftest", name)
+	}
+	for _, f := range c.Flaky {
+		t.Logf("flaky, not counted as a difference: %s", f)
 	}
 	assert.Empty(t, c.Differences, "LDT and vanilla kernels disagree")
 	assert.Empty(t, c.Reports, "kernel reports during the selftests")

@@ -43,6 +43,10 @@ var digits = regexp.MustCompile(`[0-9]+`)
 
 var tapLine = regexp.MustCompile(`^(ok|not ok) +(\d+)(?: +-)? *(.*?)\s*$`)
 
+// uffdLine is uffd-unit-tests' own format: "Testing NAME... done",
+// "... skipped [reason: ...]", or an error message.
+var uffdLine = regexp.MustCompile(`^Testing (.+?)\.\.\. *(.*)$`)
+
 // ParseTAP extracts test cases from TAP output. A case is named by its
 // description (numbers can shift if a test skips a group); duplicates get
 // a #N suffix so none is lost.
@@ -51,7 +55,19 @@ func ParseTAP(out string) map[string]string {
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
-		m := tapLine.FindStringSubmatch(strings.TrimSpace(sc.Text()))
+		text := strings.TrimSpace(sc.Text())
+		if u := uffdLine.FindStringSubmatch(text); u != nil {
+			status := "not ok"
+			switch {
+			case u[2] == "done":
+				status = "ok"
+			case strings.HasPrefix(u[2], "skipped"):
+				status = "skip"
+			}
+			cases[u[1]] = status
+			continue
+		}
+		m := tapLine.FindStringSubmatch(text)
 		if m == nil {
 			continue
 		}
@@ -93,25 +109,34 @@ func Run(ctx context.Context, m *lab.Machine, tests []string, perTest time.Durat
 	}
 	var out []Result
 	for _, t := range tests {
-		tctx, cancel := context.WithTimeout(ctx, perTest)
-		start := time.Now()
-		r, err := m.Run(tctx, fmt.Sprintf("cd /tmp/mmtests && %s/%s 2>&1", Dir, t))
-		cancel()
-		res := Result{Test: t, Exit: r.Code, Output: string(r.Stdout), Took: time.Since(start)}
-		if err != nil {
-			if lab.IsGuestFault(err) {
-				return append(out, Result{Test: t, Error: err.Error()}), err
-			}
-			res.Error = err.Error()
-			res.Exit = -1
-		}
-		res.Cases = ParseTAP(res.Output)
-		if progress != nil {
-			fmt.Fprintf(progress, "  %-22s %-45s %6.1fs %s\n", t, res.Summary(), res.Took.Seconds(), res.Error)
-		}
+		res, err := runOne(ctx, m, t, perTest, progress, "")
 		out = append(out, res)
+		if err != nil {
+			return out, err
+		}
 	}
 	return out, nil
+}
+
+func runOne(ctx context.Context, m *lab.Machine, t string, perTest time.Duration, progress io.Writer, label string) (Result, error) {
+	tctx, cancel := context.WithTimeout(ctx, perTest)
+	start := time.Now()
+	r, err := m.Run(tctx, fmt.Sprintf("cd /tmp/mmtests && %s/%s 2>&1", Dir, t))
+	cancel()
+	res := Result{Test: t, Exit: r.Code, Output: string(r.Stdout), Took: time.Since(start)}
+	if err != nil {
+		if lab.IsGuestFault(err) {
+			res.Error = err.Error()
+			return res, err
+		}
+		res.Error = err.Error()
+		res.Exit = -1
+	}
+	res.Cases = ParseTAP(res.Output)
+	if progress != nil {
+		fmt.Fprintf(progress, "  %-8s %-22s %-45s %6.1fs %s\n", label, t, res.Summary(), res.Took.Seconds(), res.Error)
+	}
+	return res, nil
 }
 
 // Diff lists every difference between two runs of the same tests.
@@ -178,20 +203,35 @@ func orNone(s string) string {
 
 // Comparison is the outcome of running the selftests on both kernels.
 type Comparison struct {
-	Results     map[string][]Result `json:"results"` // "ldt", "vanilla"
+	Results     map[string][]Result `json:"results"` // "ldt", "vanilla": every attempt
 	Differences []string            `json:"differences"`
-	Reports     []string            `json:"kernel_reports"`
+	// Flaky lists cases whose outcome changed between attempts on the
+	// same kernel while overlapping with the other kernel's: not evidence
+	// against the patches, shown so nobody mistakes them for a pass.
+	Flaky   []string `json:"flaky"`
+	Reports []string `json:"kernel_reports"`
 }
 
-// CompareKernels boots the LDT kernel and then the vanilla kernel described
-// by o (o.Vanilla is ignored), runs the tests on each, and compares them.
-// perTest 0 means 180 s scaled by the accelerator.
+// Attempts is how often a test that differs between the kernels is run on
+// each, to tell a real difference from a flaky test.
+const Attempts = 3
+
+// CompareKernels boots the LDT and the vanilla kernel described by o
+// (o.Vanilla is ignored), runs every test on both, reruns the tests whose
+// results differ, and classifies each case: the same on both kernels, a
+// difference (disjoint outcomes on the two kernels), or flaky. perTest 0
+// means 180 s scaled by the accelerator.
 func CompareKernels(ctx context.Context, o lab.Options, tests []string, perTest time.Duration, progress io.Writer) (*Comparison, error) {
-	c := &Comparison{Results: map[string][]Result{}}
-	for _, vanilla := range []bool{false, true} {
-		name := map[bool]string{false: "ldt", true: "vanilla"}[vanilla]
+	names := []string{"ldt", "vanilla"}
+	ms := map[string]*lab.Machine{}
+	defer func() {
+		for _, m := range ms {
+			m.Close()
+		}
+	}()
+	for _, name := range names {
 		vo := o
-		vo.Vanilla = vanilla
+		vo.Vanilla = name == "vanilla"
 		vo.Name = o.Name + "-" + name
 		if !strings.Contains(vo.Cmdline, "numa=fake") {
 			vo.Cmdline = strings.TrimSpace(vo.Cmdline + " numa=fake=2") // for migration
@@ -200,24 +240,104 @@ func CompareKernels(ctx context.Context, o lab.Options, tests []string, perTest 
 		if err != nil {
 			return nil, fmt.Errorf("booting the %s kernel: %w", name, err)
 		}
-		limit := perTest
-		if limit == 0 {
-			limit = time.Duration(float64(180*time.Second) * m.Timeouts.Scale)
+		ms[name] = m
+		if r, err := m.Run(ctx, prepare); err != nil {
+			return nil, err
+		} else if r.Code != 0 {
+			return nil, fmt.Errorf("preparing the %s guest: %s", name, r.Stderr)
 		}
 		if progress != nil {
-			fmt.Fprintf(progress, "== %s kernel %s (%s): %d selftests\n", name, m.Kernel.Meta.KernelRelease, m.Accel.Kind, len(tests))
+			fmt.Fprintf(progress, "== %s kernel %s (%s)\n", name, m.Kernel.Meta.KernelRelease, m.Accel.Kind)
 		}
-		rs, err := Run(ctx, m, tests, limit, progress)
-		reps := m.Reports()
-		m.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s kernel: %w", name, err)
+	}
+	limit := perTest
+	if limit == 0 {
+		limit = time.Duration(float64(180*time.Second) * ms["ldt"].Timeouts.Scale)
+	}
+	c := &Comparison{Results: map[string][]Result{}}
+	for _, t := range tests {
+		runs := map[string][]Result{}
+		for attempt := 1; attempt <= Attempts; attempt++ {
+			for _, name := range names {
+				r, err := runOne(ctx, ms[name], t, limit, progress, name)
+				runs[name] = append(runs[name], r)
+				c.Results[name] = append(c.Results[name], r)
+				if err != nil {
+					return nil, fmt.Errorf("%s on the %s kernel: %w", t, name, err)
+				}
+			}
+			if len(Diff(runs["ldt"][attempt-1:], runs["vanilla"][attempt-1:], "ldt", "vanilla")) == 0 {
+				break // agreed: no need for more attempts
+			}
 		}
-		for _, r := range reps {
+		d, f := classify(t, runs["ldt"], runs["vanilla"])
+		c.Differences = append(c.Differences, d...)
+		c.Flaky = append(c.Flaky, f...)
+	}
+	for _, name := range names {
+		for _, r := range ms[name].Reports() {
 			c.Reports = append(c.Reports, fmt.Sprintf("%s kernel: %s", name, r))
 		}
-		c.Results[name] = rs
 	}
-	c.Differences = Diff(c.Results["ldt"], c.Results["vanilla"], "ldt", "vanilla")
 	return c, nil
+}
+
+// classify compares every attempt of one test on the two kernels. A case
+// (or the exit status) whose outcomes on the two kernels never overlap is
+// a difference; one that varies between attempts but overlaps is flaky.
+func classify(test string, a, b []Result) (diffs, flaky []string) {
+	outcomes := func(rs []Result, key func(Result) string) map[string]bool {
+		m := map[string]bool{}
+		for _, r := range rs {
+			m[key(r)] = true
+		}
+		return m
+	}
+	judge := func(what string, key func(Result) string) {
+		oa, ob := outcomes(a, key), outcomes(b, key)
+		same := len(oa) == 1 && len(ob) == 1
+		overlap := false
+		for k := range oa {
+			if ob[k] {
+				overlap = true
+			}
+		}
+		switch {
+		case same && overlap:
+		case !overlap:
+			diffs = append(diffs, fmt.Sprintf("%s: %s is %s on ldt but %s on vanilla", test, what, set(oa), set(ob)))
+		default:
+			flaky = append(flaky, fmt.Sprintf("%s: %s was %s on ldt and %s on vanilla over %d/%d attempts", test, what, set(oa), set(ob), len(a), len(b)))
+		}
+	}
+	judge("the exit status", func(r Result) string {
+		if r.Error != "" {
+			return "error: " + r.Error
+		}
+		return fmt.Sprint(r.Exit)
+	})
+	cases := map[string]bool{}
+	for _, r := range append(append([]Result(nil), a...), b...) {
+		for k := range r.Cases {
+			cases[k] = true
+		}
+	}
+	var keys []string
+	for k := range cases {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		judge(fmt.Sprintf("%q", k), func(r Result) string { return orNone(r.Cases[k]) })
+	}
+	return diffs, flaky
+}
+
+func set(m map[string]bool) string {
+	var k []string
+	for x := range m {
+		k = append(k, x)
+	}
+	sort.Strings(k)
+	return strings.Join(k, "|")
 }

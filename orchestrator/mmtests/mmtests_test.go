@@ -41,3 +41,31 @@ func TestDiff(t *testing.T) {
 	}, d)
 	assert.Empty(t, Diff(a, a, "ldt", "vanilla"))
 }
+
+func TestClassify(t *testing.T) {
+	r := func(exit int, cases map[string]string) Result { return Result{Test: "x", Exit: exit, Cases: cases} }
+	ok := map[string]string{"a": "ok"}
+	bad := map[string]string{"a": "not ok"}
+	cases := []struct {
+		name         string
+		ldt, vanilla []Result
+		diffs, flaky int
+	}{
+		{"agree", []Result{r(0, ok)}, []Result{r(0, ok)}, 0, 0},
+		{"ldt always fails", []Result{r(1, bad), r(1, bad), r(1, bad)}, []Result{r(0, ok), r(0, ok), r(0, ok)}, 2, 0},
+		{"vanilla flaky", []Result{r(0, ok), r(0, ok), r(0, ok)}, []Result{r(1, bad), r(0, ok), r(0, ok)}, 0, 2},
+		{"case missing on one kernel", []Result{r(0, map[string]string{})}, []Result{r(0, ok)}, 1, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, f := classify("x", tc.ldt, tc.vanilla)
+			assert.Len(t, d, tc.diffs, "%v", d)
+			assert.Len(t, f, tc.flaky, "%v", f)
+		})
+	}
+}
+
+func TestParseUffdFormat(t *testing.T) {
+	got := ParseTAP("Testing zeropage on anon... done\nTesting wp-fork on hugetlb... skipped [reason: memory allocation failed]\nTesting events on anon... ERROR: UFFDIO_COPY error: -2\n")
+	assert.Equal(t, map[string]string{"zeropage on anon": "ok", "wp-fork on hugetlb": "skip", "events on anon": "not ok"}, got)
+}

@@ -41,7 +41,10 @@ func init() {
 					return err
 				}
 			}
-			fmt.Printf("== %d difference(s) between ldt and vanilla, %d kernel report(s)\n", len(c.Differences), len(c.Reports))
+			for _, f := range c.Flaky {
+				fmt.Printf("  flaky (not counted): %s\n", f)
+			}
+			fmt.Printf("== %d difference(s) between ldt and vanilla, %d flaky, %d kernel report(s)\n", len(c.Differences), len(c.Flaky), len(c.Reports))
 			for _, d := range append(c.Differences, c.Reports...) {
 				fmt.Printf("  %s\n", d)
 			}
