@@ -46,7 +46,9 @@ func TestCorrectnessCatalogue(t *testing.T) {
 			if c.Tracker != "naive" && c.Verdict != "N/A" && c.Verdict != "KNOWN-GAP" {
 				assert.Zero(t, c.Missed, "missed pages")
 			}
-			assert.Zero(t, c.Corrupted, "corrupted pages")
+			if c.Tracker != "naive" { // naive is the negative control: it must lose data where declared
+				assert.Zero(t, c.Corrupted, "corrupted pages")
+			}
 		})
 	}
 	for _, s := range []string{"stale-swap-cache", "lazyfree", "swap-roundtrip", "writeback", "kernel-writes"} {
