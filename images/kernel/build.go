@@ -50,6 +50,9 @@ type Meta struct {
 	SelftestsFail []string  `json:"selftests_failed,omitempty"`
 	BuiltAt       time.Time `json:"built_at"`
 	BuildSeconds  float64   `json:"build_seconds"`
+	// Cold is true when the object directory started empty (a full build)
+	// rather than from an earlier build of the same variant.
+	Cold bool `json:"cold"`
 }
 
 // Build is a complete kernel cache entry.
@@ -303,6 +306,8 @@ func (p *plan) build(ctx context.Context, dst string) error {
 
 	srcDir := filepath.Join(work, "src")
 	outDir := filepath.Join(work, "out")
+	_, statErr := os.Stat(filepath.Join(outDir, "vmlinux"))
+	cold := statErr != nil
 	if err := p.prepareTree(ctx, pristine, srcDir, outDir, logFile); err != nil {
 		return fail("preparing the source tree", err)
 	}
@@ -371,7 +376,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		KernelRelease: release, Config: p.opts.config(), Vanilla: p.opts.Vanilla,
 		Modules: modNames, Compiler: p.compiler, BuiltAt: time.Now().UTC(),
 		Selftests: stBuilt, SelftestsFail: stFailed,
-		BuildSeconds: time.Since(start).Seconds(),
+		BuildSeconds: time.Since(start).Seconds(), Cold: cold,
 	}
 	for _, pt := range p.patches {
 		meta.Patches = append(meta.Patches, filepath.Base(pt))
