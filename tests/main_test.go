@@ -45,6 +45,14 @@ func runSuite(m *testing.M) int {
 		fmt.Printf("ldtlab e2e: setup failed: %v\n", err)
 		return 1
 	}
+	// A suite killed by go test's -timeout runs no cleanup: sweep what
+	// such runs left (their QEMUs died with them).
+	old, _ := filepath.Glob(filepath.Join(os.TempDir(), "ldtlab-e2e-*"))
+	for _, d := range old {
+		if st, err := os.Stat(d); err == nil && time.Since(st.ModTime()) > 2*time.Hour {
+			os.RemoveAll(d)
+		}
+	}
 	tmp, err := os.MkdirTemp("", "ldtlab-e2e-")
 	if err != nil {
 		fmt.Println(err)
