@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -472,7 +473,7 @@ func (p *plan) prepareTree(ctx context.Context, pristine, srcDir, outDir string,
 // the previous build's patched files with their mtimes.
 func keepUnchangedMtimes(srcDir, saved string, touched, prev []string) error {
 	for _, f := range prev {
-		if !contains(touched, f) {
+		if !slices.Contains(touched, f) {
 			os.Remove(filepath.Join(saved, f))
 		}
 	}
@@ -502,15 +503,6 @@ func keepUnchangedMtimes(srcDir, saved string, touched, prev []string) error {
 		os.Chtimes(old, st.ModTime(), st.ModTime())
 	}
 	return nil
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // unshare replaces a hard link by a private copy (no-op if absent).

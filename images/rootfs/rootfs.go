@@ -138,12 +138,16 @@ func addGoSources(k *cache.Key, dir string) error {
 }
 
 func checkStatic(path string) error {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("busybox not found at %s: install Debian package %s (run `labctl setup`)", path, BusyboxPackage)
 	}
-	// A dynamic binary has an ELF interpreter (PT_INTERP) naming ld.so.
-	if bytes.Contains(b[:min(len(b), 4096)], []byte("/lib64/ld-linux")) {
+	defer f.Close()
+	// A dynamic binary names its ELF interpreter (ld.so) in the first
+	// page; only that is read, the whole file is hashed by Key anyway.
+	head := make([]byte, 4096)
+	n, _ := io.ReadFull(f, head)
+	if bytes.Contains(head[:n], []byte("/lib64/ld-linux")) {
 		return fmt.Errorf("%s is dynamically linked; the guest needs Debian package %s", path, BusyboxPackage)
 	}
 	return nil

@@ -9,10 +9,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -273,7 +273,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		for _, target := range []string{"synthetic", "redis"} {
 			// naive is the negative control: it must miss pages.
 			for _, t := range []string{"ldt", "softdirty", "naive"} {
-				if len(o.Trackers) > 0 && !contains(o.Trackers, t) {
+				if len(o.Trackers) > 0 && !slices.Contains(o.Trackers, t) {
 					continue
 				}
 				cp := r.checkpoint(ctx, target, t)
@@ -325,23 +325,14 @@ func filter(all []Scenario, names []string) []Scenario {
 	}
 	var out []Scenario
 	for _, s := range all {
-		if contains(names, s.Name) {
+		if slices.Contains(names, s.Name) {
 			out = append(out, s)
 		}
 	}
 	return out
 }
 
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
-}
-
-func allows(s Scenario, t string) bool { return contains(s.Trackers, t) }
+func allows(s Scenario, t string) bool { return slices.Contains(s.Trackers, t) }
 
 func (r *runner) boot(ctx context.Context) error {
 	if r.m != nil {
@@ -636,6 +627,3 @@ func Table(w io.Writer, res *Result) {
 	}
 	fmt.Fprintf(w, "\n%d cells: %s; %d failure(s)\n", len(res.Cells), strings.Join(parts, ", "), res.Failures)
 }
-
-// ErrFailures is returned by callers when a run had unexpected outcomes.
-var ErrFailures = errors.New("unexpected outcomes")

@@ -100,24 +100,6 @@ echo 1 > /sys/kernel/mm/ksm/run || true
 mkdir -p /tmp/mmtests && cd /tmp/mmtests
 `
 
-// Run runs each named selftest in m with a per-test timeout.
-func Run(ctx context.Context, m *lab.Machine, tests []string, perTest time.Duration, progress io.Writer) ([]Result, error) {
-	if r, err := m.Run(ctx, prepare); err != nil {
-		return nil, err
-	} else if r.Code != 0 {
-		return nil, fmt.Errorf("preparing the guest for selftests: %s", r.Stderr)
-	}
-	var out []Result
-	for _, t := range tests {
-		res, err := runOne(ctx, m, t, perTest, progress, "")
-		out = append(out, res)
-		if err != nil {
-			return out, err
-		}
-	}
-	return out, nil
-}
-
 func runOne(ctx context.Context, m *lab.Machine, t string, perTest time.Duration, progress io.Writer, label string) (Result, error) {
 	tctx, cancel := context.WithTimeout(ctx, perTest)
 	start := time.Now()
