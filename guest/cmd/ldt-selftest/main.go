@@ -548,6 +548,8 @@ func childMain(mode string, args []string) int {
 	switch mode {
 	case "exit":
 		return 0
+	case "naive-unpriv":
+		return naiveUnprivChild()
 	case "eperm":
 		// fd 3 is the parent's /dev/ldt; attach it to the parent.
 		f, err := ldt.NewFile(os.NewFile(3, ldt.DevicePath))

@@ -1,0 +1,300 @@
+package stress
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// agitator drives one family of kernel paths until the set stops; it
+// returns how many actions it took.
+type agitator struct {
+	name string
+	doc  string
+	// why not, if it cannot run here or with this tracker ("" = it can)
+	unavailable func(o Options) string
+	run         func(s *set, r *rand.Rand) (int, error)
+}
+
+var agitators = []agitator{
+	{"madvfree", "MADV_FREE a run of pages, then rewrite each (rows 9, 1)", always, agMadvFree},
+	{"pageout", "MADV_PAGEOUT a run of pages to swap (rows 1, 3)", needSwap, agPageout},
+	{"migrate", "move_pages a run of pages to the other NUMA node (row 4)", needNodes, agMigrate},
+	{"uffd-wp", "toggle async uffd write-protection on runs (row 16, deferred TLB flush)", notWithPagemapScan, agUffdWP},
+	{"thp-split", "mprotect a sub-range RW->RWX->RW to split huge PMDs (rows 7, 13)", needTHP, agTHPSplit},
+	{"gup-write", "process_vm_writev into the set from another thread (row 19)", always, agGUPWrite},
+}
+
+// Agitators lists the names and what each drives.
+func Agitators() []string {
+	var out []string
+	for _, a := range agitators {
+		out = append(out, a.name+": "+a.doc)
+	}
+	return out
+}
+
+func pickAgitators(o Options) ([]agitator, error) {
+	var out []agitator
+	for _, a := range agitators {
+		if o.Agitators != nil && !slices.Contains(o.Agitators, a.name) {
+			continue
+		}
+		if why := a.unavailable(o); why != "" {
+			if o.Agitators != nil { // asked for by name: say so
+				return nil, fmt.Errorf("stress: agitator %s unavailable: %s", a.name, why)
+			}
+			continue
+		}
+		out = append(out, a)
+	}
+	for _, n := range o.Agitators {
+		if !slices.ContainsFunc(agitators, func(a agitator) bool { return a.name == n }) {
+			return nil, fmt.Errorf("stress: unknown agitator %q", n)
+		}
+	}
+	return out, nil
+}
+
+func always(Options) string { return "" }
+
+func needSwap(Options) string {
+	b, err := os.ReadFile("/proc/swaps")
+	if err != nil || strings.Count(string(b), "\n") < 2 {
+		return "no swap device"
+	}
+	return ""
+}
+
+func needNodes(Options) string {
+	if numaNodes() < 2 {
+		return "fewer than 2 NUMA nodes"
+	}
+	return ""
+}
+
+func notWithPagemapScan(o Options) string {
+	if o.Tracker == "pagemap-scan" {
+		return "the tracker owns the range's uffd-wp registration"
+	}
+	return ""
+}
+
+func needTHP(o Options) string {
+	if !o.THP {
+		return "THP off for this run"
+	}
+	return ""
+}
+
+func numaNodes() int {
+	ents, err := os.ReadDir("/sys/devices/system/node")
+	if err != nil {
+		return 1
+	}
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "node")); err == nil && strings.HasPrefix(e.Name(), "node") {
+			n++
+		}
+	}
+	return n
+}
+
+// run picks a random run of up to max pages.
+func (s *set) run(r *rand.Rand, max int) (first, n int) {
+	n = 1 + r.IntN(min(max, s.n))
+	first = r.IntN(s.n - n + 1)
+	return first, n
+}
+
+func (s *set) bytes(first, n int) []byte { return s.mem[first*pg : (first+n)*pg] }
+
+// loop calls step until the set stops, pausing between steps.
+func loop(s *set, pause time.Duration, step func() error) (int, error) {
+	n := 0
+	for !s.stop.Load() {
+		if err := step(); err != nil {
+			return n, err
+		}
+		n++
+		time.Sleep(pause)
+	}
+	return n, nil
+}
+
+func agMadvFree(s *set, r *rand.Rand) (int, error) {
+	return loop(s, time.Millisecond, func() error {
+		first, n := s.run(r, 32)
+		if err := unix.Madvise(s.bytes(first, n), unix.MADV_FREE); err != nil {
+			return fmt.Errorf("MADV_FREE: %w", err)
+		}
+		// Rewrite: a lazily freed page that is not written again may be
+		// discarded, which is the kernel's right, not a lost write.
+		for p := first; p < first+n; p++ {
+			s.store(p, r.IntN(pg), 0xfe<<56|uint64(r.Uint32()))
+		}
+		return nil
+	})
+}
+
+func agPageout(s *set, r *rand.Rand) (int, error) {
+	return loop(s, 5*time.Millisecond, func() error {
+		first, n := s.run(r, 64)
+		if err := unix.Madvise(s.bytes(first, n), unix.MADV_PAGEOUT); err != nil {
+			return fmt.Errorf("MADV_PAGEOUT: %w", err)
+		}
+		return nil
+	})
+}
+
+func agMigrate(s *set, r *rand.Rand) (int, error) {
+	nodes := numaNodes()
+	return loop(s, 5*time.Millisecond, func() error {
+		first, n := s.run(r, 64)
+		addrs := make([]uintptr, n)
+		dst := make([]int32, n)
+		status := make([]int32, n)
+		node := int32(r.IntN(nodes))
+		for i := range addrs {
+			addrs[i] = s.addr(first + i)
+			dst[i] = node
+		}
+		const mpolMFMove = 1 << 1
+		_, _, e := unix.Syscall6(unix.SYS_MOVE_PAGES, 0, uintptr(n), uintptr(unsafe.Pointer(&addrs[0])),
+			uintptr(unsafe.Pointer(&dst[0])), uintptr(unsafe.Pointer(&status[0])), mpolMFMove)
+		if e != 0 && e != unix.ENOENT && e != unix.EBUSY {
+			return fmt.Errorf("move_pages: %w", e)
+		}
+		return nil
+	})
+}
+
+func agTHPSplit(s *set, r *rand.Rand) (int, error) {
+	return loop(s, 5*time.Millisecond, func() error {
+		first, n := s.run(r, 8)
+		b := s.bytes(first, n)
+		// Writers never fault: the range stays writable throughout.
+		if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC); err != nil {
+			return fmt.Errorf("mprotect RWX: %w", err)
+		}
+		if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+			return fmt.Errorf("mprotect RW: %w", err)
+		}
+		if r.IntN(8) == 0 {
+			const madvCollapse = 25
+			// Ask for the huge page back; EAGAIN/EINVAL/ENOMEM are the
+			// kernel declining, not a failure.
+			unix.Madvise(s.mem[(first&^511)*pg:min(s.n, (first&^511)+512)*pg], madvCollapse)
+		}
+		return nil
+	})
+}
+
+func agGUPWrite(s *set, r *rand.Rand) (int, error) {
+	pid := os.Getpid()
+	return loop(s, 100*time.Microsecond, func() error {
+		p := r.IntN(s.n)
+		v := 0xfd<<56 | uint64(r.Uint32())
+		local := []unix.Iovec{{Base: (*byte)(unsafe.Pointer(&v)), Len: 8}}
+		remote := []unix.RemoteIovec{{Base: s.addr(p) + uintptr(r.IntN(pg/8)*8), Len: 8}}
+		if _, err := unix.ProcessVMWritev(pid, local, remote, 0); err != nil {
+			return fmt.Errorf("process_vm_writev: %w", err)
+		}
+		return nil
+	})
+}
+
+// userfaultfd async write-protection (include/uapi/linux/userfaultfd.h).
+const (
+	uffdAPI            = 0xAA
+	uffdUserModeOnly   = 1
+	uffdFeatureWPAsync = 1 << 15
+	uffdFeatureWPUnpop = 1 << 13
+	uffdRegisterWP     = 1 << 1
+	uffdWPModeWP       = 1 << 0
+)
+
+func uffdIoctl(fd int, nr, size uintptr, arg unsafe.Pointer) error {
+	req := uintptr(3)<<30 | size<<16 | uffdAPI<<8 | nr // _IOWR(0xAA, nr, size)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg)); e != 0 {
+		return e
+	}
+	return nil
+}
+
+func agUffdWP(s *set, r *rand.Rand) (int, error) {
+	fd, _, e := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK|uffdUserModeOnly, 0, 0)
+	if e != 0 {
+		return 0, fmt.Errorf("userfaultfd: %w", e)
+	}
+	defer unix.Close(int(fd))
+	api := [3]uint64{uffdAPI, uffdFeatureWPAsync | uffdFeatureWPUnpop, 0}
+	if err := uffdIoctl(int(fd), 0x3F, 24, unsafe.Pointer(&api)); err != nil {
+		return 0, fmt.Errorf("UFFDIO_API (WP_ASYNC): %w", err)
+	}
+	reg := [4]uint64{uint64(s.base), uint64(s.n * pg), uffdRegisterWP, 0}
+	if err := uffdIoctl(int(fd), 0x00, 32, unsafe.Pointer(&reg)); err != nil {
+		return 0, fmt.Errorf("UFFDIO_REGISTER (WP): %w", err)
+	}
+	defer func() {
+		rg := [2]uint64{uint64(s.base), uint64(s.n * pg)}
+		uffdIoctl(int(fd), 0x01, 16, unsafe.Pointer(&rg)) // UFFDIO_UNREGISTER
+	}()
+	return loop(s, time.Millisecond, func() error {
+		first, n := s.run(r, 64)
+		for _, mode := range []uint64{uffdWPModeWP, 0} {
+			wp := [3]uint64{uint64(s.addr(first)), uint64(n * pg), mode}
+			if err := uffdIoctl(int(fd), 0x06, 24, unsafe.Pointer(&wp)); err != nil && !errors.Is(err, unix.EAGAIN) {
+				return fmt.Errorf("UFFDIO_WRITEPROTECT: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// pageState describes the page at addr for a lost-write report.
+func pageState(addr uintptr) string {
+	var parts []string
+	if f, err := os.Open("/proc/self/pagemap"); err == nil {
+		var b [8]byte
+		if _, err := f.ReadAt(b[:], int64(addr/pg)*8); err == nil {
+			e := *(*uint64)(unsafe.Pointer(&b[0]))
+			switch {
+			case e&(1<<63) != 0:
+				parts = append(parts, "present")
+				if kf, err := os.Open("/proc/kpageflags"); err == nil {
+					if _, err := kf.ReadAt(b[:], int64(e&(1<<55-1))*8); err == nil {
+						fl := *(*uint64)(unsafe.Pointer(&b[0]))
+						if fl&(1<<22) != 0 {
+							parts = append(parts, "thp")
+						}
+						if fl&(1<<15|1<<16) != 0 {
+							parts = append(parts, "large-folio")
+						}
+					}
+					kf.Close()
+				}
+			case e&(1<<62) != 0:
+				parts = append(parts, "swapped")
+			default:
+				parts = append(parts, "not-mapped")
+			}
+		}
+		f.Close()
+	}
+	var status int32 = -1
+	a := addr
+	if _, _, e := unix.Syscall6(unix.SYS_MOVE_PAGES, 0, 1, uintptr(unsafe.Pointer(&a)), 0, uintptr(unsafe.Pointer(&status)), 0); e == 0 && status >= 0 {
+		parts = append(parts, fmt.Sprintf("node%d", status))
+	}
+	return strings.Join(parts, ",")
+}
