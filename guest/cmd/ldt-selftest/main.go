@@ -613,6 +613,22 @@ func childMain(mode string, args []string) int {
 	return 2
 }
 
+// runUnprivileged runs a helper process as uid/gid 65534 and returns its
+// output; extra files become its fds 3, 4...
+func runUnprivileged(mode string, extra []*os.File, args ...string) (string, error) {
+	cmd := exec.Command(selfExe(), append([]string{"-selftest-child=" + mode}, args...)...)
+	cmd.ExtraFiles = extra
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential: &syscall.Credential{Uid: 65534, Gid: 65534},
+		Pdeathsig:  syscall.SIGKILL,
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("unprivileged helper %s: %v: %s", mode, err, out)
+	}
+	return string(out), nil
+}
+
 // ---- checks with other processes ----
 
 func checkEsrchNoPid() error {
@@ -698,17 +714,10 @@ func checkEperm() error {
 		return err
 	}
 	defer f.Close()
-	cmd := exec.Command(selfExe(), "-selftest-child=eperm", strconv.Itoa(os.Getpid()))
-	cmd.ExtraFiles = []*os.File{dev}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: 65534, Gid: 65534},
-		Pdeathsig:  syscall.SIGKILL,
-	}
-	out, err := cmd.Output()
+	s, err := runUnprivileged("eperm", []*os.File{dev}, strconv.Itoa(os.Getpid()))
 	if err != nil {
-		return fmt.Errorf("unprivileged helper: %v: %s", err, out)
+		return err
 	}
-	s := string(out)
 	if !strings.Contains(s, "uid 65534\n") {
 		return fmt.Errorf("helper did not run as uid 65534: %q", s)
 	}

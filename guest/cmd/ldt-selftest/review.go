@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -348,16 +346,10 @@ func checkNaiveNeedsCap() error {
 	if os.Getuid() != 0 {
 		return fmt.Errorf("must run as root (to start the uid 65534 helper)")
 	}
-	cmd := exec.Command(selfExe(), "-selftest-child=naive-unpriv")
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: 65534, Gid: 65534},
-		Pdeathsig:  syscall.SIGKILL,
-	}
-	out, err := cmd.Output()
+	s, err := runUnprivileged("naive-unpriv", nil)
 	if err != nil {
-		return fmt.Errorf("unprivileged helper: %v: %s", err, out)
+		return err
 	}
-	s := string(out)
 	if !strings.Contains(s, "plain ok\n") {
 		return fmt.Errorf("unprivileged collect on itself should work: %q", strings.TrimSpace(s))
 	}
