@@ -17,7 +17,7 @@ import (
 // must lose writes, or the run has no teeth.
 func TestStressShort(t *testing.T) {
 	o := guestOptions(t, "stress")
-	o.MemoryMiB, o.SwapMiB, o.Cmdline = 768, 512, "numa=fake=2"
+	o.MemoryMiB, o.SwapMiB, o.DataMiB, o.Cmdline = 768, 512, 64, "numa=fake=2"
 	m := boot(t, o)
 	for _, c := range []struct {
 		tracker string
@@ -45,7 +45,7 @@ func TestStressShort(t *testing.T) {
 			require.NoError(t, json.Unmarshal([]byte(strings.TrimSpace(string(r.Stdout))), &res))
 			assert.Greater(t, res.Writes, 0, "no writes: the run proves nothing")
 			assert.Greater(t, res.Collections, 10, "too few collections to race with anything")
-			for _, a := range []string{"madvfree", "pageout", "migrate", "gup-write"} {
+			for _, a := range []string{"madvfree", "pageout", "migrate", "gup-write", "odirect"} {
 				assert.Greater(t, res.Agitators[a], 0, "agitator %s never acted", a)
 			}
 			if c.lose {

@@ -31,7 +31,12 @@ var agitators = []agitator{
 	{"uffd-wp", "toggle async uffd write-protection on runs (row 16, deferred TLB flush)", notWithPagemapScan, agUffdWP},
 	{"thp-split", "mprotect a sub-range RW->RWX->RW to split huge PMDs (rows 7, 13)", needTHP, agTHPSplit},
 	{"gup-write", "process_vm_writev into the set from another thread (row 19)", always, agGUPWrite},
+	{"odirect", "O_DIRECT reads from the data disk into the set: pinned pages written by the device (row 19, pins)", needDataDir, agODirect},
 }
+
+// DataDir is where the odirect agitator keeps its file: the guest's data
+// disk (a block device, so O_DIRECT reaches the device).
+var DataDir = "/mnt/data"
 
 // Agitators lists the names and what each drives.
 func Agitators() []string {
@@ -84,6 +89,14 @@ func needNodes(Options) string {
 func notWithPagemapScan(o Options) string {
 	if o.Tracker == "pagemap-scan" {
 		return "the tracker owns the range's uffd-wp registration"
+	}
+	return ""
+}
+
+func needDataDir(Options) string {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil || !strings.Contains(string(b), " "+DataDir+" ") {
+		return DataDir + " is not mounted (the guest has no data disk)"
 	}
 	return ""
 }
@@ -208,6 +221,34 @@ func agGUPWrite(s *set, r *rand.Rand) (int, error) {
 		remote := []unix.RemoteIovec{{Base: s.addr(p) + uintptr(r.IntN(pg/8)*8), Len: 8}}
 		if _, err := unix.ProcessVMWritev(pid, local, remote, 0); err != nil {
 			return fmt.Errorf("process_vm_writev: %w", err)
+		}
+		return nil
+	})
+}
+
+func agODirect(s *set, r *rand.Rand) (int, error) {
+	const size = 4 << 20
+	path := DataDir + "/ldt-stress.dat"
+	data := make([]byte, size)
+	for i := 0; i < size; i += 8 {
+		*(*uint64)(unsafe.Pointer(&data[i])) = 0xfc<<56 | r.Uint64()>>8
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return 0, fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(path)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open %s O_DIRECT: %w", path, err)
+	}
+	defer unix.Close(fd)
+	return loop(s, time.Millisecond, func() error {
+		first, n := s.run(r, 16)
+		off := int64(r.IntN(size/pg-n+1)) * pg
+		// The page cache is bypassed: the block layer pins the pages and
+		// the device writes them, so no CPU store sets Dirty.
+		if _, err := unix.Pread(fd, s.bytes(first, n), off); err != nil {
+			return fmt.Errorf("O_DIRECT pread: %w", err)
 		}
 		return nil
 	})
