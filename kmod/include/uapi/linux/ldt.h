@@ -32,10 +32,22 @@ struct ldt_collect {
 #define LDT_NAIVE	(1ULL << 1)	/* negative control: see below */
 
 /*
+ * LDT_IOC_COLLECT returns the number of regions written to vec. Regions are
+ * gathered and cleared in chunks; a chunk is cleared only after its part of
+ * vec was checked, and walk_end is updated after every chunk copied out. If
+ * a fault still stops the call part-way (vec or the argument unmapped or made
+ * read-only), what was cleared and not returned is marked written again: the
+ * call returns the regions already copied out (a short count; walk_end says
+ * where they end) or -EFAULT when there are none. No fault loses a page.
+ *
+ * One tracker per address space: LDT_IOC_ATTACH to a process that another
+ * open /dev/ldt file is attached to fails with EBUSY.
+ *
  * LDT_NAIVE uses only the hardware dirty bit: it ignores the LDT-backup bit
  * when reporting and, with LDT_CLEAR, clears the dirty bit without setting
  * the OS-backup bit. It is the alternative the LDT paper rejects, kept as a
- * negative control: it misses pages and makes the kernel lose data.
+ * negative control: it misses pages and makes the kernel lose data, so it
+ * needs CAP_SYS_ADMIN (EPERM otherwise).
  */
 
 #define LDT_IOC_MAGIC	'L'
