@@ -228,12 +228,26 @@ func Find(o Options) (*Build, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	dir, ok := cache.Open("kernels").Lookup(p.key)
-	if !ok {
+	dir, err := cache.Open("kernels").Check(p.key)
+	if errors.Is(err, cache.ErrMissing) {
 		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: `labctl build --config %s%s` rebuilds it", err, o.config(), map[bool]string{true: " --vanilla"}[o.Vanilla])
 	}
 	b, err := load(dir)
 	return b, err == nil, err
+}
+
+// Drop removes the cached build for o (if any), so that the next Ensure
+// builds it again. The persistent object directory is kept: the rebuild
+// is incremental.
+func Drop(o Options) error {
+	p, err := newPlan(o)
+	if err != nil {
+		return err
+	}
+	return cache.Open("kernels").Remove(p.key)
 }
 
 // Ensure returns the build for o, building it when it is not cached.

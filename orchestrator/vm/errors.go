@@ -27,7 +27,17 @@ type CrashError struct {
 }
 
 func (e *CrashError) Error() string {
-	return fmt.Sprintf("kernel crashed: %s: %s\n--- report ---\n%s", e.Type, e.Title, strings.TrimRight(e.Text, "\n"))
+	return fmt.Sprintf("kernel crashed: %s\n--- report ---\n%s", Headline(e.Type, e.Title), strings.TrimRight(e.Text, "\n"))
+}
+
+// Headline is a report's one-line summary: the title, prefixed by the
+// report type only when the title does not already say it ("Kernel
+// panic: ...", not "panic: Kernel panic: ...").
+func Headline(typ, title string) string {
+	if typ == "" || strings.Contains(strings.ToLower(title), strings.ToLower(typ)) {
+		return title
+	}
+	return typ + ": " + title
 }
 
 // HangError: no progress within a scaled timeout. The VM was killed.

@@ -6,6 +6,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -84,8 +85,11 @@ func Args(cfg vm.Config) []string {
 	}
 	for i, d := range cfg.Disks {
 		id := fmt.Sprintf("disk%d", i)
+		// werror/rerror=report: a host I/O error (a full disk) reaches the
+		// guest as an I/O error and us as BLOCK_IO_ERROR, instead of
+		// QEMU's default of pausing the VM, which looks like a hang.
 		a = append(a,
-			"-drive", "file="+optEscape(d.Path)+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap",
+			"-drive", "file="+optEscape(d.Path)+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
 			"-device", "virtio-blk-pci,drive="+id+",serial="+d.Serial)
 	}
 	for _, f := range cfg.FwCfg {
@@ -227,8 +231,36 @@ func (in *instance) watchEvents() {
 			in.send(vm.Event{Kind: vm.EventPanic, Time: ev.Time, Detail: string(ev.Data)})
 		case "SHUTDOWN":
 			in.send(vm.Event{Kind: vm.EventShutdown, Time: ev.Time, Detail: string(ev.Data)})
+		case "BLOCK_IO_ERROR":
+			in.send(vm.Event{Kind: vm.EventIOError, Time: ev.Time, Detail: in.ioErrorDetail(ev.Data)})
 		}
 	}
+}
+
+// ioErrorDetail turns a BLOCK_IO_ERROR event into a sentence naming the
+// host file, e.g. "write to /state/vms/x/swap.img failed: No space left
+// on device".
+func (in *instance) ioErrorDetail(data []byte) string {
+	var e struct {
+		Device    string `json:"device"`
+		NodeName  string `json:"node-name"`
+		Operation string `json:"operation"`
+		NoSpace   bool   `json:"nospace"`
+		Reason    string `json:"reason"`
+	}
+	json.Unmarshal(data, &e)
+	file := e.Device
+	if file == "" {
+		file = e.NodeName
+	}
+	var idx int
+	if _, err := fmt.Sscanf(e.Device, "disk%d", &idx); err == nil && idx >= 0 && idx < len(in.cfg.Disks) {
+		file = in.cfg.Disks[idx].Path
+	}
+	if e.NoSpace {
+		return fmt.Sprintf("no space left on %s (guest %s failed)", file, e.Operation)
+	}
+	return fmt.Sprintf("%s to %s failed: %s", e.Operation, file, e.Reason)
 }
 
 func (in *instance) Console() *console.Capture { return in.con }
