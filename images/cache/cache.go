@@ -433,6 +433,29 @@ func Lock(path string) (func(), error) {
 	}, nil
 }
 
+// TryLock takes an exclusive flock on path without waiting: it fails at
+// once when another process holds it.
+func TryLock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock %s: %w", path, Explain(path, err))
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, ErrLocked
+		}
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return func() {
+		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// ErrLocked: another process holds the lock.
+var ErrLocked = errors.New("held by another process")
+
 // WriteJSON writes v as indented JSON to path atomically.
 func WriteJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")

@@ -216,3 +216,16 @@ func TestWriteFileAtomicDiskFull(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), fmt.Sprintf("no space left on %s", path))
 }
+
+func TestTryLock(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "l")
+	unlock, err := TryLock(p)
+	require.NoError(t, err)
+	// flock is per open file: a second open in this process conflicts too.
+	_, err = TryLock(p)
+	assert.ErrorIs(t, err, ErrLocked)
+	unlock()
+	unlock2, err := TryLock(p)
+	require.NoError(t, err)
+	unlock2()
+}

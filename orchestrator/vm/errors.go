@@ -18,6 +18,17 @@ func (e *BootError) Error() string {
 	return fmt.Sprintf("guest did not boot: %s%s", e.Reason, tailSuffix(e.Tail))
 }
 
+// DiedError: a guest that had booted went away without a kernel report:
+// its QEMU exited or was killed (Reason says how), or its disk failed.
+type DiedError struct {
+	Reason string
+	Tail   string
+}
+
+func (e *DiedError) Error() string {
+	return fmt.Sprintf("the guest died: %s%s", e.Reason, tailSuffix(e.Tail))
+}
+
 // CrashError: the kernel reported a failure (panic, BUG, WARNING...).
 type CrashError struct {
 	Title string // normalized report title
