@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"ldtlab/images/cache"
 	"ldtlab/orchestrator/vm"
 )
@@ -204,7 +206,9 @@ func Supervise(ctx context.Context, o Options) error {
 			st.DiskError = m.DiskError()
 			fmt.Fprintf(os.Stderr, "[lab] %s: host disk error: %s\n", o.Name, st.DiskError)
 			if err := writeState(o.Dir, st); err != nil {
-				return fail(&vm.InfraError{Op: "recording a disk error", Err: err})
+				// Likely the same full disk: keep the guest running
+				// (commands still work); readers find the disk full.
+				fmt.Fprintf(os.Stderr, "[lab] %s: cannot record the disk error: %v\n", o.Name, err)
 			}
 			continue
 		case <-m.Panicked():
@@ -258,7 +262,7 @@ func Socket(name string) (string, *State, error) {
 					qemu = fmt.Sprintf("its QEMU (pid %d) still runs, unsupervised", p.PID)
 				}
 			}
-			return "", st, &vm.InfraError{Op: "reaching VM " + name, Err: fmt.Errorf("its supervisor (pid %d) is no longer running (killed?); %s: `labctl down %s` stops what is left and cleans up", st.SupervisorPID, qemu, name)}
+			return "", st, &vm.InfraError{Op: "reaching VM " + name, Err: fmt.Errorf("its supervisor (pid %d) is no longer running (killed?%s); %s: `labctl down %s` stops what is left and cleans up", st.SupervisorPID, DiskHint(dir), qemu, name)}
 		}
 		return "", st, fmt.Errorf("VM %q is not running (status %s%s): `labctl logs %s` shows its console, `labctl down %s` cleans it up", name, st.Status, errSuffix(st.Error), name, name)
 	}
@@ -266,6 +270,21 @@ func Socket(name string) (string, *State, error) {
 		return "", st, fmt.Errorf("VM %q is %s, not running yet", name, st.Status)
 	}
 	return filepath.Join(dir, "ssh.sock"), st, nil
+}
+
+// DiskHint is "; no space left on DIR (...)" when the filesystem holding
+// a VM directory is (nearly) full, else "": a supervisor that hit a full
+// disk may not have been able to record anything, so readers check.
+func DiskHint(dir string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return ""
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	if free >= 1<<20 {
+		return ""
+	}
+	return fmt.Sprintf("; no space left on %s: its filesystem has %d KiB free", dir, free>>10)
 }
 
 func errSuffix(e string) string {

@@ -258,6 +258,8 @@ func TestWriteStateDiskFull(t *testing.T) {
 	st, err := ReadState(dir)
 	require.NoError(t, err, "the old state stays readable")
 	assert.Equal(t, StatusRunning, st.Status)
+	assert.Contains(t, DiskHint(dir), "no space left on "+dir)
+	assert.Empty(t, DiskHint(t.TempDir()))
 }
 
 func TestList(t *testing.T) {

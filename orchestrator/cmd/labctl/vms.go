@@ -363,7 +363,7 @@ func explainVM(name string, err error) error {
 			return e
 		}
 		if !st.Alive() {
-			return &vm.InfraError{Op: "running a command in " + name, Err: fmt.Errorf("the supervisor of VM %s (pid %d) died during the command (%v); `labctl down %s` stops what is left", name, st.SupervisorPID, err, name)}
+			return &vm.InfraError{Op: "running a command in " + name, Err: fmt.Errorf("the supervisor of VM %s (pid %d) died during the command (%v%s); `labctl down %s` stops what is left", name, st.SupervisorPID, err, lab.DiskHint(dir), name)}
 		}
 		if st.DiskError != "" {
 			return &vm.InfraError{Op: "running a command in " + name, Err: fmt.Errorf("%v: the host disk failed: %s", err, st.DiskError)}
@@ -560,7 +560,7 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 				continue // its failure is recorded: report that
 			}
 			b, _ := os.ReadFile(logf.Name())
-			return &vm.InfraError{Op: "booting " + name, Err: fmt.Errorf("its supervisor exited (%v) before the guest was up:\n%s", err, lastLines(string(b), 30))}
+			return &vm.InfraError{Op: "booting " + name, Err: fmt.Errorf("its supervisor exited (%v%s) before the guest was up:\n%s", err, lab.DiskHint(dir), lastLines(string(b), 30))}
 		case <-ctx.Done():
 			// Interrupted: stop what was started, leave no VM behind.
 			lab.Stop(lab.Processes(name, dir), 30*time.Second)
