@@ -420,6 +420,11 @@ func (m *Machine) guestFailure() error {
 		if ready {
 			return &vm.DiedError{Reason: m.died(), Tail: m.Tail(40)}
 		}
+		if len(m.inst.Console().Bytes()) == 0 && strings.TrimSpace(m.inst.Stderr()) != "" {
+			// QEMU gave up before the guest printed a byte, saying why
+			// ("cannot set up guest memory"): the lab's failure.
+			return &vm.InfraError{Op: "starting QEMU", Err: errors.New(m.died())}
+		}
 		return &vm.BootError{Reason: m.died(), Tail: m.Tail(40)}
 	default:
 	}
