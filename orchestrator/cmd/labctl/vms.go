@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"ldtlab/images/cache"
+	"ldtlab/internal/lines"
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/report"
@@ -560,7 +561,7 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 				continue // its failure is recorded: report that
 			}
 			b, _ := os.ReadFile(logf.Name())
-			return &vm.InfraError{Op: "booting " + name, Err: fmt.Errorf("its supervisor exited (%v%s) before the guest was up:\n%s", err, lab.DiskHint(dir), lastLines(string(b), 30))}
+			return &vm.InfraError{Op: "booting " + name, Err: fmt.Errorf("its supervisor exited (%v%s) before the guest was up:\n%s", err, lab.DiskHint(dir), lines.Last(string(b), 30))}
 		case <-ctx.Done():
 			// Interrupted: stop what was started, leave no VM behind.
 			lab.Stop(lab.Processes(name, dir), 30*time.Second)
@@ -604,14 +605,6 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func lastLines(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }
 
 func followFile(ctx context.Context, path string, off int64, dir string) error {
