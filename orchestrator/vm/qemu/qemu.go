@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"ldtlab/images/cache"
 	"ldtlab/orchestrator/console"
 	"ldtlab/orchestrator/qmp"
 	"ldtlab/orchestrator/vm"
@@ -155,18 +156,26 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	// Own process group (a signal to us does not hit it by accident, and
 	// we can kill its whole group), and death with our thread.
 	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	os.WriteFile(filepath.Join(cfg.Dir, "qemu.cmdline"), []byte(shellQuote(in.argv)+"\n"), 0o600)
+	cmdlinePath := filepath.Join(cfg.Dir, "qemu.cmdline")
+	if werr := os.WriteFile(cmdlinePath, []byte(shellQuote(in.argv)+"\n"), 0o600); werr != nil {
+		con.Close()
+		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: cache.Explain(cmdlinePath, werr)}
+	}
 	if err := in.cmd.Start(); err != nil {
 		con.Close()
 		return nil, &vm.InfraError{Op: "starting " + bin, Err: err}
 	}
-	os.WriteFile(filepath.Join(cfg.Dir, "qemu.pid"), []byte(fmt.Sprint(in.cmd.Process.Pid)), 0o600)
 	go in.wait()
 	defer func() {
 		if err != nil {
 			in.Close()
 		}
 	}()
+	// The pid file lets a sweep of stale directories see a live QEMU.
+	pidPath := filepath.Join(cfg.Dir, "qemu.pid")
+	if werr := os.WriteFile(pidPath, []byte(fmt.Sprint(in.cmd.Process.Pid)), 0o600); werr != nil {
+		return nil, &vm.InfraError{Op: "recording QEMU's pid", Err: cache.Explain(pidPath, werr)}
+	}
 
 	// The QMP socket appears once QEMU has parsed its arguments; a bad
 	// argument makes QEMU exit instead, and its stderr says why.
