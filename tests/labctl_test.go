@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"ldtlab/images/cache"
+	"ldtlab/images/kernel"
 	"ldtlab/orchestrator/lab"
 )
 
@@ -323,4 +326,54 @@ func TestLabctlFaults(t *testing.T) {
 	assert.NotContains(t, se, "status running")
 	assert.Regexp(t, name+`\s+dead`, c.ok("ls"))
 	c.ok("down", name)
+}
+
+// A damaged cache entry is never booted: labctl names the damaged file
+// and the command that rebuilds it (3), where it used to boot a truncated
+// bzImage and fail as "guest channel handshake: ... EOF" with an empty
+// console. The shared cache is not touched: the entry is copied into a
+// private cache and the copy is truncated.
+func TestLabctlCorruptCacheEntry(t *testing.T) {
+	kb, ok, err := kernel.Find(kernel.Options{Repo: repo, Config: "debug"})
+	require.NoError(t, err)
+	require.True(t, ok, "the suite needs the cached debug kernel")
+	priv := t.TempDir()
+	entry := filepath.Join(priv, "kernels", filepath.Base(kb.Dir))
+	err = filepath.WalkDir(kb.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(kb.Dir, p)
+		dst := filepath.Join(entry, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(dst, 0o755)
+		case rel == ".manifest.json" || !d.Type().IsRegular():
+			return nil
+		case rel == "vmlinux":
+			// Hundreds of MB, only ever read: share it if we can.
+			if os.Link(p, dst) == nil {
+				return nil
+			}
+		}
+		return cache.CopyFile(p, dst, 0o644)
+	})
+	require.NoError(t, err)
+	t.Setenv("LDTLAB_CACHE", priv)
+	_, ok = cache.Open("kernels").Lookup(filepath.Base(kb.Dir)) // records the copy's manifest
+	require.True(t, ok)
+	require.NoError(t, os.Truncate(filepath.Join(entry, "bzImage"), 4096))
+
+	state := t.TempDir()
+	c := cli{t: t, state: state}
+	name := vmPrefix + "corrupt"
+	t.Cleanup(func() { c.run("down", name) })
+	start := time.Now()
+	_, se, code := c.run("up", "--no-build", name)
+	assert.Equal(t, 3, code, se)
+	assert.Contains(t, se, "is corrupt: bzImage has 4096 bytes")
+	assert.Contains(t, se, "labctl build --config debug")
+	assert.NotContains(t, se, "handshake")
+	assert.Less(t, time.Since(start), 30*time.Second, "refused at lookup, not after a boot attempt")
+	assert.Empty(t, vmProcs(state, name))
 }
