@@ -138,6 +138,9 @@ func init() {
 			}
 			code, err := c.Run(ctx, remoteCommand(args[1:]), opts)
 			if err != nil {
+				if ctx.Err() != nil {
+					return err // interrupted: the remote command was killed
+				}
 				return explainVM(args[0], err)
 			}
 			if code != 0 {
