@@ -459,6 +459,9 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	if err != nil {
 		return err
 	}
+	if err := g.validate(); err != nil {
+		return usageError{err}
+	}
 	// Creating a VM is atomic: whoever holds this lock boots it, anyone
 	// else is told it is already booting. It is held until the guest is
 	// up or has failed.
