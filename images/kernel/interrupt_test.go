@@ -111,6 +111,10 @@ func TestCancelledBuildStopsEverything(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("make did not return after cancel")
 	}
+	deadline := time.Now().Add(3 * time.Second) // SIGKILL is asynchronous
+	for processAlive(worker) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 	assert.False(t, processAlive(worker))
 }
 
