@@ -203,7 +203,7 @@ func dialRetry[T any](ctx context.Context, in *instance, dial func(context.Conte
 		}
 		select {
 		case <-in.done:
-			return zero, fmt.Errorf("QEMU exited: %v", in.waitErr)
+			return zero, fmt.Errorf("QEMU %s", exitDetail(in.waitErr))
 		case <-ctx.Done():
 			return zero, fmt.Errorf("%v (last error: %v)", ctx.Err(), err)
 		case <-time.After(20 * time.Millisecond):
