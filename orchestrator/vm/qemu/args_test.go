@@ -203,6 +203,9 @@ func TestIOErrorDetailNamesHostFile(t *testing.T) {
 	in := &instance{cfg: vm.Config{Disks: []vm.Disk{{Path: "/s/swap.img"}, {Path: "/s/data.img"}}}}
 	assert.Equal(t, "no space left on /s/data.img (guest write failed)",
 		in.ioErrorDetail([]byte(`{"device":"disk1","node-name":"#block123","operation":"write","action":"report","nospace":true,"reason":"No space left on device"}`)))
+	// What QEMU 7.2 sends with werror=report: nospace false, the reason says it.
+	assert.Equal(t, "no space left on /s/data.img (guest write failed)",
+		in.ioErrorDetail([]byte(`{"device":"disk1","node-name":"#block123","operation":"write","action":"report","nospace":false,"reason":"No space left on device"}`)))
 	assert.Equal(t, "read to /s/swap.img failed: Input/output error",
 		in.ioErrorDetail([]byte(`{"device":"disk0","operation":"read","action":"report","nospace":false,"reason":"Input/output error"}`)))
 }

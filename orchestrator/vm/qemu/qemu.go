@@ -266,7 +266,9 @@ func (in *instance) ioErrorDetail(data []byte) string {
 	if _, err := fmt.Sscanf(e.Device, "disk%d", &idx); err == nil && idx >= 0 && idx < len(in.cfg.Disks) {
 		file = in.cfg.Disks[idx].Path
 	}
-	if e.NoSpace {
+	// QEMU sets nospace only for the enospc action; the reason says it
+	// whatever the action.
+	if e.NoSpace || strings.Contains(e.Reason, "No space left") {
 		return fmt.Sprintf("no space left on %s (guest %s failed)", file, e.Operation)
 	}
 	return fmt.Sprintf("%s to %s failed: %s", e.Operation, file, e.Reason)
