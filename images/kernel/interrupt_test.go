@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"ldtlab/images/cache"
 )
 
 // fakeMake puts a `make` on PATH that behaves like Kbuild with O=: the
@@ -153,4 +155,38 @@ func TestReapOrphanedBuild(t *testing.T) {
 	}
 	assert.True(t, processAlive(bystander.Process.Pid), "a process outside the work tree is left alone")
 	assert.True(t, processAlive(viewer.Process.Pid), "a non-build process inside the tree is left alone")
+}
+
+// A fake kernel entry in a private cache: Find verifies it, a damaged one
+// is reported (with the command that rebuilds it), Drop removes it.
+func TestFindVerifiesAndDropRemoves(t *testing.T) {
+	needGCC(t)
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, tarball := fakeRepo(t)
+	o := Options{Repo: repo, Tarball: tarball}
+	key, err := Key(o)
+	require.NoError(t, err)
+	store := cache.Open("kernels")
+	_, _, err = store.Build(key, func(dir string) error {
+		if err := os.WriteFile(filepath.Join(dir, "bzImage"), make([]byte, 8192), 0o644); err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, "meta.json"), []byte(`{"key":"`+key+`"}`), 0o644)
+	})
+	require.NoError(t, err)
+	b, ok, err := Find(o)
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	require.NoError(t, os.Truncate(b.BzImage, 100))
+	_, ok, err = Find(o)
+	assert.False(t, ok)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "bzImage has 100 bytes, 8192 were written")
+	assert.Contains(t, err.Error(), "labctl build --config debug")
+
+	require.NoError(t, Drop(o))
+	_, ok, err = Find(o)
+	assert.NoError(t, err)
+	assert.False(t, ok, "dropped")
 }
