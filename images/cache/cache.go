@@ -523,6 +523,21 @@ func Explain(path string, err error) error {
 	return fmt.Errorf("writing %s: %w", path, err)
 }
 
+// SpaceHint is "; no space left on DIR (...)" when the filesystem holding
+// dir has less than min bytes free, else "". For errors whose cause may be
+// a full disk that could not even be recorded (a build log, a state file).
+func SpaceHint(dir string, min uint64) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return ""
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	if free >= min {
+		return ""
+	}
+	return fmt.Sprintf("; no space left on %s: its filesystem has %d KiB free", dir, free>>10)
+}
+
 // mountHint names the directory whose filesystem is full.
 func mountHint(path string) string {
 	dir := filepath.Dir(path)

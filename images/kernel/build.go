@@ -320,7 +320,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		logFile.Sync()
 		cache.CopyFile(logPath, keep, 0o644)
 		b, _ := os.ReadFile(logPath)
-		return fmt.Errorf("kernel build (%s) failed while %s: %w\n--- last lines of %s ---\n%s", p.opts.Variant(), what, err, keep, tail(string(b), 30))
+		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.opts.Variant(), what, err, cache.SpaceHint(work, 256<<20), keep, tail(string(b), 30))
 	}
 
 	srcDir := filepath.Join(work, "src")

@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"ldtlab/images/cache"
 	"ldtlab/orchestrator/vm"
 )
@@ -275,17 +273,7 @@ func Socket(name string) (string, *State, error) {
 // DiskHint is "; no space left on DIR (...)" when the filesystem holding
 // a VM directory is (nearly) full, else "": a supervisor that hit a full
 // disk may not have been able to record anything, so readers check.
-func DiskHint(dir string) string {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return ""
-	}
-	free := st.Bavail * uint64(st.Bsize)
-	if free >= 1<<20 {
-		return ""
-	}
-	return fmt.Sprintf("; no space left on %s: its filesystem has %d KiB free", dir, free>>10)
-}
+func DiskHint(dir string) string { return cache.SpaceHint(dir, 1<<20) }
 
 func errSuffix(e string) string {
 	if e == "" {
