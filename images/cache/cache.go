@@ -514,7 +514,7 @@ func Explain(path string, err error) error {
 		return nil
 	}
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		return fmt.Errorf("no space left on %s (%s is full): %w", path, mountHint(path), err)
+		return fmt.Errorf("no space left on %s (%s): %w", path, mountHint(path), err)
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) && pe.Path == path {
@@ -543,9 +543,9 @@ func mountHint(path string) string {
 	dir := filepath.Dir(path)
 	var st unix.Statfs_t
 	if unix.Statfs(dir, &st) == nil {
-		return fmt.Sprintf("the filesystem of %s, %d KiB free", dir, st.Bavail*uint64(st.Bsize)/1024)
+		return fmt.Sprintf("its filesystem has %d KiB free", st.Bavail*uint64(st.Bsize)/1024)
 	}
-	return "the filesystem of " + dir
+	return "its filesystem is full"
 }
 
 // CopyFile copies src to dst with mode.
