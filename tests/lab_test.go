@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -185,6 +187,7 @@ func TestInjectedPanicIsDetected(t *testing.T) {
 			assert.Contains(t, strings.ToLower(ce.Title), tc.title)
 			t.Logf("panic detected in %s: %s", time.Since(start), ce.Title)
 			assert.True(t, lab.IsGuestFault(err))
+			assert.NotContains(t, err.Error(), "panic: Kernel panic", "the type is not repeated before the title")
 		})
 	}
 }
@@ -248,4 +251,34 @@ func TestInjectedHungTaskIsTitled(t *testing.T) {
 	trigger(t, m, "hung")
 	r := waitReport(t, m, "hung-task")
 	assert.Contains(t, r.Title, "INFO: task hung in")
+}
+
+// A full host disk surfaces as an I/O error in the guest and as a disk
+// error naming the host file, not as a silently paused VM (QEMU's default
+// werror=enospc stops the guest, which looks like a hang).
+func TestHostDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	dir, err := os.MkdirTemp("", "ldtlab-full-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	o := guestOptions(t, "diskfull")
+	o.Dir = filepath.Join(dir, "vm")
+	o.SwapMiB = -1
+	o.DataMiB = 256
+	m := boot(t, o) // its Close runs before the unmount
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	r, err := m.Run(ctx, "dd if=/dev/zero of=/mnt/data/fill bs=1M count=100 conv=fsync 2>&1; echo dd=$?")
+	require.NoError(t, err, "the command must return: the guest is not paused")
+	t.Logf("dd on a full host disk returned in %s:\n%s", time.Since(start).Round(time.Millisecond), r.Stdout)
+	assert.NotContains(t, string(r.Stdout), "dd=0", "the write must fail in the guest")
+	assert.Contains(t, m.DiskError(), "no space left on "+filepath.Join(o.Dir, "data.img"))
+	run(t, m, "true") // and the guest still answers
 }

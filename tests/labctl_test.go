@@ -3,15 +3,23 @@ package tests
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"ldtlab/images/cache"
+	"ldtlab/images/kernel"
+	"ldtlab/orchestrator/lab"
 )
 
 // cli runs labctl with a private state directory.
@@ -22,10 +30,16 @@ type cli struct {
 
 func (c cli) run(args ...string) (stdout, stderr string, code int) {
 	c.t.Helper()
+	return c.runIn(repo, args...)
+}
+
+// runIn runs labctl in the working directory dir.
+func (c cli) runIn(dir string, args ...string) (stdout, stderr string, code int) {
+	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, labctl, args...)
-	cmd.Dir = repo
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "LDTLAB_STATE="+c.state, "LDTLAB_REPO="+repo)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
@@ -87,6 +101,25 @@ func TestLabctlLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, payload, got)
 
+	// Both forms the README shows: a directory destination means "into
+	// it", as cp and scp do, in both directions, with or without a slash.
+	c.ok("cp", local, name+":/tmp/")
+	assert.Equal(t, "400000\n", c.ok("run", name, "--", "wc -c < /tmp/payload"))
+	require.Equal(t, "", c.ok("run", name, "--", "mkdir -p /tmp/in && rm /tmp/payload"))
+	c.ok("cp", local, name+":/tmp/in")
+	assert.Equal(t, "400000\n", c.ok("run", name, "--", "wc -c < /tmp/in/payload"))
+	into := t.TempDir()
+	so, se, code = c.runIn(into, "cp", name+":/tmp/in/payload", ".")
+	require.Equal(t, 0, code, "cp x:/tmp/in/payload .: %s%s", so, se)
+	got, err = os.ReadFile(filepath.Join(into, "payload"))
+	require.NoError(t, err)
+	assert.Equal(t, payload, got)
+	into2 := t.TempDir()
+	c.ok("cp", name+":/tmp/in/payload", into2+"/")
+	got, err = os.ReadFile(filepath.Join(into2, "payload"))
+	require.NoError(t, err)
+	assert.Equal(t, payload, got)
+
 	// A standard OpenSSH client gets in through `labctl proxy`.
 	cfgText := c.ok("ssh-config", name)
 	assert.Contains(t, cfgText, "ProxyCommand")
@@ -138,4 +171,209 @@ func TestLabctlHelpOnEveryVerb(t *testing.T) {
 		assert.Equal(t, 0, code, verb)
 		assert.Contains(t, se, "Usage: labctl "+verb, verb)
 	}
+}
+
+// vmProcs lists the supervisors and QEMUs that really run for a VM.
+func vmProcs(state, name string) []lab.Proc {
+	return lab.Processes(name, filepath.Join(state, "vms", name))
+}
+
+func waitNoProcs(t *testing.T, state, name string) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if len(vmProcs(state, name)) == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Errorf("processes of %s still running: %v", name, vmProcs(state, name))
+}
+
+func pidOf(procs []lab.Proc, role string) int {
+	for _, p := range procs {
+		if p.Role == role {
+			return p.PID
+		}
+	}
+	return 0
+}
+
+// The fault campaign of issue 14, on one VM name: bad sizes, two `up` at
+// the same instant, ^C, a QEMU killed during `run`, a state file that
+// lies, a supervisor killed; every time the message says what happened,
+// the exit status is the README's, and `down` stops what really runs.
+func TestLabctlFaults(t *testing.T) {
+	state, err := os.MkdirTemp("", "ldtlab-st-")
+	require.NoError(t, err)
+	defer os.RemoveAll(state)
+	c := cli{t: t, state: state}
+	name := vmPrefix + "flt"
+	t.Cleanup(func() {
+		c.run("down", name)
+		waitNoProcs(t, state, name)
+	})
+
+	// Sizes that make no sense are refused before anything starts (2).
+	for _, bad := range [][]string{{"--cpus", "0"}, {"--mem", "0"}, {"--swap", "-5"}, {"--cpus", "-1"}} {
+		_, se, code := c.run(append([]string{"up", "--no-build", name}, bad...)...)
+		assert.Equal(t, 2, code, "%v: %s", bad, se)
+		assert.Contains(t, se, bad[0]+" "+bad[1], bad)
+		_, err := os.Stat(filepath.Join(state, "vms", name))
+		assert.True(t, os.IsNotExist(err), "%v left a VM directory", bad)
+	}
+
+	// QEMU that cannot allocate the guest's memory is a lab failure (3).
+	_, se, code := c.run("up", "--no-build", "--mem", "1048576", name)
+	assert.Equal(t, 3, code, se)
+	assert.Contains(t, se, "Cannot allocate memory")
+	c.run("down", name)
+
+	// Two `up` at the same instant: one boots it, the other is told.
+	type res struct {
+		so, se string
+		code   int
+	}
+	results := make(chan res, 2)
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			so, se, code := c.run("up", "--no-build", name)
+			results <- res{so, se, code}
+		}()
+	}
+	wg.Wait()
+	close(results)
+	var ok, refused int
+	for r := range results {
+		if r.code == 0 {
+			ok++
+			assert.Contains(t, r.so, name+" is up")
+		} else {
+			refused++
+			assert.Regexp(t, "already (booting|exists)", r.se)
+		}
+	}
+	require.Equal(t, 1, ok, "exactly one `up` wins")
+	require.Equal(t, 1, refused)
+	procs := vmProcs(state, name)
+	require.Len(t, procs, 2, "one supervisor and one QEMU: %v", procs)
+	assert.Regexp(t, name+`\s+running`, c.ok("ls"))
+
+	// ^C during `run` kills the remote command and exits 130.
+	cmd := exec.Command(labctl, "run", name, "--", "sleep 120")
+	cmd.Env = append(os.Environ(), "LDTLAB_STATE="+state, "LDTLAB_REPO="+repo)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	time.Sleep(3 * time.Second)
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, stderr.String())
+	assert.Equal(t, 130, ee.ExitCode(), stderr.String())
+	assert.Equal(t, "0\n", c.ok("run", name, "--", "ps | grep -c '[s]leep 120' || true"), "the remote sleep was killed")
+
+	// QEMU killed during `run`: the guest died, and why (1); ls says
+	// failed, not stopped; the next run says the same.
+	cmd = exec.Command(labctl, "run", name, "--", "sleep 120")
+	cmd.Env = append(os.Environ(), "LDTLAB_STATE="+state, "LDTLAB_REPO="+repo)
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	time.Sleep(3 * time.Second)
+	qemu := pidOf(vmProcs(state, name), "qemu")
+	require.NotZero(t, qemu)
+	require.NoError(t, syscall.Kill(qemu, syscall.SIGKILL))
+	err = cmd.Wait()
+	require.ErrorAs(t, err, &ee, stderr.String())
+	assert.Equal(t, 1, ee.ExitCode(), stderr.String())
+	assert.Contains(t, stderr.String(), "the guest died: QEMU was killed (SIGKILL)")
+	assert.NotContains(t, stderr.String(), "exited without exit status\n")
+	ls := c.ok("ls")
+	assert.Regexp(t, name+`\s+failed`, ls)
+	_, se, code = c.run("run", name, "--", "true")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, se, "status failed: the guest died: QEMU was killed")
+	waitNoProcs(t, state, name)
+	c.ok("down", name)
+
+	// A state file that lies (what the losing `up` used to write): down
+	// still stops the supervisor and QEMU that really run.
+	c.ok("up", "--no-build", name)
+	procs = vmProcs(state, name)
+	require.Len(t, procs, 2)
+	dead := exec.Command("true")
+	require.NoError(t, dead.Run())
+	st := fmt.Sprintf(`{"name":%q,"status":"failed","supervisor_pid":%d}`, name, dead.Process.Pid)
+	require.NoError(t, os.WriteFile(filepath.Join(state, "vms", name, "state.json"), []byte(st), 0o600))
+	assert.Contains(t, c.ok("down", name), name+" is down")
+	waitNoProcs(t, state, name)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	assert.True(t, waitGone(ctx, name))
+
+	// The supervisor killed: its QEMU goes with it, and run says so (3).
+	c.ok("up", "--no-build", name)
+	sup := pidOf(vmProcs(state, name), "supervisor")
+	require.NotZero(t, sup)
+	require.NoError(t, syscall.Kill(sup, syscall.SIGKILL))
+	waitNoProcs(t, state, name)
+	_, se, code = c.run("run", name, "--", "true")
+	assert.Equal(t, 3, code, se)
+	assert.Contains(t, se, fmt.Sprintf("supervisor (pid %d) is no longer running", sup))
+	assert.NotContains(t, se, "status running")
+	assert.Regexp(t, name+`\s+dead`, c.ok("ls"))
+	c.ok("down", name)
+}
+
+// A damaged cache entry is never booted: labctl names the damaged file
+// and the command that rebuilds it (3), where it used to boot a truncated
+// bzImage and fail as "guest channel handshake: ... EOF" with an empty
+// console. The shared cache is not touched: the entry is copied into a
+// private cache and the copy is truncated.
+func TestLabctlCorruptCacheEntry(t *testing.T) {
+	kb, ok, err := kernel.Find(kernel.Options{Repo: repo, Config: "debug"})
+	require.NoError(t, err)
+	require.True(t, ok, "the suite needs the cached debug kernel")
+	priv := t.TempDir()
+	entry := filepath.Join(priv, "kernels", filepath.Base(kb.Dir))
+	err = filepath.WalkDir(kb.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(kb.Dir, p)
+		dst := filepath.Join(entry, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(dst, 0o755)
+		case rel == ".manifest.json" || !d.Type().IsRegular():
+			return nil
+		case rel == "vmlinux":
+			// Hundreds of MB, only ever read: share it if we can.
+			if os.Link(p, dst) == nil {
+				return nil
+			}
+		}
+		return cache.CopyFile(p, dst, 0o644)
+	})
+	require.NoError(t, err)
+	t.Setenv("LDTLAB_CACHE", priv)
+	_, ok = cache.Open("kernels").Lookup(filepath.Base(kb.Dir)) // records the copy's manifest
+	require.True(t, ok)
+	require.NoError(t, os.Truncate(filepath.Join(entry, "bzImage"), 4096))
+
+	state := t.TempDir()
+	c := cli{t: t, state: state}
+	name := vmPrefix + "corrupt"
+	t.Cleanup(func() { c.run("down", name) })
+	start := time.Now()
+	_, se, code := c.run("up", "--no-build", name)
+	assert.Equal(t, 3, code, se)
+	assert.Contains(t, se, "is corrupt: bzImage has 4096 bytes")
+	assert.Contains(t, se, "labctl build --config debug")
+	assert.NotContains(t, se, "handshake")
+	assert.Less(t, time.Since(start), 30*time.Second, "refused at lookup, not after a boot attempt")
+	assert.Empty(t, vmProcs(state, name))
 }

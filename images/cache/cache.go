@@ -121,26 +121,211 @@ func (k *Key) Names() []string {
 // Store is one kind of cache entry (kernels, initramfs images) under the root.
 type Store struct {
 	Root string
+	// Verify makes every lookup check the entry against the manifest
+	// (size and sha256 of every file) recorded when it was written: a
+	// truncated or altered entry is a miss, rebuilt with a message, never
+	// booted. Files larger than HashLimit are checked by size only, to
+	// keep lookups fast (vmlinux with debug info is hundreds of MB).
+	Verify    bool
+	HashLimit int64
+	// Log receives "corrupt entry, rebuilding" notices; nil = stderr.
+	Log io.Writer
 }
 
-// Open returns the store for kind under the cache root.
-func Open(kind string) *Store { return &Store{Root: filepath.Join(Dir(), kind)} }
+// DefaultHashLimit bounds the files hashed on every lookup.
+const DefaultHashLimit = 64 << 20
+
+// Open returns the store for kind under the cache root. Kernel and image
+// entries are verified on lookup; the pristine source extraction (tens of
+// thousands of files, never booted) is not.
+func Open(kind string) *Store {
+	return &Store{Root: filepath.Join(Dir(), kind), Verify: kind != "src", HashLimit: DefaultHashLimit}
+}
 
 // Path is where the entry for key lives once complete.
 func (s *Store) Path(key string) string { return filepath.Join(s.Root, key) }
 
-// Lookup reports whether a complete entry exists.
+// Lookup reports whether a complete, intact entry exists.
 func (s *Store) Lookup(key string) (string, bool) {
+	p, err := s.Check(key)
+	return p, err == nil
+}
+
+// ErrMissing is returned by Check for an entry that was never completed.
+var ErrMissing = errors.New("cache: no complete entry")
+
+// Check returns the entry's path and nil when it is complete and (with
+// Verify) matches its manifest; ErrMissing when there is no complete
+// entry; a *CorruptError saying what differs otherwise.
+func (s *Store) Check(key string) (string, error) {
 	p := s.Path(key)
-	if _, err := os.Stat(filepath.Join(p, completeMarker)); err == nil {
-		return p, true
+	if _, err := os.Stat(filepath.Join(p, completeMarker)); err != nil {
+		return p, ErrMissing
 	}
-	return p, false
+	if !s.Verify {
+		return p, nil
+	}
+	m, err := readManifest(p)
+	if errors.Is(err, os.ErrNotExist) {
+		// Written before manifests existed: record one now (once), so
+		// that later damage is caught.
+		if m, err = makeManifest(p); err == nil {
+			WriteJSON(filepath.Join(p, manifestFile), m)
+		}
+		return p, nil
+	}
+	if err != nil {
+		return p, &CorruptError{Entry: p, Reason: err.Error()}
+	}
+	if err := m.verify(p, s.hashLimit()); err != nil {
+		return p, &CorruptError{Entry: p, Reason: err.Error()}
+	}
+	return p, nil
+}
+
+func (s *Store) hashLimit() int64 {
+	if s.HashLimit <= 0 {
+		return DefaultHashLimit
+	}
+	return s.HashLimit
+}
+
+func (s *Store) log() io.Writer {
+	if s.Log == nil {
+		return os.Stderr
+	}
+	return s.Log
+}
+
+// CorruptError: a complete entry no longer matches what was written.
+type CorruptError struct {
+	Entry  string
+	Reason string
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("cache entry %s is corrupt: %s", e.Entry, e.Reason)
+}
+
+// Remove drops the entry for key (waiting for a builder of that key), so
+// the next Build rebuilds it.
+func (s *Store) Remove(key string) error {
+	if _, err := os.Stat(s.Root); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	unlock, err := Lock(filepath.Join(s.Root, key+".lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.discard(key)
+}
+
+// discard moves an entry out of the way (atomically, so no reader sees a
+// half-deleted entry), then deletes it. The caller holds the key's lock.
+func (s *Store) discard(key string) error {
+	final := s.Path(key)
+	if _, err := os.Lstat(final); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	trash := fmt.Sprintf("%s.tmp-discard-%d", final, os.Getpid())
+	if err := os.Rename(final, trash); err != nil {
+		return fmt.Errorf("dropping cache entry %s: %w", final, err)
+	}
+	return os.RemoveAll(trash)
 }
 
 // completeMarker is written last inside the temporary directory; an entry
 // without it (for example from an older layout) is not trusted.
 const completeMarker = ".complete"
+
+// manifestFile records every file of an entry with its size and sha256.
+const manifestFile = ".manifest.json"
+
+type manifestFileEntry struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+type manifest struct {
+	Files []manifestFileEntry `json:"files"`
+}
+
+func readManifest(dir string) (*manifest, error) {
+	b, err := os.ReadFile(filepath.Join(dir, manifestFile))
+	if err != nil {
+		return nil, err
+	}
+	var m manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("unreadable %s: %v", manifestFile, err)
+	}
+	return &m, nil
+}
+
+// makeManifest hashes every regular file below dir (the marker and the
+// manifest itself excepted).
+func makeManifest(dir string) (*manifest, error) {
+	m := &manifest{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == completeMarker || rel == manifestFile {
+			return nil
+		}
+		size, sum, err := hashFile(p)
+		if err != nil {
+			return err
+		}
+		m.Files = append(m.Files, manifestFileEntry{Path: filepath.ToSlash(rel), Size: size, SHA256: sum})
+		return nil
+	})
+	return m, err
+}
+
+func (m *manifest) verify(dir string, hashLimit int64) error {
+	for _, f := range m.Files {
+		p := filepath.Join(dir, filepath.FromSlash(f.Path))
+		st, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("%s is missing", f.Path)
+		}
+		if st.Size() != f.Size {
+			return fmt.Errorf("%s has %d bytes, %d were written", f.Path, st.Size(), f.Size)
+		}
+		if f.Size > hashLimit {
+			continue
+		}
+		_, sum, err := hashFile(p)
+		if err != nil {
+			return fmt.Errorf("reading %s: %v", f.Path, err)
+		}
+		if sum != f.SHA256 {
+			return fmt.Errorf("%s does not match the sha256 recorded when it was written", f.Path)
+		}
+	}
+	return nil
+}
+
+func hashFile(path string) (int64, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return 0, "", err
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
 
 var errNoFill = errors.New("cache: nil fill function")
 
@@ -151,7 +336,7 @@ func (s *Store) Build(key string, fill func(dir string) error) (path string, hit
 	if fill == nil {
 		return "", false, errNoFill
 	}
-	if p, ok := s.Lookup(key); ok {
+	if p, err := s.Check(key); err == nil {
 		return p, true, nil
 	}
 	if err := os.MkdirAll(s.Root, 0o755); err != nil {
@@ -162,15 +347,23 @@ func (s *Store) Build(key string, fill func(dir string) error) (path string, hit
 		return "", false, err
 	}
 	defer unlock()
-	if p, ok := s.Lookup(key); ok {
+	p, cerr := s.Check(key)
+	if cerr == nil {
 		return p, true, nil
+	}
+	var ce *CorruptError
+	if errors.As(cerr, &ce) {
+		fmt.Fprintf(s.log(), "ldtlab: %v; removing it and rebuilding\n", cerr)
+		if err := s.discard(key); err != nil {
+			return "", false, err
+		}
 	}
 	// Leftovers of an interrupted build of this key are garbage now that
 	// we hold the lock.
 	s.removeStale(key)
 	tmp, err := os.MkdirTemp(s.Root, key+".tmp-")
 	if err != nil {
-		return "", false, fmt.Errorf("creating cache entry: %w", err)
+		return "", false, fmt.Errorf("creating cache entry: %w", Explain(s.Root, err))
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		os.RemoveAll(tmp)
@@ -180,7 +373,17 @@ func (s *Store) Build(key string, fill func(dir string) error) (path string, hit
 		os.RemoveAll(tmp)
 		return "", false, err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, completeMarker), []byte(key+"\n"), 0o644); err != nil {
+	if s.Verify {
+		m, err := makeManifest(tmp)
+		if err == nil {
+			err = WriteJSON(filepath.Join(tmp, manifestFile), m)
+		}
+		if err != nil {
+			os.RemoveAll(tmp)
+			return "", false, fmt.Errorf("recording the manifest of cache entry %s: %w", key, err)
+		}
+	}
+	if err := WriteFileAtomic(filepath.Join(tmp, completeMarker), []byte(key+"\n"), 0o644); err != nil {
 		os.RemoveAll(tmp)
 		return "", false, err
 	}
@@ -230,6 +433,29 @@ func Lock(path string) (func(), error) {
 	}, nil
 }
 
+// TryLock takes an exclusive flock on path without waiting: it fails at
+// once when another process holds it.
+func TryLock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock %s: %w", path, Explain(path, err))
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, ErrLocked
+		}
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return func() {
+		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// ErrLocked: another process holds the lock.
+var ErrLocked = errors.New("held by another process")
+
 // WriteJSON writes v as indented JSON to path atomically.
 func WriteJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
@@ -239,28 +465,87 @@ func WriteJSON(path string, v any) error {
 	return WriteFileAtomic(path, append(b, '\n'), 0o644)
 }
 
-// WriteFileAtomic writes data to a temporary file and renames it over path.
+// WriteFileAtomic writes data to a temporary file, syncs it and renames it
+// over path: a reader sees the old content or the new, never a torn file,
+// even after a crash. Every failure names path; a full disk says so.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	err := writeFileAtomic(path, data, mode)
+	if err != nil {
+		return Explain(path, err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	if _, err := f.Write(data); err != nil {
+	fail := func(err error) error {
 		f.Close()
 		os.Remove(tmp)
 		return err
 	}
+	if _, err := f.Write(data); err != nil {
+		return fail(err)
+	}
 	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(tmp)
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// Explain rewrites a write error on path so that a full disk reads
+// "no space left on <path>" (the error is still errors.Is ENOSPC).
+func Explain(path string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("no space left on %s (%s): %w", path, mountHint(path), err)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Path == path {
+		return err
+	}
+	return fmt.Errorf("writing %s: %w", path, err)
+}
+
+// SpaceHint is "; no space left on DIR (...)" when the filesystem holding
+// dir has less than min bytes free, else "". For errors whose cause may be
+// a full disk that could not even be recorded (a build log, a state file).
+func SpaceHint(dir string, min uint64) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return ""
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	if free >= min {
+		return ""
+	}
+	return fmt.Sprintf("; no space left on %s: its filesystem has %d KiB free", dir, free>>10)
+}
+
+// mountHint names the directory whose filesystem is full.
+func mountHint(path string) string {
+	dir := filepath.Dir(path)
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) == nil {
+		return fmt.Sprintf("its filesystem has %d KiB free", st.Bavail*uint64(st.Bsize)/1024)
+	}
+	return "its filesystem is full"
 }
 
 // CopyFile copies src to dst with mode.
@@ -276,7 +561,7 @@ func CopyFile(src, dst string, mode os.FileMode) error {
 	}
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
-		return err
+		return Explain(dst, err)
 	}
-	return out.Close()
+	return Explain(dst, out.Close())
 }

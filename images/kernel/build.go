@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -228,12 +229,26 @@ func Find(o Options) (*Build, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	dir, ok := cache.Open("kernels").Lookup(p.key)
-	if !ok {
+	dir, err := cache.Open("kernels").Check(p.key)
+	if errors.Is(err, cache.ErrMissing) {
 		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: `labctl build --config %s%s` rebuilds it", err, o.config(), map[bool]string{true: " --vanilla"}[o.Vanilla])
 	}
 	b, err := load(dir)
 	return b, err == nil, err
+}
+
+// Drop removes the cached build for o (if any), so that the next Ensure
+// builds it again. The persistent object directory is kept: the rebuild
+// is incremental.
+func Drop(o Options) error {
+	p, err := newPlan(o)
+	if err != nil {
+		return err
+	}
+	return cache.Open("kernels").Remove(p.key)
 }
 
 // Ensure returns the build for o, building it when it is not cached.
@@ -289,6 +304,9 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		return err
 	}
 	defer unlock()
+	if n := reapOrphans(work); n > 0 {
+		p.logf("stopped %d process(es) of an interrupted build still running in %s", n, work)
+	}
 
 	logPath := filepath.Join(work, "build.log")
 	logFile, err := os.Create(logPath)
@@ -302,7 +320,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		logFile.Sync()
 		cache.CopyFile(logPath, keep, 0o644)
 		b, _ := os.ReadFile(logPath)
-		return fmt.Errorf("kernel build (%s) failed while %s: %w\n--- last lines of %s ---\n%s", p.opts.Variant(), what, err, keep, tail(string(b), 30))
+		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.opts.Variant(), what, err, cache.SpaceHint(work, 256<<20), keep, tail(string(b), 30))
 	}
 
 	srcDir := filepath.Join(work, "src")
@@ -575,11 +593,17 @@ func (p *plan) configure(ctx context.Context, srcDir, outDir string, log io.Writ
 // make runs make in srcDir, its output to log. With progress it prints a
 // status line every few seconds, so a long build is visibly alive.
 func (p *plan) make(ctx context.Context, srcDir string, log io.Writer, progress bool, args ...string) error {
-	cmd := exec.Command("make", args...)
+	// make runs under a small shell guard in a process group of its own.
+	// The guard gets SIGTERM when we die, even by SIGKILL (parent-death
+	// signal), and then kills the whole group. A parent-death signal on
+	// make itself is not enough: with O= the make we start only
+	// re-invokes `make -C $O`, which does the real work and would go on
+	// compiling as an orphan into the object directory, racing the next
+	// build of the same tree.
+	cmd := exec.Command("sh", append([]string{"-c", makeGuard, "ldtlab-make", "make"}, args...)...)
 	cmd.Dir = srcDir
 	cmd.Env = append(os.Environ(), "KBUILD_BUILD_TIMESTAMP=ldtlab", "KBUILD_BUILD_USER=ldtlab", "KBUILD_BUILD_HOST=ldtlab", "LC_ALL=C")
-	// Own process group: on cancel the whole make tree is stopped.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
@@ -612,6 +636,50 @@ func (p *plan) make(ctx context.Context, srcDir string, log io.Writer, progress 
 		return fmt.Errorf("make %s: %w", strings.Join(args, " "), err)
 	}
 	return nil
+}
+
+// makeGuard runs "$@" and, on SIGTERM/SIGHUP/SIGINT, kills its whole
+// process group. A target cut short by SIGKILL has no .cmd file yet, so
+// Kbuild rebuilds it next time: nothing half-built is ever trusted.
+const makeGuard = `trap 'kill -KILL 0' TERM HUP INT; "$@" & wait $!`
+
+// reapOrphans kills what still runs in the work tree of a variant (cwd
+// inside it) — a build whose builder was killed before builds were
+// guarded, or by other means — so that it cannot keep writing objects
+// while this build prepares the tree. The caller holds the work lock, so
+// no live build owns these processes. It returns how many it killed.
+func reapOrphans(work string) int {
+	work = filepath.Clean(work)
+	self := os.Getpid()
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self || pid == os.Getppid() {
+			continue
+		}
+		cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if err != nil || (cwd != work && !strings.HasPrefix(cwd, work+"/")) {
+			continue
+		}
+		// Only build tools: a shell someone opened in the tree stays.
+		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if isBuildTool(strings.TrimSpace(string(comm))) {
+			pids = append(pids, pid)
+		}
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return len(pids)
+}
+
+func isBuildTool(comm string) bool {
+	switch comm {
+	case "make", "sh", "dash", "cc", "cc1", "as", "ld", "ld.bfd", "objtool", "fixdep", "modpost", "pahole", "perl", "python3":
+		return true
+	}
+	return strings.Contains(comm, "gcc")
 }
 
 func (p *plan) follow(r io.Reader, log io.Writer, progress bool) {

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"ldtlab/images/cache"
+	"ldtlab/internal/lines"
 )
 
 // SourcePackage is the Debian package that provides the kernel source.
@@ -103,10 +104,4 @@ func topDir(dir string) (string, error) {
 	return "", errors.New("no kernel Makefile in extracted source " + dir)
 }
 
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func tail(s string, n int) string { return lines.Last(s, n) }

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
 	"ldtlab/images/rootfs"
 	"ldtlab/orchestrator/accel"
@@ -140,11 +141,16 @@ type Machine struct {
 	keys    *channel.Keys
 	tempDir bool
 
-	mu     sync.Mutex
-	client *channel.Client
-	panic  chan struct{} // closed on a pvpanic event
-	once   sync.Once
-	closed bool
+	mu       sync.Mutex
+	client   *channel.Client
+	panic    chan struct{} // closed on a pvpanic event
+	once     sync.Once
+	closed   bool
+	exit     string        // how QEMU exited ("signal: killed")
+	diskErr  string        // first host I/O error on a disk (a full disk)
+	diskErrC chan struct{} // closed on the first disk error
+	ready    bool          // the agent answered once
+	stopping bool          // Shutdown/Close asked QEMU to go
 }
 
 // Boot prepares and boots a guest and waits until its agent answers.
@@ -165,7 +171,7 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 		return nil, &vm.InfraError{Op: "choosing the accelerator", Err: err}
 	}
 	o.logf("accelerator: %s", choice.Reason)
-	m := &Machine{Name: o.Name, Kernel: kb, Image: img, Accel: choice, Timeouts: vm.Scaled(choice.Kind), panic: make(chan struct{})}
+	m := &Machine{Name: o.Name, Kernel: kb, Image: img, Accel: choice, Timeouts: vm.Scaled(choice.Kind), panic: make(chan struct{}), diskErrC: make(chan struct{})}
 	if o.Dir == "" {
 		sweepStale()
 		d, err := os.MkdirTemp("", "ldtlab-vm-")
@@ -235,6 +241,9 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 		return nil, err
 	}
 	m.BootTime = time.Since(start)
+	m.mu.Lock()
+	m.ready = true
+	m.mu.Unlock()
 	o.logf("%s ready in %s (%s, kernel %s)", o.Name, m.BootTime.Round(time.Millisecond), choice.Kind, kb.Meta.KernelRelease)
 	return m, nil
 }
@@ -263,11 +272,11 @@ func sweepStale() {
 func sparseDisk(path string, mib int) (string, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
 	if err != nil {
-		return "", &vm.InfraError{Op: "creating disk image", Err: err}
+		return "", &vm.InfraError{Op: "creating disk image", Err: cache.Explain(path, err)}
 	}
 	defer f.Close()
 	if err := f.Truncate(int64(mib) << 20); err != nil {
-		return "", &vm.InfraError{Op: "sizing disk image", Err: err}
+		return "", &vm.InfraError{Op: "sizing disk image", Err: cache.Explain(path, err)}
 	}
 	return path, nil
 }
@@ -275,10 +284,72 @@ func sparseDisk(path string, mib int) (string, error) {
 // watch turns backend events into machine state.
 func (m *Machine) watch() {
 	for ev := range m.inst.Events() {
-		if ev.Kind == vm.EventPanic {
+		switch ev.Kind {
+		case vm.EventPanic:
 			m.once.Do(func() { close(m.panic) })
+		case vm.EventExit:
+			m.mu.Lock()
+			m.exit = ev.Detail
+			m.mu.Unlock()
+		case vm.EventIOError:
+			m.mu.Lock()
+			if m.diskErr == "" {
+				m.diskErr = ev.Detail
+				close(m.diskErrC)
+			}
+			m.mu.Unlock()
 		}
 	}
+}
+
+// DiskError is the first host I/O error on one of the guest's disks (for
+// example "no space left on /state/vms/x/swap.img (guest write failed)"),
+// or "".
+func (m *Machine) DiskError() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.diskErr
+}
+
+// DiskFailed is closed on the first host I/O error on a disk.
+func (m *Machine) DiskFailed() <-chan struct{} { return m.diskErrC }
+
+// ExitReason says how QEMU exited ("" while it runs).
+func (m *Machine) ExitReason() string {
+	select {
+	case <-m.inst.Done():
+	default:
+		return ""
+	}
+	// The exit event may trail Done by a moment.
+	for i := 0; i < 20; i++ {
+		m.mu.Lock()
+		e := m.exit
+		m.mu.Unlock()
+		if e != "" {
+			return e
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return "exited"
+}
+
+// died describes QEMU's unexpected exit: how it ended, what it said, and
+// a disk error if one came first.
+func (m *Machine) died() string {
+	why := "QEMU " + m.ExitReason()
+	if why == "QEMU signal: killed" {
+		why = "QEMU was killed (SIGKILL)"
+	} else if strings.HasPrefix(why, "QEMU signal: ") {
+		why = "QEMU was stopped by " + strings.TrimPrefix(why, "QEMU signal: ")
+	}
+	if s := strings.TrimSpace(m.inst.Stderr()); s != "" {
+		why += ": " + s
+	}
+	if d := m.DiskError(); d != "" {
+		why += "; earlier the host disk failed: " + d
+	}
+	return why
 }
 
 // waitReady waits for the agent's handshake, or for the reason it will
@@ -326,7 +397,7 @@ func (m *Machine) waitReady(ctx context.Context) error {
 		if err := m.guestFailure(); err != nil {
 			return err
 		}
-		return &vm.BootError{Reason: "QEMU exited before the guest agent was ready: " + strings.TrimSpace(m.inst.Stderr()), Tail: m.Tail(40)}
+		return &vm.BootError{Reason: "QEMU exited before the guest agent was ready: " + m.died(), Tail: m.Tail(40)}
 	}
 }
 
@@ -343,7 +414,18 @@ func (m *Machine) guestFailure() error {
 		if r := m.fatalReport(); r != nil {
 			return crash(*r, m.Tail(40))
 		}
-		return &vm.BootError{Reason: "QEMU exited: " + strings.TrimSpace(m.inst.Stderr()), Tail: m.Tail(40)}
+		m.mu.Lock()
+		ready := m.ready
+		m.mu.Unlock()
+		if ready {
+			return &vm.DiedError{Reason: m.died(), Tail: m.Tail(40)}
+		}
+		if len(m.inst.Console().Bytes()) == 0 && strings.TrimSpace(m.inst.Stderr()) != "" {
+			// QEMU gave up before the guest printed a byte, saying why
+			// ("cannot set up guest memory"): the lab's failure.
+			return &vm.InfraError{Op: "starting QEMU", Err: errors.New(m.died())}
+		}
+		return &vm.BootError{Reason: m.died(), Tail: m.Tail(40)}
 	default:
 	}
 	return nil
@@ -494,8 +576,22 @@ func (m *Machine) RunWith(ctx context.Context, cmd string, opts channel.RunOptio
 	if err == nil {
 		return res, nil
 	}
+	if ctx.Err() == nil {
+		// A dropped connection usually means the VM is going away: give
+		// the exit (or panic) event a moment to arrive, so the error says
+		// what happened to the guest rather than what happened to the
+		// connection.
+		select {
+		case <-m.inst.Done():
+		case <-m.panic:
+		case <-time.After(time.Second):
+		}
+	}
 	if gerr := m.guestFailure(); gerr != nil {
 		return res, gerr
+	}
+	if d := m.DiskError(); d != "" {
+		return res, &vm.InfraError{Op: "running " + quote(cmd), Err: fmt.Errorf("%v (the host disk failed: %s)", err, d)}
 	}
 	if ctx.Err() != nil {
 		// Is the guest still alive, or did it hang?
@@ -594,5 +690,6 @@ func IsGuestFault(err error) bool {
 	var be *vm.BootError
 	var ce *vm.CrashError
 	var he *vm.HangError
-	return errors.As(err, &be) || errors.As(err, &ce) || errors.As(err, &he)
+	var de *vm.DiedError
+	return errors.As(err, &be) || errors.As(err, &ce) || errors.As(err, &he) || errors.As(err, &de)
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"ldtlab/images/cache"
+	"ldtlab/orchestrator/vm"
 )
 
 // StateDir is where per-VM directories live: $LDTLAB_STATE, else
@@ -54,9 +55,13 @@ const (
 
 // State is state.json in a VM directory, written by the supervisor.
 type State struct {
-	Name          string    `json:"name"`
-	Status        string    `json:"status"`
-	Error         string    `json:"error,omitempty"`
+	Name   string `json:"name"`
+	Status string `json:"status"`
+	Error  string `json:"error,omitempty"`
+	// ErrorKind is "guest" when the guest or its kernel failed, "lab"
+	// when the lab did (labctl's exit status 1 or 3).
+	ErrorKind     string    `json:"error_kind,omitempty"`
+	DiskError     string    `json:"disk_error,omitempty"`
 	SupervisorPID int       `json:"supervisor_pid"`
 	QEMUPID       int       `json:"qemu_pid,omitempty"`
 	Kernel        string    `json:"kernel,omitempty"` // release
@@ -133,13 +138,27 @@ func List() ([]string, error) {
 // it running until SIGTERM/SIGINT or the guest exits. It serves ssh.sock
 // for `labctl run/shell/cp/proxy` and OpenSSH. Everything it created is
 // removed when it returns, except the console log and state.json.
+//
+// Every state write is checked: a supervisor that cannot record what
+// happens (a full disk) says so in supervisor.log and stops its VM rather
+// than leave a state file that lies.
 func Supervise(ctx context.Context, o Options) error {
 	o.defaults()
+	// One supervisor per directory, whatever raced to start it.
+	unlock, err := cache.TryLock(filepath.Join(o.Dir, "supervisor.lock"))
+	if err != nil {
+		return fmt.Errorf("VM %q already has a supervisor: %w", o.Name, err)
+	}
+	defer unlock()
 	st := &State{Name: o.Name, Status: StatusBooting, SupervisorPID: os.Getpid(), Started: time.Now().UTC(), GDB: o.GDB}
-	writeState(o.Dir, st)
+	if err := writeState(o.Dir, st); err != nil {
+		return fmt.Errorf("recording the state of %s: %w", o.Name, err)
+	}
 	fail := func(err error) error {
-		st.Status, st.Error = StatusFailed, err.Error()
-		writeState(o.Dir, st)
+		st.Status, st.Error, st.ErrorKind = StatusFailed, err.Error(), errorKind(err)
+		if werr := writeState(o.Dir, st); werr != nil {
+			return fmt.Errorf("%w (and recording that failed: %v)", err, werr)
+		}
 		return err
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -153,7 +172,7 @@ func Supervise(ctx context.Context, o Options) error {
 	os.Remove(sock)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
-		return fail(fmt.Errorf("listening on %s: %w", sock, err))
+		return fail(&vm.InfraError{Op: "listening on " + sock, Err: err})
 	}
 	defer os.Remove(sock)
 	defer l.Close()
@@ -168,26 +187,55 @@ func Supervise(ctx context.Context, o Options) error {
 	st.Accel = string(m.Accel.Kind)
 	st.BootSeconds = m.BootTime.Seconds()
 	if err := writeState(o.Dir, st); err != nil {
-		return fail(err)
+		return fail(&vm.InfraError{Op: "recording that " + o.Name + " is running", Err: err})
 	}
-	select {
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), m.Timeouts.Shutdown+m.Timeouts.Grace*2)
-		m.Shutdown(sctx)
-		cancel()
-		st.Status = StatusStopped
-	case <-m.Panicked():
-		// A panicked guest is of no use: keep its console, stop it.
-		st.Status, st.Error = StatusFailed, m.CrashError().Error()
-	case <-m.Done():
-		st.Status = StatusStopped
-		if r := m.fatalReport(); r != nil {
-			st.Status, st.Error = StatusFailed, "kernel report: "+r.String()
+	diskFailed := m.DiskFailed()
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), m.Timeouts.Shutdown+m.Timeouts.Grace*2)
+			m.Shutdown(sctx)
+			cancel()
+			st.Status = StatusStopped
+		case <-diskFailed:
+			// The guest keeps running (it sees an I/O error, not a
+			// frozen disk); record why its disk fails.
+			diskFailed = nil
+			st.DiskError = m.DiskError()
+			fmt.Fprintf(os.Stderr, "[lab] %s: host disk error: %s\n", o.Name, st.DiskError)
+			if err := writeState(o.Dir, st); err != nil {
+				// Likely the same full disk: keep the guest running
+				// (commands still work); readers find the disk full.
+				fmt.Fprintf(os.Stderr, "[lab] %s: cannot record the disk error: %v\n", o.Name, err)
+			}
+			continue
+		case <-m.Panicked():
+			// A panicked guest is of no use: keep its console, stop it.
+			st.Status, st.Error, st.ErrorKind = StatusFailed, m.CrashError().Error(), "guest"
+		case <-m.Done():
+			// Nobody asked QEMU to stop: it died, or the guest ended.
+			st.Status, st.ErrorKind = StatusFailed, "guest"
+			st.Error = m.guestFailure().Error()
+			if r := m.fatalReport(); r != nil {
+				st.Error = "kernel report: " + vm.Headline(string(r.Type), r.Title)
+			} else if m.ExitReason() == "exited with status 0" && m.DiskError() == "" {
+				st.Status, st.Error, st.ErrorKind = StatusStopped, "the guest powered itself off", ""
+			}
 		}
+		break
 	}
 	st.QEMUPID = 0
-	writeState(o.Dir, st)
+	if err := writeState(o.Dir, st); err != nil {
+		return fmt.Errorf("recording the end of %s (%s): %w", o.Name, st.Status, err)
+	}
 	return nil
+}
+
+func errorKind(err error) string {
+	if IsGuestFault(err) {
+		return "guest"
+	}
+	return "lab"
 }
 
 // Socket is the ssh.sock of a running VM, or an error saying what to do.
@@ -204,6 +252,16 @@ func Socket(name string) (string, *State, error) {
 		return "", nil, err
 	}
 	if !st.Alive() {
+		if st.Status == StatusRunning || st.Status == StatusBooting {
+			// state.json says it runs, but its supervisor is gone.
+			qemu := "its QEMU is gone too"
+			for _, p := range Processes(name, dir) {
+				if p.Role == "qemu" {
+					qemu = fmt.Sprintf("its QEMU (pid %d) still runs, unsupervised", p.PID)
+				}
+			}
+			return "", st, &vm.InfraError{Op: "reaching VM " + name, Err: fmt.Errorf("its supervisor (pid %d) is no longer running (killed?%s); %s: `labctl down %s` stops what is left and cleans up", st.SupervisorPID, DiskHint(dir), qemu, name)}
+		}
 		return "", st, fmt.Errorf("VM %q is not running (status %s%s): `labctl logs %s` shows its console, `labctl down %s` cleans it up", name, st.Status, errSuffix(st.Error), name, name)
 	}
 	if st.Status != StatusRunning {
@@ -211,6 +269,11 @@ func Socket(name string) (string, *State, error) {
 	}
 	return filepath.Join(dir, "ssh.sock"), st, nil
 }
+
+// DiskHint is "; no space left on DIR (...)" when the filesystem holding
+// a VM directory is (nearly) full, else "": a supervisor that hit a full
+// disk may not have been able to record anything, so readers check.
+func DiskHint(dir string) string { return cache.SpaceHint(dir, 1<<20) }
 
 func errSuffix(e string) string {
 	if e == "" {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"ldtlab/orchestrator/vm"
 )
 
 func TestStateDirPrecedence(t *testing.T) {
@@ -216,11 +218,48 @@ func TestSocket(t *testing.T) {
 	assert.Contains(t, err.Error(), "is not running (status failed: kernel report: BUG)")
 	assert.NotContains(t, err.Error(), "stack", "only the first line of the error")
 
+	// state.json says running, but the supervisor was killed: say so,
+	// not "not running (status running)".
+	dir, err = VMDir("orphan")
+	require.NoError(t, err)
+	dead := deadPid(t)
+	writeStateFile(t, dir, fmt.Sprintf(`{"name":"orphan","status":"running","supervisor_pid":%d,"qemu_pid":%d}`, dead, dead))
+	_, _, err = Socket("orphan")
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "status running")
+	assert.Contains(t, err.Error(), fmt.Sprintf("supervisor (pid %d) is no longer running", dead))
+	assert.Contains(t, err.Error(), "its QEMU is gone too")
+	assert.Contains(t, err.Error(), "labctl down orphan")
+	var ie *vm.InfraError
+	assert.ErrorAs(t, err, &ie, "a dead supervisor is a lab failure (exit 3)")
+
 	dir, err = VMDir("corrupt")
 	require.NoError(t, err)
 	writeStateFile(t, dir, `{`)
 	_, _, err = Socket("corrupt")
 	assert.ErrorContains(t, err, "corrupt")
+}
+
+// A state write on a full disk fails and says where.
+func TestWriteStateDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", dir).Run()
+	require.NoError(t, writeState(dir, &State{Name: "x", Status: StatusRunning}))
+	os.WriteFile(filepath.Join(dir, "console.log"), make([]byte, 1<<20), 0o600) // fills it
+	err := writeState(dir, &State{Name: "x", Status: StatusFailed, Error: strings.Repeat("e", 64<<10)})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no space left on "+filepath.Join(dir, "state.json"))
+	st, err := ReadState(dir)
+	require.NoError(t, err, "the old state stays readable")
+	assert.Equal(t, StatusRunning, st.Status)
+	assert.Contains(t, DiskHint(dir), "no space left on "+dir)
+	assert.Empty(t, DiskHint(t.TempDir()))
 }
 
 func TestList(t *testing.T) {

@@ -18,6 +18,17 @@ func (e *BootError) Error() string {
 	return fmt.Sprintf("guest did not boot: %s%s", e.Reason, tailSuffix(e.Tail))
 }
 
+// DiedError: a guest that had booted went away without a kernel report:
+// its QEMU exited or was killed (Reason says how), or its disk failed.
+type DiedError struct {
+	Reason string
+	Tail   string
+}
+
+func (e *DiedError) Error() string {
+	return fmt.Sprintf("the guest died: %s%s", e.Reason, tailSuffix(e.Tail))
+}
+
 // CrashError: the kernel reported a failure (panic, BUG, WARNING...).
 type CrashError struct {
 	Title string // normalized report title
@@ -27,7 +38,17 @@ type CrashError struct {
 }
 
 func (e *CrashError) Error() string {
-	return fmt.Sprintf("kernel crashed: %s: %s\n--- report ---\n%s", e.Type, e.Title, strings.TrimRight(e.Text, "\n"))
+	return fmt.Sprintf("kernel crashed: %s\n--- report ---\n%s", Headline(e.Type, e.Title), strings.TrimRight(e.Text, "\n"))
+}
+
+// Headline is a report's one-line summary: the title, prefixed by the
+// report type only when the title does not already say it ("Kernel
+// panic: ...", not "panic: Kernel panic: ...").
+func Headline(typ, title string) string {
+	if typ == "" || strings.Contains(strings.ToLower(title), strings.ToLower(typ)) {
+		return title
+	}
+	return typ + ": " + title
 }
 
 // HangError: no progress within a scaled timeout. The VM was killed.

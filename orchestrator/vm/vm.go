@@ -53,6 +53,7 @@ const (
 	EventPanic    EventKind = "panic"    // pvpanic: the guest kernel panicked
 	EventShutdown EventKind = "shutdown" // the guest powered off or rebooted
 	EventExit     EventKind = "exit"     // the VM process exited
+	EventIOError  EventKind = "io-error" // a disk's host file failed (full disk)
 )
 
 // Event is one asynchronous notification from a backend.

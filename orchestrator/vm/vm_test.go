@@ -96,9 +96,26 @@ func TestHangError(t *testing.T) {
 func TestCrashError(t *testing.T) {
 	e := &CrashError{Title: "BUG: kernel NULL pointer dereference in foo", Type: "BUG", Text: "BUG: ...\nCall Trace:\n foo+0x1\n\n", Tail: "tail"}
 	msg := e.Error()
-	assert.Contains(t, msg, "kernel crashed: BUG: BUG: kernel NULL pointer dereference in foo")
+	assert.Contains(t, msg, "kernel crashed: BUG: kernel NULL pointer dereference in foo\n")
 	assert.Contains(t, msg, "--- report ---\nBUG: ...\nCall Trace:\n foo+0x1")
 	assert.False(t, strings.HasSuffix(msg, "\n"))
+}
+
+// The type is not repeated when the title already says it ("panic:
+// Kernel panic: ..." read badly).
+func TestHeadline(t *testing.T) {
+	cases := []struct{ typ, title, want string }{
+		{"panic", "Kernel panic: Fatal exception", "Kernel panic: Fatal exception"},
+		{"BUG", "BUG: kernel NULL pointer dereference in foo", "BUG: kernel NULL pointer dereference in foo"},
+		{"WARNING", "WARNING in ldt_collect", "WARNING in ldt_collect"},
+		{"hung", "INFO: task kworker blocked", "hung: INFO: task kworker blocked"},
+		{"", "something", "something"},
+	}
+	for _, c := range cases {
+		assert.Equal(t, c.want, Headline(c.typ, c.title), c.title)
+		e := &CrashError{Type: c.typ, Title: c.title}
+		assert.True(t, strings.HasPrefix(e.Error(), "kernel crashed: "+c.want+"\n"), e.Error())
+	}
 }
 
 func TestInfraError(t *testing.T) {

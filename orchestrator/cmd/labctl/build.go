@@ -7,10 +7,13 @@ import (
 	"os"
 	"time"
 
+	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/images/rootfs"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/setup"
+	"ldtlab/orchestrator/vm"
 )
 
 // guestFlags are the flags shared by every verb that boots a guest.
@@ -38,7 +41,29 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as `labctl check` does)")
 }
 
+// validate rejects sizes that make no sense, instead of silently taking
+// the default (0) or handing QEMU a negative size.
+func (g *guestFlags) validate() error {
+	switch {
+	case g.mem < 128:
+		return fmt.Errorf("--mem %d: the guest needs at least 128 MiB (default 1024)", g.mem)
+	case g.mem > 1<<20:
+		return fmt.Errorf("--mem %d: more than 1 TiB of guest memory is surely a typo", g.mem)
+	case g.cpus < 1:
+		return fmt.Errorf("--cpus %d: a guest needs at least 1 vCPU (default 2)", g.cpus)
+	case g.cpus > 255:
+		return fmt.Errorf("--cpus %d: QEMU's pc machine takes at most 255 vCPUs", g.cpus)
+	case g.swap < 0:
+		return fmt.Errorf("--swap %d: the swap disk size cannot be negative (0 = no swap disk)", g.swap)
+	}
+	return nil
+}
+
 func (g *guestFlags) options(repo, name string) lab.Options {
+	if err := g.validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "labctl: %v\n", err)
+		os.Exit(exitUsage)
+	}
 	o := lab.Options{
 		Repo: repo, Name: name, Config: g.config, Vanilla: g.vanilla, Accel: g.accel,
 		MemoryMiB: g.mem, CPUs: g.cpus, Cmdline: g.cmdline, SwapMiB: g.swap, NoBuild: g.noBuild,
@@ -70,6 +95,7 @@ func init() {
 		config  string
 		vanilla bool
 		all     bool
+		force   bool
 	}
 	register(&command{
 		name:    "build",
@@ -78,6 +104,7 @@ func init() {
 			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug or perf")
 			fs.BoolVar(&bf.vanilla, "vanilla", false, "build without kmod/patches")
 			fs.BoolVar(&bf.all, "all", false, "build every combination (debug, perf) × (ldt, vanilla)")
+			fs.BoolVar(&bf.force, "force", false, "drop the cached kernel and image entries and rebuild them (the object directory is kept, so the kernel rebuild is incremental)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			repo, err := repoRoot()
@@ -93,6 +120,11 @@ func init() {
 				vs = []variant{{"debug", false}, {"debug", true}, {"perf", false}, {"perf", true}}
 			}
 			for _, v := range vs {
+				if bf.force {
+					if err := dropEntries(repo, v.config, v.vanilla); err != nil {
+						return err
+					}
+				}
 				t := time.Now()
 				kb, img, err := lab.Prepare(ctx, lab.Options{Repo: repo, Config: v.config, Vanilla: v.vanilla})
 				if err != nil {
@@ -105,4 +137,22 @@ func init() {
 			return nil
 		},
 	})
+}
+
+// dropEntries removes the cached kernel of a variant and the image built
+// on it, for `labctl build --force`.
+func dropEntries(repo, config string, vanilla bool) error {
+	ko := kernel.Options{Repo: repo, Config: config, Vanilla: vanilla}
+	if kb, ok, _ := kernel.Find(ko); ok {
+		if key, err := rootfs.Key(rootfs.Options{Repo: repo, Kernel: kb, Busybox: "/bin/busybox"}); err == nil {
+			if err := cache.Open("images").Remove(key); err != nil {
+				return &vm.InfraError{Op: "dropping the cached image", Err: err}
+			}
+		}
+	}
+	if err := kernel.Drop(ko); err != nil {
+		return &vm.InfraError{Op: "dropping the cached " + ko.Variant() + " kernel", Err: err}
+	}
+	fmt.Fprintf(os.Stderr, "[lab] dropped the cached %s kernel and its image: rebuilding\n", ko.Variant())
+	return nil
 }

@@ -11,8 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"ldtlab/images/cache"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/vm"
 )
 
 func init() {
@@ -66,8 +68,8 @@ func init() {
 				out = filepath.Join(lab.StateDir(), "check-last.json")
 			}
 			b, _ := json.MarshalIndent(res, "", "  ")
-			if err := os.WriteFile(out, b, 0o644); err != nil {
-				return err
+			if err := cache.WriteFileAtomic(out, b, 0o644); err != nil {
+				return &vm.InfraError{Op: "writing the check result", Err: err}
 			}
 			fmt.Printf("full result: %s\n", out)
 			if res.Failures > 0 {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"ldtlab/orchestrator/vm"
@@ -52,6 +53,35 @@ Commands:
 type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// Exit statuses (README): a guest command's own for run/shell; otherwise
+// 1 the guest or kernel failed, 2 bad usage, 3 the lab failed, 128+N
+// killed by signal N (130 for ^C).
+const (
+	exitGuest = 1
+	exitUsage = 2
+	exitLab   = 3
+)
+
+// exitStatus maps an error to labctl's exit status.
+func exitStatus(err error, sig os.Signal) int {
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	if s, ok := sig.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	var ie *vm.InfraError
+	if errors.As(err, &ie) {
+		return exitLab
+	}
+	return exitGuest
+}
 
 func main() {
 	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
@@ -93,22 +123,38 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	// The first SIGINT/SIGTERM/SIGHUP cancels the command, which cleans up
+	// (kills the remote command, stops a throwaway guest) and exits with
+	// 128+signal, as a shell would report it.
+	ctx, cancel := context.WithCancel(context.Background())
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	var got atomic.Value
+	go func() {
+		if s, ok := <-sigc; ok {
+			got.Store(s)
+			cancel()
+		}
+	}()
 	err = cmd.run(ctx, fs, positional)
-	stop()
-	if err != nil {
-		var ee exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		fmt.Fprintf(os.Stderr, "labctl %s: %v\n", name, err)
-		// Distinct statuses: 1 the guest/kernel failed, 3 the lab failed.
-		var ie *vm.InfraError
-		if errors.As(err, &ie) {
-			os.Exit(3)
-		}
-		os.Exit(1)
+	signal.Stop(sigc)
+	cancel()
+	sig, _ := got.Load().(os.Signal)
+	if err == nil && sig == nil {
+		return
 	}
+	if err == nil {
+		err = errors.New("interrupted")
+	}
+	var ee exitError
+	if !errors.As(err, &ee) {
+		if sig != nil {
+			fmt.Fprintf(os.Stderr, "labctl %s: interrupted by %v (%v)\n", name, sig, err)
+		} else {
+			fmt.Fprintf(os.Stderr, "labctl %s: %v\n", name, err)
+		}
+	}
+	os.Exit(exitStatus(err, sig))
 }
 
 // parseInterspersed lets flags follow positional arguments (`labctl up x

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,6 +18,8 @@ import (
 
 	"golang.org/x/term"
 
+	"ldtlab/images/cache"
+	"ldtlab/internal/lines"
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/report"
@@ -135,6 +138,9 @@ func init() {
 			}
 			code, err := c.Run(ctx, remoteCommand(args[1:]), opts)
 			if err != nil {
+				if ctx.Err() != nil {
+					return err // interrupted: the remote command was killed
+				}
 				return explainVM(args[0], err)
 			}
 			if code != 0 {
@@ -186,7 +192,7 @@ func init() {
 				if reps := m.Reports(); len(reps) > 0 {
 					fmt.Fprintf(os.Stderr, "labctl: the kernel reported %d problem(s) during the session:\n", len(reps))
 					for _, r := range reps {
-						fmt.Fprintf(os.Stderr, "  %s\n", r)
+						fmt.Fprintf(os.Stderr, "  %s\n", vm.Headline(string(r.Type), r.Title))
 					}
 				}
 			}
@@ -215,16 +221,33 @@ func init() {
 					return err
 				}
 				defer c.Close()
-				return c.Download(ctx, sp, dp)
+				st, err := os.Stat(dp)
+				dp = copyTarget(dp, err == nil && st.IsDir(), sp)
+				if err := c.Download(ctx, sp, dp); err != nil {
+					return explainVM(sn, err)
+				}
+				return nil
 			case dRemote && !sRemote:
 				c, err := connect(ctx, dn)
 				if err != nil {
 					return err
 				}
 				defer c.Close()
-				return c.Upload(ctx, sp, dp)
+				// Is the guest path a directory? Ask the guest's shell.
+				isDir := false
+				if !strings.HasSuffix(dp, "/") {
+					code, err := c.Run(ctx, "test -d "+shellQuote(dp), channel.RunOptions{})
+					if err != nil {
+						return explainVM(dn, err)
+					}
+					isDir = code == 0
+				}
+				if err := c.Upload(ctx, sp, copyTarget(dp, isDir, sp)); err != nil {
+					return explainVM(dn, err)
+				}
+				return nil
 			default:
-				return errors.New("exactly one of SRC and DST must be NAME:PATH")
+				return usageError{errors.New("exactly one of SRC and DST must be NAME:PATH")}
 			}
 		},
 	})
@@ -261,7 +284,7 @@ func init() {
 			reps := report.Parse(data)
 			fmt.Printf("\n=== %d kernel report(s) in %s\n", len(reps), path)
 			for i, r := range reps {
-				fmt.Printf("--- report %d: %s%s\n%s\n", i+1, r, map[bool]string{true: " (truncated)"}[r.Truncated], strings.TrimRight(r.Text, "\n"))
+				fmt.Printf("--- report %d: %s%s\n%s\n", i+1, vm.Headline(string(r.Type), r.Title), map[bool]string{true: " (truncated)"}[r.Truncated], strings.TrimRight(r.Text, "\n"))
 			}
 			return nil
 		},
@@ -323,21 +346,56 @@ func init() {
 	})
 }
 
-// explainVM adds what happened to the guest when a command against it
-// failed: a kernel crash is the news, not the broken connection.
+// explainVM says what happened to the VM when a command against it
+// failed: a guest that died or crashed is the news, not the broken
+// connection ("remote command exited without exit status").
 func explainVM(name string, err error) error {
 	dir, derr := lab.VMDir(name)
 	if derr != nil {
 		return err
 	}
-	for i := 0; i < 40; i++ { // the supervisor records the crash shortly
-		if st, serr := lab.ReadState(dir); serr == nil && st.Status == lab.StatusFailed {
-			return fmt.Errorf("%w\nVM %s failed: %s\n(`labctl logs %s` shows the console)", err, name, st.Error, name)
+	for i := 0; i < 60; i++ { // the supervisor records the death shortly
+		st, serr := lab.ReadState(dir)
+		if serr != nil {
+			break
+		}
+		if st.Status == lab.StatusFailed || st.Status == lab.StatusStopped {
+			e := fmt.Errorf("VM %s went away during the command: %s\n(%v; `labctl logs %s` shows the console, `labctl down %s` removes it)", name, dash(st.Error), err, name, name)
+			if st.ErrorKind == "lab" {
+				return &vm.InfraError{Op: "running a command in " + name, Err: e}
+			}
+			return e
+		}
+		if !st.Alive() {
+			return &vm.InfraError{Op: "running a command in " + name, Err: fmt.Errorf("the supervisor of VM %s (pid %d) died during the command (%v%s); `labctl down %s` stops what is left", name, st.SupervisorPID, err, lab.DiskHint(dir), name)}
+		}
+		if st.DiskError != "" {
+			return &vm.InfraError{Op: "running a command in " + name, Err: fmt.Errorf("%v: the host disk failed: %s", err, st.DiskError)}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return err
 }
+
+// copyTarget is where `labctl cp SRC DST` writes: into DST when DST is
+// a directory (or written with a trailing slash), as cp and scp do.
+func copyTarget(dst string, dstIsDir bool, src string) string {
+	if !dstIsDir && !strings.HasSuffix(dst, "/") {
+		return dst
+	}
+	base := path.Base(strings.TrimRight(src, "/"))
+	if base == "/" || base == "." || base == "" {
+		return dst
+	}
+	return path.Join(dst, base)
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// usageError: the command line makes no sense (exit status 2).
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
 
 func dash(s string) string {
 	if s == "" {
@@ -401,9 +459,32 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	if err != nil {
 		return err
 	}
-	if st, err := lab.ReadState(dir); err == nil {
-		if st.Alive() {
-			return fmt.Errorf("VM %q is already %s (stop it with `labctl down %s`)", name, st.Status, name)
+	if err := g.validate(); err != nil {
+		return usageError{err}
+	}
+	// Creating a VM is atomic: whoever holds this lock boots it, anyone
+	// else is told it is already booting. It is held until the guest is
+	// up or has failed.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return &vm.InfraError{Op: "creating the state directory", Err: cache.Explain(filepath.Dir(dir), err)}
+	}
+	unlock, err := cache.TryLock(filepath.Join(filepath.Dir(dir), "."+name+".lock"))
+	if errors.Is(err, cache.ErrLocked) {
+		return fmt.Errorf("VM %q is already booting: another `labctl up %s` is starting it", name, name)
+	}
+	if err != nil {
+		return &vm.InfraError{Op: "locking VM " + name, Err: err}
+	}
+	defer unlock()
+	if _, err := os.Stat(dir); err == nil {
+		st, _ := lab.ReadState(dir)
+		procs := lab.Processes(name, dir)
+		if len(procs) > 0 || (st != nil && st.Alive()) {
+			status := "running"
+			if st != nil {
+				status = st.Status
+			}
+			return fmt.Errorf("VM %q already exists (%s; stop it with `labctl down %s`)", name, status, name)
 		}
 		os.RemoveAll(dir) // leftovers of a dead VM
 	}
@@ -416,8 +497,11 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	if _, _, err := lab.Prepare(ctx, o); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("VM %q already exists (stop it with `labctl down %s`)", name, name)
+		}
+		return &vm.InfraError{Op: "creating the VM directory", Err: cache.Explain(dir, err)}
 	}
 	args := []string{"supervise", "-dir", dir, "-config", g.config, "-accel", g.accel,
 		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-swap", fmt.Sprint(g.swap), "-cmdline", g.cmdline}
@@ -443,7 +527,7 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		return err
+		return &vm.InfraError{Op: "creating the supervisor log", Err: cache.Explain(filepath.Join(dir, "supervisor.log"), err)}
 	}
 	defer logf.Close()
 	cmd := exec.Command(exe, args...)
@@ -470,16 +554,25 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 				}
 				return nil
 			case lab.StatusFailed:
-				return fmt.Errorf("%s failed to boot: %s\n(console: %s; `labctl down %s` removes it)", name, st.Error, filepath.Join(dir, "console.log"), name)
+				e := fmt.Errorf("%s failed to boot: %s\n(console: %s; `labctl down %s` removes it)", name, st.Error, filepath.Join(dir, "console.log"), name)
+				if st.ErrorKind == "guest" {
+					return e
+				}
+				return &vm.InfraError{Op: "booting " + name, Err: e}
 			}
 		}
 		select {
 		case err := <-exited:
+			if st, serr := lab.ReadState(dir); serr == nil && st.Status == lab.StatusFailed {
+				continue // its failure is recorded: report that
+			}
 			b, _ := os.ReadFile(logf.Name())
-			return fmt.Errorf("supervisor of %s exited (%v) before the guest was up:\n%s", name, err, lastLines(string(b), 30))
+			return &vm.InfraError{Op: "booting " + name, Err: fmt.Errorf("its supervisor exited (%v%s) before the guest was up:\n%s", err, lab.DiskHint(dir), lines.Last(string(b), 30))}
 		case <-ctx.Done():
-			syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
-			return ctx.Err()
+			// Interrupted: stop what was started, leave no VM behind.
+			lab.Stop(lab.Processes(name, dir), 30*time.Second)
+			os.RemoveAll(dir)
+			return fmt.Errorf("booting %s: %w (stopped it)", name, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -490,32 +583,22 @@ func cmdDown(name string) error {
 	if err != nil {
 		return err
 	}
-	st, err := lab.ReadState(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		if _, serr := os.Stat(dir); serr == nil {
-			return os.RemoveAll(dir)
-		}
+	// Stop what really runs for this VM, whatever state.json says (it may
+	// be stale, or belong to a racing `up`).
+	procs := lab.Processes(name, dir)
+	if _, serr := os.Stat(dir); serr != nil && len(procs) == 0 {
 		return fmt.Errorf("no VM named %q (see `labctl ls`)", name)
 	}
-	if err == nil && st.Alive() {
-		syscall.Kill(st.SupervisorPID, syscall.SIGTERM)
-		deadline := time.Now().Add(60 * time.Second)
-		for st.Alive() && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if st.Alive() {
-			syscall.Kill(st.SupervisorPID, syscall.SIGKILL)
-		}
+	if len(procs) > 0 {
+		// The supervisor powers the guest off (ACPI) within its scaled
+		// shutdown timeout; anything left after that is killed.
+		lab.Stop(procs, 60*time.Second)
 	}
-	// A supervisor killed with SIGKILL takes QEMU with it (parent-death
-	// signal); make sure anyway, checking it really is this VM's QEMU.
-	if st != nil && st.QEMUPID > 0 {
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.QEMUPID)); err == nil && strings.Contains(string(b), "ldtlab-"+name) {
-			syscall.Kill(st.QEMUPID, syscall.SIGKILL)
-		}
+	if left := lab.Processes(name, dir); len(left) > 0 {
+		return &vm.InfraError{Op: "stopping " + name, Err: fmt.Errorf("processes still running after SIGKILL: %v", left)}
 	}
 	if err := os.RemoveAll(dir); err != nil {
-		return err
+		return &vm.InfraError{Op: "removing " + dir, Err: err}
 	}
 	fmt.Printf("%s is down\n", name)
 	return nil
@@ -528,14 +611,6 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func lastLines(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }
 
 func followFile(ctx context.Context, path string, off int64, dir string) error {

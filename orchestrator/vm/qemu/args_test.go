@@ -88,10 +88,12 @@ func TestArgsFull(t *testing.T) {
 	assert.Equal(t, "chardev:con", value(t, a, "-serial"))
 	assert.Contains(t, values(a, "-chardev"), "stdio,id=con,signal=off")
 
-	// Disks, in order, with their serials.
+	// Disks, in order, with their serials. An I/O error on the host (a
+	// full disk) is reported to the guest, not a silent pause of the VM
+	// (QEMU's default werror=enospc stops the guest without a word).
 	assert.Equal(t, []string{
-		"file=/state/vms/alpha/swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap",
-		"file=/state/vms/alpha/data.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap",
+		"file=/state/vms/alpha/swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
+		"file=/state/vms/alpha/data.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
 	}, values(a, "-drive"))
 	assert.Contains(t, values(a, "-device"), "virtio-blk-pci,drive=disk0,serial=ldtlab-swap")
 	assert.Contains(t, values(a, "-device"), "virtio-blk-pci,drive=disk1,serial=ldtlab-data")
@@ -193,6 +195,17 @@ func TestArgsEscapesCommasInPaths(t *testing.T) {
 	})
 	assert.Equal(t, "unix:/state/a,,b/qmp.sock,server=on,wait=off", value(t, a, "-qmp"))
 	assert.Contains(t, values(a, "-chardev"), "socket,id=ctl,path=/state/a,,b/ctl.sock,server=on,wait=off")
-	assert.Equal(t, "file=/state/a,,b/swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap", value(t, a, "-drive"))
+	assert.Equal(t, "file=/state/a,,b/swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report", value(t, a, "-drive"))
 	assert.Equal(t, "name=opt/ldtlab/host_key,file=/state/a,,b/host_key", value(t, a, "-fw_cfg"))
+}
+
+func TestIOErrorDetailNamesHostFile(t *testing.T) {
+	in := &instance{cfg: vm.Config{Disks: []vm.Disk{{Path: "/s/swap.img"}, {Path: "/s/data.img"}}}}
+	assert.Equal(t, "no space left on /s/data.img (guest write failed)",
+		in.ioErrorDetail([]byte(`{"device":"disk1","node-name":"#block123","operation":"write","action":"report","nospace":true,"reason":"No space left on device"}`)))
+	// What QEMU 7.2 sends with werror=report: nospace false, the reason says it.
+	assert.Equal(t, "no space left on /s/data.img (guest write failed)",
+		in.ioErrorDetail([]byte(`{"device":"disk1","node-name":"#block123","operation":"write","action":"report","nospace":false,"reason":"No space left on device"}`)))
+	assert.Equal(t, "read to /s/swap.img failed: Input/output error",
+		in.ioErrorDetail([]byte(`{"device":"disk0","operation":"read","action":"report","nospace":false,"reason":"Input/output error"}`)))
 }

@@ -6,6 +6,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"ldtlab/images/cache"
 	"ldtlab/orchestrator/console"
 	"ldtlab/orchestrator/qmp"
 	"ldtlab/orchestrator/vm"
@@ -84,8 +86,11 @@ func Args(cfg vm.Config) []string {
 	}
 	for i, d := range cfg.Disks {
 		id := fmt.Sprintf("disk%d", i)
+		// werror/rerror=report: a host I/O error (a full disk) reaches the
+		// guest as an I/O error and us as BLOCK_IO_ERROR, instead of
+		// QEMU's default of pausing the VM, which looks like a hang.
 		a = append(a,
-			"-drive", "file="+optEscape(d.Path)+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap",
+			"-drive", "file="+optEscape(d.Path)+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
 			"-device", "virtio-blk-pci,drive="+id+",serial="+d.Serial)
 	}
 	for _, f := range cfg.FwCfg {
@@ -151,18 +156,26 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	// Own process group (a signal to us does not hit it by accident, and
 	// we can kill its whole group), and death with our thread.
 	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	os.WriteFile(filepath.Join(cfg.Dir, "qemu.cmdline"), []byte(shellQuote(in.argv)+"\n"), 0o600)
+	cmdlinePath := filepath.Join(cfg.Dir, "qemu.cmdline")
+	if werr := os.WriteFile(cmdlinePath, []byte(shellQuote(in.argv)+"\n"), 0o600); werr != nil {
+		con.Close()
+		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: cache.Explain(cmdlinePath, werr)}
+	}
 	if err := in.cmd.Start(); err != nil {
 		con.Close()
 		return nil, &vm.InfraError{Op: "starting " + bin, Err: err}
 	}
-	os.WriteFile(filepath.Join(cfg.Dir, "qemu.pid"), []byte(fmt.Sprint(in.cmd.Process.Pid)), 0o600)
 	go in.wait()
 	defer func() {
 		if err != nil {
 			in.Close()
 		}
 	}()
+	// The pid file lets a sweep of stale directories see a live QEMU.
+	pidPath := filepath.Join(cfg.Dir, "qemu.pid")
+	if werr := os.WriteFile(pidPath, []byte(fmt.Sprint(in.cmd.Process.Pid)), 0o600); werr != nil {
+		return nil, &vm.InfraError{Op: "recording QEMU's pid", Err: cache.Explain(pidPath, werr)}
+	}
 
 	// The QMP socket appears once QEMU has parsed its arguments; a bad
 	// argument makes QEMU exit instead, and its stderr says why.
@@ -190,7 +203,7 @@ func dialRetry[T any](ctx context.Context, in *instance, dial func(context.Conte
 		}
 		select {
 		case <-in.done:
-			return zero, fmt.Errorf("QEMU exited: %v", in.waitErr)
+			return zero, fmt.Errorf("QEMU %s", exitDetail(in.waitErr))
 		case <-ctx.Done():
 			return zero, fmt.Errorf("%v (last error: %v)", ctx.Err(), err)
 		case <-time.After(20 * time.Millisecond):
@@ -227,8 +240,38 @@ func (in *instance) watchEvents() {
 			in.send(vm.Event{Kind: vm.EventPanic, Time: ev.Time, Detail: string(ev.Data)})
 		case "SHUTDOWN":
 			in.send(vm.Event{Kind: vm.EventShutdown, Time: ev.Time, Detail: string(ev.Data)})
+		case "BLOCK_IO_ERROR":
+			in.send(vm.Event{Kind: vm.EventIOError, Time: ev.Time, Detail: in.ioErrorDetail(ev.Data)})
 		}
 	}
+}
+
+// ioErrorDetail turns a BLOCK_IO_ERROR event into a sentence naming the
+// host file, e.g. "write to /state/vms/x/swap.img failed: No space left
+// on device".
+func (in *instance) ioErrorDetail(data []byte) string {
+	var e struct {
+		Device    string `json:"device"`
+		NodeName  string `json:"node-name"`
+		Operation string `json:"operation"`
+		NoSpace   bool   `json:"nospace"`
+		Reason    string `json:"reason"`
+	}
+	json.Unmarshal(data, &e)
+	file := e.Device
+	if file == "" {
+		file = e.NodeName
+	}
+	var idx int
+	if _, err := fmt.Sscanf(e.Device, "disk%d", &idx); err == nil && idx >= 0 && idx < len(in.cfg.Disks) {
+		file = in.cfg.Disks[idx].Path
+	}
+	// QEMU sets nospace only for the enospc action; the reason says it
+	// whatever the action.
+	if e.NoSpace || strings.Contains(e.Reason, "No space left") {
+		return fmt.Sprintf("no space left on %s (guest %s failed)", file, e.Operation)
+	}
+	return fmt.Sprintf("%s to %s failed: %s", e.Operation, file, e.Reason)
 }
 
 func (in *instance) Console() *console.Capture { return in.con }
