@@ -125,11 +125,14 @@ func vecWithRoomFor(regions int) ([]byte, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := unix.Munmap(all[size:]); err != nil {
-		unix.Munmap(all[:size])
-		return nil, nil, err
+	// unix.Munmap only takes whole mappings it made: unmap the tail raw.
+	if _, _, e := unix.Syscall(unix.SYS_MUNMAP, uintptr(unsafe.Pointer(&all[size])), pg, 0); e != 0 {
+		unix.Munmap(all)
+		return nil, nil, fmt.Errorf("munmap the tail: %w", e)
 	}
-	return all[:size], func() { unix.Munmap(all[:size]) }, nil
+	return all[:size], func() {
+		unix.Syscall(unix.SYS_MUNMAP, uintptr(unsafe.Pointer(&all[0])), uintptr(size), 0)
+	}, nil
 }
 
 // reportedPages expands regions into the set of page numbers of m.
