@@ -5,7 +5,7 @@ export GOFLAGS := -buildvcs=false
 # A cold run builds two kernels (LDT and vanilla) on top of the tests.
 TEST_TIMEOUT ?= 85m
 
-.PHONY: all labctl setup build check test unit e2e bench vet clean
+.PHONY: all labctl setup build check stress test unit e2e bench vet clean
 
 all: labctl
 
@@ -21,6 +21,11 @@ build: setup
 # The main job.
 check: setup
 	@$(LABCTL) check
+
+# The long race hunt (make test runs an 8 s version of it).
+STRESS_FOR ?= 10m
+stress: setup
+	@$(LABCTL) stress --for $(STRESS_FOR)
 
 # Unit tests (no VM) and the end-to-end suite (real guests).
 test: setup vet

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"ldtlab/images/cache"
+	"ldtlab/orchestrator/check"
+	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/stress"
+	"ldtlab/orchestrator/vm"
+)
+
+func init() {
+	var g guestFlags
+	var f struct {
+		trackers, jsonOut string
+		dur               time.Duration
+		pages             int
+		thp               bool
+		seed              uint64
+	}
+	register(&command{
+		name:    "stress",
+		summary: "hunt races: writers, a collector copying reported pages into a shadow, and every agitator at once (guest/stress)",
+		setup: func(fs *flag.FlagSet) {
+			g.register(fs)
+			fs.StringVar(&f.trackers, "tracker", "ldt,pagemap-scan,naive", "comma-separated trackers (softdirty is N/A: its read and clear are not atomic)")
+			fs.DurationVar(&f.dur, "for", 30*time.Second, "how long each tracker runs")
+			fs.IntVar(&f.pages, "pages", 16384, "working set in 4 KiB pages (the guest has --mem MiB; more than fits makes it swap)")
+			fs.BoolVar(&f.thp, "thp", true, "run ldt a second time with transparent huge pages")
+			fs.Uint64Var(&f.seed, "seed", uint64(time.Now().Unix()), "random seed (printed; rerun with it)")
+			fs.StringVar(&f.jsonOut, "json", "", "write the runs here (default: stress-last.json in the state directory)")
+		},
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			repo, err := repoRoot()
+			if err != nil {
+				return err
+			}
+			o := g.options(repo, "stress")
+			if g.mem == 1024 {
+				o.MemoryMiB = 0
+			}
+			check.GuestDefaults(&o)
+			o.Name = "stress"
+			m, err := lab.Boot(ctx, o)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			fmt.Printf("stress: %s kernel %s under %s, seed %d\n", o.KernelOptions().Variant(), m.Kernel.Meta.KernelRelease, m.Accel.Kind, f.seed)
+			runs, reps, err := stress.Job(ctx, m, stress.Options{
+				Trackers: splitList(f.trackers), Duration: f.dur, Pages: f.pages, THP: f.thp, Seed: f.seed,
+			}, os.Stdout)
+			out := f.jsonOut
+			if out == "" {
+				os.MkdirAll(lab.StateDir(), 0o755)
+				out = filepath.Join(lab.StateDir(), "stress-last.json")
+			}
+			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "runs": runs, "kernel_reports": reps}, "", "  ")
+			if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
+				return &vm.InfraError{Op: "writing the stress result", Err: werr}
+			}
+			fmt.Printf("full result: %s\n", out)
+			if err != nil {
+				return err
+			}
+			bad := len(reps)
+			for _, r := range runs {
+				if r.Failed() {
+					bad++
+					fmt.Printf("  %s thp=%v: %s %s\n    reproduce: labctl stress --tracker %s --seed %d --for %s --pages %d\n", r.Tracker, r.THP, r.Verdict, r.Error, r.Tracker, f.seed, f.dur, f.pages)
+				}
+			}
+			for _, t := range reps {
+				title, _, _ := strings.Cut(t, "\n")
+				fmt.Printf("  kernel report: %s (text in %s)\n", title, out)
+			}
+			if bad > 0 {
+				return fmt.Errorf("%d unexpected outcome(s)", bad)
+			}
+			return nil
+		},
+	})
+}

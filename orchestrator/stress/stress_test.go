@@ -1,0 +1,28 @@
+package stress
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestJudge(t *testing.T) {
+	for _, c := range []struct {
+		tracker    string
+		code, lost int
+		want       string
+	}{
+		{"ldt", 0, 0, "PASS"},
+		{"ldt", 1, 3, "FAIL"},
+		{"pagemap-scan", 1, 1, "FAIL"},
+		{"naive", 1, 5, "CAUGHT"},
+		{"naive", 0, 0, "NO-TEETH"},
+		{"ldt", 2, 0, "ERROR"},
+		{"ldt", 1, 0, "ERROR"}, // exit status and count disagree
+		{"ldt", 0, 2, "ERROR"},
+	} {
+		got := judge(c.tracker, c.code, c.lost)
+		assert.Equal(t, c.want, got, "%+v", c)
+		assert.Equal(t, c.want != "PASS" && c.want != "CAUGHT", Run{Verdict: got}.Failed())
+	}
+}
