@@ -55,7 +55,7 @@ func init() {
 			}
 			defer m.Close()
 			fmt.Printf("stress: %s kernel %s under %s, seed %d\n", o.KernelOptions().Variant(), m.Kernel.Meta.KernelRelease, m.Accel.Kind, f.seed)
-			runs, reps, err := stress.Job(ctx, m, stress.Options{
+			runs, err := stress.Job(ctx, m, stress.Options{
 				Trackers: splitList(f.trackers), Duration: f.dur, Pages: f.pages, THP: f.thp, Seed: f.seed,
 			}, os.Stdout)
 			out := f.jsonOut
@@ -63,7 +63,7 @@ func init() {
 				os.MkdirAll(lab.StateDir(), 0o755)
 				out = filepath.Join(lab.StateDir(), "stress-last.json")
 			}
-			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "runs": runs, "kernel_reports": reps}, "", "  ")
+			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "runs": runs}, "", "  ")
 			if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
 				return &vm.InfraError{Op: "writing the stress result", Err: werr}
 			}
@@ -71,16 +71,19 @@ func init() {
 			if err != nil {
 				return err
 			}
-			bad := len(reps)
+			bad := 0
 			for _, r := range runs {
+				if r.Known != "" {
+					fmt.Printf("  %s thp=%v: KNOWN-GAP: %s\n", r.Tracker, r.THP, r.Known)
+				}
 				if r.Failed() {
 					bad++
 					fmt.Printf("  %s thp=%v: %s %s\n    reproduce: labctl stress --tracker %s --seed %d --for %s --pages %d\n", r.Tracker, r.THP, r.Verdict, r.Error, r.Tracker, f.seed, f.dur, f.pages)
 				}
-			}
-			for _, t := range reps {
-				title, _, _ := strings.Cut(t, "\n")
-				fmt.Printf("  kernel report: %s (text in %s)\n", title, out)
+				for _, t := range r.Reports {
+					title, _, _ := strings.Cut(t, "\n")
+					fmt.Printf("    kernel report: %s (text in %s)\n", title, out)
+				}
 			}
 			if bad > 0 {
 				return fmt.Errorf("%d unexpected outcome(s)", bad)
