@@ -49,6 +49,9 @@ func Markdown(w io.Writer, r *Result) {
 		map[bool]string{true: " --quick"}[m.Quick], m.Date)
 	fmt.Fprintf(w, "The discussion of these numbers against the paper's claims is in [notes.md](notes.md).\n\n")
 	fmt.Fprintf(w, "- machine: %s, %d cores, %s\n", m.Machine, m.HostCores, m.HostRAM)
+	if len(m.HostLoad) > 0 {
+		fmt.Fprintf(w, "- host load average (1/5/15 min) at start and end: %s (other work shares the cores: noise that hits every tracker alike, since they run interleaved)\n", strings.Join(m.HostLoad, " → "))
+	}
 	fmt.Fprintf(w, "- accelerator: %s (%s)\n", m.Accel, m.AccelReason)
 	fmt.Fprintf(w, "- QEMU: %s\n", m.QEMU)
 	fmt.Fprintf(w, "- kernel: %s, %s config, from %s\n", m.Kernel, m.Variant, m.Source)

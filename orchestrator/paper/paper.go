@@ -35,21 +35,24 @@ type Options struct {
 
 // Meta labels every figure: where and how it was measured.
 type Meta struct {
-	Date        string  `json:"date"`
-	Machine     string  `json:"machine"`
-	HostCores   int     `json:"host_cores"`
-	HostRAM     string  `json:"host_ram"`
-	Accel       string  `json:"accel"`
-	AccelReason string  `json:"accel_reason"`
-	QEMU        string  `json:"qemu"`
-	Kernel      string  `json:"kernel"`
-	Variant     string  `json:"variant"`
-	Source      string  `json:"source"`
-	GuestMiB    int     `json:"guest_mib"`
-	GuestCPUs   int     `json:"guest_cpus"`
-	THP         string  `json:"thp_setting"`
-	Quick       bool    `json:"quick"`
-	Seconds     float64 `json:"seconds"`
+	Date        string `json:"date"`
+	Machine     string `json:"machine"`
+	HostCores   int    `json:"host_cores"`
+	HostRAM     string `json:"host_ram"`
+	Accel       string `json:"accel"`
+	AccelReason string `json:"accel_reason"`
+	QEMU        string `json:"qemu"`
+	Kernel      string `json:"kernel"`
+	Variant     string `json:"variant"`
+	Source      string `json:"source"`
+	GuestMiB    int    `json:"guest_mib"`
+	GuestCPUs   int    `json:"guest_cpus"`
+	THP         string `json:"thp_setting"`
+	Quick       bool   `json:"quick"`
+	// HostLoad is /proc/loadavg at the start and the end: other work on
+	// the host is noise every tracker shares (they run interleaved).
+	HostLoad []string `json:"host_load,omitempty"`
+	Seconds  float64  `json:"seconds"`
 }
 
 // Result is everything one run measured.
@@ -108,6 +111,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer m.Close()
 	res := &Result{Meta: hostMeta()}
+	res.Meta.HostLoad = append(res.Meta.HostLoad, loadAvg())
 	res.Meta.Date = time.Now().UTC().Format("2006-01-02 15:04 UTC")
 	res.Meta.Accel, res.Meta.AccelReason = string(m.Accel.Kind), m.Accel.Reason
 	res.Meta.Kernel = m.Kernel.Meta.KernelRelease
@@ -177,6 +181,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		o.logf("warning: clean poweroff failed: %v", err)
 	}
 	res.Meta.Seconds = time.Since(start).Seconds()
+	res.Meta.HostLoad = append(res.Meta.HostLoad, loadAvg())
 	res.Problems = Sanity(res)
 	return res, nil
 }
@@ -224,6 +229,15 @@ func HostRAM() string {
 	return fmt.Sprintf("%.0f GiB RAM", float64(kb)/(1<<20))
 }
 
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
 func hostMeta() Meta {
 	bin := os.Getenv("LDTLAB_QEMU")
 	if bin == "" {
@@ -231,6 +245,22 @@ func hostMeta() Meta {
 	}
 	qv, _ := exec.Command(bin, "--version").Output()
 	return Meta{Machine: HostCPU(), HostCores: runtime.NumCPU(), HostRAM: HostRAM(), QEMU: strings.SplitN(string(qv), "\n", 2)[0]}
+}
+
+// Load reads a paper.json written by Write, to render it again.
+func Load(path string) (*Result, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	r := &Result{}
+	if err := json.Unmarshal(b, r); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if r.WriteOnly == nil && r.Timeline == nil && r.Redis == nil && r.Collect == nil {
+		return nil, fmt.Errorf("%s holds no figure of `labctl bench paper`", path)
+	}
+	return r, nil
 }
 
 // Write puts paper.json (every sample), README.md (tables) and the four

@@ -135,7 +135,7 @@ func Plots(r *Result, dir string) error {
 	if tl := r.Timeline; tl != nil {
 		p := newPlot(fmt.Sprintf("75%% write / 25%% read, %d MiB, collect+clear every %d ms (median of %d runs)", tl.SizeMiB, tl.TickMS, tl.Reps),
 			"time (s)", "operations per second")
-		rates := timelineRate(tl)
+		rates, at := timelineRate(tl)
 		for _, tr := range bench.Trackers {
 			rs, ok := rates[tr]
 			if !ok {
@@ -143,7 +143,7 @@ func Plots(r *Result, dir string) error {
 			}
 			pts := make(plotter.XYs, len(rs))
 			for i, v := range rs {
-				pts[i] = plotter.XY{X: float64(i+1) * float64(tl.TickMS) / 1000, Y: v}
+				pts[i] = plotter.XY{X: at[tr][i], Y: v}
 			}
 			l, err := plotter.NewLine(pts)
 			if err != nil {

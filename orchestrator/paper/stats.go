@@ -61,36 +61,41 @@ func writeStats(w *bench.WriteOnly) (total, write, coll map[writeKey]Summary) {
 	return
 }
 
-// timelineRate is ops/s per interval: the median over repetitions of
-// each interval, per tracker.
-func timelineRate(tl *bench.Timeline) map[string][]float64 {
-	per := map[string][][]float64{}
+// timelineRate is ops/s per interval and the time at each interval's
+// end (s): the medians over repetitions, per tracker. Intervals are as
+// long as they really were (a slow collection stretches them).
+func timelineRate(tl *bench.Timeline) (rate, at map[string][]float64) {
+	type run struct{ r, t []float64 }
+	per := map[string][]run{}
 	for _, s := range tl.Samples {
-		r := make([]float64, len(s.Ops))
+		var x run
+		var sum float64
 		for i, o := range s.Ops {
-			if i < len(s.TickNS) && s.TickNS[i] > 0 {
-				r[i] = float64(o) / (float64(s.TickNS[i]) / 1e9)
+			if i >= len(s.TickNS) || s.TickNS[i] <= 0 {
+				break
 			}
+			sum += float64(s.TickNS[i]) / 1e9
+			x.r = append(x.r, float64(o)/(float64(s.TickNS[i])/1e9))
+			x.t = append(x.t, sum)
 		}
-		per[s.Tracker] = append(per[s.Tracker], r)
+		per[s.Tracker] = append(per[s.Tracker], x)
 	}
-	out := map[string][]float64{}
+	rate, at = map[string][]float64{}, map[string][]float64{}
 	for tr, runs := range per {
-		n := len(runs[0])
+		n := len(runs[0].r)
 		for _, r := range runs {
-			n = min(n, len(r))
+			n = min(n, len(r.r))
 		}
-		med := make([]float64, n)
-		for i := range med {
-			var xs []float64
+		for i := 0; i < n; i++ {
+			var rs, ts []float64
 			for _, r := range runs {
-				xs = append(xs, r[i])
+				rs, ts = append(rs, r.r[i]), append(ts, r.t[i])
 			}
-			med[i] = Summarize(xs).Median
+			rate[tr] = append(rate[tr], Summarize(rs).Median)
+			at[tr] = append(at[tr], Summarize(ts).Median)
 		}
-		out[tr] = med
 	}
-	return out
+	return rate, at
 }
 
 // timelineWindow is each repetition's throughput (ops/s) over intervals

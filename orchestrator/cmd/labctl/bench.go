@@ -24,7 +24,7 @@ import (
 func init() {
 	var g guestFlags
 	var n int
-	var out, suite, checkSecs, paperOut string
+	var out, suite, checkSecs, paperOut, paperFrom string
 	var quick bool
 	register(&command{
 		name: "bench",
@@ -40,6 +40,7 @@ func init() {
 			fs.StringVar(&checkSecs, "check-seconds", "", "measured full `make check` wall time to record (from `time make check`)")
 			fs.BoolVar(&quick, "quick", false, "paper: tiny sizes, one repetition; checks only that every figure is produced and sane")
 			fs.StringVar(&paperOut, "out", "", "paper: output directory (default docs/paper, or the state directory with --quick)")
+			fs.StringVar(&paperFrom, "from", "", "paper: render the tables and plots again from this paper.json, measuring nothing")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			repo, err := repoRoot()
@@ -47,14 +48,23 @@ func init() {
 				return err
 			}
 			switch {
+			case len(args) == 1 && args[0] == "paper" && paperFrom != "":
+				res, err := paper.Load(paperFrom)
+				if err != nil {
+					return err
+				}
+				if paperOut == "" {
+					paperOut = filepath.Dir(paperFrom)
+				}
+				return paper.Write(res, paperOut)
 			case len(args) == 1 && args[0] == "paper":
 				set := map[string]bool{}
 				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 				return benchPaper(ctx, g, set, repo, quick, paperOut)
 			case len(args) > 0:
 				return fmt.Errorf("unknown bench %q (want no argument or \"paper\")", strings.Join(args, " "))
-			case quick || paperOut != "":
-				return errors.New("--quick and --out belong to `labctl bench paper`")
+			case quick || paperOut != "" || paperFrom != "":
+				return errors.New("--quick, --out and --from belong to `labctl bench paper`")
 			}
 			return bench(ctx, g.options(repo, "bench"), n, repo+"/"+out, suite, checkSecs)
 		},
