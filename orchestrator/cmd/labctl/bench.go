@@ -27,11 +27,9 @@ func init() {
 	var out, suite, checkSecs, paperOut, paperFrom string
 	var quick bool
 	register(&command{
-		name: "bench",
-		args: "[paper]",
-		summary: "measure build, image and boot times and write them to docs/benchmarks.md;\n" +
-			"`bench paper` measures the LDT paper's four figures (write-only, 75/25 timeline, Redis\n" +
-			"under a checkpointer, collection cost) for every tracker and writes docs/paper/",
+		name:    "bench",
+		args:    "[paper]",
+		summary: "measure build, image and boot times (docs/benchmarks.md); `bench paper`: the LDT paper's four figures for every tracker (docs/paper/)",
 		setup: func(fs *flag.FlagSet) {
 			g.register(fs)
 			fs.IntVar(&n, "n", 5, "boots to measure")
