@@ -5,7 +5,7 @@ export GOFLAGS := -buildvcs=false
 # A cold run builds two kernels (LDT and vanilla) on top of the tests.
 TEST_TIMEOUT ?= 85m
 
-.PHONY: all labctl setup build check stress test unit e2e bench vet clean
+.PHONY: all labctl setup build check stress test unit e2e bench bench-paper vet clean
 
 all: labctl
 
@@ -43,6 +43,10 @@ vet:
 
 bench: setup
 	@$(LABCTL) bench
+
+# The LDT paper's four figures, measured here (~25 min under TCG): docs/paper/.
+bench-paper: setup
+	@$(LABCTL) bench paper
 
 clean:
 	rm -rf bin

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -16,26 +18,51 @@ import (
 	"ldtlab/images/rootfs"
 	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/paper"
 )
 
 func init() {
 	var g guestFlags
 	var n int
-	var out, suite, checkSecs string
+	var out, suite, checkSecs, paperOut, paperFrom string
+	var quick bool
 	register(&command{
 		name:    "bench",
-		summary: "measure build, image and boot times and write them to docs/benchmarks.md",
+		args:    "[paper]",
+		summary: "measure build, image and boot times (docs/benchmarks.md); `bench paper`: the LDT paper's four figures for every tracker (docs/paper/)",
 		setup: func(fs *flag.FlagSet) {
 			g.register(fs)
 			fs.IntVar(&n, "n", 5, "boots to measure")
 			fs.StringVar(&out, "o", "docs/benchmarks.md", "report file (relative to the repository)")
 			fs.StringVar(&suite, "suite-seconds", "", "measured e2e suite wall time to record (from `time make test`)")
 			fs.StringVar(&checkSecs, "check-seconds", "", "measured full `make check` wall time to record (from `time make check`)")
+			fs.BoolVar(&quick, "quick", false, "paper: tiny sizes, one repetition; checks only that every figure is produced and sane")
+			fs.StringVar(&paperOut, "out", "", "paper: output directory (default docs/paper, or the state directory with --quick)")
+			fs.StringVar(&paperFrom, "from", "", "paper: render the tables and plots again from this paper.json, measuring nothing")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			repo, err := repoRoot()
 			if err != nil {
 				return err
+			}
+			switch {
+			case len(args) == 1 && args[0] == "paper" && paperFrom != "":
+				res, err := paper.Load(paperFrom)
+				if err != nil {
+					return err
+				}
+				if paperOut == "" {
+					paperOut = filepath.Dir(paperFrom)
+				}
+				return paper.Write(res, paperOut)
+			case len(args) == 1 && args[0] == "paper":
+				set := map[string]bool{}
+				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+				return benchPaper(ctx, g, set, repo, quick, paperOut)
+			case len(args) > 0:
+				return fmt.Errorf("unknown bench %q (want no argument or \"paper\")", strings.Join(args, " "))
+			case quick || paperOut != "" || paperFrom != "":
+				return errors.New("--quick, --out and --from belong to `labctl bench paper`")
 			}
 			return bench(ctx, g.options(repo, "bench"), n, repo+"/"+out, suite, checkSecs)
 		},
@@ -127,20 +154,12 @@ func bench(ctx context.Context, o lab.Options, n int, out, suite, checkSecs stri
 	}
 	_ = img
 
-	cpu := "unknown"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "model name") {
-				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
-				break
-			}
-		}
-	}
+	cpu := paper.HostCPU()
 	qv, _ := exec.Command("qemu-system-x86_64", "--version").Output()
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "# Benchmarks\n\nMeasured by `labctl bench` on %s. Figures, not assertions: rerun on your machine.\n\n", time.Now().UTC().Format("2006-01-02"))
 	fmt.Fprintf(&sb, "- machine: %s, %d cores, %s\n- accelerator: %s (%s)\n- QEMU: %s\n- kernel: %s %s (%s config), %d MiB guest, %d vCPUs\n\n",
-		cpu, runtime.NumCPU(), memTotal(), choice.Kind, choice.Reason, strings.SplitN(string(qv), "\n", 2)[0],
+		cpu, runtime.NumCPU(), paper.HostRAM(), choice.Kind, choice.Reason, strings.SplitN(string(qv), "\n", 2)[0],
 		kb.Meta.SourcePackage, kb.Meta.SourceVersion, kb.Meta.Config, o.MemoryMiB, o.CPUs)
 	fmt.Fprintf(&sb, "| what | figure | target |\n|---|---|---|\n")
 	kind := "incremental (object directory reused)"
@@ -173,12 +192,40 @@ func bench(ctx context.Context, o lab.Options, n int, out, suite, checkSecs stri
 	return nil
 }
 
-func memTotal() string {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return "?"
+// benchPaper runs `labctl bench paper`: the figures are reported, never
+// judged by their times; insane samples or kernel reports fail the run.
+func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo string, quick bool, out string) error {
+	o := g.options(repo, "paper")
+	// The guest flags' defaults are the debug lab's; unless given, let the
+	// paper package choose (perf kernel, 2 GiB, no swap).
+	if !set["config"] {
+		o.Config = ""
 	}
-	var kb int64
-	fmt.Sscanf(strings.SplitN(string(b), "\n", 2)[0], "MemTotal: %d kB", &kb)
-	return fmt.Sprintf("%.0f GiB RAM", float64(kb)/(1<<20))
+	if !set["mem"] {
+		o.MemoryMiB = 0
+	}
+	if out == "" {
+		out = filepath.Join(repo, "docs", "paper")
+		if quick {
+			out = filepath.Join(lab.StateDir(), "bench-paper-quick")
+		}
+	}
+	res, err := paper.Run(ctx, paper.Options{Guest: o, Quick: quick, Progress: os.Stderr})
+	if res != nil {
+		if werr := paper.Write(res, out); werr != nil {
+			return errors.Join(err, werr)
+		}
+		fmt.Printf("wrote %s (README.md, paper.json, writeonly.png, timeline.png, redis.png, collect.png)\n", out)
+	}
+	if err != nil {
+		return err
+	}
+	for _, p := range append(res.Problems, res.Reports...) {
+		fmt.Printf("PROBLEM: %s\n", p)
+	}
+	if n := len(res.Problems) + len(res.Reports); n > 0 {
+		return fmt.Errorf("%d problem(s) in the measurements", n)
+	}
+	fmt.Printf("every figure produced, samples sane, no kernel report (%.0f s)\n", res.Meta.Seconds)
+	return nil
 }
