@@ -153,7 +153,7 @@ func agMadvFree(s *set, r *rand.Rand) (int, error) {
 		// Rewrite: a lazily freed page that is not written again may be
 		// discarded, which is the kernel's right, not a lost write.
 		for p := first; p < first+n; p++ {
-			s.store(p, r.IntN(pg), 0xfe<<56|uint64(r.Uint32()))
+			s.store(p, r.IntN(pg), tagMadvFree<<56|uint64(r.Uint32()))
 		}
 		return nil
 	})
@@ -216,7 +216,7 @@ func agGUPWrite(s *set, r *rand.Rand) (int, error) {
 	pid := os.Getpid()
 	return loop(s, 100*time.Microsecond, func() error {
 		p := r.IntN(s.n)
-		v := 0xfd<<56 | uint64(r.Uint32())
+		v := uint64(tagGUP)<<56 | uint64(r.Uint32())
 		local := []unix.Iovec{{Base: (*byte)(unsafe.Pointer(&v)), Len: 8}}
 		remote := []unix.RemoteIovec{{Base: s.addr(p) + uintptr(r.IntN(pg/8)*8), Len: 8}}
 		if _, err := unix.ProcessVMWritev(pid, local, remote, 0); err != nil {
@@ -231,7 +231,7 @@ func agODirect(s *set, r *rand.Rand) (int, error) {
 	path := DataDir + "/ldt-stress.dat"
 	data := make([]byte, size)
 	for i := 0; i < size; i += 8 {
-		*(*uint64)(unsafe.Pointer(&data[i])) = 0xfc<<56 | r.Uint64()>>8
+		*(*uint64)(unsafe.Pointer(&data[i])) = tagODirect<<56 | r.Uint64()>>8
 	}
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		return 0, fmt.Errorf("write %s: %w", path, err)

@@ -45,9 +45,10 @@ type Options struct {
 
 // Lost is one page whose memory differs from the shadow at the end.
 type Lost struct {
-	Addr  uintptr `json:"addr"`
-	Epoch int     `json:"epoch"`
-	State string  `json:"state"` // pagemap/kpageflags/NUMA facts
+	Addr    uintptr  `json:"addr"`
+	Epoch   int      `json:"epoch"`
+	State   string   `json:"state"`   // pagemap/kpageflags/NUMA facts
+	Sources []string `json:"sources"` // who wrote the words the shadow lacks
 }
 
 // Result is the outcome of a run.
@@ -63,7 +64,10 @@ type Result struct {
 	Copied      uint64         `json:"pages_copied"`
 	Agitators   map[string]int `json:"agitators"` // name -> actions done
 	LostPages   int            `json:"lost_pages"`
-	Lost        []Lost         `json:"lost,omitempty"` // the first few
+	// LostBySource counts lost pages by who wrote the missing words
+	// (a page with several writers counts for each).
+	LostBySource map[string]int `json:"lost_by_source,omitempty"`
+	Lost         []Lost         `json:"lost,omitempty"` // the first few
 	// LostPerEpoch lists the epoch of every lost page (for the soak).
 	LostPerEpoch []int    `json:"lost_epochs,omitempty"`
 	Notes        []string `json:"notes,omitempty"`
@@ -171,8 +175,15 @@ func Run(o Options) (*Result, error) {
 			}
 			res.LostPages++
 			res.LostPerEpoch = append(res.LostPerEpoch, e)
+			srcs := sources(sp, mp)
+			if res.LostBySource == nil {
+				res.LostBySource = map[string]int{}
+			}
+			for _, src := range srcs {
+				res.LostBySource[src]++
+			}
 			if len(res.Lost) < 8 {
-				res.Lost = append(res.Lost, Lost{Addr: s.addr(p), Epoch: e, State: pageState(s.addr(p))})
+				res.Lost = append(res.Lost, Lost{Addr: s.addr(p), Epoch: e, State: pageState(s.addr(p)), Sources: srcs})
 			}
 			copy(sp, mp)
 		}
@@ -248,4 +259,46 @@ func epoch(s *set, o Options, e int, ags []agitator, res *Result, copyReported f
 		return fmt.Errorf("stress: epoch %d: last collect: %w", e, err)
 	}
 	return nil
+}
+
+// Every value stored into the set carries its writer in the top byte.
+const (
+	tagMadvFree = 0xfe // the madvfree agitator's rewrite
+	tagGUP      = 0xfd // process_vm_writev
+	tagODirect  = 0xfc // O_DIRECT reads from the data disk (device writes)
+)
+
+// sources names the writers of the 8-byte words that differ between the
+// shadow and memory: which path's writes the tracker lost.
+func sources(shadow, mem []byte) []string {
+	seen := map[string]bool{}
+	for i := 0; i+8 <= len(mem); i += 8 {
+		a := *(*uint64)(unsafe.Pointer(&shadow[i]))
+		b := *(*uint64)(unsafe.Pointer(&mem[i]))
+		if a == b {
+			continue
+		}
+		var src string
+		switch tag := b >> 56; {
+		case b == 0:
+			src = "zeroed" // the kernel dropped the content
+		case tag == tagMadvFree:
+			src = "madvfree"
+		case tag == tagGUP:
+			src = "gup-write"
+		case tag == tagODirect:
+			src = "odirect"
+		case tag >= 1 && tag < tagODirect:
+			src = "cpu"
+		default:
+			src = "unknown"
+		}
+		seen[src] = true
+	}
+	out := make([]string, 0, len(seen))
+	for k := range seen {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

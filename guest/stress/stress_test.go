@@ -3,6 +3,7 @@ package stress
 import (
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -55,4 +56,23 @@ func TestAgitatorSelection(t *testing.T) {
 	for _, a := range ags {
 		assert.NotEqual(t, "uffd-wp", a.name, "defaults skip what the tracker excludes")
 	}
+}
+
+func TestSources(t *testing.T) {
+	word := func(v uint64) []byte {
+		b := make([]byte, 16)
+		*(*uint64)(unsafe.Pointer(&b[8])) = v
+		return b
+	}
+	zero := make([]byte, 16)
+	for v, want := range map[uint64]string{
+		1<<56 | 5:         "cpu",
+		tagODirect<<56 | 9: "odirect",
+		tagGUP<<56 | 1:     "gup-write",
+		tagMadvFree<<56:    "madvfree",
+	} {
+		assert.Equal(t, []string{want}, sources(zero, word(v)))
+	}
+	assert.Equal(t, []string{"zeroed"}, sources(word(7), zero))
+	assert.Empty(t, sources(zero, zero))
 }

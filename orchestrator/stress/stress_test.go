@@ -34,3 +34,10 @@ func TestKnown(t *testing.T) {
 	assert.Empty(t, known("pagemap-scan", "WARNING in something_else"))
 	assert.False(t, Run{Verdict: "KNOWN-GAP"}.Failed())
 }
+
+func TestKnownLost(t *testing.T) {
+	assert.NotEmpty(t, knownLost("pagemap-scan", map[string]int{"odirect": 3}))
+	assert.Empty(t, knownLost("pagemap-scan", map[string]int{"odirect": 3, "cpu": 1}), "a CPU write lost is a failure")
+	assert.Empty(t, knownLost("ldt", map[string]int{"odirect": 3}), "never excused for ldt")
+	assert.Empty(t, knownLost("pagemap-scan", nil))
+}
