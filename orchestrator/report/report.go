@@ -57,7 +57,7 @@ func Parse(log []byte) []Report {
 		if p.consumed[i] || !p.candidate(i) {
 			continue
 		}
-		h, m := classify(p.lines[i].text)
+		h, m := p.classify(i)
 		if h == hNone {
 			continue
 		}

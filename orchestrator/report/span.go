@@ -2,6 +2,7 @@ package report
 
 import (
 	"slices"
+	"sort"
 	"strings"
 )
 
@@ -12,21 +13,81 @@ type parser struct {
 	// kernelMode: some line carries a printk timestamp, so lines without
 	// one are program output and can neither open nor extend a report.
 	kernelMode bool
+
+	// Indexes that let a span visit only its own lines: without them a
+	// log of many contexts (printk callers) costs lines × contexts.
+	byCaller map[string][]int // caller → its kernel lines, ascending
+	kernIdx  []int            // every kernel line
+	boots    []int            // "Linux version" lines: the machine rebooted
+	nmis     []int            // "NMI backtrace for cpu N" lines with a caller
+
+	hdrs    []hdr      // classify() of each line, valid where known[i]
+	matches [][]string // its submatches
+	known   []bool
+	steps   int // lines visited; tests bound it to prove linear time
 }
 
 func newParser(log []byte) *parser {
-	p := &parser{log: log, lines: splitLines(log)}
-	p.consumed = make([]bool, len(p.lines))
-	for _, l := range p.lines {
-		if l.kernel {
-			p.kernelMode = true
-			break
+	p := &parser{log: log, lines: splitLines(log), byCaller: map[string][]int{}}
+	n := len(p.lines)
+	p.consumed = make([]bool, n)
+	p.hdrs, p.matches, p.known = make([]hdr, n), make([][]string, n), make([]bool, n)
+	for i := range p.lines {
+		l := &p.lines[i]
+		if strings.HasPrefix(l.text, "Linux version ") && newBootRe.MatchString(l.text) {
+			p.boots = append(p.boots, i)
+		}
+		if !l.kernel {
+			continue
+		}
+		p.kernelMode = true
+		p.kernIdx = append(p.kernIdx, i)
+		if l.caller != "" {
+			p.byCaller[l.caller] = append(p.byCaller[l.caller], i)
+			if strings.HasPrefix(l.text, "NMI backtrace for cpu ") {
+				p.nmis = append(p.nmis, i)
+			}
 		}
 	}
 	return p
 }
 
+// classify is the package-level classify, memoized per line so that no
+// line is matched against the header patterns more than once.
+func (p *parser) classify(i int) (hdr, []string) {
+	if !p.known[i] {
+		p.hdrs[i], p.matches[i] = classify(p.lines[i].text)
+		p.known[i] = true
+	}
+	return p.hdrs[i], p.matches[i]
+}
+
 func (p *parser) candidate(i int) bool { return !p.kernelMode || p.lines[i].kernel }
+
+// cursor walks one ascending list of line indexes.
+type cursor struct {
+	list []int
+	pos  int
+}
+
+// next returns the first index after j, or -1.
+func (c *cursor) next(j int) int {
+	for c.pos < len(c.list) && c.list[c.pos] <= j {
+		c.pos++
+	}
+	if c.pos == len(c.list) {
+		return -1
+	}
+	return c.list[c.pos]
+}
+
+func newCursor(list []int, after int) cursor {
+	return cursor{list: list, pos: sort.SearchInts(list, after+1)}
+}
+
+// maxCallers bounds how many contexts one report may adopt (stalled CPUs
+// dumping their stacks); more than any machine here has CPUs.
+const maxCallers = 64
 
 // mode says what ends a report's span.
 type mode int
@@ -62,6 +123,59 @@ type span struct {
 	sawOops, sawBugWarn, sawTrace, sawOffset, inPanic bool
 	bugFile, warnFunc                                 string
 	truncated                                         bool
+
+	cursors []cursor // the span's own lines (see nextLine)
+	seq     bool     // no printk prefixes at all: every line is ours
+}
+
+// adoptsNMI: the report's stack comes from another CPU, printed under its
+// own "Cn" caller after "NMI backtrace for cpu N".
+func (s *span) adoptsNMI() bool { return s.typ == TypeRCUStall || s.typ == TypeHardLockup }
+
+// initCursors sets up the walk over the lines that can belong to the span.
+func (s *span) initCursors(after int) {
+	p := s.p
+	switch {
+	case s.callers != nil:
+		for _, c := range s.callers {
+			s.cursors = append(s.cursors, newCursor(p.byCaller[c], after))
+		}
+		if s.adoptsNMI() {
+			s.cursors = append(s.cursors, newCursor(p.nmis, after))
+		}
+	case p.kernelMode:
+		s.cursors = append(s.cursors, newCursor(p.kernIdx, after))
+	default:
+		s.seq = true
+	}
+}
+
+// adopt makes caller c part of the span from line j on.
+func (s *span) adopt(c string, j int) {
+	if len(s.callers) >= maxCallers || slices.Contains(s.callers, c) {
+		return
+	}
+	s.callers = append(s.callers, c)
+	s.cursors = append(s.cursors, newCursor(s.p.byCaller[c], j))
+}
+
+// nextLine returns the next line after j the span may include, or
+// len(lines). Lines of other contexts are never visited.
+func (s *span) nextLine(j int) int {
+	s.p.steps++
+	if s.seq {
+		return j + 1
+	}
+	best := -1
+	for i := range s.cursors {
+		if n := s.cursors[i].next(j); n >= 0 && (best < 0 || n < best) {
+			best = n
+		}
+	}
+	if best < 0 {
+		return len(s.p.lines)
+	}
+	return best
 }
 
 func (s *span) mine(l *line) bool {
@@ -141,7 +255,26 @@ func (s *span) setup() {
 func (s *span) backtrack() {
 	var lead []int
 	seen := 0
-	for j := s.hdrIdx - 1; j >= 0 && j >= s.hdrIdx-200 && seen < 24; j-- {
+	// Walk back over the span's own context only.
+	var list []int
+	switch {
+	case s.callers != nil:
+		list = s.p.byCaller[s.callers[0]]
+	case s.p.kernelMode:
+		list = s.p.kernIdx
+	}
+	k := sort.SearchInts(list, s.hdrIdx)
+	prev := func(j int) int {
+		if list == nil {
+			return j - 1
+		}
+		if k--; k < 0 {
+			return -1
+		}
+		return list[k]
+	}
+	for j := prev(s.hdrIdx); j >= 0 && j >= s.hdrIdx-200 && seen < 24; j = prev(j) {
+		s.p.steps++
 		l := &s.p.lines[j]
 		if !s.mine(l) {
 			continue
@@ -149,7 +282,7 @@ func (s *span) backtrack() {
 		if s.p.consumed[j] {
 			return
 		}
-		if h, _ := classify(l.text); h != hNone {
+		if h, _ := s.p.classify(j); h != hNone {
 			return
 		}
 		seen++
@@ -180,28 +313,44 @@ func (s *span) scan(from int) bool {
 		count      int
 		hdrPos     = len(s.idx) - 1
 	)
-	for j := from; j < len(lines); j++ {
+	s.initCursors(from - 1)
+	boot := len(lines)
+	if k := sort.SearchInts(s.p.boots, s.hdrIdx+1); k < len(s.p.boots) {
+		boot = s.p.boots[k]
+	}
+	redo := false // look at the same line again (in post mode)
+	advance := func(j int) int {
+		if redo {
+			redo = false
+			return j
+		}
+		return s.nextLine(j)
+	}
+	for j := s.nextLine(from - 1); j < len(lines); j = advance(j) {
+		if j >= boot {
+			// The machine rebooted: nothing after this belongs to us.
+			return s.endOfLog(post || afterBlock)
+		}
 		if j-s.hdrIdx > scanWindow {
 			s.truncated = !post && !afterBlock
 			return true
 		}
 		l := &lines[j]
-		if strings.HasPrefix(l.text, "Linux version ") && newBootRe.MatchString(l.text) {
-			// The machine rebooted: nothing after this belongs to us.
-			return s.endOfLog(post || afterBlock)
-		}
 		if s.p.consumed[j] {
 			continue
 		}
 		if !s.mine(l) {
-			if s.typ != TypeRCUStall || l.caller == "" || !nmiBacktrace.MatchString(l.text) {
+			if !s.adoptsNMI() || l.caller == "" || !nmiBacktrace.MatchString(l.text) {
 				continue
 			}
 			// A stalled CPU dumps its stack from NMI context, i.e.
 			// under its own "Cn" caller: adopt it.
-			s.callers = append(s.callers, l.caller)
+			s.adopt(l.caller, j)
+			if !s.mine(l) {
+				continue
+			}
 		}
-		h2, m2 := classify(l.text)
+		h2, m2 := s.p.classify(j)
 		t := strings.TrimSpace(l.text)
 
 		if post {
@@ -230,8 +379,7 @@ func (s *span) scan(from int) bool {
 			inTrace, afterBlock = false, false
 			if s.mode == modeTrace &&
 				(s.typ != TypeRCUStall || h2 != hNone || !rcuContinueRe.MatchString(l.text) || !s.adjacent(j)) {
-				post = true
-				j-- // look at this line again in post mode
+				post, redo = true, true
 				continue
 			}
 		}
@@ -283,7 +431,12 @@ func (s *span) scan(from int) bool {
 // kthread) only right away; "Cn" callers are reused by later, unrelated
 // interrupt-context messages.
 func (s *span) adjacent(j int) bool {
-	for k := s.idx[len(s.idx)-1] + 1; k < j; k++ {
+	from := s.idx[len(s.idx)-1] + 1
+	if j-from > 200 {
+		return false // bounded: a continuation follows right away
+	}
+	for k := from; k < j; k++ {
+		s.p.steps++
 		if l := &s.p.lines[k]; l.kernel && !s.mine(l) {
 			return false
 		}
