@@ -31,6 +31,9 @@ const (
 	hPageFault
 	hDoubleFault
 	hBug
+	hKFENCE
+	hLeak        // kmemleak: one unreferenced object (kmemleak.verbose=1 or the debugfs file)
+	hLeakSummary // kmemleak: "N new suspected memory leaks"
 )
 
 // headers are tried in order; specific "BUG: ..." forms come before the
@@ -42,8 +45,10 @@ var headers = []struct {
 	re *regexp.Regexp
 }{
 	{hKASAN, regexp.MustCompile(`^BUG: KASAN: ([\w-]+) in ([^\s+]+)`)},
+	{hKFENCE, regexp.MustCompile(`^BUG: KFENCE: ([a-z -]+?) in ([^\s+]+)`)},
 	{hSoftLockup, regexp.MustCompile(`^(?:watchdog: )?BUG: soft lockup - CPU#\d+ stuck for \d+s!`)},
-	{hHardLockup, regexp.MustCompile(`^(?:watchdog: )?Watchdog detected hard LOCKUP on cpu \d+`)},
+	// The buddy detector names the CPU that noticed: "CPU1: Watchdog ...".
+	{hHardLockup, regexp.MustCompile(`^(?:watchdog: )?(?:CPU\d+: )?Watchdog detected hard LOCKUP on cpu \d+`)},
 	{hBadPageState, regexp.MustCompile(`^BUG: Bad page state in process `)},
 	{hBadPageMap, regexp.MustCompile(`^BUG: Bad page map in process `)},
 	{hBadRSS, regexp.MustCompile(`^BUG: (Bad rss-counter state|non-zero pgtables_bytes on freeing mm)`)},
@@ -55,6 +60,14 @@ var headers = []struct {
 	// The kernel's WARNING always has the "CPU: N PID: N at" form; a
 	// program printing "WARNING: ..." does not match.
 	{hWarning, regexp.MustCompile(`^WARNING: CPU: \d+ PID: \d+ at (?:(\S+):\d+ )?([^\s+]+)`)},
+	// 6.16 onwards: "WARNING: mm/memory.c:1754 at fn+0x26/0x18a, CPU#17: comm/2041".
+	{hWarning, regexp.MustCompile(`^WARNING: (?:(\S+):\d+ )?at ([^\s+,]+)[^,]*, CPU#\d+: `)},
+	// Lockdep's one bracketed header, and its complaint about a lock
+	// class that was never initialized.
+	{hLockdep, regexp.MustCompile(`^\[ BUG: (Invalid wait context) \]\s*$`)},
+	{hLockdep, regexp.MustCompile(`^INFO: (trying to register non-static key)\.`)},
+	{hLeak, regexp.MustCompile(`^(?:kmemleak: )?unreferenced object 0x[0-9a-f]+ \(size \d+\):`)},
+	{hLeakSummary, regexp.MustCompile(`^kmemleak: \d+ new suspected memory leaks`)},
 	{hKernelBug, regexp.MustCompile(`^[Kk]ernel BUG at (?:(\S+?):\d+!|(\S+) \[verbose debug info unavailable\])`)},
 	// 6.12 prints "Oops: <what>: <err> [#n]"; older kernels printed a
 	// bare "general protection fault...: <err> [#n]".
@@ -74,7 +87,7 @@ var headers = []struct {
 // submatches.
 func classify(text string) (hdr, []string) {
 	// Cheap pre-filter: every header starts with one of these letters.
-	if text == "" || !strings.ContainsRune("BWkKOgUrIwlhpvmP", rune(text[0])) {
+	if text == "" || !strings.ContainsRune("BWkKOgUrIwlhpvmPu[", rune(text[0])) {
 		return hNone, nil
 	}
 	for _, h := range headers {

@@ -32,7 +32,9 @@ func splitLines(log []byte) []line {
 			end = pos + nl + 1
 		}
 		body := bytes.TrimRight(log[pos:end], "\r\n")
-		if loc := midPrefixRe.FindIndex(body); loc != nil && loc[0] > 0 {
+		// The regexp only where a "][" makes a glued record possible:
+		// it is the costliest step on ordinary lines.
+		if loc := findMidPrefix(body); loc != nil && loc[0] > 0 {
 			out = append(out, makeLine(pos, pos+loc[0], body[:loc[0]]))
 			out = append(out, makeLine(pos+loc[0], end, body[loc[0]:]))
 		} else {
@@ -43,8 +45,19 @@ func splitLines(log []byte) []line {
 	return out
 }
 
+func findMidPrefix(body []byte) []int {
+	if i := bytes.Index(body, []byte("][")); i <= 0 || bytes.IndexByte(body[1:], '[') < 0 {
+		return nil
+	}
+	return midPrefixRe.FindIndex(body)
+}
+
 func makeLine(start, end int, body []byte) line {
 	l := line{start: start, end: end}
+	if len(body) == 0 || (body[0] != '[' && body[0] != '<') {
+		l.text = string(bytes.TrimRight(body, "\r"))
+		return l
+	}
 	if m := prefixRe.FindSubmatchIndex(body); m != nil {
 		l.kernel = true
 		if m[2] >= 0 {

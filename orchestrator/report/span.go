@@ -1,6 +1,7 @@
 package report
 
 import (
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -93,11 +94,12 @@ const maxCallers = 64
 type mode int
 
 const (
-	modeMarker mode = iota // "---[ end trace ... ]---"
-	modeTrace              // the end of the first call trace block
-	modeKASAN              // the closing "=====" rule
-	modeRSS                // the end of a run of check_mm lines
-	modePanic              // "---[ end Kernel panic" or "Rebooting in"
+	modeMarker   mode = iota // "---[ end trace ... ]---"
+	modeTrace                // the end of the first call trace block
+	modeKASAN                // the closing "=====" rule
+	modeRSS                  // the end of a run of check_mm lines
+	modePanic                // "---[ end Kernel panic" or "Rebooting in"
+	modeIndented             // the end of the indented lines after the header (kmemleak)
 )
 
 // scanWindow bounds how many console lines after its header a report may
@@ -124,8 +126,10 @@ type span struct {
 	bugFile, warnFunc                                 string
 	truncated                                         bool
 
-	cursors []cursor // the span's own lines (see nextLine)
-	seq     bool     // no printk prefixes at all: every line is ours
+	cursors   []cursor       // the span's own lines (see nextLine)
+	nmiSeen   int            // NMI backtrace lines visited (bounded by maxCallers)
+	extraSkip *regexp.Regexp // traceFunc also skips these frames
+	seq       bool           // no printk prefixes at all: every line is ours
 }
 
 // adoptsNMI: the report's stack comes from another CPU, printed under its
@@ -141,7 +145,8 @@ func (s *span) initCursors(after int) {
 			s.cursors = append(s.cursors, newCursor(p.byCaller[c], after))
 		}
 		if s.adoptsNMI() {
-			s.cursors = append(s.cursors, newCursor(p.nmis, after))
+			// Always the first cursor, so that it can be dropped.
+			s.cursors = append([]cursor{newCursor(p.nmis, after)}, s.cursors...)
 		}
 	case p.kernelMode:
 		s.cursors = append(s.cursors, newCursor(p.kernIdx, after))
@@ -218,6 +223,10 @@ func (s *span) setup() {
 		s.typ, s.mode, s.inPanic = TypePanic, modePanic, true
 	case hKASAN:
 		s.typ, s.mode = TypeKASAN, modeKASAN
+	case hKFENCE:
+		s.typ, s.mode = TypeKFENCE, modeKASAN
+	case hLeak, hLeakSummary:
+		s.typ, s.mode = TypeKmemleak, modeIndented
 	case hUBSAN:
 		s.typ = TypeUBSAN
 	case hRCU:
@@ -242,7 +251,9 @@ func (s *span) setup() {
 		s.typ, s.prelude, s.preOops, s.needBug = TypeVMBug, true, true, true
 	case hLockdep:
 		s.typ, s.mode = TypeLockdep, modeTrace
-	case hPageFault, hDoubleFault:
+	case hPageFault:
+		s.typ, s.preOops = TypePageFault, true
+	case hDoubleFault:
 		s.typ, s.preOops = TypeBug, true
 	default: // hBug: most have no end marker, but an oops may follow
 		s.typ, s.mode, s.preOops = TypeBug, modeTrace, true
@@ -290,7 +301,7 @@ func (s *span) backtrack() {
 		switch {
 		case cutHereRe.MatchString(l.text) && seen <= 6:
 		case s.h == hVMPage && strings.HasPrefix(l.text, "page:"):
-		case (s.h == hKASAN || s.h == hLockdep) && seen == 1 && ruleRe.MatchString(l.text):
+		case (s.h == hKASAN || s.h == hKFENCE || s.h == hLockdep) && seen == 1 && ruleRe.MatchString(l.text):
 		default:
 			continue
 		}
@@ -336,10 +347,19 @@ func (s *span) scan(from int) bool {
 			return true
 		}
 		l := &lines[j]
+		foreign := !s.mine(l)
+		if foreign && s.adoptsNMI() {
+			// Only the first few NMI backtraces of other contexts
+			// are looked at (consumed ones too), so that a log full
+			// of them costs each stall report a constant.
+			if s.nmiSeen++; s.nmiSeen >= maxCallers {
+				s.cursors[0] = cursor{}
+			}
+		}
 		if s.p.consumed[j] {
 			continue
 		}
-		if !s.mine(l) {
+		if foreign {
 			if !s.adoptsNMI() || l.caller == "" || !nmiBacktrace.MatchString(l.text) {
 				continue
 			}
@@ -349,6 +369,13 @@ func (s *span) scan(from int) bool {
 			if !s.mine(l) {
 				continue
 			}
+		}
+		if s.mode == modeIndented {
+			if !indented(l.text) {
+				return true
+			}
+			s.idx = append(s.idx, j)
+			continue
 		}
 		h2, m2 := s.p.classify(j)
 		t := strings.TrimSpace(l.text)
@@ -423,7 +450,7 @@ func (s *span) scan(from int) bool {
 			inTrace, afterBlock = false, true
 		}
 	}
-	return s.endOfLog(post || afterBlock || s.mode == modeRSS)
+	return s.endOfLog(post || afterBlock || s.mode == modeRSS || s.mode == modeIndented)
 }
 
 // adjacent reports whether no other context printed between the span's
@@ -506,6 +533,12 @@ func (s *span) report() Report {
 	}
 }
 
+// indented: a kmemleak detail line ("  comm ...", "    frame+0x1/0x2").
+func indented(text string) bool {
+	text = strings.TrimPrefix(text, "kmemleak: ")
+	return strings.HasPrefix(text, " ") || strings.HasPrefix(text, "\t")
+}
+
 func trimEOL(b []byte) []byte {
 	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
 		b = b[:len(b)-1]
@@ -521,12 +554,20 @@ func (s *span) finalType() Type {
 			return TypePageTableCheck
 		case strings.HasSuffix(s.bugFile, "lib/list_debug.c"):
 			return TypeListCorruption
+		case strings.HasSuffix(s.bugFile, "lib/refcount.c"):
+			return TypeRefcount
+		case strings.HasSuffix(s.bugFile, "kernel/locking/lockdep.c"):
+			return TypeLockdep
 		}
 		return def
 	}
 	switch s.h {
 	case hWarning:
 		return byFile(TypeWarning)
+	case hBug:
+		if atomicSleepRe.MatchString(s.m[1]) {
+			return TypeAtomicSleep
+		}
 	case hKernelBug:
 		return byFile(TypeKernelBug)
 	case hOops:
