@@ -2,11 +2,13 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -49,4 +51,32 @@ func TestCaptureGoldenLogs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLabctlReport: `labctl report` on the parser's golden logs, with the
+// README's exit statuses: 0 no report, 1 reports, 3 a file it cannot read.
+func TestLabctlReport(t *testing.T) {
+	c := cli{t: t, state: t.TempDir()}
+	td := filepath.Join(repo, "orchestrator", "report", "testdata")
+	so, _, code := c.run("report", filepath.Join(td, "synthetic-noise.log"))
+	assert.Equal(t, 0, code, so)
+	assert.Contains(t, so, "0 kernel report(s)")
+
+	so, _, code = c.run("report", filepath.Join(td, "guest-warn.log"), filepath.Join(td, "synthetic-noise.log"))
+	assert.Equal(t, 1, code, so)
+	assert.Contains(t, so, "warning: WARNING in labtest_warn")
+
+	so, _, code = c.run("report", "--json", filepath.Join(td, "synthetic-kasan.log"))
+	assert.Equal(t, 1, code, so)
+	var reps []struct{ File, Type, Title string }
+	require.NoError(t, json.Unmarshal([]byte(so), &reps), so)
+	require.Len(t, reps, 1)
+	assert.Equal(t, "KASAN: slab-use-after-free Read in ldt_tracker_lookup", reps[0].Title)
+
+	_, se, code := c.run("report", filepath.Join(td, "guest-warn.log"), filepath.Join(t.TempDir(), "missing.log"))
+	assert.Equal(t, 3, code)
+	assert.Contains(t, se, "missing.log")
+
+	_, _, code = c.run("report")
+	assert.Equal(t, 2, code, "no FILE is a usage error")
 }
