@@ -330,3 +330,37 @@ WARNING: possible circular locking dependency detected
 `
 	assert.Empty(t, Parse([]byte(clean)))
 }
+
+// TestLockdepLongChain: a dependency chain longer than the stack-less
+// limit of other reports still ends at the final stack and keeps the
+// acquired lock's function in the title.
+func TestLockdepLongChain(t *testing.T) {
+	var b strings.Builder
+	ts := 0
+	add := func(s string) {
+		ts++
+		fmt.Fprintf(&b, "[    7.%06d][  T310] %s\n", ts, s)
+	}
+	add("======================================================")
+	add("WARNING: possible circular locking dependency detected")
+	add("ldt-stress/310 is trying to acquire lock:")
+	add("ffff888004e51a18 (&tr->lock){+.+.}-{3:3}, at: ldt_tracker_add+0x2a/0x120")
+	for i := range 8 {
+		add(fmt.Sprintf("-> #%d (lock%d){+.+.}-{3:3}:", 8-i, i))
+		for range 20 {
+			add("       some_function+0x3e/0x160")
+		}
+	}
+	add("stack backtrace:")
+	add("Call Trace:")
+	add(" <TASK>")
+	add(" dump_stack_lvl+0x6e/0xa0")
+	add(" ldt_tracker_add+0x2a/0x120")
+	add(" </TASK>")
+	add("ldtlab: unrelated message")
+	reps := Parse([]byte(b.String()))
+	require.Len(t, reps, 1)
+	assert.Equal(t, "lockdep: possible deadlock in ldt_tracker_add", reps[0].String())
+	assert.Contains(t, reps[0].Text, "</TASK>")
+	assert.NotContains(t, reps[0].Text, "unrelated")
+}

@@ -424,7 +424,7 @@ func (s *span) scan(from int) bool {
 		if count > 5000 { // runaway: a real report is far shorter
 			return true
 		}
-		if s.mode == modeTrace && !s.sawTrace && count > 100 {
+		if s.mode == modeTrace && !s.sawTrace && count > s.stacklessLimit() {
 			// Some "BUG:"/stall messages come without a stack
 			// (workqueue lockup): keep just the header then.
 			s.idx = s.idx[:hdrPos+1]
@@ -451,6 +451,16 @@ func (s *span) scan(from int) bool {
 		}
 	}
 	return s.endOfLog(post || afterBlock || s.mode == modeRSS || s.mode == modeIndented)
+}
+
+// stacklessLimit is how many lines may precede the call trace before the
+// report is taken to have none. Lockdep prints whole dependency chains
+// first; other reports a few lines.
+func (s *span) stacklessLimit() int {
+	if s.typ == TypeLockdep {
+		return 2000
+	}
+	return 100
 }
 
 // adjacent reports whether no other context printed between the span's
