@@ -100,15 +100,21 @@ func classify(text string) (hdr, []string) {
 
 // Lines that are not headers but steer span detection.
 var (
-	cutHereRe     = regexp.MustCompile(`^-+\[ cut here \]-+\s*$`)
-	endTraceRe    = regexp.MustCompile(`^---\[ end trace(?: [0-9a-f]+)? \]---`)
-	endPanicRe    = regexp.MustCompile(`^---\[ end Kernel panic`)
-	rebootingRe   = regexp.MustCompile(`^Rebooting in -?\d+ seconds`)
-	kernelOffRe   = regexp.MustCompile(`^Kernel Offset: `)
-	ruleRe        = regexp.MustCompile(`^={20,}\s*$`)
-	newBootRe     = regexp.MustCompile(`^Linux version \d`)
-	nmiBacktrace  = regexp.MustCompile(`^NMI backtrace for cpu (\d+)`)
-	frameRe       = regexp.MustCompile(`^(\? )?([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[[^\]]*\])?$`)
+	cutHereRe    = regexp.MustCompile(`^-+\[ cut here \]-+\s*$`)
+	endTraceRe   = regexp.MustCompile(`^---\[ end trace(?: [0-9a-f]+)? \]---`)
+	endPanicRe   = regexp.MustCompile(`^---\[ end Kernel panic`)
+	rebootingRe  = regexp.MustCompile(`^Rebooting in -?\d+ seconds`)
+	kernelOffRe  = regexp.MustCompile(`^Kernel Offset: `)
+	ruleRe       = regexp.MustCompile(`^={20,}\s*$`)
+	newBootRe    = regexp.MustCompile(`^Linux version \d`)
+	nmiBacktrace = regexp.MustCompile(`^NMI backtrace for cpu (\d+)`)
+	// "func+0x1/0x2", optionally "[module]" and, in symbolized logs,
+	// "file.c:12"; symbolizers also print inlined callers as
+	// "func file.c:12 [inline]".
+	// "func+0x1/0x2", optionally "[module]" and, in symbolized logs,
+	// "file.c:12"; symbolizers also print inlined callers as
+	// "func file.c:12 [inline]".
+	frameRe       = regexp.MustCompile(`^(\? )?([A-Za-z0-9_.$]+)(?:\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[[^\]]*\]| \S+:\d+(?::\d+)?)*| \S+:\d+(?::\d+)? \[inline\])$`)
 	rawFrameRe    = regexp.MustCompile(`^(\? )?0x[0-9a-f]+$`)
 	stackMarkRe   = regexp.MustCompile(`^</?[A-Z#_]+>$`)
 	regLineRe     = regexp.MustCompile(`^(RIP|EIP|Code|RSP|RAX|RDX|RBP|R10|R13|FS|CS|CR2|DR0|DR3|PKRU):`)

@@ -128,6 +128,7 @@ type span struct {
 
 	cursors   []cursor       // the span's own lines (see nextLine)
 	nmiSeen   int            // NMI backtrace lines visited (bounded by maxCallers)
+	hdrOffset bool           // s.m comes from a KASAN header line with "+0x"
 	extraSkip *regexp.Regexp // traceFunc also skips these frames
 	seq       bool           // no printk prefixes at all: every line is ours
 }
@@ -198,6 +199,7 @@ func (p *parser) build(i int, h hdr, m []string) (Report, bool) {
 	if c := p.lines[i].caller; c != "" {
 		s.callers = []string{c}
 	}
+	s.hdrOffset = strings.Contains(p.lines[i].text, "+0x")
 	s.setup()
 	s.backtrack()
 	s.idx = append(s.idx, i)
@@ -520,6 +522,15 @@ func (s *span) absorb(h hdr, m []string, l *line) bool {
 		}
 	case hBadRSS:
 		return s.mode == modeRSS
+	case hKASAN:
+		// A symbolized KASAN report repeats its header once per
+		// inlined frame; the one with an offset names the function.
+		if last, _ := s.p.classify(s.idx[len(s.idx)-1]); s.h == hKASAN && last == hKASAN && m[1] == s.m[1] {
+			if !s.hdrOffset && strings.Contains(l.text, "+0x") {
+				s.m, s.hdrOffset = m, true
+			}
+			return true
+		}
 	}
 	return false
 }

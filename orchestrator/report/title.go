@@ -11,14 +11,14 @@ import (
 // delay primitives a hung or stuck task sits in. Titles use the first
 // frame after them, as that is the code that misbehaved.
 var skipRe = regexp.MustCompile(`^(` +
-	`dump_stack\w*|show_stack|show_regs\w*|show_trace_log_lvl|sched_show_task|` +
+	`dump_stack\w*|__dump_stack|show_stack|instrument_\w+|check_region_inline|show_regs\w*|show_trace_log_lvl|sched_show_task|` +
 	`__warn\w*|warn_slowpath\w*|report_bug|handle_bug|__report_bug|` +
 	`panic|vpanic|check_panic_on_warn|die|die_addr|__die\w*|oops_\w+|do_trap|do_error_trap|` +
 	`exc_\w+|asm_\w+|handle_\w*exception\w*|do_user_addr_fault|handle_page_fault|page_fault_oops|` +
 	`kernelmode_fixup_or_oops|__bad_area\w*|bad_area\w*|no_context|` +
 	`nmi_\w+|default_do_nmi|__sysvec_\w+|sysvec_\w+|irq_exit\w*|__irq_exit\w*|handle_softirqs|__do_softirq|` +
 	`__might_resched|__might_sleep|__might_fault|might_fault|might_sleep|__schedule_bug|` +
-	`__schedule|schedule\w*|preempt_schedule\w*|io_schedule\w*|` +
+	`__schedule|schedule\w*|context_switch|__switch_to\w*|preempt_schedule\w*|io_schedule\w*|` +
 	`__wait_for_common|wait_for_common\w*|do_wait_for_common|wait_for_completion\w*|` +
 	`__mutex_lock\w*|mutex_lock\w*|_raw_\w+|__raw_\w+|do_raw_\w+|queued_\w+|native_queued_\w+|` +
 	`__down\w*|down|down_\w+|rwsem_down_\w+|__rt_mutex\w*|rt_mutex\w*|` +
