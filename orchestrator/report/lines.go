@@ -22,6 +22,9 @@ var (
 	// console. Only the timestamp+caller pair is trusted here, so that
 	// program output such as "[1.5]" does not split lines.
 	midPrefixRe = regexp.MustCompile(`\[\s*\d+\.\d+\]\[\s*[TC]\d+\]`)
+	// syslog and journalctl: "Nov 29 00:12:34 host kernel: ", ISO dates
+	// (short-iso), and an optional printk timestamp after it.
+	syslogRe = regexp.MustCompile(`^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[\d:.,+-]+) \S+ kernel: (?:\[\s*\d+\.\d+\] ?)?`)
 )
 
 func splitLines(log []byte) []line {
@@ -55,6 +58,12 @@ func findMidPrefix(body []byte) []int {
 func makeLine(start, end int, body []byte) line {
 	l := line{start: start, end: end}
 	if len(body) == 0 || (body[0] != '[' && body[0] != '<') {
+		if bytes.Contains(body, []byte(" kernel: ")) {
+			if m := syslogRe.FindIndex(body); m != nil {
+				l.kernel = true
+				body = body[m[1]:]
+			}
+		}
 		l.text = string(bytes.TrimRight(body, "\r"))
 		return l
 	}

@@ -217,7 +217,12 @@ func renumber(data []byte, rnd *rand.Rand) []byte {
 		l = offRe.ReplaceAllStringFunc(l, func(string) string {
 			return fmt.Sprintf("+0x%x/0x%x", rnd.Intn(0x100), 0x100+rnd.Intn(0x100))
 		})
-		l = pidRe.ReplaceAllStringFunc(l, func(s string) string {
+		// Not in a syslog line's clock ("00:12:34 host kernel: ").
+		head := ""
+		if i := strings.Index(l, " kernel: "); i >= 0 {
+			head, l = l[:i], l[i:]
+		}
+		l = head + pidRe.ReplaceAllStringFunc(l, func(s string) string {
 			m := pidRe.FindStringSubmatch(s)
 			return m[1] + fmt.Sprint(rnd.Intn(30000)+100)
 		})
