@@ -369,3 +369,23 @@ func TestLockdepLongChain(t *testing.T) {
 	assert.Contains(t, reps[0].Text, "</TASK>")
 	assert.NotContains(t, reps[0].Text, "unrelated")
 }
+
+// TestEveryTypeHasGoldenLog: each report type is exercised by at least one
+// golden log, so that no class the parser claims to know goes untested.
+func TestEveryTypeHasGoldenLog(t *testing.T) {
+	all := []Type{TypeWarning, TypeBug, TypeKernelBug, TypeOops, TypeGPF, TypePanic, TypeKASAN,
+		TypeUBSAN, TypeRCUStall, TypeHungTask, TypeSoftLockup, TypeHardLockup, TypeBadPageState,
+		TypeBadPageMap, TypeBadRSS, TypePageTableCheck, TypeListCorruption, TypeVMBug, TypeLockdep,
+		TypeKFENCE, TypeKmemleak, TypeRefcount, TypeAtomicSleep, TypePageFault}
+	logs, err := filepath.Glob(filepath.Join("testdata", "*.log"))
+	require.NoError(t, err)
+	seen := map[Type][]string{}
+	for _, path := range logs {
+		for _, r := range Parse(read(t, filepath.Base(path))) {
+			seen[r.Type] = append(seen[r.Type], filepath.Base(path))
+		}
+	}
+	for _, typ := range all {
+		assert.NotEmpty(t, seen[typ], "no golden log has a %q report", typ)
+	}
+}

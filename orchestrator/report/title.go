@@ -17,7 +17,7 @@ var skipRe = regexp.MustCompile(`^(` +
 	`exc_\w+|asm_\w+|handle_\w*exception\w*|do_user_addr_fault|handle_page_fault|page_fault_oops|` +
 	`kernelmode_fixup_or_oops|__bad_area\w*|bad_area\w*|no_context|` +
 	`nmi_\w+|default_do_nmi|__sysvec_\w+|sysvec_\w+|irq_exit\w*|__irq_exit\w*|handle_softirqs|__do_softirq|` +
-	`__might_resched|__might_sleep|__might_fault|might_fault|might_sleep|__schedule_bug|` +
+	`__might_resched|__might_sleep|check_preemption_disabled|debug_smp_processor_id|__might_fault|might_fault|might_sleep|__schedule_bug|` +
 	`__schedule|schedule\w*|context_switch|__switch_to\w*|preempt_schedule\w*|io_schedule\w*|` +
 	`__wait_for_common|wait_for_common\w*|do_wait_for_common|wait_for_completion\w*|` +
 	`__mutex_lock\w*|mutex_lock\w*|_raw_\w+|__raw_\w+|do_raw_\w+|queued_\w+|native_queued_\w+|` +
