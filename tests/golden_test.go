@@ -60,6 +60,8 @@ var sanitizeCaptures = []struct {
 	cmds []string
 	wait time.Duration
 }{
+	// A boot without a bug: the sanitizers themselves must stay quiet.
+	{"clean", []string{"uname -a", "cat /proc/cmdline"}, 3 * time.Second},
 	{"kasan-oob", []string{"echo kasan-oob > /sys/kernel/debug/labtest/trigger"}, 3 * time.Second},
 	{"kasan-uaf", []string{"echo kasan-uaf > /sys/kernel/debug/labtest/trigger"}, 3 * time.Second},
 	{"kfence", []string{"echo kfence > /sys/kernel/debug/labtest/trigger"}, 3 * time.Second},
