@@ -55,6 +55,9 @@ var headers = []struct {
 	// The "N messages suppressed" lines of the two above are not reports.
 	{hNone, regexp.MustCompile(`^BUG: Bad page (?:state|map): \d+ messages suppressed`)},
 	{hPageFault, regexp.MustCompile(`^BUG: (unable to handle page fault|kernel NULL pointer dereference|unable to handle kernel paging request|unable to handle kernel NULL pointer dereference)`)},
+	// Lockdep's bracketed headers ("[ BUG: Invalid wait context ]"; all
+	// of them before 4.x) and its old INFO:/BUG: forms.
+	{hLockdep, regexp.MustCompile(`^(?:\[ )?(?:INFO|BUG|WARNING): (possible circular locking dependency detected|possible recursive locking detected|inconsistent lock state|suspicious RCU usage|bad unlock balance detected!|held lock freed!|lock held when returning to user space!|possible irq lock inversion dependency detected|[A-Z]+-safe -> [A-Z]+-unsafe lock order detected|Invalid wait context)(?: \])?\s*$`)},
 	{hBug, regexp.MustCompile(`^BUG: (.+)`)},
 	{hLockdep, regexp.MustCompile(`^WARNING: (possible circular locking dependency detected|possible recursive locking detected|inconsistent lock state|suspicious RCU usage|bad unlock balance detected!|held lock freed!|lock held when returning to user space!|possible irq lock inversion dependency detected|[A-Z]+-safe -> [A-Z]+-unsafe lock order detected|Nested lock was not taken|bad contention detected!|chain_key collision|\S+/\d+ still has locks held!)\s*$`)},
 	// The kernel's WARNING always has the "CPU: N PID: N at" form; a
@@ -64,7 +67,6 @@ var headers = []struct {
 	{hWarning, regexp.MustCompile(`^WARNING: (?:(\S+):\d+ )?at ([^\s+,]+)[^,]*, CPU#\d+: `)},
 	// Lockdep's one bracketed header, and its complaint about a lock
 	// class that was never initialized.
-	{hLockdep, regexp.MustCompile(`^\[ BUG: (Invalid wait context) \]\s*$`)},
 	{hLockdep, regexp.MustCompile(`^INFO: (trying to register non-static key)\.`)},
 	{hLeak, regexp.MustCompile(`^(?:kmemleak: )?unreferenced object 0x[0-9a-f]+ \(size \d+\):`)},
 	{hLeakSummary, regexp.MustCompile(`^kmemleak: \d+ new suspected memory leaks`)},
@@ -119,7 +121,7 @@ var (
 	stackMarkRe   = regexp.MustCompile(`^</?[A-Z#_]+>$`)
 	regLineRe     = regexp.MustCompile(`^(RIP|EIP|Code|RSP|RAX|RDX|RBP|R10|R13|FS|CS|CR2|DR0|DR3|PKRU):`)
 	ripRe         = regexp.MustCompile(`^RIP: [0-9a-f]{4}:([A-Za-z0-9_.$]+)\+0x`)
-	lockAtRe      = regexp.MustCompile(`, at: ([A-Za-z0-9_.$]+)\+0x`)
+	lockAtRe      = regexp.MustCompile(`, at: (?:\[<[0-9a-f]+>\] )?([A-Za-z0-9_.$]+)\+0x`)
 	accessRe      = regexp.MustCompile(`^(Read|Write) of size \d+`)
 	rcuContinueRe = regexp.MustCompile(`^(rcu:|Sending NMI|NMI backtrace|CPU: \d+|Hardware name:|Tainted:|task:|Call Trace:|Modules linked in:|Task dump for CPU|\t)`)
 )
