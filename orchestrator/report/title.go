@@ -38,7 +38,7 @@ var skipRe = regexp.MustCompile(`^(` +
 	`lockdep_\w+|lock_acquire\w*|lock_release|__lock_acquire|lock_acquired|lock_contended|` +
 	`validate_chain|check_prev_add|check_prevs_add|check_noncircular|print_\w*lock\w*|mark_lock\w*|` +
 	`watchdog_\w+|__hrtimer_\w+|hrtimer_\w+|tick_\w+|update_process_times|` +
-	`rcu_\w*stall\w*|rcu_dump_cpu_stacks|rcu_pending|rcu_sched_clock_irq|` +
+	`rcu_\w*stall\w*|rcu_dump_cpu_stacks|rcu_momentary_\w+|stop_machine_yield|rcu_pending|rcu_sched_clock_irq|` +
 	`__pfx_\w+|ret_from_fork\w*|kthread|entry_SYSCALL\w*|do_syscall_\w+` +
 	`)$`)
 
@@ -62,7 +62,7 @@ func (s *span) ripFunc() string {
 			continue
 		}
 		if m := ripRe.FindStringSubmatch(t); m != nil {
-			if f := cleanFunc(m[1]); !skipFunc(f) {
+			if f := cleanFunc(m[1]); !skipFunc(f) && (s.extraSkip == nil || !s.extraSkip.MatchString(f)) {
 				return f
 			}
 		}
@@ -109,7 +109,7 @@ func (s *span) traceFunc(skipIRQ bool) string {
 		if m[1] != "" || nmi || (irq && skipIRQ) {
 			continue
 		}
-		if f := cleanFunc(m[2]); !skipFunc(f) {
+		if f := cleanFunc(m[2]); !skipFunc(f) && (s.extraSkip == nil || !s.extraSkip.MatchString(f)) {
 			return f
 		}
 	}
@@ -190,6 +190,7 @@ var (
 		`k[mzc]alloc\w*|__k[mzc]alloc\w*|krealloc\w*|kmalloc_trace\w*|kvzalloc\w*|` +
 		`kmem_cache_\w+|__kmem_cache_\w+|slab_\w+|__slab_\w+|` +
 		`v[mz]alloc\w*|__vmalloc\w*|alloc_\w+|__alloc_\w+|kstrn?dup\w*|kmemdup\w*|k?v?asprintf|mempool_\w+)$`)
+	rcuFuncRe = regexp.MustCompile(`^_*rcu_`)
 	// Lockdep's own functions, under its WARN()s.
 	lockdepSkipRe = regexp.MustCompile(`^(lock_\w+|__lock_\w+|lockdep_\w+|hlock_\w+|check_\w+|mark_\w+|validate_\w+|debug_\w+|lock_is_held\w*|__lock_is_held\w*|look_up_lock_class|register_lock_class|__lock_acquire)$`)
 	exitRe        = regexp.MustCompile(` exitcode=\S+`)
@@ -266,7 +267,13 @@ func (s *span) rawTitle() string {
 		}
 		return "UBSAN: " + s.m[1] + " in " + s.m[2]
 	case hRCU:
-		return in("INFO: rcu detected stall", stuck)
+		// RCU's own kthreads and helpers are never the stalled code
+		// (a starved grace-period kthread is dumped first).
+		saved := s.extraSkip
+		s.extraSkip = rcuFuncRe
+		f := first(s.ripFunc(), s.traceFunc(true))
+		s.extraSkip = saved
+		return in("INFO: rcu detected stall", f)
 	case hHung:
 		return in("INFO: task hung", s.traceFunc(false))
 	case hSoftLockup:
