@@ -302,6 +302,10 @@ func (s *span) rawTitle() string {
 	if loc := bugCutRe.FindStringIndex(msg); loc != nil {
 		msg = msg[:loc[0]]
 	}
+	if strings.HasPrefix(msg, "workqueue lockup") {
+		// The stacks that follow are of busy workers, not of a culprit.
+		return "BUG: workqueue lockup"
+	}
 	return in("BUG: "+normalize(msg), code)
 }
 
