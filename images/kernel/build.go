@@ -29,7 +29,7 @@ const recipeVersion = "kernel-recipe-4"
 // Options select what to build.
 type Options struct {
 	Repo    string    // repository root (images/config, kmod/)
-	Config  string    // "debug" (default) or "perf"
+	Config  string    // "debug" (default), "perf" or "sanitize"
 	Vanilla bool      // build without kmod/patches (A/B comparisons)
 	Jobs    int       // make -j; 0 = CPUs+1
 	Log     io.Writer // progress; nil = os.Stderr
@@ -110,9 +110,9 @@ func newPlan(o Options) (*plan, error) {
 		return nil, errors.New("kernel build: repository root not set")
 	}
 	switch o.config() {
-	case "debug", "perf":
+	case "debug", "perf", "sanitize":
 	default:
-		return nil, fmt.Errorf("unknown kernel config %q: use debug or perf", o.Config)
+		return nil, fmt.Errorf("unknown kernel config %q: use debug, perf or sanitize", o.Config)
 	}
 	src, err := FindSource(o.Tarball)
 	if err != nil {
@@ -120,7 +120,12 @@ func newPlan(o Options) (*plan, error) {
 	}
 	p := &plan{opts: o, src: src}
 	cfgDir := filepath.Join(o.Repo, "images", "config")
-	p.fragments = []string{filepath.Join(cfgDir, "base.config"), filepath.Join(cfgDir, o.config()+".config")}
+	p.fragments = []string{filepath.Join(cfgDir, "base.config")}
+	if o.config() == "sanitize" {
+		// The sanitizers come on top of every debug assertion.
+		p.fragments = append(p.fragments, filepath.Join(cfgDir, "debug.config"))
+	}
+	p.fragments = append(p.fragments, filepath.Join(cfgDir, o.config()+".config"))
 	if !o.Vanilla {
 		p.fragments = append(p.fragments, filepath.Join(cfgDir, "ldt.config"))
 		if p.patches, err = readSeries(filepath.Join(o.Repo, "kmod", "patches")); err != nil {

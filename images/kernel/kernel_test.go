@@ -579,3 +579,38 @@ func TestOverrideTarballIdentity(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "SOURCE = two\n", string(b), "stale extraction %s served for a replaced tarball", top1)
 }
+
+// TestSanitizeConfig: the sanitize build is debug.config plus
+// sanitize.config, so a change to either changes its key; other names are
+// refused.
+func TestSanitizeConfig(t *testing.T) {
+	needGCC(t)
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, tarball := fakeRepo(t)
+	writeFile(t, filepath.Join(repo, "images", "config", "sanitize.config"), "CONFIG_KASAN=y\n")
+	o := Options{Repo: repo, Tarball: tarball, Config: "sanitize"}
+	p, err := newPlan(o)
+	require.NoError(t, err)
+	var names []string
+	for _, f := range p.fragments {
+		names = append(names, filepath.Base(f))
+	}
+	assert.Equal(t, []string{"base.config", "debug.config", "sanitize.config", "ldt.config"}, names)
+
+	k0, err := Key(o)
+	require.NoError(t, err)
+	kd, err := Key(Options{Repo: repo, Tarball: tarball})
+	require.NoError(t, err)
+	assert.NotEqual(t, kd, k0, "sanitize and debug must not share a cache entry")
+	writeFile(t, filepath.Join(repo, "images", "config", "debug.config"), "CONFIG_DEBUG_VM=y\nCONFIG_DEBUG_LIST=y\n")
+	k1, err := Key(o)
+	require.NoError(t, err)
+	assert.NotEqual(t, k0, k1, "debug.config is part of the sanitize build")
+	writeFile(t, filepath.Join(repo, "images", "config", "sanitize.config"), "CONFIG_KASAN=y\nCONFIG_KFENCE=y\n")
+	k2, err := Key(o)
+	require.NoError(t, err)
+	assert.NotEqual(t, k1, k2)
+
+	_, err = Key(Options{Repo: repo, Tarball: tarball, Config: "kasan"})
+	assert.ErrorContains(t, err, `unknown kernel config "kasan"`)
+}

@@ -16,13 +16,17 @@
 #include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/jiffies.h>
+#include <linux/kfence.h>
 #include <linux/kthread.h>
 #include <linux/list.h>
 #include <linux/mm.h>
 #include <linux/mmdebug.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/refcount.h>
 #include <linux/sched.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
 
@@ -80,6 +84,173 @@ static noinline int labtest_vmbug(void)
 	VM_BUG_ON_PAGE(page_ref_count(page) == 1, page);
 	__free_page(page);
 	return 0;
+}
+
+/*
+ * Sanitizer and detector triggers, for the "sanitize" kernel config. Each
+ * produces exactly one report and leaves the kernel usable, except the
+ * oopses (divide, gpf, null), which kill the writer like "bug". Lockdep
+ * reports once per boot: capture "lockdep" in a fresh guest.
+ */
+
+/* Keeps the compiler from proving the bugs below away. */
+static volatile int labtest_zero;
+
+static noinline int labtest_kasan_oob(void)
+{
+	char *p = kmalloc(30, GFP_KERNEL);
+	int i = 32 + labtest_zero;
+
+	if (!p)
+		return -ENOMEM;
+	OPTIMIZER_HIDE_VAR(p);
+	/* Past the 30 requested bytes: KASAN slab-out-of-bounds Read. */
+	pr_info("labtest: read %d\n", READ_ONCE(p[i]));
+	kfree(p);
+	return 0;
+}
+
+static noinline int labtest_kasan_uaf(void)
+{
+	char *p = kmalloc(64, GFP_KERNEL);
+
+	if (!p)
+		return -ENOMEM;
+	kfree(p);
+	OPTIMIZER_HIDE_VAR(p);
+	/* KASAN slab-use-after-free Read. */
+	pr_info("labtest: read %d\n", READ_ONCE(p[8]));
+	return 0;
+}
+
+static noinline int labtest_kfence(void)
+{
+	unsigned long end = jiffies + 30 * HZ;
+	char *p;
+
+	if (!IS_ENABLED(CONFIG_KFENCE))
+		return -EOPNOTSUPP;
+	/* KFENCE samples one allocation per interval: wait for one. */
+	for (;;) {
+		p = kmalloc(32, GFP_KERNEL);
+		if (!p)
+			return -ENOMEM;
+		if (is_kfence_address(p))
+			break;
+		kfree(p);
+		if (time_after(jiffies, end))
+			return -ETIMEDOUT;
+		msleep(1);
+	}
+	kfree(p);
+	OPTIMIZER_HIDE_VAR(p);
+	/* KFENCE use-after-free read (KASAN leaves KFENCE objects to it). */
+	pr_info("labtest: read %d\n", READ_ONCE(p[0]));
+	return 0;
+}
+
+static noinline int labtest_ubsan_shift(void)
+{
+	unsigned long v = 1;
+	int shift = 70 + labtest_zero;
+
+	/* UBSAN shift-out-of-bounds. */
+	v <<= shift;
+	pr_info("labtest: shifted %lu\n", v);
+	return 0;
+}
+
+static struct {
+	int a[4];
+	int after; /* keeps a[4] inside the object: no KASAN report */
+} labtest_arr;
+
+static noinline int labtest_ubsan_bounds(void)
+{
+	int i = 4 + labtest_zero;
+
+	/* UBSAN array-index-out-of-bounds. */
+	WRITE_ONCE(labtest_arr.a[i], 1);
+	return 0;
+}
+
+static DEFINE_MUTEX(labtest_lock_a);
+static DEFINE_MUTEX(labtest_lock_b);
+
+static noinline int labtest_lockdep(void)
+{
+	/* A then B, then B then A: a possible ABBA deadlock, never a real one. */
+	mutex_lock(&labtest_lock_a);
+	mutex_lock(&labtest_lock_b);
+	mutex_unlock(&labtest_lock_b);
+	mutex_unlock(&labtest_lock_a);
+
+	mutex_lock(&labtest_lock_b);
+	mutex_lock(&labtest_lock_a);
+	mutex_unlock(&labtest_lock_a);
+	mutex_unlock(&labtest_lock_b);
+	return 0;
+}
+
+static noinline int labtest_atomic_sleep(void)
+{
+	/* DEBUG_ATOMIC_SLEEP: "sleeping function called from invalid context". */
+	preempt_disable();
+	might_sleep();
+	preempt_enable();
+	return 0;
+}
+
+static noinline int labtest_refcount(void)
+{
+	refcount_t r = REFCOUNT_INIT(1);
+
+	/* The second one, from 0: "refcount_t: underflow; use-after-free." */
+	if (refcount_dec_and_test(&r) && refcount_dec_and_test(&r))
+		pr_info("labtest: refcount hit zero twice\n");
+	return 0;
+}
+
+static noinline int labtest_leak(void)
+{
+	char *p = kmalloc(64, GFP_KERNEL);
+
+	if (!p)
+		return -ENOMEM;
+	strscpy(p, "labtest leak", 64);
+	/*
+	 * Dropped on purpose. kmemleak reports it after it is 5 s old:
+	 * echo scan > /sys/kernel/debug/kmemleak
+	 */
+	OPTIMIZER_HIDE_VAR(p);
+	return 0;
+}
+
+static noinline int labtest_divide(void)
+{
+	/* #DE: "Oops: divide error". */
+	return 1 / labtest_zero;
+}
+
+static noinline int labtest_gpf(void)
+{
+	unsigned long v;
+
+	/*
+	 * A non-canonical address: #GP. Plain asm, so that KASAN's own
+	 * check of the address does not fault first.
+	 */
+	asm volatile("movq (%1), %0" : "=r"(v) : "r"(0xdead000000000000UL));
+	return v ? 0 : 1;
+}
+
+static noinline int labtest_null(void)
+{
+	unsigned long v;
+
+	/* #PF: "BUG: kernel NULL pointer dereference". Asm: see above. */
+	asm volatile("movq (%1), %0" : "=r"(v) : "r"(0x10UL));
+	return v ? 0 : 1;
 }
 
 static noinline int labtest_hung_fn(void *unused)
@@ -178,6 +349,30 @@ static ssize_t labtest_write(struct file *file, const char __user *ubuf,
 		ret = labtest_start(&labtest_spin_task, labtest_spin_fn, "labtest-spin");
 	else if (!strcmp(word, "vmbug"))
 		ret = labtest_vmbug();
+	else if (!strcmp(word, "kasan-oob"))
+		ret = labtest_kasan_oob();
+	else if (!strcmp(word, "kasan-uaf"))
+		ret = labtest_kasan_uaf();
+	else if (!strcmp(word, "kfence"))
+		ret = labtest_kfence();
+	else if (!strcmp(word, "ubsan-shift"))
+		ret = labtest_ubsan_shift();
+	else if (!strcmp(word, "ubsan-bounds"))
+		ret = labtest_ubsan_bounds();
+	else if (!strcmp(word, "lockdep"))
+		ret = labtest_lockdep();
+	else if (!strcmp(word, "atomic-sleep"))
+		ret = labtest_atomic_sleep();
+	else if (!strcmp(word, "refcount"))
+		ret = labtest_refcount();
+	else if (!strcmp(word, "leak"))
+		ret = labtest_leak();
+	else if (!strcmp(word, "divide"))
+		ret = labtest_divide();
+	else if (!strcmp(word, "gpf"))
+		ret = labtest_gpf();
+	else if (!strcmp(word, "null"))
+		ret = labtest_null();
 	else if (!strcmp(word, "panic"))
 		panic("labtest: deliberate panic via debugfs trigger");
 	else
@@ -215,4 +410,4 @@ module_init(labtest_init);
 module_exit(labtest_exit);
 
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("ldtlab fault injection: WARN, BUG, list corruption, hung task, soft lockup, VM_BUG_ON, panic");
+MODULE_DESCRIPTION("ldtlab fault injection: WARN, BUG, list corruption, hung task, soft lockup, VM_BUG_ON, panic, sanitizer and detector reports");

@@ -22,6 +22,9 @@ var (
 	// console. Only the timestamp+caller pair is trusted here, so that
 	// program output such as "[1.5]" does not split lines.
 	midPrefixRe = regexp.MustCompile(`\[\s*\d+\.\d+\]\[\s*[TC]\d+\]`)
+	// syslog and journalctl: "Nov 29 00:12:34 host kernel: ", ISO dates
+	// (short-iso), and an optional printk timestamp after it.
+	syslogRe = regexp.MustCompile(`^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[\d:.,+-]+) \S+ kernel: (?:\[\s*\d+\.\d+\] ?)?`)
 )
 
 func splitLines(log []byte) []line {
@@ -32,7 +35,9 @@ func splitLines(log []byte) []line {
 			end = pos + nl + 1
 		}
 		body := bytes.TrimRight(log[pos:end], "\r\n")
-		if loc := midPrefixRe.FindIndex(body); loc != nil && loc[0] > 0 {
+		// The regexp only where a "][" makes a glued record possible:
+		// it is the costliest step on ordinary lines.
+		if loc := findMidPrefix(body); loc != nil && loc[0] > 0 {
 			out = append(out, makeLine(pos, pos+loc[0], body[:loc[0]]))
 			out = append(out, makeLine(pos+loc[0], end, body[loc[0]:]))
 		} else {
@@ -43,8 +48,25 @@ func splitLines(log []byte) []line {
 	return out
 }
 
+func findMidPrefix(body []byte) []int {
+	if i := bytes.Index(body, []byte("][")); i <= 0 || bytes.IndexByte(body[1:], '[') < 0 {
+		return nil
+	}
+	return midPrefixRe.FindIndex(body)
+}
+
 func makeLine(start, end int, body []byte) line {
 	l := line{start: start, end: end}
+	if len(body) == 0 || (body[0] != '[' && body[0] != '<') {
+		if bytes.Contains(body, []byte(" kernel: ")) {
+			if m := syslogRe.FindIndex(body); m != nil {
+				l.kernel = true
+				body = body[m[1]:]
+			}
+		}
+		l.text = string(bytes.TrimRight(body, "\r"))
+		return l
+	}
 	if m := prefixRe.FindSubmatchIndex(body); m != nil {
 		l.kernel = true
 		if m[2] >= 0 {

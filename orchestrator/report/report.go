@@ -30,6 +30,11 @@ const (
 	TypeListCorruption Type = "list-corruption"
 	TypeVMBug          Type = "vm-bug"
 	TypeLockdep        Type = "lockdep"
+	TypeKFENCE         Type = "kfence"
+	TypeKmemleak       Type = "kmemleak"
+	TypeRefcount       Type = "refcount"
+	TypeAtomicSleep    Type = "atomic-sleep" // sleeping or scheduling in atomic context
+	TypePageFault      Type = "page-fault"   // a kernel access the page fault handler could not fix
 )
 
 // Report is one kernel failure found in a log.
@@ -51,15 +56,32 @@ func (r Report) String() string { return string(r.Type) + ": " + r.Title }
 
 // Parse returns the reports found in log, in order of appearance.
 func Parse(log []byte) []Report {
+	reps, _ := parse(log)
+	return reps
+}
+
+// parse also returns how many lines the parser visited.
+func parse(log []byte) ([]Report, int) {
 	p := newParser(log)
 	var out []Report
+	leaks := false // unreferenced objects were reported since the last kmemleak summary
 	for i := range p.lines {
 		if p.consumed[i] || !p.candidate(i) {
 			continue
 		}
-		h, m := classify(p.lines[i].text)
-		if h == hNone {
+		h, m := p.classify(i)
+		switch h {
+		case hNone:
 			continue
+		case hLeakSummary:
+			// The summary only counts what kmemleak.verbose=1 already
+			// printed; on its own it is the one sign of a leak.
+			if leaks {
+				leaks = false
+				continue
+			}
+		case hLeak:
+			leaks = true
 		}
 		if r, ok := p.build(i, h, m); ok {
 			out = append(out, r)
@@ -68,5 +90,5 @@ func Parse(log []byte) []Report {
 	// Backtracking to a "cut here" line and interleaved callers can make
 	// a later header start earlier than an already found report.
 	sort.SliceStable(out, func(a, b int) bool { return out[a].Start < out[b].Start })
-	return out
+	return out, p.steps + len(p.lines)
 }

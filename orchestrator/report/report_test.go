@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -71,6 +73,11 @@ func checkInvariants(t testing.TB, data []byte, reps []Report) {
 		prev = r.Start
 		if r.Type == "" || r.Title == "" || r.Text == "" {
 			t.Fatalf("empty field in %#v", r)
+		}
+		for _, c := range r.Title {
+			if c < 0x20 || c == 0x7f || c == utf8.RuneError {
+				t.Fatalf("control byte or invalid UTF-8 in title %q", r.Title)
+			}
 		}
 		span := data[r.Start:r.End]
 		for _, l := range strings.Split(strings.TrimSuffix(r.Text, "\n"), "\n") {
@@ -150,7 +157,7 @@ func TestStrings(t *testing.T) {
 		"[    1.000006][  T100]  </TASK>\n"
 	reps := Parse([]byte(log))
 	require.Len(t, reps, 1)
-	assert.Equal(t, "bug: BUG: scheduling while atomic in foo_bar", reps[0].String())
+	assert.Equal(t, "atomic-sleep: BUG: scheduling while atomic in foo_bar", reps[0].String())
 	assert.Equal(t, log, reps[0].Text)
 	assert.Equal(t, len(log), reps[0].End)
 	assert.Empty(t, Parse(nil))
@@ -210,7 +217,12 @@ func renumber(data []byte, rnd *rand.Rand) []byte {
 		l = offRe.ReplaceAllStringFunc(l, func(string) string {
 			return fmt.Sprintf("+0x%x/0x%x", rnd.Intn(0x100), 0x100+rnd.Intn(0x100))
 		})
-		l = pidRe.ReplaceAllStringFunc(l, func(s string) string {
+		// Not in a syslog line's clock ("00:12:34 host kernel: ").
+		head := ""
+		if i := strings.Index(l, " kernel: "); i >= 0 {
+			head, l = l[:i], l[i:]
+		}
+		l = head + pidRe.ReplaceAllStringFunc(l, func(s string) string {
 			m := pidRe.FindStringSubmatch(s)
 			return m[1] + fmt.Sprint(rnd.Intn(30000)+100)
 		})
@@ -254,4 +266,126 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkInvariants(t, data, Parse(data))
 	})
+}
+
+// TestLinearTime feeds the parser 200,000 report headers that never end,
+// in the shapes that used to cost lines × window or lines × contexts, and
+// bounds the work by the number of lines visited (a machine-independent
+// measure). The wall time is logged, not asserted.
+func TestLinearTime(t *testing.T) {
+	const n = 200000
+	shapes := []struct {
+		name string
+		line func(i int) string
+	}{
+		{"kasan, one context each", func(i int) string {
+			return fmt.Sprintf("[    1.000000][T%d] BUG: KASAN: use-after-free in f+0x1/0x2\n", i+1)
+		}},
+		{"soft lockup, one context each", func(i int) string {
+			return fmt.Sprintf("[    1.000000][C%d] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [a:1]\n", i)
+		}},
+		{"rcu stall and NMI backtraces", func(i int) string {
+			if i%2 == 0 {
+				return fmt.Sprintf("[    1.000000][C%d] rcu: INFO: rcu_preempt self-detected stall on CPU\n", i)
+			}
+			return fmt.Sprintf("[    1.000000][C%d] NMI backtrace for cpu %d\n", i, i)
+		}},
+		{"vma dumps without a BUG", func(int) string { return "vma ffff start 0 end 1000 mm ffff\n" }},
+		{"hung task without timestamps", func(int) string { return "INFO: task a:1 blocked for more than 1 seconds.\n" }},
+		{"warning, then program output", func(i int) string {
+			if i%2 == 0 {
+				return fmt.Sprintf("[    1.000000][T%d] WARNING: CPU: 0 PID: 1 at a.c:1 f+0x1/0x2\n", i+1)
+			}
+			return "program output\n"
+		}},
+		{"kmemleak objects", func(i int) string {
+			return fmt.Sprintf("[    1.000000][T%d] kmemleak: unreferenced object 0xffff (size 8):\n", i+1)
+		}},
+	}
+	for _, sh := range shapes {
+		t.Run(sh.name, func(t *testing.T) {
+			var b strings.Builder
+			for i := range n {
+				b.WriteString(sh.line(i))
+			}
+			start := time.Now()
+			reps, steps := parse([]byte(b.String()))
+			t.Logf("%d lines, %d reports, %d steps, %v", n, len(reps), steps, time.Since(start))
+			// A constant number of visits per line; quadratic
+			// behaviour would be thousands.
+			assert.LessOrEqual(t, steps, 50*n)
+		})
+	}
+}
+
+// TestNoReportOnCleanLogs: boot messages of the sanitizers and detectors
+// themselves are not reports.
+func TestNoReportOnCleanLogs(t *testing.T) {
+	clean := `[    0.000000][    T0] Linux version 6.12.117 (ldtlab@ldtlab) #1 SMP PREEMPT_DYNAMIC
+[    0.100000][    T0] kasan: KernelAddressSanitizer initialized
+[    0.110000][    T0] Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar
+[    0.110001][    T0] ... MAX_LOCKDEP_SUBCLASSES:  8
+[    0.120000][    T0] kfence: initialized - using 2097152 bytes for 255 objects at 0x(____ptrval____)-0x(____ptrval____)
+[    0.130000][    T1] kmemleak: Kernel memory leak detector initialized (mem pool available: 14419)
+[    0.130001][    T1] kmemleak: Automatic memory scanning thread started
+[    0.140000][    T1] watchdog: Watchdog detected hard LOCKUP support: buddy
+[    0.150000][    T1] INFO: lockdep is turned off.
+[    1.000000][    T1] ldtlab-init: WARNING: BUG: sample output from a program
+WARNING: possible circular locking dependency detected
+`
+	assert.Empty(t, Parse([]byte(clean)))
+}
+
+// TestLockdepLongChain: a dependency chain longer than the stack-less
+// limit of other reports still ends at the final stack and keeps the
+// acquired lock's function in the title.
+func TestLockdepLongChain(t *testing.T) {
+	var b strings.Builder
+	ts := 0
+	add := func(s string) {
+		ts++
+		fmt.Fprintf(&b, "[    7.%06d][  T310] %s\n", ts, s)
+	}
+	add("======================================================")
+	add("WARNING: possible circular locking dependency detected")
+	add("ldt-stress/310 is trying to acquire lock:")
+	add("ffff888004e51a18 (&tr->lock){+.+.}-{3:3}, at: ldt_tracker_add+0x2a/0x120")
+	for i := range 8 {
+		add(fmt.Sprintf("-> #%d (lock%d){+.+.}-{3:3}:", 8-i, i))
+		for range 20 {
+			add("       some_function+0x3e/0x160")
+		}
+	}
+	add("stack backtrace:")
+	add("Call Trace:")
+	add(" <TASK>")
+	add(" dump_stack_lvl+0x6e/0xa0")
+	add(" ldt_tracker_add+0x2a/0x120")
+	add(" </TASK>")
+	add("ldtlab: unrelated message")
+	reps := Parse([]byte(b.String()))
+	require.Len(t, reps, 1)
+	assert.Equal(t, "lockdep: possible deadlock in ldt_tracker_add", reps[0].String())
+	assert.Contains(t, reps[0].Text, "</TASK>")
+	assert.NotContains(t, reps[0].Text, "unrelated")
+}
+
+// TestEveryTypeHasGoldenLog: each report type is exercised by at least one
+// golden log, so that no class the parser claims to know goes untested.
+func TestEveryTypeHasGoldenLog(t *testing.T) {
+	all := []Type{TypeWarning, TypeBug, TypeKernelBug, TypeOops, TypeGPF, TypePanic, TypeKASAN,
+		TypeUBSAN, TypeRCUStall, TypeHungTask, TypeSoftLockup, TypeHardLockup, TypeBadPageState,
+		TypeBadPageMap, TypeBadRSS, TypePageTableCheck, TypeListCorruption, TypeVMBug, TypeLockdep,
+		TypeKFENCE, TypeKmemleak, TypeRefcount, TypeAtomicSleep, TypePageFault}
+	logs, err := filepath.Glob(filepath.Join("testdata", "*.log"))
+	require.NoError(t, err)
+	seen := map[Type][]string{}
+	for _, path := range logs {
+		for _, r := range Parse(read(t, filepath.Base(path))) {
+			seen[r.Type] = append(seen[r.Type], filepath.Base(path))
+		}
+	}
+	for _, typ := range all {
+		assert.NotEmpty(t, seen[typ], "no golden log has a %q report", typ)
+	}
 }

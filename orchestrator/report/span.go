@@ -1,7 +1,9 @@
 package report
 
 import (
+	"regexp"
 	"slices"
+	"sort"
 	"strings"
 )
 
@@ -12,31 +14,92 @@ type parser struct {
 	// kernelMode: some line carries a printk timestamp, so lines without
 	// one are program output and can neither open nor extend a report.
 	kernelMode bool
+
+	// Indexes that let a span visit only its own lines: without them a
+	// log of many contexts (printk callers) costs lines × contexts.
+	byCaller map[string][]int // caller → its kernel lines, ascending
+	kernIdx  []int            // every kernel line
+	boots    []int            // "Linux version" lines: the machine rebooted
+	nmis     []int            // "NMI backtrace for cpu N" lines with a caller
+
+	hdrs    []hdr      // classify() of each line, valid where known[i]
+	matches [][]string // its submatches
+	known   []bool
+	steps   int // lines visited; tests bound it to prove linear time
 }
 
 func newParser(log []byte) *parser {
-	p := &parser{log: log, lines: splitLines(log)}
-	p.consumed = make([]bool, len(p.lines))
-	for _, l := range p.lines {
-		if l.kernel {
-			p.kernelMode = true
-			break
+	p := &parser{log: log, lines: splitLines(log), byCaller: map[string][]int{}}
+	n := len(p.lines)
+	p.consumed = make([]bool, n)
+	p.hdrs, p.matches, p.known = make([]hdr, n), make([][]string, n), make([]bool, n)
+	for i := range p.lines {
+		l := &p.lines[i]
+		if strings.HasPrefix(l.text, "Linux version ") && newBootRe.MatchString(l.text) {
+			p.boots = append(p.boots, i)
+		}
+		if !l.kernel {
+			continue
+		}
+		p.kernelMode = true
+		p.kernIdx = append(p.kernIdx, i)
+		if l.caller != "" {
+			p.byCaller[l.caller] = append(p.byCaller[l.caller], i)
+			if strings.HasPrefix(l.text, "NMI backtrace for cpu ") {
+				p.nmis = append(p.nmis, i)
+			}
 		}
 	}
 	return p
 }
 
+// classify is the package-level classify, memoized per line so that no
+// line is matched against the header patterns more than once.
+func (p *parser) classify(i int) (hdr, []string) {
+	if !p.known[i] {
+		p.hdrs[i], p.matches[i] = classify(p.lines[i].text)
+		p.known[i] = true
+	}
+	return p.hdrs[i], p.matches[i]
+}
+
 func (p *parser) candidate(i int) bool { return !p.kernelMode || p.lines[i].kernel }
+
+// cursor walks one ascending list of line indexes.
+type cursor struct {
+	list []int
+	pos  int
+}
+
+// next returns the first index after j, or -1.
+func (c *cursor) next(j int) int {
+	for c.pos < len(c.list) && c.list[c.pos] <= j {
+		c.pos++
+	}
+	if c.pos == len(c.list) {
+		return -1
+	}
+	return c.list[c.pos]
+}
+
+func newCursor(list []int, after int) cursor {
+	return cursor{list: list, pos: sort.SearchInts(list, after+1)}
+}
+
+// maxCallers bounds how many contexts one report may adopt (stalled CPUs
+// dumping their stacks); more than any machine here has CPUs.
+const maxCallers = 64
 
 // mode says what ends a report's span.
 type mode int
 
 const (
-	modeMarker mode = iota // "---[ end trace ... ]---"
-	modeTrace              // the end of the first call trace block
-	modeKASAN              // the closing "=====" rule
-	modeRSS                // the end of a run of check_mm lines
-	modePanic              // "---[ end Kernel panic" or "Rebooting in"
+	modeMarker   mode = iota // "---[ end trace ... ]---"
+	modeTrace                // the end of the first call trace block
+	modeKASAN                // the closing "=====" rule
+	modeRSS                  // the end of a run of check_mm lines
+	modePanic                // "---[ end Kernel panic" or "Rebooting in"
+	modeIndented             // the end of the indented lines after the header (kmemleak)
 )
 
 // scanWindow bounds how many console lines after its header a report may
@@ -62,6 +125,63 @@ type span struct {
 	sawOops, sawBugWarn, sawTrace, sawOffset, inPanic bool
 	bugFile, warnFunc                                 string
 	truncated                                         bool
+
+	cursors   []cursor       // the span's own lines (see nextLine)
+	nmiSeen   int            // NMI backtrace lines visited (bounded by maxCallers)
+	hdrOffset bool           // s.m comes from a KASAN header line with "+0x"
+	extraSkip *regexp.Regexp // traceFunc also skips these frames
+	seq       bool           // no printk prefixes at all: every line is ours
+}
+
+// adoptsNMI: the report's stack comes from another CPU, printed under its
+// own "Cn" caller after "NMI backtrace for cpu N".
+func (s *span) adoptsNMI() bool { return s.typ == TypeRCUStall || s.typ == TypeHardLockup }
+
+// initCursors sets up the walk over the lines that can belong to the span.
+func (s *span) initCursors(after int) {
+	p := s.p
+	switch {
+	case s.callers != nil:
+		for _, c := range s.callers {
+			s.cursors = append(s.cursors, newCursor(p.byCaller[c], after))
+		}
+		if s.adoptsNMI() {
+			// Always the first cursor, so that it can be dropped.
+			s.cursors = append([]cursor{newCursor(p.nmis, after)}, s.cursors...)
+		}
+	case p.kernelMode:
+		s.cursors = append(s.cursors, newCursor(p.kernIdx, after))
+	default:
+		s.seq = true
+	}
+}
+
+// adopt makes caller c part of the span from line j on.
+func (s *span) adopt(c string, j int) {
+	if len(s.callers) >= maxCallers || slices.Contains(s.callers, c) {
+		return
+	}
+	s.callers = append(s.callers, c)
+	s.cursors = append(s.cursors, newCursor(s.p.byCaller[c], j))
+}
+
+// nextLine returns the next line after j the span may include, or
+// len(lines). Lines of other contexts are never visited.
+func (s *span) nextLine(j int) int {
+	s.p.steps++
+	if s.seq {
+		return j + 1
+	}
+	best := -1
+	for i := range s.cursors {
+		if n := s.cursors[i].next(j); n >= 0 && (best < 0 || n < best) {
+			best = n
+		}
+	}
+	if best < 0 {
+		return len(s.p.lines)
+	}
+	return best
 }
 
 func (s *span) mine(l *line) bool {
@@ -79,6 +199,7 @@ func (p *parser) build(i int, h hdr, m []string) (Report, bool) {
 	if c := p.lines[i].caller; c != "" {
 		s.callers = []string{c}
 	}
+	s.hdrOffset = strings.Contains(p.lines[i].text, "+0x")
 	s.setup()
 	s.backtrack()
 	s.idx = append(s.idx, i)
@@ -104,6 +225,10 @@ func (s *span) setup() {
 		s.typ, s.mode, s.inPanic = TypePanic, modePanic, true
 	case hKASAN:
 		s.typ, s.mode = TypeKASAN, modeKASAN
+	case hKFENCE:
+		s.typ, s.mode = TypeKFENCE, modeKASAN
+	case hLeak, hLeakSummary:
+		s.typ, s.mode = TypeKmemleak, modeIndented
 	case hUBSAN:
 		s.typ = TypeUBSAN
 	case hRCU:
@@ -128,7 +253,9 @@ func (s *span) setup() {
 		s.typ, s.prelude, s.preOops, s.needBug = TypeVMBug, true, true, true
 	case hLockdep:
 		s.typ, s.mode = TypeLockdep, modeTrace
-	case hPageFault, hDoubleFault:
+	case hPageFault:
+		s.typ, s.preOops = TypePageFault, true
+	case hDoubleFault:
 		s.typ, s.preOops = TypeBug, true
 	default: // hBug: most have no end marker, but an oops may follow
 		s.typ, s.mode, s.preOops = TypeBug, modeTrace, true
@@ -141,7 +268,26 @@ func (s *span) setup() {
 func (s *span) backtrack() {
 	var lead []int
 	seen := 0
-	for j := s.hdrIdx - 1; j >= 0 && j >= s.hdrIdx-200 && seen < 24; j-- {
+	// Walk back over the span's own context only.
+	var list []int
+	switch {
+	case s.callers != nil:
+		list = s.p.byCaller[s.callers[0]]
+	case s.p.kernelMode:
+		list = s.p.kernIdx
+	}
+	k := sort.SearchInts(list, s.hdrIdx)
+	prev := func(j int) int {
+		if list == nil {
+			return j - 1
+		}
+		if k--; k < 0 {
+			return -1
+		}
+		return list[k]
+	}
+	for j := prev(s.hdrIdx); j >= 0 && j >= s.hdrIdx-200 && seen < 24; j = prev(j) {
+		s.p.steps++
 		l := &s.p.lines[j]
 		if !s.mine(l) {
 			continue
@@ -149,7 +295,7 @@ func (s *span) backtrack() {
 		if s.p.consumed[j] {
 			return
 		}
-		if h, _ := classify(l.text); h != hNone {
+		if h, _ := s.p.classify(j); h != hNone {
 			return
 		}
 		seen++
@@ -157,7 +303,7 @@ func (s *span) backtrack() {
 		switch {
 		case cutHereRe.MatchString(l.text) && seen <= 6:
 		case s.h == hVMPage && strings.HasPrefix(l.text, "page:"):
-		case (s.h == hKASAN || s.h == hLockdep) && seen == 1 && ruleRe.MatchString(l.text):
+		case (s.h == hKASAN || s.h == hKFENCE || s.h == hLockdep) && seen == 1 && ruleRe.MatchString(l.text):
 		default:
 			continue
 		}
@@ -180,28 +326,60 @@ func (s *span) scan(from int) bool {
 		count      int
 		hdrPos     = len(s.idx) - 1
 	)
-	for j := from; j < len(lines); j++ {
+	s.initCursors(from - 1)
+	boot := len(lines)
+	if k := sort.SearchInts(s.p.boots, s.hdrIdx+1); k < len(s.p.boots) {
+		boot = s.p.boots[k]
+	}
+	redo := false // look at the same line again (in post mode)
+	advance := func(j int) int {
+		if redo {
+			redo = false
+			return j
+		}
+		return s.nextLine(j)
+	}
+	for j := s.nextLine(from - 1); j < len(lines); j = advance(j) {
+		if j >= boot {
+			// The machine rebooted: nothing after this belongs to us.
+			return s.endOfLog(post || afterBlock)
+		}
 		if j-s.hdrIdx > scanWindow {
 			s.truncated = !post && !afterBlock
 			return true
 		}
 		l := &lines[j]
-		if strings.HasPrefix(l.text, "Linux version ") && newBootRe.MatchString(l.text) {
-			// The machine rebooted: nothing after this belongs to us.
-			return s.endOfLog(post || afterBlock)
+		foreign := !s.mine(l)
+		if foreign && s.adoptsNMI() {
+			// Only the first few NMI backtraces of other contexts
+			// are looked at (consumed ones too), so that a log full
+			// of them costs each stall report a constant.
+			if s.nmiSeen++; s.nmiSeen >= maxCallers {
+				s.cursors[0] = cursor{}
+			}
 		}
 		if s.p.consumed[j] {
 			continue
 		}
-		if !s.mine(l) {
-			if s.typ != TypeRCUStall || l.caller == "" || !nmiBacktrace.MatchString(l.text) {
+		if foreign {
+			if !s.adoptsNMI() || l.caller == "" || !nmiBacktrace.MatchString(l.text) {
 				continue
 			}
 			// A stalled CPU dumps its stack from NMI context, i.e.
 			// under its own "Cn" caller: adopt it.
-			s.callers = append(s.callers, l.caller)
+			s.adopt(l.caller, j)
+			if !s.mine(l) {
+				continue
+			}
 		}
-		h2, m2 := classify(l.text)
+		if s.mode == modeIndented {
+			if !indented(l.text) {
+				return true
+			}
+			s.idx = append(s.idx, j)
+			continue
+		}
+		h2, m2 := s.p.classify(j)
 		t := strings.TrimSpace(l.text)
 
 		if post {
@@ -230,8 +408,7 @@ func (s *span) scan(from int) bool {
 			inTrace, afterBlock = false, false
 			if s.mode == modeTrace &&
 				(s.typ != TypeRCUStall || h2 != hNone || !rcuContinueRe.MatchString(l.text) || !s.adjacent(j)) {
-				post = true
-				j-- // look at this line again in post mode
+				post, redo = true, true
 				continue
 			}
 		}
@@ -249,7 +426,7 @@ func (s *span) scan(from int) bool {
 		if count > 5000 { // runaway: a real report is far shorter
 			return true
 		}
-		if s.mode == modeTrace && !s.sawTrace && count > 100 {
+		if s.mode == modeTrace && !s.sawTrace && count > s.stacklessLimit() {
 			// Some "BUG:"/stall messages come without a stack
 			// (workqueue lockup): keep just the header then.
 			s.idx = s.idx[:hdrPos+1]
@@ -275,7 +452,17 @@ func (s *span) scan(from int) bool {
 			inTrace, afterBlock = false, true
 		}
 	}
-	return s.endOfLog(post || afterBlock || s.mode == modeRSS)
+	return s.endOfLog(post || afterBlock || s.mode == modeRSS || s.mode == modeIndented)
+}
+
+// stacklessLimit is how many lines may precede the call trace before the
+// report is taken to have none. Lockdep prints whole dependency chains
+// first; other reports a few lines.
+func (s *span) stacklessLimit() int {
+	if s.typ == TypeLockdep {
+		return 2000
+	}
+	return 100
 }
 
 // adjacent reports whether no other context printed between the span's
@@ -283,7 +470,12 @@ func (s *span) scan(from int) bool {
 // kthread) only right away; "Cn" callers are reused by later, unrelated
 // interrupt-context messages.
 func (s *span) adjacent(j int) bool {
-	for k := s.idx[len(s.idx)-1] + 1; k < j; k++ {
+	from := s.idx[len(s.idx)-1] + 1
+	if j-from > 200 {
+		return false // bounded: a continuation follows right away
+	}
+	for k := from; k < j; k++ {
+		s.p.steps++
 		if l := &s.p.lines[k]; l.kernel && !s.mine(l) {
 			return false
 		}
@@ -330,6 +522,15 @@ func (s *span) absorb(h hdr, m []string, l *line) bool {
 		}
 	case hBadRSS:
 		return s.mode == modeRSS
+	case hKASAN:
+		// A symbolized KASAN report repeats its header once per
+		// inlined frame; the one with an offset names the function.
+		if last, _ := s.p.classify(s.idx[len(s.idx)-1]); s.h == hKASAN && last == hKASAN && m[1] == s.m[1] {
+			if !s.hdrOffset && strings.Contains(l.text, "+0x") {
+				s.m, s.hdrOffset = m, true
+			}
+			return true
+		}
 	}
 	return false
 }
@@ -353,6 +554,12 @@ func (s *span) report() Report {
 	}
 }
 
+// indented: a kmemleak detail line ("  comm ...", "    frame+0x1/0x2").
+func indented(text string) bool {
+	text = strings.TrimPrefix(text, "kmemleak: ")
+	return strings.HasPrefix(text, " ") || strings.HasPrefix(text, "\t")
+}
+
 func trimEOL(b []byte) []byte {
 	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
 		b = b[:len(b)-1]
@@ -368,12 +575,20 @@ func (s *span) finalType() Type {
 			return TypePageTableCheck
 		case strings.HasSuffix(s.bugFile, "lib/list_debug.c"):
 			return TypeListCorruption
+		case strings.HasSuffix(s.bugFile, "lib/refcount.c"):
+			return TypeRefcount
+		case strings.HasSuffix(s.bugFile, "kernel/locking/lockdep.c"):
+			return TypeLockdep
 		}
 		return def
 	}
 	switch s.h {
 	case hWarning:
 		return byFile(TypeWarning)
+	case hBug:
+		if atomicSleepRe.MatchString(s.m[1]) {
+			return TypeAtomicSleep
+		}
 	case hKernelBug:
 		return byFile(TypeKernelBug)
 	case hOops:

@@ -11,20 +11,21 @@ import (
 // delay primitives a hung or stuck task sits in. Titles use the first
 // frame after them, as that is the code that misbehaved.
 var skipRe = regexp.MustCompile(`^(` +
-	`dump_stack\w*|show_stack|show_regs\w*|show_trace_log_lvl|sched_show_task|` +
+	`dump_stack\w*|__dump_stack|show_stack|instrument_\w+|check_region_inline|show_regs\w*|show_trace_log_lvl|sched_show_task|` +
 	`__warn\w*|warn_slowpath\w*|report_bug|handle_bug|__report_bug|` +
 	`panic|vpanic|check_panic_on_warn|die|die_addr|__die\w*|oops_\w+|do_trap|do_error_trap|` +
 	`exc_\w+|asm_\w+|handle_\w*exception\w*|do_user_addr_fault|handle_page_fault|page_fault_oops|` +
 	`kernelmode_fixup_or_oops|__bad_area\w*|bad_area\w*|no_context|` +
 	`nmi_\w+|default_do_nmi|__sysvec_\w+|sysvec_\w+|irq_exit\w*|__irq_exit\w*|handle_softirqs|__do_softirq|` +
-	`__might_resched|__might_sleep|__might_fault|might_fault|might_sleep|__schedule_bug|` +
-	`__schedule|schedule\w*|preempt_schedule\w*|io_schedule\w*|` +
+	`__might_resched|__might_sleep|check_preemption_disabled|debug_smp_processor_id|__might_fault|might_fault|might_sleep|__schedule_bug|` +
+	`__schedule|schedule\w*|context_switch|__switch_to\w*|preempt_schedule\w*|io_schedule\w*|` +
 	`__wait_for_common|wait_for_common\w*|do_wait_for_common|wait_for_completion\w*|` +
 	`__mutex_lock\w*|mutex_lock\w*|_raw_\w+|__raw_\w+|do_raw_\w+|queued_\w+|native_queued_\w+|` +
 	`__down\w*|down|down_\w+|rwsem_down_\w+|__rt_mutex\w*|rt_mutex\w*|` +
 	`msleep\w*|usleep\w*|__udelay|udelay|__const_udelay|delay_tsc|delay_halt\w*|mdelay|cpu_relax|rep_nop|` +
 	`kasan_\w+|__kasan_\w+|print_report|print_address_description\w*|__asan_\w+|` +
-	`__ubsan_handle_\w+|ubsan_\w+|` +
+	`__ubsan_handle_\w+|ubsan_\w+|kfence_\w+|__kfence_\w+|` +
+	`refcount_\w+|__refcount_\w+|` +
 	`__list_add_valid\w*|__list_del_entry_valid\w*|` +
 	`bad_page|free_page_is_bad\w*|print_bad_pte|vm_normal_page\w*|` +
 	`free_pages_prepare|free_unref_\w+|__free_pages\w*|free_pages|__free_one_page|free_one_page|` +
@@ -37,7 +38,7 @@ var skipRe = regexp.MustCompile(`^(` +
 	`lockdep_\w+|lock_acquire\w*|lock_release|__lock_acquire|lock_acquired|lock_contended|` +
 	`validate_chain|check_prev_add|check_prevs_add|check_noncircular|print_\w*lock\w*|mark_lock\w*|` +
 	`watchdog_\w+|__hrtimer_\w+|hrtimer_\w+|tick_\w+|update_process_times|` +
-	`rcu_\w*stall\w*|rcu_dump_cpu_stacks|rcu_pending|rcu_sched_clock_irq|` +
+	`rcu_\w*stall\w*|rcu_dump_cpu_stacks|rcu_momentary_\w+|stop_machine_yield|rcu_pending|rcu_sched_clock_irq|` +
 	`__pfx_\w+|ret_from_fork\w*|kthread|entry_SYSCALL\w*|do_syscall_\w+` +
 	`)$`)
 
@@ -61,7 +62,7 @@ func (s *span) ripFunc() string {
 			continue
 		}
 		if m := ripRe.FindStringSubmatch(t); m != nil {
-			if f := cleanFunc(m[1]); !skipFunc(f) {
+			if f := cleanFunc(m[1]); !skipFunc(f) && (s.extraSkip == nil || !s.extraSkip.MatchString(f)) {
 				return f
 			}
 		}
@@ -108,8 +109,50 @@ func (s *span) traceFunc(skipIRQ bool) string {
 		if m[1] != "" || nmi || (irq && skipIRQ) {
 			continue
 		}
-		if f := cleanFunc(m[2]); !skipFunc(f) {
+		if f := cleanFunc(m[2]); !skipFunc(f) && (s.extraSkip == nil || !s.extraSkip.MatchString(f)) {
 			return f
+		}
+	}
+	return ""
+}
+
+// frameFunc is the first symbolized frame line anywhere in the span
+// (after its header) that extra and skipFunc do not reject: KFENCE and
+// kmemleak print their stacks without a "Call Trace:" line.
+func (s *span) frameFunc(extra *regexp.Regexp) string {
+	for _, j := range s.idx {
+		if j <= s.hdrIdx {
+			continue
+		}
+		t := strings.TrimSpace(strings.TrimPrefix(s.p.lines[j].text, "kmemleak: "))
+		m := frameRe.FindStringSubmatch(t)
+		if m == nil || m[1] != "" {
+			continue
+		}
+		if f := cleanFunc(m[2]); !skipFunc(f) && (extra == nil || !extra.MatchString(f)) {
+			return f
+		}
+	}
+	return ""
+}
+
+// traceFuncExcept is traceFunc without the frames extra matches.
+func (s *span) traceFuncExcept(extra *regexp.Regexp) string {
+	saved := s.extraSkip
+	s.extraSkip = extra
+	defer func() { s.extraSkip = saved }()
+	return s.traceFunc(false)
+}
+
+// lockAt is the function of the first ", at: func+0x" lock description,
+// or of the first "[<address>] func+0x" line.
+func (s *span) lockAt(re *regexp.Regexp) string {
+	for _, j := range s.idx {
+		t := strings.TrimSpace(s.p.lines[j].text)
+		if m := re.FindStringSubmatch(t); m != nil {
+			if f := cleanFunc(m[1]); !skipFunc(f) {
+				return f
+			}
 		}
 	}
 	return ""
@@ -137,8 +180,20 @@ var (
 	spaceRe = regexp.MustCompile(`\s+`)
 	// A generic "BUG: " message is named by its text up to the first
 	// detail: "scheduling while atomic: sh/1/0x2", "... context at f.c:1".
-	bugCutRe = regexp.MustCompile(`: |, | - | at | \[`)
-	exitRe   = regexp.MustCompile(` exitcode=\S+`)
+	bugCutRe = regexp.MustCompile(`: |, | - | at | on CPU#| \[`)
+	// Reports of sleeping (or scheduling) where the kernel must not.
+	atomicSleepRe = regexp.MustCompile(`^(sleeping function called from invalid context|scheduling while atomic)`)
+	// "[<ffffffff81234567>] func+0x12/0x30" (print_ip_sym).
+	ipSymRe = regexp.MustCompile(`^\[<[0-9a-f]+>\] ([A-Za-z0-9_.$]+)\+0x`)
+	// Allocator frames at the top of a kmemleak backtrace.
+	leakSkipRe = regexp.MustCompile(`^(kmemleak\w*|__kmemleak\w*|create_object\w*|` +
+		`k[mzc]alloc\w*|__k[mzc]alloc\w*|krealloc\w*|kmalloc_trace\w*|kvzalloc\w*|` +
+		`kmem_cache_\w+|__kmem_cache_\w+|slab_\w+|__slab_\w+|` +
+		`v[mz]alloc\w*|__vmalloc\w*|alloc_\w+|__alloc_\w+|kstrn?dup\w*|kmemdup\w*|k?v?asprintf|mempool_\w+)$`)
+	rcuFuncRe = regexp.MustCompile(`^_*rcu_`)
+	// Lockdep's own functions, under its WARN()s.
+	lockdepSkipRe = regexp.MustCompile(`^(lock_\w+|__lock_\w+|lockdep_\w+|hlock_\w+|check_\w+|mark_\w+|validate_\w+|debug_\w+|lock_is_held\w*|__lock_is_held\w*|look_up_lock_class|register_lock_class|__lock_acquire)$`)
+	exitRe        = regexp.MustCompile(` exitcode=\S+`)
 )
 
 // normalize replaces addresses and numbers in free text, so titles do not
@@ -149,7 +204,22 @@ func normalize(s string) string {
 	return strings.TrimSpace(spaceRe.ReplaceAllString(s, " "))
 }
 
-func (s *span) title() string {
+// title is the report's normalized title, with no control bytes.
+func (s *span) title() string { return printable(s.rawTitle()) }
+
+// printable replaces control bytes and invalid UTF-8, which a corrupted
+// console can put in messages and comm names.
+func printable(t string) string {
+	t = strings.ToValidUTF8(t, "?")
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, t)
+}
+
+func (s *span) rawTitle() string {
 	code := first(s.ripFunc(), s.traceFunc(false))
 	stuck := first(s.ripFunc(), s.traceFunc(true))
 	switch s.h {
@@ -174,14 +244,36 @@ func (s *span) title() string {
 				break
 			}
 		}
-		return t + " in " + cleanFunc(s.m[2])
+		// The header names the faulting function, unless that is a
+		// string or copy helper: then the first caller in the stack.
+		f := cleanFunc(s.m[2])
+		if skipFunc(f) {
+			f = first(s.traceFunc(false), f)
+		}
+		return t + " in " + f
+	case hKFENCE:
+		f := cleanFunc(s.m[2])
+		if skipFunc(f) {
+			f = first(s.frameFunc(nil), f)
+		}
+		return "KFENCE: " + s.m[1] + " in " + f
+	case hLeak:
+		return in("memory leak", s.frameFunc(leakSkipRe))
+	case hLeakSummary:
+		return "kmemleak: suspected memory leaks"
 	case hUBSAN:
 		if f := s.traceFunc(false); f != "" {
 			return "UBSAN: " + s.m[1] + " in " + f
 		}
 		return "UBSAN: " + s.m[1] + " in " + s.m[2]
 	case hRCU:
-		return in("INFO: rcu detected stall", stuck)
+		// RCU's own kthreads and helpers are never the stalled code
+		// (a starved grace-period kthread is dumped first).
+		saved := s.extraSkip
+		s.extraSkip = rcuFuncRe
+		f := first(s.ripFunc(), s.traceFunc(true))
+		s.extraSkip = saved
+		return in("INFO: rcu detected stall", f)
 	case hHung:
 		return in("INFO: task hung", s.traceFunc(false))
 	case hSoftLockup:
@@ -197,13 +289,22 @@ func (s *span) title() string {
 	case hLockdep:
 		return s.lockdepTitle()
 	case hPageFault:
-		return in("BUG: "+s.m[1], code)
+		// syzkaller's names, so titles can be searched upstream.
+		what := "BUG: unable to handle kernel paging request"
+		if strings.Contains(s.m[1], "NULL pointer") {
+			what = "BUG: unable to handle kernel NULL pointer dereference"
+		}
+		return in(what, code)
 	case hDoubleFault:
-		return in("double fault", code)
+		return in("PANIC: double fault", code)
 	}
 	msg := s.m[1]
 	if loc := bugCutRe.FindStringIndex(msg); loc != nil {
 		msg = msg[:loc[0]]
+	}
+	if strings.HasPrefix(msg, "workqueue lockup") {
+		// The stacks that follow are of busy workers, not of a culprit.
+		return "BUG: workqueue lockup"
 	}
 	return in("BUG: "+normalize(msg), code)
 }
@@ -212,8 +313,14 @@ func (s *span) title() string {
 // checks that print their own message first.
 func (s *span) bugTitle(code string) string {
 	warn := ""
-	if s.warnFunc != "" && !strings.HasPrefix(s.warnFunc, "0x") {
-		warn = cleanFunc(s.warnFunc)
+	if f := cleanFunc(s.warnFunc); s.warnFunc != "" && !strings.HasPrefix(s.warnFunc, "0x") && !skipFunc(f) {
+		warn = f
+	}
+	switch s.finalType() {
+	case TypeRefcount:
+		return in("WARNING: refcount bug", code)
+	case TypeLockdep:
+		return in("WARNING: locking bug", s.traceFuncExcept(lockdepSkipRe))
 	}
 	switch s.h {
 	case hList:
@@ -238,20 +345,27 @@ func (s *span) bugTitle(code string) string {
 	return "kernel BUG"
 }
 
+// lockdepTitle names lockdep reports the way syzkaller does: deadlocks by
+// the lock being acquired, the others by where they happened.
 func (s *span) lockdepTitle() string {
 	what := s.m[1]
 	switch {
 	case strings.Contains(what, "circular locking"), strings.Contains(what, "recursive locking"),
 		strings.Contains(what, "lock inversion"), strings.Contains(what, "lock order"):
 		// The lock being acquired is the most specific place.
-		for _, j := range s.idx {
-			if m := lockAtRe.FindStringSubmatch(s.p.lines[j].text); m != nil {
-				return "possible deadlock in " + cleanFunc(m[1])
-			}
-		}
-		return in("possible deadlock", s.traceFunc(false))
+		return in("possible deadlock", first(s.lockAt(lockAtRe), s.traceFunc(false)))
 	case what == "inconsistent lock state":
-		return in(what, s.traceFunc(false))
+		return in(what, first(s.lockAt(lockAtRe), s.traceFunc(false)))
+	case what == "Invalid wait context":
+		return in("BUG: Invalid wait context", first(s.lockAt(lockAtRe), s.traceFunc(false)))
+	case what == "trying to register non-static key":
+		return in("INFO: "+what, s.traceFunc(false))
+	case strings.HasPrefix(what, "bad unlock balance"):
+		// The release site is printed as "[<address>] func+0x..".
+		return in("WARNING: bad unlock balance", first(s.lockAt(ipSymRe), s.traceFunc(false)))
+	case strings.HasPrefix(what, "held lock freed"), strings.HasPrefix(what, "lock held when returning"):
+		what = strings.TrimSuffix(what, "!")
+		return in("WARNING: "+what, first(s.lockAt(lockAtRe), s.traceFunc(false)))
 	case strings.HasSuffix(what, "still has locks held!"):
 		what = "still has locks held"
 	}

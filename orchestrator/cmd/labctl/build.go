@@ -30,7 +30,7 @@ type guestFlags struct {
 }
 
 func (g *guestFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.config, "config", "debug", "kernel configuration: debug (assertions on) or perf (no debug options)")
+	fs.StringVar(&g.config, "config", "debug", "kernel configuration: debug (assertions on), perf (no debug options) or sanitize (debug plus KASAN, KFENCE, UBSAN, lockdep, kmemleak)")
 	fs.BoolVar(&g.vanilla, "vanilla", false, "use the kernel built without kmod/patches (A/B comparisons)")
 	fs.StringVar(&g.accel, "accel", "auto", "accelerator: auto, kvm or tcg (auto uses KVM only where hardware virtualization works)")
 	fs.IntVar(&g.mem, "mem", 1024, "guest memory in MiB")
@@ -101,7 +101,7 @@ func init() {
 		name:    "build",
 		summary: "build (or find cached) the guest kernel and initramfs",
 		setup: func(fs *flag.FlagSet) {
-			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug or perf")
+			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug, perf or sanitize")
 			fs.BoolVar(&bf.vanilla, "vanilla", false, "build without kmod/patches")
 			fs.BoolVar(&bf.all, "all", false, "build every combination (debug, perf) × (ldt, vanilla)")
 			fs.BoolVar(&bf.force, "force", false, "drop the cached kernel and image entries and rebuild them (the object directory is kept, so the kernel rebuild is incremental)")
