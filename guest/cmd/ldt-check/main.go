@@ -22,7 +22,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,7 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		return usage("unexpected arguments %q", fs.Args())
 	}
-	trackerOK := func() bool { return slices.Contains(tracker.Names(), *trk) }
+	// The mutants are accepted too (not listed): the catalogue's proof.
+	trackerOK := func() bool { return tracker.Known(*trk) }
 	switch {
 	case *writer:
 		err := checkpoint.RunWriter(*mb, *seed, func() { fmt.Fprintln(stdout, "ready") })
@@ -90,7 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return 1
 			}
 			defer stop()
-			o.Pid = p
+			o.Pid, o.Strict = p, true
 		} else if *pid <= 0 {
 			return usage("-checkpoint needs -pid")
 		}
