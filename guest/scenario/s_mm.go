@@ -756,4 +756,3 @@ func runCoexistence(e *Env) error {
 	}
 	return ss.require(e)
 }
-

@@ -130,7 +130,7 @@ type Result struct {
 	// run, a kernel report between phases, a mutant no cell caught.
 	Problems []string `json:"problems,omitempty"`
 	Seconds  float64  `json:"seconds"`
-	Failures   int               `json:"failures"`
+	Failures int      `json:"failures"`
 }
 
 // Checkpoint is one run of the incremental checkpoint oracle.
