@@ -26,12 +26,15 @@ type ldtOnly struct {
 	lazy, gup, swapped []int
 }
 
+// touched keeps the reads that fault pages in from being optimised away.
+var touched uint64
+
 // prepLazy makes ids lazyfree and rewrites them; the caller collects next
 // (the collection's clear is what leaves the OS-backup bit alone).
 func (e *Env) prepLazy(ws *Workset, ids []int) error {
 	for _, id := range ids {
 		// Present first: MADV_FREE of a swap entry just frees it.
-		_ = Header(ws.Page(id))
+		touched += Header(ws.Page(id))
 		if err := unix.Madvise(ws.Page(id), unix.MADV_FREE); err != nil {
 			return fmt.Errorf("MADV_FREE page %d: %w", id, err)
 		}
