@@ -170,6 +170,10 @@ func listing() []listEntry {
 func startWriter(mb int, seed uint64) (int, func(), error) {
 	cmd := exec.Command("/proc/self/exe", "-synthetic-writer", "-mb", strconv.Itoa(mb), "-seed", strconv.FormatUint(seed, 10))
 	cmd.Stderr = os.Stderr
+	// No garbage collection, so no scavenger handing pages back with
+	// MADV_DONTNEED: the writer never discards memory, and the oracle
+	// holds it to that (a page of zeros is a miss).
+	cmd.Env = append(os.Environ(), "GOGC=off")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
