@@ -171,13 +171,13 @@ func TestCheckRegions(t *testing.T) {
 		ok   bool
 	}{
 		{"none", nil, true},
-		{"inside", []tracker.Region{{start, start + PageSize}, {end - PageSize, end}}, true},
-		{"unaligned start", []tracker.Region{{start + 8, start + PageSize}}, false},
-		{"unaligned end", []tracker.Region{{start, start + 100}}, false},
-		{"inverted", []tracker.Region{{start + 2*PageSize, start + PageSize}}, false},
-		{"empty", []tracker.Region{{start, start}}, false},
-		{"below", []tracker.Region{{start - PageSize, start + PageSize}}, false},
-		{"above", []tracker.Region{{end - PageSize, end + PageSize}}, false},
+		{"inside", []tracker.Region{{Start: start, End: start + PageSize}, {Start: end - PageSize, End: end}}, true},
+		{"unaligned start", []tracker.Region{{Start: start + 8, End: start + PageSize}}, false},
+		{"unaligned end", []tracker.Region{{Start: start, End: start + 100}}, false},
+		{"inverted", []tracker.Region{{Start: start + 2*PageSize, End: start + PageSize}}, false},
+		{"empty", []tracker.Region{{Start: start, End: start}}, false},
+		{"below", []tracker.Region{{Start: start - PageSize, End: start + PageSize}}, false},
+		{"above", []tracker.Region{{Start: end - PageSize, End: end + PageSize}}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
