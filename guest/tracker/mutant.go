@@ -2,9 +2,13 @@ package tracker
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/ldt"
 )
@@ -91,6 +95,10 @@ func (m *mutant) frames(start, end uintptr) ([]uint64, error) {
 	n := int((end - start) / PageSize)
 	b := make([]byte, 8*n)
 	if _, err := m.pm.ReadAt(b, int64(start/PageSize*8)); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The address space is gone: what /dev/ldt says too.
+			err = unix.ESRCH
+		}
 		return nil, fmt.Errorf("tracker %s: read pagemap: %w", m.name, err)
 	}
 	out := make([]uint64, n)
