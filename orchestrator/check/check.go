@@ -458,7 +458,7 @@ func (r *runner) cell(ctx context.Context, s Scenario, tracker string) *Cell {
 	if IsMutant(tracker) {
 		c.Verdict = judgeMutant(c)
 	}
-	if c.Verdict == "SKIP" && r.o.Guest.Vanilla && (tracker == "ldt" || tracker == "naive") {
+	if c.Verdict == "SKIP" && r.o.Guest.Vanilla && (tracker == "ldt" || tracker == "naive" || IsMutant(tracker)) {
 		c.Verdict, c.Reason = "N/A", "the vanilla kernel has no /dev/ldt"
 	}
 	return c
