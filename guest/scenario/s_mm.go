@@ -391,7 +391,6 @@ func runTHP(e *Env) error {
 		b := seg.Bytes(ws)[first*PageSize : (first+per)*PageSize]
 		huge := func() bool {
 			kb, _ := anonHugeKB(ws.Base, ws.End())
-			_ = kb
 			es, err := pagemap(0, ws.Addr(first), per)
 			if err != nil || es[0]&pmPresent == 0 {
 				return false
