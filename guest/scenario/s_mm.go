@@ -265,6 +265,7 @@ func runMigration(e *Env) error {
 	if err := anySwap(); err != nil {
 		return err
 	}
+	defer pauseKhugepaged(e)()
 	const n = 64
 	per := HugePage / PageSize
 	// A 4 KiB segment at the start, a THP segment in the second 2 MiB.
@@ -369,6 +370,7 @@ func runTHP(e *Env) error {
 	if err := anySwap(); err != nil {
 		return err
 	}
+	defer pauseKhugepaged(e)()
 	const blocks = 2
 	n := blocks * HugePage / PageSize
 	ws, seg, t, err := populated(e, AnonTHP, n)
@@ -566,6 +568,7 @@ func runMremap(e *Env) error {
 	if err := anySwap(); err != nil {
 		return err
 	}
+	defer pauseKhugepaged(e)()
 	const n = 256
 	per := HugePage / PageSize
 	ws, err := NewWorkset(e.Seed, 3584)

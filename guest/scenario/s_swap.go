@@ -150,6 +150,7 @@ func runLazyfree(e *Env, thp bool) error {
 	kind, n := Anon, 64
 	if thp {
 		kind, n = AnonTHP, 2*HugePage/PageSize
+		defer pauseKhugepaged(e)()
 	}
 	ws, seg, t, err := populated(e, kind, n)
 	if err != nil {
