@@ -36,3 +36,27 @@ func TestRunBadTarget(t *testing.T) {
 		})
 	}
 }
+
+// TestSubtract: only address ranges not mapped at the last round are new,
+// so a VMA that grows, merges or splits is not copied whole again.
+func TestSubtract(t *testing.T) {
+	r := func(a, b uintptr) region { return region{start: a, end: b} }
+	cases := []struct {
+		name string
+		in   region
+		old  []region
+		want []region
+	}{
+		{"all new", r(0x1000, 0x3000), nil, []region{r(0x1000, 0x3000)}},
+		{"unchanged", r(0x1000, 0x3000), []region{r(0x1000, 0x3000)}, nil},
+		{"grew up", r(0x1000, 0x5000), []region{r(0x1000, 0x3000)}, []region{r(0x3000, 0x5000)}},
+		{"grew down", r(0x1000, 0x5000), []region{r(0x3000, 0x5000)}, []region{r(0x1000, 0x3000)}},
+		{"merged two", r(0x1000, 0x5000), []region{r(0x1000, 0x2000), r(0x4000, 0x5000)}, []region{r(0x2000, 0x4000)}},
+		{"split part", r(0x2000, 0x3000), []region{r(0x1000, 0x5000)}, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, subtract(tc.in, tc.old))
+		})
+	}
+}

@@ -162,3 +162,82 @@ func TestCatalogue(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckRegions(t *testing.T) {
+	const start, end = 0x10000, 0x20000
+	cases := []struct {
+		name string
+		rs   []tracker.Region
+		ok   bool
+	}{
+		{"none", nil, true},
+		{"inside", []tracker.Region{{Start: start, End: start + PageSize}, {Start: end - PageSize, End: end}}, true},
+		{"unaligned start", []tracker.Region{{Start: start + 8, End: start + PageSize}}, false},
+		{"unaligned end", []tracker.Region{{Start: start, End: start + 100}}, false},
+		{"inverted", []tracker.Region{{Start: start + 2*PageSize, End: start + PageSize}}, false},
+		{"empty", []tracker.Region{{Start: start, End: start}}, false},
+		{"below", []tracker.Region{{Start: start - PageSize, End: start + PageSize}}, false},
+		{"above", []tracker.Region{{Start: end - PageSize, End: end + PageSize}}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckRegions(tc.rs, start, end)
+			assert.Equal(t, tc.ok, err == nil, "%v", err)
+		})
+	}
+}
+
+// TestJudgeOverReporting: a pass needs no missed and no corrupted pages,
+// and no over-reporting: nothing in a quiet epoch (any tracker) and no
+// unexplained extra report (ldt and the mutants).
+func TestJudgeOverReporting(t *testing.T) {
+	s := &Scenario{Name: "x", Naive: MissPages}
+	cases := []struct {
+		name     string
+		res      Result
+		outcome  string
+		expected bool
+	}{
+		{"ldt clean", Result{Tracker: "ldt"}, Pass, true},
+		{"ldt quiet epoch reported", Result{Tracker: "ldt", QuietReported: 3}, Fail, false},
+		{"ldt unexplained extra", Result{Tracker: "ldt", Unexplained: 1}, Fail, false},
+		{"mutant unexplained extra", Result{Tracker: "mutant-all", Unexplained: 1}, Fail, false},
+		{"softdirty unexplained extra is a label", Result{Tracker: "softdirty", Unexplained: 5}, Pass, true},
+		{"softdirty quiet epoch reported", Result{Tracker: "softdirty", QuietReported: 1}, Fail, false},
+		{"naive caught", Result{Tracker: "naive", Missed: 2}, Fail, true},
+		{"naive no teeth", Result{Tracker: "naive"}, Pass, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.res
+			judge(s, &r)
+			assert.Equal(t, tc.outcome, r.Outcome, r.Reason)
+			assert.Equal(t, tc.expected, r.AsExpected, r.Reason)
+		})
+	}
+}
+
+func TestJudgeDeclaredLoss(t *testing.T) {
+	s := &Scenario{Name: "x", Naive: LoseData, Loss: "all zeros"}
+	r := Result{Tracker: "naive", Corrupted: 4}
+	judge(s, &r)
+	assert.False(t, r.AsExpected, "stale data is not the zeros the scenario declares")
+	r = Result{Tracker: "naive", Corrupted: 4, DeclaredLoss: 4}
+	judge(s, &r)
+	assert.True(t, r.AsExpected)
+}
+
+// TestNoQuietEpochFails: RunCell fails a scenario that ran no quiet epoch.
+func TestNoQuietEpochFails(t *testing.T) {
+	s := &Scenario{Name: "stub-no-quiet", Naive: Nothing, Run: func(e *Env) error { return nil }}
+	res := RunCell(s, Config{Tracker: "pagemap-scan", Seed: 1})
+	assert.Equal(t, Fail, res.Outcome)
+	assert.Contains(t, res.Reason, "quiet epoch")
+}
+
+func TestUnexplained(t *testing.T) {
+	for class, want := range map[string]bool{"unclassified": true, "outside-range": true, "unmapped-reservation": true,
+		"child:unclassified": true, "thp-pmd-granularity": false, "thp-split": false, "new-vma": false, "mremap": false} {
+		assert.Equal(t, want, Unexplained(class), class)
+	}
+}

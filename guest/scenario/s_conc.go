@@ -109,6 +109,10 @@ func runConcurrency(e *Env) error {
 	if err := collect(J); err != nil {
 		return err
 	}
+	// The writers stopped: one more collection must be empty.
+	if err := e.QuietOnly(ws.Base, ws.End(), t); err != nil {
+		return err
+	}
 	// Judge every write against its window.
 	covers := make([]tracker.Set, J+1)
 	for j := range covers {

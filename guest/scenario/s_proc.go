@@ -17,16 +17,19 @@ func init() {
 	register(&Scenario{
 		Name:  "fork",
 		Paths: "12 (S2)",
-		Doc: "the parent writes, forks (its PTEs are write-protected, D moves to SAVED_DIRTY), then parent and child " +
-			"write different pages; each is tracked by its own tracker and must report only its own writes.",
-		Naive: Nothing,
+		Doc: "the parent puts pages in LDT-only state (process_vm_writev, swapped and read back, lazyfree + collected) and " +
+			"writes, forks (its PTEs are write-protected, D moves to SAVED_DIRTY), then parent and child write different " +
+			"pages; each is tracked by its own tracker and must report only its own writes; after the child exits the " +
+			"parent is paged out and read back.",
+		Naive: MissPages,
 		Run:   runFork,
 	})
 	register(&Scenario{
 		Name:  "lifecycle",
 		Paths: "exit, munmap",
-		Doc: "a forked target writes in a loop and exits (or munmaps its memory first) while collections run back to " +
-			"back: every collection returns regions or a clean ESRCH, never another error, and no kernel report.",
+		Doc: "a forked target, idle (nothing reported), then writing known pages (exactly those reported, its memory " +
+			"verified), then exiting while writing in a loop, or after munmapping its memory (every later collection " +
+			"empty), while collections run back to back: each returns regions or a clean ESRCH, never another error.",
 		Naive: Nothing,
 		NotFor: map[string]string{
 			"pagemap-scan": "PAGEMAP_SCAN's write-protection must be registered from inside the tracked process, and the target here is another process",
@@ -71,16 +74,34 @@ func procMemReader(pid int) (func(addr uintptr, buf []byte) error, func(), error
 
 func runFork(e *Env) error {
 	const n = 64
-	ws, _, t, err := populated(e, Anon, n)
+	if err := anySwap(); err != nil {
+		return err
+	}
+	ws, seg, t, err := populated(e, Anon, n)
 	if err != nil {
 		return err
 	}
 	defer ws.Close()
 	defer t.Close()
 	childTracked := 0
+	var ss swapStats
 	for range e.Epochs {
+		// LDT-only state in the parent before the fork write-protects
+		// its PTEs.
+		o := pickLDTOnly(e, 0, n, n/16)
+		if err := e.prepLazy(ws, o.lazy); err != nil {
+			return err
+		}
+		if _, err := e.Collect(ws, t); err != nil {
+			return err
+		}
+		if err := e.prepLDTOnly(ws, o, &ss); err != nil {
+			return err
+		}
 		for _, id := range Pick(e.Rand, 0, n, n/4) {
-			ws.Write(id) // before the fork: the parent must still report these
+			if !slices.Contains(o.gup, id) && !slices.Contains(o.swapped, id) {
+				ws.Write(id) // before the fork: the parent must still report these
+			}
 		}
 		model := ws.forkModel()
 		c, err := startFork(ws.mem)
@@ -143,6 +164,24 @@ func runFork(e *Env) error {
 		if err != nil {
 			return err
 		}
+		// The child is gone: page the parent's memory out (shared pages
+		// are not), read it back; the lazyfree pages must hold their data
+		// and nothing was written since the last collection.
+		if err := ss.pageout(seg.Bytes(ws)); err != nil {
+			return err
+		}
+		if err := e.Verify(ws); err != nil {
+			return err
+		}
+		if _, err := e.Collect(ws, t); err != nil {
+			return err
+		}
+	}
+	if err := e.Quiet(ws, t); err != nil {
+		return err
+	}
+	if err := ss.require(e); err != nil {
+		return err
 	}
 	if childTracked == 0 {
 		e.Note("the child was not tracked (%s tracks only its own process): parent side only", e.Tracker)
@@ -163,8 +202,9 @@ func runLifecycle(e *Env) error {
 	for id := range n {
 		ws.Write(id)
 	}
-	esrch, emptyAfterUnmap := 0, 0
+	esrch, afterUnmap := 0, 0
 	for ep := range e.Epochs {
+		model := ws.forkModel()
 		c, err := startFork(ws.mem)
 		if err != nil {
 			return err
@@ -176,9 +216,55 @@ func runLifecycle(e *Env) error {
 				return err
 			}
 			defer t.Close()
-			unmap := uint64(ep % 2)
-			c.post(opSpin, uint64(500+e.Rand.IntN(20000)), unmap)
-			st := EpochStat{Classified: map[string]int{}}
+			// An idle target: nothing to report.
+			if err := e.QuietOnly(ws.Base, ws.End(), t); err != nil {
+				return err
+			}
+			// The target writes known pages: exactly those are reported,
+			// and its memory holds them.
+			ids := Pick(e.Rand, 0, n, n/8)
+			offs := make([]int, len(ids))
+			stamps := make([]uint64, len(ids))
+			for i, id := range ids {
+				offs[i], stamps[i] = ws.Off(id), model.NextStamp(id)
+				model.Expect(id, stamps[i])
+				model.MarkWritten(id)
+			}
+			c.write(offs, stamps)
+			rs, err := t.Collect(ws.Base, ws.End(), true)
+			if err != nil {
+				return fmt.Errorf("collect the target's writes: %w", err)
+			}
+			e.Record(model.Judge(rs))
+			read, done, err := procMemReader(c.pid)
+			if err != nil {
+				return err
+			}
+			cs, err := model.Verify(read)
+			done()
+			e.AddCorrupt(cs)
+			if err != nil {
+				return err
+			}
+			unmap := ep%2 == 1
+			if unmap {
+				// After munmap nothing is left to report.
+				c.do(opMunmap, nil, nil)
+				rs, err := t.Collect(ws.Base, ws.End(), true)
+				if err != nil {
+					return fmt.Errorf("collect after munmap: %w", err)
+				}
+				if k := tracker.NewSet(rs...).Len(); k > 0 {
+					afterUnmap += k
+					e.res.QuietReported += k
+					e.sample(fmt.Sprintf("epoch %d: %d pages reported after the target unmapped its memory", ep+1, k))
+				}
+				c.post(opExit, 0, 0)
+			} else {
+				c.post(opSpin, uint64(500+e.Rand.IntN(20000)), 0)
+			}
+			// Collections back to back while the target exits: regions
+			// (empty after munmap) or a clean ESRCH, nothing else.
 			exited := false
 			for i := 0; ; i++ {
 				rs, err := t.Collect(ws.Base, ws.End(), true)
@@ -192,23 +278,25 @@ func runLifecycle(e *Env) error {
 				if exited {
 					return fmt.Errorf("collection after the target was reaped succeeded with %d regions, want ESRCH", len(rs))
 				}
-				if unmap == 1 && len(rs) == 0 {
-					emptyAfterUnmap++
+				if k := tracker.NewSet(rs...).Len(); unmap && k > 0 {
+					afterUnmap += k
+					e.res.QuietReported += k
 				}
-				st.Reported += tracker.NewSet(rs...).Len()
 				var wst unix.WaitStatus
 				if pid, _ := unix.Wait4(c.pid, &wst, unix.WNOHANG, nil); pid == c.pid {
 					exited = true
 					c.pid = 0 // reaped: kill must not hit a reused pid
 				}
 			}
-			e.Record(st)
 			return nil
 		}()
 		if err != nil {
 			return err
 		}
 	}
-	e.Note("%d of %d targets ended with a clean ESRCH; %d empty collections after munmap", esrch, e.Epochs, emptyAfterUnmap)
+	e.Note("%d of %d targets ended with a clean ESRCH; %d pages reported after munmap (must be 0)", esrch, e.Epochs, afterUnmap)
+	if esrch != e.Epochs {
+		return fmt.Errorf("%d of %d targets ended with ESRCH", esrch, e.Epochs)
+	}
 	return nil
 }

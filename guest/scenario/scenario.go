@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"ldtlab/guest/tracker"
@@ -46,6 +47,10 @@ type Scenario struct {
 	Paths string
 	Doc   string
 	Naive Expect
+	// Loss, when set, is the kind of corruption (a substring of its
+	// description) the naive LoseData expectation must show: losing data
+	// some other way is a different bug, not the one declared.
+	Loss string
 	// NotFor maps trackers the scenario's mechanics exclude to the reason.
 	NotFor map[string]string
 	// Known maps trackers to a documented gap of theirs this scenario
@@ -120,6 +125,17 @@ type Result struct {
 	Samples []string `json:"samples,omitempty"`
 	// ReportedSets holds each epoch's reported page offsets (-compare).
 	ReportedSets [][]int `json:"reported_sets,omitempty"`
+	// QuietEpochs counts the collections made right after another with
+	// nothing written in between; QuietReported the pages they reported
+	// (must be 0: a tracker that reports unwritten pages fails).
+	QuietEpochs   int `json:"quiet_epochs"`
+	QuietReported int `json:"quiet_reported"`
+	// DeclaredLoss counts corrupted pages of the scenario's Loss kind.
+	DeclaredLoss int `json:"declared_loss,omitempty"`
+	// Unexplained counts extra reports no mechanism explains
+	// (unclassified, outside the range, in the unmapped reservation):
+	// a failure for ldt.
+	Unexplained int `json:"unexplained_extra"`
 }
 
 const maxSamples = 8
@@ -134,6 +150,7 @@ type Env struct {
 	// corrupt holds the (page, expected stamp) pairs already counted, so
 	// a lost page seen by several verifications counts once.
 	corrupt map[[2]uint64]bool
+	loss    string
 }
 
 // Logf writes a progress line.
@@ -155,13 +172,78 @@ func (e *Env) sample(s string) {
 }
 
 // Open opens the tracker under test on pid's [start,end); a tracker the
-// guest lacks turns into a skip.
+// guest lacks turns into a skip. Every report of the returned tracker is
+// checked for well-formed regions inside the range asked for.
 func (e *Env) Open(pid int, start, end uintptr) (tracker.Tracker, error) {
 	t, err := tracker.Open(e.Tracker, pid, start, end)
 	if errors.Is(err, tracker.ErrUnsupported) {
 		return nil, &SkipError{Reason: err.Error()}
 	}
-	return t, err
+	if err != nil {
+		return nil, err
+	}
+	return checked{t}, nil
+}
+
+// checked rejects reports that are unaligned, inverted, empty or outside
+// the collected range: a tracker returning them is broken, whatever the
+// pages inside say.
+type checked struct{ tracker.Tracker }
+
+func (c checked) Collect(start, end uintptr, clear bool) ([]tracker.Region, error) {
+	rs, err := c.Tracker.Collect(start, end, clear)
+	if err != nil {
+		return rs, err
+	}
+	if err := CheckRegions(rs, start, end); err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", c.Name(), err)
+	}
+	return rs, nil
+}
+
+// CheckRegions fails regions that are not page aligned, inverted or empty,
+// or reach outside [start,end).
+func CheckRegions(rs []tracker.Region, start, end uintptr) error {
+	for _, r := range rs {
+		switch {
+		case r.Start%PageSize != 0 || r.End%PageSize != 0:
+			return fmt.Errorf("reported region %v is not page aligned", r)
+		case r.End <= r.Start:
+			return fmt.Errorf("reported region %v is inverted or empty", r)
+		case r.Start < start || r.End > end:
+			return fmt.Errorf("reported region %v lies outside the collected range [%#x,%#x)", r, start, end)
+		}
+	}
+	return nil
+}
+
+// Quiet runs the quiet epoch every scenario ends with: a collection
+// (judged like any other: it must report what was written since the last
+// one), then a second one with nothing written in between, which must be
+// empty. A tracker that reports everything, or whose clear does not clear,
+// fails here.
+func (e *Env) Quiet(ws *Workset, t tracker.Tracker) error {
+	if _, err := e.Collect(ws, t); err != nil {
+		return err
+	}
+	return e.QuietOnly(ws.Base, ws.End(), t)
+}
+
+// QuietOnly is the second half of Quiet, for a scenario that has just
+// collected [start,end) itself.
+func (e *Env) QuietOnly(start, end uintptr, t tracker.Tracker) error {
+	rs, err := t.Collect(start, end, true)
+	if err != nil {
+		return fmt.Errorf("quiet collection: %w", err)
+	}
+	n := tracker.NewSet(rs...).Len()
+	e.res.QuietEpochs++
+	e.res.QuietReported += n
+	if n > 0 {
+		e.sample(fmt.Sprintf("quiet epoch: %d pages reported with nothing written (first %v)", n, rs[0]))
+		e.Logf("quiet epoch: %d pages reported with nothing written", n)
+	}
+	return nil
 }
 
 // Track opens the tracker under test on the caller's working set.
@@ -192,6 +274,9 @@ func (e *Env) Record(st EpochStat) {
 	r.Extra += st.Extra
 	for k, v := range st.Classified {
 		r.ExtraClassified[k] += v
+		if Unexplained(k) {
+			r.Unexplained += v
+		}
 	}
 	if e.KeepSets {
 		r.ReportedSets = append(r.ReportedSets, st.ReportedOffs)
@@ -220,6 +305,9 @@ func (e *Env) AddCorrupt(cs []Corruption) {
 		}
 		e.corrupt[k] = true
 		n++
+		if e.loss != "" && strings.Contains(c.What, e.loss) {
+			e.res.DeclaredLoss++
+		}
 		e.sample("corrupted " + c.String())
 	}
 	if n == 0 {
@@ -300,7 +388,7 @@ func RunCell(s *Scenario, cfg Config) *Result {
 	}
 	start := time.Now()
 	defer func() { res.DurationMS = time.Since(start).Milliseconds() }()
-	if !slices.Contains(tracker.Names(), cfg.Tracker) {
+	if !tracker.Known(cfg.Tracker) {
 		res.Outcome, res.Reason = Fail, fmt.Sprintf("unknown tracker %q", cfg.Tracker)
 		return res
 	}
@@ -323,8 +411,28 @@ func RunCell(s *Scenario, cfg Config) *Result {
 		res.Outcome, res.Reason = Fail, err.Error()
 		return res
 	}
+	if res.QuietEpochs == 0 {
+		res.Outcome, res.Reason = Fail, "the scenario ran no quiet epoch: its over-reporting is unbounded"
+		return res
+	}
 	judge(s, res)
 	return res
+}
+
+// Unexplained tells the extra-report classes no kernel mechanism
+// explains: ldt reporting them is over-reporting.
+func Unexplained(class string) bool {
+	switch class {
+	case "unclassified", "outside-range", "unmapped-reservation", "child:unclassified", "child:outside-range", "child:unmapped-reservation":
+		return true
+	}
+	return false
+}
+
+// Strict tells the trackers whose over-reporting fails a cell: ldt and
+// the mutants that stand in for it.
+func Strict(name string) bool {
+	return name == "ldt" || slices.Contains(tracker.Mutants(), name)
 }
 
 func runBody(s *Scenario, cfg Config, res *Result, epochs int) (err error) {
@@ -334,6 +442,7 @@ func runBody(s *Scenario, cfg Config, res *Result, epochs int) (err error) {
 		Epochs:  epochs,
 		res:     res,
 		corrupt: map[[2]uint64]bool{},
+		loss:    s.Loss,
 	}
 	// One OS thread for the whole body: MADV_PAGEOUT drains only the
 	// calling CPU's LRU batches, and pinning needs a stable thread.
@@ -351,13 +460,17 @@ func runBody(s *Scenario, cfg Config, res *Result, epochs int) (err error) {
 // and corrupted == 0; for naive, as expected ⇔ it failed the declared way.
 func judge(s *Scenario, res *Result) {
 	res.Outcome = Pass
-	if res.Missed > 0 || res.Corrupted > 0 {
+	over := res.QuietReported > 0 || (Strict(res.Tracker) && res.Unexplained > 0)
+	if res.Missed > 0 || res.Corrupted > 0 || over {
 		res.Outcome = Fail
 	}
 	if res.Tracker != "naive" {
 		res.AsExpected = res.Outcome == Pass
 		if !res.AsExpected {
 			res.Reason = fmt.Sprintf("%d missed, %d corrupted pages", res.Missed, res.Corrupted)
+			if over {
+				res.Reason += fmt.Sprintf("; over-reporting: %d pages in quiet epochs, %d unexplained extra", res.QuietReported, res.Unexplained)
+			}
 			if k, ok := s.Known[res.Tracker]; ok {
 				res.Reason += "; known " + res.Tracker + " gap: " + k
 			}
@@ -368,6 +481,10 @@ func judge(s *Scenario, res *Result) {
 	case LoseData:
 		res.AsExpected = res.Corrupted > 0
 		res.Reason = fmt.Sprintf("naive must lose data: corrupted=%d missed=%d", res.Corrupted, res.Missed)
+		if s.Loss != "" {
+			res.AsExpected = res.DeclaredLoss > 0
+			res.Reason += fmt.Sprintf(", of them %d %q", res.DeclaredLoss, s.Loss)
+		}
 	case MissPages:
 		res.AsExpected = res.Missed > 0
 		res.Reason = fmt.Sprintf("naive must miss pages: missed=%d corrupted=%d", res.Missed, res.Corrupted)

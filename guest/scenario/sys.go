@@ -290,3 +290,23 @@ func numaNodes() int {
 	}
 	return n
 }
+
+const khugepagedSleep = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs"
+
+// pauseKhugepaged keeps khugepaged from collapsing the scenario's THP
+// segments behind its back: a collapse installs a dirty PMD, so every
+// page of the block is reported without a write, at a moment the oracle
+// cannot know. The scenarios collapse with MADV_COLLAPSE themselves.
+// The returned function restores the scan interval.
+func pauseKhugepaged(e *Env) func() {
+	old, err := os.ReadFile(khugepagedSleep)
+	if err != nil {
+		e.Note("khugepaged not paused: %v", err)
+		return func() {}
+	}
+	if err := writeFile(khugepagedSleep, "3600000"); err != nil {
+		e.Note("khugepaged not paused: %v", err)
+		return func() {}
+	}
+	return func() { _ = writeFile(khugepagedSleep, strings.TrimSpace(string(old))) }
+}

@@ -343,3 +343,14 @@ func TestTrackersManyRegions(t *testing.T) {
 		})
 	}
 }
+
+func TestMutantsAreKnownButNotListed(t *testing.T) {
+	for _, m := range Mutants() {
+		assert.True(t, Known(m), m)
+		assert.NotContains(t, Names(), m, "mutants stay out of the default list")
+	}
+	for _, n := range Names() {
+		assert.True(t, Known(n), n)
+	}
+	assert.False(t, Known("nope"))
+}

@@ -25,6 +25,14 @@ import (
 // Trackers in display order.
 var Trackers = []string{"ldt", "naive", "softdirty", "pagemap-scan"}
 
+// Mutants are the deliberately broken trackers of guest/tracker (not run
+// by default; `--tracker mutant-all,...`): each must be caught by at least
+// one cell, or the catalogue has no teeth against that class of bug.
+var Mutants = []string{"mutant-all", "mutant-noswapin", "mutant-pfn"}
+
+// IsMutant tells a deliberately broken tracker.
+func IsMutant(t string) bool { return slices.Contains(Mutants, t) }
+
 // Scenario is one entry of `ldt-check -list`.
 type Scenario struct {
 	Name     string            `json:"name"`
@@ -49,13 +57,16 @@ type Cell struct {
 	Extra            int            `json:"extra"`
 	ExtraClassified  map[string]int `json:"extra_classified,omitempty"`
 	Corrupted        int            `json:"corrupted"`
+	QuietEpochs      int            `json:"quiet_epochs"`
+	QuietReported    int            `json:"quiet_reported"`
+	Unexplained      int            `json:"unexplained_extra"`
 	NaiveExpectation string         `json:"naive_expectation"`
 	DurationMS       int64          `json:"duration_ms"`
 	Notes            []string       `json:"notes,omitempty"`
 	Samples          []string       `json:"samples,omitempty"`
 
 	// Host side.
-	Verdict      string   `json:"verdict"` // PASS, FAIL, CAUGHT, NO-TEETH, KNOWN-GAP, SKIP, N/A
+	Verdict      string   `json:"verdict"` // PASS, FAIL, CAUGHT, NO-TEETH, KNOWN-GAP, SKIP, N/A, SURVIVED (a mutant passed this cell)
 	KernelReport []string `json:"kernel_reports,omitempty"`
 	Error        string   `json:"error,omitempty"`
 	Repro        string   `json:"repro,omitempty"`
@@ -115,8 +126,11 @@ type Result struct {
 	Compare    []json.RawMessage `json:"compare,omitempty"`
 	Checkpoint []*Checkpoint     `json:"checkpoint,omitempty"`
 	Reports    []string          `json:"kernel_reports,omitempty"`
-	Seconds    float64           `json:"seconds"`
-	Failures   int               `json:"failures"`
+	// Problems are failures outside the cells: a comparison that did not
+	// run, a kernel report between phases, a mutant no cell caught.
+	Problems []string `json:"problems,omitempty"`
+	Seconds  float64  `json:"seconds"`
+	Failures int      `json:"failures"`
 }
 
 // Checkpoint is one run of the incremental checkpoint oracle.
@@ -264,6 +278,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			raw, err := r.compare(ctx, s)
 			if err != nil {
 				r.logf("compare %s: %v\n", s.Name, err)
+				r.res.Problems = append(r.res.Problems, fmt.Sprintf("compare %s: %v", s.Name, err))
 				continue
 			}
 			r.res.Compare = append(r.res.Compare, raw)
@@ -283,6 +298,26 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			}
 		}
 	}
+	// Whatever the kernel printed after the last phase fails the run too.
+	if reps := r.newReports(); len(reps) > 0 {
+		r.res.Reports = append(r.res.Reports, reps...)
+		for _, rep := range reps {
+			r.res.Problems = append(r.res.Problems, "kernel report after the last phase: "+rep)
+		}
+	}
+	for _, m := range Mutants {
+		if !slices.Contains(trackers, m) {
+			continue
+		}
+		caught := false
+		for _, c := range r.res.Cells {
+			caught = caught || (c.Tracker == m && c.Verdict == "CAUGHT")
+		}
+		if !caught {
+			r.res.Problems = append(r.res.Problems, fmt.Sprintf("mutant %s survived: no cell of the catalogue failed it", m))
+		}
+	}
+	r.res.Failures += len(r.res.Problems)
 	for _, c := range r.res.Cells {
 		if c.Failed() {
 			r.res.Failures++
@@ -332,7 +367,14 @@ func filter(all []Scenario, names []string) []Scenario {
 	return out
 }
 
-func allows(s Scenario, t string) bool { return slices.Contains(s.Trackers, t) }
+// allows tells whether scenario s runs under tracker t; a mutant runs
+// wherever ldt does.
+func allows(s Scenario, t string) bool {
+	if IsMutant(t) {
+		t = "ldt"
+	}
+	return slices.Contains(s.Trackers, t)
+}
 
 func (r *runner) boot(ctx context.Context) error {
 	if r.m != nil {
@@ -413,10 +455,28 @@ func (r *runner) cell(ctx context.Context, s Scenario, tracker string) *Cell {
 		return c
 	}
 	c.Verdict = Judge(c, knownGap(s.Name, tracker))
-	if c.Verdict == "SKIP" && r.o.Guest.Vanilla && (tracker == "ldt" || tracker == "naive") {
+	if IsMutant(tracker) {
+		c.Verdict = judgeMutant(c)
+	}
+	if c.Verdict == "SKIP" && r.o.Guest.Vanilla && (tracker == "ldt" || tracker == "naive" || IsMutant(tracker)) {
 		c.Verdict, c.Reason = "N/A", "the vanilla kernel has no /dev/ldt"
 	}
 	return c
+}
+
+// judgeMutant turns a mutant's cell into CAUGHT (the catalogue failed
+// it: what must happen somewhere) or SURVIVED (this cell did not notice;
+// informational). A skip or a kernel report stays a failure.
+func judgeMutant(c *Cell) string {
+	switch {
+	case len(c.KernelReport) > 0:
+		return "FAIL"
+	case c.Outcome == "skip":
+		return "SKIP"
+	case c.Outcome == "fail":
+		return "CAUGHT"
+	}
+	return "SURVIVED"
 }
 
 // Judge turns a cell's outcome into the verdict shown in the table.
@@ -429,7 +489,9 @@ func Judge(c *Cell, gap string) string {
 		return "SKIP"
 	case c.Tracker == "naive":
 		if c.NaiveExpectation == "nothing" {
-			if c.Missed == 0 && c.Corrupted == 0 {
+			// Behaving like ldt means passing, not failing some other way
+			// (an error, over-reporting).
+			if c.Outcome == "pass" && c.Missed == 0 && c.Corrupted == 0 {
 				return "PASS"
 			}
 			return "FAIL"
@@ -442,7 +504,9 @@ func Judge(c *Cell, gap string) string {
 		if c.Missed == 0 && c.Corrupted == 0 && c.Outcome == "pass" {
 			return "PASS"
 		}
-		if gap != "" && c.Corrupted == 0 {
+		// A known gap excuses missed pages only: not corruption, not an
+		// error, not over-reporting.
+		if gap != "" && c.Corrupted == 0 && c.Missed > 0 && c.Error == "" && c.QuietReported == 0 && c.Unexplained == 0 && c.Outcome == "fail" {
 			c.Reason = "known kernel gap: " + gap + "; " + c.Reason
 			return "KNOWN-GAP"
 		}
@@ -473,12 +537,32 @@ func (r *runner) compare(ctx context.Context, s Scenario) (json.RawMessage, erro
 		}
 		return nil, err
 	}
-	raw := lastJSON(res.Stdout)
-	if !json.Valid(raw) {
-		return nil, fmt.Errorf("no JSON from ldt-check -compare: %s", firstLine(string(res.Stderr)))
-	}
 	if reps := r.newReports(); len(reps) > 0 {
+		r.res.Reports = append(r.res.Reports, reps...)
 		return nil, fmt.Errorf("kernel reports: %v", reps)
+	}
+	raw := lastJSON(res.Stdout)
+	var v struct {
+		Results []struct {
+			Tracker    string `json:"tracker"`
+			Outcome    string `json:"outcome"`
+			AsExpected bool   `json:"as_expected"`
+			Reason     string `json:"reason"`
+		} `json:"results"`
+		Epochs []json.RawMessage `json:"epochs"`
+		Note   string            `json:"note"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, fmt.Errorf("no JSON from ldt-check -compare (%v): %s", err, firstLine(string(res.Stderr)))
+	}
+	// A comparison of runs that failed, or of no epochs, compares nothing.
+	for _, x := range v.Results {
+		if !x.AsExpected && knownGap(s.Name, x.Tracker) == "" {
+			return nil, fmt.Errorf("the %s run of the comparison failed: %s", x.Tracker, x.Reason)
+		}
+	}
+	if len(v.Epochs) == 0 {
+		return nil, fmt.Errorf("the comparison has no epochs: %s", v.Note)
 	}
 	return raw, nil
 }
@@ -550,6 +634,9 @@ func (r *runner) checkpoint(ctx context.Context, target, tracker string) *Checkp
 	switch {
 	case len(cp.Reports) > 0:
 		cp.Verdict = "FAIL"
+	case v.Outcome == "skip":
+		// Nothing compared, reported or swapped: not a pass, whoever ran.
+		cp.Verdict = "SKIP"
 	case tracker == "naive" && v.Missed > 0:
 		cp.Verdict = "CAUGHT"
 	case tracker == "naive" && target == "redis":
@@ -610,6 +697,12 @@ func Table(w io.Writer, res *Result) {
 			for _, k := range c.KernelReport {
 				fmt.Fprintf(w, "    kernel: %s\n", k)
 			}
+		}
+	}
+	if len(res.Problems) > 0 {
+		fmt.Fprintf(w, "\n%d problem(s) outside the cells:\n", len(res.Problems))
+		for _, p := range res.Problems {
+			fmt.Fprintf(w, "  %s\n", firstLine(p))
 		}
 	}
 	verdicts := map[string]int{}

@@ -24,6 +24,11 @@ func TestJudge(t *testing.T) {
 		{"naive loses data where it must not", Cell{Tracker: "naive", Outcome: "fail", Corrupted: 1, NaiveExpectation: "nothing"}, "", "FAIL"},
 		{"known gap", Cell{Tracker: "softdirty", Outcome: "fail", Missed: 68}, "kernel", "KNOWN-GAP"},
 		{"known gap never excuses corruption", Cell{Tracker: "softdirty", Outcome: "fail", Missed: 1, Corrupted: 1}, "kernel", "FAIL"},
+		{"known gap never excuses an error", Cell{Tracker: "softdirty", Outcome: "fail", Error: "boom"}, "kernel", "FAIL"},
+		{"known gap never excuses a failure without missed pages", Cell{Tracker: "softdirty", Outcome: "fail", Reason: "collect: EIO"}, "kernel", "FAIL"},
+		{"known gap never excuses over-reporting", Cell{Tracker: "softdirty", Outcome: "fail", Missed: 2, QuietReported: 1}, "kernel", "FAIL"},
+		{"naive like ldt fails on a scenario error", Cell{Tracker: "naive", Outcome: "fail", Reason: "mremap: EINVAL", NaiveExpectation: "nothing"}, "", "FAIL"},
+		{"ldt fails on a failed outcome with clean counts", Cell{Tracker: "ldt", Outcome: "fail", QuietReported: 4}, "", "FAIL"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -33,8 +38,29 @@ func TestJudge(t *testing.T) {
 	}
 }
 
+func TestJudgeMutant(t *testing.T) {
+	cases := []struct {
+		name string
+		cell Cell
+		want string
+	}{
+		{"caught", Cell{Tracker: "mutant-all", Outcome: "fail", QuietReported: 9}, "CAUGHT"},
+		{"survived this cell", Cell{Tracker: "mutant-pfn", Outcome: "pass"}, "SURVIVED"},
+		{"skip is not a catch", Cell{Tracker: "mutant-pfn", Outcome: "skip"}, "SKIP"},
+		{"kernel report", Cell{Tracker: "mutant-pfn", Outcome: "fail", KernelReport: []string{"BUG"}}, "FAIL"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.cell
+			assert.Equal(t, tc.want, judgeMutant(&c))
+		})
+	}
+	assert.True(t, allows(Scenario{Trackers: []string{"ldt", "naive"}}, "mutant-all"), "mutants run where ldt runs")
+	assert.False(t, allows(Scenario{Trackers: []string{"softdirty"}}, "mutant-all"))
+}
+
 func TestFailedCountsSkips(t *testing.T) {
-	for v, want := range map[string]bool{"PASS": false, "CAUGHT": false, "KNOWN-GAP": false, "N/A": false, "FAIL": true, "NO-TEETH": true, "SKIP": true} {
+	for v, want := range map[string]bool{"PASS": false, "CAUGHT": false, "KNOWN-GAP": false, "N/A": false, "SURVIVED": false, "FAIL": true, "NO-TEETH": true, "SKIP": true} {
 		c := Cell{Verdict: v}
 		assert.Equal(t, want, c.Failed(), v)
 	}

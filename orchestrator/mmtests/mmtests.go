@@ -188,7 +188,7 @@ type Comparison struct {
 	Results     map[string][]Result `json:"results"` // "ldt", "vanilla": every attempt
 	Differences []string            `json:"differences"`
 	// Flaky lists cases whose outcome changed between attempts on the
-	// same kernel while overlapping with the other kernel's: not evidence
+	// vanilla kernel while overlapping with ldt's: not evidence
 	// against the patches, shown so nobody mistakes them for a pass.
 	Flaky   []string `json:"flaky"`
 	Reports []string `json:"kernel_reports"`
@@ -266,7 +266,9 @@ func CompareKernels(ctx context.Context, o lab.Options, tests []string, perTest 
 
 // classify compares every attempt of one test on the two kernels. A case
 // (or the exit status) whose outcomes on the two kernels never overlap is
-// a difference; one that varies between attempts but overlaps is flaky.
+// a difference; so is one that varies on ldt while vanilla is steady (an
+// ldt failure that passes on a retry); one that varies on vanilla too,
+// overlapping, is flaky.
 func classify(test string, a, b []Result) (diffs, flaky []string) {
 	outcomes := func(rs []Result, key func(Result) string) map[string]bool {
 		m := map[string]bool{}
@@ -288,6 +290,10 @@ func classify(test string, a, b []Result) (diffs, flaky []string) {
 		case same && overlap:
 		case !overlap:
 			diffs = append(diffs, fmt.Sprintf("%s: %s is %s on ldt but %s on vanilla", test, what, set(oa), set(ob)))
+		case len(ob) == 1:
+			// Vanilla was steady: an outcome only ldt showed, even once,
+			// is the patches' doing, not flakiness.
+			diffs = append(diffs, fmt.Sprintf("%s: %s was %s on ldt over %d attempts but always %s on vanilla", test, what, set(oa), len(a), set(ob)))
 		default:
 			flaky = append(flaky, fmt.Sprintf("%s: %s was %s on ldt and %s on vanilla over %d/%d attempts", test, what, set(oa), set(ob), len(a), len(b)))
 		}

@@ -54,6 +54,8 @@ func TestClassify(t *testing.T) {
 		{"agree", []Result{r(0, ok)}, []Result{r(0, ok)}, 0, 0},
 		{"ldt always fails", []Result{r(1, bad), r(1, bad), r(1, bad)}, []Result{r(0, ok), r(0, ok), r(0, ok)}, 2, 0},
 		{"vanilla flaky", []Result{r(0, ok), r(0, ok), r(0, ok)}, []Result{r(1, bad), r(0, ok), r(0, ok)}, 0, 2},
+		{"both flaky", []Result{r(1, bad), r(0, ok), r(0, ok)}, []Result{r(0, ok), r(1, bad), r(0, ok)}, 0, 2},
+		{"ldt fails once, vanilla steady", []Result{r(1, bad), r(0, ok), r(0, ok)}, []Result{r(0, ok), r(0, ok), r(0, ok)}, 2, 0},
 		{"case missing on one kernel", []Result{r(0, map[string]string{})}, []Result{r(0, ok)}, 1, 0},
 	}
 	for _, tc := range cases {

@@ -22,7 +22,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,7 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		return usage("unexpected arguments %q", fs.Args())
 	}
-	trackerOK := func() bool { return slices.Contains(tracker.Names(), *trk) }
+	// The mutants are accepted too (not listed): the catalogue's proof.
+	trackerOK := func() bool { return tracker.Known(*trk) }
 	switch {
 	case *writer:
 		err := checkpoint.RunWriter(*mb, *seed, func() { fmt.Fprintln(stdout, "ready") })
@@ -90,7 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return 1
 			}
 			defer stop()
-			o.Pid = p
+			o.Pid, o.Strict = p, true
 		} else if *pid <= 0 {
 			return usage("-checkpoint needs -pid")
 		}
@@ -170,6 +170,10 @@ func listing() []listEntry {
 func startWriter(mb int, seed uint64) (int, func(), error) {
 	cmd := exec.Command("/proc/self/exe", "-synthetic-writer", "-mb", strconv.Itoa(mb), "-seed", strconv.FormatUint(seed, 10))
 	cmd.Stderr = os.Stderr
+	// No garbage collection, so no scavenger handing pages back with
+	// MADV_DONTNEED: the writer never discards memory, and the oracle
+	// holds it to that (a page of zeros is a miss).
+	cmd.Env = append(os.Environ(), "GOGC=off")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
