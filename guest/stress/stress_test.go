@@ -66,10 +66,10 @@ func TestSources(t *testing.T) {
 	}
 	zero := make([]byte, 16)
 	for v, want := range map[uint64]string{
-		1<<56 | 5:         "cpu",
+		1<<56 | 5:          "cpu",
 		tagODirect<<56 | 9: "odirect",
 		tagGUP<<56 | 1:     "gup-write",
-		tagMadvFree<<56:    "madvfree",
+		tagMadvFree << 56:  "madvfree",
 	} {
 		assert.Equal(t, []string{want}, sources(zero, word(v)))
 	}
