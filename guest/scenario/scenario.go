@@ -331,7 +331,7 @@ func (e *Env) Verify(ws *Workset) error {
 var order = []string{
 	"stale-swap-cache", "lazyfree", "lazyfree-thp", "swap-roundtrip", "memory-pressure", "writeback",
 	"ksm", "migration", "thp-split-collapse", "fork", "mprotect", "mremap", "kernel-writes",
-	"coexistence", "concurrency", "lifecycle",
+	"coexistence", "concurrency", "lifecycle", "shmem-thp-split",
 }
 
 // Catalogue is every scenario, in the order.
