@@ -47,7 +47,7 @@ func shmemPmdKB(addr uintptr) (int, error) {
 	in := false
 	for sc.Scan() {
 		l := sc.Text()
-		if lo, hi, ok := strings.Cut(strings.Fields(l+" ")[0], "-"); ok && !strings.HasSuffix(l, ":") {
+		if lo, hi, ok := strings.Cut(strings.Fields(l + " ")[0], "-"); ok && !strings.HasSuffix(l, ":") {
 			a, e1 := strconv.ParseUint(lo, 16, 64)
 			b, e2 := strconv.ParseUint(hi, 16, 64)
 			if e1 == nil && e2 == nil {
