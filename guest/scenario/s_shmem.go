@@ -47,7 +47,12 @@ func shmemPmdKB(addr uintptr) (int, error) {
 	in := false
 	for sc.Scan() {
 		l := sc.Text()
-		if lo, hi, ok := strings.Cut(strings.Fields(l + " ")[0], "-"); ok && !strings.HasSuffix(l, ":") {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		// A mapping's header line starts "start-end perms ...".
+		if lo, hi, ok := strings.Cut(f[0], "-"); ok {
 			a, e1 := strconv.ParseUint(lo, 16, 64)
 			b, e2 := strconv.ParseUint(hi, 16, 64)
 			if e1 == nil && e2 == nil {
