@@ -20,6 +20,7 @@ import (
 	"ldtlab/images/rootfs"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/report"
+	"ldtlab/orchestrator/stress"
 )
 
 // Trackers in display order.
@@ -118,7 +119,10 @@ type Options struct {
 	Epochs     int  // 0 = each scenario's default
 	Compare    bool // run the LDT vs soft-dirty comparison
 	Checkpoint bool // run the checkpoint oracle (synthetic + redis)
-	Progress   io.Writer
+	// Stress runs the race hunt (orchestrator/stress) for this long per
+	// tracker after the other phases; 0 skips it.
+	Stress   time.Duration
+	Progress io.Writer
 }
 
 // Result is the whole run, written as JSON.
@@ -131,6 +135,7 @@ type Result struct {
 	Cells      []*Cell           `json:"cells"`
 	Compare    []json.RawMessage `json:"compare,omitempty"`
 	Checkpoint []*Checkpoint     `json:"checkpoint,omitempty"`
+	Stress     []stress.Run      `json:"stress,omitempty"`
 	Reports    []string          `json:"kernel_reports,omitempty"`
 	// Problems are failures outside the cells: a comparison that did not
 	// run, a kernel report between phases, a mutant no cell caught.
@@ -304,6 +309,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			}
 		}
 	}
+	if o.Stress > 0 {
+		r.stress(ctx, trackers)
+	}
 	// Whatever the kernel printed after the last phase fails the run too.
 	if reps := r.newReports(); len(reps) > 0 {
 		r.res.Reports = append(r.res.Reports, reps...)
@@ -331,6 +339,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	for _, cp := range r.res.Checkpoint {
 		if cp.Verdict != "PASS" && cp.Verdict != "CAUGHT" && cp.Verdict != "NOT-CAUGHT" {
+			r.res.Failures++
+		}
+	}
+	for _, sr := range r.res.Stress {
+		if sr.Failed() {
 			r.res.Failures++
 		}
 	}
@@ -398,6 +411,29 @@ func (r *runner) boot(ctx context.Context) error {
 }
 
 // newReports returns the kernel reports printed since the last call.
+// stress runs the race hunt under the trackers asked for that it supports
+// (softdirty is N/A there; mutants are judged by the catalogue).
+func (r *runner) stress(ctx context.Context, trackers []string) {
+	var ts []string
+	for _, t := range []string{"ldt", "pagemap-scan", "naive"} {
+		if slices.Contains(trackers, t) {
+			ts = append(ts, t)
+		}
+	}
+	if len(ts) == 0 {
+		return
+	}
+	runs, err := stress.Job(ctx, r.m, stress.Options{
+		Trackers: ts, Duration: r.o.Stress, Pages: 8192, THP: true, Seed: r.o.Seed,
+	}, r.o.Progress)
+	r.res.Stress = runs
+	if err != nil {
+		r.res.Problems = append(r.res.Problems, "stress: "+err.Error())
+	}
+	// The stress job judged the reports of its runs itself.
+	r.newReports()
+}
+
 func (r *runner) newReports() []string {
 	log := r.m.ConsoleLog()
 	if r.scanned > len(log) {
@@ -687,6 +723,12 @@ func Table(w io.Writer, res *Result) {
 		fmt.Fprintf(w, "\nincremental checkpoint oracle\n")
 		for _, cp := range res.Checkpoint {
 			fmt.Fprintf(w, "  %-10s %-10s %-5s missed %d of %d pages (%d in swap at the end) %.1fs %s\n", cp.Target, cp.Tracker, cp.Verdict, cp.Missed, cp.Compared, cp.Swapped, cp.Took, firstLine(cp.Error))
+		}
+	}
+	if len(res.Stress) > 0 {
+		fmt.Fprintf(w, "\nstress (writers + collector copying into a shadow + agitators)\n")
+		for _, sr := range res.Stress {
+			fmt.Fprintf(w, "  %-13s thp=%-5v %-9s lost %d of %d writes, %d collections %s\n", sr.Tracker, sr.THP, sr.Verdict, sr.LostPages, sr.Writes, sr.Collections, firstLine(sr.Error+sr.Known))
 		}
 	}
 	var fails []*Cell

@@ -24,6 +24,7 @@ func init() {
 		scenarios, trackers, jsonOut   string
 		seed                           uint64
 		epochs                         int
+		stress                         time.Duration
 	}
 	register(&command{
 		name:    "check",
@@ -32,12 +33,13 @@ func init() {
 			g.register(fs)
 			fs.BoolVar(&f.smoke, "smoke", false, "only boot and check the lab's plumbing")
 			fs.StringVar(&f.scenarios, "scenario", "", "comma-separated scenarios (default all; `ldt-check -list` in a guest lists them)")
-			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers: ldt, naive, softdirty, pagemap-scan (default all)")
+			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers: ldt, naive, softdirty, pagemap-scan (default all); the mutants mutant-all, mutant-noswapin, mutant-pfn on request")
 			fs.Uint64Var(&f.seed, "seed", 1, "seed of every scenario")
 			fs.IntVar(&f.epochs, "epochs", 0, "epochs per scenario (0 = each scenario's default)")
 			fs.BoolVar(&f.noCompare, "no-compare", false, "skip the LDT vs soft-dirty comparison")
 			fs.BoolVar(&f.noCheckpoint, "no-checkpoint", false, "skip the incremental checkpoint oracle")
 			fs.StringVar(&f.jsonOut, "json", "", "write the full result here (default: check-last.json in the state directory)")
+			fs.DurationVar(&f.stress, "stress", 8*time.Second, "race hunt per tracker after the catalogue (labctl stress runs it longer); 0 skips it")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			repo, err := repoRoot()
@@ -55,7 +57,7 @@ func init() {
 			co := check.Options{
 				Guest: o, Seed: f.seed, Epochs: f.epochs,
 				Scenarios: splitList(f.scenarios), Trackers: splitList(f.trackers),
-				Compare: !f.noCompare, Checkpoint: !f.noCheckpoint, Progress: os.Stdout,
+				Compare: !f.noCompare, Checkpoint: !f.noCheckpoint, Stress: f.stress, Progress: os.Stdout,
 			}
 			res, err := check.Run(ctx, co)
 			if err != nil {
