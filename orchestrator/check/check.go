@@ -728,7 +728,7 @@ func Table(w io.Writer, res *Result) {
 	if len(res.Stress) > 0 {
 		fmt.Fprintf(w, "\nstress (writers + collector copying into a shadow + agitators)\n")
 		for _, sr := range res.Stress {
-			fmt.Fprintf(w, "  %-13s thp=%-5v %-9s lost %d of %d writes, %d collections %s\n", sr.Tracker, sr.THP, sr.Verdict, sr.LostPages, sr.Writes, sr.Collections, firstLine(sr.Error+sr.Known))
+			fmt.Fprintf(w, "  %-13s thp=%-5v %-9s lost %d pages (%d writes, %d collections) %s\n", sr.Tracker, sr.THP, sr.Verdict, sr.LostPages, sr.Writes, sr.Collections, firstLine(sr.Error+sr.Known))
 		}
 	}
 	var fails []*Cell
