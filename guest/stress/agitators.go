@@ -31,6 +31,7 @@ var agitators = []agitator{
 	{"uffd-wp", "toggle async uffd write-protection on runs (row 16, deferred TLB flush)", notWithPagemapScan, agUffdWP},
 	{"thp-split", "mprotect a sub-range RW->RWX->RW to split huge PMDs (rows 7, 13)", needTHP, agTHPSplit},
 	{"gup-write", "process_vm_writev into the set from another thread (row 19)", always, agGUPWrite},
+	{"procmem", "pwrite to /proc/self/mem: __access_remote_vm re-marks after its copy (row 19, gup_ldt_mark_written)", always, agProcMem},
 	{"odirect", "O_DIRECT reads from the data disk into the set: pinned pages written by the device (row 19, pins)", needDataDir, agODirect},
 }
 
@@ -249,6 +250,23 @@ func agODirect(s *set, r *rand.Rand) (int, error) {
 		// the device writes them, so no CPU store sets Dirty.
 		if _, err := unix.Pread(fd, s.bytes(first, n), off); err != nil {
 			return fmt.Errorf("O_DIRECT pread: %w", err)
+		}
+		return nil
+	})
+}
+
+func agProcMem(s *set, r *rand.Rand) (int, error) {
+	f, err := os.OpenFile("/proc/self/mem", os.O_RDWR, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open /proc/self/mem: %w", err)
+	}
+	defer f.Close()
+	var b [8]byte
+	return loop(s, 100*time.Microsecond, func() error {
+		p := r.IntN(s.n)
+		*(*uint64)(unsafe.Pointer(&b[0])) = uint64(tagProcMem)<<56 | uint64(r.Uint32())
+		if _, err := f.WriteAt(b[:], int64(s.addr(p))+int64(r.IntN(pg/8)*8)); err != nil {
+			return fmt.Errorf("pwrite /proc/self/mem: %w", err)
 		}
 		return nil
 	})

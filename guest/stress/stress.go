@@ -266,6 +266,7 @@ const (
 	tagMadvFree = 0xfe // the madvfree agitator's rewrite
 	tagGUP      = 0xfd // process_vm_writev
 	tagODirect  = 0xfc // O_DIRECT reads from the data disk (device writes)
+	tagProcMem  = 0xfb // pwrite to /proc/self/mem
 )
 
 // sources names the writers of the 8-byte words that differ between the
@@ -288,7 +289,9 @@ func sources(shadow, mem []byte) []string {
 			src = "gup-write"
 		case tag == tagODirect:
 			src = "odirect"
-		case tag >= 1 && tag < tagODirect:
+		case tag == tagProcMem:
+			src = "procmem"
+		case tag >= 1 && tag < tagProcMem:
 			src = "cpu"
 		default:
 			src = "unknown"
