@@ -7,10 +7,13 @@ package console
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -29,7 +32,15 @@ type Capture struct {
 	lastOut  time.Time
 	closed   bool
 	closedCh chan struct{}
+	// werr is the first failed write to the file (a full disk); what
+	// could not be written is kept in unwritten (its last bytes), so
+	// Bytes and report detection still see it.
+	werr      error
+	unwritten []byte
 }
+
+// maxUnwritten bounds what a failing capture file keeps in memory.
+const maxUnwritten = 8 << 20
 
 type sub struct {
 	mu     sync.Mutex
@@ -58,7 +69,17 @@ func (c *Capture) Write(p []byte) (int, error) {
 	if c.closed {
 		return len(p), nil
 	}
-	c.file.Write(p)
+	if c.werr != nil {
+		c.keepUnwritten(p)
+	} else if n, err := c.file.Write(p); err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			err = fmt.Errorf("no space left on %s: console output from here on is kept in memory only", c.path)
+		} else {
+			err = fmt.Errorf("writing the console log %s: %w", c.path, err)
+		}
+		c.werr = err
+		c.keepUnwritten(p[n:])
+	}
 	if c.mirror != nil {
 		c.mirror.Write(p)
 	}
@@ -190,9 +211,24 @@ func (c *Capture) Tail(n int) string {
 func (c *Capture) Bytes() []byte {
 	c.mu.Lock()
 	c.file.Sync()
+	extra := append([]byte(nil), c.unwritten...)
 	c.mu.Unlock()
 	b, _ := os.ReadFile(c.path)
-	return b
+	return append(b, extra...)
+}
+
+func (c *Capture) keepUnwritten(p []byte) {
+	c.unwritten = append(c.unwritten, p...)
+	if len(c.unwritten) > maxUnwritten {
+		c.unwritten = append([]byte(nil), c.unwritten[len(c.unwritten)-maxUnwritten/2:]...)
+	}
+}
+
+// Err is the first failed write to the capture file, or nil.
+func (c *Capture) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.werr
 }
 
 // LastOutput is when the guest last printed anything.

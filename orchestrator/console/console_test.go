@@ -362,3 +362,16 @@ func TestWaitFor(t *testing.T) {
 		}
 	})
 }
+
+// A capture file that cannot be written (a full disk) keeps the output in
+// memory, says where, and Bytes still returns everything.
+func TestWriteErrorKept(t *testing.T) {
+	c, err := New(filepath.Join(t.TempDir(), "console.log"), nil)
+	require.NoError(t, err)
+	c.Write([]byte("first line\n"))
+	c.file.Close() // every later write fails
+	c.Write([]byte("BUG: after the failure\n"))
+	require.Error(t, c.Err())
+	assert.Contains(t, c.Err().Error(), "console.log")
+	assert.Equal(t, "first line\nBUG: after the failure\n", string(c.Bytes()))
+}

@@ -307,8 +307,16 @@ func (m *Machine) watch() {
 // or "".
 func (m *Machine) DiskError() string {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.diskErr
+	d := m.diskErr
+	m.mu.Unlock()
+	if con := m.inst.Console(); d == "" && con != nil {
+		// The console capture on a full host disk: reports are still
+		// detected (from memory), but say where the log stops.
+		if err := con.Err(); err != nil {
+			return err.Error()
+		}
+	}
+	return d
 }
 
 // DiskFailed is closed on the first host I/O error on a disk.
