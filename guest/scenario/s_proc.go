@@ -145,6 +145,12 @@ func runFork(e *Env) error {
 				st = mergeStat(st, model.Judge(crs))
 			}
 			e.Record(st)
+			if ct != nil {
+				// The child's own quiet epoch: it wrote nothing since.
+				if err := e.QuietOnly(ws.Base, ws.End(), ct); err != nil {
+					return fmt.Errorf("child: %w", err)
+				}
+			}
 			if err := e.Verify(ws); err != nil {
 				return err
 			}
