@@ -611,10 +611,10 @@ func (r *runner) compare(ctx context.Context, s Scenario) (json.RawMessage, erro
 	return raw, nil
 }
 
-// redisSetup starts redis-server in a memory cgroup far below its data set
+// RedisSetup (exported for the soak until the cell executor lands) starts redis-server in a memory cgroup far below its data set
 // (so it swaps), loads it with redis-benchmark in the background, and
 // prints the server's pid.
-const redisSetup = `set -e
+const RedisSetup = `set -e
 cg=/sys/fs/cgroup/redis
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
 mkdir -p $cg
@@ -640,7 +640,7 @@ func (r *runner) checkpoint(ctx context.Context, target, tracker string) *Checkp
 	case "synthetic":
 		cmd = fmt.Sprintf("ldt-check -q -checkpoint-synthetic -tracker %s -rounds 5 -mb 48 -seed %d", tracker, r.o.Seed)
 	case "redis":
-		res, err := r.m.Run(ctx, redisSetup)
+		res, err := r.m.Run(ctx, RedisSetup)
 		if err != nil || res.Code != 0 {
 			cp.Verdict, cp.Error = "FAIL", fmt.Sprintf("starting redis under memory pressure: %v %s", err, firstLine(string(res.Stderr)))
 			return cp

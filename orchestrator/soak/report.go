@@ -1,0 +1,334 @@
+package soak
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"html/template"
+	"image/color"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// WriteReport writes DIR/report.md (with its figures as PNG files beside
+// it) and a self-contained DIR/report.html (figures inline).
+func WriteReport(dir string) (mdPath, htmlPath string, err error) {
+	recs, err := Replay(dir)
+	if err != nil {
+		return "", "", err
+	}
+	s := Summarize(recs)
+	crashes, err := Crashes(dir)
+	if err != nil {
+		return "", "", err
+	}
+	s.CrashUnique, s.CrashTotal = crashTotals(dir)
+	figs, err := figures(s)
+	if err != nil {
+		return "", "", fmt.Errorf("drawing the report's figures: %w", err)
+	}
+	for _, f := range figs {
+		if err := writeAtomic(filepath.Join(dir, f.file), f.png); err != nil {
+			return "", "", err
+		}
+	}
+	r := buildReport(dir, s, crashes)
+	mdPath, htmlPath = filepath.Join(dir, "report.md"), filepath.Join(dir, "report.html")
+	if err := writeAtomic(mdPath, []byte(r.markdown(figs))); err != nil {
+		return "", "", err
+	}
+	h, err := r.html(figs)
+	if err != nil {
+		return "", "", err
+	}
+	if err := writeAtomic(htmlPath, h); err != nil {
+		return "", "", err
+	}
+	return mdPath, htmlPath, nil
+}
+
+type figure struct {
+	file, caption string
+	png           []byte
+}
+
+type reportData struct {
+	Dir      string
+	S        Summary
+	Crashes  []Crash
+	Head     []string // "key: value" lines
+	Steps    []string
+	Trackers []string
+}
+
+func buildReport(dir string, s Summary, crashes []Crash) *reportData {
+	r := &reportData{Dir: dir, S: s, Crashes: crashes}
+	state := "stopped without an end record (killed; resume with `labctl soak --resume " + dir + "`)"
+	if lockHeld(dir) {
+		state = "still running (partial report)"
+	} else if s.Ended != "" {
+		state = "finished: " + s.Ended
+	}
+	if s.First != nil {
+		o := s.First.Options
+		r.Head = append(r.Head,
+			fmt.Sprintf("kernel: %s (%s config), build key %s", s.First.Kernel, o.Config, short(s.First.KernelKey)),
+			fmt.Sprintf("accelerator: %s; %d guest(s) of %d MiB, 2 vCPUs each; host %s", s.First.Accel, o.VMs, o.MemoryMiB, s.First.Host),
+			fmt.Sprintf("base seed %d; planned length %s; %d session(s)", o.Seed, o.For, s.Sessions))
+		if len(o.Inject) > 0 {
+			var in []string
+			for _, i := range o.Inject {
+				in = append(in, fmt.Sprintf("%s@%d", i.Word, i.Round))
+			}
+			r.Head = append(r.Head, "injected (testing aid): "+strings.Join(in, ", "))
+		}
+	}
+	r.Head = append(r.Head,
+		fmt.Sprintf("state: %s", state),
+		fmt.Sprintf("from %s to %s, %s active", s.StartedAt.Format(time.RFC3339), s.LastAt.Format(time.RFC3339), s.Elapsed.Round(time.Second)),
+		fmt.Sprintf("totals: %s", s.Stats.Line()))
+	trs := map[string]bool{}
+	for step, row := range s.Table {
+		r.Steps = append(r.Steps, step)
+		for t := range row {
+			trs[t] = true
+		}
+	}
+	sort.Strings(r.Steps)
+	for _, t := range append(Trackers, "-") {
+		if trs[t] {
+			r.Trackers = append(r.Trackers, t)
+			delete(trs, t)
+		}
+	}
+	r.Trackers = append(r.Trackers, sortedKeys(trs)...)
+	return r
+}
+
+func short(k string) string {
+	if len(k) > 12 {
+		return k[:12]
+	}
+	return k
+}
+
+// cell renders one scenario × tracker entry: verdict counts.
+func (r *reportData) cell(step, tr string) string {
+	cs := r.S.Table[step][tr]
+	if cs == nil {
+		return ""
+	}
+	var parts []string
+	for _, v := range sortedKeys(cs.Verdicts) {
+		parts = append(parts, fmt.Sprintf("%d %s", cs.Verdicts[v], v))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (r *reportData) markdown(figs []figure) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Soak report: %s\n\n", r.Dir)
+	for _, h := range r.Head {
+		fmt.Fprintf(&b, "- %s\n", h)
+	}
+	fmt.Fprintf(&b, "\n## Crashes (%d unique, %d occurrences)\n\n", r.S.CrashUnique, r.S.CrashTotal)
+	if len(r.Crashes) == 0 {
+		b.WriteString("None.\n")
+	} else {
+		b.WriteString("| title | kind | count | first seen | last seen | reproduced | reproduction | dir |\n|---|---|---|---|---|---|---|---|\n")
+		for _, c := range r.Crashes {
+			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | `%s` | crashes/%s |\n", mdEsc(c.Title), c.Kind, c.Count,
+				c.FirstSeen.Format("01-02 15:04:05"), c.LastSeen.Format("01-02 15:04:05"), reproduced(c), c.Repro, filepath.Base(c.Dir))
+		}
+	}
+	fmt.Fprintf(&b, "\n## Scenario × tracker (verdict counts over finished rounds)\n\n")
+	b.WriteString("| step | " + strings.Join(r.Trackers, " | ") + " |\n|---|" + strings.Repeat("---|", len(r.Trackers)) + "\n")
+	for _, st := range r.Steps {
+		row := []string{st}
+		for _, t := range r.Trackers {
+			row = append(row, r.cell(st, t))
+		}
+		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
+	}
+	fmt.Fprintf(&b, "\n## Failures (%d)\n\n", len(r.S.Failed))
+	for i, c := range r.S.Failed {
+		if i == 50 {
+			fmt.Fprintf(&b, "- … %d more in journal.jsonl\n", len(r.S.Failed)-50)
+			break
+		}
+		fmt.Fprintf(&b, "- round %d, %s: %s %s — `%s`\n", c.Round, c.Step, c.Verdict, mdEsc(firstLine(c.Reason+" "+c.Error)), c.Repro)
+	}
+	fmt.Fprintf(&b, "\n## Lab failures (%d; not kernel bugs: DIR/lab-failures/)\n\n", len(r.S.LabFail))
+	for _, l := range r.S.LabFail {
+		fmt.Fprintf(&b, "- round %d worker %d (%s): %s\n", l.Round, l.Worker, l.Phase, mdEsc(firstLine(l.Error)))
+	}
+	b.WriteString("\n## Figures\n\n")
+	for _, f := range figs {
+		fmt.Fprintf(&b, "![%s](%s)\n\n%s\n\n", f.caption, f.file, f.caption)
+	}
+	return b.String()
+}
+
+func reproduced(c Crash) string {
+	if c.Kind != "correctness" {
+		return "–"
+	}
+	var p []string
+	for _, k := range sortedKeys(c.Reproduced) {
+		p = append(p, fmt.Sprintf("%s %d", k, c.Reproduced[k]))
+	}
+	return strings.Join(p, ", ")
+}
+
+func mdEsc(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+var htmlTmpl = template.Must(template.New("r").Funcs(template.FuncMap{
+	"cell":  func(r *reportData, s, t string) string { return r.cell(s, t) },
+	"ts":    func(t time.Time) string { return t.Format("01-02 15:04:05") },
+	"repr":  reproduced,
+	"base":  filepath.Base,
+	"first": firstLine,
+	"bad": func(c string) bool {
+		return strings.Contains(c, "FAIL") || strings.Contains(c, "SKIP") || strings.Contains(c, "NO-TEETH") || strings.Contains(c, "ERROR")
+	},
+}).Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>ldtlab soak report</title>
+<style>
+body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px;text-align:left;vertical-align:top}
+th{background:#eee}td.bad{background:#fdd}code{font-size:12px}img{max-width:100%;border:1px solid #ddd}
+</style></head><body>
+<h1>ldtlab soak report</h1>
+<p><code>{{.R.Dir}}</code></p>
+<ul>{{range .R.Head}}<li>{{.}}</li>{{end}}</ul>
+<h2>Crashes ({{.R.S.CrashUnique}} unique, {{.R.S.CrashTotal}} occurrences)</h2>
+{{if .R.Crashes}}<table><tr><th>title</th><th>kind</th><th>count</th><th>first seen</th><th>last seen</th><th>reproduced</th><th>reproduction</th><th>directory</th></tr>
+{{range .R.Crashes}}<tr><td>{{.Title}}</td><td>{{.Kind}}</td><td>{{.Count}}</td><td>{{ts .FirstSeen}}</td><td>{{ts .LastSeen}}</td><td>{{repr .}}</td><td><code>{{.Repro}}</code></td><td><code>crashes/{{base .Dir}}</code></td></tr>
+{{end}}</table>{{else}}<p>None.</p>{{end}}
+<h2>Scenario × tracker</h2><p>Verdict counts over finished rounds (as <code>labctl check</code> judges).</p>
+<table><tr><th>step</th>{{range .R.Trackers}}<th>{{.}}</th>{{end}}</tr>
+{{range $s := .R.Steps}}<tr><td>{{$s}}</td>{{range $t := $.R.Trackers}}{{$c := cell $.R $s $t}}<td{{if bad $c}} class="bad"{{end}}>{{$c}}</td>{{end}}</tr>
+{{end}}</table>
+<h2>Failures ({{len .R.S.Failed}})</h2><ul>
+{{range $i, $c := .R.S.Failed}}{{if lt $i 50}}<li>round {{$c.Round}}, {{$c.Step}}: <b>{{$c.Verdict}}</b> {{first (print $c.Reason " " $c.Error)}}<br><code>{{$c.Repro}}</code></li>{{end}}{{end}}</ul>
+<h2>Lab failures ({{len .R.S.LabFail}})</h2><p>Failures of QEMU, the channel or the host disk: kept in <code>lab-failures/</code>, never counted as kernel bugs.</p><ul>
+{{range .R.S.LabFail}}<li>round {{.Round}} worker {{.Worker}} ({{.Phase}}): {{first .Error}}</li>{{end}}</ul>
+<h2>Figures</h2>
+{{range .Figs}}<figure><img alt="{{.Caption}}" src="data:image/png;base64,{{.B64}}"><figcaption>{{.Caption}}</figcaption></figure>
+{{end}}
+</body></html>
+`))
+
+func (r *reportData) html(figs []figure) ([]byte, error) {
+	type fig struct{ Caption, B64 string }
+	var fs []fig
+	for _, f := range figs {
+		fs = append(fs, fig{f.caption, base64.StdEncoding.EncodeToString(f.png)})
+	}
+	var b bytes.Buffer
+	err := htmlTmpl.Execute(&b, map[string]any{"R": r, "Figs": fs})
+	return b.Bytes(), err
+}
+
+// figures draws rounds and pages verified over active time, and failures
+// and crash occurrences over active time.
+func figures(s Summary) ([]figure, error) {
+	caption := "active time of the soak"
+	if s.First != nil {
+		caption = fmt.Sprintf("kernel %s (%s), accelerator %s, %d guest(s)", s.First.Kernel, s.First.Options.Config, s.First.Accel, s.First.Options.VMs)
+	}
+	xs := func(f func(Point) float64) plotter.XYs {
+		pts := plotter.XYs{{X: 0, Y: 0}}
+		for _, p := range s.Timeline {
+			pts = append(pts, plotter.XY{X: p.Elapsed.Minutes(), Y: f(p)})
+		}
+		return pts
+	}
+	progress := [][]*plot.Plot{{
+		linePlot("Rounds finished", "rounds", []series{{"rounds", xs(func(p Point) float64 { return float64(p.Rounds) }), 0}}),
+		linePlot("Pages verified against ground truth", "pages (millions)", []series{{"pages", xs(func(p Point) float64 { return float64(p.Pages) / 1e6 }), 1}}),
+	}}
+	fails := [][]*plot.Plot{{
+		linePlot("Failures and crashes", "count (cumulative)", []series{
+			{"failed cells", xs(func(p Point) float64 { return float64(p.Failures) }), 2},
+			{"crash occurrences", xs(func(p Point) float64 { return float64(p.Crashes) }), 3},
+		}),
+	}}
+	var out []figure
+	for _, f := range []struct {
+		file, title string
+		grid        [][]*plot.Plot
+		w           vg.Length
+	}{
+		{"report-progress.png", "Rounds and pages verified over the soak's active time", progress, 24 * vg.Centimeter},
+		{"report-failures.png", "Failed cells and crash occurrences over the soak's active time", fails, 16 * vg.Centimeter},
+	} {
+		png, err := renderPNG(f.grid, caption, f.w, 9*vg.Centimeter)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, figure{file: f.file, caption: f.title + " (" + caption + ")", png: png})
+	}
+	return out, nil
+}
+
+type series struct {
+	name  string
+	pts   plotter.XYs
+	color int
+}
+
+func linePlot(title, y string, ss []series) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = "active time (minutes)"
+	p.Y.Label.Text = y
+	p.Y.Min = 0
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Add(plotter.NewGrid())
+	for _, s := range ss {
+		l, err := plotter.NewLine(s.pts)
+		if err != nil {
+			continue
+		}
+		l.Color = plotutil.Color(s.color)
+		l.Width = vg.Points(1.5)
+		p.Add(l)
+		if len(ss) > 1 {
+			p.Legend.Add(s.name, l)
+		}
+	}
+	return p
+}
+
+func renderPNG(grid [][]*plot.Plot, caption string, w, h vg.Length) ([]byte, error) {
+	img := vgimg.NewWith(vgimg.UseWH(w, h), vgimg.UseDPI(110))
+	dc := draw.New(img)
+	capH := vg.Points(18)
+	body := draw.Crop(dc, 0, 0, capH, 0)
+	t := draw.Tiles{Rows: len(grid), Cols: len(grid[0]), PadX: vg.Millimeter * 6, PadY: vg.Millimeter * 4, PadTop: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
+	canv := plot.Align(grid, t, body)
+	for i := range grid {
+		for j := range grid[i] {
+			grid[i][j].Draw(canv[i][j])
+		}
+	}
+	fnt := plot.DefaultFont
+	fnt.Size = vg.Points(8)
+	sty := draw.TextStyle{Color: color.Gray{Y: 80}, Font: fnt, Handler: plot.DefaultTextHandler, XAlign: draw.XCenter}
+	dc.FillText(sty, vg.Point{X: w / 2, Y: vg.Points(5)}, caption)
+	var b bytes.Buffer
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(&b); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}

@@ -1,0 +1,670 @@
+// Package soak is the overnight job (`labctl soak`): rounds of randomized
+// catalogue scenarios, stress runs, checkpoint oracles and mm selftests on
+// N reused guests until a deadline, every finished cell appended to a
+// synced journal, every kernel report, hang or lost page filed by title
+// under DIR/crashes (syzkaller's manager is the model), lab failures kept
+// apart, and a report for the morning. It is a policy over the step
+// executor (exec.go): the executor judges, the soak decides what happens
+// to the guest.
+package soak
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"ldtlab/orchestrator/check"
+	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/vm"
+)
+
+// Options are fixed when a soak starts and kept in its journal.
+type Options struct {
+	For       time.Duration `json:"for"`
+	VMs       int           `json:"vms"`
+	Config    string        `json:"config"` // kernel config: debug | sanitize | perf
+	Accel     string        `json:"accel,omitempty"`
+	MemoryMiB int           `json:"memory_mib"`
+	Seed      uint64        `json:"seed"` // base seed; round n runs RoundSeed(Seed, n)
+	Light     bool          `json:"light,omitempty"`
+	Inject    []Injection   `json:"inject,omitempty"`
+	// Rounds stops after this many rounds (0: until the deadline).
+	Rounds int `json:"rounds,omitempty"`
+	// Only runs just this round number (a replay: --round N).
+	Only int `json:"only,omitempty"`
+}
+
+// DefaultVMs is what the machine allows: one guest per core (each has 2
+// vCPUs, and TCG is CPU-bound) and ~1.5 GiB of host memory per guest.
+func DefaultVMs(memMiB int) int {
+	n := runtime.NumCPU()
+	if avail := availMiB(); avail > 0 {
+		n = min(n, avail/(memMiB*2))
+	}
+	return max(1, min(n, 8))
+}
+
+func availMiB() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		var kb int
+		if _, err := fmt.Sscanf(l, "MemAvailable: %d kB", &kb); err == nil {
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// CellRecord is one finished step in the journal.
+type CellRecord struct {
+	Round      int      `json:"round"`
+	Worker     int      `json:"worker"`
+	Step       Step     `json:"step"`
+	Verdict    string   `json:"verdict"`
+	Failed     bool     `json:"failed"`
+	Pages      int64    `json:"pages"`
+	Missed     int      `json:"missed,omitempty"`
+	Corrupted  int      `json:"corrupted,omitempty"`
+	Reason     string   `json:"reason,omitempty"`
+	Error      string   `json:"error,omitempty"`
+	Fault      string   `json:"fault,omitempty"` // crash | hang | boot | died | lab
+	Reports    []Seen   `json:"reports,omitempty"`
+	Crashes    []string `json:"crashes,omitempty"` // titles filed for this cell
+	Known      []string `json:"known,omitempty"`   // known kernel bugs outside LDT filed for it
+	Reproduced string   `json:"reproduced,omitempty"`
+	Took       float64  `json:"took_s"`
+	Repro      string   `json:"repro,omitempty"`
+}
+
+// RoundRecord closes a round: its cells are in the journal before it.
+type RoundRecord struct {
+	Round    int       `json:"round"`
+	Seed     uint64    `json:"seed"`
+	Worker   int       `json:"worker"`
+	Started  time.Time `json:"started"`
+	Cells    int       `json:"cells"`
+	Failures int       `json:"failures"`
+	Pages    int64     `json:"pages"`
+	Boots    int       `json:"boots"` // fresh guests booted during it
+	Cut      bool      `json:"cut,omitempty"`
+}
+
+// failedVerdict: unexpected outcomes (check's meaning, plus ERROR of a
+// stress run that produced no result).
+func failedVerdict(v string) bool {
+	switch v {
+	case "FAIL", "NO-TEETH", "SKIP", "ERROR":
+		return true
+	}
+	return false
+}
+
+// Soak is one running soak.
+type Soak struct {
+	Dir   string
+	O     Options
+	Guest lab.Options // base guest options (repo, config...)
+	Out   io.Writer   // progress and events
+
+	j         *Journal
+	store     *Store
+	session   int
+	start     time.Time
+	deadline  time.Time
+	prev      time.Duration // active time of earlier sessions
+	cat       []Scenario
+	kernel    string
+	kernelKey string
+	accel     string
+	logFile   *os.File
+
+	mu       sync.Mutex
+	done     map[int]bool
+	inflight map[int]bool
+	stats    Stats
+	progress *progress
+}
+
+// Run starts a new soak in dir, or resumes the one there.
+func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume bool, out io.Writer) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	s := &Soak{Dir: dir, O: o, Guest: gopts, Out: out, done: map[int]bool{}, inflight: map[int]bool{}}
+	var old []Record
+	if resume {
+		if old, err = Replay(dir); err != nil {
+			return err
+		}
+	} else if _, err := os.Stat(filepath.Join(dir, JournalName)); err == nil {
+		return fmt.Errorf("%s already holds a soak: continue it with --resume %s, or choose another --out", dir, dir)
+	}
+	if s.j, err = OpenJournal(dir); err != nil {
+		return err
+	}
+	defer s.j.Close()
+	if s.store, err = OpenStore(dir); err != nil {
+		return err
+	}
+	s.logFile, err = os.OpenFile(filepath.Join(dir, "soak.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer s.logFile.Close()
+	if resume {
+		if err := s.restore(old); err != nil {
+			return err
+		}
+		s.killLeftovers()
+	}
+	s.start = time.Now()
+	s.deadline = s.start.Add(s.O.For - s.prev)
+	if s.O.Only > 0 {
+		s.deadline = s.start.Add(24 * time.Hour)
+	}
+	// The QEMUs of this soak are named after its directory (the leak check
+	// of the tests and --resume find them by it).
+	if s.O.MemoryMiB == 0 {
+		s.O.MemoryMiB = 768
+	}
+	if s.O.VMs <= 0 {
+		s.O.VMs = DefaultVMs(s.O.MemoryMiB)
+	}
+	s.Guest.Config, s.Guest.MemoryMiB = s.O.Config, s.O.MemoryMiB
+	if s.O.Accel != "" {
+		s.Guest.Accel = s.O.Accel
+	}
+	check.GuestDefaults(&s.Guest)
+	s.Guest.Log = s.logFile
+	if !s.O.Light {
+		files, err := check.RedisFiles()
+		if err != nil {
+			return fmt.Errorf("the soak's checkpoint oracle needs redis: %w", err)
+		}
+		s.Guest.Extra = append(s.Guest.Extra, files...)
+	}
+
+	// The first guest also tells the catalogue and the kernel.
+	first, err := s.boot(ctx, 1)
+	if err != nil {
+		return fmt.Errorf("booting the first guest: %w", err)
+	}
+	if s.cat == nil {
+		if s.cat, err = catalogue(ctx, first); err != nil {
+			first.m.Close()
+			return err
+		}
+	}
+	s.kernel, s.kernelKey, s.accel = first.m.Kernel.Meta.KernelRelease, first.m.Kernel.Meta.Key, string(first.m.Accel.Kind)
+	host, _ := os.Hostname()
+	if err := s.j.Append(Record{Type: "start", Session: s.session, Start: &Start{
+		Options: s.O, Kernel: s.kernel, KernelKey: s.kernelKey, Accel: s.accel, Catalogue: s.cat, Resumed: resume, Host: host,
+	}}); err != nil {
+		first.m.Close()
+		return err
+	}
+	s.progress = newProgress(s, out)
+	s.progress.event("soak %s: session %d, %d guest(s) of %d MiB, %s kernel %s, %s; until %s (seed %d)",
+		dir, s.session, s.O.VMs, s.O.MemoryMiB, s.O.Config, s.kernel, s.accel, s.deadline.Format("15:04:05"), s.O.Seed)
+	stop := s.progress.run()
+
+	var wg sync.WaitGroup
+	for w := 1; w <= s.O.VMs; w++ {
+		var g *guest
+		if w == 1 {
+			g = first
+		}
+		wg.Add(1)
+		go func(w int, g *guest) {
+			defer wg.Done()
+			s.worker(ctx, w, g)
+		}(w, g)
+	}
+	wg.Wait()
+	stop()
+	reason := "deadline"
+	switch {
+	case ctx.Err() != nil:
+		reason = "interrupted"
+	case s.O.Only > 0 || s.O.Rounds > 0:
+		reason = "rounds done"
+	}
+	s.j.Append(Record{Type: "end", Session: s.session, End: &End{Reason: reason}})
+	st := s.snapshot()
+	fmt.Fprintf(out, "soak %s: %s after %s: %s\n", dir, reason, (s.prev + time.Since(s.start)).Round(time.Second), st.Line())
+	fmt.Fprintf(out, "report: labctl soak report %s\n", dir)
+	return nil
+}
+
+// restore reads what the journal says: options, catalogue, elapsed time,
+// finished rounds and the counters.
+func (s *Soak) restore(old []Record) error {
+	var first *Start
+	sessStart := map[int]time.Time{}
+	sessLast := map[int]time.Time{}
+	for _, r := range old {
+		s.session = max(s.session, r.Session)
+		if r.Type == "start" && r.Start != nil {
+			if first == nil {
+				first = r.Start
+			}
+			sessStart[r.Session] = r.At
+		}
+		sessLast[r.Session] = r.At
+	}
+	if first == nil {
+		return fmt.Errorf("%s: the journal has no start record: nothing to resume", s.Dir)
+	}
+	for sess, t := range sessStart {
+		s.prev += sessLast[sess].Sub(t)
+	}
+	s.session++
+	forOverride := s.O.For
+	s.O = first.Options
+	if forOverride > 0 {
+		// --for on resume gives the whole soak a new length.
+		s.O.For = forOverride
+	}
+	s.cat = first.Catalogue
+	sum := Summarize(old)
+	for r := range sum.roundsDone {
+		s.done[r] = true
+	}
+	s.stats = sum.Stats
+	s.stats.CrashUnique, s.stats.CrashTotal = crashTotals(s.Dir)
+	return nil
+}
+
+// killLeftovers stops QEMUs a killed session of this soak left (they die
+// with their orchestrator through the parent-death signal; this is the
+// belt to those braces).
+func (s *Soak) killLeftovers() {
+	prefix := "ldtlab-" + s.vmPrefix()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), "qemu-system") || !strings.Contains(string(b), prefix) {
+			continue
+		}
+		var pid int
+		fmt.Sscan(e.Name(), &pid)
+		if pid > 0 {
+			s.logf("killing QEMU pid %d left by an earlier session", pid)
+			lab.Stop([]lab.Proc{{PID: pid, Role: "qemu"}}, 2*time.Second)
+		}
+	}
+}
+
+// vmPrefix names this soak's guests: "soak-<hash of DIR>-".
+func (s *Soak) vmPrefix() string { return "soak-" + TitleHash(s.Dir)[:8] + "-" }
+
+func (s *Soak) logf(format string, args ...any) {
+	fmt.Fprintf(s.logFile, "%s %s\n", time.Now().UTC().Format(time.RFC3339), fmt.Sprintf(format, args...))
+}
+
+func catalogue(ctx context.Context, g *guest) ([]Scenario, error) {
+	out, err := g.m.Run(ctx, "ldt-check -list")
+	if err != nil {
+		return nil, fmt.Errorf("listing the catalogue: %w", err)
+	}
+	var cat []Scenario
+	if err := json.Unmarshal(lastJSONArray(out.Stdout), &cat); err != nil || len(cat) == 0 {
+		return nil, fmt.Errorf("parsing ldt-check -list (%v): %s", err, firstLine(string(out.Stderr)))
+	}
+	sort.Slice(cat, func(i, j int) bool { return cat[i].Name < cat[j].Name })
+	return cat, nil
+}
+
+func (s *Soak) boot(ctx context.Context, w int) (*guest, error) {
+	o := s.Guest
+	o.Name = fmt.Sprintf("%sw%d", s.vmPrefix(), w)
+	m, err := lab.Boot(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	s.logf("worker %d: booted %s in %s", w, m.Name, m.BootTime.Round(time.Millisecond))
+	return &guest{m: m}, nil
+}
+
+// next hands out the lowest round not done and not running: rounds a
+// killed session left unfinished are redone first.
+func (s *Soak) next() (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.O.Only > 0 {
+		if s.done[s.O.Only] || s.inflight[s.O.Only] {
+			return 0, false
+		}
+		s.inflight[s.O.Only] = true
+		return s.O.Only, true
+	}
+	for n := 1; ; n++ {
+		if s.O.Rounds > 0 && n > s.O.Rounds {
+			return 0, false
+		}
+		if !s.done[n] && !s.inflight[n] {
+			s.inflight[n] = true
+			return n, true
+		}
+	}
+}
+
+func (s *Soak) over(ctx context.Context) bool {
+	return ctx.Err() != nil || time.Now().After(s.deadline)
+}
+
+// worker runs rounds on its guest, replacing the guest after a fault.
+func (s *Soak) worker(ctx context.Context, w int, g *guest) {
+	defer func() {
+		if g != nil {
+			g.m.Close()
+		}
+	}()
+	backoff := 5 * time.Second
+	for !s.over(ctx) {
+		n, ok := s.next()
+		if !ok {
+			return
+		}
+		finished := s.round(ctx, w, n, &g, &backoff)
+		s.mu.Lock()
+		delete(s.inflight, n)
+		if finished {
+			s.done[n] = true
+		}
+		s.mu.Unlock()
+	}
+}
+
+// round runs round n; false if it was abandoned (interrupted: a resume
+// redoes it).
+func (s *Soak) round(ctx context.Context, w, n int, gp **guest, backoff *time.Duration) bool {
+	seed := RoundSeed(s.O.Seed, n)
+	steps := withInjections(PlanRound(seed, s.cat, Mix{Light: s.O.Light, GuestMiB: s.O.MemoryMiB}), n, s.O.Inject)
+	rr := RoundRecord{Round: n, Seed: seed, Worker: w, Started: time.Now().UTC()}
+	s.logf("worker %d: round %d seed %d: %d steps", w, n, seed, len(steps))
+	for i := 0; i < len(steps); i++ {
+		if ctx.Err() != nil {
+			return false
+		}
+		if time.Now().After(s.deadline) && s.O.Only == 0 {
+			rr.Cut = true
+			break
+		}
+		if *gp == nil {
+			g, err := s.boot(ctx, w)
+			if err != nil {
+				if ctx.Err() != nil {
+					return false
+				}
+				s.bootFailed(n, w, err)
+				// Boot again after a pause; the step is retried.
+				select {
+				case <-ctx.Done():
+					return false
+				case <-time.After(*backoff):
+				}
+				*backoff = min(2**backoff, 2*time.Minute)
+				i--
+				continue
+			}
+			*backoff = 5 * time.Second
+			*gp = g
+			rr.Boots++
+		}
+		c := s.step(ctx, w, n, seed, steps[i], gp)
+		if ctx.Err() != nil {
+			return false
+		}
+		rr.Cells++
+		rr.Pages += c.Pages
+		if c.Failed {
+			rr.Failures++
+		}
+		s.j.Append(Record{Type: "cell", Session: s.session, Cell: &c})
+		s.mu.Lock()
+		s.stats.addCell(c)
+		s.mu.Unlock()
+	}
+	if err := s.j.Append(Record{Type: "round", Session: s.session, Round: &rr}); err != nil {
+		s.progress.event("journal: %v", err)
+	}
+	s.mu.Lock()
+	s.stats.Rounds++
+	s.mu.Unlock()
+	return true
+}
+
+// step runs one step, files what it found, and replaces the guest after
+// a kernel report or fault.
+func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **guest) CellRecord {
+	g := *gp
+	t := time.Now()
+	out, err := execStep(ctx, g, st)
+	c := CellRecord{Round: n, Worker: w, Step: st, Verdict: out.Verdict, Pages: out.Pages, Missed: out.Missed,
+		Corrupted: out.Corrupted, Reason: out.Reason, Reports: out.Reports, Took: time.Since(t).Seconds(), Repro: s.repro(n, st)}
+	if ctx.Err() != nil {
+		return c
+	}
+	replace := len(out.Reports) > 0
+	// Kernel reports seen during the step: each filed under its title.
+	seen := map[string]bool{}
+	for _, r := range out.Reports {
+		title := r.String()
+		if seen[title] {
+			continue
+		}
+		seen[title] = true
+		kind := "kernel"
+		if r.Known != "" {
+			kind = "known"
+		}
+		s.file(Occurrence{Title: title, Type: r.Type, Kind: kind, Known: r.Known, Round: n, Worker: w, Seed: seed, Step: st, Span: r.Text, Log: g.m.ConsoleLog()}, &c)
+	}
+	if err != nil {
+		replace = true
+		c.Error = err.Error()
+		c.Verdict = "FAIL"
+		var ce *vm.CrashError
+		var he *vm.HangError
+		var be *vm.BootError
+		switch {
+		case errors.As(err, &ce):
+			c.Fault = "crash"
+			title := vm.Headline(ce.Type, ce.Title)
+			if ce.Type != "" {
+				title = ce.Type + ": " + ce.Title
+			}
+			if !seen[title] {
+				s.file(Occurrence{Title: title, Type: ce.Type, Kind: "kernel", Round: n, Worker: w, Seed: seed, Step: st, Span: ce.Text, Log: g.m.ConsoleLog()}, &c)
+			}
+		case errors.As(err, &he):
+			c.Fault = "hang"
+			s.file(Occurrence{Title: "hang: no progress during " + hangWhat(st), Type: "hang", Kind: "hang", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.m.ConsoleLog()}, &c)
+		case errors.As(err, &be):
+			c.Fault = "boot"
+			s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.m.ConsoleLog()}, &c)
+		case lab.IsGuestFault(err):
+			// DiedError: QEMU went away without a kernel report.
+			c.Fault, c.Verdict = "died", "LAB"
+			s.labFailure(n, w, &st, "step", err, g.m.ConsoleLog())
+		default:
+			var ie *vm.InfraError
+			if errors.As(err, &ie) {
+				c.Fault, c.Verdict = "lab", "LAB"
+				s.labFailure(n, w, &st, "step", err, g.m.ConsoleLog())
+			} else {
+				// The step's own error (a command that timed out but the
+				// guest answers): a failed cell, the guest is kept.
+				c.Verdict, replace = "ERROR", false
+			}
+		}
+	}
+	c.Failed = failedVerdict(c.Verdict)
+	for _, r := range out.Reports {
+		c.Failed = c.Failed || r.Known == ""
+	}
+	if st.Kind == "inject" {
+		// The reports it provokes are filed; the step did what it was asked.
+		c.Verdict, c.Failed = "INJECTED", false
+	}
+	if replace {
+		s.logf("worker %d: round %d: replacing guest %s after %s", w, n, g.m.Name, firstLine(c.Verdict+" "+c.Error+" "+strings.Join(c.Crashes, "; ")))
+		g.m.Close()
+		*gp = nil
+	}
+	// A correctness failure is re-run once from its seed.
+	if c.Verdict == "FAIL" && err == nil && len(out.Reports) == 0 && (out.Missed > 0 || out.Corrupted > 0) && st.Kind != "inject" {
+		c.Reproduced = s.rerun(ctx, w, st, gp)
+		what := "lost pages"
+		if out.Corrupted > 0 {
+			what = "corrupted pages"
+		}
+		title := fmt.Sprintf("%s: %s", what, st.Name())
+		if st.Tracker != "" {
+			title += " × " + st.Tracker
+		}
+		s.file(Occurrence{Title: title, Type: strings.ReplaceAll(what, " ", "-"), Kind: "correctness", Round: n, Worker: w, Seed: seed, Step: st,
+			Span: fmt.Sprintf("%s\nmissed %d, corrupted %d: %s\nre-run from its seed: reproduced=%s\n", st, out.Missed, out.Corrupted, out.Reason, c.Reproduced),
+			Log:  (*gpOr(gp, g)).m.ConsoleLog(), Reproduced: c.Reproduced}, &c)
+	}
+	return c
+}
+
+func gpOr(gp **guest, g *guest) **guest {
+	if *gp != nil {
+		return gp
+	}
+	return &g
+}
+
+// rerun runs a failed step again with the same seed: "yes" if it fails
+// the same way, "no" if it passes.
+func (s *Soak) rerun(ctx context.Context, w int, st Step, gp **guest) string {
+	if *gp == nil {
+		g, err := s.boot(ctx, w)
+		if err != nil {
+			return "not-rerun"
+		}
+		*gp = g
+	}
+	out, err := execStep(ctx, *gp, st)
+	if err != nil || len(out.Reports) > 0 {
+		if err != nil && lab.IsGuestFault(err) {
+			(*gp).m.Close()
+			*gp = nil
+		}
+		return "not-rerun"
+	}
+	if out.Verdict == "FAIL" && (out.Missed > 0 || out.Corrupted > 0) {
+		return "yes"
+	}
+	return "no"
+}
+
+func hangWhat(st Step) string {
+	switch st.Kind {
+	case "scenario":
+		return "scenario " + st.Scenario
+	case "stress":
+		return "stress"
+	case "checkpoint":
+		return "checkpoint " + st.Target
+	}
+	return st.Name()
+}
+
+// file records one occurrence in the crash store and the cell.
+func (s *Soak) file(o Occurrence, c *CellRecord) {
+	o.At = time.Now().UTC()
+	o.Kernel, o.KernelKey = s.kernel, s.kernelKey
+	if o.Repro == "" {
+		o.Repro = c.Repro
+	}
+	cr, err := s.store.Record(o)
+	if err != nil {
+		s.progress.event("crash store: %v", err)
+		return
+	}
+	if o.Kind == "known" {
+		c.Known = append(c.Known, o.Title)
+	} else {
+		c.Crashes = append(c.Crashes, o.Title)
+		s.mu.Lock()
+		s.stats.CrashTotal++
+		if cr.Count == 1 {
+			s.stats.CrashUnique++
+		}
+		s.mu.Unlock()
+	}
+	s.progress.event("round %d worker %d: %s (seen %d×) → %s", o.Round, o.Worker, o.Title, cr.Count, cr.Dir)
+}
+
+func (s *Soak) labFailure(n, w int, st *Step, phase string, err error, log []byte) {
+	lf := LabFailure{Round: n, Worker: w, Step: st, Phase: phase, Error: err.Error()}
+	if rerr := recordLabFailure(s.Dir, time.Now(), lf, log); rerr != nil {
+		s.progress.event("recording a lab failure: %v", rerr)
+	}
+	s.j.Append(Record{Type: "lab-failure", Session: s.session, LabFailure: &lf})
+	s.mu.Lock()
+	s.stats.LabFailures++
+	s.mu.Unlock()
+	s.progress.event("round %d worker %d: lab failure (not a kernel bug): %s", n, w, firstLine(err.Error()))
+}
+
+// bootFailed files a guest that did not boot: the kernel's fault (a boot
+// crash or hang) or the lab's.
+func (s *Soak) bootFailed(n, w int, err error) {
+	var ce *vm.CrashError
+	var he *vm.HangError
+	var be *vm.BootError
+	var c CellRecord
+	c.Repro = s.repro(n, Step{})
+	switch {
+	case errors.As(err, &ce):
+		s.file(Occurrence{Title: ce.Type + ": " + ce.Title, Type: ce.Type, Kind: "kernel", Round: n, Worker: w, Seed: RoundSeed(s.O.Seed, n), Span: ce.Text + "\n" + ce.Tail}, &c)
+	case errors.As(err, &he):
+		s.file(Occurrence{Title: "hang: no progress during boot", Type: "hang", Kind: "hang", Round: n, Worker: w, Seed: RoundSeed(s.O.Seed, n), Span: err.Error()}, &c)
+	case errors.As(err, &be):
+		s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: RoundSeed(s.O.Seed, n), Span: err.Error()}, &c)
+	default:
+		s.labFailure(n, w, nil, "boot", err, nil)
+	}
+}
+
+// repro is the one-line command that replays what failed: the cell alone
+// where labctl has a command for it, else the whole round from its seed.
+func (s *Soak) repro(n int, st Step) string {
+	cfg := ""
+	if s.O.Config != "" && s.O.Config != "debug" {
+		cfg = " --config " + s.O.Config
+	}
+	switch st.Kind {
+	case "scenario":
+		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --stress 0%s", st.Scenario, st.Tracker, st.Seed, cfg)
+		if st.Epochs > 0 {
+			cmd += fmt.Sprintf(" --epochs %d", st.Epochs)
+		}
+		return cmd
+	case "stress":
+		return fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", st.Tracker, st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
+	}
+	light := ""
+	if s.O.Light {
+		light = " --light"
+	}
+	return fmt.Sprintf("labctl soak --round %d --seed %d --out /tmp/replay-r%d%s%s", n, s.O.Seed, n, light, cfg)
+}

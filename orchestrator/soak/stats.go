@@ -1,0 +1,329 @@
+package soak
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.org/x/term"
+)
+
+// Stats are the running totals of a soak.
+type Stats struct {
+	Rounds      int   `json:"rounds"`
+	Cells       int   `json:"cells"`
+	Pages       int64 `json:"pages_verified"`
+	Failures    int   `json:"failures"`
+	CrashUnique int   `json:"crashes_unique"`
+	CrashTotal  int   `json:"crashes_total"`
+	LabFailures int   `json:"lab_failures"`
+}
+
+func (st *Stats) addCell(c CellRecord) {
+	st.Cells++
+	st.Pages += c.Pages
+	if c.Failed {
+		st.Failures++
+	}
+}
+
+// Line is the progress line's body.
+func (st Stats) Line() string {
+	return fmt.Sprintf("%d rounds, %d cells, %s pages verified, %d failures, crashes %d unique / %d total, %d lab failures",
+		st.Rounds, st.Cells, human(st.Pages), st.Failures, st.CrashUnique, st.CrashTotal, st.LabFailures)
+}
+
+func human(n int64) string {
+	switch {
+	case n >= 10_000_000:
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	case n >= 10_000:
+		return fmt.Sprintf("%.1fk", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
+}
+
+// Point is the state of the soak at one moment of its active time.
+type Point struct {
+	Elapsed  time.Duration
+	Rounds   int
+	Pages    int64
+	Failures int
+	Crashes  int
+}
+
+// Cellstat counts one scenario × tracker pair.
+type Cellstat struct {
+	Verdicts map[string]int
+	Pages    int64
+	Took     float64
+}
+
+// Summary is what the journal says, for status, the report and resume.
+type Summary struct {
+	Stats
+	First, Last *Start
+	Sessions    int
+	Elapsed     time.Duration // active time over all sessions
+	Ended       string        // the last session's end reason ("" if killed or running)
+	StartedAt   time.Time
+	LastAt      time.Time
+	Timeline    []Point
+	Table       map[string]map[string]*Cellstat // step name → tracker
+	Failed      []CellRecord
+	LabFail     []LabFailure
+	roundsDone  map[int]bool
+}
+
+// Summarize replays records: only cells of finished rounds count (a round
+// a kill cut short is redone by --resume).
+func Summarize(recs []Record) Summary {
+	s := Summary{Table: map[string]map[string]*Cellstat{}, roundsDone: map[int]bool{}}
+	type key struct{ session, round int }
+	finished := map[key]bool{}
+	for _, r := range recs {
+		if r.Type == "round" && r.Round != nil {
+			finished[key{r.Session, r.Round.Round}] = true
+		}
+	}
+	var offset, sessStart time.Time
+	var base time.Duration
+	curSession := -1
+	crashes := 0
+	for _, r := range recs {
+		if r.Session != curSession {
+			if curSession >= 0 {
+				base += s.LastAt.Sub(sessStart)
+			}
+			curSession, sessStart = r.Session, r.At
+			s.Sessions++
+			s.Ended = ""
+		}
+		if s.StartedAt.IsZero() {
+			s.StartedAt, offset = r.At, r.At
+		}
+		_ = offset
+		s.LastAt = r.At
+		el := base + r.At.Sub(sessStart)
+		switch r.Type {
+		case "start":
+			if s.First == nil {
+				s.First = r.Start
+			}
+			s.Last = r.Start
+		case "end":
+			if r.End != nil {
+				s.Ended = r.End.Reason
+			}
+		case "lab-failure":
+			if r.LabFailure != nil {
+				s.LabFailures++
+				s.LabFail = append(s.LabFail, *r.LabFailure)
+			}
+		case "cell":
+			c := r.Cell
+			if c == nil || !finished[key{r.Session, c.Round}] {
+				continue
+			}
+			s.addCell(*c)
+			crashes += len(c.Crashes)
+			if c.Failed {
+				s.Failed = append(s.Failed, *c)
+			}
+			tr := c.Step.Tracker
+			if tr == "" {
+				tr = "-"
+			}
+			row := s.Table[c.Step.Name()]
+			if row == nil {
+				row = map[string]*Cellstat{}
+				s.Table[c.Step.Name()] = row
+			}
+			cs := row[tr]
+			if cs == nil {
+				cs = &Cellstat{Verdicts: map[string]int{}}
+				row[tr] = cs
+			}
+			cs.Verdicts[c.Verdict]++
+			cs.Pages += c.Pages
+			cs.Took += c.Took
+		case "round":
+			s.Rounds++
+			s.roundsDone[r.Round.Round] = true
+			s.Timeline = append(s.Timeline, Point{Elapsed: el, Rounds: s.Rounds, Pages: s.Pages, Failures: s.Failures, Crashes: crashes})
+		}
+	}
+	if curSession >= 0 {
+		s.Elapsed = base + s.LastAt.Sub(sessStart)
+	}
+	s.CrashTotal = crashes
+	return s
+}
+
+// snapshot copies the live totals.
+func (s *Soak) snapshot() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// progress is the one-line display: rewritten in place on a terminal,
+// a line every 30 s otherwise (logs, tests).
+type progress struct {
+	s   *Soak
+	w   io.Writer
+	tty bool
+	mu  sync.Mutex
+}
+
+func newProgress(s *Soak, w io.Writer) *progress {
+	p := &progress{s: s, w: w}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.tty = true
+	}
+	return p
+}
+
+func (p *progress) line() string {
+	el := p.s.prev + time.Since(p.s.start)
+	left := time.Until(p.s.deadline)
+	return fmt.Sprintf("[soak %s, %s left] %s", el.Round(time.Second), max(left, 0).Round(time.Second), p.s.snapshot().Line())
+}
+
+// event prints a line above the progress line.
+func (p *progress) event(format string, args ...any) {
+	if p == nil {
+		return
+	}
+	msg := fmt.Sprintf(format, args...)
+	p.s.logf("%s", msg)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s\n%s", msg, p.line())
+		return
+	}
+	fmt.Fprintf(p.w, "%s %s\n", time.Now().UTC().Format("15:04:05"), msg)
+}
+
+// run starts the ticker; the returned func stops it.
+func (p *progress) run() func() {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		every := 30 * time.Second
+		if p.tty {
+			every = time.Second
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				p.mu.Lock()
+				if p.tty {
+					fmt.Fprintf(p.w, "\r\033[K%s", p.line())
+				} else {
+					fmt.Fprintf(p.w, "%s %s\n", time.Now().UTC().Format("15:04:05"), p.line())
+				}
+				p.mu.Unlock()
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+		if p.tty {
+			fmt.Fprintf(p.w, "\r\033[K")
+		}
+	}
+}
+
+// Status is `labctl soak status DIR`: what the journal and crash store
+// say, and whether a soak still holds the directory.
+func Status(w io.Writer, dir string) error {
+	recs, err := Replay(dir)
+	if err != nil {
+		return err
+	}
+	s := Summarize(recs)
+	crashes, _ := Crashes(dir)
+	s.CrashUnique, s.CrashTotal = crashTotals(dir)
+	running := "not running"
+	if pid := strings.TrimSpace(readSmall(dir + "/soak.lock")); pid != "" && lockHeld(dir) {
+		running = "running (pid " + pid + ")"
+	} else if s.Ended != "" {
+		running = "finished (" + s.Ended + ")"
+	} else if s.Sessions > 0 {
+		running = "stopped without an end record (killed?): continue with labctl soak --resume " + dir
+	}
+	fmt.Fprintf(w, "soak %s: %s\n", dir, running)
+	if s.First != nil {
+		o := s.First.Options
+		fmt.Fprintf(w, "  kernel %s (%s), %s, %d guest(s) of %d MiB, for %s, seed %d, %d session(s)\n",
+			s.First.Kernel, o.Config, s.First.Accel, o.VMs, o.MemoryMiB, o.For, o.Seed, s.Sessions)
+	}
+	fmt.Fprintf(w, "  active %s, last record %s\n", s.Elapsed.Round(time.Second), s.LastAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "  %s\n", s.Stats.Line())
+	if len(crashes) > 0 {
+		fmt.Fprintf(w, "  crashes:\n")
+		for _, c := range crashes {
+			fmt.Fprintf(w, "    %4d× %s (last %s)\n", c.Count, c.Title, c.LastSeen.Format("15:04:05"))
+		}
+	}
+	return nil
+}
+
+// lockHeld tries the directory lock: held means a soak runs there.
+func lockHeld(dir string) bool {
+	f, err := os.Open(dir + "/soak.lock")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		return true
+	}
+	unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
+}
+
+// crashTotals counts the crash store: unique titles and occurrences.
+func crashTotals(dir string) (unique, total int) {
+	cs, _ := Crashes(dir)
+	for _, c := range cs {
+		if c.Kind == "known" {
+			continue // excused kernel bugs outside LDT: listed, not counted
+		}
+		unique++
+		total += c.Count
+	}
+	return
+}
+
+// lastJSONArray picks `ldt-check -list`'s JSON out of its stdout.
+func lastJSONArray(out []byte) []byte {
+	if i := bytes.IndexByte(out, '['); i >= 0 {
+		return out[i:]
+	}
+	return out
+}
+
+func sortedKeys[M ~map[string]V, V any](m M) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
