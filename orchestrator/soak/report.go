@@ -295,6 +295,13 @@ func linePlot(title, y string, ss []series) *plot.Plot {
 	p.Y.Min = 0
 	p.Legend.Top, p.Legend.Left = true, true
 	p.Add(plotter.NewGrid())
+	top := 1.0
+	for _, s := range ss {
+		for _, pt := range s.pts {
+			top = max(top, pt.Y)
+		}
+	}
+	p.Y.Max = top * 1.2 // room for the legend
 	for _, s := range ss {
 		l, err := plotter.NewLine(s.pts)
 		if err != nil {
@@ -302,6 +309,8 @@ func linePlot(title, y string, ss []series) *plot.Plot {
 		}
 		l.Color = plotutil.Color(s.color)
 		l.Width = vg.Points(1.5)
+		// Cumulative counts: each value holds until the next round ends.
+		l.StepStyle = plotter.PostStep
 		p.Add(l)
 		if len(ss) > 1 {
 			p.Legend.Add(s.name, l)
