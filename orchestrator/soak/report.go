@@ -295,11 +295,14 @@ func linePlot(title, y string, ss []series) *plot.Plot {
 	p.Y.Min = 0
 	p.Legend.Top, p.Legend.Left = true, true
 	p.Add(plotter.NewGrid())
-	top := 1.0
+	top := 0.0
 	for _, s := range ss {
 		for _, pt := range s.pts {
 			top = max(top, pt.Y)
 		}
+	}
+	if top == 0 {
+		top = 1
 	}
 	p.Y.Max = top * 1.2 // room for the legend
 	for _, s := range ss {

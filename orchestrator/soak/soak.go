@@ -610,7 +610,11 @@ func (s *Soak) file(o Occurrence, c *CellRecord) {
 		}
 		s.mu.Unlock()
 	}
-	s.progress.event("round %d worker %d: %s (seen %d×) → %s", o.Round, o.Worker, o.Title, cr.Count, cr.Dir)
+	known := ""
+	if o.Kind == "known" {
+		known = " [known kernel bug outside LDT, not counted]"
+	}
+	s.progress.event("round %d worker %d: %s (seen %d×)%s → %s", o.Round, o.Worker, o.Title, cr.Count, known, cr.Dir)
 }
 
 func (s *Soak) labFailure(n, w int, st *Step, phase string, err error, log []byte) {

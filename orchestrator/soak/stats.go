@@ -41,7 +41,7 @@ func (st Stats) Line() string {
 
 func human(n int64) string {
 	switch {
-	case n >= 10_000_000:
+	case n >= 1_000_000:
 		return fmt.Sprintf("%.1fM", float64(n)/1e6)
 	case n >= 10_000:
 		return fmt.Sprintf("%.1fk", float64(n)/1e3)
