@@ -5,7 +5,7 @@ export GOFLAGS := -buildvcs=false
 # A cold run builds two kernels (LDT and vanilla) on top of the tests.
 TEST_TIMEOUT ?= 85m
 
-.PHONY: all labctl setup build check stress test unit e2e bench bench-paper vet clean
+.PHONY: all labctl setup build check stress soak test unit e2e bench bench-paper vet clean
 
 all: labctl
 
@@ -26,6 +26,12 @@ check: setup
 STRESS_FOR ?= 10m
 stress: setup
 	@$(LABCTL) stress --for $(STRESS_FOR)
+
+# The overnight job: rounds until SOAK_FOR on as many guests as the machine
+# allows; `labctl soak report DIR` in the morning (DIR is printed).
+SOAK_FOR ?= 8h
+soak: setup
+	@$(LABCTL) soak --for $(SOAK_FOR)
 
 # Unit tests (no VM) and the end-to-end suite (real guests).
 test: setup vet

@@ -223,7 +223,8 @@ func recordLabFailure(dir string, at time.Time, lf LabFailure, log []byte) error
 	if err := writeAtomic(filepath.Join(d, name+".json"), b); err != nil {
 		return err
 	}
-	if len(log) > 0 {
+	// Bounded disk: the logs of the first 100 lab failures only.
+	if n, _ := os.ReadDir(d); len(log) > 0 && len(n) < 200 {
 		if len(log) > 256<<10 {
 			log = log[len(log)-256<<10:]
 		}

@@ -120,7 +120,8 @@ func PlanRound(seed uint64, cat []Scenario, mix Mix) []Step {
 		s := cat[rng.IntN(len(cat))]
 		var ok []string
 		for _, t := range trackers {
-			if slices.Contains(s.Trackers, t) {
+			// A mutant (guest/tracker/mutant.go) runs wherever ldt does.
+			if slices.Contains(s.Trackers, t) || (strings.HasPrefix(t, "mutant-") && slices.Contains(s.Trackers, "ldt")) {
 				ok = append(ok, t)
 			}
 		}

@@ -37,6 +37,9 @@ type Options struct {
 	Seed      uint64        `json:"seed"` // base seed; round n runs RoundSeed(Seed, n)
 	Light     bool          `json:"light,omitempty"`
 	Inject    []Injection   `json:"inject,omitempty"`
+	// Trackers restricts the scenario cells (default: ldt and the
+	// references); a mutant here shows the soak catching a broken tracker.
+	Trackers []string `json:"trackers,omitempty"`
 	// Rounds stops after this many rounds (0: until the deadline).
 	Rounds int `json:"rounds,omitempty"`
 	// Only runs just this round number (a replay: --round N).
@@ -393,7 +396,7 @@ func (s *Soak) worker(ctx context.Context, w int, g *guest) {
 // redoes it).
 func (s *Soak) round(ctx context.Context, w, n int, gp **guest, backoff *time.Duration) bool {
 	seed := RoundSeed(s.O.Seed, n)
-	steps := withInjections(PlanRound(seed, s.cat, Mix{Light: s.O.Light, GuestMiB: s.O.MemoryMiB}), n, s.O.Inject)
+	steps := withInjections(PlanRound(seed, s.cat, Mix{Light: s.O.Light, GuestMiB: s.O.MemoryMiB, Trackers: s.O.Trackers}), n, s.O.Inject)
 	rr := RoundRecord{Round: n, Seed: seed, Worker: w, Started: time.Now().UTC()}
 	s.logf("worker %d: round %d seed %d: %d steps", w, n, seed, len(steps))
 	for i := 0; i < len(steps); i++ {

@@ -16,13 +16,13 @@ import (
 func init() {
 	var g guestFlags
 	var f struct {
-		dur         time.Duration
-		vms, round  int
-		rounds      int
-		out, resume string
-		inject      string
-		seed        uint64
-		light       bool
+		dur              time.Duration
+		vms, round       int
+		rounds           int
+		out, resume      string
+		inject, trackers string
+		seed             uint64
+		light            bool
 	}
 	register(&command{
 		name: "soak",
@@ -39,6 +39,7 @@ func init() {
 			fs.IntVar(&f.round, "round", 0, "replay only this round of the soak with --seed (a crash's reproduction)")
 			fs.IntVar(&f.rounds, "rounds", 0, "stop after this many rounds (0: until --for)")
 			fs.BoolVar(&f.light, "light", false, "short rounds (two small cells and a few seconds of stress; for tests)")
+			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers of the scenario cells (default: ldt, naive, softdirty, pagemap-scan); a mutant (mutant-noswapin...) shows the soak catching a broken tracker")
 			fs.StringVar(&f.inject, "inject", "", "testing aid: make round R also fire a labtest trigger, e.g. warn@2,panic@4 (the kernel really WARNs/panics)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
@@ -78,7 +79,7 @@ func init() {
 				mem = 768
 			}
 			so := soak.Options{For: f.dur, VMs: f.vms, Config: g.config, Accel: g.accel, MemoryMiB: mem, Seed: f.seed,
-				Light: f.light, Inject: injs, Rounds: f.rounds, Only: f.round}
+				Light: f.light, Inject: injs, Trackers: splitList(f.trackers), Rounds: f.rounds, Only: f.round}
 			dir := f.out
 			if dir == "" {
 				dir = filepath.Join(lab.StateDir(), "soak-"+time.Now().Format("20060102-150405"))
