@@ -186,6 +186,9 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if s.O.VMs <= 0 {
 		s.O.VMs = DefaultVMs(s.O.MemoryMiB)
 	}
+	if s.O.Only > 0 {
+		s.O.VMs = 1 // a replay is one round on one fresh guest
+	}
 	s.Guest.Config, s.Guest.MemoryMiB = s.O.Config, s.O.MemoryMiB
 	if s.O.Accel != "" {
 		s.Guest.Accel = s.O.Accel
