@@ -44,7 +44,7 @@ func TestSoakShort(t *testing.T) {
 
 	// 1. Start, and kill -9 once the injected rounds are done.
 	var out bytes.Buffer
-	cmd := exec.Command(labctl, "soak", "--light", "--vms", "2", "--for", "150s", "--seed", "7",
+	cmd := exec.Command(labctl, "soak", "--light", "--vms", "2", "--for", "300s", "--seed", "7",
 		"--inject", "warn@1,panic@2,warn@3", "--out", dir, "--no-build")
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), "LDTLAB_STATE="+state, "LDTLAB_REPO="+repo)
@@ -54,7 +54,8 @@ func TestSoakShort(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	var before map[int]bool
 	lockChecked := false
-	deadline := time.Now().Add(150 * time.Second)
+	// Generous for a loaded machine (boots under TCG take 10-50 s here).
+	deadline := time.Now().Add(240 * time.Second)
 	for {
 		select {
 		case err := <-exited:
@@ -94,15 +95,19 @@ func TestSoakShort(t *testing.T) {
 	so := c.ok("soak", "status", dir)
 	assert.Contains(t, so, "stopped without an end record")
 
-	// 2. Resume: finishes the planned length with every round kept.
-	so = c.ok("soak", "--resume", dir)
+	// 2. Resume: finishes the planned length with every round kept. --for
+	// on resume sets the soak's new total length: about a minute more.
+	recs, err := soak.Replay(dir)
+	require.NoError(t, err)
+	length := soak.Summarize(recs).Elapsed + 70*time.Second
+	so = c.ok("soak", "--resume", dir, "--for", length.Round(time.Second).String())
 	t.Logf("resume:\n%s", so)
 	after := roundsDone(t, dir)
 	for r := range before {
 		assert.True(t, after[r], "round %d finished before the kill is lost after --resume", r)
 	}
 	assert.Greater(t, len(after), len(before), "the resumed soak ran no round")
-	recs, err := soak.Replay(dir)
+	recs, err = soak.Replay(dir)
 	require.NoError(t, err)
 	sum := soak.Summarize(recs)
 	assert.Equal(t, 2, sum.Sessions)

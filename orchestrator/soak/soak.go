@@ -224,7 +224,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	}
 	s.progress = newProgress(s, out)
 	s.progress.event("soak %s: session %d, %d guest(s) of %d MiB, %s kernel %s, %s; until %s (seed %d)",
-		dir, s.session, s.O.VMs, s.O.MemoryMiB, s.O.Config, s.kernel, s.accel, s.deadline.Format("15:04:05"), s.O.Seed)
+		dir, s.session, s.O.VMs, s.O.MemoryMiB, s.O.Config, s.kernel, s.accel, s.deadline.Format("01-02 15:04:05"), s.O.Seed)
 	stop := s.progress.run()
 
 	var wg sync.WaitGroup
