@@ -1,19 +1,15 @@
 package soak
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"regexp"
 	"strings"
 	"time"
 
-	"ldtlab/orchestrator/check"
+	"ldtlab/guest/result"
+	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/mmtests"
-	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/stress"
 )
 
@@ -39,41 +35,28 @@ type Seen struct {
 
 func (s Seen) String() string { return s.Type + ": " + s.Title }
 
-// guest is one worker's machine and how far its console was scanned.
+// guest is one worker's machine.
 type guest struct {
-	m       *lab.Machine
-	scanned int
+	m *lab.Machine
 }
 
-func (g *guest) newReports() []Seen {
-	log := g.m.ConsoleLog()
-	if g.scanned > len(log) {
-		g.scanned = 0
-	}
+// reportsSince are the kernel reports that began after mark.
+func (g *guest) reportsSince(ctx context.Context, mark int) []Seen {
 	var out []Seen
-	for _, r := range report.Parse(log[g.scanned:]) {
+	for _, r := range g.m.ReportsSince(ctx, mark) {
 		out = append(out, Seen{Type: string(r.Type), Title: r.Title, Text: r.Text})
 	}
-	g.scanned = len(log)
 	return out
 }
 
-// execStep runs one step and judges it as `labctl check` does. It never
-// reboots: a guest fault comes back as the error (lab.IsGuestFault), and
-// the soak decides.
-//
-// Interim: this is the place orchestrator/cell's RunCell replaces once
-// the executor lands on main (scenario, stress and checkpoint become
-// cell.Spec kinds); the verdicts come from check.Judge and stress.Job so
-// that nothing is judged differently from check meanwhile.
-func execStep(ctx context.Context, g *guest, s Step) (Outcome, error) {
+// execStep runs one step. Scenario, stress and checkpoint steps are
+// cells of the lab's executor (orchestrator/cell), judged exactly as
+// `labctl check` judges them; it never reboots: a guest fault comes back
+// as the error (lab.IsGuestFault) and the soak decides.
+func execStep(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, error) {
 	switch s.Kind {
-	case "scenario":
-		return execScenario(ctx, g, s)
-	case "stress":
-		return execStress(ctx, g, s)
-	case "checkpoint":
-		return execCheckpoint(ctx, g, s)
+	case "scenario", "stress", "checkpoint":
+		return execCell(ctx, g, s, cat)
 	case "selftest":
 		return execSelftest(ctx, g, s)
 	case "inject":
@@ -82,129 +65,63 @@ func execStep(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	return Outcome{}, fmt.Errorf("unknown step kind %q", s.Kind)
 }
 
-func gapFor(scenario, tracker string) string {
-	for _, k := range check.KnownGaps {
-		if k.Scenario == scenario && k.Tracker == tracker {
-			return k.Why
-		}
-	}
-	return ""
-}
-
-var jsonLine = regexp.MustCompile(`(?m)^\{.*\}\s*$`)
-
-func lastJSON(out []byte) []byte {
-	all := jsonLine.FindAll(out, -1)
-	if len(all) == 0 {
-		return out
-	}
-	return bytes.TrimSpace(all[len(all)-1])
-}
-
-func execScenario(ctx context.Context, g *guest, s Step) (Outcome, error) {
-	cmd := fmt.Sprintf("ldt-check -q -scenario %s -tracker %s -seed %d", s.Scenario, s.Tracker, s.Seed)
-	if s.Epochs > 0 {
-		cmd += fmt.Sprintf(" -epochs %d", s.Epochs)
-	}
-	res, err := g.m.Run(ctx, cmd)
-	o := Outcome{Reports: g.newReports()}
-	if err != nil {
-		return o, err
-	}
-	var c check.Cell
-	var w struct {
-		Written []int `json:"written"`
-	}
-	raw := lastJSON(res.Stdout)
-	if jerr := json.Unmarshal(raw, &c); jerr != nil {
-		o.Verdict, o.Reason = "FAIL", fmt.Sprintf("ldt-check exited %d without a result (%v): %s", res.Code, jerr, firstLine(string(res.Stderr)))
-		return o, nil
-	}
-	json.Unmarshal(raw, &w)
-	for _, r := range o.Reports {
-		c.KernelReport = append(c.KernelReport, r.String())
-	}
-	o.Verdict = check.Judge(&c, gapFor(s.Scenario, s.Tracker))
-	o.Missed, o.Corrupted, o.Reason = c.Missed, c.Corrupted, c.Reason
-	for _, n := range w.Written {
-		o.Pages += int64(n)
-	}
-	return o, nil
-}
-
-func execStress(ctx context.Context, g *guest, s Step) (Outcome, error) {
-	runs, err := stress.Job(ctx, g.m, stress.Options{Trackers: []string{s.Tracker}, Duration: s.Duration, Pages: s.Pages, THP: s.THP, Seed: s.Seed}, io.Discard)
-	o := Outcome{Reports: g.newReports(), Verdict: "PASS"}
-	if err != nil && len(runs) == 0 {
-		return o, err
-	}
-	// The worst run decides (ldt 4 KiB then THP when THP is asked).
-	for _, r := range runs {
-		if r.Known != "" && !r.Failed() {
-			for i := range o.Reports {
-				for _, t := range r.Reports {
-					if strings.HasPrefix(t, o.Reports[i].String()+"\n") {
-						o.Reports[i].Known = r.Known
-					}
-				}
+// spec maps a step to the executor's cell.
+func spec(s Step, cat []Scenario) (cell.Spec, error) {
+	sp := cell.Spec{Kind: cell.Kind(s.Kind), Tracker: s.Tracker, Seed: s.Seed, Epochs: s.Epochs, Target: s.Target, THP: s.THP}
+	switch s.Kind {
+	case "scenario":
+		for i := range cat {
+			if cat[i].Name == s.Scenario {
+				sp.Scenario = &cat[i]
 			}
 		}
-		o.Pages += int64(r.Copied)
-		o.Missed += r.LostPages
-		if r.Failed() || (o.Verdict == "PASS" && r.Verdict != "PASS") {
-			o.Verdict = r.Verdict
-			o.Reason = strings.TrimSpace(r.Error + " " + r.Known)
+		if sp.Scenario == nil {
+			return sp, fmt.Errorf("scenario %q is not in the catalogue", s.Scenario)
 		}
+	case "stress":
+		sp.Stress = stress.Options{Duration: s.Duration, Pages: s.Pages, Seed: s.Seed}
 	}
-	if o.Verdict == "FAIL" && o.Reason == "" {
-		o.Reason = fmt.Sprintf("%d pages lost", o.Missed)
-	}
-	return o, err
+	return sp, nil
 }
 
-func execCheckpoint(ctx context.Context, g *guest, s Step) (Outcome, error) {
-	var cmd string
-	switch s.Target {
-	case "synthetic":
-		cmd = fmt.Sprintf("ldt-check -q -checkpoint-synthetic -tracker %s -rounds 5 -mb 48 -seed %d", s.Tracker, s.Seed)
-	default:
-		res, err := g.m.Run(ctx, check.RedisSetup)
-		if err != nil {
-			return Outcome{Reports: g.newReports()}, err
-		}
-		pid := strings.Fields(string(res.Stdout))
-		if res.Code != 0 || len(pid) == 0 {
-			return Outcome{Verdict: "FAIL", Reason: "starting redis under memory pressure: " + firstLine(string(res.Stderr)), Reports: g.newReports()}, nil
-		}
-		cmd = fmt.Sprintf("ldt-check -q -checkpoint -tracker %s -pid %s -rounds 5 -interval 1s; pkill redis-benchmark; redis-cli -p 6379 shutdown nosave >/dev/null 2>&1; true", s.Tracker, pid[0])
-	}
-	res, err := g.m.Run(ctx, cmd)
-	o := Outcome{Reports: g.newReports()}
+func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, error) {
+	sp, err := spec(s, cat)
 	if err != nil {
-		return o, err
+		return Outcome{Verdict: string(result.VError), Reason: err.Error()}, nil
 	}
-	var v struct {
-		Outcome  string `json:"outcome"`
-		Missed   int    `json:"missed"`
-		Compared int    `json:"compared_pages"`
-		Reason   string `json:"reason"`
+	c, err := cell.RunCell(ctx, g.m, sp)
+	o := Outcome{Verdict: string(c.Verdict), Pages: int64(c.Pages)}
+	for _, r := range c.Reports {
+		o.Reports = append(o.Reports, Seen{Type: string(r.Type), Title: r.Title, Text: r.Text})
 	}
-	if err := json.Unmarshal(lastJSON(res.Stdout), &v); err != nil {
-		o.Verdict, o.Reason = "FAIL", "no checkpoint result: "+firstLine(string(res.Stderr))
-		return o, nil
-	}
-	o.Pages, o.Missed, o.Reason = int64(v.Compared), v.Missed, v.Reason
 	switch {
-	case len(o.Reports) > 0:
-		o.Verdict = "FAIL"
-	case v.Outcome == "skip":
-		o.Verdict = "SKIP"
-	case v.Outcome != "pass" || v.Missed > 0:
-		o.Verdict = "FAIL"
-	default:
-		o.Verdict = "PASS"
+	case c.Scenario != nil:
+		o.Missed, o.Corrupted, o.Reason = c.Scenario.Missed, c.Scenario.Corrupted, c.Scenario.Reason
+	case c.Checkpoint != nil:
+		o.Missed, o.Reason = c.Checkpoint.Missed, strings.TrimSpace(c.Checkpoint.Reason+" "+c.Checkpoint.Error)
+	case c.Stress != nil:
+		r := c.Stress
+		o.Missed, o.Reason = r.LostPages, strings.TrimSpace(r.Error+" "+r.Known)
+		if r.Verdict == result.VFail && o.Reason == "" {
+			o.Reason = fmt.Sprintf("%d pages lost", r.LostPages)
+		}
+		// The stress run keeps its reports as "TYPE: title\ntext"; a run
+		// still judged KNOWN-GAP had only the reference tracker's known
+		// kernel bugs among them.
+		for _, t := range r.Reports {
+			head, text, _ := strings.Cut(t, "\n")
+			typ, title, _ := strings.Cut(head, ": ")
+			sn := Seen{Type: typ, Title: title, Text: text}
+			if r.Verdict == result.VKnownGap {
+				sn.Known = r.Known
+			}
+			o.Reports = append(o.Reports, sn)
+		}
 	}
-	return o, nil
+	if c.Error != "" && o.Reason == "" {
+		o.Reason = firstLine(c.Error)
+	}
+	return o, err
 }
 
 // execSelftest runs one mm selftest. Its case failures are not judged
@@ -213,8 +130,9 @@ func execCheckpoint(ctx context.Context, g *guest, s Step) (Outcome, error) {
 func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	tctx, cancel := context.WithTimeout(ctx, time.Duration(float64(180*time.Second)*float64(g.m.Timeouts.Command)/float64(120*time.Second)))
 	defer cancel()
+	mark := g.m.ReportMark()
 	res, err := g.m.Run(tctx, fmt.Sprintf("mkdir -p /tmp/mmtests && cd /tmp/mmtests && %s/%s 2>&1", mmtests.Dir, s.Test))
-	o := Outcome{Reports: g.newReports(), Verdict: "INFO"}
+	o := Outcome{Reports: g.reportsSince(ctx, mark), Verdict: "INFO"}
 	if err != nil && lab.IsGuestFault(err) {
 		return o, err
 	}
@@ -237,12 +155,9 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 func execInject(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	tctx, cancel := context.WithTimeout(ctx, g.m.Timeouts.Command)
 	defer cancel()
+	mark := g.m.ReportMark()
 	_, err := g.m.Run(tctx, "echo "+s.Word+" > /sys/kernel/debug/labtest/trigger")
-	if err == nil {
-		// Let the rest of the report reach the console.
-		time.Sleep(time.Second)
-	}
-	return Outcome{Verdict: "INJECTED", Reports: g.newReports()}, err
+	return Outcome{Verdict: "INJECTED", Reports: g.reportsSince(ctx, mark)}, err
 }
 
 func firstLine(s string) string {

@@ -2,6 +2,7 @@ package soak
 
 import (
 	"fmt"
+	"ldtlab/orchestrator/cell"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -9,11 +10,9 @@ import (
 	"time"
 )
 
-// Scenario is what a round needs of a catalogue entry (`ldt-check -list`).
-type Scenario struct {
-	Name     string   `json:"name"`
-	Trackers []string `json:"trackers"`
-}
+// Scenario is a catalogue entry (`ldt-check -list`), kept in the journal
+// so that a resumed soak plans and judges exactly as the first session.
+type Scenario = cell.Scenario
 
 // Step is one thing a round does in its guest. Kind scenario, stress and
 // checkpoint map to the cell executor's Spec; selftest runs one of the
@@ -120,8 +119,7 @@ func PlanRound(seed uint64, cat []Scenario, mix Mix) []Step {
 		s := cat[rng.IntN(len(cat))]
 		var ok []string
 		for _, t := range trackers {
-			// A mutant (guest/tracker/mutant.go) runs wherever ldt does.
-			if slices.Contains(s.Trackers, t) || (strings.HasPrefix(t, "mutant-") && slices.Contains(s.Trackers, "ldt")) {
+			if s.Allows(t) {
 				ok = append(ok, t)
 			}
 		}

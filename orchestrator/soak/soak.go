@@ -10,7 +10,6 @@ package soak
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +21,8 @@ import (
 	"sync"
 	"time"
 
+	"ldtlab/guest/result"
+	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
@@ -104,15 +105,8 @@ type RoundRecord struct {
 	Cut      bool      `json:"cut,omitempty"`
 }
 
-// failedVerdict: unexpected outcomes (check's meaning, plus ERROR of a
-// stress run that produced no result).
-func failedVerdict(v string) bool {
-	switch v {
-	case "FAIL", "NO-TEETH", "SKIP", "ERROR":
-		return true
-	}
-	return false
-}
+// failedVerdict: the unexpected outcomes, as check counts them.
+func failedVerdict(v string) bool { return result.Verdict(v).Failed() }
 
 // Soak is one running soak.
 type Soak struct {
@@ -322,13 +316,12 @@ func (s *Soak) logf(format string, args ...any) {
 }
 
 func catalogue(ctx context.Context, g *guest) ([]Scenario, error) {
-	out, err := g.m.Run(ctx, "ldt-check -list")
+	cat, err := cell.List(ctx, g.m)
 	if err != nil {
 		return nil, fmt.Errorf("listing the catalogue: %w", err)
 	}
-	var cat []Scenario
-	if err := json.Unmarshal(lastJSONArray(out.Stdout), &cat); err != nil || len(cat) == 0 {
-		return nil, fmt.Errorf("parsing ldt-check -list (%v): %s", err, firstLine(string(out.Stderr)))
+	if len(cat) == 0 {
+		return nil, errors.New("ldt-check -list gave an empty catalogue")
 	}
 	sort.Slice(cat, func(i, j int) bool { return cat[i].Name < cat[j].Name })
 	return cat, nil
@@ -459,7 +452,7 @@ func (s *Soak) round(ctx context.Context, w, n int, gp **guest, backoff *time.Du
 func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **guest) CellRecord {
 	g := *gp
 	t := time.Now()
-	out, err := execStep(ctx, g, st)
+	out, err := execStep(ctx, g, st, s.cat)
 	c := CellRecord{Round: n, Worker: w, Step: st, Verdict: out.Verdict, Pages: out.Pages, Missed: out.Missed,
 		Corrupted: out.Corrupted, Reason: out.Reason, Reports: out.Reports, Took: time.Since(t).Seconds(), Repro: s.repro(n, st)}
 	if ctx.Err() != nil {
@@ -483,7 +476,9 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 	if err != nil {
 		replace = true
 		c.Error = err.Error()
-		c.Verdict = "FAIL"
+		if !failedVerdict(c.Verdict) {
+			c.Verdict = string(result.VFail)
+		}
 		var ce *vm.CrashError
 		var he *vm.HangError
 		var be *vm.BootError
@@ -567,7 +562,7 @@ func (s *Soak) rerun(ctx context.Context, w int, st Step, gp **guest) string {
 		}
 		*gp = g
 	}
-	out, err := execStep(ctx, *gp, st)
+	out, err := execStep(ctx, *gp, st, s.cat)
 	if err != nil || len(out.Reports) > 0 {
 		if err != nil && lab.IsGuestFault(err) {
 			(*gp).m.Close()

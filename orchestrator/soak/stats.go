@@ -1,7 +1,6 @@
 package soak
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -309,14 +308,6 @@ func crashTotals(dir string) (unique, total int) {
 		total += c.Count
 	}
 	return
-}
-
-// lastJSONArray picks `ldt-check -list`'s JSON out of its stdout.
-func lastJSONArray(out []byte) []byte {
-	if i := bytes.IndexByte(out, '['); i >= 0 {
-		return out[i:]
-	}
-	return out
 }
 
 func sortedKeys[M ~map[string]V, V any](m M) []string {
