@@ -6,6 +6,7 @@
 package cache
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -213,7 +215,7 @@ func (s *Store) Remove(key string) error {
 	if _, err := os.Stat(s.Root); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	unlock, err := Lock(filepath.Join(s.Root, key+".lock"))
+	unlock, err := Lock(context.Background(), filepath.Join(s.Root, key+".lock"))
 	if err != nil {
 		return err
 	}
@@ -333,6 +335,12 @@ var errNoFill = errors.New("cache: nil fill function")
 // temporary directory when it is missing. Concurrent builders of the same
 // key wait for each other; the second one finds the entry done.
 func (s *Store) Build(key string, fill func(dir string) error) (path string, hit bool, err error) {
+	return s.BuildContext(context.Background(), key, fill)
+}
+
+// BuildContext is Build that stops waiting for another builder when ctx
+// ends.
+func (s *Store) BuildContext(ctx context.Context, key string, fill func(dir string) error) (path string, hit bool, err error) {
 	if fill == nil {
 		return "", false, errNoFill
 	}
@@ -342,7 +350,7 @@ func (s *Store) Build(key string, fill func(dir string) error) (path string, hit
 	if err := os.MkdirAll(s.Root, 0o755); err != nil {
 		return "", false, fmt.Errorf("creating cache %s: %w", s.Root, err)
 	}
-	unlock, err := Lock(filepath.Join(s.Root, key+".lock"))
+	unlock, err := Lock(ctx, filepath.Join(s.Root, key+".lock"))
 	if err != nil {
 		return "", false, err
 	}
@@ -412,25 +420,27 @@ func syncDir(dir string) {
 	}
 }
 
-// Lock takes an exclusive flock on path, creating it. It returns the unlock
-// function. The lock dies with the process, so a killed builder never
-// wedges the next one.
-func Lock(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("opening lock %s: %w", path, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		fmt.Fprintf(os.Stderr, "ldtlab: waiting for another build holding %s\n", path)
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("locking %s: %w", path, err)
+// Lock takes an exclusive flock on path, creating it, waiting for another
+// holder until ctx ends (so ^C is never stuck behind someone else's
+// build). It returns the unlock function. The lock dies with the process,
+// so a killed builder never wedges the next one.
+func Lock(ctx context.Context, path string) (func(), error) {
+	said := false
+	for {
+		unlock, err := TryLock(path)
+		if !errors.Is(err, ErrLocked) {
+			return unlock, err
+		}
+		if !said {
+			fmt.Fprintf(os.Stderr, "ldtlab: waiting for another build holding %s\n", path)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the lock %s: %w", path, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return func() {
-		unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		f.Close()
-	}, nil
 }
 
 // TryLock takes an exclusive flock on path without waiting: it fails at

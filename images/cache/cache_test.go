@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -307,13 +308,13 @@ func TestOpenUsesCacheDir(t *testing.T) {
 
 func TestLock(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.lock")
-	unlock, err := Lock(path)
+	unlock, err := Lock(context.Background(), path)
 	require.NoError(t, err)
 	assert.FileExists(t, path)
 
 	got := make(chan func(), 1)
 	go func() {
-		u, err := Lock(path)
+		u, err := Lock(context.Background(), path)
 		if err != nil {
 			t.Error(err)
 			got <- func() {}
@@ -335,13 +336,13 @@ func TestLock(t *testing.T) {
 	}
 
 	// The lock can be taken again afterwards.
-	u, err := Lock(path)
+	u, err := Lock(context.Background(), path)
 	require.NoError(t, err)
 	u()
 }
 
 func TestLockBadPath(t *testing.T) {
-	_, err := Lock(filepath.Join(t.TempDir(), "no", "such", "dir", "x.lock"))
+	_, err := Lock(context.Background(), filepath.Join(t.TempDir(), "no", "such", "dir", "x.lock"))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "x.lock")
 }
@@ -401,4 +402,19 @@ func TestCopyFile(t *testing.T) {
 	st, _ := os.Stat(dst)
 	assert.Equal(t, os.FileMode(0o755), st.Mode().Perm())
 	assert.Error(t, CopyFile(filepath.Join(dir, "nope"), dst, 0o644))
+}
+
+// ^C while someone else holds the lock returns at once, not when they
+// are done.
+func TestLockGivesUpWithContext(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.lock")
+	unlock, err := TryLock(path)
+	require.NoError(t, err)
+	defer unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = Lock(ctx, path)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 5*time.Second)
 }

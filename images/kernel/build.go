@@ -304,7 +304,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
 	}
-	unlock, err := cache.Lock(filepath.Join(work, ".lock"))
+	unlock, err := cache.Lock(ctx, filepath.Join(work, ".lock"))
 	if err != nil {
 		return err
 	}

@@ -66,7 +66,7 @@ func (s *Source) Extract(ctx context.Context, log func(string, ...any)) (string,
 	store := cache.Open("src")
 	key := cache.NewKey().AddString("version", s.Version).AddString("tarball", s.Tarball).
 		AddString("stat", fmt.Sprintf("%d %d", s.Size, s.mtime)).Sum()[:16]
-	dir, hit, err := store.Build(key, func(tmp string) error {
+	dir, hit, err := store.BuildContext(ctx, key, func(tmp string) error {
 		log("extracting %s (%s) once for all builds", s.Tarball, s.Version)
 		cmd := exec.CommandContext(ctx, "tar", "-xf", s.Tarball, "-C", tmp)
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -79,7 +79,7 @@ func Ensure(ctx context.Context, o Options) (*Image, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	dir, hit, err := cache.Open("images").Build(key, func(tmp string) error {
+	dir, hit, err := cache.Open("images").BuildContext(ctx, key, func(tmp string) error {
 		return build(ctx, o, tmp)
 	})
 	if err != nil {

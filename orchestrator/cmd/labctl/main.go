@@ -131,9 +131,18 @@ func main() {
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	var got atomic.Value
 	go func() {
-		if s, ok := <-sigc; ok {
-			got.Store(s)
-			cancel()
+		s, ok := <-sigc
+		if !ok {
+			return
+		}
+		got.Store(s)
+		cancel()
+		// A second signal means "now": whatever cleanup is waiting (a
+		// guest powering off, a lock) is abandoned. QEMU dies with us
+		// (parent-death signal); temp directories are swept next time.
+		if s2, ok := <-sigc; ok {
+			fmt.Fprintf(os.Stderr, "labctl %s: %v again: exiting without cleanup\n", name, s2)
+			os.Exit(exitStatus(errors.New("interrupted"), s2))
 		}
 	}()
 	err = cmd.run(ctx, fs, positional)
