@@ -2,6 +2,7 @@ package soak
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -89,4 +90,29 @@ func TestParseInject(t *testing.T) {
 	require.Len(t, got, 3)
 	assert.Equal(t, "inject", got[1].Kind)
 	assert.Equal(t, steps, withInjections(steps, 1, []Injection{{"warn", 2}}))
+}
+
+// Steps map onto the executor's cells with their sizes; a scenario the
+// catalogue lacks is an error, not a guess.
+func TestSpec(t *testing.T) {
+	sp, err := spec(Step{Kind: "scenario", Scenario: "ksm", Tracker: "softdirty", Seed: 5, Epochs: 3}, testCat)
+	require.NoError(t, err)
+	assert.Equal(t, "ksm", sp.Scenario.Name)
+	assert.Equal(t, "ksm/softdirty", sp.Name())
+	assert.Equal(t, 3, sp.Epochs)
+
+	sp, err = spec(Step{Kind: "stress", Tracker: "ldt", Seed: 9, Pages: 4096, Duration: 7 * time.Second, THP: true}, testCat)
+	require.NoError(t, err)
+	assert.Equal(t, "stress-thp/ldt", sp.Name())
+	assert.Equal(t, 4096, sp.Stress.Pages)
+	assert.Equal(t, 7*time.Second, sp.Stress.Duration)
+	assert.Equal(t, uint64(9), sp.Stress.Seed)
+
+	sp, err = spec(Step{Kind: "checkpoint", Target: "redis", Tracker: "ldt"}, testCat)
+	require.NoError(t, err)
+	assert.Equal(t, "checkpoint-redis/ldt", sp.Name())
+
+	_, err = spec(Step{Kind: "scenario", Scenario: "gone"}, testCat)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not in the catalogue")
 }
