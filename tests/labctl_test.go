@@ -166,7 +166,7 @@ func TestLabctlLifecycle(t *testing.T) {
 
 func TestLabctlHelpOnEveryVerb(t *testing.T) {
 	c := cli{t: t, state: t.TempDir()}
-	for _, verb := range []string{"setup", "build", "up", "ls", "run", "shell", "cp", "logs", "ssh-config", "down", "proxy", "check", "selftests", "bench", "stress", "report"} {
+	for _, verb := range []string{"setup", "build", "up", "ls", "run", "shell", "cp", "logs", "ssh-config", "down", "proxy", "check", "selftests", "bench", "stress", "report", "soak"} {
 		_, se, code := c.run(verb, "--help")
 		assert.Equal(t, 0, code, verb)
 		assert.Contains(t, se, "Usage: labctl "+verb, verb)

@@ -200,3 +200,26 @@ func soakQEMUs(prefix string) []int {
 	}
 	return out
 }
+
+// Bad input: a clear error and status, nothing created.
+func TestSoakBadInput(t *testing.T) {
+	state := t.TempDir()
+	c := cli{t: t, state: state}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"soak", "--inject", "warn", "--out", filepath.Join(state, "x")}, 2, "WORD@ROUND"},
+		{[]string{"soak", "frob", state}, 2, "labctl soak report DIR"},
+		{[]string{"soak", "report", filepath.Join(state, "none")}, 1, "no soak journal"},
+		{[]string{"soak", "status", filepath.Join(state, "none")}, 1, "no soak journal"},
+		{[]string{"soak", "--resume", filepath.Join(state, "none")}, 1, "no soak journal"},
+	} {
+		_, se, code := c.run(tc.args...)
+		assert.Equal(t, tc.code, code, "%v: %s", tc.args, se)
+		assert.Contains(t, se, tc.want, "%v", tc.args)
+	}
+	_, err := os.Stat(filepath.Join(state, "x"))
+	assert.True(t, os.IsNotExist(err), "a rejected soak created its directory")
+}

@@ -28,7 +28,8 @@ func init() {
 		name: "soak",
 		args: "| soak --resume DIR | soak report DIR | soak status DIR",
 		summary: "the overnight job: random rounds of scenarios, stress, checkpoint oracle and selftests on N reused guests until --for; " +
-			"crashes filed by title under DIR/crashes, a journal that survives kill -9 (--resume), and a report",
+			"crashes filed by title under DIR/crashes, a journal that survives kill -9 (--resume), and a report. " +
+			"Guests have 768 MiB unless --mem says otherwise.",
 		setup: func(fs *flag.FlagSet) {
 			g.register(fs)
 			fs.DurationVar(&f.dur, "for", 8*time.Hour, "how long to soak (on --resume: the whole soak's new length; 0 keeps the recorded one)")
