@@ -163,6 +163,37 @@ func TestSoakShort(t *testing.T) {
 	assert.Contains(t, string(html), "labtest_warn")
 
 	assert.Empty(t, soakQEMUs(prefix), "QEMU of the soak still running")
+
+	// 5. SIGINT ends a session cleanly: rounds kept, an end record, no QEMU.
+	n0 := len(roundsDone(t, dir))
+	out.Reset()
+	cmd = exec.Command(labctl, "soak", "--resume", dir, "--for", "30m")
+	cmd.Dir = repo
+	cmd.Env = append(os.Environ(), "LDTLAB_STATE="+state, "LDTLAB_REPO="+repo)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	exited = make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for end := time.Now().Add(150 * time.Second); len(roundsDone(t, dir)) == n0 && time.Now().Before(end); {
+		time.Sleep(2 * time.Second)
+	}
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, out.String())
+		assert.Equal(t, 130, ee.ExitCode(), out.String())
+	case <-time.After(90 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("the soak did not end within 90 s of SIGINT:\n%s", out.String())
+	}
+	assert.Empty(t, soakQEMUs(prefix), "QEMU left after SIGINT")
+	recs, err = soak.Replay(dir)
+	require.NoError(t, err)
+	sum = soak.Summarize(recs)
+	assert.Equal(t, 3, sum.Sessions)
+	assert.Equal(t, "interrupted", sum.Ended)
+	assert.GreaterOrEqual(t, sum.Rounds, n0)
 }
 
 // roundsDone are the round numbers the journal says finished.
