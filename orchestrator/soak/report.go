@@ -140,7 +140,7 @@ func (r *reportData) markdown(figs []figure) string {
 	for _, h := range r.Head {
 		fmt.Fprintf(&b, "- %s\n", h)
 	}
-	fmt.Fprintf(&b, "\n## Crashes (%d unique, %d occurrences)\n\n", r.S.CrashUnique, r.S.CrashTotal)
+	fmt.Fprintf(&b, "\n## Crashes (%d unique, %d occurrences%s)\n\n", r.S.CrashUnique, r.S.CrashTotal, r.KnownNote())
 	if len(r.Crashes) == 0 {
 		b.WriteString("None.\n")
 	} else {
@@ -178,6 +178,22 @@ func (r *reportData) markdown(figs []figure) string {
 	return b.String()
 }
 
+// knownNote counts the filed known kernel bugs outside LDT, which the
+// crash totals leave out.
+func (r *reportData) KnownNote() string {
+	n, occ := 0, 0
+	for _, c := range r.Crashes {
+		if c.Kind == "known" {
+			n++
+			occ += c.Count
+		}
+	}
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; plus %d known kernel bug(s) outside LDT seen %d time(s), listed with kind known, not counted", n, occ)
+}
+
 func reproduced(c Crash) string {
 	if c.Kind != "correctness" {
 		return "–"
@@ -210,7 +226,7 @@ th{background:#eee}td.bad{background:#fdd}code{font-size:12px}img{max-width:100%
 <h1>ldtlab soak report</h1>
 <p><code>{{.R.Dir}}</code></p>
 <ul>{{range .R.Head}}<li>{{.}}</li>{{end}}</ul>
-<h2>Crashes ({{.R.S.CrashUnique}} unique, {{.R.S.CrashTotal}} occurrences)</h2>
+<h2>Crashes ({{.R.S.CrashUnique}} unique, {{.R.S.CrashTotal}} occurrences{{.R.KnownNote}})</h2>
 {{if .R.Crashes}}<table><tr><th>title</th><th>kind</th><th>count</th><th>first seen</th><th>last seen</th><th>reproduced</th><th>reproduction</th><th>directory</th></tr>
 {{range .R.Crashes}}<tr><td>{{.Title}}</td><td>{{.Kind}}</td><td>{{.Count}}</td><td>{{ts .FirstSeen}}</td><td>{{ts .LastSeen}}</td><td>{{repr .}}</td><td><code>{{.Repro}}</code></td><td><code>crashes/{{base .Dir}}</code></td></tr>
 {{end}}</table>{{else}}<p>None.</p>{{end}}

@@ -51,11 +51,13 @@ func TestSummarizeAndReport(t *testing.T) {
 
 	store, _ := OpenStore(dir)
 	store.Record(Occurrence{Title: "warning: WARNING in z", Kind: "kernel", At: at(20), Repro: "labctl stress --seed 1"})
+	store.Record(Occurrence{Title: "page-table-check: WARNING in w", Kind: "known", Known: "vanilla bug", At: at(30)})
 	md, html, err := WriteReport(dir)
 	require.NoError(t, err)
 	mb, _ := os.ReadFile(md)
 	hb, _ := os.ReadFile(html)
-	for _, want := range []string{"warning: WARNING in z", "labctl stress --seed 1", "2 rounds", "1 CAUGHT", "finished: deadline", "starting QEMU"} {
+	for _, want := range []string{"warning: WARNING in z", "labctl stress --seed 1", "2 rounds", "1 CAUGHT", "finished: deadline", "starting QEMU",
+		"1 unique, 1 occurrences; plus 1 known kernel bug(s) outside LDT seen 1 time(s)"} {
 		assert.Contains(t, string(mb), want)
 		assert.Contains(t, string(hb), want)
 	}

@@ -665,6 +665,9 @@ func (s *Soak) repro(n int, st Step) string {
 		}
 		return cmd
 	case "stress":
+		if st.THP && st.Tracker != "ldt" {
+			break // labctl stress runs THP for ldt only: replay the round
+		}
 		return fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", st.Tracker, st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
 	}
 	light := ""
