@@ -10,6 +10,7 @@ import (
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/mmtests"
+	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/stress"
 )
 
@@ -105,16 +106,12 @@ func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 		if r.Verdict == result.VFail && o.Reason == "" {
 			o.Reason = fmt.Sprintf("%d pages lost", r.LostPages)
 		}
-		// The stress run keeps its reports as "TYPE: title\ntext"; a run
-		// still judged KNOWN-GAP had only the reference tracker's known
-		// kernel bugs among them.
+		// The stress run keeps its reports as "TYPE: title\ntext".
 		for _, t := range r.Reports {
 			head, text, _ := strings.Cut(t, "\n")
 			typ, title, _ := strings.Cut(head, ": ")
 			sn := Seen{Type: typ, Title: title, Text: text}
-			if r.Verdict == result.VKnownGap {
-				sn.Known = r.Known
-			}
+			sn.Known = knownStressReport(r.Tracker, sn)
 			o.Reports = append(o.Reports, sn)
 		}
 	}
@@ -122,6 +119,18 @@ func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 		o.Reason = firstLine(c.Error)
 	}
 	return o, err
+}
+
+// knownStressReport asks the stress judge whether one report is a known
+// kernel bug of the tracker's (whatever else went wrong in the run: a
+// timed-out run keeps its known reports known).
+func knownStressReport(tracker string, sn Seen) string {
+	probe := stress.Run{Tracker: tracker, Verdict: result.VPass}
+	stress.AddReports(&probe, []report.Report{{Type: report.Type(sn.Type), Title: sn.Title, Text: sn.Text}})
+	if probe.Verdict == result.VKnownGap {
+		return probe.Known
+	}
+	return ""
 }
 
 // execSelftest runs one mm selftest. Its case failures are not judged
