@@ -26,12 +26,11 @@ func WriteReport(dir string) (mdPath, htmlPath string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	s := Summarize(recs)
+	s := summarizeDir(dir, recs)
 	crashes, err := Crashes(dir)
 	if err != nil {
 		return "", "", err
 	}
-	s.CrashUnique, s.CrashTotal = crashTotals(dir)
 	figs, err := figures(s)
 	if err != nil {
 		return "", "", fmt.Errorf("drawing the report's figures: %w", err)

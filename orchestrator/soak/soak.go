@@ -279,12 +279,11 @@ func (s *Soak) restore(old []Record) error {
 		s.O.For = forOverride
 	}
 	s.cat = first.Catalogue
-	sum := Summarize(old)
+	sum := summarizeDir(s.Dir, old)
 	for r := range sum.roundsDone {
 		s.done[r] = true
 	}
 	s.stats = sum.Stats
-	s.stats.CrashUnique, s.stats.CrashTotal = crashTotals(s.Dir)
 	return nil
 }
 

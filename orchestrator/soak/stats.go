@@ -82,7 +82,22 @@ type Summary struct {
 
 // Summarize replays records: only cells of finished rounds count (a round
 // a kill cut short is redone by --resume).
-func Summarize(recs []Record) Summary {
+func Summarize(recs []Record) Summary { return summarize(recs, nil) }
+
+// summarizeDir is Summarize with the crash store's verdicts: titles the
+// store files as known kernel bugs outside LDT are not counted.
+func summarizeDir(dir string, recs []Record) Summary {
+	known := map[string]bool{}
+	cs, _ := Crashes(dir)
+	for _, c := range cs {
+		known[c.Title] = c.Kind == "known"
+	}
+	s := summarize(recs, known)
+	s.CrashUnique, s.CrashTotal = crashTotals(dir)
+	return s
+}
+
+func summarize(recs []Record, known map[string]bool) Summary {
 	s := Summary{Table: map[string]map[string]*Cellstat{}, roundsDone: map[int]bool{}}
 	type key struct{ session, round int }
 	finished := map[key]bool{}
@@ -131,7 +146,11 @@ func Summarize(recs []Record) Summary {
 				continue
 			}
 			s.addCell(*c)
-			crashes += len(c.Crashes)
+			for _, t := range c.Crashes {
+				if !known[t] {
+					crashes++
+				}
+			}
 			if c.Failed {
 				s.Failed = append(s.Failed, *c)
 			}
@@ -255,9 +274,8 @@ func Status(w io.Writer, dir string) error {
 	if err != nil {
 		return err
 	}
-	s := Summarize(recs)
+	s := summarizeDir(dir, recs)
 	crashes, _ := Crashes(dir)
-	s.CrashUnique, s.CrashTotal = crashTotals(dir)
 	running := "not running"
 	if pid := strings.TrimSpace(readSmall(dir + "/soak.lock")); pid != "" && lockHeld(dir) {
 		running = "running (pid " + pid + ")"
