@@ -295,7 +295,11 @@ func Status(w io.Writer, dir string) error {
 	if len(crashes) > 0 {
 		fmt.Fprintf(w, "  crashes:\n")
 		for _, c := range crashes {
-			fmt.Fprintf(w, "    %4d× %s (last %s)\n", c.Count, c.Title, c.LastSeen.Format("15:04:05"))
+			k := ""
+			if c.Kind == "known" {
+				k = ", known kernel bug outside LDT: not counted"
+			}
+			fmt.Fprintf(w, "    %4d× %s (last %s%s)\n", c.Count, c.Title, c.LastSeen.Format("15:04:05"), k)
 		}
 	}
 	return nil
