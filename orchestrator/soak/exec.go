@@ -41,6 +41,21 @@ type guest struct {
 	m *lab.Machine
 }
 
+// close stops the guest's machine (nil-safe).
+func (g *guest) close() {
+	if g != nil && g.m != nil {
+		g.m.Close()
+	}
+}
+
+// log is the guest's console so far (nil without a machine).
+func (g *guest) log() []byte {
+	if g == nil || g.m == nil {
+		return nil
+	}
+	return g.m.ConsoleLog()
+}
+
 // reportsSince are the kernel reports that began after mark.
 func (g *guest) reportsSince(ctx context.Context, mark int) []Seen {
 	var out []Seen

@@ -127,6 +127,9 @@ type Soak struct {
 	accel     string
 	logFile   *os.File
 
+	// exec runs a step (execStep; a fake in unit tests).
+	exec func(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, error)
+
 	mu       sync.Mutex
 	done     map[int]bool
 	inflight map[int]bool
@@ -140,7 +143,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if err != nil {
 		return err
 	}
-	s := &Soak{Dir: dir, O: o, Guest: gopts, Out: out, done: map[int]bool{}, inflight: map[int]bool{}}
+	s := &Soak{Dir: dir, O: o, Guest: gopts, Out: out, exec: execStep, done: map[int]bool{}, inflight: map[int]bool{}}
 	var old []Record
 	if resume {
 		if old, err = Replay(dir); err != nil {
@@ -451,7 +454,7 @@ func (s *Soak) round(ctx context.Context, w, n int, gp **guest, backoff *time.Du
 func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **guest) CellRecord {
 	g := *gp
 	t := time.Now()
-	out, err := execStep(ctx, g, st, s.cat)
+	out, err := s.exec(ctx, g, st, s.cat)
 	c := CellRecord{Round: n, Worker: w, Step: st, Verdict: out.Verdict, Pages: out.Pages, Missed: out.Missed,
 		Corrupted: out.Corrupted, Reason: out.Reason, Reports: out.Reports, Took: time.Since(t).Seconds(), Repro: s.repro(n, st)}
 	if ctx.Err() != nil {
@@ -470,7 +473,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		if r.Known != "" {
 			kind = "known"
 		}
-		s.file(Occurrence{Title: title, Type: r.Type, Kind: kind, Known: r.Known, Round: n, Worker: w, Seed: seed, Step: st, Span: r.Text, Log: g.m.ConsoleLog()}, &c)
+		s.file(Occurrence{Title: title, Type: r.Type, Kind: kind, Known: r.Known, Round: n, Worker: w, Seed: seed, Step: st, Span: r.Text, Log: g.log()}, &c)
 	}
 	if err != nil {
 		replace = true
@@ -489,23 +492,23 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 				title = ce.Type + ": " + ce.Title
 			}
 			if !seen[title] {
-				s.file(Occurrence{Title: title, Type: ce.Type, Kind: "kernel", Round: n, Worker: w, Seed: seed, Step: st, Span: ce.Text, Log: g.m.ConsoleLog()}, &c)
+				s.file(Occurrence{Title: title, Type: ce.Type, Kind: "kernel", Round: n, Worker: w, Seed: seed, Step: st, Span: ce.Text, Log: g.log()}, &c)
 			}
 		case errors.As(err, &he):
 			c.Fault = "hang"
-			s.file(Occurrence{Title: "hang: no progress during " + hangWhat(st), Type: "hang", Kind: "hang", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.m.ConsoleLog()}, &c)
+			s.file(Occurrence{Title: "hang: no progress during " + hangWhat(st), Type: "hang", Kind: "hang", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
 		case errors.As(err, &be):
 			c.Fault = "boot"
-			s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.m.ConsoleLog()}, &c)
+			s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
 		case lab.IsGuestFault(err):
 			// DiedError: QEMU went away without a kernel report.
 			c.Fault, c.Verdict = "died", "LAB"
-			s.labFailure(n, w, &st, "step", err, g.m.ConsoleLog())
+			s.labFailure(n, w, &st, "step", err, g.log())
 		default:
 			var ie *vm.InfraError
 			if errors.As(err, &ie) {
 				c.Fault, c.Verdict = "lab", "LAB"
-				s.labFailure(n, w, &st, "step", err, g.m.ConsoleLog())
+				s.labFailure(n, w, &st, "step", err, g.log())
 			} else {
 				// The step's own error (a command that timed out but the
 				// guest answers): a failed cell, the guest is kept.
@@ -522,8 +525,8 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		c.Verdict, c.Failed = "INJECTED", false
 	}
 	if replace {
-		s.logf("worker %d: round %d: replacing guest %s after %s", w, n, g.m.Name, firstLine(c.Verdict+" "+c.Error+" "+strings.Join(c.Crashes, "; ")))
-		g.m.Close()
+		s.logf("worker %d: round %d: replacing the guest after %s", w, n, firstLine(c.Verdict+" "+c.Error+" "+strings.Join(c.Crashes, "; ")))
+		g.close()
 		*gp = nil
 	}
 	// A correctness failure is re-run once from its seed.
@@ -539,7 +542,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		}
 		s.file(Occurrence{Title: title, Type: strings.ReplaceAll(what, " ", "-"), Kind: "correctness", Round: n, Worker: w, Seed: seed, Step: st,
 			Span: fmt.Sprintf("%s\nmissed %d, corrupted %d: %s\nre-run from its seed: reproduced=%s\n", st, out.Missed, out.Corrupted, out.Reason, c.Reproduced),
-			Log:  (*gpOr(gp, g)).m.ConsoleLog(), Reproduced: c.Reproduced}, &c)
+			Log:  (*gpOr(gp, g)).log(), Reproduced: c.Reproduced}, &c)
 	}
 	return c
 }
@@ -561,10 +564,10 @@ func (s *Soak) rerun(ctx context.Context, w int, st Step, gp **guest) string {
 		}
 		*gp = g
 	}
-	out, err := execStep(ctx, *gp, st, s.cat)
+	out, err := s.exec(ctx, *gp, st, s.cat)
 	if err != nil || len(out.Reports) > 0 {
 		if err != nil && lab.IsGuestFault(err) {
-			(*gp).m.Close()
+			(*gp).close()
 			*gp = nil
 		}
 		return "not-rerun"

@@ -40,7 +40,7 @@ func init() {
 			fs.IntVar(&f.round, "round", 0, "replay only this round of the soak with --seed (a crash's reproduction)")
 			fs.IntVar(&f.rounds, "rounds", 0, "stop after this many rounds (0: until --for)")
 			fs.BoolVar(&f.light, "light", false, "short rounds (two small cells and a few seconds of stress; for tests)")
-			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers of the scenario cells (default: ldt, naive, softdirty, pagemap-scan); a mutant (mutant-noswapin...) shows the soak catching a broken tracker")
+			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers of the scenario cells (default: ldt, naive, softdirty, pagemap-scan); mutants are judged as labctl check judges them (CAUGHT/SURVIVED)")
 			fs.StringVar(&f.inject, "inject", "", "testing aid: make round R also fire a labtest trigger, e.g. warn@2,panic@4 (the kernel really WARNs/panics)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {

@@ -1,0 +1,130 @@
+package soak
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"ldtlab/orchestrator/vm"
+)
+
+// fakeSoak is a Soak whose steps are answered by outs in turn (the
+// executor faked at its interface: no guest).
+func fakeSoak(t *testing.T, outs ...func() (Outcome, error)) *Soak {
+	dir := t.TempDir()
+	s := &Soak{Dir: dir, done: map[int]bool{}, inflight: map[int]bool{}}
+	var err error
+	s.j, err = OpenJournal(dir)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.j.Close() })
+	s.store, err = OpenStore(dir)
+	require.NoError(t, err)
+	s.logFile, _ = os.Open(os.DevNull)
+	t.Cleanup(func() { s.logFile.Close() })
+	s.progress = newProgress(s, io.Discard)
+	i := 0
+	s.exec = func(context.Context, *guest, Step, []Scenario) (Outcome, error) {
+		require.Less(t, i, len(outs), "more steps run than expected")
+		i++
+		return outs[i-1]()
+	}
+	t.Cleanup(func() { assert.Equal(t, len(outs), i, "steps run") })
+	return s
+}
+
+func lost(n int) func() (Outcome, error) {
+	return func() (Outcome, error) { return Outcome{Verdict: "FAIL", Missed: n, Reason: "pages missed"}, nil }
+}
+
+func pass() (Outcome, error) { return Outcome{Verdict: "PASS", Pages: 10}, nil }
+
+var ldtKsm = Step{Kind: "scenario", Scenario: "ksm", Tracker: "ldt", Seed: 4}
+
+// What the policy does with each kind of outcome: file it (or not),
+// count it as a failure (or not), keep or replace the guest, re-run a
+// correctness failure once from its seed.
+func TestStepPolicy(t *testing.T) {
+	cases := []struct {
+		name       string
+		outs       []func() (Outcome, error)
+		verdict    string
+		failed     bool
+		replaced   bool
+		title      string // filed crash ("" = none)
+		kind       string
+		reproduced string
+		labFail    bool
+	}{
+		{"pass", []func() (Outcome, error){pass}, "PASS", false, false, "", "", "", false},
+		{"lost pages that reproduce", []func() (Outcome, error){lost(3), lost(3)}, "FAIL", true, false, "lost pages: ksm × ldt", "correctness", "yes", false},
+		{"lost pages that do not", []func() (Outcome, error){lost(3), pass}, "FAIL", true, false, "lost pages: ksm × ldt", "correctness", "no", false},
+		{"kernel warning", []func() (Outcome, error){func() (Outcome, error) {
+			return Outcome{Verdict: "FAIL", Reports: []Seen{{Type: "warning", Title: "WARNING in f", Text: "WARNING: at f"}}}, nil
+		}}, "FAIL", true, true, "warning: WARNING in f", "kernel", "", false},
+		{"known report", []func() (Outcome, error){func() (Outcome, error) {
+			return Outcome{Verdict: "KNOWN-GAP", Reports: []Seen{{Type: "page-table-check", Title: "WARNING in g", Known: "vanilla bug"}}}, nil
+		}}, "KNOWN-GAP", false, true, "page-table-check: WARNING in g", "known", "", false},
+		{"panic", []func() (Outcome, error){func() (Outcome, error) {
+			return Outcome{}, &vm.CrashError{Type: "panic", Title: "Kernel panic: x", Text: "Kernel panic - not syncing: x"}
+		}}, "FAIL", true, true, "panic: Kernel panic: x", "kernel", "", false},
+		{"hang", []func() (Outcome, error){func() (Outcome, error) { return Outcome{}, &vm.HangError{Phase: "command"} }},
+			"FAIL", true, true, "hang: no progress during scenario ksm", "hang", "", false},
+		{"QEMU died without a report", []func() (Outcome, error){func() (Outcome, error) { return Outcome{}, &vm.DiedError{Reason: "QEMU was killed"} }},
+			"LAB", false, true, "", "", "", true},
+		{"lab failure", []func() (Outcome, error){func() (Outcome, error) {
+			return Outcome{}, &vm.InfraError{Op: "opening a channel", Err: errors.New("EOF")}
+		}}, "LAB", false, true, "", "", "", true},
+		{"a command that timed out in a live guest", []func() (Outcome, error){func() (Outcome, error) {
+			return Outcome{Verdict: "ERROR"}, errors.New("guest command: context deadline exceeded")
+		}}, "ERROR", true, false, "", "", "", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := fakeSoak(t, tc.outs...)
+			g := &guest{}
+			gp := &g
+			c := s.step(context.Background(), 1, 5, 77, ldtKsm, gp)
+			assert.Equal(t, tc.verdict, c.Verdict)
+			assert.Equal(t, tc.failed, c.Failed)
+			assert.Equal(t, tc.replaced, *gp == nil, "guest replaced")
+			assert.Equal(t, tc.reproduced, c.Reproduced)
+			cs, err := Crashes(s.Dir)
+			require.NoError(t, err)
+			if tc.title == "" {
+				assert.Empty(t, cs)
+			} else {
+				require.Len(t, cs, 1)
+				assert.Equal(t, tc.title, cs[0].Title)
+				assert.Equal(t, tc.kind, cs[0].Kind)
+				assert.Equal(t, uint64(77), cs[0].Seed, "the round's seed")
+				assert.Contains(t, cs[0].Repro, "labctl check --scenario ksm --tracker ldt --seed 4")
+				if tc.reproduced != "" {
+					assert.Equal(t, map[string]int{tc.reproduced: 1}, cs[0].Reproduced)
+				}
+			}
+			assert.Equal(t, tc.labFail, s.stats.LabFailures == 1)
+			if tc.labFail {
+				ents, _ := os.ReadDir(s.Dir + "/lab-failures")
+				assert.Len(t, ents, 1)
+			}
+		})
+	}
+}
+
+// An injected trigger's reports are filed but the step is not a failure.
+func TestStepInject(t *testing.T) {
+	s := fakeSoak(t, func() (Outcome, error) {
+		return Outcome{Verdict: "INJECTED", Reports: []Seen{{Type: "warning", Title: "WARNING in labtest_warn"}}}, nil
+	})
+	g := &guest{}
+	c := s.step(context.Background(), 1, 2, 9, Step{Kind: "inject", Word: "warn"}, &g)
+	assert.Equal(t, "INJECTED", c.Verdict)
+	assert.False(t, c.Failed)
+	assert.Equal(t, []string{"warning: WARNING in labtest_warn"}, c.Crashes)
+	assert.Equal(t, 1, s.stats.CrashUnique)
+}
