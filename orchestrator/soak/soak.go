@@ -39,7 +39,7 @@ type Options struct {
 	Light     bool          `json:"light,omitempty"`
 	Inject    []Injection   `json:"inject,omitempty"`
 	// Trackers restricts the scenario cells (default: ldt and the
-	// references); a mutant here shows the soak catching a broken tracker.
+	// references); mutants are judged as check judges them.
 	Trackers []string `json:"trackers,omitempty"`
 	// Rounds stops after this many rounds (0: until the deadline).
 	Rounds int `json:"rounds,omitempty"`
