@@ -279,6 +279,6 @@ func TestHostDiskFull(t *testing.T) {
 	require.NoError(t, err, "the command must return: the guest is not paused")
 	t.Logf("dd on a full host disk returned in %s:\n%s", time.Since(start).Round(time.Millisecond), r.Stdout)
 	assert.NotContains(t, string(r.Stdout), "dd=0", "the write must fail in the guest")
-	assert.Contains(t, m.DiskError(), "no space left on "+filepath.Join(o.Dir, "data.img"))
+	assert.Contains(t, m.DiskError(), "no space left on "+filepath.Join(o.Dir, "disk0-ldtdata.img"), "the host file of the data disk (the only disk) is named")
 	run(t, m, "true") // and the guest still answers
 }

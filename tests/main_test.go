@@ -32,6 +32,9 @@ var (
 // vmPrefix marks every QEMU this suite starts, for the leak check.
 const vmPrefix = "e2e-"
 
+// suiteTmp holds every VM directory of this run of the suite.
+var suiteTmp string
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	os.Exit(runSuite(m))
@@ -59,6 +62,12 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	// Every VM directory of this suite lives under tmp (the lab's
+	// temporary ones and the tests' state directories alike), which is how
+	// the leak check tells this suite's QEMUs from another suite's running
+	// at the same time on the machine.
+	suiteTmp = tmp
+	os.Setenv("TMPDIR", tmp)
 	labctl = filepath.Join(tmp, "labctl")
 	if out, err := exec.Command("go", "build", "-o", labctl, "../orchestrator/cmd/labctl").CombinedOutput(); err != nil {
 		fmt.Printf("ldtlab e2e: building labctl: %v\n%s", err, out)
@@ -174,7 +183,7 @@ func qemuLeft() []string {
 		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "qemu-system") {
 			continue
 		}
-		if strings.Contains(string(b), "ldtlab-"+vmPrefix) {
+		if strings.Contains(string(b), "ldtlab-"+vmPrefix) && strings.Contains(string(b), suiteTmp+"/") {
 			out = append(out, e.Name()+" "+strings.Join(args, " "))
 		}
 	}
