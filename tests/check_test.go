@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"ldtlab/guest/result"
 	"strings"
 	"testing"
 	"time"
@@ -95,12 +96,12 @@ func TestCorrectnessCatalogue(t *testing.T) {
 	assert.Empty(t, res.Problems)
 	require.NotEmpty(t, res.Checkpoint)
 	for _, cp := range res.Checkpoint {
-		want := []string{"PASS"}
+		want := []result.Verdict{result.VPass}
 		switch {
 		case cp.Tracker == "naive" && cp.Target == "synthetic":
-			want = []string{"CAUGHT"} // the oracle has teeth
+			want = []result.Verdict{result.VCaught} // the oracle has teeth
 		case cp.Tracker == "naive":
-			want = []string{"CAUGHT", "NOT-CAUGHT"}
+			want = []result.Verdict{result.VCaught, result.VNotCaught}
 		}
 		assert.Contains(t, want, cp.Verdict, "checkpoint %s/%s: missed %d, %s %s", cp.Target, cp.Tracker, cp.Missed, cp.Reason, cp.Error)
 		assert.Empty(t, cp.Reports)

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"ldtlab/guest/result"
 	"testing"
 	"time"
 
@@ -34,10 +35,10 @@ func TestStressShort(t *testing.T) {
 			assert.Greater(t, r.Agitators[a], 0, "%s: agitator %s never acted", r.Tracker, a)
 		}
 	}
-	assert.Equal(t, "CAUGHT", runs[3].Verdict, "naive is the last run and must lose writes")
+	assert.Equal(t, result.VCaught, runs[3].Verdict, "naive is the last run and must lose writes")
 	for _, r := range runs {
 		if r.Tracker == "ldt" {
-			assert.Equal(t, "PASS", r.Verdict, "ldt thp=%v: nothing is excused for ldt", r.THP)
+			assert.Equal(t, result.VPass, r.Verdict, "ldt thp=%v: nothing is excused for ldt", r.THP)
 		}
 		// A known kernel bug outside LDT may show in a reference
 		// tracker's run (KNOWN-GAP, logged); nothing else may.
