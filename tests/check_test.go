@@ -3,7 +3,6 @@ package tests
 import (
 	"context"
 	"encoding/json"
-	"ldtlab/guest/result"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"ldtlab/guest/result"
 	"ldtlab/orchestrator/check"
 )
 

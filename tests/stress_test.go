@@ -2,13 +2,13 @@ package tests
 
 import (
 	"context"
-	"ldtlab/guest/result"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"ldtlab/guest/result"
 	"ldtlab/orchestrator/stress"
 )
 
