@@ -20,6 +20,7 @@ import (
 
 	"ldtlab/images/cache"
 	"ldtlab/internal/lines"
+	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/report"
@@ -236,7 +237,7 @@ func init() {
 				// Is the guest path a directory? Ask the guest's shell.
 				isDir := false
 				if !strings.HasSuffix(dp, "/") {
-					code, err := c.Run(ctx, "test -d "+shellQuote(dp), channel.RunOptions{})
+					code, err := c.Run(ctx, "test -d "+shquote.Always(dp), channel.RunOptions{})
 					if err != nil {
 						return explainVM(dn, err)
 					}
@@ -390,8 +391,6 @@ func copyTarget(dst string, dstIsDir bool, src string) string {
 	return path.Join(dst, base)
 }
 
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
 // usageError: the command line makes no sense (exit status 2).
 type usageError struct{ error }
 
@@ -410,15 +409,7 @@ func remoteCommand(args []string) string {
 	if len(args) == 1 {
 		return args[0]
 	}
-	q := make([]string, len(args))
-	for i, a := range args {
-		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`;&|<>()*?[]{}!#~") {
-			q[i] = a
-		} else {
-			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-	}
-	return strings.Join(q, " ")
+	return shquote.Join(args)
 }
 
 func splitRemote(s string) (name, path string, remote bool) {
