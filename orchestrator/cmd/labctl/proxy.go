@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"net"
+	"os"
+
+	"ldtlab/orchestrator/lab"
+)
+
+// The proxy verb connects stdin/stdout to a guest's SSH server.
+func init() {
+	register(&command{
+		name:    "proxy",
+		args:    "NAME",
+		summary: "connect stdin/stdout to a guest's SSH server (an OpenSSH ProxyCommand)",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) != 1 {
+				fs.Usage()
+				return errors.New("need a VM name")
+			}
+			sock, _, err := lab.Socket(args[0])
+			if err != nil {
+				return err
+			}
+			conn, err := net.Dial("unix", sock)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			// EOF on stdin only half-closes the connection: what the
+			// guest still sends (the answer to the last request) is
+			// copied until the guest closes its side.
+			go func() { io.Copy(conn, os.Stdin); conn.(*net.UnixConn).CloseWrite() }()
+			out := make(chan struct{})
+			go func() { io.Copy(os.Stdout, conn); close(out) }()
+			select {
+			case <-out:
+			case <-ctx.Done():
+			}
+			return nil
+		},
+	})
+}
