@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/stress"
 )
 
@@ -19,7 +20,7 @@ import (
 // teeth.
 func TestStressShort(t *testing.T) {
 	o := guestOptions(t, "stress")
-	o.MemoryMiB, o.SwapMiB, o.DataMiB, o.Cmdline = 768, 512, 64, "numa=fake=2"
+	check.GuestDefaults(&o) // the guest `labctl stress` boots
 	m := boot(t, o)
 	runs, err := stress.Job(context.Background(), m, stress.Options{
 		Duration: 8 * time.Second, Pages: 8192, THP: true, Seed: 7,
