@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"ldtlab/guest/pagemap"
 	"ldtlab/guest/tracker"
 )
 
@@ -200,18 +201,12 @@ func runKSM(e *Env) (err error) {
 // pfns returns the page frame numbers of b's pages (0 when not present
 // or when not root).
 func pfns(b []byte) ([]uint64, error) {
-	es, err := pagemap(0, uintptr(unsafe.Pointer(&b[0])), len(b)/PageSize)
+	f, err := pagemap.Open(0)
 	if err != nil {
 		return nil, err
 	}
-	for i, v := range es {
-		if v&pmPresent != 0 {
-			es[i] = v & pmPFN
-		} else {
-			es[i] = 0
-		}
-	}
-	return es, nil
+	defer f.Close()
+	return f.Frames(uintptr(unsafe.Pointer(&b[0])), len(b)/PageSize)
 }
 
 func movePages(b []byte, node int) (moved int, err error) {
@@ -393,13 +388,13 @@ func runTHP(e *Env) error {
 		b := seg.Bytes(ws)[first*PageSize : (first+per)*PageSize]
 		huge := func() bool {
 			kb, _ := anonHugeKB(ws.Base, ws.End())
-			es, err := pagemap(0, ws.Addr(first), per)
-			if err != nil || es[0]&pmPresent == 0 {
+			es, err := pagemap.Read(0, ws.Addr(first), per)
+			if err != nil || !es[0].Present() {
 				return false
 			}
 			// A PMD-mapped THP: contiguous frames, and smaps agrees.
 			for i := 1; i < per; i++ {
-				if es[i]&pmPFN != es[0]&pmPFN+uint64(i) {
+				if es[i].PFN() != es[0].PFN()+uint64(i) {
 					return false
 				}
 			}

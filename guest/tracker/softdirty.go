@@ -11,12 +11,13 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/pagemap"
 )
 
-// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 const (
-	pmSoftDirty = 1 << 55
-	pmEntrySize = 8
+	pmSoftDirty = pagemap.SoftDirty
+	pmEntrySize = pagemap.EntrySize
 )
 
 // softDirtyBatch is how many pagemap entries one pread fetches (512 KiB);

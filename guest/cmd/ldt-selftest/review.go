@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/ldt"
+	"ldtlab/guest/pagemap"
 )
 
 var reviewChecks = []check{
@@ -235,34 +236,19 @@ func checkEfaultReadonlyArg() error {
 
 // kpageflags of the page mapped at addr (needs root): the folio structure.
 func pageFlags(addr uintptr) (pfn, flags uint64, err error) {
-	pm, err := os.Open("/proc/self/pagemap")
+	e, flags, err := pagemap.Self(addr)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer pm.Close()
-	var b [8]byte
-	if _, err := pm.ReadAt(b[:], int64(addr/pg)*8); err != nil {
-		return 0, 0, fmt.Errorf("pagemap: %w", err)
-	}
-	e := *(*uint64)(unsafe.Pointer(&b[0]))
-	if e&(1<<63) == 0 {
+	if !e.Present() {
 		return 0, 0, fmt.Errorf("page %#x not present", addr)
 	}
-	pfn = e & (1<<55 - 1)
-	kf, err := os.Open("/proc/kpageflags")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer kf.Close()
-	if _, err := kf.ReadAt(b[:], int64(pfn)*8); err != nil {
-		return 0, 0, fmt.Errorf("kpageflags: %w", err)
-	}
-	return pfn, *(*uint64)(unsafe.Pointer(&b[0])), nil
+	return e.PFN(), flags, nil
 }
 
 // largeFolio says whether the n pages at addr are one large folio.
 func largeFolio(addr uintptr, n int) (bool, error) {
-	const head, tail = 1 << 15, 1 << 16 // KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL
+	const head, tail = pagemap.KPFCompoundHead, pagemap.KPFCompoundTail
 	pfn0, f0, err := pageFlags(addr)
 	if err != nil {
 		return false, err
