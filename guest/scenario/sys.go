@@ -269,16 +269,9 @@ const khugepagedSleep = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sle
 // segments behind its back: a collapse installs a dirty PMD, so every
 // page of the block is reported without a write, at a moment the oracle
 // cannot know. The scenarios collapse with MADV_COLLAPSE themselves.
-// The returned function restores the scan interval.
-func pauseKhugepaged(e *Env) func() {
-	old, err := os.ReadFile(khugepagedSleep)
-	if err != nil {
+// The scan interval is restored when the scenario ends.
+func (e *Scene) pauseKhugepaged() {
+	if err := e.Set(khugepagedSleep, "3600000"); err != nil {
 		e.Note("khugepaged not paused: %v", err)
-		return func() {}
 	}
-	if err := writeFile(khugepagedSleep, "3600000"); err != nil {
-		e.Note("khugepaged not paused: %v", err)
-		return func() {}
-	}
-	return func() { _ = writeFile(khugepagedSleep, strings.TrimSpace(string(old))) }
 }
