@@ -13,29 +13,15 @@ import (
 // Writes the kernel makes on behalf of a process (GUP), which the
 // hardware dirty bit never sees, and the naive tracker that misses them.
 
-// gupTarget starts a target with 8 of 16 pages populated, attached and
-// cleared with flags.
-func gupTarget(flags ldt.Flags) (*target, *ldt.File, error) {
-	t, err := startTarget("target", 16, 8)
-	if err != nil {
-		return nil, nil, err
-	}
-	f, err := ldt.Open()
-	if err != nil {
-		t.kill()
-		return nil, nil, err
-	}
-	if err := f.Attach(t.pid()); err != nil {
-		t.kill()
-		f.Close()
-		return nil, nil, fmt.Errorf("attach: %w", err)
-	}
-	if _, err := f.CollectAll(t.base, t.end(), flags|ldt.Clear); err != nil {
-		t.kill()
-		f.Close()
-		return nil, nil, fmt.Errorf("initial clear: %w", err)
-	}
-	return t, f, nil
+// withGUPTarget runs a GUP check on a target with 8 of 16 pages
+// populated, attached and cleared with flags.
+func withGUPTarget(flags ldt.Flags, check func(t *target, f *ldt.File) error) error {
+	return withTarget("target", 16, 8, func(t *target, f *ldt.File) error {
+		if _, err := f.CollectAll(t.base, t.end(), flags|ldt.Clear); err != nil {
+			return fmt.Errorf("initial clear: %w", err)
+		}
+		return check(t, f)
+	})
 }
 
 func vmWrite(pid int, addr uintptr, data []byte) error {
@@ -52,39 +38,31 @@ func vmWrite(pid int, addr uintptr, data []byte) error {
 }
 
 func checkProcessVMWritev() error {
-	t, f, err := gupTarget(0)
-	if err != nil {
-		return err
-	}
-	defer t.kill()
-	defer f.Close()
-	// Page 5 is populated (the kernel writes through the direct map and
-	// the PTE's D bit stays clear); page 12 is not (GUP faults it in).
-	if err := vmWrite(t.pid(), t.addr(5)+100, []byte("ldt")); err != nil {
-		return err
-	}
-	if err := vmWrite(t.pid(), t.addr(12)+200, []byte("ldt")); err != nil {
-		return err
-	}
-	return expect(f, t.base, t.end(), ldt.Clear, pageRegions(uint64(t.base), 5, 6, 12, 13), "process_vm_writev into pages 5 and 12")
+	return withGUPTarget(0, func(t *target, f *ldt.File) error {
+		// Page 5 is populated (the kernel writes through the direct map and
+		// the PTE's D bit stays clear); page 12 is not (GUP faults it in).
+		if err := vmWrite(t.pid(), t.addr(5)+100, []byte("ldt")); err != nil {
+			return err
+		}
+		if err := vmWrite(t.pid(), t.addr(12)+200, []byte("ldt")); err != nil {
+			return err
+		}
+		return expect(f, t.base, t.end(), ldt.Clear, pageRegions(uint64(t.base), 5, 6, 12, 13), "process_vm_writev into pages 5 and 12")
+	})
 }
 
 func checkProcMem() error {
-	t, f, err := gupTarget(0)
-	if err != nil {
-		return err
-	}
-	defer t.kill()
-	defer f.Close()
-	mem, err := os.OpenFile("/proc/"+strconv.Itoa(t.pid())+"/mem", os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer mem.Close()
-	if _, err := mem.WriteAt([]byte("ldt"), int64(t.addr(6)+8)); err != nil {
-		return fmt.Errorf("pwrite /proc/PID/mem: %w", err)
-	}
-	return expect(f, t.base, t.end(), ldt.Clear, pageRegions(uint64(t.base), 6, 7), "pwrite to /proc/PID/mem page 6")
+	return withGUPTarget(0, func(t *target, f *ldt.File) error {
+		mem, err := os.OpenFile("/proc/"+strconv.Itoa(t.pid())+"/mem", os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer mem.Close()
+		if _, err := mem.WriteAt([]byte("ldt"), int64(t.addr(6)+8)); err != nil {
+			return fmt.Errorf("pwrite /proc/PID/mem: %w", err)
+		}
+		return expect(f, t.base, t.end(), ldt.Clear, pageRegions(uint64(t.base), 6, 7), "pwrite to /proc/PID/mem page 6")
+	})
 }
 
 func checkNaiveCPUWrite() error {
@@ -105,21 +83,17 @@ func checkNaiveCPUWrite() error {
 // after a naive clear, a write through GUP leaves the hardware D bit clear
 // and naive must not see it.
 func checkNaiveMissesGUP() error {
-	t, f, err := gupTarget(ldt.Naive)
-	if err != nil {
-		return err
-	}
-	defer t.kill()
-	defer f.Close()
-	if err := vmWrite(t.pid(), t.addr(3)+1, []byte("ldt")); err != nil {
-		return err
-	}
-	got, err := f.CollectAll(t.base, t.end(), ldt.Naive)
-	if err != nil {
-		return err
-	}
-	if len(got) != 0 {
-		return fmt.Errorf("naive reported %s after a process_vm_writev into populated page 3: it must rely on the hardware D bit only", fmtRegions(uint64(t.base), got))
-	}
-	return nil
+	return withGUPTarget(ldt.Naive, func(t *target, f *ldt.File) error {
+		if err := vmWrite(t.pid(), t.addr(3)+1, []byte("ldt")); err != nil {
+			return err
+		}
+		got, err := f.CollectAll(t.base, t.end(), ldt.Naive)
+		if err != nil {
+			return err
+		}
+		if len(got) != 0 {
+			return fmt.Errorf("naive reported %s after a process_vm_writev into populated page 3: it must rely on the hardware D bit only", fmtRegions(uint64(t.base), got))
+		}
+		return nil
+	})
 }

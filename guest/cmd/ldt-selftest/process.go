@@ -88,6 +88,26 @@ func (t *target) kill() {
 	t.cmd.Wait()
 }
 
+// withTarget runs a check with /dev/ldt attached to a fresh target
+// process (mode, pages, populate as for startTarget); the target is
+// killed and the file closed when it returns.
+func withTarget(mode string, pages, populate int, check func(t *target, f *ldt.File) error) error {
+	t, err := startTarget(mode, pages, populate)
+	if err != nil {
+		return err
+	}
+	defer t.kill()
+	f, err := ldt.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Attach(t.pid()); err != nil {
+		return fmt.Errorf("attach to the target: %w", err)
+	}
+	return check(t, f)
+}
+
 // childMain runs the helper processes.
 func childMain(mode string, args []string) int {
 	atoi := func(i, def int) int {
@@ -220,33 +240,22 @@ func collectUntilESRCH(f *ldt.File, start, end uintptr) error {
 }
 
 func checkEsrchExited() error {
-	t, err := startTarget("target", 16, 0)
-	if err != nil {
-		return err
-	}
-	defer t.kill()
-	f, err := ldt.Open()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Attach(t.pid()); err != nil {
-		return fmt.Errorf("attach to child: %w", err)
-	}
-	if _, err := f.CollectAll(t.base, t.end(), ldt.Clear); err != nil {
-		return fmt.Errorf("initial clear: %w", err)
-	}
-	if err := t.write(2); err != nil {
-		return err
-	}
-	if err := expect(f, t.base, t.end(), ldt.Clear, pageRegions(uint64(t.base), 2, 3), "child's write"); err != nil {
-		return err
-	}
-	t.kill()
-	if err := collectUntilESRCH(f, t.base, t.end()); err != nil {
-		return err
-	}
-	return f.Close()
+	return withTarget("target", 16, 0, func(t *target, f *ldt.File) error {
+		if _, err := f.CollectAll(t.base, t.end(), ldt.Clear); err != nil {
+			return fmt.Errorf("initial clear: %w", err)
+		}
+		if err := t.write(2); err != nil {
+			return err
+		}
+		if err := expect(f, t.base, t.end(), ldt.Clear, pageRegions(uint64(t.base), 2, 3), "child's write"); err != nil {
+			return err
+		}
+		t.kill()
+		if err := collectUntilESRCH(f, t.base, t.end()); err != nil {
+			return err
+		}
+		return f.Close()
+	})
 }
 
 func checkEperm() error {
@@ -283,41 +292,30 @@ func checkEperm() error {
 }
 
 func checkExitWhileAttached() error {
-	t, err := startTarget("writer", 64, 64)
-	if err != nil {
-		return err
-	}
-	defer t.kill()
-	f, err := ldt.Open()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Attach(t.pid()); err != nil {
-		return fmt.Errorf("attach: %w", err)
-	}
-	ok, nonEmpty := 0, 0
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		rs, err := f.CollectAll(t.base, t.end(), ldt.Clear)
-		if errors.Is(err, unix.ESRCH) {
-			break
+	return withTarget("writer", 64, 64, func(t *target, f *ldt.File) error {
+		ok, nonEmpty := 0, 0
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			rs, err := f.CollectAll(t.base, t.end(), ldt.Clear)
+			if errors.Is(err, unix.ESRCH) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("collect %d while the target runs and exits: %w", ok, err)
+			}
+			ok++
+			if len(rs) > 0 {
+				nonEmpty++
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("no ESRCH 10s after the target should have exited")
+			}
 		}
-		if err != nil {
-			return fmt.Errorf("collect %d while the target runs and exits: %w", ok, err)
+		werr := t.cmd.Wait()
+		info("exit-while-attached: %d collections (%d non-empty) before ESRCH, target exit: %v", ok, nonEmpty, werr)
+		if nonEmpty == 0 {
+			return fmt.Errorf("the writer's pages were never reported in %d collections", ok)
 		}
-		ok++
-		if len(rs) > 0 {
-			nonEmpty++
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no ESRCH 10s after the target should have exited")
-		}
-	}
-	werr := t.cmd.Wait()
-	info("exit-while-attached: %d collections (%d non-empty) before ESRCH, target exit: %v", ok, nonEmpty, werr)
-	if nonEmpty == 0 {
-		return fmt.Errorf("the writer's pages were never reported in %d collections", ok)
-	}
-	return f.Close()
+		return f.Close()
+	})
 }
