@@ -37,7 +37,7 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&g.mem, "mem", 0, "guest memory in MiB (0 = the verb's default: 1024; 768 for check and stress; 2048 for bench paper)")
 	fs.IntVar(&g.cpus, "cpus", 2, "guest vCPUs")
 	fs.StringVar(&g.cmdline, "cmdline", "", "extra kernel command line (e.g. numa=fake=2)")
-	fs.Var(&g.swap, "swap", "disk-backed swap device in MiB (0 = none; zram is always set up); default: the verb's, 512 (1024 for check and stress, none for bench paper)")
+	fs.Var(&g.swap, "swap", "disk-backed swap device in `MiB` (0 = none; zram is always set up); default: the verb's, 512 (1024 for check and stress, none for bench paper)")
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
 	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as `labctl check` does)")
 }
