@@ -1,13 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -118,4 +124,31 @@ func TestGuestFlagsOptions(t *testing.T) {
 	fs.SetOutput(io.Discard)
 	g.register(fs)
 	assert.ErrorContains(t, fs.Parse([]string{"-swap", "lots"}), "not a whole number")
+}
+
+// TestProxyKeepsOutputAfterStdinEOF: a server that answers only once its
+// input has ended (as a guest answering the last request) is heard out.
+func TestProxyKeepsOutputAfterStdinEOF(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		req, _ := io.ReadAll(c) // until the proxy's half-close
+		time.Sleep(100 * time.Millisecond)
+		c.Write(append([]byte("answer to "), req...))
+	}()
+	conn, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	defer conn.Close()
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	proxy(ctx, conn.(*net.UnixConn), strings.NewReader("request"), &out)
+	assert.Equal(t, "answer to request", out.String())
 }

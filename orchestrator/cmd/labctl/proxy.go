@@ -31,17 +31,21 @@ func init() {
 				return err
 			}
 			defer conn.Close()
-			// EOF on stdin only half-closes the connection: what the
-			// guest still sends (the answer to the last request) is
-			// copied until the guest closes its side.
-			go func() { io.Copy(conn, os.Stdin); conn.(*net.UnixConn).CloseWrite() }()
-			out := make(chan struct{})
-			go func() { io.Copy(os.Stdout, conn); close(out) }()
-			select {
-			case <-out:
-			case <-ctx.Done():
-			}
+			proxy(ctx, conn.(*net.UnixConn), os.Stdin, os.Stdout)
 			return nil
 		},
 	})
+}
+
+// proxy copies in to conn and conn to out. EOF on in only half-closes
+// the connection: what the guest still sends (the answer to the last
+// request) is copied until the guest closes its side or ctx ends.
+func proxy(ctx context.Context, conn *net.UnixConn, in io.Reader, out io.Writer) {
+	go func() { io.Copy(conn, in); conn.CloseWrite() }()
+	done := make(chan struct{})
+	go func() { io.Copy(out, conn); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
