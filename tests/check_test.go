@@ -22,7 +22,6 @@ import (
 // exactly where each scenario declares, and the kernel must stay quiet.
 func TestCorrectnessCatalogue(t *testing.T) {
 	o := guestOptions(t, "check")
-	o.MemoryMiB = 0
 	var progress strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -118,7 +117,6 @@ func TestCorrectnessCatalogue(t *testing.T) {
 // which TestCorrectnessCatalogue requires to be caught.)
 func TestMutantsFail(t *testing.T) {
 	o := guestOptions(t, "mutants")
-	o.MemoryMiB = 0
 	var progress strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()

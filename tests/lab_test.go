@@ -31,10 +31,12 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// guestOptions is the plain guest `labctl up` boots: sizes left to the
+// lab (and to check.GuestDefaults, for the catalogue's guests), as the
+// labctl verbs leave them when no flag is given.
 func guestOptions(t testing.TB, name string) lab.Options {
 	return lab.Options{
 		Repo: repo, Name: vmPrefix + name, NoBuild: true, Log: testWriter{t},
-		MemoryMiB: 1024, CPUs: 2,
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/internal/lines"
 	"ldtlab/orchestrator/setup"
 )
 
@@ -161,11 +162,7 @@ func ensureBuilt(o kernel.Options, start time.Time) error {
 
 func tailFile(path string, n int) string {
 	b, _ := os.ReadFile(path)
-	l := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
+	return lines.Last(string(b), n)
 }
 
 func lastLine(path string) string { return tailFile(path, 1) }

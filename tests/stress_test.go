@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"ldtlab/guest/result"
+	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/stress"
 )
 
@@ -20,7 +21,7 @@ import (
 // teeth.
 func TestStressShort(t *testing.T) {
 	o := guestOptions(t, "stress")
-	o.MemoryMiB, o.SwapMiB, o.DataMiB, o.Cmdline = 768, 512, 64, "numa=fake=2"
+	check.GuestDefaults(&o) // the guest `labctl stress` boots
 	m := boot(t, o)
 	runs, err := stress.Job(context.Background(), m, stress.Options{
 		Duration: 8 * time.Second, Pages: 8192, THP: true, Seed: 7,
