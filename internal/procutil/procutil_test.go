@@ -47,9 +47,9 @@ func TestTerminate(t *testing.T) {
 				pid = -pid
 			}
 			t0 := time.Now()
-			assert.Equal(t, c.killed, Terminate(pid, 300*time.Millisecond, done))
+			assert.Equal(t, c.killed, Terminate(pid, 3*time.Second, done)) // generous: the machine may be loaded
 			if !c.killed {
-				assert.Less(t, time.Since(t0), 250*time.Millisecond, "SIGTERM alone should have ended it")
+				assert.Less(t, time.Since(t0), 2500*time.Millisecond, "SIGTERM alone should have ended it, before the grace period")
 			}
 		})
 	}

@@ -19,7 +19,7 @@ func init() {
 		setup: func(fs *flag.FlagSet) {
 			sup.register(fs)
 			fs.StringVar(&supDir, "dir", "", "VM directory")
-			fs.StringVar(&supGDB, "gdb", "", "gdbstub address")
+			fs.StringVar(&supGDB, "gdb", "", "gdbstub address, host:port (loopback)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			repo, err := repoRoot()

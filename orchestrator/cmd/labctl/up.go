@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -107,7 +106,7 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 		if err != nil {
 			return err
 		}
-		gdbAddr = fmt.Sprintf("tcp:127.0.0.1:%d", port)
+		gdbAddr = fmt.Sprintf("127.0.0.1:%d", port) // host:port on the backend's host
 		args = append(args, "-gdb", gdbAddr)
 	}
 	args = append(args, name)
@@ -140,7 +139,7 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 				fmt.Printf("%s is up: kernel %s (%s), %s, booted in %.2fs\n", name, st.Kernel, st.KernelVariant, st.Accel, st.BootSeconds)
 				fmt.Printf("  labctl run %s -- uname -r\n  labctl shell %s\n  labctl down %s\n", name, name, name)
 				if gdbAddr != "" {
-					fmt.Printf("  gdb %s -ex 'target remote %s'\n", st.Vmlinux, strings.TrimPrefix(gdbAddr, "tcp:"))
+					fmt.Printf("  gdb %s -ex 'target remote %s'\n", st.Vmlinux, gdbAddr)
 				}
 				return nil
 			case lab.StatusFailed:
