@@ -25,7 +25,6 @@ import (
 func TestBenchPaperQuick(t *testing.T) {
 	o := guestOptions(t, "paper")
 	o.Config = "debug"
-	o.MemoryMiB = 0
 	var progress strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()

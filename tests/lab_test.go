@@ -31,10 +31,12 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// guestOptions is the plain guest `labctl up` boots: sizes left to the
+// lab (and to check.GuestDefaults, for the catalogue's guests), as the
+// labctl verbs leave them when no flag is given.
 func guestOptions(t testing.TB, name string) lab.Options {
 	return lab.Options{
 		Repo: repo, Name: vmPrefix + name, NoBuild: true, Log: testWriter{t},
-		MemoryMiB: 1024, CPUs: 2,
 	}
 }
 
@@ -279,6 +281,30 @@ func TestHostDiskFull(t *testing.T) {
 	require.NoError(t, err, "the command must return: the guest is not paused")
 	t.Logf("dd on a full host disk returned in %s:\n%s", time.Since(start).Round(time.Millisecond), r.Stdout)
 	assert.NotContains(t, string(r.Stdout), "dd=0", "the write must fail in the guest")
-	assert.Contains(t, m.DiskError(), "no space left on "+filepath.Join(o.Dir, "data.img"))
+	assert.Contains(t, m.DiskError(), "no space left on "+filepath.Join(o.Dir, "disk0-ldtdata.img"), "the host file of the data disk (the only disk) is named")
 	run(t, m, "true") // and the guest still answers
+}
+
+// agentPids finds the guest agent's serve process(es).
+const agentPids = `for d in /proc/[0-9]*; do case "$(tr '\0' ' ' < $d/cmdline 2>/dev/null)" in "ldtlab-agent serve"*) echo ${d#/proc/};; esac; done`
+
+// The agent is protected from the OOM killer (what it runs is not); if it
+// dies anyway, init restarts it and the lab reconnects: the command in
+// flight fails, the next one works.
+func TestAgentRestartReconnects(t *testing.T) {
+	m := boot(t, guestOptions(t, "agent-restart"))
+	r := run(t, m, `for p in $(`+agentPids+`); do cat /proc/$p/oom_score_adj; done; cat /proc/self/oom_score_adj`)
+	assert.Equal(t, "-1000\n0\n", string(r.Stdout), "agent protected, its commands not")
+
+	_, err := m.Run(context.Background(), `kill -9 $(`+agentPids+`)`)
+	require.Error(t, err, "the agent died under the command")
+	assert.False(t, lab.IsGuestFault(err), "the kernel is fine: %v", err)
+	var res lab.Result
+	require.Eventually(t, func() bool {
+		res, err = m.Run(context.Background(), "echo back")
+		return err == nil
+	}, 2*time.Minute, time.Second, "no reconnect: %v", err)
+	assert.Equal(t, "back\n", string(res.Stdout))
+	assert.Equal(t, 1, m.Reconnects())
+	assert.Empty(t, m.Reports())
 }

@@ -21,6 +21,7 @@ import (
 
 	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/internal/lines"
 	"ldtlab/orchestrator/setup"
 )
 
@@ -31,6 +32,9 @@ var (
 
 // vmPrefix marks every QEMU this suite starts, for the leak check.
 const vmPrefix = "e2e-"
+
+// suiteTmp holds every VM directory of this run of the suite.
+var suiteTmp string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -59,6 +63,12 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	// Every VM directory of this suite lives under tmp (the lab's
+	// temporary ones and the tests' state directories alike), which is how
+	// the leak check tells this suite's QEMUs from another suite's running
+	// at the same time on the machine.
+	suiteTmp = tmp
+	os.Setenv("TMPDIR", tmp)
 	labctl = filepath.Join(tmp, "labctl")
 	if out, err := exec.Command("go", "build", "-o", labctl, "../orchestrator/cmd/labctl").CombinedOutput(); err != nil {
 		fmt.Printf("ldtlab e2e: building labctl: %v\n%s", err, out)
@@ -152,11 +162,7 @@ func ensureBuilt(o kernel.Options, start time.Time) error {
 
 func tailFile(path string, n int) string {
 	b, _ := os.ReadFile(path)
-	l := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
+	return lines.Last(string(b), n)
 }
 
 func lastLine(path string) string { return tailFile(path, 1) }
@@ -174,7 +180,7 @@ func qemuLeft() []string {
 		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "qemu-system") {
 			continue
 		}
-		if strings.Contains(string(b), "ldtlab-"+vmPrefix) {
+		if strings.Contains(string(b), "ldtlab-"+vmPrefix) && strings.Contains(string(b), suiteTmp+"/") {
 			out = append(out, e.Name()+" "+strings.Join(args, " "))
 		}
 	}

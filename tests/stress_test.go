@@ -8,6 +8,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"ldtlab/guest/result"
+	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/stress"
 )
 
@@ -19,7 +21,7 @@ import (
 // teeth.
 func TestStressShort(t *testing.T) {
 	o := guestOptions(t, "stress")
-	o.MemoryMiB, o.SwapMiB, o.DataMiB, o.Cmdline = 768, 512, 64, "numa=fake=2"
+	check.GuestDefaults(&o) // the guest `labctl stress` boots
 	m := boot(t, o)
 	runs, err := stress.Job(context.Background(), m, stress.Options{
 		Duration: 8 * time.Second, Pages: 8192, THP: true, Seed: 7,
@@ -30,14 +32,14 @@ func TestStressShort(t *testing.T) {
 		assert.False(t, r.Failed(), "%s thp=%v: %s (lost %d) %s", r.Tracker, r.THP, r.Verdict, r.LostPages, r.Error)
 		assert.Greater(t, r.Writes, uint64(0), "%s: no writes: the run proves nothing", r.Tracker)
 		assert.Greater(t, r.Collections, 10, "%s: too few collections to race with anything", r.Tracker)
-		for _, a := range []string{"madvfree", "pageout", "migrate", "gup-write", "procmem", "odirect"} {
+		for _, a := range []string{"madvfree", "pageout", "migrate", "gup-write", "procmem", "odirect", "memcg", "fork", "ksm"} {
 			assert.Greater(t, r.Agitators[a], 0, "%s: agitator %s never acted", r.Tracker, a)
 		}
 	}
-	assert.Equal(t, "CAUGHT", runs[3].Verdict, "naive is the last run and must lose writes")
+	assert.Equal(t, result.VCaught, runs[3].Verdict, "naive is the last run and must lose writes")
 	for _, r := range runs {
 		if r.Tracker == "ldt" {
-			assert.Equal(t, "PASS", r.Verdict, "ldt thp=%v: nothing is excused for ldt", r.THP)
+			assert.Equal(t, result.VPass, r.Verdict, "ldt thp=%v: nothing is excused for ldt", r.THP)
 		}
 		// A known kernel bug outside LDT may show in a reference
 		// tracker's run (KNOWN-GAP, logged); nothing else may.

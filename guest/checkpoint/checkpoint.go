@@ -9,7 +9,6 @@ package checkpoint
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"ldtlab/guest/pagemap"
 	"ldtlab/guest/tracker"
 )
 
@@ -150,31 +150,12 @@ func stop(pid int) error {
 	return fmt.Errorf("target %d did not stop within 30 s", pid)
 }
 
-// pageFlags reads the pagemap entries for [start, end).
-func pageFlags(pm *os.File, start, end uintptr) ([]uint64, error) {
-	n := int((end - start) / pageSize)
-	b := make([]byte, 8*n)
-	if _, err := pm.ReadAt(b, int64(start/pageSize*8)); err != nil {
-		return nil, err
-	}
-	out := make([]uint64, n)
-	for i := range out {
-		out[i] = binary.LittleEndian.Uint64(b[8*i:])
-	}
-	return out, nil
-}
-
-const (
-	pmPresent = 1 << 63
-	pmSwapped = 1 << 62
-)
-
 type checkpointer struct {
 	o     Options
 	res   *Result
 	t     tracker.Tracker
 	mem   *os.File
-	pm    *os.File
+	pm    *pagemap.File
 	image map[uintptr][]byte
 	// mapped is the address ranges mapped at the last round: only pages
 	// outside them are new and copied whole. (Keyed by VMA bounds, a VMA
@@ -213,13 +194,13 @@ func (c *checkpointer) copyPage(addr uintptr) error {
 // copyRegion copies the populated (present or swapped) pages of r, and
 // for file-backed regions every page (unwritten pages are file content).
 func (c *checkpointer) copyRegion(r region) (int, error) {
-	fl, err := pageFlags(c.pm, r.start, r.end)
+	fl, err := c.pm.Read(r.start, int((r.end-r.start)/pageSize))
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for i, f := range fl {
-		if r.file || f&(pmPresent|pmSwapped) != 0 {
+		if r.file || (f.Present() || f.Swapped()) {
 			if err := c.copyPage(r.start + uintptr(i)*pageSize); err != nil {
 				return n, err
 			}
@@ -344,7 +325,7 @@ func (c *checkpointer) compare(rs []region) error {
 	zero := make([]byte, pageSize)
 	c.res.RegionsAtEnd = len(rs)
 	for _, r := range rs {
-		fl, err := pageFlags(c.pm, r.start, r.end)
+		fl, err := c.pm.Read(r.start, int((r.end-r.start)/pageSize))
 		if err != nil {
 			return err
 		}
@@ -355,10 +336,10 @@ func (c *checkpointer) compare(rs []region) error {
 			if img == nil {
 				img = zero
 			}
-			if f&pmSwapped != 0 {
+			if f.Swapped() {
 				c.res.SwappedAtEnd++
 			}
-			if !r.file && f&(pmPresent|pmSwapped) == 0 {
+			if !r.file && !f.Present() && !f.Swapped() {
 				// Never populated (or discarded): reads as zeros.
 				c.res.Compared++
 				if !isZero(img) {
@@ -472,7 +453,7 @@ func run(o Options, res *Result) error {
 		return err
 	}
 	defer c.mem.Close()
-	if c.pm, err = os.Open(dir + "/pagemap"); err != nil {
+	if c.pm, err = pagemap.Open(o.Pid); err != nil {
 		return err
 	}
 	defer c.pm.Close()

@@ -1,6 +1,7 @@
 package scenario
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"sync"
@@ -20,7 +21,7 @@ func init() {
 		NotFor: map[string]string{
 			"softdirty": "soft-dirty's collection is a pagemap read followed by a separate clear_refs: a write landing between the two is lost by design, so it cannot be collected under concurrent writers",
 		},
-		Run: runConcurrency,
+		Run: staged(runConcurrency),
 	})
 }
 
@@ -36,17 +37,14 @@ type concWrite struct {
 func winLo(a int32) int { return int(a)/2 + 1 }
 func winHi(b int32) int { return int(b+1)/2 + 1 }
 
-func runConcurrency(e *Env) error {
+func runConcurrency(e *Scene) error {
 	writers := max(runtime.NumCPU(), 2)
 	n := 128 * writers
-	ws, _, t, err := populated(e, Anon, n)
+	ws, _, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	var E atomic.Int32
-	var stop atomic.Bool
 	logs := make([][]concWrite, writers)
 	last := make([]uint64, n)
 	for id := range n {
@@ -54,39 +52,53 @@ func runConcurrency(e *Env) error {
 	}
 	var corrupt []Corruption
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for w := range writers {
-		seed := e.Rand.Uint64()
-		wg.Go(func() {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			_ = pinCPU(w % runtime.NumCPU())
-			r := splitmix(seed)
-			gen := make(map[int]uint64)
-			for !stop.Load() {
-				r = splitmix(r)
-				// Writer w owns the pages id ≡ w (mod writers): the
-				// last stamp of each is well defined.
-				id := w + int(r%uint64(n/writers))*writers
-				page := ws.Page(id)
-				if !Matches(page, last[id]) {
-					mu.Lock()
-					corrupt = append(corrupt, Corruption{ID: id, Addr: ws.Addr(id), Want: last[id], What: "changed under its only writer"})
-					mu.Unlock()
-				}
-				gen[id]++
-				s := StampFor(seed, id, gen[id])
-				a := E.Load()
-				Fill(page, s)
-				// A locked RMW: the stores above are globally visible
-				// before b is read (x86 may otherwise order a later
-				// load before an earlier store).
-				b := E.Add(0)
-				last[id] = s
-				logs[w] = append(logs[w], concWrite{int32(id), a, b})
-			}
-		})
+	seeds := make([]uint64, writers)
+	for w := range seeds {
+		seeds[w] = e.Rand.Uint64()
 	}
+	writer := func(ctx context.Context, w int, seed uint64) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		_ = pinCPU(w % runtime.NumCPU())
+		r := splitmix(seed)
+		gen := make(map[int]uint64)
+		for done := ctx.Done(); ; {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			r = splitmix(r)
+			// Writer w owns the pages id ≡ w (mod writers): the last
+			// stamp of each is well defined.
+			id := w + int(r%uint64(n/writers))*writers
+			page := ws.Page(id)
+			if !Matches(page, last[id]) {
+				mu.Lock()
+				corrupt = append(corrupt, Corruption{ID: id, Addr: ws.Addr(id), Want: last[id], What: "changed under its only writer"})
+				mu.Unlock()
+			}
+			gen[id]++
+			s := StampFor(seed, id, gen[id])
+			a := E.Load()
+			Fill(page, s)
+			// A locked RMW: the stores above are globally visible
+			// before b is read (x86 may otherwise order a later load
+			// before an earlier store).
+			b := E.Add(0)
+			last[id] = s
+			logs[w] = append(logs[w], concWrite{int32(id), a, b})
+		}
+	}
+	// One agitator for all writers, so that they stop together.
+	stopWriters := e.Go("writers", func(ctx context.Context) error {
+		var wg sync.WaitGroup
+		for w, seed := range seeds {
+			wg.Go(func() { writer(ctx, w, seed) })
+		}
+		wg.Wait()
+		return nil
+	})
 	J := e.Epochs + 1 // the last collection runs after the writers stopped
 	reports := make([]tracker.Set, J+1)
 	collect := func(j int) error {
@@ -101,8 +113,7 @@ func runConcurrency(e *Env) error {
 		time.Sleep(time.Duration(1+e.Rand.IntN(4)) * time.Millisecond)
 		cerr = collect(j)
 	}
-	stop.Store(true)
-	wg.Wait()
+	_ = stopWriters() // the writers return no error
 	if cerr != nil {
 		return cerr
 	}

@@ -17,7 +17,7 @@ func init() {
 		Doc: "MAP_SHARED file on the ext2 data disk: write, msync(MS_SYNC) (folio_mkclean write-protects and cleans the PTE), " +
 			"collect; the file is checked on disk with O_DIRECT each epoch and after dropping caches at the end.",
 		Naive: MissPages,
-		Run:   runWriteback,
+		Run:   staged(runWriteback),
 	})
 	register(&Scenario{
 		Name:  "kernel-writes",
@@ -25,7 +25,7 @@ func init() {
 		Doc: "writes the kernel makes through GUP into present, writable, clean pages: process_vm_writev, pwrite to " +
 			"/proc/PID/mem, O_DIRECT read into the tracked buffer. The hardware D bit is never set.",
 		Naive: MissPages,
-		Run:   runKernelWrites,
+		Run:   staged(runKernelWrites),
 	})
 }
 
@@ -72,13 +72,15 @@ func verifyDisk(e *Env, ws *Workset, seg *Segment, path string) error {
 	return err
 }
 
-func runWriteback(e *Env) (err error) {
+func runWriteback(e *Scene) (err error) {
 	const n = 96
-	f, path, err := dataFile(e, "writeback", n)
+	f, path, err := dataFile(e.Env, "writeback", n)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(path)
+	e.closeAtEnd(func() error { return os.Remove(path) })
+	// The workset and the tracker are closed by hand: the final check
+	// reads the disk after the mapping is gone.
 	ws, err := NewWorkset(e.Seed, n)
 	if err != nil {
 		f.Close()
@@ -127,7 +129,7 @@ func runWriteback(e *Env) (err error) {
 		if err := e.Verify(ws); err != nil {
 			return err
 		}
-		if err := verifyDisk(e, ws, seg, path); err != nil {
+		if err := verifyDisk(e.Env, ws, seg, path); err != nil {
 			return err
 		}
 	}
@@ -144,7 +146,7 @@ func runWriteback(e *Env) (err error) {
 	if err := dropCaches(); err != nil {
 		e.Note("drop_caches: %v (verified through O_DIRECT only)", err)
 	}
-	return verifyDisk(e, ws, seg, path)
+	return verifyDisk(e.Env, ws, seg, path)
 }
 
 // gupWriter writes a page's new content through one of the kernel's
@@ -222,19 +224,17 @@ func gupWriters(e *Env, ws *Workset, n int) ([]gupWriter, func(), error) {
 	return ws2, cleanup, nil
 }
 
-func runKernelWrites(e *Env) error {
+func runKernelWrites(e *Scene) error {
 	const n = 96
-	ws, _, t, err := populated(e, Anon, n)
+	ws, _, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
-	writers, cleanup, err := gupWriters(e, ws, n)
+	writers, cleanup, err := gupWriters(e.Env, ws, n)
 	if err != nil {
 		return err
 	}
-	defer cleanup()
+	e.closeAtEnd(func() error { cleanup(); return nil })
 	counts := make([]int, len(writers))
 	var direct []int
 	// A direct-I/O read dirties the user pages at submission and, at

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"ldtlab/guest/pagemap"
 	"ldtlab/guest/tracker"
 )
 
@@ -20,7 +21,7 @@ func init() {
 		Doc: "MADV_MERGEABLE pages written with identical content are merged by ksmd (write_protect_page cleans the PTE, " +
 			"replace_page maps the KSM page clean); later writes break the sharing (COW).",
 		Naive: MissPages,
-		Run:   runKSM,
+		Run:   staged(runKSM),
 	})
 	register(&Scenario{
 		Name:  "migration",
@@ -30,7 +31,7 @@ func init() {
 			"/proc/sys/vm/compact_memory, then paged out: the dirty state must survive the migration entry. " +
 			"A migration counts only when the page frame changed.",
 		Naive: MissPages,
-		Run:   runMigration,
+		Run:   staged(runMigration),
 	})
 	register(&Scenario{
 		Name:  "thp-split-collapse",
@@ -42,7 +43,7 @@ func init() {
 		NotFor: map[string]string{
 			"pagemap-scan": uffdNoCollapse,
 		},
-		Run: runTHP,
+		Run: staged(runTHP),
 	})
 	register(&Scenario{
 		Name:  "mprotect",
@@ -51,7 +52,7 @@ func init() {
 			"RW→RO and RW→PROT_NONE cycles (pte_modify moves D into SAVED_DIRTY and back); pageout and collection run " +
 			"while protected, then every page is read back.",
 		Naive: MissPages,
-		Run:   runMprotect,
+		Run:   staged(runMprotect),
 	})
 	register(&Scenario{
 		Name:  "mremap",
@@ -64,7 +65,7 @@ func init() {
 		NotFor: map[string]string{
 			"pagemap-scan": "mremap drops a VMA's userfaultfd registration unless UFFD_FEATURE_EVENT_REMAP, which needs a fault-handling thread the async mode does not have",
 		},
-		Run: runMremap,
+		Run: staged(runMremap),
 	})
 	register(&Scenario{
 		Name:  "coexistence",
@@ -77,34 +78,11 @@ func init() {
 			"softdirty":    "the scenario runs soft-dirty itself as the co-tracker; clear_refs is process-wide, so it cannot also be the tracker under test",
 			"pagemap-scan": "the scenario runs PAGEMAP_SCAN itself as the co-tracker; a VMA takes only one userfaultfd",
 		},
-		Run: runCoexistence,
+		Run: staged(runCoexistence),
 	})
 }
 
-// ksmKnobs saves and restores /sys/kernel/mm/ksm settings.
-type ksmKnobs map[string]string
-
 const ksmDir = "/sys/kernel/mm/ksm/"
-
-func saveKSM() (ksmKnobs, error) {
-	k := ksmKnobs{}
-	for _, n := range []string{"run", "pages_to_scan", "sleep_millisecs"} {
-		b, err := os.ReadFile(ksmDir + n)
-		if err != nil {
-			return nil, err
-		}
-		k[n] = string(b)
-	}
-	return k, nil
-}
-
-func (k ksmKnobs) restore() error {
-	var errs []error
-	for _, n := range []string{"pages_to_scan", "sleep_millisecs", "run"} {
-		errs = append(errs, writeFile(ksmDir+n, k[n]))
-	}
-	return errors.Join(errs...)
-}
 
 // ksmScans waits until ksmd completed two more full scans (the first
 // puts pages in the unstable tree, the second merges them).
@@ -127,31 +105,21 @@ func ksmScans(n int64) error {
 	return fmt.Errorf("ksmd did not complete %d full scans in 90 s", n)
 }
 
-func runKSM(e *Env) (err error) {
+func runKSM(e *Scene) error {
 	if _, err := os.Stat(ksmDir + "run"); err != nil {
 		return Skipf("no KSM (%v)", err)
 	}
-	knobs, err := saveKSM()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if rerr := knobs.restore(); rerr != nil && err == nil {
-			err = rerr
-		}
-	}()
 	const n = 64
-	ws, seg, t, err := populated(e, Anon, n)
+	ws, seg, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	if err := unix.Madvise(seg.Bytes(ws), unix.MADV_MERGEABLE); err != nil {
 		return fmt.Errorf("MADV_MERGEABLE: %w", err)
 	}
-	for k, v := range map[string]string{"pages_to_scan": "4096", "sleep_millisecs": "10", "run": "1"} {
-		if err := writeFile(ksmDir+k, v); err != nil {
+	// Restored in reverse: ksmd stops first.
+	for _, k := range [][2]string{{"pages_to_scan", "4096"}, {"sleep_millisecs", "10"}, {"run", "1"}} {
+		if err := e.Set(ksmDir+k[0], k[1]); err != nil {
 			return err
 		}
 	}
@@ -197,18 +165,12 @@ func runKSM(e *Env) (err error) {
 // pfns returns the page frame numbers of b's pages (0 when not present
 // or when not root).
 func pfns(b []byte) ([]uint64, error) {
-	es, err := pagemap(0, uintptr(unsafe.Pointer(&b[0])), len(b)/PageSize)
+	f, err := pagemap.Open(0)
 	if err != nil {
 		return nil, err
 	}
-	for i, v := range es {
-		if v&pmPresent != 0 {
-			es[i] = v & pmPFN
-		} else {
-			es[i] = 0
-		}
-	}
-	return es, nil
+	defer f.Close()
+	return f.Frames(uintptr(unsafe.Pointer(&b[0])), len(b)/PageSize)
 }
 
 func movePages(b []byte, node int) (moved int, err error) {
@@ -258,19 +220,18 @@ func collapse(ws *Workset, seg *Segment) bool {
 	return kb >= len(b)/1024
 }
 
-func runMigration(e *Env) error {
+func runMigration(e *Scene) error {
 	if err := anySwap(); err != nil {
 		return err
 	}
-	defer pauseKhugepaged(e)()
+	e.pauseKhugepaged()
 	const n = 64
 	per := HugePage / PageSize
 	// A 4 KiB segment at the start, a THP segment in the second 2 MiB.
-	ws, err := NewWorkset(e.Seed, 2*per)
+	ws, err := e.Workset(2 * per)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
 	small, err := ws.Map("small", Anon, 0, n, -1)
 	if err != nil {
 		return err
@@ -282,12 +243,10 @@ func runMigration(e *Env) error {
 	for id := range ws.IDs() {
 		ws.Write(id)
 	}
-	t, err := e.Track(ws)
+	t, err := e.StartTracking(ws)
 	if err != nil {
 		return err
 	}
-	defer t.Close()
-	ws.Judge(nil)
 	nodes := numaNodes()
 	if nodes < 2 {
 		e.Note("one NUMA node: move_pages part skipped (boot with numa=fake=2); compaction only")
@@ -299,7 +258,7 @@ func runMigration(e *Env) error {
 		if isHuge {
 			hugeEpochs++
 		}
-		o := pickLDTOnly(e, 0, n, n/8)
+		o := pickLDTOnly(e.Env, 0, n, n/8)
 		// The THP gets process_vm_writev writes only: a CPU write would
 		// set the PMD's D bit, a single-page pageout would split it.
 		o.gup = append(o.gup, Pick(e.Rand, huge.FirstID, per, 16)...)
@@ -363,19 +322,17 @@ func collapseState(ws *Workset, seg *Segment) bool {
 	return kb >= seg.Pages*PageSize/1024
 }
 
-func runTHP(e *Env) error {
+func runTHP(e *Scene) error {
 	if err := anySwap(); err != nil {
 		return err
 	}
-	defer pauseKhugepaged(e)()
+	e.pauseKhugepaged()
 	const blocks = 2
 	n := blocks * HugePage / PageSize
-	ws, seg, t, err := populated(e, AnonTHP, n)
+	ws, seg, t, err := e.Populate(AnonTHP, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	kb, _ := anonHugeKB(ws.Base, ws.End())
 	e.Note("AnonHugePages after populating: %d KiB of %d", kb, n*4)
 	if kb == 0 {
@@ -390,13 +347,13 @@ func runTHP(e *Env) error {
 		b := seg.Bytes(ws)[first*PageSize : (first+per)*PageSize]
 		huge := func() bool {
 			kb, _ := anonHugeKB(ws.Base, ws.End())
-			es, err := pagemap(0, ws.Addr(first), per)
-			if err != nil || es[0]&pmPresent == 0 {
+			es, err := pagemap.Read(0, ws.Addr(first), per)
+			if err != nil || !es[0].Present() {
 				return false
 			}
 			// A PMD-mapped THP: contiguous frames, and smaps agrees.
 			for i := 1; i < per; i++ {
-				if es[i]&pmPFN != es[0]&pmPFN+uint64(i) {
+				if es[i].PFN() != es[0].PFN()+uint64(i) {
 					return false
 				}
 			}
@@ -489,17 +446,15 @@ func runTHP(e *Env) error {
 	return nil
 }
 
-func runMprotect(e *Env) error {
+func runMprotect(e *Scene) error {
 	if err := anySwap(); err != nil {
 		return err
 	}
 	const n = 64
-	ws, seg, t, err := populated(e, Anon, n)
+	ws, seg, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	b := seg.Bytes(ws)
 	rw := unix.PROT_READ | unix.PROT_WRITE
 	var ss swapStats
@@ -508,7 +463,7 @@ func runMprotect(e *Env) error {
 		if ep%2 == 1 {
 			prot = unix.PROT_NONE
 		}
-		o := pickLDTOnly(e, 0, n, n/8)
+		o := pickLDTOnly(e.Env, 0, n, n/8)
 		if err := e.prepLazy(ws, o.lazy); err != nil {
 			return err
 		}
@@ -561,18 +516,17 @@ type mremapSeg struct {
 	places []int
 }
 
-func runMremap(e *Env) error {
+func runMremap(e *Scene) error {
 	if err := anySwap(); err != nil {
 		return err
 	}
-	defer pauseKhugepaged(e)()
+	e.pauseKhugepaged()
 	const n = 256
 	per := HugePage / PageSize
-	ws, err := NewWorkset(e.Seed, 3584)
+	ws, err := e.Workset(3584)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
 	// A 1 MiB segment to 2 MiB aligned and unaligned places (PTEs move
 	// one by one), a 2 MiB segment of 4 KiB pages between aligned places
 	// (the whole page table moves: move_normal_pmd) and a PMD-mapped THP
@@ -590,19 +544,17 @@ func runMremap(e *Env) error {
 	for id := range ws.IDs() {
 		ws.Write(id)
 	}
-	t, err := e.Track(ws)
+	t, err := e.StartTracking(ws)
 	if err != nil {
 		return err
 	}
-	defer t.Close()
-	ws.Judge(nil)
 	huge := segs[2].seg
 	var ss swapStats
 	thpMoves := 0
 	for ep := range e.Epochs {
 		collapse(ws, huge)
-		o := pickLDTOnly(e, 0, n, n/16)
-		o2 := pickLDTOnly(e, segs[1].seg.FirstID, per, 8)
+		o := pickLDTOnly(e.Env, 0, n, n/16)
+		o2 := pickLDTOnly(e.Env, segs[1].seg.FirstID, per, 8)
 		o.lazy, o.gup, o.swapped = append(o.lazy, o2.lazy...), append(o.gup, o2.gup...), append(o.swapped, o2.swapped...)
 		o.gup = append(o.gup, Pick(e.Rand, huge.FirstID, per, 16)...)
 		path := func() error {
@@ -678,14 +630,12 @@ func (c *coTracker) collect(e *Env) error {
 	return nil
 }
 
-func runCoexistence(e *Env) error {
+func runCoexistence(e *Scene) error {
 	const n = 64
-	ws, seg, t, err := populated(e, Anon, n)
+	ws, seg, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	var cos []*coTracker
 	half := ws.Base + n/2*PageSize
 	for _, c := range []struct {
@@ -700,7 +650,7 @@ func runCoexistence(e *Env) error {
 		if err != nil {
 			return err
 		}
-		defer ct.Close()
+		e.closeAtEnd(ct.Close)
 		cos = append(cos, &coTracker{t: ct, start: c.start, end: c.end, written: tracker.Set{}})
 		e.Note("co-tracker %s on [%#x,%#x)", c.name, c.start, c.end)
 	}
@@ -721,7 +671,7 @@ func runCoexistence(e *Env) error {
 	}
 	var ss swapStats
 	for range e.Epochs {
-		o := pickLDTOnly(e, 0, n, n/16)
+		o := pickLDTOnly(e.Env, 0, n, n/16)
 		if err := e.prepLazy(ws, o.lazy); err != nil {
 			return err
 		}
@@ -738,7 +688,7 @@ func runCoexistence(e *Env) error {
 		// writes the tracker under test must all report.
 		for _, c := range cos {
 			write(n / 4)
-			if err := c.collect(e); err != nil {
+			if err := c.collect(e.Env); err != nil {
 				return err
 			}
 		}
@@ -757,7 +707,7 @@ func runCoexistence(e *Env) error {
 		}
 	}
 	for _, c := range cos {
-		if err := c.collect(e); err != nil {
+		if err := c.collect(e.Env); err != nil {
 			return err
 		}
 	}

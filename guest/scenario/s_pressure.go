@@ -29,7 +29,7 @@ func init() {
 			"working set every epoch; reclaim swaps written pages out and back in between collections.",
 			pressureLimit>>20, pressurePages*PageSize>>20),
 		Naive: MissPages,
-		Run:   runPressure,
+		Run:   staged(runPressure),
 		Child: &ChildSpec{Setup: pressureCgroup},
 	})
 }
@@ -101,17 +101,15 @@ func vmstat(name string) int64 {
 	return 0
 }
 
-func runPressure(e *Env) error {
+func runPressure(e *Scene) error {
 	cg, _ := os.ReadFile("/proc/self/cgroup")
 	e.Note("child cgroup: %s", strings.TrimSpace(string(cg)))
 	out0, in0 := vmstat("pswpout"), vmstat("pswpin")
 	n := pressurePages
-	ws, _, t, err := populated(e, Anon, n)
+	ws, _, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	for ep := range e.Epochs {
 		for _, id := range Pick(e.Rand, 0, n, n/3) {
 			ws.Write(id)

@@ -22,7 +22,7 @@ func init() {
 			"pages; each is tracked by its own tracker and must report only its own writes; after the child exits the " +
 			"parent is paged out and read back.",
 		Naive: MissPages,
-		Run:   runFork,
+		Run:   staged(runFork),
 	})
 	register(&Scenario{
 		Name:  "lifecycle",
@@ -34,7 +34,7 @@ func init() {
 		NotFor: map[string]string{
 			"pagemap-scan": "PAGEMAP_SCAN's write-protection must be registered from inside the tracked process, and the target here is another process",
 		},
-		Run: runLifecycle,
+		Run: staged(runLifecycle),
 	})
 }
 
@@ -72,23 +72,21 @@ func procMemReader(pid int) (func(addr uintptr, buf []byte) error, func(), error
 	}, func() { f.Close() }, nil
 }
 
-func runFork(e *Env) error {
+func runFork(e *Scene) error {
 	const n = 64
 	if err := anySwap(); err != nil {
 		return err
 	}
-	ws, seg, t, err := populated(e, Anon, n)
+	ws, seg, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	childTracked := 0
 	var ss swapStats
 	for range e.Epochs {
 		// LDT-only state in the parent before the fork write-protects
 		// its PTEs.
-		o := pickLDTOnly(e, 0, n, n/16)
+		o := pickLDTOnly(e.Env, 0, n, n/16)
 		if err := e.prepLazy(ws, o.lazy); err != nil {
 			return err
 		}
@@ -195,13 +193,12 @@ func runFork(e *Env) error {
 	return nil
 }
 
-func runLifecycle(e *Env) error {
+func runLifecycle(e *Scene) error {
 	const n = 256
-	ws, err := NewWorkset(e.Seed, n)
+	ws, err := e.Workset(n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
 	if _, err := ws.Map("target", Anon, 0, n, -1); err != nil {
 		return err
 	}

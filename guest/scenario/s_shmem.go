@@ -22,19 +22,11 @@ func init() {
 		NotFor: map[string]string{
 			"pagemap-scan": "its uffd-wp registration on a shmem THP split by mprotect is not what this scenario shows (the LDT/soft-dirty gap)",
 		},
-		Run: runShmemSplit,
+		Run: staged(runShmemSplit),
 	})
 }
 
 const shmemEnabled = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
-
-// bracketed returns the [selected] word of a sysfs choice file.
-func bracketed(s string) string {
-	if i, j := strings.IndexByte(s, '['), strings.IndexByte(s, ']'); i >= 0 && j > i {
-		return s[i+1 : j]
-	}
-	return strings.TrimSpace(s)
-}
 
 // shmemPmdKB is ShmemPmdMapped of the mapping that contains addr.
 func shmemPmdKB(addr uintptr) (int, error) {
@@ -67,31 +59,28 @@ func shmemPmdKB(addr uintptr) (int, error) {
 	return 0, sc.Err()
 }
 
-func runShmemSplit(e *Env) error {
-	old, err := os.ReadFile(shmemEnabled)
-	if err != nil {
+func runShmemSplit(e *Scene) error {
+	if _, err := os.Stat(shmemEnabled); err != nil {
 		return Skipf("no shmem THP: %v", err)
 	}
-	if err := writeFile(shmemEnabled, "advise"); err != nil {
+	if err := e.Set(shmemEnabled, "advise"); err != nil {
 		return Skipf("cannot enable shmem THP: %v", err)
 	}
-	defer writeFile(shmemEnabled, bracketed(string(old)))
-	defer pauseKhugepaged(e)()
+	e.pauseKhugepaged()
 
 	n := HugePage / PageSize
 	fd, err := unix.MemfdCreate("ldtlab-shmem-thp", unix.MFD_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("memfd_create: %w", err)
 	}
-	defer unix.Close(fd)
+	e.closeAtEnd(func() error { return unix.Close(fd) })
 	if err := unix.Ftruncate(fd, HugePage); err != nil {
 		return fmt.Errorf("ftruncate: %w", err)
 	}
-	ws, err := NewWorkset(e.Seed, n)
+	ws, err := e.Workset(n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
 	seg, err := ws.Map("shmem", File, 0, n, fd)
 	if err != nil {
 		return err
@@ -102,12 +91,10 @@ func runShmemSplit(e *Env) error {
 	for id := range n {
 		ws.Write(id)
 	}
-	t, err := e.Track(ws)
+	t, err := e.StartTracking(ws)
 	if err != nil {
 		return err
 	}
-	defer t.Close()
-	ws.Judge(nil) // the setup writes are history
 
 	huge := func() bool { kb, _ := shmemPmdKB(ws.Base); return kb >= HugePage/1024 }
 	split := 0

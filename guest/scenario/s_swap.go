@@ -4,8 +4,6 @@ import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
-
-	"ldtlab/guest/tracker"
 )
 
 func init() {
@@ -16,7 +14,7 @@ func init() {
 			"write Y, collect+clear, MADV_PAGEOUT, read: must be Y. Without the OS-backup bit the page is dropped clean and X comes back.",
 		Naive: LoseData,
 		Loss:  "stale generation",
-		Run:   runStaleSwapCache,
+		Run:   staged(runStaleSwapCache),
 	})
 	register(&Scenario{
 		Name:  "lazyfree",
@@ -25,7 +23,7 @@ func init() {
 			"Without the OS-backup bit the clean lazyfree page is discarded and reads as zeros.",
 		Naive: LoseData,
 		Loss:  "all zeros",
-		Run:   func(e *Env) error { return runLazyfree(e, false) },
+		Run:   staged(func(e *Scene) error { return runLazyfree(e, false) }),
 	})
 	register(&Scenario{
 		Name:  "lazyfree-thp",
@@ -34,7 +32,7 @@ func init() {
 			"MADV_PAGEOUT (__discard_anon_folio_pmd_locked), read.",
 		Naive: LoseData,
 		Loss:  "all zeros",
-		Run:   func(e *Env) error { return runLazyfree(e, true) },
+		Run:   staged(func(e *Scene) error { return runLazyfree(e, true) }),
 	})
 	register(&Scenario{
 		Name:  "swap-roundtrip",
@@ -42,33 +40,8 @@ func init() {
 		Doc: "write, MADV_PAGEOUT (D moves to the folio and the swap entry), read back (the new PTE is clean), collect: " +
 			"the written pages must still be reported.",
 		Naive: MissPages,
-		Run:   runSwapRoundtrip,
+		Run:   staged(runSwapRoundtrip),
 	})
-}
-
-// populated maps an n-page segment of kind and writes every page once, so
-// the scenario starts from present, known content; the tracker opened
-// afterwards does not count these writes.
-func populated(e *Env, kind Kind, n int) (*Workset, *Segment, tracker.Tracker, error) {
-	ws, err := NewWorkset(e.Seed, n)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	seg, err := ws.Map("data", kind, 0, n, -1)
-	if err != nil {
-		ws.Close()
-		return nil, nil, nil, err
-	}
-	for id := range n {
-		ws.Write(id)
-	}
-	t, err := e.Track(ws)
-	if err != nil {
-		ws.Close()
-		return nil, nil, nil, err
-	}
-	ws.Judge(nil) // the setup writes are history
-	return ws, seg, t, nil
 }
 
 // swapStats remembers how completely MADV_PAGEOUT worked, because a
@@ -84,7 +57,7 @@ func (s *swapStats) pageout(b []byte) error {
 
 // require notes how much reached swap and turns "nothing did" into a
 // skip: the scenario did not run its path, so its pass would mean nothing.
-func (s *swapStats) require(e *Env) error {
+func (s *swapStats) require(e *Scene) error {
 	e.Note("MADV_PAGEOUT swapped out %d of %d pages asked for", s.got, s.want)
 	if s.got == 0 {
 		return Skipf("nothing reached swap (MADV_PAGEOUT swapped out 0 of %d pages): the swap path was not exercised", s.want)
@@ -92,24 +65,18 @@ func (s *swapStats) require(e *Env) error {
 	return nil
 }
 
-func runStaleSwapCache(e *Env) (err error) {
+func runStaleSwapCache(e *Scene) error {
 	restore, disk, err := diskSwapOnly()
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if rerr := restore(); rerr != nil && err == nil {
-			err = fmt.Errorf("restore zram swap: %w", rerr)
-		}
-	}()
+	e.Defer("restore zram swap", restore)
 	e.Note("swap device for the scenario: %s (zram swapped off meanwhile)", disk)
 	const n = 64
-	ws, seg, t, err := populated(e, Anon, n)
+	ws, seg, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	var ss swapStats
 	for range e.Epochs {
 		ids := Pick(e.Rand, 0, n, n/2)
@@ -143,21 +110,19 @@ func runStaleSwapCache(e *Env) (err error) {
 	return ss.require(e)
 }
 
-func runLazyfree(e *Env, thp bool) error {
+func runLazyfree(e *Scene, thp bool) error {
 	if err := anySwap(); err != nil && !thp {
 		return err
 	}
 	kind, n := Anon, 64
 	if thp {
 		kind, n = AnonTHP, 2*HugePage/PageSize
-		defer pauseKhugepaged(e)()
+		e.pauseKhugepaged()
 	}
-	ws, seg, t, err := populated(e, kind, n)
+	ws, seg, t, err := e.Populate(kind, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	var ss swapStats
 	thpSeen := 0
 	for ep := range e.Epochs {
@@ -233,17 +198,15 @@ func runLazyfree(e *Env, thp bool) error {
 	return ss.require(e)
 }
 
-func runSwapRoundtrip(e *Env) error {
+func runSwapRoundtrip(e *Scene) error {
 	if err := anySwap(); err != nil {
 		return err
 	}
 	const n = 128
-	ws, seg, t, err := populated(e, Anon, n)
+	ws, seg, t, err := e.Populate(Anon, n)
 	if err != nil {
 		return err
 	}
-	defer ws.Close()
-	defer t.Close()
 	var ss swapStats
 	for range e.Epochs {
 		for _, id := range Pick(e.Rand, 0, n, n/2) {

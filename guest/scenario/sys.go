@@ -2,7 +2,6 @@ package scenario
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -13,48 +12,21 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
-const (
-	pmPresent = 1 << 63
-	pmSwapped = 1 << 62
-	pmPFN     = 1<<55 - 1
+	"ldtlab/guest/pagemap"
 )
-
-// pagemap reads the /proc/PID/pagemap entries of pages [addr, addr+n*4K).
-func pagemap(pid int, addr uintptr, n int) ([]uint64, error) {
-	path := "/proc/self/pagemap"
-	if pid != 0 {
-		path = "/proc/" + strconv.Itoa(pid) + "/pagemap"
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b := make([]byte, 8*n)
-	if _, err := f.ReadAt(b, int64(addr/PageSize*8)); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	out := make([]uint64, n)
-	for i := range out {
-		out[i] = binary.LittleEndian.Uint64(b[8*i:])
-	}
-	return out, nil
-}
 
 // countSwapped counts the pages of b that are swapped out.
 func countSwapped(b []byte) (swapped, present int, err error) {
-	es, err := pagemap(0, uintptr(unsafe.Pointer(&b[0])), len(b)/PageSize)
+	es, err := pagemap.Read(0, uintptr(unsafe.Pointer(&b[0])), len(b)/PageSize)
 	if err != nil {
 		return 0, 0, err
 	}
 	for _, e := range es {
 		switch {
-		case e&pmSwapped != 0:
+		case e.Swapped():
 			swapped++
-		case e&pmPresent != 0:
+		case e.Present():
 			present++
 		}
 	}
@@ -297,16 +269,9 @@ const khugepagedSleep = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sle
 // segments behind its back: a collapse installs a dirty PMD, so every
 // page of the block is reported without a write, at a moment the oracle
 // cannot know. The scenarios collapse with MADV_COLLAPSE themselves.
-// The returned function restores the scan interval.
-func pauseKhugepaged(e *Env) func() {
-	old, err := os.ReadFile(khugepagedSleep)
-	if err != nil {
+// The scan interval is restored when the scenario ends.
+func (e *Scene) pauseKhugepaged() {
+	if err := e.Set(khugepagedSleep, "3600000"); err != nil {
 		e.Note("khugepaged not paused: %v", err)
-		return func() {}
 	}
-	if err := writeFile(khugepagedSleep, "3600000"); err != nil {
-		e.Note("khugepaged not paused: %v", err)
-		return func() {}
-	}
-	return func() { _ = writeFile(khugepagedSleep, strings.TrimSpace(string(old))) }
 }

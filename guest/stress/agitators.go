@@ -12,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/pagemap"
 )
 
 // agitator drives one family of kernel paths until the set stops; it
@@ -323,32 +325,21 @@ func agUffdWP(s *set, r *rand.Rand) (int, error) {
 // pageState describes the page at addr for a lost-write report.
 func pageState(addr uintptr) string {
 	var parts []string
-	if f, err := os.Open("/proc/self/pagemap"); err == nil {
-		var b [8]byte
-		if _, err := f.ReadAt(b[:], int64(addr/pg)*8); err == nil {
-			e := *(*uint64)(unsafe.Pointer(&b[0]))
-			switch {
-			case e&(1<<63) != 0:
-				parts = append(parts, "present")
-				if kf, err := os.Open("/proc/kpageflags"); err == nil {
-					if _, err := kf.ReadAt(b[:], int64(e&(1<<55-1))*8); err == nil {
-						fl := *(*uint64)(unsafe.Pointer(&b[0]))
-						if fl&(1<<22) != 0 {
-							parts = append(parts, "thp")
-						}
-						if fl&(1<<15|1<<16) != 0 {
-							parts = append(parts, "large-folio")
-						}
-					}
-					kf.Close()
-				}
-			case e&(1<<62) != 0:
-				parts = append(parts, "swapped")
-			default:
-				parts = append(parts, "not-mapped")
+	if e, fl, err := pagemap.Self(addr); err == nil || e != 0 {
+		switch {
+		case e.Present():
+			parts = append(parts, "present")
+			if fl&pagemap.KPFTHP != 0 {
+				parts = append(parts, "thp")
 			}
+			if fl&(pagemap.KPFCompoundHead|pagemap.KPFCompoundTail) != 0 {
+				parts = append(parts, "large-folio")
+			}
+		case e.Swapped():
+			parts = append(parts, "swapped")
+		default:
+			parts = append(parts, "not-mapped")
 		}
-		f.Close()
 	}
 	var status int32 = -1
 	a := addr

@@ -30,14 +30,18 @@ const pg = tracker.PageSize
 
 // Options select one stress run.
 type Options struct {
-	Tracker   string
-	Pages     int           // working set size in 4 KiB pages
-	Writers   int           // writer threads (0: one per CPU)
-	Duration  time.Duration // how long writers and agitators run
-	Interval  time.Duration // pause between collections
-	Seed      uint64
-	Epochs    int      // the writers stop and memory is compared this often
-	THP       bool     // let the working set use transparent huge pages
+	Tracker  string
+	Pages    int           // working set size in 4 KiB pages
+	Writers  int           // writer threads (0: one per CPU)
+	Duration time.Duration // how long writers and agitators run
+	Interval time.Duration // pause between collections
+	Seed     uint64
+	Epochs   int  // the writers stop and memory is compared this often
+	THP      bool // let the working set use transparent huge pages
+	// MTHP is an anonymous mTHP size ("16kB", "64kB"...) enabled for the
+	// run (hugepages-<size>/enabled=always): folios between 4 KiB and PMD
+	// size, whose PTEs the kernel batches (row 3 of the review).
+	MTHP      string
 	Agitators []string // names from Agitators(); nil: the defaults, empty: none
 	// Open replaces tracker.Open (unit tests with fake trackers).
 	Open func(start, end uintptr) (tracker.Tracker, error)
@@ -115,6 +119,13 @@ func Run(o Options) (*Result, error) {
 	ags, err := pickAgitators(o)
 	if err != nil {
 		return nil, err
+	}
+	if o.MTHP != "" {
+		restore, err := knob("/sys/kernel/mm/transparent_hugepage/hugepages-"+o.MTHP+"/enabled", "always")
+		if err != nil {
+			return nil, fmt.Errorf("stress: mTHP %s: %w", o.MTHP, err)
+		}
+		defer restore()
 	}
 	mem, err := unix.Mmap(-1, 0, o.Pages*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {

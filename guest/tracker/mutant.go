@@ -1,16 +1,10 @@
 package tracker
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
-	"os"
-	"strconv"
-
-	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/ldt"
+	"ldtlab/guest/pagemap"
 )
 
 // Mutants are deliberately broken trackers built on /dev/ldt, one per class
@@ -42,7 +36,7 @@ func init() {
 type mutant struct {
 	name  string
 	inner *ldtTracker
-	pm    *os.File
+	pm    *pagemap.File
 	// pfn is each page's frame at the last collection (0: not present).
 	pfn map[uintptr]uint64
 }
@@ -54,11 +48,7 @@ func openMutant(name string, pid int, start, end uintptr) (Tracker, error) {
 	}
 	m := &mutant{name: name, inner: t.(*ldtTracker), pfn: map[uintptr]uint64{}}
 	if name != "mutant-all" {
-		p := "/proc/self/pagemap"
-		if pid != 0 {
-			p = "/proc/" + strconv.Itoa(pid) + "/pagemap"
-		}
-		if m.pm, err = os.Open(p); err != nil {
+		if m.pm, err = pagemap.Open(pid); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("tracker %s: %w", name, err)
 		}
@@ -85,27 +75,12 @@ func (m *mutant) Close() error {
 	return m.inner.Close()
 }
 
-const (
-	pmPresent = 1 << 63
-	pmPFN     = 1<<55 - 1
-)
-
 // frames reads the page frames of [start,end) (0 where not present).
 func (m *mutant) frames(start, end uintptr) ([]uint64, error) {
-	n := int((end - start) / PageSize)
-	b := make([]byte, 8*n)
-	if _, err := m.pm.ReadAt(b, int64(start/PageSize*8)); err != nil {
-		if errors.Is(err, io.EOF) {
-			// The address space is gone: what /dev/ldt says too.
-			err = unix.ESRCH
-		}
-		return nil, fmt.Errorf("tracker %s: read pagemap: %w", m.name, err)
-	}
-	out := make([]uint64, n)
-	for i := range out {
-		if v := binary.LittleEndian.Uint64(b[8*i:]); v&pmPresent != 0 {
-			out[i] = v & pmPFN
-		}
+	// A gone address space reads as ESRCH: what /dev/ldt says too.
+	out, err := m.pm.Frames(start, int((end-start)/PageSize))
+	if err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", m.name, err)
 	}
 	return out, nil
 }

@@ -11,12 +11,13 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/pagemap"
 )
 
-// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 const (
-	pmSoftDirty = 1 << 55
-	pmEntrySize = 8
+	pmSoftDirty = pagemap.SoftDirty
+	pmEntrySize = pagemap.EntrySize
 )
 
 // softDirtyBatch is how many pagemap entries one pread fetches (512 KiB);
@@ -38,7 +39,7 @@ var softDirtyBatch = 64 << 10
 //     holes of a VMA created after the last clear are reported, too.
 type softDirty struct {
 	pid       int
-	pagemap   *os.File
+	pagemap   *pagemap.File
 	clearRefs *os.File
 	mu        sync.Mutex
 	buf       []byte
@@ -54,17 +55,11 @@ var softDirtyWorks = sync.OnceValue(func() error {
 	}
 	defer unix.Munmap(mem)
 	mem[0] = 1 // a freshly written PTE is soft-dirty when the feature exists
-	f, err := os.Open("/proc/self/pagemap")
+	es, err := pagemap.Read(0, uintptr(unsafe.Pointer(&mem[0])), 1)
 	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var e [pmEntrySize]byte
-	addr := uintptr(unsafe.Pointer(&mem[0]))
-	if _, err := f.ReadAt(e[:], int64(addr/PageSize*pmEntrySize)); err != nil {
 		return fmt.Errorf("probe pagemap: %w", err)
 	}
-	if binary.LittleEndian.Uint64(e[:])&pmSoftDirty == 0 {
+	if !es[0].SoftDirty() {
 		return fmt.Errorf("%w: kernel does not maintain soft-dirty (CONFIG_MEM_SOFT_DIRTY off): a written page lacks pagemap bit 55", ErrUnsupported)
 	}
 	return nil
@@ -84,7 +79,7 @@ func openSoftDirty(name string, pid int, start, end uintptr) (Tracker, error) {
 	dir := procDir(pid)
 	// pagemap binds the target's mm at open time, so pid reuse cannot
 	// redirect reads; clear_refs looks the pid up on every write.
-	pm, err := os.Open(dir + "/pagemap")
+	pm, err := pagemap.Open(pid)
 	if err != nil {
 		return nil, fmt.Errorf("tracker %s: %w", name, err)
 	}
@@ -123,7 +118,7 @@ func (t *softDirty) Collect(start, end uintptr, clear bool) ([]Region, error) {
 			t.buf = make([]byte, softDirtyBatch*pmEntrySize)
 		}
 		b := t.buf[:n*pmEntrySize]
-		got, err := t.pagemap.ReadAt(b, int64(cur/PageSize*pmEntrySize))
+		got, err := t.pagemap.ReadRaw(b, cur)
 		if got < len(b) {
 			// pagemap returns 0 once the address space is gone (the
 			// target exited): report that like ldt's ESRCH.

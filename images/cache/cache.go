@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"ldtlab/internal/atomicfile"
 )
 
 // Dir returns the cache root: $LDTLAB_CACHE, else $XDG_CACHE_HOME/ldtlab,
@@ -475,44 +477,14 @@ func WriteJSON(path string, v any) error {
 	return WriteFileAtomic(path, append(b, '\n'), 0o644)
 }
 
-// WriteFileAtomic writes data to a temporary file, syncs it and renames it
-// over path: a reader sees the old content or the new, never a torn file,
-// even after a crash. Every failure names path; a full disk says so.
+// WriteFileAtomic is atomicfile.WriteFile (temporary file, fsync, rename,
+// fsync of the directory: a reader sees the old content or the new, never
+// a torn file, even after a crash) with errors that name path and say
+// when the disk is full.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	err := writeFileAtomic(path, data, mode)
+	err := atomicfile.WriteFile(path, data, mode)
 	if err != nil {
 		return Explain(path, err)
-	}
-	return nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
 	}
 	return nil
 }

@@ -20,6 +20,9 @@ import (
 	"time"
 
 	"ldtlab/images/cache"
+	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/lines"
+	"ldtlab/internal/procutil"
 )
 
 // recipeVersion changes whenever the way a kernel is built changes, so old
@@ -325,7 +328,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		logFile.Sync()
 		cache.CopyFile(logPath, keep, 0o644)
 		b, _ := os.ReadFile(logPath)
-		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.opts.Variant(), what, err, cache.SpaceHint(work, 256<<20), keep, tail(string(b), 30))
+		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.opts.Variant(), what, err, cache.SpaceHint(work, 256<<20), keep, lines.Last(string(b), 30))
 	}
 
 	srcDir := filepath.Join(work, "src")
@@ -458,7 +461,7 @@ func (p *plan) prepareTree(ctx context.Context, pristine, srcDir, outDir string,
 		out, err := cmd.CombinedOutput()
 		fmt.Fprintf(log, "== patch %s\n%s", name, out)
 		if err != nil {
-			return fmt.Errorf("patch %s does not apply to %s %s: %v\n%s", name, SourcePackage, p.src.Version, err, tail(string(out), 15))
+			return fmt.Errorf("patch %s does not apply to %s %s: %v\n%s", name, SourcePackage, p.src.Version, err, lines.Last(string(out), 15))
 		}
 		p.logf("applied %s", name)
 	}
@@ -541,11 +544,7 @@ func unshare(path string) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".ldtlab-unshare"
-	if err := os.WriteFile(tmp, b, st.Mode().Perm()); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(path, b, st.Mode().Perm())
 }
 
 // patchFiles lists the files a unified diff modifies (target side, -p1).
@@ -626,13 +625,7 @@ func (p *plan) make(ctx context.Context, srcDir string, log io.Writer, progress 
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+		procutil.Terminate(-cmd.Process.Pid, 5*time.Second, done)
 		err = ctx.Err()
 	}
 	pw.Close()

@@ -488,11 +488,6 @@ func TestTopDir(t *testing.T) {
 	assert.Error(t, err)
 }
 
-func TestTail(t *testing.T) {
-	assert.Equal(t, "c\nd", tail("a\nb\nc\nd\n", 2))
-	assert.Equal(t, "a\nb", tail("a\nb", 5))
-}
-
 // writeTar writes an uncompressed tar (tar -xf detects the format by
 // content, whatever the name) holding linux/Makefile with content.
 func writeTar(t *testing.T, path, content string) {

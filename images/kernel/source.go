@@ -70,7 +70,7 @@ func (s *Source) Extract(ctx context.Context, log func(string, ...any)) (string,
 		log("extracting %s (%s) once for all builds", s.Tarball, s.Version)
 		cmd := exec.CommandContext(ctx, "tar", "-xf", s.Tarball, "-C", tmp)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("extracting %s: %v: %s", s.Tarball, err, tail(string(out), 10))
+			return fmt.Errorf("extracting %s: %v: %s", s.Tarball, err, lines.Last(string(out), 10))
 		}
 		return nil
 	})
@@ -103,5 +103,3 @@ func topDir(dir string) (string, error) {
 	}
 	return "", errors.New("no kernel Makefile in extracted source " + dir)
 }
-
-func tail(s string, n int) string { return lines.Last(s, n) }

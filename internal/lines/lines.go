@@ -4,7 +4,8 @@ package lines
 
 import "strings"
 
-// Last returns the last n lines of s, without a trailing newline.
+// Last returns the last n lines of s, without a trailing newline
+// (n < 0: all of them).
 func Last(s string, n int) string {
 	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if n >= 0 && len(l) > n {

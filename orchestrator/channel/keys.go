@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/crypto/ssh"
+
+	"ldtlab/internal/atomicfile"
 )
 
 // File names in a key directory.
@@ -68,7 +70,7 @@ func GenerateKeys(dir string) (*Keys, error) {
 		{KnownHostsFile, append([]byte(HostKeyAlias+" "), hostLine...)},
 	}
 	for _, f := range files {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, f.name), f.data, 0o600); err != nil {
 			return nil, fmt.Errorf("writing %s: %w", f.name, err)
 		}
 	}
@@ -186,26 +188,4 @@ func checkPrivateDir(dir string) error {
 		return fmt.Errorf("key directory %s is accessible by group or others (mode %v); use 0700", dir, fi.Mode().Perm())
 	}
 	return nil
-}
-
-// writeFileAtomic writes a 0600 file via a temporary name, so a reader (QEMU,
-// ssh) never sees half a key and a failed write leaves the old one.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

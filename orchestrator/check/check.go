@@ -17,6 +17,7 @@ import (
 
 	"ldtlab/guest/result"
 	"ldtlab/images/rootfs"
+	"ldtlab/internal/cmdline"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/stress"
@@ -73,7 +74,7 @@ type Result struct {
 // disk swap device, a data disk for writeback, two fake NUMA nodes for
 // migration, 2 vCPUs for the concurrency scenario.
 func GuestDefaults(o *lab.Options) {
-	if o.MemoryMiB == 0 || o.MemoryMiB == 1024 {
+	if o.MemoryMiB == 0 {
 		o.MemoryMiB = 768
 	}
 	if o.CPUs < 2 {
@@ -85,9 +86,7 @@ func GuestDefaults(o *lab.Options) {
 	if o.DataMiB <= 0 {
 		o.DataMiB = 256
 	}
-	if !strings.Contains(o.Cmdline, "numa=fake") {
-		o.Cmdline = strings.TrimSpace(o.Cmdline + " numa=fake=2")
-	}
+	o.Cmdline = cmdline.FakeNUMA(o.Cmdline, 2)
 	if o.Name == "" {
 		o.Name = "check"
 	}

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"ldtlab/internal/lines"
 )
 
 const tailBytes = 256 << 10
@@ -204,14 +206,12 @@ func (c *Capture) WaitFor(ctx context.Context, substr string) error {
 // Tail returns the last n lines seen (n <= 0: all of the bounded tail).
 func (c *Capture) Tail(n int) string {
 	c.mu.Lock()
-	t := string(c.tail) + string(c.partial[:0])
+	t := string(c.tail)
 	c.mu.Unlock()
-	t = strings.ReplaceAll(t, "\r", "")
-	lines := strings.Split(strings.TrimRight(t, "\n"), "\n")
-	if n > 0 && len(lines) > n {
-		lines = lines[len(lines)-n:]
+	if n <= 0 {
+		n = -1
 	}
-	return strings.Join(lines, "\n")
+	return lines.Last(strings.ReplaceAll(t, "\r", ""), n)
 }
 
 // Bytes returns the whole console log so far, read back from the file.

@@ -860,6 +860,15 @@ func (m *Machine) RunWith(ctx context.Context, cmd string, opts channel.RunOptio
 	if d := m.DiskError(); d != "" {
 		return res, &vm.InfraError{Op: "running " + quote(cmd), Err: fmt.Errorf("%v (the host disk failed: %s)", err, d)}
 	}
+	m.mu.Lock()
+	broke := m.mux != nil && isClosed(m.mux.Done())
+	m.mu.Unlock()
+	if broke && ctx.Err() == nil {
+		// The VM runs and the kernel reported nothing: the agent went away
+		// (the OOM killer, a kill); init restarts it and the next command
+		// reconnects.
+		return res, &vm.InfraError{Op: "running " + quote(cmd), Err: fmt.Errorf("the guest agent went away during the command (%v); it is restarted by the guest's init and reconnected on the next command", err)}
+	}
 	if ctx.Err() != nil {
 		// Is the guest still alive, or did it hang?
 		pctx, pcancel := context.WithTimeout(context.Background(), m.Timeouts.Ping)

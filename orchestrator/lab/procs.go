@@ -1,13 +1,14 @@
 package lab
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"ldtlab/internal/procutil"
 )
 
 // Proc is a process that belongs to one background VM.
@@ -72,47 +73,15 @@ func MatchVM(argv []string, name, dir string) string {
 // and stops its QEMU), or to the QEMUs when no supervisor is left; then,
 // after grace, SIGKILL to everything still alive.
 func Stop(procs []Proc, grace time.Duration) {
-	hasSupervisor := false
+	var term, all []int
+	hasSupervisor := slices.ContainsFunc(procs, func(p Proc) bool { return p.Role == "supervisor" })
 	for _, p := range procs {
-		hasSupervisor = hasSupervisor || p.Role == "supervisor"
-	}
-	for _, p := range procs {
+		all = append(all, p.PID)
 		if p.Role == "supervisor" || !hasSupervisor {
-			syscall.Kill(p.PID, syscall.SIGTERM)
+			term = append(term, p.PID)
 		}
 	}
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) && anyAlive(procs) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	for _, p := range procs {
-		if alive(p.PID) {
-			syscall.Kill(p.PID, syscall.SIGKILL)
-		}
-	}
-	for i := 0; i < 100 && anyAlive(procs); i++ {
-		time.Sleep(20 * time.Millisecond)
-	}
+	procutil.Stop(term, all, grace)
 }
 
-func anyAlive(procs []Proc) bool {
-	for _, p := range procs {
-		if alive(p.PID) {
-			return true
-		}
-	}
-	return false
-}
-
-// alive: the process exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
-	}
-	return true
-}
+func alive(pid int) bool { return procutil.Alive(pid) }

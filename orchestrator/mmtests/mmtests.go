@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"ldtlab/internal/cmdline"
 	"ldtlab/orchestrator/lab"
 )
 
@@ -215,9 +216,7 @@ func CompareKernels(ctx context.Context, o lab.Options, tests []string, perTest 
 		vo := o
 		vo.Vanilla = name == "vanilla"
 		vo.Name = o.Name + "-" + name
-		if !strings.Contains(vo.Cmdline, "numa=fake") {
-			vo.Cmdline = strings.TrimSpace(vo.Cmdline + " numa=fake=2") // for migration
-		}
+		vo.Cmdline = cmdline.FakeNUMA(vo.Cmdline, 2) // for migration
 		m, err := lab.Boot(ctx, vo)
 		if err != nil {
 			return nil, fmt.Errorf("booting the %s kernel: %w", name, err)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"ldtlab/guest/bench"
+	"ldtlab/internal/lines"
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
@@ -155,7 +156,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return res, fmt.Errorf("figure %s: %w", fig, err)
 		}
 		if out.Code != 0 {
-			return res, fmt.Errorf("figure %s: ldt-bench exited %d: %s", fig, out.Code, lastLines(out.Stderr, 5))
+			return res, fmt.Errorf("figure %s: ldt-bench exited %d: %s", fig, out.Code, strings.ReplaceAll(lines.Last(strings.TrimSpace(string(out.Stderr)), 5), "\n", " | "))
 		}
 		var dst any
 		switch fig {
@@ -194,14 +195,6 @@ func lastJSON(b []byte) []byte {
 		return b
 	}
 	return bytes.TrimSpace(all[len(all)-1])
-}
-
-func lastLines(b []byte, n int) string {
-	l := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, " | ")
 }
 
 // HostCPU is the host's CPU model name.

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+
+	"ldtlab/internal/lines"
 )
 
 // Package is one Debian package and why the lab needs it.
@@ -95,7 +97,7 @@ func Ensure(log io.Writer) error {
 		var buf bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &buf, &buf
 		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("%s: %v\n%s", strings.Join(args, " "), err, tailLines(buf.String(), 20))
+			return fmt.Errorf("%s: %v\n%s", strings.Join(args, " "), err, lines.Last(buf.String(), 20))
 		}
 		return nil
 	}
@@ -123,12 +125,4 @@ func names(ps []Package) string {
 		n = append(n, p.Name)
 	}
 	return strings.Join(n, " ")
-}
-
-func tailLines(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }

@@ -77,9 +77,3 @@ func TestNames(t *testing.T) {
 	assert.Equal(t, "a b c", names([]Package{{Name: "a"}, {Name: "b"}, {Name: "c"}}))
 	assert.Equal(t, len(Required)-1, strings.Count(names(Required), " "))
 }
-
-func TestTailLines(t *testing.T) {
-	assert.Equal(t, "c\nd", tailLines("a\nb\nc\nd\n", 2))
-	assert.Equal(t, "a\nb", tailLines("a\nb\n", 20))
-	assert.Equal(t, "", tailLines("", 3))
-}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"ldtlab/images/cache"
+	"ldtlab/internal/atomicfile"
 )
 
 // Kept occurrences of one crash: the first keepFirst and the last
@@ -94,7 +95,7 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return c, fmt.Errorf("recording crash %q: %w", o.Title, cache.Explain(d, err))
 		}
-		if err := syncDir(s.dir); err != nil {
+		if err := atomicfile.SyncDir(s.dir); err != nil {
 			return c, err
 		}
 		c = Crash{Title: o.Title, Type: o.Type, Kind: o.Kind, FirstSeen: o.At, FirstRound: o.Round, Seed: o.Seed,
@@ -194,12 +195,13 @@ func Crashes(dir string) ([]Crash, error) {
 	return out, nil
 }
 
-// writeAtomic: temp file, fsync, rename, fsync of the directory.
+// writeAtomic: temp file, fsync, rename, fsync of the directory
+// (internal/atomicfile, with the cache's "no space left on" wording).
 func writeAtomic(path string, b []byte) error {
 	if err := cache.WriteFileAtomic(path, b, 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return nil
 }
 
 // LabFailure is a failure of the lab, not the kernel: QEMU exited or was

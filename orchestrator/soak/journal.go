@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ldtlab/images/cache"
+	"ldtlab/internal/atomicfile"
 )
 
 // JournalName is the append-only record of a soak in its directory.
@@ -90,7 +91,7 @@ func OpenJournal(dir string) (*Journal, error) {
 	}
 	if os.IsNotExist(statErr) {
 		// A new file's name must survive a crash too.
-		if err := syncDir(dir); err != nil {
+		if err := atomicfile.SyncDir(dir); err != nil {
 			f.Close()
 			lf.Close()
 			return nil, err
@@ -200,18 +201,6 @@ func isTornTail(lines [][]byte, i int) bool {
 		}
 	}
 	return true
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 func readSmall(path string) string {

@@ -178,7 +178,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	// The QEMUs of this soak are named after its directory (the leak check
 	// of the tests and --resume find them by it).
 	if s.O.MemoryMiB == 0 {
-		s.O.MemoryMiB = 768
+		s.O.MemoryMiB = 768 // check.GuestDefaults' size: room for pressure
 	}
 	if s.O.VMs <= 0 {
 		s.O.VMs = DefaultVMs(s.O.MemoryMiB)

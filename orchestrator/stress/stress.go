@@ -22,7 +22,8 @@ type Options struct {
 	Trackers []string      // default: ldt, pagemap-scan, naive
 	Duration time.Duration // per tracker and page size
 	Pages    int
-	THP      bool // run ldt a second time with transparent huge pages
+	THP      bool   // run ldt a second time with transparent huge pages
+	MTHP     string // an anonymous mTHP size enabled for every run ("64kB"); "" = none
 	Seed     uint64
 }
 
@@ -122,7 +123,11 @@ func Job(ctx context.Context, g Guest, o Options, log io.Writer) ([]Run, error) 
 
 // Command is the guest command of one run.
 func Command(tracker string, thp bool, o Options) string {
-	return fmt.Sprintf("ldt-stress -tracker %s -pages %d -duration %s -seed %d -thp=%v", tracker, o.Pages, o.Duration, o.Seed, thp)
+	cmd := fmt.Sprintf("ldt-stress -tracker %s -pages %d -duration %s -seed %d -thp=%v", tracker, o.Pages, o.Duration, o.Seed, thp)
+	if o.MTHP != "" {
+		cmd += " -mthp " + o.MTHP
+	}
+	return cmd
 }
 
 // RunOne runs ldt-stress once under tracker and judges it, kernel reports

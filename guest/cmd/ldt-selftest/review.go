@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/ldt"
+	"ldtlab/guest/pagemap"
 )
 
 var reviewChecks = []check{
@@ -58,63 +59,59 @@ func uffdIoctl(fd int, req uintptr, arg unsafe.Pointer) error {
 // (MADV_FREE cleaned them after the write) or a swap entry's bit.
 func checkUffdMove() error {
 	const n = 6 // p0-1 MADV_FREE'd, p2-3 Dirty, p4-5 paged out
-	f, src, err := selfAttached(n)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	defer src.close()
-	dst, err := newMapping(n)
-	if err != nil {
-		return err
-	}
-	defer dst.close()
-
-	fd, _, e := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK|uffdUserModeOnly, 0, 0)
-	if e != 0 {
-		return fmt.Errorf("userfaultfd: %w", e)
-	}
-	defer unix.Close(int(fd))
-	api := [3]uint64{uffdAPI, uffdFeatureMove, 0}
-	if err := uffdIoctl(int(fd), iocUffdioAPI, unsafe.Pointer(&api)); err != nil {
-		return fmt.Errorf("UFFDIO_API with UFFD_FEATURE_MOVE: %w", err)
-	}
-	reg := [4]uint64{uint64(dst.base), uint64(n * pg), uffdRegisterMissing, 0}
-	if err := uffdIoctl(int(fd), iocUffdioRegister, unsafe.Pointer(&reg)); err != nil {
-		return fmt.Errorf("UFFDIO_REGISTER: %w", err)
-	}
-
-	for p := range n {
-		src.mem[p*pg] = byte(0xa0 + p)
-	}
-	if _, err := f.CollectAll(src.base, src.end(), ldt.Clear); err != nil {
-		return fmt.Errorf("collect after the first writes: %w", err)
-	}
-	for p := range n { // written again: LDT-dirty from here on
-		src.mem[p*pg+1] = byte(0xb0 + p)
-	}
-	if err := unix.Madvise(src.mem[0:2*pg], unix.MADV_FREE); err != nil {
-		return fmt.Errorf("MADV_FREE: %w", err)
-	}
-	if err := unix.Madvise(src.mem[4*pg:6*pg], unix.MADV_PAGEOUT); err != nil {
-		return fmt.Errorf("MADV_PAGEOUT: %w", err)
-	}
-	mv := uffdioMove{Dst: uint64(dst.base), Src: uint64(src.base), Len: n * pg}
-	if err := uffdIoctl(int(fd), iocUffdioMove, unsafe.Pointer(&mv)); err != nil {
-		return fmt.Errorf("UFFDIO_MOVE: %w (moved %d bytes)", err, int64(mv.Move))
-	}
-	if err := expect(f, src.base, src.end(), ldt.Clear, nil, "source after the move"); err != nil {
-		return err
-	}
-	if err := expect(f, dst.base, dst.end(), ldt.Clear, pageRegions(uint64(dst.base), 0, n), "destination after the move"); err != nil {
-		return err
-	}
-	for p := 2; p < n; p++ { // p0-1 may be discarded: they are lazyfree
-		if got, want := dst.mem[p*pg+1], byte(0xb0+p); got != want {
-			return fmt.Errorf("destination page %d holds %#x, want %#x", p, got, want)
+	return withSelf(n, func(f *ldt.File, src *mapping) error {
+		dst, err := newMapping(n)
+		if err != nil {
+			return err
 		}
-	}
-	return nil
+		defer dst.close()
+
+		fd, _, e := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK|uffdUserModeOnly, 0, 0)
+		if e != 0 {
+			return fmt.Errorf("userfaultfd: %w", e)
+		}
+		defer unix.Close(int(fd))
+		api := [3]uint64{uffdAPI, uffdFeatureMove, 0}
+		if err := uffdIoctl(int(fd), iocUffdioAPI, unsafe.Pointer(&api)); err != nil {
+			return fmt.Errorf("UFFDIO_API with UFFD_FEATURE_MOVE: %w", err)
+		}
+		reg := [4]uint64{uint64(dst.base), uint64(n * pg), uffdRegisterMissing, 0}
+		if err := uffdIoctl(int(fd), iocUffdioRegister, unsafe.Pointer(&reg)); err != nil {
+			return fmt.Errorf("UFFDIO_REGISTER: %w", err)
+		}
+
+		for p := range n {
+			src.mem[p*pg] = byte(0xa0 + p)
+		}
+		if _, err := f.CollectAll(src.base, src.end(), ldt.Clear); err != nil {
+			return fmt.Errorf("collect after the first writes: %w", err)
+		}
+		for p := range n { // written again: LDT-dirty from here on
+			src.mem[p*pg+1] = byte(0xb0 + p)
+		}
+		if err := unix.Madvise(src.mem[0:2*pg], unix.MADV_FREE); err != nil {
+			return fmt.Errorf("MADV_FREE: %w", err)
+		}
+		if err := unix.Madvise(src.mem[4*pg:6*pg], unix.MADV_PAGEOUT); err != nil {
+			return fmt.Errorf("MADV_PAGEOUT: %w", err)
+		}
+		mv := uffdioMove{Dst: uint64(dst.base), Src: uint64(src.base), Len: n * pg}
+		if err := uffdIoctl(int(fd), iocUffdioMove, unsafe.Pointer(&mv)); err != nil {
+			return fmt.Errorf("UFFDIO_MOVE: %w (moved %d bytes)", err, int64(mv.Move))
+		}
+		if err := expect(f, src.base, src.end(), ldt.Clear, nil, "source after the move"); err != nil {
+			return err
+		}
+		if err := expect(f, dst.base, dst.end(), ldt.Clear, pageRegions(uint64(dst.base), 0, n), "destination after the move"); err != nil {
+			return err
+		}
+		for p := 2; p < n; p++ { // p0-1 may be discarded: they are lazyfree
+			if got, want := dst.mem[p*pg+1], byte(0xb0+p); got != want {
+				return fmt.Errorf("destination page %d holds %#x, want %#x", p, got, want)
+			}
+		}
+		return nil
+	})
 }
 
 // vecWithRoomFor maps room for exactly that many regions, followed by an
@@ -152,117 +149,94 @@ func reportedPages(m *mapping, rs []ldt.Region) map[int]bool {
 // next good collection.
 func checkEfaultPartialVec() error {
 	const regions = 1024
-	f, m, err := selfAttached(2 * regions)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	defer m.close()
-	vec, unmap, err := vecWithRoomFor(256)
-	if err != nil {
-		return err
-	}
-	defer unmap()
-	for p := 0; p < 2*regions; p += 2 {
-		m.write(p)
-	}
-	arg := ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
-		End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: regions}
-	got, err := f.CollectRaw(&arg)
-	var first []ldt.Region
-	switch {
-	case errors.Is(err, unix.EFAULT):
-		info("vec fault: EFAULT")
-	case err != nil:
-		return fmt.Errorf("collect into a short vec: %w", err)
-	case got > 256:
-		return fmt.Errorf("collect into a vec of 256 regions returned %d", got)
-	default:
-		info("vec fault: short count %d, walk_end %#x", got, arg.WalkEnd)
-		first = unsafe.Slice((*ldt.Region)(unsafe.Pointer(&vec[0])), got)
-		if got > 0 && arg.WalkEnd < first[got-1].End {
-			return fmt.Errorf("short count %d but walk_end %#x is before the last region returned", got, arg.WalkEnd)
+	return withSelf(2*regions, func(f *ldt.File, m *mapping) error {
+		vec, unmap, err := vecWithRoomFor(256)
+		if err != nil {
+			return err
 		}
-	}
-	rest, err := f.CollectAll(m.base, m.end(), ldt.Clear)
-	if err != nil {
-		return fmt.Errorf("good collection after the fault: %w", err)
-	}
-	seen := reportedPages(m, append(append([]ldt.Region{}, first...), rest...))
-	var lost []int
-	for p := 0; p < 2*regions; p += 2 {
-		if !seen[p] {
-			lost = append(lost, p)
+		defer unmap()
+		for p := 0; p < 2*regions; p += 2 {
+			m.write(p)
 		}
-	}
-	if len(lost) > 0 {
-		return fmt.Errorf("%d of %d written pages never reported after the fault (first: page %d)", len(lost), regions, lost[0])
-	}
-	return nil
+		arg := ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
+			End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: regions}
+		got, err := f.CollectRaw(&arg)
+		var first []ldt.Region
+		switch {
+		case errors.Is(err, unix.EFAULT):
+			info("vec fault: EFAULT")
+		case err != nil:
+			return fmt.Errorf("collect into a short vec: %w", err)
+		case got > 256:
+			return fmt.Errorf("collect into a vec of 256 regions returned %d", got)
+		default:
+			info("vec fault: short count %d, walk_end %#x", got, arg.WalkEnd)
+			first = unsafe.Slice((*ldt.Region)(unsafe.Pointer(&vec[0])), got)
+			if got > 0 && arg.WalkEnd < first[got-1].End {
+				return fmt.Errorf("short count %d but walk_end %#x is before the last region returned", got, arg.WalkEnd)
+			}
+		}
+		rest, err := f.CollectAll(m.base, m.end(), ldt.Clear)
+		if err != nil {
+			return fmt.Errorf("good collection after the fault: %w", err)
+		}
+		seen := reportedPages(m, append(append([]ldt.Region{}, first...), rest...))
+		var lost []int
+		for p := 0; p < 2*regions; p += 2 {
+			if !seen[p] {
+				lost = append(lost, p)
+			}
+		}
+		if len(lost) > 0 {
+			return fmt.Errorf("%d of %d written pages never reported after the fault (first: page %d)", len(lost), regions, lost[0])
+		}
+		return nil
+	})
 }
 
 // checkEfaultReadonlyArg: struct ldt_collect in a read-only page, so the
 // kernel cannot write walk_end back. It must fail without clearing.
 func checkEfaultReadonlyArg() error {
 	const n = 64
-	f, m, err := selfAttached(n)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	defer m.close()
-	page, err := unix.Mmap(-1, 0, pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		return err
-	}
-	defer unix.Munmap(page)
-	vec := make([]ldt.Region, n)
-	arg := (*ldt.CollectArg)(unsafe.Pointer(&page[0]))
-	*arg = ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
-		End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: n}
-	if err := unix.Mprotect(page, unix.PROT_READ); err != nil {
-		return err
-	}
-	for p := range n {
-		m.write(p)
-	}
-	_, err = f.CollectRaw(arg)
-	if err := wantErrno(err, unix.EFAULT, "collect with a read-only argument"); err != nil {
-		return err
-	}
-	return expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "after the EFAULT")
+	return withSelf(n, func(f *ldt.File, m *mapping) error {
+		page, err := unix.Mmap(-1, 0, pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return err
+		}
+		defer unix.Munmap(page)
+		vec := make([]ldt.Region, n)
+		arg := (*ldt.CollectArg)(unsafe.Pointer(&page[0]))
+		*arg = ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
+			End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: n}
+		if err := unix.Mprotect(page, unix.PROT_READ); err != nil {
+			return err
+		}
+		for p := range n {
+			m.write(p)
+		}
+		_, err = f.CollectRaw(arg)
+		if err := wantErrno(err, unix.EFAULT, "collect with a read-only argument"); err != nil {
+			return err
+		}
+		return expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "after the EFAULT")
+	})
 }
 
 // kpageflags of the page mapped at addr (needs root): the folio structure.
 func pageFlags(addr uintptr) (pfn, flags uint64, err error) {
-	pm, err := os.Open("/proc/self/pagemap")
+	e, flags, err := pagemap.Self(addr)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer pm.Close()
-	var b [8]byte
-	if _, err := pm.ReadAt(b[:], int64(addr/pg)*8); err != nil {
-		return 0, 0, fmt.Errorf("pagemap: %w", err)
-	}
-	e := *(*uint64)(unsafe.Pointer(&b[0]))
-	if e&(1<<63) == 0 {
+	if !e.Present() {
 		return 0, 0, fmt.Errorf("page %#x not present", addr)
 	}
-	pfn = e & (1<<55 - 1)
-	kf, err := os.Open("/proc/kpageflags")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer kf.Close()
-	if _, err := kf.ReadAt(b[:], int64(pfn)*8); err != nil {
-		return 0, 0, fmt.Errorf("kpageflags: %w", err)
-	}
-	return pfn, *(*uint64)(unsafe.Pointer(&b[0])), nil
+	return e.PFN(), flags, nil
 }
 
 // largeFolio says whether the n pages at addr are one large folio.
 func largeFolio(addr uintptr, n int) (bool, error) {
-	const head, tail = 1 << 15, 1 << 16 // KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL
+	const head, tail = pagemap.KPFCompoundHead, pagemap.KPFCompoundTail
 	pfn0, f0, err := pageFlags(addr)
 	if err != nil {
 		return false, err

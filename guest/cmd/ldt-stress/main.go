@@ -24,6 +24,7 @@ func main() {
 	flag.DurationVar(&o.Interval, "interval", 2*time.Millisecond, "pause between collections")
 	flag.Uint64Var(&o.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
 	flag.BoolVar(&o.THP, "thp", false, "let the working set use transparent huge pages")
+	flag.StringVar(&o.MTHP, "mthp", "", "enable this anonymous mTHP size for the run (16kB, 32kB, 64kB, ...; see /sys/kernel/mm/transparent_hugepage)")
 	flag.StringVar(&ags, "agitators", "", "comma-separated agitators, or none (default: every one available); -list shows them")
 	list := flag.Bool("list", false, "list the agitators and exit")
 	flag.Parse()

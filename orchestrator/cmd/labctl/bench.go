@@ -196,13 +196,10 @@ func bench(ctx context.Context, o lab.Options, n int, out, suite, checkSecs stri
 // judged by their times; insane samples or kernel reports fail the run.
 func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo string, quick bool, out string) error {
 	o := g.options(repo, "paper")
-	// The guest flags' defaults are the debug lab's; unless given, let the
-	// paper package choose (perf kernel, 2 GiB, no swap).
+	// The --config default is the debug lab's; unless given, let the
+	// paper package choose (perf kernel; 2 GiB and no swap unless given).
 	if !set["config"] {
 		o.Config = ""
-	}
-	if !set["mem"] {
-		o.MemoryMiB = 0
 	}
 	if out == "" {
 		out = filepath.Join(repo, "docs", "paper")

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"ldtlab/images/cache"
@@ -21,10 +22,10 @@ type guestFlags struct {
 	config  string
 	vanilla bool
 	accel   string
-	mem     int
+	mem     int // 0: the verb's default
 	cpus    int
 	cmdline string
-	swap    int
+	swap    optionalMiB
 	noBuild bool
 	redis   bool
 }
@@ -33,10 +34,10 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.config, "config", "debug", "kernel configuration: debug (assertions on), perf (no debug options) or sanitize (debug plus KASAN, KFENCE, UBSAN, lockdep, kmemleak)")
 	fs.BoolVar(&g.vanilla, "vanilla", false, "use the kernel built without kmod/patches (A/B comparisons)")
 	fs.StringVar(&g.accel, "accel", "auto", "accelerator: auto, kvm or tcg (auto uses KVM only where hardware virtualization works)")
-	fs.IntVar(&g.mem, "mem", 1024, "guest memory in MiB")
+	fs.IntVar(&g.mem, "mem", 0, "guest memory in MiB (0 = the verb's default: 1024; 768 for check and stress; 2048 for bench paper)")
 	fs.IntVar(&g.cpus, "cpus", 2, "guest vCPUs")
 	fs.StringVar(&g.cmdline, "cmdline", "", "extra kernel command line (e.g. numa=fake=2)")
-	fs.IntVar(&g.swap, "swap", 512, "disk-backed swap device in MiB (0 = none; zram is always set up)")
+	fs.Var(&g.swap, "swap", "disk-backed swap device in `MiB` (0 = none; zram is always set up); default: the verb's, 512 (1024 for check and stress, none for bench paper)")
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
 	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as `labctl check` does)")
 }
@@ -45,18 +46,54 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 // the default (0) or handing QEMU a negative size.
 func (g *guestFlags) validate() error {
 	switch {
-	case g.mem < 128:
-		return fmt.Errorf("--mem %d: the guest needs at least 128 MiB (default 1024)", g.mem)
+	case g.mem != 0 && g.mem < 128:
+		return fmt.Errorf("--mem %d: the guest needs at least 128 MiB (0 = the verb's default)", g.mem)
 	case g.mem > 1<<20:
 		return fmt.Errorf("--mem %d: more than 1 TiB of guest memory is surely a typo", g.mem)
 	case g.cpus < 1:
 		return fmt.Errorf("--cpus %d: a guest needs at least 1 vCPU (default 2)", g.cpus)
 	case g.cpus > 255:
 		return fmt.Errorf("--cpus %d: QEMU's pc machine takes at most 255 vCPUs", g.cpus)
-	case g.swap < 0:
-		return fmt.Errorf("--swap %d: the swap disk size cannot be negative (0 = no swap disk)", g.swap)
+	case g.swap.set && g.swap.v < 0:
+		return fmt.Errorf("--swap %d: the swap disk size cannot be negative (0 = no swap disk)", g.swap.v)
 	}
 	return nil
+}
+
+// optionalMiB is a size flag that knows whether it was given: a value
+// that is not given leaves the choice to the verb, so no size (not even
+// the default one) stands for "unset".
+type optionalMiB struct {
+	v   int
+	set bool
+}
+
+func (o *optionalMiB) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.Itoa(o.v)
+}
+
+func (o *optionalMiB) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("not a whole number of MiB: %q", s)
+	}
+	o.v, o.set = n, true
+	return nil
+}
+
+// lab is the size as lab.Options.SwapMiB spells it: 0 = the default,
+// negative = none.
+func (o optionalMiB) lab() int {
+	switch {
+	case !o.set:
+		return 0
+	case o.v == 0:
+		return -1
+	}
+	return o.v
 }
 
 func (g *guestFlags) options(repo, name string) lab.Options {
@@ -66,10 +103,7 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 	}
 	o := lab.Options{
 		Repo: repo, Name: name, Config: g.config, Vanilla: g.vanilla, Accel: g.accel,
-		MemoryMiB: g.mem, CPUs: g.cpus, Cmdline: g.cmdline, SwapMiB: g.swap, NoBuild: g.noBuild,
-	}
-	if g.swap == 0 {
-		o.SwapMiB = -1
+		MemoryMiB: g.mem, CPUs: g.cpus, Cmdline: g.cmdline, SwapMiB: g.swap.lab(), NoBuild: g.noBuild,
 	}
 	if g.redis {
 		files, err := check.RedisFiles()

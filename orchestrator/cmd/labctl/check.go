@@ -51,9 +51,6 @@ func init() {
 			if f.smoke {
 				return smoke(ctx, o)
 			}
-			if g.mem == 1024 {
-				o.MemoryMiB = 0 // let the catalogue size the guest
-			}
 			co := check.Options{
 				Guest: o, Seed: f.seed, Epochs: f.epochs,
 				Scenarios: splitList(f.scenarios), Trackers: splitList(f.trackers),

@@ -1,13 +1,22 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"ldtlab/orchestrator/vm"
 )
@@ -58,10 +67,15 @@ func TestExitStatus(t *testing.T) {
 }
 
 func TestGuestFlagsValidate(t *testing.T) {
-	ok := guestFlags{mem: 1024, cpus: 2, swap: 512}
-	assert.NoError(t, ok.validate())
+	ok := guestFlags{cpus: 2}
+	assert.NoError(t, ok.validate(), "--mem and --swap unset")
+	for _, mem := range []int{128, 768, 1024, 4096} {
+		g := ok
+		g.mem = mem
+		assert.NoError(t, g.validate(), "--mem %d can be asked for", mem)
+	}
 	zeroSwap := ok
-	zeroSwap.swap = 0
+	require.NoError(t, zeroSwap.swap.Set("0"))
 	assert.NoError(t, zeroSwap.validate(), "--swap 0 means no swap disk")
 	cases := []struct {
 		name string
@@ -71,13 +85,70 @@ func TestGuestFlagsValidate(t *testing.T) {
 		{"--cpus 0", func(g *guestFlags) { g.cpus = 0 }, "--cpus 0: a guest needs at least 1 vCPU"},
 		{"--cpus -1", func(g *guestFlags) { g.cpus = -1 }, "--cpus -1"},
 		{"--cpus 1000", func(g *guestFlags) { g.cpus = 1000 }, "at most 255"},
-		{"--mem 0", func(g *guestFlags) { g.mem = 0 }, "--mem 0: the guest needs at least 128 MiB"},
+		{"--mem 64", func(g *guestFlags) { g.mem = 64 }, "--mem 64: the guest needs at least 128 MiB"},
 		{"--mem -5", func(g *guestFlags) { g.mem = -5 }, "--mem -5"},
-		{"--swap -5", func(g *guestFlags) { g.swap = -5 }, "--swap -5: the swap disk size cannot be negative"},
+		{"--swap -5", func(g *guestFlags) { g.swap = optionalMiB{-5, true} }, "--swap -5: the swap disk size cannot be negative"},
 	}
 	for _, c := range cases {
 		g := ok
 		c.mod(&g)
 		assert.ErrorContains(t, g.validate(), c.want, c.name)
 	}
+}
+
+// TestGuestFlagsOptions: a flag that is not given leaves the size to the
+// verb (0 in lab.Options); every size that is given reaches the guest,
+// 1024 MiB included.
+func TestGuestFlagsOptions(t *testing.T) {
+	cases := []struct {
+		args      []string
+		mem, swap int
+	}{
+		{nil, 0, 0},
+		{[]string{"-mem", "1024"}, 1024, 0},
+		{[]string{"-mem", "768", "-swap", "512"}, 768, 512},
+		{[]string{"-swap", "0"}, 0, -1},
+		{[]string{"-swap", "1024"}, 0, 1024},
+	}
+	for _, c := range cases {
+		var g guestFlags
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		g.register(fs)
+		require.NoError(t, fs.Parse(c.args))
+		o := g.options("/repo", "x")
+		assert.Equal(t, c.mem, o.MemoryMiB, "%v", c.args)
+		assert.Equal(t, c.swap, o.SwapMiB, "%v", c.args)
+	}
+	var g guestFlags
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	g.register(fs)
+	assert.ErrorContains(t, fs.Parse([]string{"-swap", "lots"}), "not a whole number")
+}
+
+// TestProxyKeepsOutputAfterStdinEOF: a server that answers only once its
+// input has ended (as a guest answering the last request) is heard out.
+func TestProxyKeepsOutputAfterStdinEOF(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		req, _ := io.ReadAll(c) // until the proxy's half-close
+		time.Sleep(100 * time.Millisecond)
+		c.Write(append([]byte("answer to "), req...))
+	}()
+	conn, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	defer conn.Close()
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	proxy(ctx, conn.(*net.UnixConn), strings.NewReader("request"), &out)
+	assert.Equal(t, "answer to request", out.String())
 }

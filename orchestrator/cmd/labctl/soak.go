@@ -29,7 +29,7 @@ func init() {
 		args: "| soak --resume DIR | soak report DIR | soak status DIR",
 		summary: "the overnight job: random rounds of scenarios, stress, checkpoint oracle and selftests on N reused guests until --for; " +
 			"crashes filed by title under DIR/crashes, a journal that survives kill -9 (--resume), and a report. " +
-			"Guests have 768 MiB unless --mem says otherwise.",
+			"Guests have 768 MiB unless --mem says otherwise (as for check).",
 		setup: func(fs *flag.FlagSet) {
 			g.register(fs)
 			fs.DurationVar(&f.dur, "for", 8*time.Hour, "how long to soak (on --resume: the whole soak's new length; 0 keeps the recorded one)")
@@ -75,10 +75,7 @@ func init() {
 			if err != nil {
 				return usageError{err}
 			}
-			mem := g.mem
-			if !flagSet(fs, "mem") {
-				mem = 768
-			}
+			mem := g.mem // 0: 768 (check.GuestDefaults)
 			so := soak.Options{For: f.dur, VMs: f.vms, Config: g.config, Accel: g.accel, MemoryMiB: mem, Seed: f.seed,
 				Light: f.light, Inject: injs, Trackers: splitList(f.trackers), Rounds: f.rounds, Only: f.round}
 			dir := f.out

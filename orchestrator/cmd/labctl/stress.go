@@ -44,9 +44,6 @@ func init() {
 				return err
 			}
 			o := g.options(repo, "stress")
-			if g.mem == 1024 {
-				o.MemoryMiB = 0
-			}
 			check.GuestDefaults(&o)
 			o.Name = "stress"
 			m, err := lab.Boot(ctx, o)

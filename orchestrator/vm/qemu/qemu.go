@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"ldtlab/images/cache"
+	"ldtlab/internal/procutil"
+	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/qmp"
 	"ldtlab/orchestrator/vm"
@@ -193,7 +195,7 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	// we can kill its whole group), and death with our thread.
 	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmdlinePath := filepath.Join(cfg.Dir, "qemu.cmdline")
-	if werr := os.WriteFile(cmdlinePath, []byte(shellQuote(in.argv)+"\n"), 0o600); werr != nil {
+	if werr := os.WriteFile(cmdlinePath, []byte(shquote.Join(in.argv)+"\n"), 0o600); werr != nil {
 		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: cache.Explain(cmdlinePath, werr)}
 	}
 	if err := in.cmd.Start(); err != nil {
@@ -397,17 +399,11 @@ func (in *instance) Close() error {
 			in.mon.Run(ctx, "quit", nil)
 			cancel()
 		}
-		pid := in.cmd.Process.Pid
 		select {
 		case <-in.done:
 		case <-time.After(grace):
-			syscall.Kill(-pid, syscall.SIGTERM)
-			select {
-			case <-in.done:
-			case <-time.After(grace):
-				syscall.Kill(-pid, syscall.SIGKILL)
-				<-in.done
-			}
+			// Its whole process group.
+			procutil.Terminate(-in.cmd.Process.Pid, grace, in.done)
 		}
 	}
 	if in.mon != nil {
@@ -450,16 +446,4 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
-}
-
-func shellQuote(argv []string) string {
-	var out []string
-	for _, a := range argv {
-		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`;&|<>()*?[]{}!#~") {
-			out = append(out, a)
-			continue
-		}
-		out = append(out, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
-	}
-	return strings.Join(out, " ")
 }

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/vm"
+)
+
+// The down verb powers guests off and removes their directories.
+func init() {
+	register(&command{
+		name:    "down",
+		args:    "NAME...",
+		summary: "power a guest off (ACPI, then kill) and remove its directory",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) == 0 {
+				fs.Usage()
+				return errors.New("name the VM(s) to stop")
+			}
+			for _, n := range args {
+				if err := cmdDown(n); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	})
+}
+
+func cmdDown(name string) error {
+	dir, err := lab.VMDir(name)
+	if err != nil {
+		return err
+	}
+	// Stop what really runs for this VM, whatever state.json says (it may
+	// be stale, or belong to a racing `up`).
+	procs := lab.Processes(name, dir)
+	if _, serr := os.Stat(dir); serr != nil && len(procs) == 0 {
+		return fmt.Errorf("no VM named %q (see `labctl ls`)", name)
+	}
+	if len(procs) > 0 {
+		// The supervisor powers the guest off (ACPI) within its scaled
+		// shutdown timeout; anything left after that is killed.
+		lab.Stop(procs, 60*time.Second)
+	}
+	if left := lab.Processes(name, dir); len(left) > 0 {
+		return &vm.InfraError{Op: "stopping " + name, Err: fmt.Errorf("processes still running after SIGKILL: %v", left)}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return &vm.InfraError{Op: "removing " + dir, Err: err}
+	}
+	fmt.Printf("%s is down\n", name)
+	return nil
+}

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"ldtlab/orchestrator/lab"
+)
+
+// The ls verb lists the guests under the state directory.
+func init() {
+	register(&command{
+		name:    "ls",
+		summary: "list guests and their status",
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			names, err := lab.List()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATUS\tKERNEL\tVARIANT\tACCEL\tUP\tDIR")
+			for _, n := range names {
+				dir, _ := lab.VMDir(n)
+				st, err := lab.ReadState(dir)
+				if err != nil {
+					fmt.Fprintf(tw, "%s\tunknown\t-\t-\t-\t-\t%s\n", n, dir)
+					continue
+				}
+				status := st.Status
+				if !st.Alive() && (status == lab.StatusRunning || status == lab.StatusBooting) {
+					status = "dead"
+				}
+				upFor := "-"
+				if st.Alive() {
+					upFor = time.Since(st.Started).Round(time.Second).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n, status, dash(st.Kernel), dash(st.KernelVariant), dash(st.Accel), upFor, dir)
+			}
+			return tw.Flush()
+		},
+	})
+}

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"context"
+	"flag"
+
+	"ldtlab/orchestrator/lab"
+)
+
+// The supervise verb is the hidden verb `labctl up` starts: the process that owns one VM.
+func init() {
+	var sup guestFlags
+	var supDir, supGDB string
+	register(&command{
+		name:    "supervise",
+		args:    "NAME",
+		summary: "(internal) the background process that owns one VM",
+		hidden:  true,
+		setup: func(fs *flag.FlagSet) {
+			sup.register(fs)
+			fs.StringVar(&supDir, "dir", "", "VM directory")
+			fs.StringVar(&supGDB, "gdb", "", "gdbstub address, host:port (loopback)")
+		},
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			repo, err := repoRoot()
+			if err != nil {
+				return err
+			}
+			o := sup.options(repo, args[0])
+			o.Dir, o.GDB, o.NoBuild = supDir, supGDB, true
+			return lab.Supervise(context.Background(), o)
+		},
+	})
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"ldtlab/images/cache"
+	"ldtlab/internal/lines"
+	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/vm"
+)
+
+// The up verb boots a guest in the background: a supervisor process owns it.
+func init() {
+	var up guestFlags
+	var upGDB bool
+	register(&command{
+		name:    "up",
+		args:    "NAME",
+		summary: "boot a guest in the background (state in its own directory)",
+		setup: func(fs *flag.FlagSet) {
+			up.register(fs)
+			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub on 127.0.0.1 and print the gdb command line")
+		},
+		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
+			if len(args) != 1 {
+				fs.Usage()
+				return errors.New("need exactly one VM name")
+			}
+			return cmdUp(ctx, &up, upGDB, args[0])
+		},
+	})
+}
+
+func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
+	dir, err := lab.VMDir(name)
+	if err != nil {
+		return err
+	}
+	if err := g.validate(); err != nil {
+		return usageError{err}
+	}
+	// Creating a VM is atomic: whoever holds this lock boots it, anyone
+	// else is told it is already booting. It is held until the guest is
+	// up or has failed.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return &vm.InfraError{Op: "creating the state directory", Err: cache.Explain(filepath.Dir(dir), err)}
+	}
+	unlock, err := cache.TryLock(filepath.Join(filepath.Dir(dir), "."+name+".lock"))
+	if errors.Is(err, cache.ErrLocked) {
+		return fmt.Errorf("VM %q is already booting: another `labctl up %s` is starting it", name, name)
+	}
+	if err != nil {
+		return &vm.InfraError{Op: "locking VM " + name, Err: err}
+	}
+	defer unlock()
+	if _, err := os.Stat(dir); err == nil {
+		st, _ := lab.ReadState(dir)
+		procs := lab.Processes(name, dir)
+		if len(procs) > 0 || (st != nil && st.Alive()) {
+			status := "running"
+			if st != nil {
+				status = st.Status
+			}
+			return fmt.Errorf("VM %q already exists (%s; stop it with `labctl down %s`)", name, status, name)
+		}
+		os.RemoveAll(dir) // leftovers of a dead VM
+	}
+	repo, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	o := g.options(repo, name)
+	// Build in the foreground, where progress and errors are visible.
+	if _, _, err := lab.Prepare(ctx, o); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("VM %q already exists (stop it with `labctl down %s`)", name, name)
+		}
+		return &vm.InfraError{Op: "creating the VM directory", Err: cache.Explain(dir, err)}
+	}
+	args := []string{"supervise", "-dir", dir, "-config", g.config, "-accel", g.accel,
+		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-cmdline", g.cmdline}
+	if g.swap.set {
+		args = append(args, "-swap", fmt.Sprint(g.swap.v))
+	}
+	if g.vanilla {
+		args = append(args, "-vanilla")
+	}
+	if g.redis {
+		args = append(args, "-redis")
+	}
+	gdbAddr := ""
+	if gdb {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		gdbAddr = fmt.Sprintf("127.0.0.1:%d", port) // host:port on the backend's host
+		args = append(args, "-gdb", gdbAddr)
+	}
+	args = append(args, name)
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return &vm.InfraError{Op: "creating the supervisor log", Err: cache.Explain(filepath.Join(dir, "supervisor.log"), err)}
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "LDTLAB_REPO="+repo)
+	// A session of its own: the supervisor outlives this command and the
+	// terminal's signals.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return &vm.InfraError{Op: "starting the supervisor", Err: err}
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	fmt.Fprintf(os.Stderr, "[lab] booting %s in the background (supervisor pid %d, log %s)\n", name, cmd.Process.Pid, logf.Name())
+	for {
+		st, err := lab.ReadState(dir)
+		if err == nil {
+			switch st.Status {
+			case lab.StatusRunning:
+				fmt.Printf("%s is up: kernel %s (%s), %s, booted in %.2fs\n", name, st.Kernel, st.KernelVariant, st.Accel, st.BootSeconds)
+				fmt.Printf("  labctl run %s -- uname -r\n  labctl shell %s\n  labctl down %s\n", name, name, name)
+				if gdbAddr != "" {
+					fmt.Printf("  gdb %s -ex 'target remote %s'\n", st.Vmlinux, gdbAddr)
+				}
+				return nil
+			case lab.StatusFailed:
+				e := fmt.Errorf("%s failed to boot: %s\n(console: %s; `labctl down %s` removes it)", name, st.Error, filepath.Join(dir, "console.log"), name)
+				if st.ErrorKind == "guest" {
+					return e
+				}
+				return &vm.InfraError{Op: "booting " + name, Err: e}
+			}
+		}
+		select {
+		case err := <-exited:
+			if st, serr := lab.ReadState(dir); serr == nil && st.Status == lab.StatusFailed {
+				continue // its failure is recorded: report that
+			}
+			b, _ := os.ReadFile(logf.Name())
+			return &vm.InfraError{Op: "booting " + name, Err: fmt.Errorf("its supervisor exited (%v%s) before the guest was up:\n%s", err, lab.DiskHint(dir), lines.Last(string(b), 30))}
+		case <-ctx.Done():
+			// Interrupted: stop what was started, leave no VM behind.
+			lab.Stop(lab.Processes(name, dir), 30*time.Second)
+			os.RemoveAll(dir)
+			return fmt.Errorf("booting %s: %w (stopped it)", name, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
