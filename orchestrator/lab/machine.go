@@ -52,7 +52,10 @@ type Options struct {
 	Mirror    io.Writer
 	Log       io.Writer // lab progress; nil = stderr
 	NoBuild   bool      // fail instead of building what is missing
-	Extra     []rootfs.File
+	// ConsoleMaxMiB rotates console.log past this size (console.log.1
+	// keeps the previous part); 0 = never. Long-lived guests (the soak).
+	ConsoleMaxMiB int
+	Extra         []rootfs.File
 }
 
 func (o *Options) defaults() {
@@ -242,6 +245,9 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	conPath := filepath.Join(m.Dir, "console.log")
 	if m.con, err = console.New(conPath, o.Mirror); err != nil {
 		return nil, &vm.InfraError{Op: "creating the console log", Err: cache.Explain(conPath, err)}
+	}
+	if o.ConsoleMaxMiB > 0 {
+		m.con.Rotate(int64(o.ConsoleMaxMiB) << 20)
 	}
 	m.stream = report.NewStream()
 	lines, _ := m.con.Subscribe()
