@@ -198,6 +198,10 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 		return nil, &vm.InfraError{Op: "choosing the accelerator", Err: err}
 	}
 	m.Timeouts = vm.Scaled(m.Accel.Kind)
+	if kb.Meta.Config == "sanitize" {
+		// KASAN, lockdep and kmemleak: several times slower everywhere.
+		m.Timeouts = m.Timeouts.Slower(4)
+	}
 	o.logf("accelerator: %s", m.Accel.Reason)
 	if o.Dir == "" {
 		sweepStale(ctx, backend)
