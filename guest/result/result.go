@@ -50,6 +50,31 @@ const (
 	Nothing   Expect = "nothing"    // passes like ldt
 )
 
+// Entry is one scenario of the catalogue as `ldt-check -list` gives it.
+type Entry struct {
+	Name     string            `json:"name"`
+	Paths    string            `json:"paths"`
+	Doc      string            `json:"doc"`
+	Naive    Expect            `json:"naive_expectation"`
+	Trackers []string          `json:"trackers"`
+	NotFor   map[string]string `json:"not_for,omitempty"`
+	Child    bool              `json:"child_process,omitempty"`
+}
+
+// Allows tells whether the scenario runs under tracker t; a mutant runs
+// wherever ldt does.
+func (e Entry) Allows(t string) bool {
+	if IsMutant(t) {
+		t = "ldt"
+	}
+	for _, x := range e.Trackers {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
 // Cell is one scenario under one tracker.
 type Cell struct {
 	// Guest side (ldt-check).

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
-	"slices"
 	"strings"
 	"time"
 
@@ -45,23 +44,7 @@ type Guest interface {
 }
 
 // Scenario is one entry of `ldt-check -list`.
-type Scenario struct {
-	Name     string            `json:"name"`
-	Paths    string            `json:"paths"`
-	Doc      string            `json:"doc"`
-	Naive    result.Expect     `json:"naive_expectation"`
-	Trackers []string          `json:"trackers"`
-	NotFor   map[string]string `json:"not_for,omitempty"`
-}
-
-// Allows tells whether the scenario runs under tracker t; a mutant runs
-// wherever ldt does.
-func (s Scenario) Allows(t string) bool {
-	if result.IsMutant(t) {
-		t = "ldt"
-	}
-	return slices.Contains(s.Trackers, t)
-}
+type Scenario = result.Entry
 
 // List asks the guest for the catalogue.
 func List(ctx context.Context, g Guest) ([]Scenario, error) {

@@ -31,6 +31,8 @@ type Capture struct {
 	subs     map[int]*sub
 	nextID   int
 	mirror   *asyncWriter
+	size     int64 // bytes in the current file
+	maxSize  int64 // rotate past this size (0: never)
 	lines    int64 // complete lines written
 	lastOut  time.Time
 	closed   bool
@@ -78,7 +80,12 @@ func (c *Capture) Write(p []byte) (int, error) {
 	}
 	if c.werr != nil {
 		c.keepUnwritten(p)
-	} else if n, err := c.file.Write(p); err != nil {
+	} else if n, err := c.file.Write(p); err == nil {
+		c.size += int64(n)
+		if c.maxSize > 0 && c.size > c.maxSize {
+			c.rotate()
+		}
+	} else {
 		if errors.Is(err, syscall.ENOSPC) {
 			err = fmt.Errorf("no space left on %s: console output from here on is kept in memory only", c.path)
 		} else {
@@ -229,6 +236,31 @@ func (c *Capture) keepUnwritten(p []byte) {
 	if len(c.unwritten) > maxUnwritten {
 		c.unwritten = append([]byte(nil), c.unwritten[len(c.unwritten)-maxUnwritten/2:]...)
 	}
+}
+
+// Rotate bounds the capture file: past max bytes it is renamed to
+// path.1 (replacing the previous one) and a new file begins, so a guest
+// that runs for hours keeps at most about 2×max bytes of console on disk.
+// Crash detection is not affected (it reads the live stream).
+func (c *Capture) Rotate(max int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxSize = max
+}
+
+func (c *Capture) rotate() {
+	old := c.path + ".1"
+	if err := os.Rename(c.path, old); err != nil {
+		return // keep writing where we are
+	}
+	f, err := os.OpenFile(c.path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		// Put it back: a full file beats none.
+		os.Rename(old, c.path)
+		return
+	}
+	c.file.Close()
+	c.file, c.size = f, 0
 }
 
 // Lines is how many complete lines were written so far.

@@ -411,3 +411,21 @@ func TestSlowMirrorNeverBlocks(t *testing.T) {
 	require.NoError(t, c.Close())
 	assert.Contains(t, bw.got.String(), "console mirror fell behind")
 }
+
+// A console that rotates keeps at most the current file and one old one.
+func TestRotateBoundsTheFile(t *testing.T) {
+	c := newCapture(t, nil)
+	c.Rotate(10 << 10)
+	line := strings.Repeat("z", 99) + "\n"
+	for i := 0; i < 1000; i++ { // 100 KiB
+		write(t, c, line)
+	}
+	cur, err := os.Stat(c.Path())
+	require.NoError(t, err)
+	old, err := os.Stat(c.Path() + ".1")
+	require.NoError(t, err)
+	assert.LessOrEqual(t, cur.Size(), int64(10<<10)+100)
+	assert.LessOrEqual(t, old.Size(), int64(10<<10)+100)
+	assert.EqualValues(t, 1000, c.Lines(), "every line still reached the subscribers' count")
+	assert.Equal(t, strings.TrimSuffix(line, "\n"), c.Tail(1))
+}

@@ -14,13 +14,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"regexp"
 	"runtime"
 	"strings"
 	"time"
 
 	"ldtlab/guest/bench"
 	"ldtlab/internal/lines"
+	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
@@ -187,15 +187,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return res, nil
 }
 
-var jsonLine = regexp.MustCompile(`(?m)^\{.*\}\s*$`)
-
-func lastJSON(b []byte) []byte {
-	all := jsonLine.FindAll(b, -1)
-	if len(all) == 0 {
-		return b
-	}
-	return bytes.TrimSpace(all[len(all)-1])
-}
+func lastJSON(b []byte) []byte { return cell.LastJSON(b) }
 
 // HostCPU is the host's CPU model name.
 func HostCPU() string {

@@ -50,8 +50,20 @@ func ScaleFor(k accel.Kind) float64 {
 }
 
 // Scaled returns the timeouts for an accelerator.
-func Scaled(k accel.Kind) Timeouts {
-	s := ScaleFor(k)
+func Scaled(k accel.Kind) Timeouts { return ScaledBy(ScaleFor(k)) }
+
+// Slower multiplies the guest-side timeouts by f for a kernel that runs
+// f times slower than the debug kernel (the sanitize kernel), unless an
+// override (LDTLAB_TIMEOUT_SCALE) fixed the scale.
+func (t Timeouts) Slower(f float64) Timeouts {
+	if _, err := strconv.ParseFloat(os.Getenv("LDTLAB_TIMEOUT_SCALE"), 64); err == nil {
+		return t
+	}
+	return ScaledBy(t.Scale * f)
+}
+
+// ScaledBy returns the base timeouts multiplied by s.
+func ScaledBy(s float64) Timeouts {
 	d := func(x time.Duration) time.Duration {
 		// A huge scale (to disable timeouts while debugging) must not
 		// overflow into a negative, instantly expired duration.

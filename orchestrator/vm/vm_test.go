@@ -233,3 +233,15 @@ func TestScaledHugeOverrideNotNegative(t *testing.T) {
 		})
 	}
 }
+
+func TestSlower(t *testing.T) {
+	t.Setenv("LDTLAB_TIMEOUT_SCALE", "")
+	tcg := Scaled(accel.TCG)
+	s := tcg.Slower(4)
+	assert.Equal(t, tcg.Boot*4, s.Boot)
+	assert.Equal(t, tcg.Command*4, s.Command)
+	assert.Equal(t, tcg.Grace, s.Grace, "the kill grace is the host's, not the guest's")
+	t.Setenv("LDTLAB_TIMEOUT_SCALE", "2")
+	fixed := Scaled(accel.TCG)
+	assert.Equal(t, fixed, fixed.Slower(4), "an explicit scale is final")
+}

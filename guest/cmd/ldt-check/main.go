@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"ldtlab/guest/checkpoint"
+	"ldtlab/guest/result"
 	"ldtlab/guest/scenario"
 	"ldtlab/guest/tracker"
 )
@@ -147,20 +148,10 @@ func printJSON(w io.Writer, v any) int {
 	return 0
 }
 
-type listEntry struct {
-	Name     string            `json:"name"`
-	Paths    string            `json:"paths"`
-	Doc      string            `json:"doc"`
-	Naive    scenario.Expect   `json:"naive_expectation"`
-	Trackers []string          `json:"trackers"`
-	NotFor   map[string]string `json:"not_for,omitempty"`
-	Child    bool              `json:"child_process,omitempty"`
-}
-
-func listing() []listEntry {
-	var out []listEntry
+func listing() []result.Entry {
+	var out []result.Entry
 	for _, s := range scenario.Catalogue() {
-		out = append(out, listEntry{Name: s.Name, Paths: s.Paths, Doc: s.Doc, Naive: s.Naive, Trackers: s.Trackers(), NotFor: s.NotFor, Child: s.Child != nil})
+		out = append(out, result.Entry{Name: s.Name, Paths: s.Paths, Doc: s.Doc, Naive: s.Naive, Trackers: s.Trackers(), NotFor: s.NotFor, Child: s.Child != nil})
 	}
 	return out
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"ldtlab/guest/result"
 )
 
 func TestUsage(t *testing.T) {
@@ -33,7 +35,7 @@ func TestUsage(t *testing.T) {
 func TestList(t *testing.T) {
 	var out, errb bytes.Buffer
 	require.Equal(t, 0, run([]string{"-list"}, &out, &errb))
-	var l []listEntry
+	var l []result.Entry
 	require.NoError(t, json.Unmarshal(out.Bytes(), &l))
 	assert.GreaterOrEqual(t, len(l), 15)
 	for _, e := range l {
