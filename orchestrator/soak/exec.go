@@ -95,7 +95,7 @@ func spec(s Step, cat []Scenario) (cell.Spec, error) {
 			return sp, fmt.Errorf("scenario %q is not in the catalogue", s.Scenario)
 		}
 	case "stress":
-		sp.Stress = stress.Options{Duration: s.Duration, Pages: s.Pages, Seed: s.Seed}
+		sp.Stress = stress.Options{Duration: s.Duration, Pages: s.Pages, Seed: s.Seed, MTHP: s.MTHP, Agitators: s.Agitators}
 	}
 	return sp, nil
 }

@@ -29,8 +29,11 @@ type Step struct {
 	Pages    int           `json:"pages,omitempty"`
 	Duration time.Duration `json:"duration,omitempty"`
 	THP      bool          `json:"thp,omitempty"`
-	Test     string        `json:"test,omitempty"` // selftest
-	Word     string        `json:"word,omitempty"` // inject: labtest trigger word
+	// MTHP and Agitators vary the stress run (drawn from its own seed).
+	MTHP      string   `json:"mthp,omitempty"`
+	Agitators []string `json:"agitators,omitempty"`
+	Test      string   `json:"test,omitempty"` // selftest
+	Word      string   `json:"word,omitempty"` // inject: labtest trigger word
 }
 
 // Name is the step's row in the report's scenario × tracker table.
@@ -58,7 +61,14 @@ func (s Step) String() string {
 	case "scenario":
 		return fmt.Sprintf("%s × %s seed %d epochs %d", s.Scenario, s.Tracker, s.Seed, s.Epochs)
 	case "stress":
-		return fmt.Sprintf("stress %s %d pages %s thp=%v seed %d", s.Tracker, s.Pages, s.Duration, s.THP, s.Seed)
+		x := ""
+		if s.MTHP != "" {
+			x += " mthp=" + s.MTHP
+		}
+		if s.Agitators != nil {
+			x += " agitators=" + strings.Join(s.Agitators, ",")
+		}
+		return fmt.Sprintf("stress %s %d pages %s thp=%v%s seed %d", s.Tracker, s.Pages, s.Duration, s.THP, x, s.Seed)
 	case "checkpoint":
 		return fmt.Sprintf("checkpoint %s %s seed %d", s.Target, s.Tracker, s.Seed)
 	case "selftest":
@@ -165,6 +175,8 @@ func PlanRound(seed uint64, cat []Scenario, mix Mix) []Step {
 		if mix.Light {
 			st.Duration = time.Duration(3+rng.IntN(3)) * time.Second
 			st.THP = false
+		} else {
+			varyStress(&st)
 		}
 		steps = append(steps, st)
 	}
@@ -241,4 +253,33 @@ func splitComma(s string) []string {
 		}
 	}
 	return out
+}
+
+// stressAgitators are the ldt-stress agitators a soak draws from (those
+// every lab guest has; numa-balancing needs a kernel built with it).
+var stressAgitators = []string{"madvfree", "pageout", "migrate", "uffd-wp", "thp-split", "gup-write", "procmem", "odirect", "memcg", "fork", "ksm"}
+
+// varyStress draws, from the run's own seed, half the time a random subset
+// of the agitators (a race may need fewer, faster ones) and a quarter of
+// the time an mTHP size for a run without PMD THP.
+func varyStress(st *Step) {
+	r := rand.New(rand.NewPCG(st.Seed, 0xa917))
+	if r.IntN(2) == 0 {
+		var pick []string
+		for _, a := range stressAgitators {
+			if (a == "uffd-wp" && st.Tracker == "pagemap-scan") || (a == "thp-split" && !st.THP) {
+				continue // unavailable for this run: ldt-stress refuses it by name
+			}
+			if r.IntN(2) == 0 {
+				pick = append(pick, a)
+			}
+		}
+		if len(pick) == 0 {
+			pick = []string{"madvfree"}
+		}
+		st.Agitators = pick
+	}
+	if !st.THP && r.IntN(4) == 0 {
+		st.MTHP = []string{"16kB", "32kB", "64kB", "128kB"}[r.IntN(4)]
+	}
 }

@@ -123,3 +123,32 @@ func TestKnownStressReport(t *testing.T) {
 	assert.Empty(t, knownStressReport("ldt", ptc), "nothing is excused for ldt")
 	assert.Empty(t, knownStressReport("pagemap-scan", Seen{Type: "warning", Title: "WARNING in x", Text: "x+0x1/0x2"}))
 }
+
+// Stress runs vary their agitators and mTHP size from their own seed,
+// never asking for one ldt-stress would refuse for that run.
+func TestPlanVariesStress(t *testing.T) {
+	subsets, mthp := 0, 0
+	for seed := uint64(1); seed <= 400; seed++ {
+		st := Step{Kind: "stress", Seed: seed, Tracker: []string{"ldt", "pagemap-scan", "naive"}[seed%3], THP: seed%5 == 0}
+		varyStress(&st)
+		again := Step{Kind: "stress", Seed: seed, Tracker: st.Tracker, THP: st.THP}
+		varyStress(&again)
+		require.Equal(t, st, again, "reproducible from the seed")
+		if st.Agitators != nil {
+			subsets++
+			assert.NotEmpty(t, st.Agitators)
+			if st.Tracker == "pagemap-scan" {
+				assert.NotContains(t, st.Agitators, "uffd-wp")
+			}
+			if !st.THP {
+				assert.NotContains(t, st.Agitators, "thp-split")
+			}
+		}
+		if st.MTHP != "" {
+			mthp++
+			assert.False(t, st.THP)
+		}
+	}
+	assert.InDelta(t, 200, subsets, 60)
+	assert.Greater(t, mthp, 40)
+}

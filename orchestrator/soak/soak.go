@@ -15,7 +15,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -47,28 +46,20 @@ type Options struct {
 	Only int `json:"only,omitempty"`
 }
 
-// DefaultVMs is what the machine allows: one guest per core (each has 2
-// vCPUs, and TCG is CPU-bound) and ~1.5 GiB of host memory per guest.
+// DefaultVMs is what the machine allows: one guest per core (TCG keeps a
+// host CPU busy per guest) and twice the guest's memory on the host per
+// guest, from the QEMU backend's capacity; at most 8.
 func DefaultVMs(memMiB int) int {
-	n := runtime.NumCPU()
-	if avail := availMiB(); avail > 0 {
-		n = min(n, avail/(memMiB*2))
-	}
-	return max(1, min(n, 8))
-}
-
-func availMiB() int {
-	b, err := os.ReadFile("/proc/meminfo")
+	b, err := vm.Open("qemu", vm.BackendConfig{})
 	if err != nil {
-		return 0
+		return 1
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		var kb int
-		if _, err := fmt.Sscanf(l, "MemAvailable: %d kB", &kb); err == nil {
-			return kb / 1024
-		}
+	defer b.Close()
+	c, err := b.Capacity()
+	if err != nil {
+		return 1
 	}
-	return 0
+	return min(c.VMs(1, memMiB*2), 8)
 }
 
 // CellRecord is one finished step in the journal.
@@ -192,6 +183,8 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	}
 	check.GuestDefaults(&s.Guest)
 	s.Guest.Log = s.logFile
+	// Guests live for hours: their console logs rotate.
+	s.Guest.ConsoleMaxMiB = 64
 	if !s.O.Light {
 		files, err := check.RedisFiles()
 		if err != nil {
@@ -670,7 +663,14 @@ func (s *Soak) repro(n int, st Step) string {
 		if st.THP && st.Tracker != "ldt" {
 			break // labctl stress runs THP for ldt only: replay the round
 		}
-		return fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", st.Tracker, st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
+		cmd := fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", st.Tracker, st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
+		if st.MTHP != "" {
+			cmd += " --mthp " + st.MTHP
+		}
+		if st.Agitators != nil {
+			cmd += " --agitators " + strings.Join(st.Agitators, ",")
+		}
+		return cmd
 	}
 	light := ""
 	if s.O.Light {

@@ -24,7 +24,10 @@ type Options struct {
 	Pages    int
 	THP      bool   // run ldt a second time with transparent huge pages
 	MTHP     string // an anonymous mTHP size enabled for every run ("64kB"); "" = none
-	Seed     uint64
+	// Agitators restricts the agitators (ldt-stress -list names them);
+	// nil = every one the guest and tracker allow.
+	Agitators []string
+	Seed      uint64
 }
 
 // Run is one tracker's run as ldt-stress reported it.
@@ -127,7 +130,22 @@ func Command(tracker string, thp bool, o Options) string {
 	if o.MTHP != "" {
 		cmd += " -mthp " + o.MTHP
 	}
+	if o.Agitators != nil {
+		a := strings.Join(o.Agitators, ",")
+		if a == "" {
+			a = "none"
+		}
+		cmd += " -agitators " + a
+	}
 	return cmd
+}
+
+// Limit is how long one run may take: the guest's own clock runs the
+// duration (slower under TCG and pressure), and populating, copying and
+// comparing the set costs time per page — a set beyond the guest's memory
+// goes through swap at every step (a soak measured 240k pages here).
+func Limit(o Options) time.Duration {
+	return 3*o.Duration + 2*time.Minute + time.Duration(o.Pages)*time.Millisecond
 }
 
 // RunOne runs ldt-stress once under tracker and judges it, kernel reports
@@ -142,7 +160,7 @@ func RunOne(ctx context.Context, g Guest, tracker string, thp bool, o Options, l
 	mark := g.ReportMark()
 	// The guest's own clock runs the duration; allow TCG's slowness on
 	// top for setup and the last epoch's comparison.
-	rctx, cancel := context.WithTimeout(ctx, 3*o.Duration+2*time.Minute)
+	rctx, cancel := context.WithTimeout(ctx, Limit(o))
 	res, err := g.Run(rctx, cmd)
 	cancel()
 	reps := g.ReportsSince(ctx, mark)

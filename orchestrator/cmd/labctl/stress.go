@@ -24,6 +24,7 @@ func init() {
 		dur               time.Duration
 		pages             int
 		thp               bool
+		mthp, agitators   string
 		seed              uint64
 	}
 	register(&command{
@@ -35,6 +36,8 @@ func init() {
 			fs.DurationVar(&f.dur, "for", 30*time.Second, "how long each tracker runs")
 			fs.IntVar(&f.pages, "pages", 16384, "working set in 4 KiB pages (the guest has --mem MiB; more than fits makes it swap)")
 			fs.BoolVar(&f.thp, "thp", true, "run ldt a second time with transparent huge pages")
+			fs.StringVar(&f.mthp, "mthp", "", "enable this anonymous mTHP size for every run (16kB, 32kB, 64kB, ...)")
+			fs.StringVar(&f.agitators, "agitators", "", "comma-separated agitators, or none (default: every one available; `ldt-stress -list` in a guest lists them)")
 			fs.Uint64Var(&f.seed, "seed", uint64(time.Now().Unix()), "random seed (printed; rerun with it)")
 			fs.StringVar(&f.jsonOut, "json", "", "write the runs here (default: stress-last.json in the state directory)")
 		},
@@ -54,6 +57,7 @@ func init() {
 			fmt.Printf("stress: %s kernel %s under %s, seed %d\n", o.KernelOptions().Variant(), m.Kernel.Meta.KernelRelease, m.Accel.Kind, f.seed)
 			runs, err := stress.Job(ctx, m, stress.Options{
 				Trackers: splitList(f.trackers), Duration: f.dur, Pages: f.pages, THP: f.thp, Seed: f.seed,
+				MTHP: f.mthp, Agitators: agitatorList(f.agitators),
 			}, os.Stdout)
 			out := f.jsonOut
 			if out == "" {
@@ -88,4 +92,15 @@ func init() {
 			return nil
 		},
 	})
+}
+
+// agitatorList: "" = the defaults (nil), "none" = none (empty).
+func agitatorList(s string) []string {
+	switch s {
+	case "":
+		return nil
+	case "none":
+		return []string{}
+	}
+	return splitList(s)
 }
