@@ -83,11 +83,24 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 }
 
 func init() {
+	var sf struct{ backend string }
 	register(&command{
 		name:    "setup",
 		summary: "install the Debian packages the lab needs (idempotent; fast when done)",
+		setup: func(fs *flag.FlagSet) {
+			fs.StringVar(&sf.backend, "backend", "qemu", "also prepare this VM backend: qemu (nothing more) or libvirt (libvirtd running here, listening on loopback only)")
+		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
-			return setup.Ensure(os.Stderr)
+			if err := setup.Ensure(os.Stderr); err != nil {
+				return err
+			}
+			switch sf.backend {
+			case "qemu":
+				return nil
+			case "libvirt":
+				return setup.Libvirt(os.Stderr)
+			}
+			return fmt.Errorf("setup: unknown backend %q (qemu or libvirt)", sf.backend)
 		},
 	})
 
