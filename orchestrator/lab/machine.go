@@ -25,7 +25,8 @@ import (
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/vm"
-	_ "ldtlab/orchestrator/vm/qemu" // the embedded default backend
+	_ "ldtlab/orchestrator/vm/libvirt" // --backend libvirt
+	_ "ldtlab/orchestrator/vm/qemu"    // the embedded default backend
 )
 
 // Options describe a guest to boot.

@@ -1,0 +1,342 @@
+package libvirt
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"ldtlab/orchestrator/accel"
+)
+
+// DefaultURI is the connection used when none is given.
+const DefaultURI = "qemu:///system"
+
+// Pool is the storage pool the lab keeps its volumes in, on every host:
+// artifacts named by content hash (uploaded once, reused by every VM) and
+// each VM's disks (deleted with the VM).
+const (
+	PoolName = "ldtlab"
+	PoolDir  = "/var/lib/libvirt/images/ldtlab"
+)
+
+// connect opens a go-libvirt connection to uri.
+func connect(ctx context.Context, uri string) (*golibvirt.Libvirt, *url.URL, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, nil, fmt.Errorf("libvirt URI %q: %w", uri, err)
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	d, err := dialerFor(u, timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	l := golibvirt.NewWithDialer(d)
+	if err := l.ConnectToURI(golibvirt.RemoteURI(u)); err != nil {
+		return nil, nil, fmt.Errorf("connecting to libvirtd at %s: %w (is libvirtd running? `labctl setup --backend libvirt` starts a local one)", u.Redacted(), err)
+	}
+	return l, u, nil
+}
+
+// isLocal says whether the URI reaches this machine's daemon, where the
+// lab's own accelerator probe applies.
+func isLocal(u *url.URL) bool {
+	h := u.Hostname()
+	return h == "" || h == "localhost" || h == "127.0.0.1" || h == "::1"
+}
+
+// resolveAccel turns an accelerator request ("auto", "kvm", "tcg") into a
+// choice for a libvirt host. kvmErr is what asking the host's domain
+// capabilities for the kvm domain type gave. On a local host the lab's
+// own probe (which also catches a PVM-only /dev/kvm that libvirt happily
+// reports as kvm) has the last word; a remote host's capabilities are
+// all there is to go by.
+func resolveAccel(want string, kvmErr error, local bool, probe func(want string) (accel.Choice, error)) (accel.Choice, error) {
+	if want == "" {
+		want = "auto"
+	}
+	if kvmErr != nil {
+		switch want {
+		case "kvm":
+			return accel.Choice{}, fmt.Errorf("kvm requested but libvirt's domain capabilities have no kvm domain type: %v", kvmErr)
+		case "auto", "tcg":
+			reason := "libvirt host has no kvm domain type"
+			if want == "tcg" {
+				reason = "requested"
+			}
+			return accel.Choice{Kind: accel.TCG, Reason: "tcg: " + reason}, nil
+		}
+		return accel.Choice{}, fmt.Errorf("unknown accelerator %q (auto, kvm or tcg)", want)
+	}
+	if local {
+		return probe(want)
+	}
+	switch want {
+	case "auto", "kvm":
+		return accel.Choice{Kind: accel.KVM, Reason: "kvm: remote libvirt host offers the kvm domain type"}, nil
+	case "tcg":
+		return accel.Choice{Kind: accel.TCG, Reason: "tcg: requested"}, nil
+	}
+	return accel.Choice{}, fmt.Errorf("unknown accelerator %q (auto, kvm or tcg)", want)
+}
+
+// domainType is the libvirt domain type for an accelerator.
+func domainType(k accel.Kind) (string, error) {
+	switch k {
+	case accel.KVM:
+		return "kvm", nil
+	case accel.TCG:
+		return "qemu", nil
+	}
+	return "", fmt.Errorf("accelerator %q has no libvirt domain type", k)
+}
+
+// kvmCaps asks the host whether it offers the kvm domain type.
+func kvmCaps(l *golibvirt.Libvirt) error {
+	x, err := l.ConnectGetDomainCapabilities(nil, golibvirt.OptString{"x86_64"}, nil, golibvirt.OptString{"kvm"}, 0)
+	if err != nil {
+		return err
+	}
+	var caps libvirtxml.DomainCaps
+	if err := caps.Unmarshal(x); err != nil {
+		return fmt.Errorf("reading domain capabilities: %w", err)
+	}
+	if caps.Domain != "kvm" {
+		return fmt.Errorf("domain capabilities are for %q", caps.Domain)
+	}
+	return nil
+}
+
+// Accel resolves an accelerator request on the host behind uri.
+func Accel(ctx context.Context, uri, want string) (accel.Choice, error) {
+	l, u, err := connect(ctx, uri)
+	if err != nil {
+		return accel.Choice{}, err
+	}
+	defer l.Disconnect()
+	return resolveAccel(want, kvmCaps(l), isLocal(u), func(w string) (accel.Choice, error) { return accel.Resolve(w, "/") })
+}
+
+// pools serialises pool creation and uploads within this process; across
+// processes, libvirt's own "already exists" answers are the arbiter.
+var poolMu sync.Mutex
+
+// ensurePool returns the lab's pool, defining, building and starting it if
+// needed (persistent and autostarted, so the artifact cache survives).
+func ensurePool(l *golibvirt.Libvirt) (golibvirt.StoragePool, error) {
+	poolMu.Lock()
+	defer poolMu.Unlock()
+	p, err := l.StoragePoolLookupByName(PoolName)
+	if err != nil {
+		x, merr := (&libvirtxml.StoragePool{Type: "dir", Name: PoolName, Target: &libvirtxml.StoragePoolTarget{Path: PoolDir}}).Marshal()
+		if merr != nil {
+			return p, merr
+		}
+		if p, err = l.StoragePoolDefineXML(x, 0); err != nil {
+			return p, fmt.Errorf("defining storage pool %s: %w", PoolName, err)
+		}
+		if err := l.StoragePoolBuild(p, 0); err != nil {
+			return p, fmt.Errorf("building storage pool %s at %s: %w", PoolName, PoolDir, err)
+		}
+		l.StoragePoolSetAutostart(p, 1)
+	}
+	state, _, _, _, err := l.StoragePoolGetInfo(p)
+	if err != nil {
+		return p, fmt.Errorf("storage pool %s: %w", PoolName, err)
+	}
+	if state != uint8(golibvirt.StoragePoolRunning) {
+		if err := l.StoragePoolCreate(p, 0); err != nil {
+			return p, fmt.Errorf("starting storage pool %s: %w", PoolName, err)
+		}
+	}
+	return p, nil
+}
+
+// fileHash is the content hash an artifact's volume is named by.
+func fileHash(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil))[:24], n, nil
+}
+
+// artifactVolume makes sure the file at path is in the pool as a volume
+// named kind-hash and returns that volume's path on the daemon's host.
+// A new artifact is uploaded under a temporary name and then cloned to
+// its final one, so a volume with the final name is always complete,
+// whichever process or host got there first.
+func artifactVolume(ctx context.Context, l *golibvirt.Libvirt, pool golibvirt.StoragePool, kind, path, hash string) (string, bool, error) {
+	var size int64
+	if hash == "" {
+		var err error
+		if hash, size, err = fileHash(path); err != nil {
+			return "", false, fmt.Errorf("hashing %s: %w", path, err)
+		}
+	}
+	name := kind + "-" + hash
+	if v, err := l.StorageVolLookupByName(pool, name); err == nil {
+		p, err := l.StorageVolGetPath(v)
+		return p, false, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", false, err
+	}
+	defer f.Close()
+	if size == 0 {
+		st, err := f.Stat()
+		if err != nil {
+			return "", false, err
+		}
+		size = st.Size()
+	}
+	tmpName := fmt.Sprintf("%s.part-%d-%d", name, os.Getpid(), time.Now().UnixNano())
+	tmp, err := createVolume(l, pool, tmpName, uint64(size))
+	if err != nil {
+		return "", false, err
+	}
+	defer l.StorageVolDelete(tmp, 0)
+	if err := l.StorageVolUpload(tmp, ctxReader{ctx, f}, 0, uint64(size), 0); err != nil {
+		return "", false, fmt.Errorf("uploading %s to the %s pool: %w", path, PoolName, err)
+	}
+	x, _ := (&libvirtxml.StorageVolume{Name: name, Capacity: &libvirtxml.StorageVolumeSize{Value: uint64(size), Unit: "bytes"},
+		Target: &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "raw"}}}).Marshal()
+	v, err := l.StorageVolCreateXMLFrom(pool, x, tmp, 0)
+	if err != nil {
+		// Someone else finished the same artifact meanwhile: use theirs.
+		if v2, lerr := l.StorageVolLookupByName(pool, name); lerr == nil {
+			v = v2
+		} else {
+			return "", false, fmt.Errorf("storing %s as volume %s: %w", path, name, err)
+		}
+	}
+	p, err := l.StorageVolGetPath(v)
+	return p, true, err
+}
+
+// ctxReader stops an upload when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// createVolume creates an empty raw volume (sparse where the pool allows).
+func createVolume(l *golibvirt.Libvirt, pool golibvirt.StoragePool, name string, size uint64) (golibvirt.StorageVol, error) {
+	x, err := (&libvirtxml.StorageVolume{
+		Name:       name,
+		Capacity:   &libvirtxml.StorageVolumeSize{Value: size, Unit: "bytes"},
+		Allocation: &libvirtxml.StorageVolumeSize{Value: 0, Unit: "bytes"},
+		Target:     &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "raw"}},
+	}).Marshal()
+	if err != nil {
+		return golibvirt.StorageVol{}, err
+	}
+	v, err := l.StorageVolCreateXML(pool, x, 0)
+	if err != nil {
+		return v, fmt.Errorf("creating volume %s in the %s pool: %w", name, PoolName, err)
+	}
+	return v, nil
+}
+
+// diskVolume creates a VM's disk, replacing a leftover of the same name
+// (a lab killed before it could clean up).
+func diskVolume(l *golibvirt.Libvirt, pool golibvirt.StoragePool, name string, size uint64) (golibvirt.StorageVol, error) {
+	if old, err := l.StorageVolLookupByName(pool, name); err == nil {
+		l.StorageVolDelete(old, 0)
+	}
+	return createVolume(l, pool, name, size)
+}
+
+// Sweep destroys the lab's domains on the host behind uri whose names
+// start with prefix (NamePrefix+something; a test suite passes its own)
+// and deletes their disk volumes. It returns the names it destroyed.
+func Sweep(ctx context.Context, uri, prefix string) ([]string, error) {
+	if !strings.HasPrefix(prefix, NamePrefix) {
+		return nil, fmt.Errorf("sweep prefix %q must start with %q", prefix, NamePrefix)
+	}
+	l, _, err := connect(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Disconnect()
+	doms, _, err := l.ConnectListAllDomains(1, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listing domains: %w", err)
+	}
+	var gone []string
+	var errs []error
+	for _, d := range doms {
+		if !strings.HasPrefix(d.Name, prefix) {
+			continue
+		}
+		if err := l.DomainDestroy(d); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("destroying %s: %w", d.Name, err))
+			continue
+		}
+		// A persistent definition is not the lab's doing, but a leftover
+		// must not linger either.
+		l.DomainUndefine(d)
+		gone = append(gone, d.Name)
+	}
+	if pool, err := l.StoragePoolLookupByName(PoolName); err == nil {
+		vols, _, _ := l.StoragePoolListAllVolumes(pool, 1, 0)
+		for _, v := range vols {
+			if strings.HasPrefix(v.Name, prefix) {
+				l.StorageVolDelete(v, 0)
+			}
+		}
+	}
+	return gone, errors.Join(errs...)
+}
+
+// Domains lists the domains on uri whose names start with prefix.
+func Domains(ctx context.Context, uri, prefix string) ([]string, error) {
+	l, _, err := connect(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Disconnect()
+	doms, _, err := l.ConnectListAllDomains(1, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listing domains: %w", err)
+	}
+	var names []string
+	for _, d := range doms {
+		if strings.HasPrefix(d.Name, prefix) {
+			names = append(names, d.Name)
+		}
+	}
+	return names, nil
+}
+
+func isNotFound(err error) bool {
+	var e golibvirt.Error
+	return errors.As(err, &e) && (e.Code == uint32(golibvirt.ErrNoDomain) || e.Code == uint32(golibvirt.ErrOperationInvalid))
+}
