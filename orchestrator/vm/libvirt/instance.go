@@ -106,7 +106,9 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 			in.Close()
 		}
 	}()
-	infra := func(op string, err error) error { return &vm.InfraError{Op: op + " (" + in.dom.Name + " on " + u.Redacted() + ")", Err: err} }
+	infra := func(op string, err error) error {
+		return &vm.InfraError{Op: op + " (" + in.dom.Name + " on " + u.Redacted() + ")", Err: err}
+	}
 
 	pool, err := ensurePool(l)
 	if err != nil {
