@@ -14,6 +14,7 @@ import (
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/setup"
 	"ldtlab/orchestrator/vm"
+	"ldtlab/orchestrator/vm/libvirt"
 )
 
 // guestFlags are the flags shared by every verb that boots a guest.
@@ -27,6 +28,8 @@ type guestFlags struct {
 	swap    int
 	noBuild bool
 	redis   bool
+	backend string
+	connect string
 }
 
 func (g *guestFlags) register(fs *flag.FlagSet) {
@@ -38,6 +41,8 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.cmdline, "cmdline", "", "extra kernel command line (e.g. numa=fake=2)")
 	fs.IntVar(&g.swap, "swap", 512, "disk-backed swap device in MiB (0 = none; zram is always set up)")
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
+	fs.StringVar(&g.backend, "backend", "qemu", "VM backend: qemu (QEMU run by labctl) or libvirt (a transient domain on a libvirtd, see --connect)")
+	fs.StringVar(&g.connect, "connect", libvirt.DefaultURI, "libvirt connection for --backend libvirt (qemu:///system, or qemu+tcp://HOST/system for a remote host)")
 	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as `labctl check` does)")
 }
 
@@ -55,6 +60,8 @@ func (g *guestFlags) validate() error {
 		return fmt.Errorf("--cpus %d: QEMU's pc machine takes at most 255 vCPUs", g.cpus)
 	case g.swap < 0:
 		return fmt.Errorf("--swap %d: the swap disk size cannot be negative (0 = no swap disk)", g.swap)
+	case g.backend != "" && g.backend != "qemu" && g.backend != "libvirt":
+		return fmt.Errorf("--backend %q: qemu or libvirt", g.backend)
 	}
 	return nil
 }
@@ -70,6 +77,12 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 	}
 	if g.swap == 0 {
 		o.SwapMiB = -1
+	}
+	o.Backend = g.backend
+	if g.backend == "libvirt" {
+		// Today's vm.Backend takes no configuration: the backend reads
+		// its connection from the environment.
+		os.Setenv(libvirt.URIEnv, g.connect)
 	}
 	if g.redis {
 		files, err := check.RedisFiles()

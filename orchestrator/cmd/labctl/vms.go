@@ -24,6 +24,7 @@ import (
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/vm"
+	"ldtlab/orchestrator/vm/libvirt"
 )
 
 func init() {
@@ -504,7 +505,8 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 		return &vm.InfraError{Op: "creating the VM directory", Err: cache.Explain(dir, err)}
 	}
 	args := []string{"supervise", "-dir", dir, "-config", g.config, "-accel", g.accel,
-		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-swap", fmt.Sprint(g.swap), "-cmdline", g.cmdline}
+		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-swap", fmt.Sprint(g.swap), "-cmdline", g.cmdline,
+		"-backend", g.backend, "-connect", g.connect}
 	if g.vanilla {
 		args = append(args, "-vanilla")
 	}
@@ -596,6 +598,12 @@ func cmdDown(name string) error {
 	}
 	if left := lab.Processes(name, dir); len(left) > 0 {
 		return &vm.InfraError{Op: "stopping " + name, Err: fmt.Errorf("processes still running after SIGKILL: %v", left)}
+	}
+	// A libvirt domain outlives a killed supervisor: destroy it too.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := libvirt.DestroyLeftover(ctx, dir); err != nil {
+		return &vm.InfraError{Op: "destroying the libvirt domain of " + name, Err: err}
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return &vm.InfraError{Op: "removing " + dir, Err: err}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -274,18 +275,19 @@ func diskVolume(l *golibvirt.Libvirt, pool golibvirt.StoragePool, name string, s
 	return createVolume(l, pool, name, size)
 }
 
-// Sweep destroys the lab's domains on the host behind uri whose names
-// start with prefix (NamePrefix+something; a test suite passes its own)
-// and deletes their disk volumes. It returns the names it destroyed.
-func Sweep(ctx context.Context, uri, prefix string) ([]string, error) {
-	if !strings.HasPrefix(prefix, NamePrefix) {
-		return nil, fmt.Errorf("sweep prefix %q must start with %q", prefix, NamePrefix)
-	}
+// Sweep destroys the lab's domains on the host behind uri that match
+// (NamePrefix is required whatever match says) and deletes their disk
+// volumes. It returns the names it destroyed.
+func Sweep(ctx context.Context, uri string, match func(name, description string) bool) ([]string, error) {
 	l, _, err := connect(ctx, uri)
 	if err != nil {
 		return nil, err
 	}
 	defer l.Disconnect()
+	return sweep(l, match)
+}
+
+func sweep(l *golibvirt.Libvirt, match func(name, description string) bool) ([]string, error) {
 	doms, _, err := l.ConnectListAllDomains(1, 0)
 	if err != nil {
 		return nil, fmt.Errorf("listing domains: %w", err)
@@ -293,27 +295,64 @@ func Sweep(ctx context.Context, uri, prefix string) ([]string, error) {
 	var gone []string
 	var errs []error
 	for _, d := range doms {
-		if !strings.HasPrefix(d.Name, prefix) {
+		if !strings.HasPrefix(d.Name, NamePrefix) {
+			continue
+		}
+		desc := ""
+		if x, err := l.DomainGetXMLDesc(d, 0); err == nil {
+			var dx libvirtxml.Domain
+			if dx.Unmarshal(x) == nil {
+				desc = dx.Description
+			}
+		}
+		if !match(d.Name, desc) {
 			continue
 		}
 		if err := l.DomainDestroy(d); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("destroying %s: %w", d.Name, err))
 			continue
 		}
-		// A persistent definition is not the lab's doing, but a leftover
-		// must not linger either.
-		l.DomainUndefine(d)
 		gone = append(gone, d.Name)
 	}
-	if pool, err := l.StoragePoolLookupByName(PoolName); err == nil {
-		vols, _, _ := l.StoragePoolListAllVolumes(pool, 1, 0)
-		for _, v := range vols {
-			if strings.HasPrefix(v.Name, prefix) {
-				l.StorageVolDelete(v, 0)
+	if len(gone) > 0 {
+		if pool, err := l.StoragePoolLookupByName(PoolName); err == nil {
+			vols, _, _ := l.StoragePoolListAllVolumes(pool, 1, 0)
+			for _, v := range vols {
+				for _, g := range gone {
+					if strings.HasPrefix(v.Name, g+"-") {
+						l.StorageVolDelete(v, 0)
+					}
+				}
 			}
 		}
 	}
 	return gone, errors.Join(errs...)
+}
+
+// owner is what a domain's description records about the process that
+// created it, so that a later sweep can tell an orphan from a live VM.
+func owner() string {
+	h, _ := os.Hostname()
+	return fmt.Sprintf("ldtlab owner pid %d on %s", os.Getpid(), h)
+}
+
+// orphaned says whether a domain's recorded owner is a process of this
+// host that no longer exists. Domains of other hosts' labs, or without
+// the record, are never orphans here.
+func orphaned(description string, alive func(pid int) bool) bool {
+	var pid int
+	var host string
+	if n, _ := fmt.Sscanf(description, "ldtlab owner pid %d on %s", &pid, &host); n != 2 || pid <= 0 {
+		return false
+	}
+	if h, _ := os.Hostname(); h != host {
+		return false
+	}
+	return !alive(pid)
+}
+
+func pidAlive(pid int) bool {
+	return syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM)
 }
 
 // Domains lists the domains on uri whose names start with prefix.

@@ -30,6 +30,7 @@ type DomainSpec struct {
 	Disks     []DiskSpec
 	FwCfg     []FwCfgEntry
 	Channel   string // virtio-serial port name the guest agent looks for
+	Owner     string // recorded as the description (see owner)
 }
 
 // DiskSpec is a raw storage volume attached as virtio-blk.
@@ -53,10 +54,11 @@ func DomainXML(s DomainSpec) (string, error) {
 	}
 	zero := uint(0)
 	d := &libvirtxml.Domain{
-		Type:   s.Type,
-		Name:   s.Name,
-		Memory: &libvirtxml.DomainMemory{Value: uint(s.MemoryMiB), Unit: "MiB"},
-		VCPU:   &libvirtxml.DomainVCPU{Value: uint(s.CPUs)},
+		Type:        s.Type,
+		Name:        s.Name,
+		Description: s.Owner,
+		Memory:      &libvirtxml.DomainMemory{Value: uint(s.MemoryMiB), Unit: "MiB"},
+		VCPU:        &libvirtxml.DomainVCPU{Value: uint(s.CPUs)},
 		OS: &libvirtxml.DomainOS{
 			Type:    &libvirtxml.DomainOSType{Type: "hvm", Arch: "x86_64", Machine: "pc"},
 			Kernel:  s.Kernel,

@@ -110,11 +110,13 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 		return &vm.InfraError{Op: op + " (" + in.dom.Name + " on " + u.Redacted() + ")", Err: err}
 	}
 
+	// Domains whose lab process died (SIGKILL runs no cleanup) go first.
+	sweep(l, func(_, desc string) bool { return orphaned(desc, pidAlive) })
 	pool, err := ensurePool(l)
 	if err != nil {
 		return nil, up, infra("preparing the storage pool", err)
 	}
-	spec := DomainSpec{Name: in.dom.Name, Type: dt, Cmdline: c.Cmdline, MemoryMiB: c.MemoryMiB, CPUs: c.CPUs, NUMANodes: c.NUMANodes, Channel: c.Channel}
+	spec := DomainSpec{Name: in.dom.Name, Type: dt, Cmdline: c.Cmdline, MemoryMiB: c.MemoryMiB, CPUs: c.CPUs, NUMANodes: c.NUMANodes, Channel: c.Channel, Owner: owner()}
 	if spec.Kernel, up.Kernel, err = artifactVolume(ctx, l, pool, "kernel", c.Kernel.Path, c.Kernel.Hash); err != nil {
 		return nil, up, infra("placing the kernel", err)
 	}

@@ -71,6 +71,8 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (vm.Instance, error) {
 		return nil, err
 	}
 	os.WriteFile(filepath.Join(cfg.Dir, "domain.xml"), []byte(in.XML()), 0o600)
+	// What `labctl down` needs to destroy the domain if this process dies.
+	os.WriteFile(filepath.Join(cfg.Dir, leftoverFile), []byte(in.URI()+"\n"+in.DomainName()+"\n"), 0o600)
 	return &adapted{Instance: in, con: con, dir: cfg.Dir}, nil
 }
 
@@ -98,5 +100,23 @@ func (a *adapted) Stderr() string { return "" }
 func (a *adapted) Close() error {
 	err := a.Instance.Close()
 	a.con.Close()
+	return err
+}
+
+const leftoverFile = "libvirt-domain"
+
+// DestroyLeftover destroys the domain recorded in a VM directory, if any
+// is still there (its supervisor was killed). It is a no-op for VMs of
+// other backends.
+func DestroyLeftover(ctx context.Context, dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, leftoverFile))
+	if err != nil {
+		return nil
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return fmt.Errorf("%s: unreadable record %q", filepath.Join(dir, leftoverFile), b)
+	}
+	_, err = Sweep(ctx, f[0], func(name, _ string) bool { return name == f[1] })
 	return err
 }
