@@ -3,7 +3,10 @@ package tests
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,4 +87,73 @@ func TestLibvirtInjectedPanicIsDetected(t *testing.T) {
 	assert.Contains(t, string(m.ConsoleLog()), "---[ end Kernel panic")
 	m.Close()
 	assert.Empty(t, domainsLeft(t, localURI))
+}
+
+// TestLibvirtTwoHostsFanOut treats two connections to this machine's
+// libvirtd as two hosts — the unix socket and TCP on loopback, the way a
+// remote host is reached — and fans a short run out over a guest on each.
+// The initramfs is a fresh artifact (the cached one plus trailing cpio
+// padding, which the kernel skips), so it must be uploaded, and that
+// happens through the TCP connection.
+func TestLibvirtTwoHostsFanOut(t *testing.T) {
+	o := libvirtOptions(t, "fan")
+	kb, img, err := lab.Prepare(context.Background(), o)
+	require.NoError(t, err)
+	fresh := *img
+	fresh.Initramfs = filepath.Join(t.TempDir(), "initramfs.cpio")
+	b, err := os.ReadFile(img.Initramfs)
+	require.NoError(t, err)
+	// cpio padding must be NULs: a fresh hash comes from its length.
+	pad := make([]byte, 512*(1+int(time.Now().UnixNano()%4096)))
+	require.NoError(t, os.WriteFile(fresh.Initramfs, append(b, pad...), 0o600))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	in, err := lv.ArtifactInPool(ctx, remoteURI, "initrd", fresh.Initramfs, false)
+	require.NoError(t, err)
+	require.False(t, in, "the fresh initramfs must not be in the pool yet")
+	t.Cleanup(func() { lv.ArtifactInPool(context.Background(), remoteURI, "initrd", fresh.Initramfs, true) })
+
+	hosts := []string{remoteURI, localURI}
+	machines := make([]*lab.Machine, len(hosts))
+	for i, uri := range hosts {
+		ho := libvirtOptions(t, fmt.Sprintf("fan%d", i))
+		ho.Backend = lv.BackendFor(uri)
+		start := time.Now()
+		m, err := lab.BootBuilt(ctx, ho, kb, &fresh)
+		require.NoError(t, err, "booting on %s", uri)
+		t.Cleanup(func() { m.Close() })
+		machines[i] = m
+		t.Logf("%s: booted in %s (agent ready %s)", uri, time.Since(start).Round(time.Millisecond), m.BootTime.Round(time.Millisecond))
+		if i == 0 {
+			in, err := lv.ArtifactInPool(ctx, remoteURI, "initrd", fresh.Initramfs, false)
+			require.NoError(t, err)
+			require.True(t, in, "the first boot (over TCP) uploaded the initramfs")
+		}
+	}
+	require.Len(t, domainsLeft(t, localURI), 2, "both domains run on the one daemon behind both connections")
+
+	// The fan-out: rounds spread over both hosts, all at once.
+	const rounds = 6
+	var wg sync.WaitGroup
+	codes := make([]int, rounds)
+	outs := make([]string, rounds)
+	errs := make([]error, rounds)
+	for r := range rounds {
+		wg.Go(func() {
+			m := machines[r%len(machines)]
+			res, err := m.Run(ctx, fmt.Sprintf("head -c 1M /dev/urandom | sha256sum >/dev/null && cat /proc/sys/kernel/hostname && exit %d", r))
+			codes[r], outs[r], errs[r] = res.Code, strings.TrimSpace(string(res.Stdout)), err
+		})
+	}
+	wg.Wait()
+	for r := range rounds {
+		require.NoError(t, errs[r], "round %d", r)
+		assert.Equal(t, r, codes[r], "round %d exit status", r)
+		assert.Equal(t, fmt.Sprintf("%slv-fan%d", vmPrefix, r%len(machines)), outs[r], "round %d ran on its host's guest", r)
+	}
+	for _, m := range machines {
+		m.Close()
+	}
+	assert.Empty(t, domainsLeft(t, localURI), "no domain left on either host")
 }

@@ -235,6 +235,35 @@ func artifactVolume(ctx context.Context, l *golibvirt.Libvirt, pool golibvirt.St
 	return p, true, err
 }
 
+// ArtifactInPool says whether the file at path is already stored (by its
+// content hash) in the pool of the host behind uri; with remove, it also
+// deletes that volume (for tests that must see an upload happen).
+func ArtifactInPool(ctx context.Context, uri, kind, path string, remove bool) (bool, error) {
+	hash, _, err := fileHash(path)
+	if err != nil {
+		return false, err
+	}
+	l, _, err := connect(ctx, uri)
+	if err != nil {
+		return false, err
+	}
+	defer l.Disconnect()
+	pool, err := l.StoragePoolLookupByName(PoolName)
+	if err != nil {
+		return false, nil
+	}
+	v, err := l.StorageVolLookupByName(pool, kind+"-"+hash)
+	if err != nil {
+		return false, nil
+	}
+	if remove {
+		if err := l.StorageVolDelete(v, 0); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
+}
+
 // ctxReader stops an upload when ctx ends.
 type ctxReader struct {
 	ctx context.Context

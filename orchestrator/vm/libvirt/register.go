@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"ldtlab/orchestrator/console"
 	"ldtlab/orchestrator/vm"
@@ -18,7 +19,9 @@ const URIEnv = "LDTLAB_LIBVIRT_URI"
 
 // backend adapts Start to today's vm.Backend: files by path, the console
 // capture owned by the backend.
-type backend struct{}
+type backend struct {
+	uri string // "" = ConfiguredURI()
+}
 
 func init() { vm.Register("libvirt", backend{}) }
 
@@ -30,12 +33,15 @@ func ConfiguredURI() string {
 	return DefaultURI
 }
 
-func (backend) Start(ctx context.Context, cfg vm.Config) (vm.Instance, error) {
+func (b backend) Start(ctx context.Context, cfg vm.Config) (vm.Instance, error) {
+	if b.uri == "" {
+		b.uri = ConfiguredURI()
+	}
 	if cfg.GDB != "" {
 		return nil, &vm.InfraError{Op: "starting a libvirt domain", Err: fmt.Errorf("--gdb is not supported by the libvirt backend")}
 	}
 	sc := StartConfig{
-		URI:       ConfiguredURI(),
+		URI:       b.uri,
 		Name:      cfg.Name,
 		Accel:     cfg.Accel,
 		Kernel:    Artifact{Path: cfg.Kernel},
@@ -119,4 +125,23 @@ func DestroyLeftover(ctx context.Context, dir string) error {
 	}
 	_, err = Sweep(ctx, f[0], func(name, _ string) bool { return name == f[1] })
 	return err
+}
+
+var (
+	regMu  sync.Mutex
+	regged = map[string]bool{}
+)
+
+// BackendFor registers a backend bound to uri and returns its name
+// ("libvirt@URI"), so that one process can run VMs on several hosts at
+// once with today's vm.Backend (which takes no per-VM connection).
+func BackendFor(uri string) string {
+	name := "libvirt@" + uri
+	regMu.Lock()
+	defer regMu.Unlock()
+	if !regged[name] {
+		vm.Register(name, backend{uri: uri})
+		regged[name] = true
+	}
+	return name
 }
