@@ -215,11 +215,13 @@ func (s *stream) Write(p []byte) (int, error) {
 // Close ends the stream (end-of-file to libvirtd) and the connection.
 func (s *stream) Close() error {
 	s.closeOnce.Do(func() {
+		// Unblock the socket reader first: it may be stuck handing data
+		// to a reader that is gone, and Disconnect waits for it.
+		s.pr.CloseWithError(io.ErrClosedPipe)
 		s.wmu.Lock()
 		s.sock.SendPacket(s.serial, s.proc, remoteProgram, nil, socket.Stream, socket.StatusOK)
 		s.wmu.Unlock()
 		s.sock.Disconnect()
-		s.pw.CloseWithError(io.ErrClosedPipe)
 	})
 	return nil
 }
