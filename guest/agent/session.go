@@ -200,6 +200,10 @@ func (ss *session) start(cmd *exec.Cmd) error {
 		return err
 	}
 	ss.pgid = cmd.Process.Pid
+	// The agent protects itself from the OOM killer (serve mode); what it
+	// runs must stay killable like any process, or the OOM killer would
+	// have nothing to take but the kernel's own patience.
+	_ = os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", cmd.Process.Pid), []byte("0"), 0)
 	return nil
 }
 

@@ -20,10 +20,7 @@ func init() {
 		Doc: "MADV_MERGEABLE pages written with identical content are merged by ksmd (write_protect_page cleans the PTE, " +
 			"replace_page maps the KSM page clean); later writes break the sharing (COW).",
 		Naive: MissPages,
-		Known: map[string]string{
-			"softdirty": "mm/ksm.c replace_page() installs the KSM page with mk_pte(), without the soft-dirty bit, so a page written and merged before the collection is not reported",
-		},
-		Run: runKSM,
+		Run:   runKSM,
 	})
 	register(&Scenario{
 		Name:  "migration",

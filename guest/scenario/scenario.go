@@ -20,24 +20,22 @@ import (
 	"strings"
 	"time"
 
+	"ldtlab/guest/result"
 	"ldtlab/guest/tracker"
 )
 
 // Expect is what the negative control (the naive tracker) must do to a
 // scenario.
-type Expect string
+type Expect = result.Expect
 
+// Expectations and outcomes, as the host reads them.
 const (
-	LoseData  Expect = "lose-data"  // corrupted > 0
-	MissPages Expect = "miss-pages" // missed > 0
-	Nothing   Expect = "nothing"    // passes like ldt
-)
-
-// Outcomes of a cell.
-const (
-	Pass = "pass"
-	Fail = "fail"
-	Skip = "skip"
+	LoseData  = result.LoseData
+	MissPages = result.MissPages
+	Nothing   = result.Nothing
+	Pass      = result.Pass
+	Fail      = result.Fail
+	Skip      = result.Skip
 )
 
 // Scenario is one entry of the catalogue.
@@ -53,9 +51,6 @@ type Scenario struct {
 	Loss string
 	// NotFor maps trackers the scenario's mechanics exclude to the reason.
 	NotFor map[string]string
-	// Known maps trackers to a documented gap of theirs this scenario
-	// exposes (the cell still fails; the reason says it is known).
-	Known map[string]string
 	// Run drives the scenario; it returns a *SkipError when the guest
 	// lacks something it needs.
 	Run func(e *Env) error
@@ -99,44 +94,8 @@ type Config struct {
 	KeepSets bool
 }
 
-// Result is one cell, as ldt-check prints it.
-type Result struct {
-	Scenario         string         `json:"scenario"`
-	Tracker          string         `json:"tracker"`
-	Seed             uint64         `json:"seed"`
-	Epochs           int            `json:"epochs"`
-	Outcome          string         `json:"outcome"`
-	AsExpected       bool           `json:"as_expected"`
-	Reason           string         `json:"reason"`
-	Missed           int            `json:"missed"`
-	Extra            int            `json:"extra"`
-	ExtraClassified  map[string]int `json:"extra_classified"`
-	Corrupted        int            `json:"corrupted"`
-	NaiveExpectation Expect         `json:"naive_expectation"`
-	Written          []int          `json:"written"`
-	Reported         []int          `json:"reported"`
-	MissedPerEpoch   []int          `json:"missed_per_epoch"`
-	CorruptPerEpoch  []int          `json:"corrupted_per_epoch"`
-	DurationMS       int64          `json:"duration_ms"`
-	// Notes are facts the scenario established on the way (pages really
-	// swapped out, THPs really formed...): what makes a pass meaningful.
-	Notes []string `json:"notes,omitempty"`
-	// Samples are the first missed and corrupted pages, for diagnosis.
-	Samples []string `json:"samples,omitempty"`
-	// ReportedSets holds each epoch's reported page offsets (-compare).
-	ReportedSets [][]int `json:"reported_sets,omitempty"`
-	// QuietEpochs counts the collections made right after another with
-	// nothing written in between; QuietReported the pages they reported
-	// (must be 0: a tracker that reports unwritten pages fails).
-	QuietEpochs   int `json:"quiet_epochs"`
-	QuietReported int `json:"quiet_reported"`
-	// DeclaredLoss counts corrupted pages of the scenario's Loss kind.
-	DeclaredLoss int `json:"declared_loss,omitempty"`
-	// Unexplained counts extra reports no mechanism explains
-	// (unclassified, outside the range, in the unmapped reservation):
-	// a failure for ldt.
-	Unexplained int `json:"unexplained_extra"`
-}
+// Result is one cell, as ldt-check prints it and the host judges it.
+type Result = result.Cell
 
 const maxSamples = 8
 
@@ -471,7 +430,7 @@ func judge(s *Scenario, res *Result) {
 			if over {
 				res.Reason += fmt.Sprintf("; over-reporting: %d pages in quiet epochs, %d unexplained extra", res.QuietReported, res.Unexplained)
 			}
-			if k, ok := s.Known[res.Tracker]; ok {
+			if k := result.KnownGap(s.Name, res.Tracker); k != "" {
 				res.Reason += "; known " + res.Tracker + " gap: " + k
 			}
 		}
@@ -495,14 +454,6 @@ func judge(s *Scenario, res *Result) {
 	if !res.AsExpected && s.Naive != Nothing {
 		res.Reason = "no teeth: " + res.Reason
 	}
-}
-
-// ExitCode is ldt-check's status for a cell: 0 as expected, 1 otherwise.
-func (r *Result) ExitCode() int {
-	if r.AsExpected {
-		return 0
-	}
-	return 1
 }
 
 // SortedKeys returns m's keys in order (stable output).

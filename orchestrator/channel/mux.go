@@ -115,6 +115,9 @@ func (m *Mux) Serve(l net.Listener) error {
 	}
 }
 
+// Pipe joins c to a new stream until either side ends.
+func (m *Mux) Pipe(c net.Conn) { m.pipe(c) }
+
 func (m *Mux) pipe(c net.Conn) {
 	defer c.Close()
 	s, err := m.sess.Open()

@@ -28,7 +28,8 @@ type Capture struct {
 	partial  []byte
 	subs     map[int]*sub
 	nextID   int
-	mirror   io.Writer
+	mirror   *asyncWriter
+	lines    int64 // complete lines written
 	lastOut  time.Time
 	closed   bool
 	closedCh chan struct{}
@@ -56,7 +57,11 @@ func New(path string, mirror io.Writer) (*Capture, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Capture{file: f, path: path, subs: map[int]*sub{}, mirror: mirror, closedCh: make(chan struct{})}, nil
+	c := &Capture{file: f, path: path, subs: map[int]*sub{}, closedCh: make(chan struct{})}
+	if mirror != nil {
+		c.mirror = newAsyncWriter(mirror, mirrorBuffer)
+	}
+	return c, nil
 }
 
 // Path is the capture file.
@@ -81,6 +86,7 @@ func (c *Capture) Write(p []byte) (int, error) {
 		c.keepUnwritten(p[n:])
 	}
 	if c.mirror != nil {
+		// Never blocks: a slow terminal must not stall the guest.
 		c.mirror.Write(p)
 	}
 	c.tail = append(c.tail, p...)
@@ -96,6 +102,7 @@ func (c *Capture) Write(p []byte) (int, error) {
 		}
 		line := strings.TrimRight(string(c.partial[:i]), "\r")
 		c.partial = c.partial[i+1:]
+		c.lines++
 		for _, s := range c.subs {
 			s.push(line)
 		}
@@ -224,6 +231,13 @@ func (c *Capture) keepUnwritten(p []byte) {
 	}
 }
 
+// Lines is how many complete lines were written so far.
+func (c *Capture) Lines() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lines
+}
+
 // Err is the first failed write to the capture file, or nil.
 func (c *Capture) Err() error {
 	c.mu.Lock()
@@ -253,5 +267,8 @@ func (c *Capture) Close() error {
 		}
 	}
 	close(c.closedCh)
+	if c.mirror != nil {
+		c.mirror.Close()
+	}
 	return c.file.Close()
 }

@@ -144,9 +144,10 @@ func TestWriteMirrorAndBytes(t *testing.T) {
 	c := newCapture(t, &mirror)
 	write(t, c, "one\r\n")
 	write(t, c, "two\npart")
-	assert.Equal(t, "one\r\ntwo\npart", mirror.String())
 	assert.Equal(t, "one\r\ntwo\npart", string(c.Bytes()), "the file has the raw bytes")
+	assert.EqualValues(t, 2, c.Lines())
 	require.NoError(t, c.Close())
+	assert.Equal(t, "one\r\ntwo\npart", mirror.String(), "Close flushes the mirror")
 	assert.Equal(t, "one\r\ntwo\npart", string(c.Bytes()), "still readable after Close")
 	// Writes after Close are accepted and dropped.
 	n, err := c.Write([]byte("late\n"))
@@ -374,4 +375,39 @@ func TestWriteErrorKept(t *testing.T) {
 	require.Error(t, c.Err())
 	assert.Contains(t, c.Err().Error(), "console.log")
 	assert.Equal(t, "first line\nBUG: after the failure\n", string(c.Bytes()))
+}
+
+// blockingWriter blocks every Write until released.
+type blockingWriter struct {
+	release chan struct{}
+	got     bytes.Buffer
+}
+
+func (b *blockingWriter) Write(p []byte) (int, error) {
+	<-b.release
+	return b.got.Write(p)
+}
+
+// A terminal that does not read must not stall the guest: writes go on,
+// the mirror drops what does not fit and says so.
+func TestSlowMirrorNeverBlocks(t *testing.T) {
+	bw := &blockingWriter{release: make(chan struct{})}
+	c := newCapture(t, bw)
+	chunk := strings.Repeat("y", 63) + "\n"
+	done := make(chan struct{})
+	go func() {
+		for i := 0; i < 2*mirrorBuffer/len(chunk); i++ {
+			c.Write([]byte(chunk))
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("console writes blocked on a slow mirror")
+	}
+	assert.Len(t, c.Bytes(), 2*mirrorBuffer/len(chunk)*len(chunk), "the log keeps everything")
+	close(bw.release)
+	require.NoError(t, c.Close())
+	assert.Contains(t, bw.got.String(), "console mirror fell behind")
 }

@@ -8,13 +8,17 @@ package lab
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,6 +27,7 @@ import (
 	"ldtlab/images/rootfs"
 	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/channel"
+	"ldtlab/orchestrator/console"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/vm"
 	_ "ldtlab/orchestrator/vm/libvirt" // --backend libvirt
@@ -37,6 +42,7 @@ type Options struct {
 	Vanilla   bool   // kernel without the LDT series
 	Accel     string // auto (default) | kvm | tcg
 	Backend   string // qemu (default)
+	Connect   string // the backend's host (a libvirt URI); "" = this machine
 	MemoryMiB int
 	CPUs      int
 	Cmdline   string // extra kernel command line
@@ -135,23 +141,31 @@ type Machine struct {
 	Image    *rootfs.Image
 	Accel    accel.Choice
 	Timeouts vm.Timeouts
-	BootTime time.Duration // QEMU start → agent ready
+	BootTime time.Duration // backend start → agent ready
+	log      io.Writer
 
+	backend vm.Backend
 	inst    vm.Instance
-	mux     *channel.Mux
+	con     *console.Capture
+	stream  *report.Stream
+	fed     atomic.Int64  // console lines fed to stream
+	fedDone chan struct{} // the console closed and every line was fed
 	keys    *channel.Keys
 	tempDir bool
+	lock    *os.File // held while the machine lives (the sweep's sign of life)
 
-	mu       sync.Mutex
-	client   *channel.Client
-	panic    chan struct{} // closed on a pvpanic event
-	once     sync.Once
-	closed   bool
-	exit     string        // how QEMU exited ("signal: killed")
-	diskErr  string        // first host I/O error on a disk (a full disk)
-	diskErrC chan struct{} // closed on the first disk error
-	ready    bool          // the agent answered once
-	stopping bool          // Shutdown/Close asked QEMU to go
+	mu         sync.Mutex
+	mux        *channel.Mux
+	client     *channel.Client
+	dialing    chan struct{} // closed when the running (re)connect ends
+	reconnects int
+	panic      chan struct{} // closed on a pvpanic event
+	once       sync.Once
+	closed     bool
+	exit       string        // how the VM exited ("signal: killed")
+	diskErr    string        // first host I/O error on a disk (a full disk)
+	diskErrC   chan struct{} // closed on the first disk error
+	ready      bool          // the agent answered once
 }
 
 // Boot prepares and boots a guest and waits until its agent answers.
@@ -167,14 +181,24 @@ func Boot(ctx context.Context, o Options) (*Machine, error) {
 // BootBuilt boots an already prepared kernel and image.
 func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Image) (_ *Machine, err error) {
 	o.defaults()
-	choice, err := accel.Resolve(o.Accel, "/")
+	backend, err := vm.Open(o.Backend, vm.BackendConfig{Connect: o.Connect})
 	if err != nil {
+		return nil, &vm.InfraError{Op: "selecting the VM backend", Err: err}
+	}
+	m := &Machine{Name: o.Name, Kernel: kb, Image: img, backend: backend, log: o.Log,
+		panic: make(chan struct{}), diskErrC: make(chan struct{}), fedDone: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if m.Accel, err = backend.Accel(o.Accel); err != nil {
 		return nil, &vm.InfraError{Op: "choosing the accelerator", Err: err}
 	}
-	o.logf("accelerator: %s", choice.Reason)
-	m := &Machine{Name: o.Name, Kernel: kb, Image: img, Accel: choice, Timeouts: vm.Scaled(choice.Kind), panic: make(chan struct{}), diskErrC: make(chan struct{})}
+	m.Timeouts = vm.Scaled(m.Accel.Kind)
+	o.logf("accelerator: %s", m.Accel.Reason)
 	if o.Dir == "" {
-		sweepStale()
+		sweepStale(ctx, backend)
 		d, err := os.MkdirTemp("", "ldtlab-vm-")
 		if err != nil {
 			return nil, &vm.InfraError{Op: "creating VM directory", Err: err}
@@ -186,13 +210,11 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 		}
 		m.Dir = o.Dir
 	}
-	defer func() {
-		if err != nil {
-			m.Close()
-		}
-	}()
 	if err := os.Chmod(m.Dir, 0o700); err != nil {
 		return nil, &vm.InfraError{Op: "securing VM directory", Err: err}
+	}
+	if m.lock, err = holdLock(m.Dir); err != nil {
+		return nil, err
 	}
 	if n := len(filepath.Join(m.Dir, "ssh.sock")); n > 100 {
 		return nil, &vm.InfraError{Op: "creating VM directory", Err: fmt.Errorf("path %s is too long for unix sockets (%d bytes); set LDTLAB_STATE to a shorter directory", m.Dir, n)}
@@ -204,32 +226,37 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	if m.keys, err = channel.GenerateKeys(keyDir); err != nil {
 		return nil, &vm.InfraError{Op: "generating per-VM keys", Err: err}
 	}
+	fwcfg, err := keyBlobs(m.keys)
+	if err != nil {
+		return nil, err
+	}
+	kernelArt, err := artifact(kb.BzImage)
+	if err != nil {
+		return nil, err
+	}
+	initrdArt, err := artifact(img.Initramfs)
+	if err != nil {
+		return nil, err
+	}
+	// The lab owns the console: capture file, tail, live subscribers
+	// (the report stream below), and the mirror.
+	conPath := filepath.Join(m.Dir, "console.log")
+	if m.con, err = console.New(conPath, o.Mirror); err != nil {
+		return nil, &vm.InfraError{Op: "creating the console log", Err: cache.Explain(conPath, err)}
+	}
+	m.stream = report.NewStream()
+	lines, _ := m.con.Subscribe()
+	go m.feed(lines)
 	cfg := vm.Config{
-		Name: o.Name, Dir: m.Dir, Kernel: kb.BzImage, Initrd: img.Initramfs,
-		Cmdline: o.Cmdline, MemoryMiB: o.MemoryMiB, CPUs: o.CPUs, Accel: choice,
-		GDB: o.GDB, Mirror: o.Mirror, Timeouts: m.Timeouts,
-		FwCfg: []vm.FwCfg{
-			{Name: "opt/ldtlab/host_key", Path: m.keys.HostKeyPath()},
-			{Name: "opt/ldtlab/authorized_key", Path: m.keys.AuthorizedKeyPath()},
-		},
+		Name: o.Name, Dir: m.Dir, Kernel: kernelArt, Initrd: initrdArt,
+		Cmdline: o.Cmdline, MemoryMiB: o.MemoryMiB, CPUs: o.CPUs, Accel: m.Accel,
+		GDB: o.GDB, Console: m.con, Timeouts: m.Timeouts, FwCfg: fwcfg,
 	}
 	if o.SwapMiB > 0 {
-		p, err := sparseDisk(filepath.Join(m.Dir, "swap.img"), o.SwapMiB)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Disks = append(cfg.Disks, vm.Disk{Path: p, Serial: "ldtswap"})
+		cfg.Disks = append(cfg.Disks, vm.Disk{Serial: "ldtswap", SizeMiB: o.SwapMiB})
 	}
 	if o.DataMiB > 0 {
-		p, err := sparseDisk(filepath.Join(m.Dir, "data.img"), o.DataMiB)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Disks = append(cfg.Disks, vm.Disk{Path: p, Serial: "ldtdata"})
-	}
-	backend, err := vm.Get(o.Backend)
-	if err != nil {
-		return nil, &vm.InfraError{Op: "selecting the VM backend", Err: err}
+		cfg.Disks = append(cfg.Disks, vm.Disk{Serial: "ldtdata", SizeMiB: o.DataMiB})
 	}
 	start := time.Now()
 	inst, err := backend.Start(ctx, cfg)
@@ -245,45 +272,124 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	m.mu.Lock()
 	m.ready = true
 	m.mu.Unlock()
-	o.logf("%s ready in %s (%s, kernel %s)", o.Name, m.BootTime.Round(time.Millisecond), choice.Kind, kb.Meta.KernelRelease)
+	o.logf("%s ready in %s (%s, kernel %s)", o.Name, m.BootTime.Round(time.Millisecond), m.Accel.Kind, kb.Meta.KernelRelease)
 	return m, nil
+}
+
+// keyBlobs are the per-VM keys the guest agent reads from fw_cfg.
+func keyBlobs(k *channel.Keys) ([]vm.FwCfg, error) {
+	var out []vm.FwCfg
+	for _, e := range []struct{ name, path string }{
+		{vm.FwCfgHostKey, k.HostKeyPath()},
+		{vm.FwCfgAuthorizedKey, k.AuthorizedKeyPath()},
+	} {
+		b, err := os.ReadFile(e.path)
+		if err != nil {
+			return nil, &vm.InfraError{Op: "reading the per-VM keys", Err: err}
+		}
+		out = append(out, vm.FwCfg{Name: e.name, Data: b})
+	}
+	return out, nil
+}
+
+// artifact names a boot file by its content's SHA-256.
+func artifact(path string) (vm.Artifact, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return vm.Artifact{}, &vm.InfraError{Op: "reading a boot artifact", Err: err}
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return vm.Artifact{}, &vm.InfraError{Op: "hashing " + path, Err: err}
+	}
+	return vm.Artifact{Path: path, Hash: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// holdLock takes the VM directory's lock for the machine's lifetime: the
+// sweep of stale directories removes only those whose lock is free (their
+// orchestrator is gone, and its QEMU died with it), so a live VM's
+// directory is never removed, whatever else is or is not in it.
+func holdLock(dir string) (*os.File, error) {
+	p := filepath.Join(dir, "lab.lock")
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, &vm.InfraError{Op: "creating the VM lock", Err: cache.Explain(p, err)}
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, &vm.InfraError{Op: "locking " + dir, Err: fmt.Errorf("another orchestrator uses this VM directory: %w", err)}
+	}
+	return f, nil
 }
 
 // sweepStale removes temporary VM directories left by an orchestrator that
 // was killed outright (SIGKILL runs no cleanup; its QEMU died with it via
-// the parent-death signal, but the directory stayed).
-func sweepStale() {
+// the parent-death signal, but the directory stayed), and asks the backend
+// to remove its own orphans.
+func sweepStale(ctx context.Context, b vm.Backend) {
+	if sw, ok := b.(vm.Sweeper); ok {
+		sw.Sweep(ctx)
+	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ldtlab-vm-*"))
 	for _, d := range dirs {
 		st, err := os.Stat(d)
 		if err != nil || time.Since(st.ModTime()) < time.Minute {
-			continue
+			continue // may be being created right now
 		}
-		if b, err := os.ReadFile(filepath.Join(d, "qemu.pid")); err == nil {
-			var pid int
-			fmt.Sscan(string(b), &pid)
-			if pid > 0 && syscall.Kill(pid, 0) == nil {
-				continue // still running
+		f, err := os.OpenFile(filepath.Join(d, "lab.lock"), os.O_RDWR, 0)
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			f.Close()
+			if err != nil {
+				continue // its orchestrator lives
 			}
 		}
 		os.RemoveAll(d)
 	}
 }
 
-func sparseDisk(path string, mib int) (string, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
-	if err != nil {
-		return "", &vm.InfraError{Op: "creating disk image", Err: cache.Explain(path, err)}
+// feed moves console lines into the report stream as they arrive, in
+// batches (one parse per batch while a report is being printed).
+func (m *Machine) feed(lines <-chan string) {
+	defer close(m.fedDone)
+	for l := range lines {
+		batch := []string{l}
+	more:
+		for len(batch) < 512 {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					break more
+				}
+				batch = append(batch, l)
+			default:
+				break more
+			}
+		}
+		m.stream.Feed(batch...)
+		m.fed.Add(int64(len(batch)))
 	}
-	defer f.Close()
-	if err := f.Truncate(int64(mib) << 20); err != nil {
-		return "", &vm.InfraError{Op: "sizing disk image", Err: cache.Explain(path, err)}
-	}
-	return path, nil
+	m.stream.Flush()
 }
 
-// watch turns backend events into machine state.
+// synced waits (briefly) until every line the console has received is in
+// the report stream.
+func (m *Machine) synced() {
+	want := m.con.Lines()
+	for deadline := time.Now().Add(2 * time.Second); m.fed.Load() < want && time.Now().Before(deadline); {
+		select {
+		case <-m.fedDone:
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// watch turns backend events into machine state; the console ends with
+// the instance.
 func (m *Machine) watch() {
+	defer m.con.Close()
 	for ev := range m.inst.Events() {
 		switch ev.Kind {
 		case vm.EventPanic:
@@ -310,7 +416,7 @@ func (m *Machine) DiskError() string {
 	m.mu.Lock()
 	d := m.diskErr
 	m.mu.Unlock()
-	if con := m.inst.Console(); d == "" && con != nil {
+	if con := m.con; d == "" && con != nil {
 		// The console capture on a full host disk: reports are still
 		// detected (from memory), but say where the log stops.
 		if err := con.Err(); err != nil {
@@ -352,7 +458,7 @@ func (m *Machine) died() string {
 	} else if strings.HasPrefix(why, "QEMU signal: ") {
 		why = "QEMU was stopped by " + strings.TrimPrefix(why, "QEMU signal: ")
 	}
-	if s := strings.TrimSpace(m.inst.Stderr()); s != "" {
+	if s := strings.TrimSpace(vm.Stderr(m.inst)); s != "" {
 		why += ": " + s
 	}
 	if d := m.DiskError(); d != "" {
@@ -372,21 +478,15 @@ func (m *Machine) waitReady(ctx context.Context) error {
 	}
 	ready := make(chan result, 1)
 	go func() {
-		ctl, err := m.inst.Control(bctx)
-		if err != nil {
-			ready <- result{err: err}
-			return
-		}
-		mux, err := channel.Handshake(bctx, ctl)
-		if err != nil {
-			ctl.Close()
-		}
+		mux, err := m.handshake(bctx)
 		ready <- result{mux, err}
 	}()
 	select {
 	case r := <-ready:
 		if r.err == nil {
+			m.mu.Lock()
 			m.mux = r.mux
+			m.mu.Unlock()
 			return nil
 		}
 		// The handshake failed: find out whether the guest is to blame.
@@ -429,7 +529,7 @@ func (m *Machine) guestFailure() error {
 		if ready {
 			return &vm.DiedError{Reason: m.died(), Tail: m.Tail(40)}
 		}
-		if len(m.inst.Console().Bytes()) == 0 && strings.TrimSpace(m.inst.Stderr()) != "" {
+		if m.con.Lines() == 0 && len(m.con.Tail(1)) == 0 && strings.TrimSpace(vm.Stderr(m.inst)) != "" {
 			// QEMU gave up before the guest printed a byte, saying why
 			// ("cannot set up guest memory"): the lab's failure.
 			return &vm.InfraError{Op: "starting QEMU", Err: errors.New(m.died())}
@@ -442,23 +542,29 @@ func (m *Machine) guestFailure() error {
 
 // crashError waits briefly for the rest of a panic report, then returns it.
 func (m *Machine) crashError() error {
-	deadline := time.After(m.Timeouts.Crash * 3)
-	for {
-		if bytes.Contains(m.inst.Console().Bytes(), []byte("---[ end Kernel panic")) {
-			break
-		}
-		select {
-		case <-deadline:
-		case <-m.inst.Done():
-		case <-time.After(50 * time.Millisecond):
-			continue
-		}
-		break
-	}
+	m.settle(m.Timeouts.Crash * 3)
 	if r := m.fatalReport(); r != nil {
 		return crash(*r, m.Tail(40))
 	}
 	return &vm.CrashError{Type: "panic", Title: "guest panicked (pvpanic) without a parsable report", Tail: m.Tail(40)}
+}
+
+// settle waits up to max for a report still being printed to finish,
+// then takes it as it is.
+func (m *Machine) settle(max time.Duration) {
+	m.synced()
+	deadline := time.After(max)
+	for m.stream.Pending() {
+		select {
+		case <-deadline:
+			m.stream.Flush()
+			return
+		case <-m.fedDone:
+			return
+		case <-m.stream.Changed():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func crash(r report.Report, tail string) *vm.CrashError {
@@ -479,39 +585,159 @@ func (m *Machine) fatalReport() *report.Report {
 	return nil
 }
 
-// Reports parses the whole console so far.
+// Reports are the kernel reports found so far (a report still being
+// printed is not among them yet).
 func (m *Machine) Reports() []report.Report {
-	return report.Parse(m.inst.Console().Bytes())
+	m.synced()
+	return m.stream.All()
+}
+
+// ReportMark marks the console position: ReportsSince(mark) returns the
+// kernel reports that began after it.
+func (m *Machine) ReportMark() int {
+	m.synced()
+	return m.stream.Offset()
+}
+
+// ReportsSince returns the reports that began after mark, waiting (up to
+// a few crash timeouts) for one still being printed, so that a report is
+// never cut where a cell ends.
+func (m *Machine) ReportsSince(ctx context.Context, mark int) []report.Report {
+	m.settle(m.Timeouts.Crash * 5)
+	return m.stream.Since(mark)
 }
 
 // ConsoleLog is the console captured so far.
-func (m *Machine) ConsoleLog() []byte { return m.inst.Console().Bytes() }
+func (m *Machine) ConsoleLog() []byte { return m.con.Bytes() }
 
 // ConsolePath is the console capture file.
-func (m *Machine) ConsolePath() string { return m.inst.Console().Path() }
+func (m *Machine) ConsolePath() string { return m.con.Path() }
 
 // Tail is the last n console lines.
-func (m *Machine) Tail(n int) string { return m.inst.Console().Tail(n) }
+func (m *Machine) Tail(n int) string { return m.con.Tail(n) }
 
-// Instance exposes the backend instance (pause, pid, command line).
+// Instance exposes the backend instance (pause; vm.Process for the pid).
 func (m *Machine) Instance() vm.Instance { return m.inst }
-
-// Mux is the guest channel (the supervisor serves it on a socket).
-func (m *Machine) Mux() *channel.Mux { return m.mux }
 
 // Keys are the per-VM SSH keys.
 func (m *Machine) Keys() *channel.Keys { return m.keys }
 
-// Client returns the machine's shared SSH client, connecting on first use.
-func (m *Machine) Client(ctx context.Context) (*channel.Client, error) {
+// Reconnects counts how often the guest agent was found restarted (by
+// the guest's init, after the OOM killer, say) and reconnected.
+func (m *Machine) Reconnects() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.client != nil {
-		return m.client, nil
+	return m.reconnects
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// Client returns the machine's shared SSH client, connecting on first use
+// and reconnecting when the guest channel broke (a restarted agent). The
+// lock is not held while dialing: Close and other callers never wait for
+// a slow guest.
+func (m *Machine) Client(ctx context.Context) (*channel.Client, error) {
+	for {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return nil, &vm.InfraError{Op: "using the guest channel", Err: errors.New("the machine is closed")}
+		}
+		if m.client != nil && !isClosed(m.mux.Done()) {
+			c := m.client
+			m.mu.Unlock()
+			return c, nil
+		}
+		if w := m.dialing; w != nil {
+			m.mu.Unlock()
+			select {
+			case <-w:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		w := make(chan struct{})
+		m.dialing = w
+		old, mux := m.client, m.mux
+		m.client = nil
+		m.mu.Unlock()
+		if old != nil {
+			old.Close()
+		}
+		c, err := m.dial(ctx, mux)
+		m.mu.Lock()
+		m.dialing = nil
+		if err == nil {
+			if m.closed {
+				c.Close()
+				err = &vm.InfraError{Op: "using the guest channel", Err: errors.New("the machine is closed")}
+			} else {
+				m.client = c
+			}
+		}
+		m.mu.Unlock()
+		close(w)
+		return c, err
+	}
+}
+
+// currentMux returns a live guest channel, reconnecting if it broke.
+func (m *Machine) currentMux(ctx context.Context) (*channel.Mux, error) {
+	m.mu.Lock()
+	mux := m.mux
+	m.mu.Unlock()
+	if mux != nil && !isClosed(mux.Done()) {
+		return mux, nil
+	}
+	if _, err := m.Client(ctx); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mux, nil
+}
+
+// dial opens an SSH connection over mux, first re-running the channel
+// handshake when mux is gone while the VM runs: the agent was restarted.
+func (m *Machine) dial(ctx context.Context, mux *channel.Mux) (*channel.Client, error) {
+	if mux == nil || isClosed(mux.Done()) {
+		if gerr := m.guestFailure(); gerr != nil {
+			return nil, gerr
+		}
+		if mux != nil {
+			mux.Close()
+		}
+		hctx, cancel := context.WithTimeout(ctx, m.Timeouts.Boot)
+		nm, err := m.handshake(hctx)
+		cancel()
+		if err != nil {
+			if gerr := m.guestFailure(); gerr != nil {
+				return nil, gerr
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, &vm.HangError{Phase: "reconnecting to a restarted guest agent (" + err.Error() + ")", After: m.Timeouts.Boot, Tail: m.Tail(40)}
+		}
+		m.mu.Lock()
+		m.mux = nm
+		m.reconnects++
+		n := m.reconnects
+		m.mu.Unlock()
+		mux = nm
+		fmt.Fprintf(m.log, "[lab] %s: the guest agent restarted; reconnected (%d so far)\n", m.Name, n)
 	}
 	cctx, cancel := context.WithTimeout(ctx, m.Timeouts.Ping*2)
 	defer cancel()
-	conn, err := m.mux.Open(cctx)
+	conn, err := mux.Open(cctx)
 	if err != nil {
 		return nil, &vm.InfraError{Op: "opening a guest channel stream", Err: err}
 	}
@@ -521,14 +747,47 @@ func (m *Machine) Client(ctx context.Context) (*channel.Client, error) {
 		if gerr := m.guestFailure(); gerr != nil {
 			return nil, gerr
 		}
-		if cctx.Err() != nil && ctx.Err() == nil {
+		var ne net.Error
+		if (cctx.Err() != nil || errors.As(err, &ne) && ne.Timeout()) && ctx.Err() == nil {
 			// The agent was up once; a guest that stops answering is hung.
 			return nil, &vm.HangError{Phase: "ssh handshake with the guest agent", After: m.Timeouts.Ping * 2, Tail: m.Tail(40)}
 		}
 		return nil, &vm.InfraError{Op: "ssh handshake with the guest agent", Err: err}
 	}
-	m.client = c
 	return c, nil
+}
+
+// handshake connects to the guest channel port and runs its handshake.
+func (m *Machine) handshake(ctx context.Context) (*channel.Mux, error) {
+	ctl, err := m.inst.Control(ctx)
+	if err != nil {
+		return nil, err
+	}
+	mux, err := channel.Handshake(ctx, ctl)
+	if err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	return mux, nil
+}
+
+// Serve pipes every connection accepted on l into a new stream of the
+// guest channel (the supervisor's ssh.sock), across agent restarts.
+func (m *Machine) Serve(l net.Listener) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			mux, err := m.currentMux(context.Background())
+			if err != nil {
+				c.Close()
+				return
+			}
+			mux.Pipe(c)
+		}()
+	}
 }
 
 // Result of one guest command.
@@ -659,7 +918,7 @@ func (m *Machine) Shutdown(ctx context.Context) error {
 }
 
 // Close kills the VM if it still runs and removes what the machine
-// created. Idempotent.
+// created, in the reverse order of creation. Idempotent.
 func (m *Machine) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -667,20 +926,34 @@ func (m *Machine) Close() error {
 		return nil
 	}
 	m.closed = true
-	c := m.client
+	c, mux := m.client, m.mux
 	m.mu.Unlock()
 	if c != nil {
 		c.Close()
 	}
-	if m.mux != nil {
-		m.mux.Close()
+	if mux != nil {
+		mux.Close()
 	}
 	var err error
 	if m.inst != nil {
 		err = m.inst.Close()
+		// The console closes when the instance's events end.
+		select {
+		case <-m.fedDone:
+		case <-time.After(10 * time.Second):
+			m.con.Close()
+		}
+	} else if m.con != nil {
+		m.con.Close()
+	}
+	if m.backend != nil {
+		m.backend.Close()
 	}
 	if m.tempDir {
 		os.RemoveAll(m.Dir)
+	}
+	if m.lock != nil {
+		m.lock.Close()
 	}
 	return err
 }

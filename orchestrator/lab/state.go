@@ -177,10 +177,12 @@ func Supervise(ctx context.Context, o Options) error {
 	defer os.Remove(sock)
 	defer l.Close()
 	os.Chmod(sock, 0o600)
-	go m.Mux().Serve(l)
+	go m.Serve(l)
 
 	st.Status = StatusRunning
-	st.QEMUPID = m.Instance().Pid()
+	if p, ok := m.Instance().(vm.Process); ok {
+		st.QEMUPID = p.Pid()
+	}
 	st.Kernel = m.Kernel.Meta.KernelRelease
 	st.KernelVariant = o.KernelOptions().Variant()
 	st.Vmlinux = m.Kernel.Vmlinux

@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"ldtlab/guest/result"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/report"
 )
 
 // Options select a stress job.
@@ -26,10 +28,10 @@ type Options struct {
 
 // Run is one tracker's run as ldt-stress reported it.
 type Run struct {
-	Tracker   string `json:"tracker"`
-	THP       bool   `json:"thp"`
-	Verdict   string `json:"verdict"` // PASS, CAUGHT, KNOWN-GAP, FAIL, NO-TEETH, ERROR
-	LostPages int    `json:"lost_pages"`
+	Tracker   string         `json:"tracker"`
+	THP       bool           `json:"thp"`
+	Verdict   result.Verdict `json:"verdict"` // PASS, CAUGHT, KNOWN-GAP, FAIL, NO-TEETH, ERROR
+	LostPages int            `json:"lost_pages"`
 	// LostBySource: whose writes were lost (cpu, gup-write, odirect…).
 	LostBySource map[string]int `json:"lost_by_source,omitempty"`
 	Writes       uint64         `json:"writes"`
@@ -86,80 +88,110 @@ func known(tracker, text string) string {
 
 // Failed says whether the run is a failure of the job.
 func (r Run) Failed() bool {
-	return r.Verdict != "PASS" && r.Verdict != "CAUGHT" && r.Verdict != "KNOWN-GAP"
+	return r.Verdict != result.VPass && r.Verdict != result.VCaught && r.Verdict != result.VKnownGap
 }
 
-// Job runs the stress runs in m, one after another. Each kernel report is
+// Guest is what a stress run needs from a booted guest (*lab.Machine).
+type Guest interface {
+	Run(ctx context.Context, cmd string) (lab.Result, error)
+	ReportMark() int
+	ReportsSince(ctx context.Context, mark int) []report.Report
+}
+
+// Job runs the stress runs in g, one after another. Each kernel report is
 // attributed to the run during which it appeared.
-func Job(ctx context.Context, m *lab.Machine, o Options, log io.Writer) ([]Run, error) {
+func Job(ctx context.Context, g Guest, o Options, log io.Writer) ([]Run, error) {
 	if len(o.Trackers) == 0 {
 		o.Trackers = []string{"ldt", "pagemap-scan", "naive"}
 	}
-	type cell struct {
-		tracker string
-		thp     bool
-	}
-	var cells []cell
-	for _, t := range o.Trackers {
-		cells = append(cells, cell{t, false})
-		if o.THP && t == "ldt" {
-			cells = append(cells, cell{t, true})
-		}
-	}
 	var runs []Run
-	for _, c := range cells {
-		cmd := fmt.Sprintf("ldt-stress -tracker %s -pages %d -duration %s -seed %d -thp=%v", c.tracker, o.Pages, o.Duration, o.Seed, c.thp)
-		fmt.Fprintf(log, "[stress] %s\n", cmd)
-		// The guest's own clock runs the duration; allow TCG's slowness
-		// on top for setup and the last epoch's comparison.
-		seen := len(m.Reports())
-		rctx, cancel := context.WithTimeout(ctx, 3*o.Duration+m.Timeouts.Command)
-		res, err := m.Run(rctx, cmd)
-		cancel()
-		if err != nil {
-			return runs, fmt.Errorf("stress %s: %w", c.tracker, err)
-		}
-		r := Run{Tracker: c.tracker, THP: c.thp, Command: cmd}
-		if jerr := json.Unmarshal([]byte(strings.TrimSpace(string(res.Stdout))), &r); jerr != nil && res.Code != 2 {
-			r.Error = fmt.Sprintf("unreadable result (%v): %s", jerr, res.Stdout)
-		}
-		r.Tracker, r.THP = c.tracker, c.thp
-		r.Verdict = judge(c.tracker, res.Code, r.LostPages)
-		if why := knownLost(c.tracker, r.LostBySource); r.Verdict == "FAIL" && why != "" {
-			r.Verdict, r.Known = "KNOWN-GAP", why
-		}
-		if r.Verdict == "ERROR" && r.Error == "" {
-			r.Error = strings.TrimSpace(string(res.Stderr))
-		}
-		for _, rep := range m.Reports()[seen:] {
-			text := rep.String() + "\n" + rep.Text
-			r.Reports = append(r.Reports, text)
-			why := known(c.tracker, text)
-			switch {
-			case why != "" && !r.Failed():
-				r.Verdict, r.Known = "KNOWN-GAP", why
-			case why == "":
-				r.Verdict, r.Error = "FAIL", "kernel report: "+rep.String()
+	for _, t := range o.Trackers {
+		for _, thp := range []bool{false, true} {
+			if thp && (!o.THP || t != "ldt") {
+				continue
 			}
+			r, err := RunOne(ctx, g, t, thp, o, log)
+			if err != nil {
+				return runs, err
+			}
+			runs = append(runs, r)
 		}
-		fmt.Fprintf(log, "[stress] %s thp=%v: %s (lost %d, %d writes, %d collections)\n", c.tracker, c.thp, r.Verdict, r.LostPages, r.Writes, r.Collections)
-		runs = append(runs, r)
 	}
 	return runs, nil
 }
 
+// Command is the guest command of one run.
+func Command(tracker string, thp bool, o Options) string {
+	return fmt.Sprintf("ldt-stress -tracker %s -pages %d -duration %s -seed %d -thp=%v", tracker, o.Pages, o.Duration, o.Seed, thp)
+}
+
+// RunOne runs ldt-stress once under tracker and judges it, kernel reports
+// included. The error is the guest's fault or the lab's (typed, from
+// package vm); the run is judged either way.
+func RunOne(ctx context.Context, g Guest, tracker string, thp bool, o Options, log io.Writer) (Run, error) {
+	cmd := Command(tracker, thp, o)
+	if log != nil {
+		fmt.Fprintf(log, "[stress] %s\n", cmd)
+	}
+	r := Run{Tracker: tracker, THP: thp, Command: cmd}
+	mark := g.ReportMark()
+	// The guest's own clock runs the duration; allow TCG's slowness on
+	// top for setup and the last epoch's comparison.
+	rctx, cancel := context.WithTimeout(ctx, 3*o.Duration+2*time.Minute)
+	res, err := g.Run(rctx, cmd)
+	cancel()
+	reps := g.ReportsSince(ctx, mark)
+	if err != nil {
+		r.Verdict, r.Error = result.VError, err.Error()
+		AddReports(&r, reps)
+		return r, fmt.Errorf("stress %s: %w", tracker, err)
+	}
+	if jerr := json.Unmarshal([]byte(strings.TrimSpace(string(res.Stdout))), &r); jerr != nil && res.Code != 2 {
+		r.Error = fmt.Sprintf("unreadable result (%v): %s", jerr, res.Stdout)
+	}
+	r.Tracker, r.THP = tracker, thp
+	r.Verdict = judge(tracker, res.Code, r.LostPages)
+	if why := knownLost(tracker, r.LostBySource); r.Verdict == result.VFail && why != "" {
+		r.Verdict, r.Known = result.VKnownGap, why
+	}
+	if r.Verdict == result.VError && r.Error == "" {
+		r.Error = strings.TrimSpace(string(res.Stderr))
+	}
+	AddReports(&r, reps)
+	if log != nil {
+		fmt.Fprintf(log, "[stress] %s thp=%v: %s (lost %d, %d writes, %d collections)\n", tracker, thp, r.Verdict, r.LostPages, r.Writes, r.Collections)
+	}
+	return r, nil
+}
+
+// AddReports attributes kernel reports to r: a known bug of a reference
+// tracker is a KNOWN-GAP, anything else fails the run.
+func AddReports(r *Run, reps []report.Report) {
+	for _, rep := range reps {
+		text := rep.String() + "\n" + rep.Text
+		r.Reports = append(r.Reports, text)
+		why := known(r.Tracker, text)
+		switch {
+		case why != "" && !r.Failed():
+			r.Verdict, r.Known = result.VKnownGap, why
+		case why == "":
+			r.Verdict, r.Error = result.VFail, "kernel report: "+rep.String()
+		}
+	}
+}
+
 // judge maps ldt-stress's exit status to a verdict: the negative control
 // must lose writes, every real tracker must lose none.
-func judge(tracker string, code, lost int) string {
+func judge(tracker string, code, lost int) result.Verdict {
 	switch {
 	case code == 2 || (code == 1) != (lost > 0):
-		return "ERROR"
+		return result.VError
 	case tracker == "naive" && lost > 0:
-		return "CAUGHT"
+		return result.VCaught
 	case tracker == "naive":
-		return "NO-TEETH"
+		return result.VNoTeeth
 	case lost > 0:
-		return "FAIL"
+		return result.VFail
 	}
-	return "PASS"
+	return result.VPass
 }

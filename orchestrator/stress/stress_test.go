@@ -4,13 +4,15 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+
+	"ldtlab/guest/result"
 )
 
 func TestJudge(t *testing.T) {
 	for _, c := range []struct {
 		tracker    string
 		code, lost int
-		want       string
+		want       result.Verdict
 	}{
 		{"ldt", 0, 0, "PASS"},
 		{"ldt", 1, 3, "FAIL"},

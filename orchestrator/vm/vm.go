@@ -10,40 +10,78 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"ldtlab/orchestrator/accel"
-	"ldtlab/orchestrator/console"
 )
 
-// Disk is a raw image attached as virtio-blk; the guest finds it by Serial.
-type Disk struct {
-	Path   string
-	Serial string
+// ControlPort is the name of the virtio-serial port the guest agent
+// listens on (the guest channel).
+const ControlPort = "ldtlab.ctl"
+
+// BaseCmdline is what every lab guest boots with, before Config.Cmdline.
+// panic=0 keeps a panicked guest alive (pvpanic has already told us) so
+// the whole report reaches the console before the lab stops it.
+const BaseCmdline = "console=ttyS0 panic=0 no_hash_pointers printk.devkmsg=on rdinit=/init"
+
+// Names of the fw_cfg entries the guest agent reads its keys from
+// (/sys/firmware/qemu_fw_cfg/by_name/<name>/raw).
+const (
+	FwCfgHostKey       = "opt/ldtlab/host_key"
+	FwCfgAuthorizedKey = "opt/ldtlab/authorized_key"
+)
+
+// Artifact is a file the guest boots from (kernel, initramfs), named by
+// the SHA-256 of its content so that a remote backend uploads it once.
+type Artifact struct {
+	Path string // on the orchestrator's machine
+	Hash string // hex SHA-256 of the content
 }
 
-// FwCfg is a file handed to the guest through QEMU's fw_cfg.
+// Disk is a blank disk the backend creates for the guest (sparse, raw),
+// attached as virtio-blk; the guest finds it by Serial.
+type Disk struct {
+	Serial  string
+	SizeMiB int
+}
+
+// FwCfg is data handed to the guest through the firmware configuration
+// device. Backends keep it off command lines (it holds keys).
 type FwCfg struct {
-	Name string // e.g. opt/ldtlab/host_key
-	Path string
+	Name string // e.g. FwCfgHostKey
+	Data []byte
 }
 
 // Config describes one VM.
 type Config struct {
-	Name      string
-	Dir       string // private (0700) directory for sockets and logs
-	Kernel    string
-	Initrd    string
-	Cmdline   string // appended to the lab's base command line
+	Name string // the lab's VM name; backends prefix it ("ldtlab-")
+	// Dir is a private (0700) directory on the orchestrator's machine
+	// for the backend's local state (sockets, disk images); a remote
+	// backend may keep nothing there.
+	Dir       string
+	Kernel    Artifact
+	Initrd    Artifact
+	Cmdline   string // appended to BaseCmdline
 	MemoryMiB int
 	CPUs      int
-	Accel     accel.Choice
+	Accel     accel.Choice // resolved by the same backend's Accel
 	Disks     []Disk
 	FwCfg     []FwCfg
-	GDB       string    // QEMU gdbstub address, e.g. tcp:127.0.0.1:1234; "" = off
-	Mirror    io.Writer // optional live copy of the console
-	Timeouts  Timeouts
+	// Console receives every byte of the serial console, in order; the
+	// lab owns it (capture, crash detection, mirror). Backends must not
+	// block on anything else while writing to it.
+	Console io.Writer
+	// GDB is a host:port for the guest's gdbstub on the backend's host
+	// (loopback only); "" = off.
+	GDB      string
+	Timeouts Timeouts
+}
+
+// FullCmdline is the guest kernel's whole command line.
+func (c Config) FullCmdline() string {
+	return strings.TrimSpace(BaseCmdline + " ldtlab.name=" + c.Name + " " + c.Cmdline)
 }
 
 // EventKind classifies what an instance reports asynchronously.
@@ -65,58 +103,122 @@ type Event struct {
 
 // Instance is a running VM.
 type Instance interface {
-	// Console is the captured serial console.
-	Console() *console.Capture
-	// Control is the host end of the guest channel port (virtio-serial).
+	// Control connects to the host end of the guest channel port. It may
+	// be called again after the connection broke (a restarted agent).
 	Control(ctx context.Context) (io.ReadWriteCloser, error)
-	// Events delivers panics, shutdowns and the exit; closed after exit.
+	// Events delivers panics, shutdowns, disk errors and, last, the
+	// exit; it is closed right after EventExit.
 	Events() <-chan Event
-	// Done is closed when the VM process has exited.
+	// Done is closed when the VM has stopped for good.
 	Done() <-chan struct{}
 	// Powerdown asks the guest to power off (ACPI) and waits for the exit.
 	Powerdown(ctx context.Context) error
 	// Pause freezes the guest's CPUs (a hang, as far as the guest's
 	// observers can tell).
 	Pause(ctx context.Context) error
-	// Close stops the VM (grace period, then kill) and removes its sockets.
-	// It is idempotent and safe at any time.
+	// Close stops the VM (grace period, then kill) and removes what the
+	// backend created for it. It is idempotent and safe at any time.
 	Close() error
-	// Pid is the VM process id.
+}
+
+// Process is implemented by instances that are a local process (QEMU):
+// details for reproduction and diagnosis only.
+type Process interface {
 	Pid() int
-	// CommandLine is the exact command that started the VM (for repro).
+	// CommandLine is the exact command that started the VM.
 	CommandLine() []string
-	// Stderr is what the VM process wrote to stderr.
+	// Stderr is what the process wrote to stderr (its last bytes).
 	Stderr() string
 }
 
-// Backend starts instances.
-type Backend interface {
-	Start(ctx context.Context, cfg Config) (Instance, error)
+// Stderr is inst's stderr if it is a local process, else "".
+func Stderr(inst Instance) string {
+	if p, ok := inst.(Process); ok {
+		return p.Stderr()
+	}
+	return ""
 }
 
+// Capacity is how many guests of what size a backend can run at once.
+type Capacity struct {
+	CPUs      int // host CPUs available to guests
+	MemoryMiB int // host memory available to guests
+}
+
+// VMs is how many guests of cpus vCPUs and mem MiB fit, at least one. TCG
+// guests each keep a host CPU busy, so vCPUs are not oversubscribed.
+func (c Capacity) VMs(cpus, mem int) int {
+	n := 1 << 30
+	if cpus > 0 && c.CPUs > 0 {
+		n = min(n, c.CPUs/cpus)
+	}
+	if mem > 0 && c.MemoryMiB > 0 {
+		n = min(n, c.MemoryMiB/mem)
+	}
+	if n < 1 || n == 1<<30 {
+		return 1
+	}
+	return n
+}
+
+// Backend starts instances on one host.
+type Backend interface {
+	Name() string
+	// Accel resolves an accelerator request (auto, kvm, tcg) on the
+	// backend's host.
+	Accel(request string) (accel.Choice, error)
+	// Capacity says what the backend's host can run.
+	Capacity() (Capacity, error)
+	Start(ctx context.Context, cfg Config) (Instance, error)
+	// Close releases the backend (connections); running instances are
+	// not affected.
+	Close() error
+}
+
+// Sweeper is implemented by backends that can find and remove guests
+// whose orchestrator died without cleaning up (a SIGKILL).
+type Sweeper interface {
+	Sweep(ctx context.Context) error
+}
+
+// BackendConfig configures a backend.
+type BackendConfig struct {
+	// Connect is the backend's host: a libvirt URI; "" for the local
+	// QEMU backend.
+	Connect string
+}
+
+// Factory constructs a backend from its configuration.
+type Factory func(BackendConfig) (Backend, error)
+
 var (
-	mu       sync.Mutex
-	backends = map[string]Backend{}
+	mu        sync.Mutex
+	factories = map[string]Factory{}
 )
 
 // Register makes a backend available by name; backends call it from init.
-func Register(name string, b Backend) {
+func Register(name string, f Factory) {
 	mu.Lock()
 	defer mu.Unlock()
-	backends[name] = b
+	factories[name] = f
 }
 
-// Get returns a registered backend.
-func Get(name string) (Backend, error) {
+// Open constructs the backend called name.
+func Open(name string, cfg BackendConfig) (Backend, error) {
 	mu.Lock()
-	defer mu.Unlock()
-	if b, ok := backends[name]; ok {
-		return b, nil
-	}
+	f, ok := factories[name]
 	var names []string
-	for n := range backends {
+	for n := range factories {
 		names = append(names, n)
 	}
-	sort.Strings(names)
-	return nil, fmt.Errorf("unknown VM backend %q (have %v)", name, names)
+	mu.Unlock()
+	if !ok {
+		sort.Strings(names)
+		return nil, fmt.Errorf("unknown VM backend %q (have %v)", name, names)
+	}
+	b, err := f(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening the %s backend: %w", name, err)
+	}
+	return b, nil
 }

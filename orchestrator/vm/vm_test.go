@@ -175,20 +175,44 @@ func TestErrorsAsThroughWrapping(t *testing.T) {
 	assert.ErrorAs(t, j, &he)
 }
 
-type fakeBackend struct{}
+type fakeBackend struct{ cfg BackendConfig }
 
+func (fakeBackend) Name() string                                    { return "test-fake" }
+func (fakeBackend) Accel(string) (accel.Choice, error)              { return accel.Choice{Kind: accel.TCG}, nil }
+func (fakeBackend) Capacity() (Capacity, error)                     { return Capacity{CPUs: 2}, nil }
+func (fakeBackend) Close() error                                    { return nil }
 func (fakeBackend) Start(context.Context, Config) (Instance, error) { return nil, errors.New("fake") }
 
 func TestRegistry(t *testing.T) {
-	Register("test-fake", fakeBackend{})
-	b, err := Get("test-fake")
+	Register("test-fake", func(c BackendConfig) (Backend, error) { return fakeBackend{c}, nil })
+	Register("test-broken", func(BackendConfig) (Backend, error) { return nil, errors.New("no daemon") })
+	b, err := Open("test-fake", BackendConfig{Connect: "x"})
 	require.NoError(t, err)
-	assert.Equal(t, fakeBackend{}, b)
+	assert.Equal(t, fakeBackend{BackendConfig{Connect: "x"}}, b, "constructed from its config")
 
-	_, err = Get("no-such-backend")
+	_, err = Open("no-such-backend", BackendConfig{})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `"no-such-backend"`)
 	assert.Contains(t, err.Error(), "test-fake", "the error lists what is available")
+
+	_, err = Open("test-broken", BackendConfig{})
+	assert.ErrorContains(t, err, "opening the test-broken backend: no daemon")
+}
+
+func TestCapacityVMs(t *testing.T) {
+	for _, tc := range []struct {
+		c         Capacity
+		cpus, mem int
+		want      int
+	}{
+		{Capacity{CPUs: 2, MemoryMiB: 24000}, 2, 768, 1},
+		{Capacity{CPUs: 8, MemoryMiB: 24000}, 2, 768, 4},
+		{Capacity{CPUs: 8, MemoryMiB: 2000}, 2, 768, 2},
+		{Capacity{CPUs: 1, MemoryMiB: 100}, 2, 768, 1},
+		{Capacity{}, 2, 768, 1},
+	} {
+		assert.Equal(t, tc.want, tc.c.VMs(tc.cpus, tc.mem), "%+v", tc)
+	}
 }
 
 // A huge scale ("never time out while I debug") must not overflow

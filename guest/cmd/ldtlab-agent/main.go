@@ -165,6 +165,12 @@ func serveMain(args []string) int {
 	}
 	log := boot.NewLog("ldtlab-agent")
 	log.KmsgPath = *kmsg
+	// Agitators squeeze memory on purpose: the OOM killer must take them,
+	// not the lab's channel (init restarts the agent and the host
+	// reconnects, but the command in flight is lost).
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil {
+		log.Printf("cannot protect the agent from the OOM killer: %v", err)
+	}
 
 	path := *port
 	if path == "" {

@@ -36,21 +36,21 @@ func fullConfig() vm.Config {
 	return vm.Config{
 		Name:      "alpha",
 		Dir:       "/state/vms/alpha",
-		Kernel:    "/cache/kernels/k/bzImage",
-		Initrd:    "/cache/images/i/initramfs.cpio",
+		Kernel:    vm.Artifact{Path: "/cache/kernels/k/bzImage", Hash: "aa"},
+		Initrd:    vm.Artifact{Path: "/cache/images/i/initramfs.cpio", Hash: "bb"},
 		Cmdline:   "ldtlab.debug=1 loglevel=8",
 		MemoryMiB: 4096,
 		CPUs:      4,
 		Accel:     accel.Choice{Kind: accel.KVM, Reason: "kvm: test"},
 		Disks: []vm.Disk{
-			{Path: "/state/vms/alpha/swap.img", Serial: "ldtlab-swap"},
-			{Path: "/state/vms/alpha/data.img", Serial: "ldtlab-data"},
+			{Serial: "ldtlab-swap", SizeMiB: 512},
+			{Serial: "ldtlab-data", SizeMiB: 64},
 		},
 		FwCfg: []vm.FwCfg{
-			{Name: "opt/ldtlab/host_key", Path: "/state/vms/alpha/host_key"},
-			{Name: "opt/ldtlab/authorized_key", Path: "/state/vms/alpha/authorized_key"},
+			{Name: vm.FwCfgHostKey, Data: []byte("secret host key")},
+			{Name: vm.FwCfgAuthorizedKey, Data: []byte("ssh-ed25519 AAAA")},
 		},
-		GDB: "tcp:127.0.0.1:1234",
+		GDB: "127.0.0.1:1234",
 	}
 }
 
@@ -61,19 +61,19 @@ func TestArgsFull(t *testing.T) {
 	assert.Equal(t, "ldtlab-alpha,debug-threads=on", value(t, a, "-name"))
 	assert.Equal(t, "4096", value(t, a, "-m"))
 	assert.Equal(t, "4", value(t, a, "-smp"))
-	assert.Equal(t, cfg.Kernel, value(t, a, "-kernel"))
-	assert.Equal(t, cfg.Initrd, value(t, a, "-initrd"))
+	assert.Equal(t, cfg.Kernel.Path, value(t, a, "-kernel"))
+	assert.Equal(t, cfg.Initrd.Path, value(t, a, "-initrd"))
 
 	app := value(t, a, "-append")
-	assert.True(t, strings.HasPrefix(app, BaseCmdline+" "), "base command line first: %q", app)
+	assert.True(t, strings.HasPrefix(app, vm.BaseCmdline+" "), "base command line first: %q", app)
 	assert.Contains(t, app, "ldtlab.name=alpha")
 	assert.True(t, strings.HasSuffix(app, " ldtlab.debug=1 loglevel=8"), "user command line last: %q", app)
 	assert.Contains(t, app, "console=ttyS0")
 	assert.Contains(t, app, "panic=0")
 
 	// Guest channel: the named virtio-serial port backed by the VM's socket.
-	assert.Contains(t, values(a, "-device"), "virtserialport,bus=vser.0,chardev=ctl,name="+ControlPortName)
-	assert.Equal(t, "ldtlab.ctl", ControlPortName)
+	assert.Contains(t, values(a, "-device"), "virtserialport,bus=vser.0,chardev=ctl,name="+vm.ControlPort)
+	assert.Equal(t, "ldtlab.ctl", vm.ControlPort)
 	assert.Contains(t, values(a, "-chardev"), "socket,id=ctl,path="+filepath.Join(cfg.Dir, "ctl.sock")+",server=on,wait=off")
 	assert.Contains(t, values(a, "-device"), "virtio-serial-pci,id=vser")
 	assert.Equal(t, "unix:"+filepath.Join(cfg.Dir, "qmp.sock")+",server=on,wait=off", value(t, a, "-qmp"))
@@ -92,17 +92,19 @@ func TestArgsFull(t *testing.T) {
 	// full disk) is reported to the guest, not a silent pause of the VM
 	// (QEMU's default werror=enospc stops the guest without a word).
 	assert.Equal(t, []string{
-		"file=/state/vms/alpha/swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
-		"file=/state/vms/alpha/data.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
+		"file=/state/vms/alpha/disk0-ldtlab-swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
+		"file=/state/vms/alpha/disk1-ldtlab-data.img,if=none,id=disk1,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
 	}, values(a, "-drive"))
 	assert.Contains(t, values(a, "-device"), "virtio-blk-pci,drive=disk0,serial=ldtlab-swap")
 	assert.Contains(t, values(a, "-device"), "virtio-blk-pci,drive=disk1,serial=ldtlab-data")
 
-	// fw_cfg files.
+	// fw_cfg blobs are files in the private directory: keys never show
+	// on a command line.
 	assert.Equal(t, []string{
-		"name=opt/ldtlab/host_key,file=/state/vms/alpha/host_key",
-		"name=opt/ldtlab/authorized_key,file=/state/vms/alpha/authorized_key",
+		"name=opt/ldtlab/host_key,file=/state/vms/alpha/fwcfg0",
+		"name=opt/ldtlab/authorized_key,file=/state/vms/alpha/fwcfg1",
 	}, values(a, "-fw_cfg"))
+	assert.NotContains(t, strings.Join(a, " "), "secret")
 
 	assert.Equal(t, "tcp:127.0.0.1:1234", value(t, a, "-gdb"))
 
@@ -117,11 +119,11 @@ func TestArgsFull(t *testing.T) {
 }
 
 func TestArgsDefaults(t *testing.T) {
-	a := Args(vm.Config{Name: "b", Dir: "/d", Kernel: "/k", Accel: accel.Choice{Kind: accel.TCG}})
+	a := Args(vm.Config{Name: "b", Dir: "/d", Kernel: vm.Artifact{Path: "/k"}, Accel: accel.Choice{Kind: accel.TCG}})
 	assert.Equal(t, "1024", value(t, a, "-m"))
 	assert.Equal(t, "2", value(t, a, "-smp"))
 	assert.Equal(t, "ldtlab-b,debug-threads=on", value(t, a, "-name"))
-	assert.Equal(t, BaseCmdline+" ldtlab.name=b", value(t, a, "-append"), "no trailing space without a user command line")
+	assert.Equal(t, vm.BaseCmdline+" ldtlab.name=b", value(t, a, "-append"), "no trailing space without a user command line")
 	assert.NotContains(t, a, "-gdb", "gdb only when asked for")
 	assert.NotContains(t, a, "-initrd")
 	assert.NotContains(t, a, "-drive")
@@ -146,13 +148,13 @@ func TestArgsAccelerators(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(string(c.kind), func(t *testing.T) {
-			a := Args(vm.Config{Name: "x", Dir: "/d", Kernel: "/k", Accel: accel.Choice{Kind: c.kind}})
+			a := Args(vm.Config{Name: "x", Dir: "/d", Kernel: vm.Artifact{Path: "/k"}, Accel: accel.Choice{Kind: c.kind}})
 			assert.Equal(t, c.accel, value(t, a, "-accel"))
 			assert.Equal(t, c.cpu, value(t, a, "-cpu"))
 		})
 	}
 	// An unknown kind adds nothing (QEMU would pick its own default).
-	a := Args(vm.Config{Name: "x", Dir: "/d", Kernel: "/k"})
+	a := Args(vm.Config{Name: "x", Dir: "/d", Kernel: vm.Artifact{Path: "/k"}})
 	assert.NotContains(t, a, "-accel")
 	assert.NotContains(t, a, "-cpu")
 }
@@ -189,23 +191,23 @@ func TestBinary(t *testing.T) {
 func TestArgsEscapesCommasInPaths(t *testing.T) {
 	dir := "/state/a,b"
 	a := Args(vm.Config{
-		Name: "x", Dir: dir, Kernel: "/k", Accel: accel.Choice{Kind: accel.TCG},
-		Disks: []vm.Disk{{Path: dir + "/swap.img", Serial: "s"}},
-		FwCfg: []vm.FwCfg{{Name: "opt/ldtlab/host_key", Path: dir + "/host_key"}},
+		Name: "x", Dir: dir, Kernel: vm.Artifact{Path: "/k"}, Accel: accel.Choice{Kind: accel.TCG},
+		Disks: []vm.Disk{{Serial: "s", SizeMiB: 1}},
+		FwCfg: []vm.FwCfg{{Name: "opt/ldtlab/host_key", Data: []byte("k")}},
 	})
 	assert.Equal(t, "unix:/state/a,,b/qmp.sock,server=on,wait=off", value(t, a, "-qmp"))
 	assert.Contains(t, values(a, "-chardev"), "socket,id=ctl,path=/state/a,,b/ctl.sock,server=on,wait=off")
-	assert.Equal(t, "file=/state/a,,b/swap.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report", value(t, a, "-drive"))
-	assert.Equal(t, "name=opt/ldtlab/host_key,file=/state/a,,b/host_key", value(t, a, "-fw_cfg"))
+	assert.Equal(t, "file=/state/a,,b/disk0-s.img,if=none,id=disk0,format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report", value(t, a, "-drive"))
+	assert.Equal(t, "name=opt/ldtlab/host_key,file=/state/a,,b/fwcfg0", value(t, a, "-fw_cfg"))
 }
 
 func TestIOErrorDetailNamesHostFile(t *testing.T) {
-	in := &instance{cfg: vm.Config{Disks: []vm.Disk{{Path: "/s/swap.img"}, {Path: "/s/data.img"}}}}
-	assert.Equal(t, "no space left on /s/data.img (guest write failed)",
+	in := &instance{cfg: vm.Config{Dir: "/s", Disks: []vm.Disk{{Serial: "swap"}, {Serial: "data"}}}}
+	assert.Equal(t, "no space left on /s/disk1-data.img (guest write failed)",
 		in.ioErrorDetail([]byte(`{"device":"disk1","node-name":"#block123","operation":"write","action":"report","nospace":true,"reason":"No space left on device"}`)))
 	// What QEMU 7.2 sends with werror=report: nospace false, the reason says it.
-	assert.Equal(t, "no space left on /s/data.img (guest write failed)",
+	assert.Equal(t, "no space left on /s/disk1-data.img (guest write failed)",
 		in.ioErrorDetail([]byte(`{"device":"disk1","node-name":"#block123","operation":"write","action":"report","nospace":false,"reason":"No space left on device"}`)))
-	assert.Equal(t, "read to /s/swap.img failed: Input/output error",
+	assert.Equal(t, "read to /s/disk0-swap.img failed: Input/output error",
 		in.ioErrorDetail([]byte(`{"device":"disk0","operation":"read","action":"report","nospace":false,"reason":"Input/output error"}`)))
 }

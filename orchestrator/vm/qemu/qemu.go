@@ -14,13 +14,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"ldtlab/images/cache"
-	"ldtlab/orchestrator/console"
+	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/qmp"
 	"ldtlab/orchestrator/vm"
 )
@@ -33,17 +34,50 @@ func Binary() string {
 	return "qemu-system-x86_64"
 }
 
-// ControlPortName is the virtio-serial port the guest agent listens on.
-const ControlPortName = "ldtlab.ctl"
-
-// BaseCmdline is what every lab guest boots with. panic=0 keeps a panicked
-// guest alive (pvpanic has already told us) so the whole report reaches
-// the console before we kill it.
-const BaseCmdline = "console=ttyS0 panic=0 no_hash_pointers printk.devkmsg=on rdinit=/init"
-
 type backend struct{}
 
-func init() { vm.Register("qemu", backend{}) }
+func init() {
+	vm.Register("qemu", func(cfg vm.BackendConfig) (vm.Backend, error) {
+		if cfg.Connect != "" {
+			return nil, fmt.Errorf("the qemu backend runs guests on this machine only (got --connect %q; use --backend libvirt for a remote host)", cfg.Connect)
+		}
+		return backend{}, nil
+	})
+}
+
+func (backend) Name() string { return "qemu" }
+
+// Accel resolves the request on this machine (/dev/kvm, PVM-only hosts).
+func (backend) Accel(request string) (accel.Choice, error) { return accel.Resolve(request, "/") }
+
+// Capacity is this machine's CPUs and available memory.
+func (backend) Capacity() (vm.Capacity, error) {
+	c := vm.Capacity{CPUs: runtime.NumCPU()}
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return c, fmt.Errorf("reading /proc/meminfo: %w", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		var kib int
+		if _, err := fmt.Sscanf(l, "MemAvailable: %d kB", &kib); err == nil {
+			c.MemoryMiB = kib >> 10
+		}
+	}
+	return c, nil
+}
+
+func (backend) Close() error { return nil }
+
+// diskPath and fwCfgPath are where the backend keeps a VM's disks and
+// fw_cfg blobs (0600 files in the private VM directory: the blobs are
+// keys, so they never appear on a command line).
+func diskPath(cfg vm.Config, i int) string {
+	return filepath.Join(cfg.Dir, fmt.Sprintf("disk%d-%s.img", i, cfg.Disks[i].Serial))
+}
+
+func fwCfgPath(cfg vm.Config, i int) string {
+	return filepath.Join(cfg.Dir, fmt.Sprintf("fwcfg%d", i))
+}
 
 // Args builds the QEMU command line for cfg (exported for repro output and
 // unit tests).
@@ -56,22 +90,21 @@ func Args(cfg vm.Config) []string {
 	if cpus == 0 {
 		cpus = 2
 	}
-	cmdline := strings.TrimSpace(BaseCmdline + " ldtlab.name=" + cfg.Name + " " + cfg.Cmdline)
 	a := []string{
 		"-name", "ldtlab-" + cfg.Name + ",debug-threads=on",
 		"-machine", "pc",
 		"-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
 		"-m", fmt.Sprint(mem), "-smp", fmt.Sprint(cpus),
-		"-kernel", cfg.Kernel,
-		"-append", cmdline,
-		// The serial console goes to our stdout pipe: the capture is the
-		// only reader, and it never stops reading.
+		"-kernel", cfg.Kernel.Path,
+		"-append", cfg.FullCmdline(),
+		// The serial console goes to our stdout pipe: the lab's console
+		// sink is the only reader, and it never stops reading.
 		"-chardev", "stdio,id=con,signal=off",
 		"-serial", "chardev:con",
 		"-qmp", "unix:" + optEscape(filepath.Join(cfg.Dir, "qmp.sock")) + ",server=on,wait=off",
 		"-device", "virtio-serial-pci,id=vser",
 		"-chardev", "socket,id=ctl,path=" + optEscape(filepath.Join(cfg.Dir, "ctl.sock")) + ",server=on,wait=off",
-		"-device", "virtserialport,bus=vser.0,chardev=ctl,name=" + ControlPortName,
+		"-device", "virtserialport,bus=vser.0,chardev=ctl,name=" + vm.ControlPort,
 		"-device", "pvpanic",
 		// Entropy from the host, so nothing in the guest waits for the crng.
 		"-device", "virtio-rng-pci",
@@ -81,8 +114,8 @@ func Args(cfg vm.Config) []string {
 		"-no-reboot",
 	}
 	a = append(a, cfg.Accel.QEMUArgs()...)
-	if cfg.Initrd != "" {
-		a = append(a, "-initrd", cfg.Initrd)
+	if cfg.Initrd.Path != "" {
+		a = append(a, "-initrd", cfg.Initrd.Path)
 	}
 	for i, d := range cfg.Disks {
 		id := fmt.Sprintf("disk%d", i)
@@ -90,14 +123,14 @@ func Args(cfg vm.Config) []string {
 		// guest as an I/O error and us as BLOCK_IO_ERROR, instead of
 		// QEMU's default of pausing the VM, which looks like a hang.
 		a = append(a,
-			"-drive", "file="+optEscape(d.Path)+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
+			"-drive", "file="+optEscape(diskPath(cfg, i))+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
 			"-device", "virtio-blk-pci,drive="+id+",serial="+d.Serial)
 	}
-	for _, f := range cfg.FwCfg {
-		a = append(a, "-fw_cfg", "name="+f.Name+",file="+optEscape(f.Path))
+	for i, f := range cfg.FwCfg {
+		a = append(a, "-fw_cfg", "name="+f.Name+",file="+optEscape(fwCfgPath(cfg, i)))
 	}
 	if cfg.GDB != "" {
-		a = append(a, "-gdb", cfg.GDB)
+		a = append(a, "-gdb", "tcp:"+strings.TrimPrefix(cfg.GDB, "tcp:"))
 	}
 	return a
 }
@@ -106,14 +139,16 @@ type instance struct {
 	cfg     vm.Config
 	cmd     *exec.Cmd
 	argv    []string
-	con     *console.Capture
 	mon     *qmp.Monitor
-	events  chan vm.Event
 	done    chan struct{}
 	stderr  *tailBuffer
 	closeMu sync.Mutex
 	closed  bool
 	waitErr error
+
+	evMu     sync.Mutex
+	events   chan vm.Event
+	evClosed bool
 }
 
 // Start launches QEMU and connects to its monitor. On any failure it
@@ -126,7 +161,7 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	if lerr != nil {
 		return nil, &vm.InfraError{Op: "starting QEMU", Err: fmt.Errorf("%s not found: install Debian package qemu-system-x86 (run `labctl setup`)", Binary())}
 	}
-	for _, f := range []string{cfg.Kernel, cfg.Initrd} {
+	for _, f := range []string{cfg.Kernel.Path, cfg.Initrd.Path} {
 		if f == "" {
 			continue
 		}
@@ -137,13 +172,14 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	if cfg.Timeouts.QMP == 0 {
 		cfg.Timeouts = vm.Scaled(cfg.Accel.Kind)
 	}
-	con, cerr := console.New(filepath.Join(cfg.Dir, "console.log"), cfg.Mirror)
-	if cerr != nil {
-		return nil, &vm.InfraError{Op: "creating console log", Err: cerr}
+	if cfg.Console == nil {
+		cfg.Console = io.Discard
+	}
+	if err := prepareFiles(cfg); err != nil {
+		return nil, err
 	}
 	in := &instance{
 		cfg:    cfg,
-		con:    con,
 		events: make(chan vm.Event, 16),
 		done:   make(chan struct{}),
 		stderr: &tailBuffer{max: 16 << 10},
@@ -151,18 +187,16 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	in.argv = append([]string{bin}, Args(cfg)...)
 	in.cmd = exec.Command(bin, in.argv[1:]...)
 	in.cmd.Stdin = nil
-	in.cmd.Stdout = con
+	in.cmd.Stdout = cfg.Console
 	in.cmd.Stderr = in.stderr
 	// Own process group (a signal to us does not hit it by accident, and
 	// we can kill its whole group), and death with our thread.
 	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmdlinePath := filepath.Join(cfg.Dir, "qemu.cmdline")
 	if werr := os.WriteFile(cmdlinePath, []byte(shellQuote(in.argv)+"\n"), 0o600); werr != nil {
-		con.Close()
 		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: cache.Explain(cmdlinePath, werr)}
 	}
 	if err := in.cmd.Start(); err != nil {
-		con.Close()
 		return nil, &vm.InfraError{Op: "starting " + bin, Err: err}
 	}
 	go in.wait()
@@ -171,11 +205,6 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 			in.Close()
 		}
 	}()
-	// The pid file lets a sweep of stale directories see a live QEMU.
-	pidPath := filepath.Join(cfg.Dir, "qemu.pid")
-	if werr := os.WriteFile(pidPath, []byte(fmt.Sprint(in.cmd.Process.Pid)), 0o600); werr != nil {
-		return nil, &vm.InfraError{Op: "recording QEMU's pid", Err: cache.Explain(pidPath, werr)}
-	}
 
 	// The QMP socket appears once QEMU has parsed its arguments; a bad
 	// argument makes QEMU exit instead, and its stderr says why.
@@ -190,6 +219,29 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	in.mon = mon
 	go in.watchEvents()
 	return in, nil
+}
+
+// prepareFiles creates the VM's blank disks (sparse) and fw_cfg blobs.
+func prepareFiles(cfg vm.Config) error {
+	for i, d := range cfg.Disks {
+		p := diskPath(cfg, i)
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+		if err != nil {
+			return &vm.InfraError{Op: "creating disk image", Err: cache.Explain(p, err)}
+		}
+		err = f.Truncate(int64(d.SizeMiB) << 20)
+		f.Close()
+		if err != nil {
+			return &vm.InfraError{Op: "sizing disk image", Err: cache.Explain(p, err)}
+		}
+	}
+	for i, fc := range cfg.FwCfg {
+		p := fwCfgPath(cfg, i)
+		if err := os.WriteFile(p, fc.Data, 0o600); err != nil {
+			return &vm.InfraError{Op: "writing fw_cfg " + fc.Name, Err: cache.Explain(p, err)}
+		}
+	}
+	return nil
 }
 
 func dialRetry[T any](ctx context.Context, in *instance, dial func(context.Context) (T, error)) (T, error) {
@@ -212,10 +264,14 @@ func dialRetry[T any](ctx context.Context, in *instance, dial func(context.Conte
 }
 
 func (in *instance) wait() {
+	// Wait returns after the console pipe is drained into the sink.
 	err := in.cmd.Wait()
 	in.waitErr = err
-	in.con.Close()
 	in.send(vm.Event{Kind: vm.EventExit, Time: time.Now(), Detail: exitDetail(err)})
+	in.evMu.Lock()
+	in.evClosed = true
+	close(in.events)
+	in.evMu.Unlock()
 	close(in.done)
 }
 
@@ -227,6 +283,21 @@ func exitDetail(err error) string {
 }
 
 func (in *instance) send(e vm.Event) {
+	in.evMu.Lock()
+	defer in.evMu.Unlock()
+	if in.evClosed {
+		return
+	}
+	if e.Kind == vm.EventExit {
+		// The exit is never dropped: make room for it.
+		select {
+		case in.events <- e:
+		default:
+			<-in.events
+			in.events <- e
+		}
+		return
+	}
 	select {
 	case in.events <- e:
 	default: // nobody listening and buffer full: drop, Done() still works
@@ -264,7 +335,7 @@ func (in *instance) ioErrorDetail(data []byte) string {
 	}
 	var idx int
 	if _, err := fmt.Sscanf(e.Device, "disk%d", &idx); err == nil && idx >= 0 && idx < len(in.cfg.Disks) {
-		file = in.cfg.Disks[idx].Path
+		file = diskPath(in.cfg, idx)
 	}
 	// QEMU sets nospace only for the enospc action; the reason says it
 	// whatever the action.
@@ -274,12 +345,11 @@ func (in *instance) ioErrorDetail(data []byte) string {
 	return fmt.Sprintf("%s to %s failed: %s", e.Operation, file, e.Reason)
 }
 
-func (in *instance) Console() *console.Capture { return in.con }
-func (in *instance) Events() <-chan vm.Event   { return in.events }
-func (in *instance) Done() <-chan struct{}     { return in.done }
-func (in *instance) Pid() int                  { return in.cmd.Process.Pid }
-func (in *instance) CommandLine() []string     { return append([]string(nil), in.argv...) }
-func (in *instance) Stderr() string            { return in.stderr.String() }
+func (in *instance) Events() <-chan vm.Event { return in.events }
+func (in *instance) Done() <-chan struct{}   { return in.done }
+func (in *instance) Pid() int                { return in.cmd.Process.Pid }
+func (in *instance) CommandLine() []string   { return append([]string(nil), in.argv...) }
+func (in *instance) Stderr() string          { return in.stderr.String() }
 
 // Control connects to the guest channel's host end.
 func (in *instance) Control(ctx context.Context) (io.ReadWriteCloser, error) {
@@ -343,8 +413,14 @@ func (in *instance) Close() error {
 	if in.mon != nil {
 		in.mon.Close()
 	}
-	for _, s := range []string{"qmp.sock", "ctl.sock", "qemu.pid"} {
+	for _, s := range []string{"qmp.sock", "ctl.sock"} {
 		os.Remove(filepath.Join(in.cfg.Dir, s))
+	}
+	for i := range in.cfg.Disks {
+		os.Remove(diskPath(in.cfg, i))
+	}
+	for i := range in.cfg.FwCfg {
+		os.Remove(fwCfgPath(in.cfg, i))
 	}
 	return nil
 }
