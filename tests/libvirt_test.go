@@ -30,6 +30,7 @@ const (
 func libvirtOptions(t testing.TB, name string) lab.Options {
 	o := guestOptions(t, "lv-"+name)
 	o.Backend = "libvirt"
+	o.Connect = localURI
 	return o
 }
 
@@ -44,7 +45,6 @@ func domainsLeft(t testing.TB, uri string) []string {
 }
 
 func TestLibvirtBootRunExitStatus(t *testing.T) {
-	t.Setenv(lv.URIEnv, localURI)
 	m := boot(t, libvirtOptions(t, "basic"))
 	t.Logf("boot to agent ready through libvirt: %s (%s)", m.BootTime, m.Accel.Kind)
 
@@ -74,7 +74,6 @@ func TestLibvirtBootRunExitStatus(t *testing.T) {
 }
 
 func TestLibvirtInjectedPanicIsDetected(t *testing.T) {
-	t.Setenv(lv.URIEnv, localURI)
 	m := boot(t, libvirtOptions(t, "panic"))
 	start := time.Now()
 	_, err := m.Run(context.Background(), "echo panic > /sys/kernel/debug/labtest/trigger")
@@ -118,7 +117,7 @@ func TestLibvirtTwoHostsFanOut(t *testing.T) {
 	machines := make([]*lab.Machine, len(hosts))
 	for i, uri := range hosts {
 		ho := libvirtOptions(t, fmt.Sprintf("fan%d", i))
-		ho.Backend = lv.BackendFor(uri)
+		ho.Connect = uri
 		start := time.Now()
 		m, err := lab.BootBuilt(ctx, ho, kb, &fresh)
 		require.NoError(t, err, "booting on %s", uri)

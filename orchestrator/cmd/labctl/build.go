@@ -80,9 +80,7 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 	}
 	o.Backend = g.backend
 	if g.backend == "libvirt" {
-		// Today's vm.Backend takes no configuration: the backend reads
-		// its connection from the environment.
-		os.Setenv(libvirt.URIEnv, g.connect)
+		o.Connect = g.connect
 	}
 	if g.redis {
 		files, err := check.RedisFiles()

@@ -178,7 +178,15 @@ func fileHash(path string) (string, int64, error) {
 	if err != nil {
 		return "", 0, err
 	}
-	return hex.EncodeToString(h.Sum(nil))[:24], n, nil
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// volName is an artifact's volume: its kind and (a prefix of) its hash.
+func volName(kind, hash string) string {
+	if len(hash) > 24 {
+		hash = hash[:24]
+	}
+	return kind + "-" + hash
 }
 
 // artifactVolume makes sure the file at path is in the pool as a volume
@@ -194,7 +202,7 @@ func artifactVolume(ctx context.Context, l *golibvirt.Libvirt, pool golibvirt.St
 			return "", false, fmt.Errorf("hashing %s: %w", path, err)
 		}
 	}
-	name := kind + "-" + hash
+	name := volName(kind, hash)
 	if v, err := l.StorageVolLookupByName(pool, name); err == nil {
 		p, err := l.StorageVolGetPath(v)
 		return p, false, err
@@ -252,7 +260,7 @@ func ArtifactInPool(ctx context.Context, uri, kind, path string, remove bool) (b
 	if err != nil {
 		return false, nil
 	}
-	v, err := l.StorageVolLookupByName(pool, kind+"-"+hash)
+	v, err := l.StorageVolLookupByName(pool, volName(kind, hash))
 	if err != nil {
 		return false, nil
 	}

@@ -15,37 +15,18 @@ import (
 	"ldtlab/orchestrator/vm"
 )
 
-// Artifact is a file the guest boots from; Hash (if known) names its
-// volume, otherwise the backend hashes the file.
-type Artifact struct {
-	Path string
-	Hash string
-}
-
-// Disk is a raw disk the backend creates (and deletes with the VM).
-type Disk struct {
-	Serial  string
-	SizeMiB int
-}
-
-// FwCfg is a file handed to the guest through fw_cfg.
-type FwCfg struct {
-	Name string
-	Data []byte
-}
-
 // StartConfig is one VM for the libvirt backend.
 type StartConfig struct {
 	URI            string // libvirt connection; DefaultURI if empty
 	Name           string // the lab's VM name; the domain is NamePrefix+Name
 	Accel          accel.Choice
-	Kernel, Initrd Artifact
-	Cmdline        string // the complete kernel command line
+	Kernel, Initrd vm.Artifact // Hash "" = hash the file here
+	Cmdline        string      // the complete kernel command line
 	MemoryMiB      int
 	CPUs           int
 	NUMANodes      int
-	Disks          []Disk
-	FwCfg          []FwCfg
+	Disks          []vm.Disk
+	FwCfg          []vm.FwCfg
 	Channel        string    // virtio-serial port name of the guest agent
 	Console        io.Writer // receives the serial console stream
 	Timeouts       vm.Timeouts
@@ -110,8 +91,6 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 		return &vm.InfraError{Op: op + " (" + in.dom.Name + " on " + u.Redacted() + ")", Err: err}
 	}
 
-	// Domains whose lab process died (SIGKILL runs no cleanup) go first.
-	sweep(l, func(_, desc string) bool { return orphaned(desc, pidAlive) })
 	pool, err := ensurePool(l)
 	if err != nil {
 		return nil, up, infra("preparing the storage pool", err)
@@ -252,6 +231,19 @@ func (in *Instance) send(e vm.Event) {
 	in.evMu.Lock()
 	defer in.evMu.Unlock()
 	if in.exited {
+		return
+	}
+	if e.Kind == vm.EventExit {
+		// The exit is never dropped: make room for it.
+		select {
+		case in.events <- e:
+		default:
+			select {
+			case <-in.events:
+			default:
+			}
+			in.events <- e
+		}
 		return
 	}
 	select {

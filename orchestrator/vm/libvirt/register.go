@@ -2,111 +2,124 @@ package libvirt
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
-	"ldtlab/orchestrator/console"
+	golibvirt "github.com/digitalocean/go-libvirt"
+
+	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/vm"
-	"ldtlab/orchestrator/vm/qemu"
 )
 
-// URIEnv selects the libvirt connection for the registered backend, which
-// today's vm.Backend interface cannot pass (labctl's --connect sets it).
-const URIEnv = "LDTLAB_LIBVIRT_URI"
-
-// backend adapts Start to today's vm.Backend: files by path, the console
-// capture owned by the backend.
-type backend struct {
-	uri string // "" = ConfiguredURI()
+func init() {
+	vm.Register("libvirt", func(cfg vm.BackendConfig) (vm.Backend, error) { return Open(cfg.Connect) })
 }
 
-func init() { vm.Register("libvirt", backend{}) }
+// Backend is the libvirt vm.Backend for one host (one connection URI).
+type Backend struct {
+	uri string
+	u   *url.URL
 
-// ConfiguredURI is the connection the registered backend uses.
-func ConfiguredURI() string {
-	if u := os.Getenv(URIEnv); u != "" {
-		return u
-	}
-	return DefaultURI
+	mu sync.Mutex
+	l  *golibvirt.Libvirt // for Accel, Capacity and Sweep; instances have their own
 }
 
-func (b backend) Start(ctx context.Context, cfg vm.Config) (vm.Instance, error) {
-	if b.uri == "" {
-		b.uri = ConfiguredURI()
+// Open connects to the libvirtd behind uri (DefaultURI if empty).
+func Open(uri string) (*Backend, error) {
+	if uri == "" {
+		uri = DefaultURI
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	l, u, err := connect(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	return &Backend{uri: uri, u: u, l: l}, nil
+}
+
+// Name is "libvirt".
+func (b *Backend) Name() string { return "libvirt" }
+
+// URI is the backend's connection.
+func (b *Backend) URI() string { return b.uri }
+
+// Accel resolves the request from the host's domain capabilities (and,
+// for this machine's daemon, the lab's own probe).
+func (b *Backend) Accel(request string) (accel.Choice, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return resolveAccel(request, kvmCaps(b.l), isLocal(b.u), func(w string) (accel.Choice, error) { return accel.Resolve(w, "/") })
+}
+
+// Capacity is the host's CPUs and free memory as libvirtd reports them.
+func (b *Backend) Capacity() (vm.Capacity, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, _, cpus, _, _, _, _, _, err := b.l.NodeGetInfo()
+	if err != nil {
+		return vm.Capacity{}, fmt.Errorf("libvirt node info: %w", err)
+	}
+	free, err := b.l.NodeGetFreeMemory()
+	if err != nil {
+		return vm.Capacity{}, fmt.Errorf("libvirt free memory: %w", err)
+	}
+	return vm.Capacity{CPUs: int(cpus), MemoryMiB: int(free >> 20)}, nil
+}
+
+// Sweep destroys the lab's domains whose owning process, on this machine,
+// is gone (a SIGKILLed orchestrator), and their disks.
+func (b *Backend) Sweep(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, err := sweep(b.l, func(_, desc string) bool { return orphaned(desc, pidAlive) })
+	return err
+}
+
+// Close ends the backend's own connection; instances keep theirs.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.l.Disconnect()
+}
+
+// Start boots cfg as a transient domain.
+func (b *Backend) Start(ctx context.Context, cfg vm.Config) (vm.Instance, error) {
 	if cfg.GDB != "" {
-		return nil, &vm.InfraError{Op: "starting a libvirt domain", Err: fmt.Errorf("--gdb is not supported by the libvirt backend")}
+		return nil, &vm.InfraError{Op: "starting a libvirt domain", Err: errors.New("a gdbstub is not supported by the libvirt backend")}
 	}
 	sc := StartConfig{
 		URI:       b.uri,
 		Name:      cfg.Name,
 		Accel:     cfg.Accel,
-		Kernel:    Artifact{Path: cfg.Kernel},
-		Initrd:    Artifact{Path: cfg.Initrd},
-		Cmdline:   strings.TrimSpace(qemu.BaseCmdline + " ldtlab.name=" + cfg.Name + " " + cfg.Cmdline),
+		Kernel:    cfg.Kernel,
+		Initrd:    cfg.Initrd,
+		Cmdline:   cfg.FullCmdline(),
 		MemoryMiB: cfg.MemoryMiB,
 		CPUs:      cfg.CPUs,
-		Channel:   qemu.ControlPortName,
+		Channel:   vm.ControlPort,
+		Console:   cfg.Console,
 		Timeouts:  cfg.Timeouts,
+		Disks:     cfg.Disks,
+		FwCfg:     cfg.FwCfg,
 	}
-	for _, d := range cfg.Disks {
-		st, err := os.Stat(d.Path)
-		if err != nil {
-			return nil, &vm.InfraError{Op: "sizing disk " + d.Serial, Err: err}
-		}
-		sc.Disks = append(sc.Disks, Disk{Serial: d.Serial, SizeMiB: int(st.Size() >> 20)})
-	}
-	for _, f := range cfg.FwCfg {
-		b, err := os.ReadFile(f.Path)
-		if err != nil {
-			return nil, &vm.InfraError{Op: "reading fw_cfg file " + f.Name, Err: err}
-		}
-		sc.FwCfg = append(sc.FwCfg, FwCfg{Name: f.Name, Data: b})
-	}
-	con, err := console.New(filepath.Join(cfg.Dir, "console.log"), cfg.Mirror)
-	if err != nil {
-		return nil, &vm.InfraError{Op: "creating console log", Err: err}
-	}
-	sc.Console = con
 	in, _, err := Start(ctx, sc)
 	if err != nil {
-		con.Close()
 		return nil, err
 	}
-	os.WriteFile(filepath.Join(cfg.Dir, "domain.xml"), []byte(in.XML()), 0o600)
-	// What `labctl down` needs to destroy the domain if this process dies.
-	os.WriteFile(filepath.Join(cfg.Dir, leftoverFile), []byte(in.URI()+"\n"+in.DomainName()+"\n"), 0o600)
-	return &adapted{Instance: in, con: con, dir: cfg.Dir}, nil
-}
-
-// adapted adds what today's vm.Instance asks of a backend on top.
-type adapted struct {
-	*Instance
-	con *console.Capture
-	dir string
-}
-
-func (a *adapted) Console() *console.Capture { return a.con }
-
-// Pid is 0: the QEMU process belongs to libvirtd, possibly on another host.
-func (a *adapted) Pid() int { return 0 }
-
-// CommandLine is how to start the same domain by hand.
-func (a *adapted) CommandLine() []string {
-	return []string{"virsh", "-c", a.URI(), "create", filepath.Join(a.dir, "domain.xml")}
-}
-
-// Stderr is empty: QEMU's own log stays with libvirtd
-// (/var/log/libvirt/qemu/<domain>.log on its host).
-func (a *adapted) Stderr() string { return "" }
-
-func (a *adapted) Close() error {
-	err := a.Instance.Close()
-	a.con.Close()
-	return err
+	if cfg.Dir != "" {
+		// For reproduction by hand, and for `labctl down` if the
+		// orchestrator dies (the domain outlives it).
+		os.WriteFile(filepath.Join(cfg.Dir, "domain.xml"), []byte(in.XML()), 0o600)
+		os.WriteFile(filepath.Join(cfg.Dir, leftoverFile), []byte(in.URI()+"\n"+in.DomainName()+"\n"), 0o600)
+	}
+	return in, nil
 }
 
 const leftoverFile = "libvirt-domain"
@@ -125,23 +138,4 @@ func DestroyLeftover(ctx context.Context, dir string) error {
 	}
 	_, err = Sweep(ctx, f[0], func(name, _ string) bool { return name == f[1] })
 	return err
-}
-
-var (
-	regMu  sync.Mutex
-	regged = map[string]bool{}
-)
-
-// BackendFor registers a backend bound to uri and returns its name
-// ("libvirt@URI"), so that one process can run VMs on several hosts at
-// once with today's vm.Backend (which takes no per-VM connection).
-func BackendFor(uri string) string {
-	name := "libvirt@" + uri
-	regMu.Lock()
-	defer regMu.Unlock()
-	if !regged[name] {
-		vm.Register(name, backend{uri: uri})
-		regged[name] = true
-	}
-	return name
 }
