@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
 	lv "ldtlab/orchestrator/vm/libvirt"
@@ -179,4 +181,28 @@ func TestLibvirtPauseAndPowerdown(t *testing.T) {
 		assert.Contains(t, m.ExitReason(), "guest powered off")
 		assert.Empty(t, domainsLeft(t, localURI))
 	})
+}
+
+// TestLibvirtBackendHost: what the backend says about its host, through
+// the remote-style connection, matches this machine.
+func TestLibvirtBackendHost(t *testing.T) {
+	b, err := vm.Open("libvirt", vm.BackendConfig{Connect: remoteURI})
+	require.NoError(t, err)
+	defer b.Close()
+	assert.Equal(t, "libvirt", b.Name())
+	c, err := b.Capacity()
+	require.NoError(t, err)
+	assert.Equal(t, runtime.NumCPU(), c.CPUs)
+	assert.Positive(t, c.MemoryMiB)
+	// The loopback host is this machine: the lab's own probe decides,
+	// whatever libvirt's domain capabilities claim about /dev/kvm.
+	want, wantErr := accel.Resolve("auto", "/")
+	got, err := b.Accel("auto")
+	assert.Equal(t, wantErr, err)
+	assert.Equal(t, want, got)
+	t.Logf("libvirt host: %d CPUs, %d MiB free; accelerator %s", c.CPUs, c.MemoryMiB, got.Reason)
+
+	_, err = vm.Open("libvirt", vm.BackendConfig{Connect: "qemu+tcp://127.0.0.1:1/system"})
+	require.Error(t, err, "nothing listens on port 1")
+	assert.Contains(t, err.Error(), "connecting to libvirtd at qemu+tcp://127.0.0.1:1/system")
 }
