@@ -10,6 +10,10 @@
 //     wraps ErrClosed, a deadline wraps context.DeadlineExceeded;
 //   - an Events channel that never blocks go-qemu's reader (bounded buffer,
 //     oldest dropped) and is closed when the monitor closes.
+//
+// go-qemu reads QEMU's output line by line with a 64 KiB line limit: a
+// longer response (query-qmp-schema, say) ends the monitor (ErrClosed).
+// The lab's commands and events are far below it.
 package qmp
 
 import (
