@@ -7,14 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
+	"github.com/digitalocean/go-libvirt/socket"
 	"libvirt.org/go/libvirtxml"
 
 	"ldtlab/orchestrator/accel"
@@ -31,25 +35,98 @@ const (
 	PoolDir  = "/var/lib/libvirt/images/ldtlab"
 )
 
-// connect opens a go-libvirt connection to uri.
-func connect(ctx context.Context, uri string) (*golibvirt.Libvirt, *url.URL, error) {
+// conn is a go-libvirt connection that can be cut. go-libvirt waits for
+// libvirtd's answer to a call forever (a wedged daemon would hang the lab),
+// so every use is bounded by a context whose end closes the socket under
+// go-libvirt, which fails the pending calls.
+type conn struct {
+	*golibvirt.Libvirt
+	u *url.URL
+
+	mu  sync.Mutex
+	raw net.Conn
+}
+
+// Dial implements socket.Dialer, keeping the net.Conn to cut.
+type cuttableDialer struct {
+	socket.Dialer
+	c *conn
+}
+
+func (d cuttableDialer) Dial() (net.Conn, error) {
+	nc, err := d.Dialer.Dial()
+	if err == nil {
+		d.c.mu.Lock()
+		d.c.raw = nc
+		d.c.mu.Unlock()
+	}
+	return nc, err
+}
+
+// abort closes the socket: pending and later calls fail at once.
+func (c *conn) abort() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.raw != nil {
+		c.raw.Close()
+	}
+}
+
+// bound makes ctx's end abort the connection; call the returned stop
+// when the bounded work is over.
+func (c *conn) bound(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, c.abort)
+}
+
+// dead says whether the connection is gone (aborted or lost).
+func (c *conn) dead() bool {
+	select {
+	case <-c.Disconnected():
+		return true
+	default:
+		return false
+	}
+}
+
+// close says goodbye to libvirtd, within a few seconds.
+func (c *conn) close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	defer c.bound(ctx)()
+	err := c.Disconnect()
+	c.abort()
+	return err
+}
+
+// connect opens a connection to uri within ctx (or 10 s).
+func connect(ctx context.Context, uri string) (*conn, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
-		return nil, nil, fmt.Errorf("libvirt URI %q: %w", uri, err)
+		return nil, fmt.Errorf("libvirt URI %q: %w", uri, err)
 	}
-	timeout := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
 	}
-	d, err := dialerFor(u, timeout)
+	dl, _ := ctx.Deadline()
+	d, err := dialerFor(u, time.Until(dl))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	l := golibvirt.NewWithDialer(d)
-	if err := l.ConnectToURI(golibvirt.RemoteURI(u)); err != nil {
-		return nil, nil, fmt.Errorf("connecting to libvirtd at %s: %w (is libvirtd running? `labctl setup --backend libvirt` starts a local one)", u.Redacted(), err)
+	c := &conn{u: u}
+	c.Libvirt = golibvirt.NewWithDialer(cuttableDialer{d, c})
+	stop := c.bound(ctx)
+	err = c.ConnectToURI(golibvirt.RemoteURI(u))
+	stop()
+	if err != nil {
+		c.abort()
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return nil, fmt.Errorf("connecting to libvirtd at %s: %w (is libvirtd running? `labctl setup --backend libvirt` starts a local one)", u.Redacted(), err)
 	}
-	return l, u, nil
+	return c, nil
 }
 
 // isLocal says whether the URI reaches this machine's daemon, where the
@@ -123,12 +200,13 @@ func kvmCaps(l *golibvirt.Libvirt) error {
 
 // Accel resolves an accelerator request on the host behind uri.
 func Accel(ctx context.Context, uri, want string) (accel.Choice, error) {
-	l, u, err := connect(ctx, uri)
+	c, err := connect(ctx, uri)
 	if err != nil {
 		return accel.Choice{}, err
 	}
-	defer l.Disconnect()
-	return resolveAccel(want, kvmCaps(l), isLocal(u), func(w string) (accel.Choice, error) { return accel.Resolve(w, "/") })
+	defer c.close()
+	defer c.bound(ctx)()
+	return resolveAccel(want, kvmCaps(c.Libvirt), isLocal(c.u), func(w string) (accel.Choice, error) { return accel.Resolve(w, "/") })
 }
 
 // pools serialises pool creation and uploads within this process; across
@@ -240,7 +318,82 @@ func artifactVolume(ctx context.Context, l *golibvirt.Libvirt, pool golibvirt.St
 		}
 	}
 	p, err := l.StorageVolGetPath(v)
+	if err == nil {
+		pruneArtifacts(l, pool, kind)
+	}
 	return p, true, err
+}
+
+// A pool keeps the newest artifactKeep artifacts of each kind, plus any a
+// running domain boots from; older ones go when a new one arrives. Only
+// artifacts older than artifactMinAge are removed, so that one another
+// lab process has just looked up is not pulled from under it.
+const (
+	artifactKeep   = 6
+	artifactMinAge = time.Hour
+)
+
+type poolVol struct {
+	name, path string
+	mtime      time.Time
+}
+
+// toPrune picks the volumes of kind to remove.
+func toPrune(vols []poolVol, kind string, keep int, minAge time.Duration, now time.Time, inUse map[string]bool) []string {
+	var mine []poolVol
+	for _, v := range vols {
+		if strings.HasPrefix(v.name, kind+"-") && !strings.Contains(v.name, ".part-") {
+			mine = append(mine, v)
+		}
+	}
+	sort.Slice(mine, func(i, j int) bool { return mine[i].mtime.After(mine[j].mtime) })
+	var out []string
+	for i, v := range mine {
+		if i < keep || inUse[v.path] || now.Sub(v.mtime) < minAge {
+			continue
+		}
+		out = append(out, v.name)
+	}
+	return out
+}
+
+// pruneArtifacts applies toPrune to the pool; failures only cost space.
+func pruneArtifacts(l *golibvirt.Libvirt, pool golibvirt.StoragePool, kind string) {
+	vols, _, err := l.StoragePoolListAllVolumes(pool, 1, 0)
+	if err != nil {
+		return
+	}
+	inUse := map[string]bool{}
+	doms, _, _ := l.ConnectListAllDomains(1, golibvirt.ConnectListDomainsActive)
+	for _, d := range doms {
+		if x, err := l.DomainGetXMLDesc(d, 0); err == nil {
+			var dx libvirtxml.Domain
+			if dx.Unmarshal(x) == nil && dx.OS != nil {
+				inUse[dx.OS.Kernel], inUse[dx.OS.Initrd] = true, true
+			}
+		}
+	}
+	byName := map[string]golibvirt.StorageVol{}
+	var pv []poolVol
+	for _, v := range vols {
+		x, err := l.StorageVolGetXMLDesc(v, 0)
+		if err != nil {
+			continue
+		}
+		var vx libvirtxml.StorageVolume
+		if vx.Unmarshal(x) != nil || vx.Target == nil || vx.Target.Timestamps == nil {
+			continue
+		}
+		sec, err := strconv.ParseFloat(vx.Target.Timestamps.Mtime, 64)
+		if err != nil {
+			continue
+		}
+		byName[v.Name] = v
+		pv = append(pv, poolVol{name: v.Name, path: vx.Target.Path, mtime: time.Unix(0, int64(sec*1e9))})
+	}
+	for _, n := range toPrune(pv, kind, artifactKeep, artifactMinAge, time.Now(), inUse) {
+		l.StorageVolDelete(byName[n], 0)
+	}
 }
 
 // ArtifactInPool says whether the file at path is already stored (by its
@@ -251,11 +404,13 @@ func ArtifactInPool(ctx context.Context, uri, kind, path string, remove bool) (b
 	if err != nil {
 		return false, err
 	}
-	l, _, err := connect(ctx, uri)
+	c, err := connect(ctx, uri)
 	if err != nil {
 		return false, err
 	}
-	defer l.Disconnect()
+	defer c.close()
+	defer c.bound(ctx)()
+	l := c.Libvirt
 	pool, err := l.StoragePoolLookupByName(PoolName)
 	if err != nil {
 		return false, nil
@@ -316,12 +471,13 @@ func diskVolume(l *golibvirt.Libvirt, pool golibvirt.StoragePool, name string, s
 // (NamePrefix is required whatever match says) and deletes their disk
 // volumes. It returns the names it destroyed.
 func Sweep(ctx context.Context, uri string, match func(name, description string) bool) ([]string, error) {
-	l, _, err := connect(ctx, uri)
+	c, err := connect(ctx, uri)
 	if err != nil {
 		return nil, err
 	}
-	defer l.Disconnect()
-	return sweep(l, match)
+	defer c.close()
+	defer c.bound(ctx)()
+	return sweep(c.Libvirt, match)
 }
 
 func sweep(l *golibvirt.Libvirt, match func(name, description string) bool) ([]string, error) {
@@ -394,12 +550,13 @@ func pidAlive(pid int) bool {
 
 // Domains lists the domains on uri whose names start with prefix.
 func Domains(ctx context.Context, uri, prefix string) ([]string, error) {
-	l, _, err := connect(ctx, uri)
+	c, err := connect(ctx, uri)
 	if err != nil {
 		return nil, err
 	}
-	defer l.Disconnect()
-	doms, _, err := l.ConnectListAllDomains(1, 0)
+	defer c.close()
+	defer c.bound(ctx)()
+	doms, _, err := c.ConnectListAllDomains(1, 0)
 	if err != nil {
 		return nil, fmt.Errorf("listing domains: %w", err)
 	}

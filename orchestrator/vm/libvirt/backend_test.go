@@ -1,11 +1,16 @@
 package libvirt
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -142,4 +147,64 @@ func TestDecodeError(t *testing.T) {
 	// A length that runs past the payload is not trusted.
 	bad := append([]byte{0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0}, 'x')
 	assert.EqualError(t, decodeError(bad), "libvirt error 1")
+}
+
+// TestConnectSilentDaemon: a daemon that accepts and never answers must not
+// hold the lab past its deadline (go-libvirt alone would wait forever).
+func TestConnectSilentDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "libvirt-sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			go io.Copy(io.Discard, c) // read everything, answer nothing
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = connect(ctx, "qemu+unix:///system?socket="+sock)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "connecting to libvirtd at qemu+unix:///system")
+	assert.Less(t, time.Since(start), 3*time.Second)
+
+	_, err = Open("qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "none"))
+	assert.ErrorContains(t, err, "is libvirtd running?")
+}
+
+func TestToPrune(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	ago := func(h int) time.Time { return now.Add(-time.Duration(h) * time.Hour) }
+	vols := []poolVol{
+		{"kernel-a", "/p/kernel-a", ago(10)},
+		{"kernel-b", "/p/kernel-b", ago(9)},
+		{"kernel-c", "/p/kernel-c", ago(8)},
+		{"kernel-d", "/p/kernel-d", ago(0)}, // newest
+		{"kernel-x.part-1-2", "/p/kernel-x.part-1-2", ago(50)},
+		{"initrd-z", "/p/initrd-z", ago(100)},
+		{"ldtlab-vm-ldtswap.img", "/p/ldtlab-vm-ldtswap.img", ago(100)},
+	}
+	tests := []struct {
+		name  string
+		keep  int
+		inUse map[string]bool
+		want  []string
+	}{
+		{"keep all", 6, nil, nil},
+		{"keep two newest", 2, nil, []string{"kernel-b", "kernel-a"}},
+		{"in use is spared", 1, map[string]bool{"/p/kernel-b": true}, []string{"kernel-c", "kernel-a"}},
+		{"too young to go", 0, nil, []string{"kernel-c", "kernel-b", "kernel-a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, toPrune(vols, "kernel", tt.keep, time.Hour, now, tt.inUse))
+		})
+	}
 }

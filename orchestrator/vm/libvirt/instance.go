@@ -35,7 +35,7 @@ type StartConfig struct {
 // Instance is a running transient domain.
 type Instance struct {
 	cfg    StartConfig
-	l      *golibvirt.Libvirt
+	c      *conn // replaced by a fresh one if Close finds it dead
 	u      *url.URL
 	dom    golibvirt.Domain
 	xml    string
@@ -47,6 +47,7 @@ type Instance struct {
 	console    *stream
 	consoleEnd chan struct{} // closed when the console copy has ended
 
+	cMu       sync.Mutex
 	closeOnce sync.Once
 	exitOnce  sync.Once
 	evMu      sync.Mutex // send vs. close(events)
@@ -76,11 +77,14 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 	if c.Timeouts.QMP == 0 {
 		c.Timeouts = vm.Scaled(c.Accel.Kind)
 	}
-	l, u, err := connect(ctx, c.URI)
+	cn, err := connect(ctx, c.URI)
 	if err != nil {
 		return nil, up, &vm.InfraError{Op: "starting a libvirt domain", Err: err}
 	}
-	in := &Instance{cfg: c, l: l, u: u, events: make(chan vm.Event, 16), done: make(chan struct{}), consoleEnd: make(chan struct{})}
+	l, u := cn.Libvirt, cn.u
+	// A daemon that stops answering must not hold Start past ctx.
+	defer cn.bound(ctx)()
+	in := &Instance{cfg: c, c: cn, u: u, events: make(chan vm.Event, 16), done: make(chan struct{}), consoleEnd: make(chan struct{})}
 	in.dom.Name = NamePrefix + c.Name
 	defer func() {
 		if err != nil {
@@ -154,12 +158,13 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 // watch turns this domain's lifecycle events into vm events. It ends
 // when the domain has stopped (or the connection to libvirtd is lost).
 func (in *Instance) watch(evs <-chan golibvirt.DomainEventLifecycleMsg) {
+	lost := in.c.Disconnected() // the connection the events come on
 	for {
 		var ev golibvirt.DomainEventLifecycleMsg
 		var ok bool
 		select {
 		case ev, ok = <-evs:
-		case <-in.l.Disconnected():
+		case <-lost:
 			in.exit("lost the connection to libvirtd")
 			return
 		}
@@ -177,7 +182,7 @@ func (in *Instance) watch(evs <-chan golibvirt.DomainEventLifecycleMsg) {
 			// on_crash=preserve has paused the guest; like QEMU's
 			// -action panic=none, let it finish printing its report
 			// (panic=0 keeps the kernel spinning afterwards).
-			in.l.DomainResume(in.dom)
+			go in.do(10*time.Second, func(l *golibvirt.Libvirt) error { return l.DomainResume(in.dom) })
 		case golibvirt.DomainEventShutdown:
 			in.send(vm.Event{Kind: vm.EventShutdown, Time: now, Detail: "guest shut down"})
 		case golibvirt.DomainEventStopped:
@@ -284,7 +289,9 @@ func (in *Instance) Control(ctx context.Context) (io.ReadWriteCloser, error) {
 
 // Powerdown presses the ACPI power button and waits for the domain to stop.
 func (in *Instance) Powerdown(ctx context.Context) error {
-	if err := in.l.DomainShutdownFlags(in.dom, golibvirt.DomainShutdownAcpiPowerBtn); err != nil {
+	if err := in.doCtx(ctx, func(l *golibvirt.Libvirt) error {
+		return l.DomainShutdownFlags(in.dom, golibvirt.DomainShutdownAcpiPowerBtn)
+	}); err != nil {
 		return fmt.Errorf("powering down %s: %w", in.dom.Name, err)
 	}
 	select {
@@ -297,10 +304,32 @@ func (in *Instance) Powerdown(ctx context.Context) error {
 
 // Pause freezes the guest's CPUs.
 func (in *Instance) Pause(ctx context.Context) error {
-	if err := in.l.DomainSuspend(in.dom); err != nil {
+	if err := in.doCtx(ctx, func(l *golibvirt.Libvirt) error { return l.DomainSuspend(in.dom) }); err != nil {
 		return fmt.Errorf("pausing %s: %w", in.dom.Name, err)
 	}
 	return nil
+}
+
+// do runs a call on the instance's connection within timeout.
+func (in *Instance) do(timeout time.Duration, fn func(l *golibvirt.Libvirt) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return in.doCtx(ctx, fn)
+}
+
+// doCtx runs a call within ctx: if libvirtd does not answer in time, the
+// connection is cut (the call fails) and the instance counts as lost; its
+// Close reconnects to destroy the domain.
+func (in *Instance) doCtx(ctx context.Context, fn func(l *golibvirt.Libvirt) error) error {
+	in.cMu.Lock()
+	c := in.c
+	in.cMu.Unlock()
+	stop := c.bound(ctx)
+	err := fn(c.Libvirt)
+	if !stop() && ctx.Err() != nil {
+		return fmt.Errorf("libvirtd did not answer within the deadline: %w", ctx.Err())
+	}
+	return err
 }
 
 // Close destroys the domain (transient: nothing stays defined), deletes
@@ -308,16 +337,33 @@ func (in *Instance) Pause(ctx context.Context) error {
 func (in *Instance) Close() error {
 	var err error
 	in.closeOnce.Do(func() {
+		grace := in.cfg.Timeouts.Grace
+		if grace == 0 {
+			grace = 2 * time.Second
+		}
+		if in.console != nil {
+			in.console.Close()
+		}
+		// The instance's connection may have been cut (a deadline) or
+		// lost: clean up through a fresh one.
+		in.cMu.Lock()
+		if in.c.dead() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if nc, cerr := connect(ctx, in.cfg.URI); cerr == nil {
+				in.c = nc
+			} else {
+				err = fmt.Errorf("reconnecting to destroy %s: %w", in.dom.Name, cerr)
+			}
+			cancel()
+		}
+		in.cMu.Unlock()
 		if in.dom.UUID != (golibvirt.UUID{}) {
 			select {
 			case <-in.done:
 			default:
-				if derr := in.l.DomainDestroy(in.dom); derr != nil && !isNotFound(derr) {
+				derr := in.do(5*grace, func(l *golibvirt.Libvirt) error { return l.DomainDestroy(in.dom) })
+				if derr != nil && !isNotFound(derr) && err == nil {
 					err = fmt.Errorf("destroying %s: %w", in.dom.Name, derr)
-				}
-				grace := in.cfg.Timeouts.Grace
-				if grace == 0 {
-					grace = 2 * time.Second
 				}
 				select {
 				case <-in.done:
@@ -325,11 +371,9 @@ func (in *Instance) Close() error {
 				}
 			}
 		}
-		if in.console != nil {
-			in.console.Close()
-		}
 		for _, v := range in.vols {
-			if derr := in.l.StorageVolDelete(v, 0); derr != nil && err == nil {
+			derr := in.do(5*grace, func(l *golibvirt.Libvirt) error { return l.StorageVolDelete(v, 0) })
+			if derr != nil && err == nil {
 				err = fmt.Errorf("deleting volume %s: %w", v.Name, derr)
 			}
 		}
@@ -337,7 +381,9 @@ func (in *Instance) Close() error {
 			in.stopEvents()
 		}
 		in.exit("closed")
-		in.l.Disconnect()
+		in.cMu.Lock()
+		in.c.close()
+		in.cMu.Unlock()
 	})
 	return err
 }

@@ -27,7 +27,7 @@ type Backend struct {
 	u   *url.URL
 
 	mu sync.Mutex
-	l  *golibvirt.Libvirt // for Accel, Capacity and Sweep; instances have their own
+	c  *conn // for Accel, Capacity and Sweep; instances have their own
 }
 
 // Open connects to the libvirtd behind uri (DefaultURI if empty).
@@ -37,12 +37,35 @@ func Open(uri string) (*Backend, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	l, u, err := connect(ctx, uri)
+	c, err := connect(ctx, uri)
 	if err != nil {
 		return nil, err
 	}
-	return &Backend{uri: uri, u: u, l: l}, nil
+	return &Backend{uri: uri, u: c.u, c: c}, nil
 }
+
+// call runs fn on the backend's connection within ctx, reconnecting first
+// if an earlier deadline cut it.
+func (b *Backend) call(ctx context.Context, fn func(l *golibvirt.Libvirt) error) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.c.dead() {
+		c, err := connect(ctx, b.uri)
+		if err != nil {
+			return err
+		}
+		b.c = c
+	}
+	stop := b.c.bound(ctx)
+	err := fn(b.c.Libvirt)
+	if !stop() && ctx.Err() != nil {
+		return fmt.Errorf("libvirtd at %s did not answer within the deadline: %w", b.u.Redacted(), ctx.Err())
+	}
+	return err
+}
+
+// hostCallTimeout bounds Accel and Capacity, which take no context.
+const hostCallTimeout = 30 * time.Second
 
 // Name is "libvirt".
 func (b *Backend) Name() string { return "libvirt" }
@@ -53,40 +76,49 @@ func (b *Backend) URI() string { return b.uri }
 // Accel resolves the request from the host's domain capabilities (and,
 // for this machine's daemon, the lab's own probe).
 func (b *Backend) Accel(request string) (accel.Choice, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return resolveAccel(request, kvmCaps(b.l), isLocal(b.u), func(w string) (accel.Choice, error) { return accel.Resolve(w, "/") })
+	ctx, cancel := context.WithTimeout(context.Background(), hostCallTimeout)
+	defer cancel()
+	var kvmErr error
+	if err := b.call(ctx, func(l *golibvirt.Libvirt) error { kvmErr = kvmCaps(l); return nil }); err != nil {
+		return accel.Choice{}, err
+	}
+	return resolveAccel(request, kvmErr, isLocal(b.u), func(w string) (accel.Choice, error) { return accel.Resolve(w, "/") })
 }
 
 // Capacity is the host's CPUs and free memory as libvirtd reports them.
 func (b *Backend) Capacity() (vm.Capacity, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	_, _, cpus, _, _, _, _, _, err := b.l.NodeGetInfo()
-	if err != nil {
-		return vm.Capacity{}, fmt.Errorf("libvirt node info: %w", err)
-	}
-	free, err := b.l.NodeGetFreeMemory()
-	if err != nil {
-		return vm.Capacity{}, fmt.Errorf("libvirt free memory: %w", err)
-	}
-	return vm.Capacity{CPUs: int(cpus), MemoryMiB: int(free >> 20)}, nil
+	ctx, cancel := context.WithTimeout(context.Background(), hostCallTimeout)
+	defer cancel()
+	var c vm.Capacity
+	err := b.call(ctx, func(l *golibvirt.Libvirt) error {
+		_, _, cpus, _, _, _, _, _, err := l.NodeGetInfo()
+		if err != nil {
+			return fmt.Errorf("libvirt node info: %w", err)
+		}
+		free, err := l.NodeGetFreeMemory()
+		if err != nil {
+			return fmt.Errorf("libvirt free memory: %w", err)
+		}
+		c = vm.Capacity{CPUs: int(cpus), MemoryMiB: int(free >> 20)}
+		return nil
+	})
+	return c, err
 }
 
 // Sweep destroys the lab's domains whose owning process, on this machine,
 // is gone (a SIGKILLed orchestrator), and their disks.
 func (b *Backend) Sweep(ctx context.Context) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	_, err := sweep(b.l, func(_, desc string) bool { return orphaned(desc, pidAlive) })
-	return err
+	return b.call(ctx, func(l *golibvirt.Libvirt) error {
+		_, err := sweep(l, func(_, desc string) bool { return orphaned(desc, pidAlive) })
+		return err
+	})
 }
 
 // Close ends the backend's own connection; instances keep theirs.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.l.Disconnect()
+	return b.c.close()
 }
 
 // Start boots cfg as a transient domain.
