@@ -218,9 +218,20 @@ func (s *stream) Close() error {
 		// Unblock the socket reader first: it may be stuck handing data
 		// to a reader that is gone, and Disconnect waits for it.
 		s.pr.CloseWithError(io.ErrClosedPipe)
-		s.wmu.Lock()
-		s.sock.SendPacket(s.serial, s.proc, remoteProgram, nil, socket.Stream, socket.StatusOK)
-		s.wmu.Unlock()
+		// Say end-of-stream, unless a Write is stuck (libvirtd stopped
+		// reading): then Disconnect, which closes the socket without
+		// go-libvirt's write lock, unsticks it.
+		sent := make(chan struct{})
+		go func() {
+			s.wmu.Lock()
+			s.sock.SendPacket(s.serial, s.proc, remoteProgram, nil, socket.Stream, socket.StatusOK)
+			s.wmu.Unlock()
+			close(sent)
+		}()
+		select {
+		case <-sent:
+		case <-time.After(time.Second):
+		}
 		s.sock.Disconnect()
 	})
 	return nil
