@@ -131,6 +131,9 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 	if err != nil {
 		return nil, up, infra("subscribing to libvirt events", err)
 	}
+	// A domain of the same name whose orchestrator died (`labctl up x`
+	// again after a SIGKILL) would block the name.
+	sweep(l, func(name, desc string) bool { return name == spec.Name && orphaned(desc, pidAlive) })
 	if in.dom, err = l.DomainCreateXML(in.xml, golibvirt.DomainStartPaused); err != nil {
 		in.dom.Name = spec.Name
 		return nil, up, infra("creating the domain", err)
