@@ -95,6 +95,10 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 		return &vm.InfraError{Op: op + " (" + in.dom.Name + " on " + u.Redacted() + ")", Err: err}
 	}
 
+	// A domain of the same name whose orchestrator died (`labctl up x`
+	// again after a SIGKILL) would block the name; its disks would clash
+	// with the new ones, so this comes before they are created.
+	sweep(l, func(name, desc string) bool { return name == in.dom.Name && orphaned(desc, pidAlive) })
 	pool, err := ensurePool(l)
 	if err != nil {
 		return nil, up, infra("preparing the storage pool", err)
@@ -131,9 +135,6 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 	if err != nil {
 		return nil, up, infra("subscribing to libvirt events", err)
 	}
-	// A domain of the same name whose orchestrator died (`labctl up x`
-	// again after a SIGKILL) would block the name.
-	sweep(l, func(name, desc string) bool { return name == spec.Name && orphaned(desc, pidAlive) })
 	if in.dom, err = l.DomainCreateXML(in.xml, golibvirt.DomainStartPaused); err != nil {
 		in.dom.Name = spec.Name
 		return nil, up, infra("creating the domain", err)
