@@ -487,18 +487,16 @@ func sweep(l *golibvirt.Libvirt, match func(name, description string) bool) ([]s
 	}
 	var gone []string
 	var errs []error
+	var vols []string // the destroyed domains' own disk volumes
 	for _, d := range doms {
 		if !strings.HasPrefix(d.Name, NamePrefix) {
 			continue
 		}
-		desc := ""
+		var dx libvirtxml.Domain
 		if x, err := l.DomainGetXMLDesc(d, 0); err == nil {
-			var dx libvirtxml.Domain
-			if dx.Unmarshal(x) == nil {
-				desc = dx.Description
-			}
+			dx.Unmarshal(x)
 		}
-		if !match(d.Name, desc) {
+		if !match(d.Name, dx.Description) {
 			continue
 		}
 		if err := l.DomainDestroy(d); err != nil && !isNotFound(err) {
@@ -506,15 +504,20 @@ func sweep(l *golibvirt.Libvirt, match func(name, description string) bool) ([]s
 			continue
 		}
 		gone = append(gone, d.Name)
+		if dx.Devices != nil {
+			for _, disk := range dx.Devices.Disks {
+				// The lab's disk volumes only (artifacts are shared).
+				if v := disk.Source; v != nil && v.Volume != nil && v.Volume.Pool == PoolName && strings.HasPrefix(v.Volume.Volume, d.Name+"-") {
+					vols = append(vols, v.Volume.Volume)
+				}
+			}
+		}
 	}
-	if len(gone) > 0 {
+	if len(vols) > 0 {
 		if pool, err := l.StoragePoolLookupByName(PoolName); err == nil {
-			vols, _, _ := l.StoragePoolListAllVolumes(pool, 1, 0)
-			for _, v := range vols {
-				for _, g := range gone {
-					if strings.HasPrefix(v.Name, g+"-") {
-						l.StorageVolDelete(v, 0)
-					}
+			for _, name := range vols {
+				if v, err := l.StorageVolLookupByName(pool, name); err == nil {
+					l.StorageVolDelete(v, 0)
 				}
 			}
 		}
