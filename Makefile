@@ -13,7 +13,7 @@ labctl:
 	@$(GO) build -o $(LABCTL) ./orchestrator/cmd/labctl
 
 setup: labctl
-	@$(LABCTL) setup
+	@$(LABCTL) setup --backend libvirt
 
 build: setup
 	@$(LABCTL) build

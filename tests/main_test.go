@@ -23,6 +23,7 @@ import (
 	"ldtlab/images/kernel"
 	"ldtlab/internal/lines"
 	"ldtlab/orchestrator/setup"
+	"ldtlab/orchestrator/vm/libvirt"
 )
 
 var (
@@ -30,8 +31,11 @@ var (
 	labctl string // freshly built labctl binary
 )
 
-// vmPrefix marks every QEMU this suite starts, for the leak check.
-const vmPrefix = "e2e-"
+// vmPrefix marks every QEMU (and libvirt domain) this suite starts, for
+// the leak check. The pid makes it this run's own: the leak check kills
+// what it finds, and a suite running concurrently in another worktree
+// must not lose its guests to it.
+var vmPrefix = fmt.Sprintf("e2e%d-", os.Getpid())
 
 // suiteTmp holds every VM directory of this run of the suite.
 var suiteTmp string
@@ -47,6 +51,11 @@ func runSuite(m *testing.M) int {
 	repo = filepath.Dir(wd)
 	if err := setup.Ensure(os.Stdout); err != nil {
 		fmt.Printf("ldtlab e2e: setup failed: %v\n", err)
+		return 1
+	}
+	// The libvirt backend's tests need a local libvirtd (loopback only).
+	if err := setup.Libvirt(os.Stdout); err != nil {
+		fmt.Printf("ldtlab e2e: libvirt setup failed: %v\n", err)
 		return 1
 	}
 	// A suite killed by go test's -timeout runs no cleanup: sweep what
@@ -81,6 +90,10 @@ func runSuite(m *testing.M) int {
 		}
 	}
 	code := m.Run()
+	if left := libvirtLeft(); len(left) > 0 {
+		fmt.Printf("ldtlab e2e: FAIL: libvirt domains left behind by the suite: %v\n", left)
+		code = 1
+	}
 	if leaked := qemuLeft(); len(leaked) > 0 {
 		fmt.Printf("ldtlab e2e: FAIL: QEMU processes left behind by the suite:\n  %s\n", strings.Join(leaked, "\n  "))
 		for _, l := range leaked {
@@ -205,4 +218,17 @@ func waitGone(ctx context.Context, name string) bool {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// libvirtLeft destroys and lists the suite's libvirt domains still there.
+func libvirtLeft() []string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	gone, err := libvirt.Sweep(ctx, libvirt.DefaultURI, func(name, _ string) bool {
+		return strings.HasPrefix(name, libvirt.NamePrefix+vmPrefix)
+	})
+	if err != nil {
+		gone = append(gone, "(sweep failed: "+err.Error()+")")
+	}
+	return gone
 }

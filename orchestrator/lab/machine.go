@@ -30,7 +30,8 @@ import (
 	"ldtlab/orchestrator/console"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/vm"
-	_ "ldtlab/orchestrator/vm/qemu" // the embedded default backend
+	_ "ldtlab/orchestrator/vm/libvirt" // --backend libvirt
+	_ "ldtlab/orchestrator/vm/qemu"    // the embedded default backend
 )
 
 // Options describe a guest to boot.

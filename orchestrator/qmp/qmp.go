@@ -1,23 +1,33 @@
-// Package qmp is a small QEMU Machine Protocol client.
+// Package qmp is the lab's QEMU Machine Protocol client: go-qemu's socket
+// monitor (connection, handshake, command/response pairing, event
+// demultiplexing) with what the lab needs on top of it:
 //
-// It exists because go-qemu is not served by the module proxy here, and it
-// avoids go-qemu's failure modes the lab cannot afford: every command has a
-// deadline (a wedged QEMU must never hang the lab), Close never blocks, and
-// responses are matched to commands by the QMP "id" field so that concurrent
-// calls and late answers to timed-out calls cannot be mixed up.
+//   - every call has a deadline (a wedged QEMU must never hang the lab):
+//     go-qemu blocks until QEMU answers, so calls run on a goroutine that
+//     the caller abandons at its deadline; the abandoned call still takes
+//     the late answer, so the next caller cannot receive it;
+//   - typed errors: a QMP error response is an *Error, an ended connection
+//     wraps ErrClosed, a deadline wraps context.DeadlineExceeded;
+//   - an Events channel that never blocks go-qemu's reader (bounded buffer,
+//     oldest dropped) and is closed when the monitor closes.
+//
+// go-qemu reads QEMU's output line by line with a 64 KiB line limit: a
+// longer response (query-qmp-schema, say) ends the monitor (ErrClosed).
+// The lab's commands and events are far below it.
 package qmp
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"strconv"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	goqmp "github.com/digitalocean/go-qemu/qmp"
 )
 
 // DefaultTimeout bounds a call whose context has no deadline.
@@ -31,13 +41,19 @@ const EventBuffer = 256
 // ErrClosed is wrapped by errors from a Monitor whose connection has ended.
 var ErrClosed = errors.New("qmp: monitor closed")
 
-// Error is a QMP error response.
+// Error is a QMP error response. go-qemu reports only the description, so
+// Class is empty for responses that came through it.
 type Error struct {
 	Class string `json:"class"`
 	Desc  string `json:"desc"`
 }
 
-func (e *Error) Error() string { return "qmp: " + e.Class + ": " + e.Desc }
+func (e *Error) Error() string {
+	if e.Class == "" {
+		return "qmp: " + e.Desc
+	}
+	return "qmp: " + e.Class + ": " + e.Desc
+}
 
 // Event is an asynchronous QMP event.
 type Event struct {
@@ -46,85 +62,65 @@ type Event struct {
 	Time time.Time // QEMU's timestamp; zero if absent
 }
 
-// message is any object QEMU sends: greeting, response or event.
-type message struct {
-	QMP       json.RawMessage `json:"QMP"`
-	Return    json.RawMessage `json:"return"`
-	Error     *Error          `json:"error"`
-	ID        json.RawMessage `json:"id"`
-	Event     string          `json:"event"`
-	Data      json.RawMessage `json:"data"`
-	Timestamp *struct {
-		Seconds      int64 `json:"seconds"`
-		Microseconds int64 `json:"microseconds"`
-	} `json:"timestamp"`
-}
-
-type request struct {
-	Execute   string          `json:"execute"`
-	Arguments json.RawMessage `json:"arguments,omitempty"`
-	ID        string          `json:"id"`
-}
-
-type response struct {
-	ret json.RawMessage
-	err error
-}
-
-// Monitor is a QMP connection. Its methods are safe for concurrent use.
-// The zero Monitor behaves like a closed one.
+// Monitor is a connected QMP monitor. Its methods are safe for concurrent
+// use. The zero Monitor behaves like a closed one.
 type Monitor struct {
-	conn   net.Conn
-	wsem   chan struct{} // one writer at a time; a channel so waiting honours ctx
+	mon    goqmp.Monitor
 	events chan Event
-	done   chan struct{} // closed when the reader goroutine ends
-
-	mu      sync.Mutex
-	pending map[string]chan response
-	nextID  uint64
-	err     error // why the connection ended; set before done is closed
+	done   chan struct{} // closed when go-qemu's reader has ended
 
 	closeOnce sync.Once
 	closeErr  error
 	closed    atomic.Bool // Close was called (as opposed to QEMU hanging up)
 }
 
-// Dial connects to a QMP server ("unix", path or "tcp", host:port), reads the
-// greeting and negotiates capabilities, all within ctx (or DefaultTimeout).
+// Dial connects to a QMP server ("unix", path or "tcp", host:port) and
+// negotiates capabilities, all within ctx (or DefaultTimeout).
 func Dial(ctx context.Context, network, addr string) (*Monitor, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, addr)
+	dl, _ := ctx.Deadline()
+	sm, err := goqmp.NewSocketMonitor(network, addr, time.Until(dl))
 	if err != nil {
 		return nil, fmt.Errorf("qmp: dial %s %s: %w", network, addr, err)
 	}
-	return New(ctx, conn)
+	return New(ctx, sm)
 }
 
-// New runs the QMP handshake over conn, within ctx (or DefaultTimeout). On
-// failure conn is closed; on success the Monitor owns it.
-func New(ctx context.Context, conn net.Conn) (*Monitor, error) {
+// New runs the handshake of an unconnected go-qemu monitor within ctx (or
+// DefaultTimeout). On failure mon is disconnected; on success the Monitor
+// owns it.
+func New(ctx context.Context, mon goqmp.Monitor) (*Monitor, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 
-	dec := json.NewDecoder(conn)
-	if err := readGreeting(ctx, conn, dec); err != nil {
-		conn.Close()
-		return nil, err
+	errc := make(chan error, 1)
+	go func() { errc <- mon.Connect() }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			mon.Disconnect()
+			return nil, fmt.Errorf("qmp: handshake: %w", err)
+		}
+	case <-ctx.Done():
+		// Connect has no deadline of its own: closing the socket makes it
+		// return. (If it succeeded in this very instant, Disconnect and
+		// Connect's bookkeeping overlap; either way the socket is closed.)
+		mon.Disconnect()
+		<-errc
+		return nil, fmt.Errorf("qmp: handshake: %w", ctx.Err())
+	}
+	evs, err := mon.Events(context.Background())
+	if err != nil {
+		mon.Disconnect()
+		return nil, fmt.Errorf("qmp: subscribing to events: %w", err)
 	}
 	m := &Monitor{
-		conn:    conn,
-		wsem:    make(chan struct{}, 1),
-		events:  make(chan Event, EventBuffer),
-		done:    make(chan struct{}),
-		pending: make(map[string]chan response),
+		mon:    mon,
+		events: make(chan Event, EventBuffer),
+		done:   make(chan struct{}),
 	}
-	go m.readLoop(dec)
-	if _, err := m.Run(ctx, "qmp_capabilities", nil); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("qmp: negotiating capabilities: %w", err)
-	}
+	go m.pump(evs)
 	return m, nil
 }
 
@@ -135,111 +131,26 @@ func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFun
 	return context.WithTimeout(ctx, DefaultTimeout)
 }
 
-// readGreeting reads the {"QMP": …} banner. The read deadline makes the
-// context bind a blocking Read; interruptOnDone covers early cancellation.
-func readGreeting(ctx context.Context, conn net.Conn, dec *json.Decoder) error {
-	dl, _ := ctx.Deadline()
-	if err := conn.SetReadDeadline(dl); err != nil {
-		return fmt.Errorf("qmp: greeting: %w", err)
+// pump moves go-qemu's events to ours until its reader ends (QEMU hung up
+// or Close). Draining always matters: go-qemu's reader blocks on an unread
+// event, and a blocked reader would also hold back command responses.
+func (m *Monitor) pump(evs <-chan goqmp.Event) {
+	for e := range evs {
+		m.pushEvent(e)
 	}
-	stop := interruptOnDone(ctx, conn.SetReadDeadline)
-	var g message
-	err := dec.Decode(&g)
-	stop()
-	if err != nil {
-		if cerr := deadlineErr(ctx, err); cerr != nil {
-			err = cerr
-		}
-		return fmt.Errorf("qmp: reading greeting: %w", err)
-	}
-	if g.QMP == nil {
-		return errors.New("qmp: server did not send a QMP greeting")
-	}
-	// Clear the deadline so that the reader goroutine can wait for events forever.
-	if err := conn.SetReadDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("qmp: greeting: %w", err)
-	}
-	return nil
-}
-
-// interruptOnDone calls set(time.Now()) when ctx ends, to unblock I/O in
-// progress. Unlike a bare context.AfterFunc, once the returned stop has
-// returned set is guaranteed not to run: a late callback must not cut short
-// the reader's or the next writer's I/O.
-func interruptOnDone(ctx context.Context, set func(time.Time) error) (stop func()) {
-	var mu sync.Mutex
-	active := true
-	stopAF := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if active {
-			set(time.Now())
-		}
-	})
-	return func() {
-		stopAF()
-		mu.Lock()
-		active = false
-		mu.Unlock()
-	}
-}
-
-// readLoop dispatches everything QEMU sends until the connection ends.
-func (m *Monitor) readLoop(dec *json.Decoder) {
-	var err error
-	for {
-		var msg message
-		if err = dec.Decode(&msg); err != nil {
-			break
-		}
-		switch {
-		case msg.Event != "":
-			m.pushEvent(msg)
-		case msg.Return != nil || msg.Error != nil:
-			m.deliver(msg)
-		}
-		// Anything else (a second greeting, unknown shapes) is ignored: the
-		// protocol may grow and an unknown message must not kill the monitor.
-	}
-
-	m.mu.Lock()
-	m.err = fmt.Errorf("%w: %v", ErrClosed, err)
-	pending := m.pending
-	m.pending = nil
-	m.mu.Unlock()
-	for _, ch := range pending {
-		ch <- response{err: m.err}
-	}
-	// A decode error leaves the stream unusable; close so writers fail fast.
-	m.closeConn()
+	m.closeMon() // QEMU hung up: release the socket
 	close(m.events)
 	close(m.done)
 }
 
-func (m *Monitor) deliver(msg message) {
-	var id string
-	if json.Unmarshal(msg.ID, &id) != nil {
-		return // not one of ours
-	}
-	m.mu.Lock()
-	ch, ok := m.pending[id]
-	delete(m.pending, id)
-	m.mu.Unlock()
-	if !ok {
-		return // the caller gave up (deadline); drop the late answer
-	}
-	if msg.Error != nil {
-		ch <- response{err: msg.Error}
-		return
-	}
-	ch <- response{ret: msg.Return}
-}
-
-// pushEvent never blocks: only this goroutine sends, so after making room by
+// pushEvent never blocks: only pump sends, so after making room by
 // discarding the oldest event the send is guaranteed to succeed.
-func (m *Monitor) pushEvent(msg message) {
-	ev := Event{Name: msg.Event, Data: msg.Data}
-	if ts := msg.Timestamp; ts != nil && (ts.Seconds != 0 || ts.Microseconds != 0) {
+func (m *Monitor) pushEvent(e goqmp.Event) {
+	ev := Event{Name: e.Event}
+	if e.Data != nil {
+		ev.Data, _ = json.Marshal(e.Data)
+	}
+	if ts := e.Timestamp; ts.Seconds != 0 || ts.Microseconds != 0 {
 		ev.Time = time.Unix(ts.Seconds, ts.Microseconds*1000)
 	}
 	for {
@@ -259,13 +170,18 @@ func (m *Monitor) pushEvent(msg message) {
 // value. A QMP error response is returned as *Error. Run always gives up at
 // ctx's deadline, or after DefaultTimeout if ctx has none.
 func (m *Monitor) Run(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
-	if m == nil || m.conn == nil {
+	if m == nil || m.mon == nil {
 		return nil, ErrClosed
+	}
+	select {
+	case <-m.done:
+		return nil, fmt.Errorf("qmp: %s: %w", cmd, ErrClosed)
+	default:
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 
-	req := request{Execute: cmd}
+	c := goqmp.Command{Execute: cmd}
 	if args != nil {
 		b, err := json.Marshal(args)
 		if err != nil {
@@ -274,103 +190,57 @@ func (m *Monitor) Run(ctx context.Context, cmd string, args any) (json.RawMessag
 		// A typed nil (nil map, nil pointer) means "no arguments" too:
 		// QEMU rejects "arguments": null.
 		if string(b) != "null" {
-			req.Arguments = b
+			c.Args = json.RawMessage(b)
 		}
 	}
-
-	ch := make(chan response, 1) // buffered: deliver never blocks on a gone caller
-	m.mu.Lock()
-	if m.pending == nil {
-		err := m.err
-		m.mu.Unlock()
+	req, err := json.Marshal(c)
+	if err != nil {
 		return nil, fmt.Errorf("qmp: %s: %w", cmd, err)
 	}
-	m.nextID++
-	id := strconv.FormatUint(m.nextID, 10)
-	m.pending[id] = ch
-	m.mu.Unlock()
 
-	req.ID = id
-	if err := m.send(ctx, req); err != nil {
-		m.forget(id)
-		return nil, fmt.Errorf("qmp: %s: %w", cmd, err)
+	type result struct {
+		raw []byte
+		err error
 	}
+	ch := make(chan result, 1) // buffered: an abandoned call does not leak past Close
+	go func() {
+		raw, err := m.mon.Run(req)
+		ch <- result{raw, err}
+	}()
+	var r result
 	select {
-	case r := <-ch:
-		if r.err != nil {
-			var qe *Error
-			if errors.As(r.err, &qe) {
-				return nil, qe
-			}
-			return nil, fmt.Errorf("qmp: %s: %w", cmd, r.err)
-		}
-		return r.ret, nil
+	case r = <-ch:
 	case <-ctx.Done():
-		m.forget(id)
 		return nil, fmt.Errorf("qmp: %s: no response: %w", cmd, ctx.Err())
 	}
+	if r.err != nil {
+		if isQMPError(r.err) {
+			return nil, &Error{Desc: r.err.Error()}
+		}
+		// The connection ended (or broke): go-qemu's reader is ending too.
+		select {
+		case <-m.done:
+		case <-ctx.Done():
+		}
+		return nil, fmt.Errorf("qmp: %s: %w (%v)", cmd, ErrClosed, r.err)
+	}
+	var resp struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := json.Unmarshal(r.raw, &resp); err != nil {
+		return nil, fmt.Errorf("qmp: %s: decoding the response: %w", cmd, err)
+	}
+	return resp.Return, nil
 }
 
-func (m *Monitor) forget(id string) {
-	m.mu.Lock()
-	delete(m.pending, id)
-	m.mu.Unlock()
-}
+// plainErr is the type of errors.New values.
+var plainErr = reflect.TypeOf(errors.New(""))
 
-// send writes one request. A write that fails after sending part of the
-// request leaves QEMU's parser mid-object, so the connection is closed.
-func (m *Monitor) send(ctx context.Context, req request) error {
-	b, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	b = append(b, '\n')
-	select {
-	case m.wsem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-m.done:
-		return m.closedErr()
-	}
-	defer func() { <-m.wsem }()
-
-	dl, _ := ctx.Deadline()
-	m.conn.SetWriteDeadline(dl)
-	stop := interruptOnDone(ctx, m.conn.SetWriteDeadline)
-	n, err := m.conn.Write(b)
-	stop()
-	if err == nil {
-		return nil
-	}
-	if n > 0 {
-		m.closeConn()
-	}
-	if cerr := deadlineErr(ctx, err); cerr != nil {
-		return cerr
-	}
-	return fmt.Errorf("%w: %v", ErrClosed, err)
-}
-
-// deadlineErr reports an I/O error caused by ctx as a context error. The
-// conn deadline may fire a moment before ctx's own timer, so an I/O timeout
-// counts as the context's deadline even while ctx.Err() is still nil.
-func deadlineErr(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil {
-		return fmt.Errorf("%w (%v)", cerr, err)
-	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
-	}
-	return nil
-}
-
-func (m *Monitor) closedErr() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.err != nil {
-		return m.err
-	}
-	return ErrClosed
+// isQMPError tells go-qemu's error for a QMP error response (an
+// errors.New of QEMU's description) from I/O and decoding errors, which all
+// have their own types — except the scanner's, which is a known value.
+func isQMPError(err error) bool {
+	return reflect.TypeOf(err) == plainErr && err != bufio.ErrTooLong && err != bufio.ErrFinalToken
 }
 
 // Events returns the event stream. It is closed when the connection ends.
@@ -387,18 +257,18 @@ var closedEvents = func() chan Event {
 	return ch
 }()
 
-// Close ends the connection. It is idempotent and never waits: pending calls
-// fail with ErrClosed once the reader goroutine sees the closed connection.
+// Close ends the connection. It is idempotent and does not wait for QEMU:
+// calls in progress fail with ErrClosed.
 func (m *Monitor) Close() error {
-	if m == nil || m.conn == nil {
+	if m == nil || m.mon == nil {
 		return nil
 	}
 	m.closed.Store(true)
-	return m.closeConn()
+	return m.closeMon()
 }
 
-func (m *Monitor) closeConn() error {
-	m.closeOnce.Do(func() { m.closeErr = m.conn.Close() })
+func (m *Monitor) closeMon() error {
+	m.closeOnce.Do(func() { m.closeErr = m.mon.Disconnect() })
 	return m.closeErr
 }
 

@@ -71,16 +71,18 @@ func Missing(pkgs []Package) ([]Package, error) {
 
 // Ensure installs missing packages with apt-get (as root, non-interactive).
 // Without root it fails naming the packages and the command to run.
-func Ensure(log io.Writer) error {
+func Ensure(log io.Writer) error { return ensurePackages(log, Required) }
+
+func ensurePackages(log io.Writer, pkgs []Package) error {
 	if _, err := exec.LookPath("dpkg-query"); err != nil {
-		return fmt.Errorf("this lab needs a Debian-based host (dpkg-query not found); install by hand: %s", names(Required))
+		return fmt.Errorf("this lab needs a Debian-based host (dpkg-query not found); install by hand: %s", names(pkgs))
 	}
-	missing, err := Missing(Required)
+	missing, err := Missing(pkgs)
 	if err != nil {
 		return err
 	}
 	if len(missing) == 0 {
-		fmt.Fprintln(log, "[setup] all required Debian packages are installed")
+		fmt.Fprintf(log, "[setup] all required Debian packages are installed (%d checked)\n", len(pkgs))
 		return nil
 	}
 	for _, p := range missing {

@@ -77,3 +77,28 @@ func TestNames(t *testing.T) {
 	assert.Equal(t, "a b c", names([]Package{{Name: "a"}, {Name: "b"}, {Name: "c"}}))
 	assert.Equal(t, len(Required)-1, strings.Count(names(Required), " "))
 }
+
+func TestApplyConf(t *testing.T) {
+	set := []confSetting{{"listen_tcp", "1"}, {"listen_addr", `"127.0.0.1"`}}
+	block := confBegin + "\nlisten_tcp = 1\nlisten_addr = \"127.0.0.1\"\n" + confEnd + "\n"
+	cases := []struct {
+		name, in, want string
+	}{
+		{"debian default (all commented)", "#listen_tcp = 1\n#listen_addr = \"192.168.0.1\"\n",
+			"#listen_tcp = 1\n#listen_addr = \"192.168.0.1\"\n\n" + block},
+		{"active conflicting value disabled", "listen_addr = \"0.0.0.0\"\nmax_clients = 5\n",
+			"#listen_addr = \"0.0.0.0\" # disabled by ldtlab, see below\nmax_clients = 5\n\n" + block},
+		{"spaces around the key", "  listen_tcp=0\n", "#  listen_tcp=0 # disabled by ldtlab, see below\n\n" + block},
+		{"similar key left alone", "listen_tcp_extra = 3\n", "listen_tcp_extra = 3\n\n" + block},
+		{"empty file", "", "\n" + block},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := applyConf(c.in, set)
+			assert.Equal(t, c.want, got)
+			assert.Equal(t, got, applyConf(got, set), "idempotent")
+		})
+	}
+	// The block never holds anything but the loopback address.
+	assert.Contains(t, applyConf("", libvirtdSettings), "listen_addr = \"127.0.0.1\"\nauth_tcp = \"none\"")
+}

@@ -15,6 +15,7 @@ import (
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/setup"
 	"ldtlab/orchestrator/vm"
+	"ldtlab/orchestrator/vm/libvirt"
 )
 
 // guestFlags are the flags shared by every verb that boots a guest.
@@ -28,6 +29,8 @@ type guestFlags struct {
 	swap    optionalMiB
 	noBuild bool
 	redis   bool
+	backend string
+	connect string
 }
 
 func (g *guestFlags) register(fs *flag.FlagSet) {
@@ -39,6 +42,8 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.cmdline, "cmdline", "", "extra kernel command line (e.g. numa=fake=2)")
 	fs.Var(&g.swap, "swap", "disk-backed swap device in `MiB` (0 = none; zram is always set up); default: the verb's, 512 (1024 for check and stress, none for bench paper)")
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
+	fs.StringVar(&g.backend, "backend", "qemu", "VM backend: qemu (QEMU run by labctl) or libvirt (a transient domain on a libvirtd, see --connect)")
+	fs.StringVar(&g.connect, "connect", libvirt.DefaultURI, "libvirt connection for --backend libvirt (qemu:///system, or qemu+tcp://HOST/system for a remote host)")
 	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as `labctl check` does)")
 }
 
@@ -56,6 +61,8 @@ func (g *guestFlags) validate() error {
 		return fmt.Errorf("--cpus %d: QEMU's pc machine takes at most 255 vCPUs", g.cpus)
 	case g.swap.set && g.swap.v < 0:
 		return fmt.Errorf("--swap %d: the swap disk size cannot be negative (0 = no swap disk)", g.swap.v)
+	case g.backend != "" && g.backend != "qemu" && g.backend != "libvirt":
+		return fmt.Errorf("--backend %q: qemu or libvirt", g.backend)
 	}
 	return nil
 }
@@ -105,6 +112,10 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 		Repo: repo, Name: name, Config: g.config, Vanilla: g.vanilla, Accel: g.accel,
 		MemoryMiB: g.mem, CPUs: g.cpus, Cmdline: g.cmdline, SwapMiB: g.swap.lab(), NoBuild: g.noBuild,
 	}
+	o.Backend = g.backend
+	if g.backend == "libvirt" {
+		o.Connect = g.connect
+	}
 	if g.redis {
 		files, err := check.RedisFiles()
 		if err != nil {
@@ -117,11 +128,24 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 }
 
 func init() {
+	var sf struct{ backend string }
 	register(&command{
 		name:    "setup",
 		summary: "install the Debian packages the lab needs (idempotent; fast when done)",
+		setup: func(fs *flag.FlagSet) {
+			fs.StringVar(&sf.backend, "backend", "qemu", "also prepare this VM backend: qemu (nothing more) or libvirt (libvirtd running here, listening on loopback only)")
+		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
-			return setup.Ensure(os.Stderr)
+			if err := setup.Ensure(os.Stderr); err != nil {
+				return err
+			}
+			switch sf.backend {
+			case "qemu":
+				return nil
+			case "libvirt":
+				return setup.Libvirt(os.Stderr)
+			}
+			return fmt.Errorf("setup: unknown backend %q (qemu or libvirt)", sf.backend)
 		},
 	})
 

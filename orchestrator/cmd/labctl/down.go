@@ -10,6 +10,7 @@ import (
 
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
+	"ldtlab/orchestrator/vm/libvirt"
 )
 
 // The down verb powers guests off and removes their directories.
@@ -51,6 +52,12 @@ func cmdDown(name string) error {
 	}
 	if left := lab.Processes(name, dir); len(left) > 0 {
 		return &vm.InfraError{Op: "stopping " + name, Err: fmt.Errorf("processes still running after SIGKILL: %v", left)}
+	}
+	// A libvirt domain outlives a killed supervisor: destroy it too.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := libvirt.DestroyLeftover(ctx, dir); err != nil {
+		return &vm.InfraError{Op: "destroying the libvirt domain of " + name, Err: err}
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return &vm.InfraError{Op: "removing " + dir, Err: err}

@@ -90,7 +90,8 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 		return &vm.InfraError{Op: "creating the VM directory", Err: cache.Explain(dir, err)}
 	}
 	args := []string{"supervise", "-dir", dir, "-config", g.config, "-accel", g.accel,
-		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-cmdline", g.cmdline}
+		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-cmdline", g.cmdline,
+		"-backend", g.backend, "-connect", g.connect}
 	if g.swap.set {
 		args = append(args, "-swap", fmt.Sprint(g.swap.v))
 	}

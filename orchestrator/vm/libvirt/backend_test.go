@@ -1,0 +1,210 @@
+package libvirt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"ldtlab/orchestrator/accel"
+)
+
+func TestResolveAccel(t *testing.T) {
+	noKVM := errors.New("no kvm domain type")
+	localProbe := func(want string) (accel.Choice, error) {
+		return accel.Choice{Kind: accel.TCG, Reason: "tcg: local probe says so (" + want + ")"}, nil
+	}
+	tests := []struct {
+		name    string
+		want    string
+		kvmErr  error
+		local   bool
+		kind    accel.Kind
+		reason  string
+		wantErr string
+	}{
+		{"no kvm, auto", "auto", noKVM, false, accel.TCG, "no kvm domain type", ""},
+		{"no kvm, default", "", noKVM, true, accel.TCG, "no kvm domain type", ""},
+		{"no kvm, tcg", "tcg", noKVM, false, accel.TCG, "requested", ""},
+		{"no kvm, kvm asked", "kvm", noKVM, false, "", "", "kvm requested but"},
+		{"local: the lab's probe decides (PVM-only /dev/kvm)", "auto", nil, true, accel.TCG, "local probe", ""},
+		{"remote with kvm", "auto", nil, false, accel.KVM, "remote libvirt host", ""},
+		{"remote, tcg asked", "tcg", nil, false, accel.TCG, "requested", ""},
+		{"unknown", "hvf", nil, false, "", "", `unknown accelerator "hvf"`},
+		{"unknown without kvm", "hvf", noKVM, false, "", "", `unknown accelerator "hvf"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := resolveAccel(tt.want, tt.kvmErr, tt.local, localProbe)
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.kind, c.Kind)
+			assert.Contains(t, c.Reason, tt.reason)
+			dt, err := domainType(c.Kind)
+			require.NoError(t, err)
+			assert.Equal(t, map[accel.Kind]string{accel.KVM: "kvm", accel.TCG: "qemu"}[c.Kind], dt)
+		})
+	}
+	_, err := domainType("hvf")
+	assert.Error(t, err)
+}
+
+func TestOrphaned(t *testing.T) {
+	host, _ := os.Hostname()
+	alive := func(pid int) bool { return pid == 100 }
+	tests := []struct {
+		desc string
+		want bool
+	}{
+		{fmt.Sprintf("ldtlab owner pid 100 on %s", host), false},
+		{fmt.Sprintf("ldtlab owner pid 200 on %s", host), true},
+		{"ldtlab owner pid 200 on some-other-host", false},
+		{"", false},
+		{"hand-made domain", false},
+		{fmt.Sprintf("ldtlab owner pid 0 on %s", host), false},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, orphaned(tt.desc, alive), "%q", tt.desc)
+	}
+	assert.False(t, orphaned(owner(), pidAlive), "this process is alive")
+}
+
+func TestDialerFor(t *testing.T) {
+	tests := []struct {
+		uri     string
+		wantErr string
+	}{
+		{"qemu:///system", ""},
+		{"qemu+unix:///system?socket=/run/x.sock", ""},
+		{"qemu+tcp://127.0.0.1/system", ""},
+		{"qemu+tcp://127.0.0.1:16510/system", ""},
+		{"qemu+ssh://host/system", `transport "ssh" is not supported`},
+		{"qemu://host/system", `transport "tls" is not supported`},
+	}
+	for _, tt := range tests {
+		u, err := url.Parse(tt.uri)
+		require.NoError(t, err)
+		d, err := dialerFor(u, 0)
+		if tt.wantErr != "" {
+			assert.ErrorContains(t, err, tt.wantErr, tt.uri)
+			continue
+		}
+		assert.NoError(t, err, tt.uri)
+		assert.NotNil(t, d)
+	}
+	for _, u := range []string{"qemu:///system", "qemu+tcp://127.0.0.1/system", "qemu+tcp://localhost/system"} {
+		p, _ := url.Parse(u)
+		assert.True(t, isLocal(p), u)
+	}
+	p, _ := url.Parse("qemu+tcp://10.0.0.7/system")
+	assert.False(t, isLocal(p))
+}
+
+func TestXDR(t *testing.T) {
+	var b xdrBuf
+	b.string("ab")
+	b.optString("")
+	b.optString("xyz")
+	b.fixed([]byte{1, 2, 3, 4, 5})
+	b.uint32(7)
+	assert.Equal(t, []byte{
+		0, 0, 0, 2, 'a', 'b', 0, 0, // length, data, padding to 4
+		0, 0, 0, 0, // absent optional string
+		0, 0, 0, 1, 0, 0, 0, 3, 'x', 'y', 'z', 0, // present: count 1, then the string
+		1, 2, 3, 4, 5, 0, 0, 0, // fixed opaque, padded
+		0, 0, 0, 7,
+	}, b.Bytes())
+}
+
+func TestDecodeError(t *testing.T) {
+	var b xdrBuf
+	b.uint32(42) // code
+	b.uint32(10) // domain
+	b.optString("Domain not found")
+	b.uint32(2) // level
+	assert.EqualError(t, decodeError(b.Bytes()), "libvirt error 42: Domain not found")
+
+	var noMsg xdrBuf
+	noMsg.uint32(1)
+	noMsg.uint32(0)
+	noMsg.optString("")
+	noMsg.uint32(0)
+	assert.EqualError(t, decodeError(noMsg.Bytes()), "libvirt error 1")
+	assert.EqualError(t, decodeError([]byte{1, 2}), "libvirt error (undecodable)")
+	// A length that runs past the payload is not trusted.
+	bad := append([]byte{0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0}, 'x')
+	assert.EqualError(t, decodeError(bad), "libvirt error 1")
+}
+
+// TestConnectSilentDaemon: a daemon that accepts and never answers must not
+// hold the lab past its deadline (go-libvirt alone would wait forever).
+func TestConnectSilentDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "libvirt-sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			go io.Copy(io.Discard, c) // read everything, answer nothing
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = connect(ctx, "qemu+unix:///system?socket="+sock)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "connecting to libvirtd at qemu+unix:///system")
+	assert.Less(t, time.Since(start), 3*time.Second)
+
+	_, err = Open("qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "none"))
+	assert.ErrorContains(t, err, "is libvirtd running?")
+}
+
+func TestToPrune(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	ago := func(h int) time.Time { return now.Add(-time.Duration(h) * time.Hour) }
+	vols := []poolVol{
+		{"kernel-a", "/p/kernel-a", ago(10)},
+		{"kernel-b", "/p/kernel-b", ago(9)},
+		{"kernel-c", "/p/kernel-c", ago(8)},
+		{"kernel-d", "/p/kernel-d", ago(0)}, // newest
+		{"kernel-x.part-1-2", "/p/kernel-x.part-1-2", ago(50)},
+		{"initrd-z", "/p/initrd-z", ago(100)},
+		{"ldtlab-vm-ldtswap.img", "/p/ldtlab-vm-ldtswap.img", ago(100)},
+	}
+	tests := []struct {
+		name  string
+		keep  int
+		inUse map[string]bool
+		want  []string
+	}{
+		{"keep all", 6, nil, nil},
+		{"keep two newest", 2, nil, []string{"kernel-b", "kernel-a"}},
+		{"in use is spared", 1, map[string]bool{"/p/kernel-b": true}, []string{"kernel-c", "kernel-a"}},
+		{"too young to go", 0, nil, []string{"kernel-c", "kernel-b", "kernel-a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, toPrune(vols, "kernel", tt.keep, time.Hour, now, tt.inUse))
+		})
+	}
+}

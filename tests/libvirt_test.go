@@ -1,0 +1,208 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"ldtlab/orchestrator/accel"
+	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/vm"
+	lv "ldtlab/orchestrator/vm/libvirt"
+)
+
+// The libvirt backend's suite runs against this machine's libvirtd (set up
+// by TestMain through `labctl setup --backend libvirt`): over the unix
+// socket (qemu:///system) and, for the remote-style tests, over TCP on
+// loopback (qemu+tcp://127.0.0.1/system).
+const (
+	localURI  = "qemu:///system"
+	remoteURI = "qemu+tcp://127.0.0.1/system"
+)
+
+func libvirtOptions(t testing.TB, name string) lab.Options {
+	o := guestOptions(t, "lv-"+name)
+	o.Backend = "libvirt"
+	o.Connect = localURI
+	return o
+}
+
+// domainsLeft lists the suite's domains still known to libvirtd.
+func domainsLeft(t testing.TB, uri string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	names, err := lv.Domains(ctx, uri, lv.NamePrefix+vmPrefix)
+	require.NoError(t, err)
+	return names
+}
+
+func TestLibvirtBootRunExitStatus(t *testing.T) {
+	m := boot(t, libvirtOptions(t, "basic"))
+	t.Logf("boot to agent ready through libvirt: %s (%s)", m.BootTime, m.Accel.Kind)
+
+	r := run(t, m, "uname -r")
+	assert.Equal(t, 0, r.Code)
+	assert.Equal(t, m.Kernel.Meta.KernelRelease, strings.TrimSpace(string(r.Stdout)))
+	for _, code := range []int{0, 1, 42, 255} {
+		assert.Equal(t, code, run(t, m, fmt.Sprint("exit ", code)).Code)
+	}
+	r = run(t, m, "echo out; echo err >&2; exit 5")
+	assert.Equal(t, "out\n", string(r.Stdout))
+	assert.Equal(t, "err\n", string(r.Stderr))
+	assert.Equal(t, 5, r.Code)
+
+	// The disks and fw_cfg keys arrived: swap on the virtio disk (found by
+	// serial), and the channel's authentication worked already.
+	assert.Contains(t, string(run(t, m, "cat /proc/swaps").Stdout), "/dev/vd")
+	// The console stream from libvirt reaches the lab's capture, from
+	// the first line of the boot on.
+	log := string(m.ConsoleLog())
+	assert.Contains(t, log, "Linux version")
+	assert.Contains(t, log, "ldtlab-agent: ready")
+
+	require.Contains(t, domainsLeft(t, localURI), lv.NamePrefix+vmPrefix+"lv-basic")
+	m.Close()
+	assert.Empty(t, domainsLeft(t, localURI), "no domain left after Close")
+}
+
+func TestLibvirtInjectedPanicIsDetected(t *testing.T) {
+	m := boot(t, libvirtOptions(t, "panic"))
+	start := time.Now()
+	_, err := m.Run(context.Background(), "echo panic > /sys/kernel/debug/labtest/trigger")
+	var ce *vm.CrashError
+	require.ErrorAs(t, err, &ce, "a guest panic must surface as a CrashError")
+	assert.Equal(t, "panic", ce.Type)
+	assert.Contains(t, strings.ToLower(ce.Title), "labtest")
+	t.Logf("panic detected through libvirt in %s: %s", time.Since(start), ce.Title)
+	// The whole report reached the console (the guest was let run on).
+	assert.Contains(t, string(m.ConsoleLog()), "---[ end Kernel panic")
+	m.Close()
+	assert.Empty(t, domainsLeft(t, localURI))
+}
+
+// TestLibvirtTwoHostsFanOut treats two connections to this machine's
+// libvirtd as two hosts — the unix socket and TCP on loopback, the way a
+// remote host is reached — and fans a short run out over a guest on each.
+// The initramfs is a fresh artifact (the cached one plus trailing cpio
+// padding, which the kernel skips), so it must be uploaded, and that
+// happens through the TCP connection.
+func TestLibvirtTwoHostsFanOut(t *testing.T) {
+	o := libvirtOptions(t, "fan")
+	kb, img, err := lab.Prepare(context.Background(), o)
+	require.NoError(t, err)
+	fresh := *img
+	fresh.Initramfs = filepath.Join(t.TempDir(), "initramfs.cpio")
+	b, err := os.ReadFile(img.Initramfs)
+	require.NoError(t, err)
+	// cpio padding must be NULs: a fresh hash comes from its length.
+	pad := make([]byte, 512*(1+int(time.Now().UnixNano()%4096)))
+	require.NoError(t, os.WriteFile(fresh.Initramfs, append(b, pad...), 0o600))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	in, err := lv.ArtifactInPool(ctx, remoteURI, "initrd", fresh.Initramfs, false)
+	require.NoError(t, err)
+	require.False(t, in, "the fresh initramfs must not be in the pool yet")
+	t.Cleanup(func() { lv.ArtifactInPool(context.Background(), remoteURI, "initrd", fresh.Initramfs, true) })
+
+	hosts := []string{remoteURI, localURI}
+	machines := make([]*lab.Machine, len(hosts))
+	for i, uri := range hosts {
+		ho := libvirtOptions(t, fmt.Sprintf("fan%d", i))
+		ho.Connect = uri
+		start := time.Now()
+		m, err := lab.BootBuilt(ctx, ho, kb, &fresh)
+		require.NoError(t, err, "booting on %s", uri)
+		t.Cleanup(func() { m.Close() })
+		machines[i] = m
+		t.Logf("%s: booted in %s (agent ready %s)", uri, time.Since(start).Round(time.Millisecond), m.BootTime.Round(time.Millisecond))
+		if i == 0 {
+			in, err := lv.ArtifactInPool(ctx, remoteURI, "initrd", fresh.Initramfs, false)
+			require.NoError(t, err)
+			require.True(t, in, "the first boot (over TCP) uploaded the initramfs")
+		}
+	}
+	require.Len(t, domainsLeft(t, localURI), 2, "both domains run on the one daemon behind both connections")
+
+	// The fan-out: rounds spread over both hosts, all at once.
+	const rounds = 6
+	var wg sync.WaitGroup
+	codes := make([]int, rounds)
+	outs := make([]string, rounds)
+	errs := make([]error, rounds)
+	for r := range rounds {
+		wg.Go(func() {
+			m := machines[r%len(machines)]
+			res, err := m.Run(ctx, fmt.Sprintf("head -c 1M /dev/urandom | sha256sum >/dev/null && cat /proc/sys/kernel/hostname && exit %d", r))
+			codes[r], outs[r], errs[r] = res.Code, strings.TrimSpace(string(res.Stdout)), err
+		})
+	}
+	wg.Wait()
+	for r := range rounds {
+		require.NoError(t, errs[r], "round %d", r)
+		assert.Equal(t, r, codes[r], "round %d exit status", r)
+		assert.Equal(t, fmt.Sprintf("%slv-fan%d", vmPrefix, r%len(machines)), outs[r], "round %d ran on its host's guest", r)
+	}
+	for _, m := range machines {
+		m.Close()
+	}
+	assert.Empty(t, domainsLeft(t, localURI), "no domain left on either host")
+}
+
+// TestLibvirtPauseAndPowerdown: a guest paused through libvirt is a hang
+// to the lab; an ACPI power-off through libvirt ends the domain cleanly.
+func TestLibvirtPauseAndPowerdown(t *testing.T) {
+	t.Run("paused is hung", func(t *testing.T) {
+		m := boot(t, libvirtOptions(t, "pause"))
+		run(t, m, "true") // a guest in use, then frozen
+		require.NoError(t, m.Instance().Pause(context.Background()))
+		start := time.Now()
+		err := m.Ping(context.Background())
+		var he *vm.HangError
+		require.ErrorAs(t, err, &he)
+		assert.Less(t, time.Since(start), m.Timeouts.Ping+10*time.Second)
+		m.Close()
+		assert.Empty(t, domainsLeft(t, localURI))
+	})
+	t.Run("powerdown", func(t *testing.T) {
+		m := boot(t, libvirtOptions(t, "off"))
+		require.NoError(t, m.Shutdown(context.Background()))
+		<-m.Instance().Done()
+		assert.Contains(t, m.ExitReason(), "guest powered off")
+		assert.Empty(t, domainsLeft(t, localURI))
+	})
+}
+
+// TestLibvirtBackendHost: what the backend says about its host, through
+// the remote-style connection, matches this machine.
+func TestLibvirtBackendHost(t *testing.T) {
+	b, err := vm.Open("libvirt", vm.BackendConfig{Connect: remoteURI})
+	require.NoError(t, err)
+	defer b.Close()
+	assert.Equal(t, "libvirt", b.Name())
+	c, err := b.Capacity()
+	require.NoError(t, err)
+	assert.Equal(t, runtime.NumCPU(), c.CPUs)
+	assert.Positive(t, c.MemoryMiB)
+	// The loopback host is this machine: the lab's own probe decides,
+	// whatever libvirt's domain capabilities claim about /dev/kvm.
+	want, wantErr := accel.Resolve("auto", "/")
+	got, err := b.Accel("auto")
+	assert.Equal(t, wantErr, err)
+	assert.Equal(t, want, got)
+	t.Logf("libvirt host: %d CPUs, %d MiB free; accelerator %s", c.CPUs, c.MemoryMiB, got.Reason)
+
+	_, err = vm.Open("libvirt", vm.BackendConfig{Connect: "qemu+tcp://127.0.0.1:1/system"})
+	require.Error(t, err, "nothing listens on port 1")
+	assert.Contains(t, err.Error(), "connecting to libvirtd at qemu+tcp://127.0.0.1:1/system")
+}
