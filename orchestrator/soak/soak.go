@@ -44,6 +44,10 @@ type Options struct {
 	Rounds int `json:"rounds,omitempty"`
 	// Only runs just this round number (a replay: --round N).
 	Only int `json:"only,omitempty"`
+	// Hosts fans the guests out over libvirt hosts (URIs): worker w runs
+	// on Hosts[w % len(Hosts)], VMsPerHost guests each.
+	Hosts      []string `json:"hosts,omitempty"`
+	VMsPerHost int      `json:"vms_per_host,omitempty"`
 }
 
 // DefaultVMs is what the machine allows: one guest per core (TCG keeps a
@@ -170,6 +174,9 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	// of the tests and --resume find them by it).
 	if s.O.MemoryMiB == 0 {
 		s.O.MemoryMiB = 768 // check.GuestDefaults' size: room for pressure
+	}
+	if len(s.O.Hosts) > 0 {
+		s.O.VMs = len(s.O.Hosts) * max(1, s.O.VMsPerHost)
 	}
 	if s.O.VMs <= 0 {
 		s.O.VMs = DefaultVMs(s.O.MemoryMiB)
@@ -325,11 +332,16 @@ func catalogue(ctx context.Context, g *guest) ([]Scenario, error) {
 func (s *Soak) boot(ctx context.Context, w int) (*guest, error) {
 	o := s.Guest
 	o.Name = fmt.Sprintf("%sw%d", s.vmPrefix(), w)
+	where := ""
+	if len(s.O.Hosts) > 0 {
+		o.Backend, o.Connect = "libvirt", s.O.Hosts[(w-1+len(s.O.Hosts))%len(s.O.Hosts)]
+		where = " on " + o.Connect
+	}
 	m, err := lab.Boot(ctx, o)
 	if err != nil {
 		return nil, err
 	}
-	s.logf("worker %d: booted %s in %s", w, m.Name, m.BootTime.Round(time.Millisecond))
+	s.logf("worker %d: booted %s%s in %s", w, m.Name, where, m.BootTime.Round(time.Millisecond))
 	return &guest{m: m}, nil
 }
 

@@ -21,6 +21,8 @@ func init() {
 		rounds           int
 		out, resume      string
 		inject, trackers string
+		hosts            string
+		perHost          int
 		seed             uint64
 		light            bool
 	}
@@ -41,6 +43,8 @@ func init() {
 			fs.IntVar(&f.rounds, "rounds", 0, "stop after this many rounds (0: until --for)")
 			fs.BoolVar(&f.light, "light", false, "short rounds (two small cells and a few seconds of stress; for tests)")
 			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers of the scenario cells (default: ldt, naive, softdirty, pagemap-scan); mutants are judged as labctl check judges them (CAUGHT/SURVIVED)")
+			fs.StringVar(&f.hosts, "hosts", "", "comma-separated libvirt URIs to fan the guests out over (qemu:///system,qemu+tcp://HOST/system); --vms-per-host guests on each")
+			fs.IntVar(&f.perHost, "vms-per-host", 1, "with --hosts: guests at once on each host")
 			fs.StringVar(&f.inject, "inject", "", "testing aid: make round R also fire a labtest trigger, e.g. warn@2,panic@4 (the kernel really WARNs/panics)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
@@ -77,7 +81,11 @@ func init() {
 			}
 			mem := g.mem // 0: 768 (check.GuestDefaults)
 			so := soak.Options{For: f.dur, VMs: f.vms, Config: g.config, Accel: g.accel, MemoryMiB: mem, Seed: f.seed,
-				Light: f.light, Inject: injs, Trackers: splitList(f.trackers), Rounds: f.rounds, Only: f.round}
+				Light: f.light, Inject: injs, Trackers: splitList(f.trackers), Rounds: f.rounds, Only: f.round,
+				Hosts: splitList(f.hosts), VMsPerHost: f.perHost}
+			if len(so.Hosts) > 0 && flagSet(fs, "vms") {
+				return usageError{errors.New("--vms and --hosts exclude each other: with --hosts, --vms-per-host says how many guests each host runs")}
+			}
 			dir := f.out
 			if dir == "" {
 				dir = filepath.Join(lab.StateDir(), "soak-"+time.Now().Format("20060102-150405"))
