@@ -214,7 +214,7 @@ func TestLabctlFaults(t *testing.T) {
 	})
 
 	// Sizes that make no sense are refused before anything starts (2).
-	for _, bad := range [][]string{{"--cpus", "0"}, {"--mem", "0"}, {"--swap", "-5"}, {"--cpus", "-1"}} {
+	for _, bad := range [][]string{{"--cpus", "0"}, {"--mem", "100"}, {"--swap", "-5"}, {"--cpus", "-1"}, {"--backend", "xen"}} {
 		_, se, code := c.run(append([]string{"up", "--no-build", name}, bad...)...)
 		assert.Equal(t, 2, code, "%v: %s", bad, se)
 		assert.Contains(t, se, bad[0]+" "+bad[1], bad)

@@ -62,7 +62,7 @@ func (g *guestFlags) validate() error {
 	case g.swap.set && g.swap.v < 0:
 		return fmt.Errorf("--swap %d: the swap disk size cannot be negative (0 = no swap disk)", g.swap.v)
 	case g.backend != "" && g.backend != "qemu" && g.backend != "libvirt":
-		return fmt.Errorf("--backend %q: qemu or libvirt", g.backend)
+		return fmt.Errorf("--backend %s: unknown backend (qemu or libvirt)", g.backend)
 	}
 	return nil
 }
