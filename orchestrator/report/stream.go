@@ -13,13 +13,12 @@ import (
 // Offsets are positions in the stream (bytes of the lines fed so far,
 // each counted with its newline).
 type Stream struct {
-	mu      sync.Mutex
-	ctx     [][]byte // settled lines kept as context, at most contextLines
-	open    [][]byte // lines since a report began that is not finished
-	openOff int      // offset of open[0] (or of the next line when open is empty)
-	ctxOff  int      // offset of ctx[0]
-	off     int      // offset after the last line fed
-	done    []Report // emitted, absolute offsets
+	mu     sync.Mutex
+	ctx    [][]byte // settled lines kept as context, at most contextLines
+	open   [][]byte // lines since a report began that is not finished
+	ctxOff int      // offset of ctx[0]
+	off    int      // offset after the last line fed
+	done   []Report // emitted, absolute offsets
 	// lastStart is the start of the last emitted report: a report found
 	// again in the context window is not emitted twice.
 	lastStart int
@@ -201,10 +200,6 @@ func (s *Stream) scan(flush bool) {
 	s.ctxOff = base + starts[min(ctxFrom, len(all)-1)]
 	if ctxFrom >= len(all) {
 		s.ctxOff = s.off
-	}
-	s.openOff = s.off
-	if split < len(all) {
-		s.openOff = base + starts[split]
 	}
 	s.pending = keepFrom >= 0
 }
