@@ -163,19 +163,29 @@ func needNUMABalancing(o Options) string {
 // agNUMABalancing switches NUMA balancing on with the shortest scan
 // period; its actions are the hinting faults the kernel took meanwhile.
 func agNUMABalancing(s *set, r *rand.Rand) (int, error) {
+	// The scan tunables moved from kernel.numa_balancing_* to debugfs in
+	// 5.17 (sched/numa_balancing/); older kernels have the sysctls.
 	for _, k := range [][2]string{
-		{"/proc/sys/kernel/numa_balancing_scan_delay_ms", "0"},
-		{"/proc/sys/kernel/numa_balancing_scan_period_min_ms", "10"},
-		{"/proc/sys/kernel/numa_balancing_scan_period_max_ms", "100"},
-		{"/proc/sys/kernel/numa_balancing_scan_size_mb", "1024"},
-		{"/proc/sys/kernel/numa_balancing", "1"},
+		{"scan_delay_ms", "0"},
+		{"scan_period_min_ms", "10"},
+		{"scan_period_max_ms", "100"},
+		{"scan_size_mb", "1024"},
 	} {
-		restore, err := knob(k[0], k[1])
+		path := "/sys/kernel/debug/sched/numa_balancing/" + k[0]
+		if _, err := os.Stat(path); err != nil {
+			path = "/proc/sys/kernel/numa_balancing_" + k[0]
+		}
+		restore, err := knob(path, k[1])
 		if err != nil {
 			return 0, fmt.Errorf("numa-balancing: %w", err)
 		}
 		defer restore()
 	}
+	restore, err := knob("/proc/sys/kernel/numa_balancing", "1")
+	if err != nil {
+		return 0, fmt.Errorf("numa-balancing: %w", err)
+	}
+	defer restore()
 	before := vmstat("numa_hint_faults")
 	for !s.stop.Load() {
 		time.Sleep(10 * time.Millisecond)

@@ -79,12 +79,18 @@ func (k *Key) AddTree(name, dir string) error {
 		if d.IsDir() && p != dir && strings.HasPrefix(d.Name(), ".") {
 			return filepath.SkipDir // .git, editor state
 		}
-		if d.IsDir() || !d.Type().IsRegular() || isBuildOutput(d.Name()) {
+		if d.IsDir() || !d.Type().IsRegular() || isBuildOutput(d.Name()) || isDoc(d.Name()) {
 			return nil
 		}
 		rel, _ := filepath.Rel(dir, p)
 		return k.AddFile(name+"/"+filepath.ToSlash(rel), p)
 	})
+}
+
+// isDoc: a module's README is not compiled; editing it must not cost
+// every kernel variant a rebuild.
+func isDoc(name string) bool {
+	return strings.HasSuffix(name, ".md") || strings.HasSuffix(name, ".txt") || strings.HasSuffix(name, ".rst")
 }
 
 func isBuildOutput(name string) bool {

@@ -117,6 +117,10 @@ func TestKeyAddTree(t *testing.T) {
 	assert.Equal(t, orig, sum(), "build output must not change the key")
 	assert.Equal(t, []string{"module/m/Kbuild", "module/m/m.c", "module/m/sub/h.h"}, names())
 
+	// Documentation is not compiled: editing it keeps the key.
+	writeFile(t, filepath.Join(dir, "README.md"), "how to use m")
+	assert.Equal(t, orig, sum(), "a README must not change the key")
+
 	// A symlink is not a regular file: ignored.
 	require.NoError(t, os.Symlink("m.c", filepath.Join(dir, "link.c")))
 	assert.Equal(t, orig, sum())

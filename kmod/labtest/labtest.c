@@ -27,11 +27,18 @@
 #include <linux/sched.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/rcupdate.h>
 #include <linux/string.h>
+#include <linux/timekeeping.h>
+#include <linux/timer.h>
 #include <linux/uaccess.h>
 
 #define LABTEST_HUNG_SECS	60
 #define LABTEST_SPIN_SECS	30
+/* Under the soft-lockup threshold (20 s), over rcu_cpu_stall_timeout set to 3 s. */
+#define LABTEST_RCU_SPIN_SECS	15
+/* Over the buddy detector's hard-lockup window (~12-24 s), under the RCU stall timeout (60 s). */
+#define LABTEST_IRQ_SPIN_SECS	40
 
 static struct dentry *labtest_dir;
 
@@ -39,6 +46,8 @@ static struct dentry *labtest_dir;
 static DEFINE_MUTEX(labtest_lock);
 static struct task_struct *labtest_hung_task;
 static struct task_struct *labtest_spin_task;
+static struct task_struct *labtest_rcu_task;
+static struct task_struct *labtest_irq_task;
 
 static noinline int labtest_warn(void)
 {
@@ -90,7 +99,7 @@ static noinline int labtest_vmbug(void)
  * Sanitizer and detector triggers, for the "sanitize" kernel config. Each
  * produces exactly one report and leaves the kernel usable, except the
  * oopses (divide, gpf, null), which kill the writer like "bug". Lockdep
- * reports once per boot: capture "lockdep" in a fresh guest.
+ * turns itself off after its first report: one fresh guest per word.
  */
 
 /* Keeps the compiler from proving the bugs below away. */
@@ -169,8 +178,12 @@ static noinline int labtest_ubsan_bounds(void)
 {
 	int i = 4 + labtest_zero;
 
-	/* UBSAN array-index-out-of-bounds. */
-	WRITE_ONCE(labtest_arr.a[i], 1);
+	/*
+	 * UBSAN array-index-out-of-bounds. A plain store: WRITE_ONCE() only
+	 * takes &a[4], a legal one-past-the-end address, and never fired.
+	 */
+	labtest_arr.a[i] = 1;
+	pr_info("labtest: stored past a[3], after=%d\n", READ_ONCE(labtest_arr.after));
 	return 0;
 }
 
@@ -211,6 +224,107 @@ static noinline int labtest_refcount(void)
 	return 0;
 }
 
+/* Taken with softirqs enabled here and inside a timer (softirq) below. */
+static DEFINE_SPINLOCK(labtest_bh_lock);
+static struct timer_list labtest_timer;
+
+static void labtest_timer_fn(struct timer_list *unused)
+{
+	spin_lock(&labtest_bh_lock);
+	spin_unlock(&labtest_bh_lock);
+}
+
+static noinline int labtest_inconsistent(void)
+{
+	/*
+	 * lockdep "inconsistent lock state" ({SOFTIRQ-ON-W} -> {IN-SOFTIRQ-W}),
+	 * reported in the timer. Never a real deadlock: the timer fires
+	 * after the unlock.
+	 */
+	spin_lock(&labtest_bh_lock);
+	spin_unlock(&labtest_bh_lock);
+	mod_timer(&labtest_timer, jiffies + 1);
+	msleep(200);
+	return 0;
+}
+
+static int __rcu *labtest_rcu_ptr;
+
+static noinline int labtest_rcu_deref(void)
+{
+	int *p;
+
+	/* rcu_dereference() outside rcu_read_lock(): "suspicious RCU usage". */
+	p = rcu_dereference(labtest_rcu_ptr);
+	pr_info("labtest: rcu pointer %p\n", p);
+	return 0;
+}
+
+static DEFINE_RAW_SPINLOCK(labtest_raw_lock);
+static DEFINE_SPINLOCK(labtest_inner_lock);
+
+static noinline int labtest_wait_context(void)
+{
+	/*
+	 * A spinlock_t (sleeping on PREEMPT_RT) inside a raw spinlock:
+	 * PROVE_RAW_LOCK_NESTING's "Invalid wait context".
+	 */
+	raw_spin_lock(&labtest_raw_lock);
+	spin_lock(&labtest_inner_lock);
+	spin_unlock(&labtest_inner_lock);
+	raw_spin_unlock(&labtest_raw_lock);
+	return 0;
+}
+
+static DEFINE_MUTEX(labtest_lock_c);
+
+static noinline int labtest_unlock_balance(void)
+{
+	/* Releasing a mutex nobody holds: "bad unlock balance detected!". */
+	mutex_unlock(&labtest_lock_c);
+	return 0;
+}
+
+static noinline int labtest_kasan_double_free(void)
+{
+	char *p = kmalloc(64, GFP_KERNEL);
+
+	if (!p)
+		return -ENOMEM;
+	kfree(p);
+	OPTIMIZER_HIDE_VAR(p);
+	/* "KASAN: double-free in labtest_kasan_double_free". */
+	kfree(p);
+	return 0;
+}
+
+static char labtest_global[10];
+
+static noinline int labtest_kasan_global(void)
+{
+	char *p = labtest_global;
+	int i = 10 + labtest_zero;
+
+	/* Through a pointer, so UBSAN's bounds check does not report first. */
+	OPTIMIZER_HIDE_VAR(p);
+	/* KASAN global-out-of-bounds Read. */
+	pr_info("labtest: read %d\n", READ_ONCE(p[i]));
+	return 0;
+}
+
+static noinline int labtest_kasan_stack(void)
+{
+	char a[8];
+	char *p = a;
+	int i = 8 + labtest_zero;
+
+	memset(a, 0, sizeof(a));
+	OPTIMIZER_HIDE_VAR(p);
+	/* KASAN stack-out-of-bounds Read. */
+	pr_info("labtest: read %d\n", READ_ONCE(p[i]));
+	return 0;
+}
+
 static noinline int labtest_leak(void)
 {
 	char *p = kmalloc(64, GFP_KERNEL);
@@ -228,8 +342,13 @@ static noinline int labtest_leak(void)
 
 static noinline int labtest_divide(void)
 {
-	/* #DE: "Oops: divide error". */
-	return 1 / labtest_zero;
+	int n = 7 + labtest_zero, d = labtest_zero;
+
+	/*
+	 * #DE: "Oops: divide error". Neither operand is a constant, so the
+	 * compiler must emit idiv (it turned 1 / x into a compare).
+	 */
+	return n / d;
 }
 
 static noinline int labtest_gpf(void)
@@ -285,6 +404,51 @@ static noinline int labtest_spin_fn(void *unused)
 			schedule();
 		__set_current_state(TASK_RUNNING);
 	}
+	return 0;
+}
+
+/* Waits for kthread_stop(): the stopper holds a reference to us. */
+static void labtest_park(void)
+{
+	while (!kthread_should_stop()) {
+		set_current_state(TASK_INTERRUPTIBLE);
+		if (!kthread_should_stop())
+			schedule();
+		__set_current_state(TASK_RUNNING);
+	}
+}
+
+static noinline int labtest_rcu_spin_fn(void *unused)
+{
+	u64 end = ktime_get_mono_fast_ns() + LABTEST_RCU_SPIN_SECS * NSEC_PER_SEC;
+
+	/*
+	 * No quiescent state on this CPU: an RCU CPU stall once
+	 * rcupdate.rcu_cpu_stall_timeout (set it to 3 first) has passed.
+	 */
+	preempt_disable();
+	while (ktime_get_mono_fast_ns() < end)
+		cpu_relax();
+	preempt_enable();
+	labtest_park();
+	return 0;
+}
+
+static noinline int labtest_irq_spin_fn(void *unused)
+{
+	u64 end = ktime_get_mono_fast_ns() + LABTEST_IRQ_SPIN_SECS * NSEC_PER_SEC;
+	unsigned long flags;
+
+	/*
+	 * Interrupts off: this CPU's watchdog hrtimer stops, and its buddy
+	 * CPU reports "Watchdog detected hard LOCKUP". jiffies may stop with
+	 * us, so time comes from the clocksource.
+	 */
+	local_irq_save(flags);
+	while (ktime_get_mono_fast_ns() < end)
+		cpu_relax();
+	local_irq_restore(flags);
+	labtest_park();
 	return 0;
 }
 
@@ -373,6 +537,24 @@ static ssize_t labtest_write(struct file *file, const char __user *ubuf,
 		ret = labtest_gpf();
 	else if (!strcmp(word, "null"))
 		ret = labtest_null();
+	else if (!strcmp(word, "inconsistent"))
+		ret = labtest_inconsistent();
+	else if (!strcmp(word, "rcu-deref"))
+		ret = labtest_rcu_deref();
+	else if (!strcmp(word, "wait-context"))
+		ret = labtest_wait_context();
+	else if (!strcmp(word, "unlock-balance"))
+		ret = labtest_unlock_balance();
+	else if (!strcmp(word, "kasan-double-free"))
+		ret = labtest_kasan_double_free();
+	else if (!strcmp(word, "kasan-global"))
+		ret = labtest_kasan_global();
+	else if (!strcmp(word, "kasan-stack"))
+		ret = labtest_kasan_stack();
+	else if (!strcmp(word, "rcustall"))
+		ret = labtest_start(&labtest_rcu_task, labtest_rcu_spin_fn, "labtest-rcu");
+	else if (!strcmp(word, "hardlockup"))
+		ret = labtest_start(&labtest_irq_task, labtest_irq_spin_fn, "labtest-irq");
 	else if (!strcmp(word, "panic"))
 		panic("labtest: deliberate panic via debugfs trigger");
 	else
@@ -389,6 +571,7 @@ static const struct file_operations labtest_fops = {
 
 static int __init labtest_init(void)
 {
+	timer_setup(&labtest_timer, labtest_timer_fn, 0);
 	labtest_dir = debugfs_create_dir("labtest", NULL);
 	/* Root only, write only. debugfs errors are not fatal: stay loadable. */
 	debugfs_create_file("trigger", 0200, labtest_dir, NULL, &labtest_fops);
@@ -403,7 +586,10 @@ static void __exit labtest_exit(void)
 	mutex_lock(&labtest_lock);
 	labtest_stop(&labtest_hung_task);
 	labtest_stop(&labtest_spin_task);
+	labtest_stop(&labtest_rcu_task);
+	labtest_stop(&labtest_irq_task);
 	mutex_unlock(&labtest_lock);
+	timer_delete_sync(&labtest_timer);
 }
 
 module_init(labtest_init);

@@ -1,0 +1,133 @@
+package report
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// label is one kind of report a real console log holds, n times. The
+// labels below come from the trigger that produced each log (kmod/labtest
+// README) and from counting the kernel's own header lines by hand, never
+// from the parser's output: the .want files say what the parser prints,
+// these say what it should find. An empty title accepts any title of the
+// type (boot stalls: the title is wherever the CPU was).
+type label struct {
+	typ   Type
+	title string
+	n     int
+}
+
+// realLogs are consoles of real x86 kernels: our own 6.12 guests (debug,
+// debug-vanilla and sanitize configs), captured by TestCaptureGoldenLogs /
+// TestCaptureSanitizeGoldenLogs, the sanitize kernel's boot stalls under
+// TCG, and a soak round's page_table_check warning. synthetic-*.log are
+// not here: they were written for the parser, not printed by a kernel.
+var realLogs = []struct {
+	file string
+	want []label
+}{
+	{"guest-warn.log", []label{{TypeWarning, "WARNING in labtest_warn", 1}}},
+	{"guest-bug.log", []label{{TypeKernelBug, "kernel BUG in labtest_bug", 1}}},
+	{"guest-several.log", []label{{TypeWarning, "WARNING in labtest_warn", 2}, {TypeKernelBug, "kernel BUG in labtest_bug", 1}}},
+	{"guest-list-corruption.log", []label{{TypeListCorruption, "list_add corruption in labtest_list_corrupt", 1}}},
+	{"guest-hung-task.log", []label{{TypeHungTask, "INFO: task hung in labtest_hung_fn", 7}}},
+	{"guest-soft-lockup.log", []label{{TypeSoftLockup, "BUG: soft lockup in labtest_spin_fn", 2}}},
+	{"guest-vm-bug.log", []label{{TypeVMBug, "VM_BUG_ON_PAGE(page_ref_count(page) == 1) in labtest_vmbug", 1}}},
+	{"guest-module-panic.log", []label{{TypePanic, "Kernel panic: labtest: deliberate panic via debugfs trigger", 1}}},
+	{"guest-sysrq-panic.log", []label{{TypePanic, "Kernel panic: sysrq triggered crash", 1}}},
+	{"guest-page-table-check.log", []label{{TypePageTableCheck, "WARNING in __page_table_check_ptes_set", 1}}},
+	{"guest-sanitize-boot-hang.log", []label{{TypeBug, "BUG: workqueue lockup", 1}, {TypeRCUStall, "", 1}}},
+	{"guest-sanitize-boot-stall-1.log", []label{{TypeSoftLockup, "", 4}, {TypeRCUStall, "", 1}}},
+	{"guest-sanitize-boot-stall-2.log", []label{{TypeSoftLockup, "", 4}, {TypeRCUStall, "", 1}}},
+	{"guest-sanitize-clean.log", nil},
+	{"guest-sanitize-kasan-oob.log", []label{{TypeKASAN, "KASAN: slab-out-of-bounds Read in labtest_kasan_oob", 1}}},
+	{"guest-sanitize-kasan-uaf.log", []label{{TypeKASAN, "KASAN: slab-use-after-free Read in labtest_kasan_uaf", 1}}},
+	{"guest-sanitize-kfence.log", []label{{TypeKFENCE, "KFENCE: use-after-free read in labtest_kfence", 1}}},
+	{"guest-sanitize-ubsan-shift.log", []label{{TypeUBSAN, "UBSAN: shift-out-of-bounds in labtest_ubsan_shift", 1}}},
+	{"guest-sanitize-lockdep.log", []label{{TypeLockdep, "possible deadlock in labtest_lockdep", 1}}},
+	{"guest-sanitize-atomic-sleep.log", []label{{TypeAtomicSleep, "BUG: sleeping function called from invalid context in labtest_atomic_sleep", 1}}},
+	{"guest-sanitize-refcount.log", []label{{TypeRefcount, "WARNING: refcount bug in labtest_refcount", 1}}},
+	{"guest-sanitize-kmemleak.log", []label{{TypeKmemleak, "memory leak in labtest_leak", 1}}},
+	{"guest-sanitize-gpf.log", []label{{TypeGPF, "general protection fault in labtest_gpf", 1}}},
+	{"guest-sanitize-null-deref.log", []label{{TypePageFault, "BUG: unable to handle kernel NULL pointer dereference in labtest_null", 1}}},
+}
+
+// TestDetectionOnRealLogs measures the parser against the labels: at
+// least 98% of the labelled reports detected with their type, every
+// detected one titled as labelled, and nothing reported that is not
+// labelled (clean boots give nothing). The per-type table is logged
+// (go test -v -run TestDetectionOnRealLogs); docs/benchmarks.md quotes it.
+func TestDetectionOnRealLogs(t *testing.T) {
+	type tally struct{ logs, want, found, titled int }
+	byType := map[Type]*tally{}
+	var want, found, titled, extra int
+	for _, l := range realLogs {
+		reps := Parse(read(t, l.file))
+		used := make([]bool, len(reps))
+		seen := map[Type]bool{}
+		for _, lb := range l.want {
+			tl := byType[lb.typ]
+			if tl == nil {
+				tl = &tally{}
+				byType[lb.typ] = tl
+			}
+			if !seen[lb.typ] {
+				tl.logs++
+				seen[lb.typ] = true
+			}
+			tl.want += lb.n
+			want += lb.n
+			// Exact titles first, so that a wrong title is not hidden by
+			// a right one of another label.
+			for pass := 0; pass < 2; pass++ {
+				for i, r := range reps {
+					if used[i] || r.Type != lb.typ || lb.n == 0 {
+						continue
+					}
+					exact := lb.title == "" || r.Title == lb.title
+					if pass == 0 && !exact {
+						continue
+					}
+					used[i] = true
+					lb.n--
+					tl.found++
+					found++
+					if exact {
+						tl.titled++
+						titled++
+					} else {
+						t.Errorf("%s: %s titled %q, want %q", l.file, r.Type, r.Title, lb.title)
+					}
+				}
+			}
+			if lb.n > 0 {
+				t.Errorf("%s: %d %s report(s) %q not detected", l.file, lb.n, lb.typ, lb.title)
+			}
+		}
+		for i, r := range reps {
+			if !used[i] {
+				extra++
+				t.Errorf("%s: unlabelled report %s", l.file, r)
+			}
+		}
+	}
+	types := make([]string, 0, len(byType))
+	for typ := range byType {
+		types = append(types, string(typ))
+	}
+	sort.Strings(types)
+	var b strings.Builder
+	fmt.Fprintf(&b, "| type | logs | reports | detected | titled |\n|---|---|---|---|---|\n")
+	for _, typ := range types {
+		tl := byType[Type(typ)]
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d |\n", typ, tl.logs, tl.want, tl.found, tl.titled)
+	}
+	fmt.Fprintf(&b, "| all | %d | %d | %d (%.1f%%) | %d |\n", len(realLogs), want, found, 100*float64(found)/float64(want), titled)
+	t.Logf("detection on %d real logs (%d types), %d unlabelled reports:\n%s", len(realLogs), len(byType), extra, b.String())
+	assert.GreaterOrEqual(t, float64(found), 0.98*float64(want), "detected %d of %d labelled reports", found, want)
+	assert.Zero(t, extra, "reports on logs (or parts of logs) without that crash")
+}
