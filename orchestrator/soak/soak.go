@@ -684,9 +684,26 @@ func (s *Soak) repro(n int, st Step) string {
 		}
 		return cmd
 	}
-	light := ""
+	// Everything that shapes the round's plan goes along: its mix, its
+	// trackers, the guest size, and the injections it fired.
+	var extra strings.Builder
 	if s.O.Light {
-		light = " --light"
+		extra.WriteString(" --light")
 	}
-	return fmt.Sprintf("labctl soak --round %d --seed %d --out /tmp/replay-r%d%s%s", n, s.O.Seed, n, light, cfg)
+	if len(s.O.Trackers) > 0 {
+		extra.WriteString(" --tracker " + strings.Join(s.O.Trackers, ","))
+	}
+	if s.O.MemoryMiB > 0 {
+		fmt.Fprintf(&extra, " --mem %d", s.O.MemoryMiB)
+	}
+	var injs []string
+	for _, in := range s.O.Inject {
+		if in.Round == n {
+			injs = append(injs, fmt.Sprintf("%s@%d", in.Word, n))
+		}
+	}
+	if len(injs) > 0 {
+		extra.WriteString(" --inject " + strings.Join(injs, ","))
+	}
+	return fmt.Sprintf("labctl soak --round %d --seed %d --out /tmp/replay-r%d%s%s", n, s.O.Seed, n, extra.String(), cfg)
 }
