@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"ldtlab/orchestrator/check"
 )
 
 // TestCaptureGoldenLogs provokes each failure the parser must title in a
@@ -147,4 +149,43 @@ func TestLabctlReport(t *testing.T) {
 
 	_, _, code = c.run("report")
 	assert.Equal(t, 2, code, "no FILE is a usage error")
+}
+
+// TestCaptureBusyCleanLogs stores the consoles of guests that worked hard
+// without a bug — every catalogue scenario under ldt, then 20 s of stress
+// with every agitator — as guest-busy-clean-<config>.log: real logs
+// without a crash, full of swap, THP, migration, KSM and sanitizer
+// chatter, on which the parser must find nothing
+// (LDTLAB_CAPTURE_GOLDEN=clean; needs the debug and sanitize kernels).
+func TestCaptureBusyCleanLogs(t *testing.T) {
+	if os.Getenv("LDTLAB_CAPTURE_GOLDEN") != "clean" {
+		t.Skip("set LDTLAB_CAPTURE_GOLDEN=clean to capture busy crash-free consoles")
+	}
+	for _, config := range []string{"debug", "sanitize"} {
+		t.Run(config, func(t *testing.T) {
+			o := guestOptions(t, "busy-"+config)
+			o.Config = config
+			check.GuestDefaults(&o)
+			m := boot(t, o)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+			defer cancel()
+			list, err := m.Run(ctx, "ldt-check -list")
+			require.NoError(t, err)
+			var scenarios []struct{ Name string }
+			require.NoError(t, json.Unmarshal(list.Stdout, &scenarios))
+			require.NotEmpty(t, scenarios)
+			for _, sc := range scenarios {
+				r, err := m.Run(ctx, "ldt-check -q -tracker ldt -seed 1 -scenario "+sc.Name)
+				require.NoError(t, err, sc.Name)
+				t.Logf("%s: exit %d", sc.Name, r.Code)
+			}
+			r, err := m.Run(ctx, "ldt-stress -tracker ldt -pages 16384 -duration 20s -seed 1")
+			require.NoError(t, err)
+			t.Logf("stress: exit %d", r.Code)
+			time.Sleep(3 * time.Second)
+			out := filepath.Join(repo, "orchestrator", "report", "testdata", "guest-busy-clean-"+config+".log")
+			require.NoError(t, os.WriteFile(out, m.ConsoleLog(), 0o644))
+			assert.Empty(t, m.Reports(), "a busy run without a bug")
+		})
+	}
 }

@@ -2,6 +2,7 @@ package report
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -52,6 +53,18 @@ var realLogs = []struct {
 	{"guest-sanitize-atomic-sleep.log", []label{{TypeAtomicSleep, "BUG: sleeping function called from invalid context in labtest_atomic_sleep", 1}}},
 	{"guest-sanitize-refcount.log", []label{{TypeRefcount, "WARNING: refcount bug in labtest_refcount", 1}}},
 	{"guest-sanitize-kmemleak.log", []label{{TypeKmemleak, "memory leak in labtest_leak", 1}}},
+	{"guest-sanitize-kasan-double-free.log", []label{{TypeKASAN, "KASAN: double-free in labtest_kasan_double_free", 1}}},
+	{"guest-sanitize-kasan-global.log", []label{{TypeKASAN, "KASAN: global-out-of-bounds Read in labtest_kasan_global", 1}}},
+	{"guest-sanitize-kasan-stack.log", []label{{TypeKASAN, "KASAN: stack-out-of-bounds Read in labtest_kasan_stack", 1}}},
+	{"guest-sanitize-ubsan-bounds.log", []label{{TypeUBSAN, "UBSAN: array-index-out-of-bounds in labtest_ubsan_bounds", 1}}},
+	{"guest-sanitize-lockdep-inconsistent.log", []label{{TypeLockdep, "inconsistent lock state in labtest_timer_fn", 1}}},
+	{"guest-sanitize-lockdep-rcu.log", []label{{TypeLockdep, "WARNING: suspicious RCU usage in labtest_rcu_deref", 1}}},
+	{"guest-sanitize-lockdep-wait-context.log", []label{{TypeLockdep, "BUG: Invalid wait context in labtest_wait_context", 1}}},
+	{"guest-sanitize-lockdep-unlock-balance.log", []label{{TypeLockdep, "WARNING: bad unlock balance in labtest_unlock_balance", 1}}},
+	{"guest-sanitize-rcu-stall.log", []label{{TypeRCUStall, "INFO: rcu detected stall in labtest_rcu_spin_fn", 1}}},
+	// The CPU that IPIs the one with interrupts off spins as well.
+	{"guest-sanitize-hard-lockup.log", []label{{TypeHardLockup, "Watchdog detected hard LOCKUP in labtest_irq_spin_fn", 1}, {TypeSoftLockup, "BUG: soft lockup in smp_call_function_many_cond", 1}}},
+	{"guest-sanitize-divide-error.log", []label{{TypeOops, "divide error in labtest_divide", 1}}},
 	{"guest-sanitize-gpf.log", []label{{TypeGPF, "general protection fault in labtest_gpf", 1}}},
 	{"guest-sanitize-null-deref.log", []label{{TypePageFault, "BUG: unable to handle kernel NULL pointer dereference in labtest_null", 1}}},
 }
@@ -62,11 +75,28 @@ var realLogs = []struct {
 // labelled (clean boots give nothing). The per-type table is logged
 // (go test -v -run TestDetectionOnRealLogs); docs/benchmarks.md quotes it.
 func TestDetectionOnRealLogs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func([]byte) []byte
+	}{
+		{"as printed", func(b []byte) []byte { return b }},
+		// The same consoles as a kernel without CONFIG_PRINTK_CALLER
+		// prints them: "[    1.234567] msg", no "[T123]" to sort
+		// interleaved callers by.
+		{"without caller ids", func(b []byte) []byte { return callerTagRe.ReplaceAll(b, []byte("$1")) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { detection(t, tc.edit) })
+	}
+}
+
+var callerTagRe = regexp.MustCompile(`(?m)^(\[\s*\d+\.\d+\])\[\s*[TC]\d+\]`)
+
+func detection(t *testing.T, edit func([]byte) []byte) {
 	type tally struct{ logs, want, found, titled int }
 	byType := map[Type]*tally{}
 	var want, found, titled, extra int
 	for _, l := range realLogs {
-		reps := Parse(read(t, l.file))
+		reps := Parse(edit(read(t, l.file)))
 		used := make([]bool, len(reps))
 		seen := map[Type]bool{}
 		for _, lb := range l.want {

@@ -191,6 +191,9 @@ var (
 		`kmem_cache_\w+|__kmem_cache_\w+|slab_\w+|__slab_\w+|` +
 		`v[mz]alloc\w*|__vmalloc\w*|alloc_\w+|__alloc_\w+|kstrn?dup\w*|kmemdup\w*|k?v?asprintf|mempool_\w+)$`)
 	rcuFuncRe = regexp.MustCompile(`^_*rcu_`)
+	// Leaf helpers a spinning CPU is caught in: clock reads and pauses.
+	spinLeafRe  = regexp.MustCompile(`^(ktime_get\w*|read_tsc|rdtsc\w*|native_sched_clock|sched_clock\w*|local_clock\w*|cpu_relax|rep_nop|native_pause|delay_tsc|delay_halt\w*|__const_udelay|__udelay|__delay|native_safe_halt)$`)
+	rcuOrLeafRe = regexp.MustCompile(rcuFuncRe.String() + "|" + spinLeafRe.String())
 	// Lockdep's own functions, under its WARN()s.
 	lockdepSkipRe = regexp.MustCompile(`^(lock_\w+|__lock_\w+|lockdep_\w+|hlock_\w+|check_\w+|mark_\w+|validate_\w+|debug_\w+|lock_is_held\w*|__lock_is_held\w*|look_up_lock_class|register_lock_class|__lock_acquire)$`)
 	exitRe        = regexp.MustCompile(` exitcode=\S+`)
@@ -221,7 +224,12 @@ func printable(t string) string {
 
 func (s *span) rawTitle() string {
 	code := first(s.ripFunc(), s.traceFunc(false))
+	// Where a watchdog caught a CPU: a busy loop's leaf helper (a clock
+	// read, a pause) says nothing about whose loop it is.
+	saved := s.extraSkip
+	s.extraSkip = spinLeafRe
 	stuck := first(s.ripFunc(), s.traceFunc(true))
+	s.extraSkip = saved
 	switch s.h {
 	case hWarning, hKernelBug, hList, hVMPage, hVMVMA, hVMMM:
 		return s.bugTitle(code)
@@ -269,8 +277,7 @@ func (s *span) rawTitle() string {
 	case hRCU:
 		// RCU's own kthreads and helpers are never the stalled code
 		// (a starved grace-period kthread is dumped first).
-		saved := s.extraSkip
-		s.extraSkip = rcuFuncRe
+		s.extraSkip = rcuOrLeafRe
 		f := first(s.ripFunc(), s.traceFunc(true))
 		s.extraSkip = saved
 		return in("INFO: rcu detected stall", f)
