@@ -45,6 +45,10 @@ var realLogs = []struct {
 	{"guest-sanitize-boot-stall-1.log", []label{{TypeSoftLockup, "", 4}, {TypeRCUStall, "", 1}}},
 	{"guest-sanitize-boot-stall-2.log", []label{{TypeSoftLockup, "", 4}, {TypeRCUStall, "", 1}}},
 	{"guest-sanitize-clean.log", nil},
+	// Every catalogue scenario under ldt and 20 s of stress: swap, THP,
+	// migration, KSM and the sanitizers' chatter, no bug.
+	{"guest-busy-clean-debug.log", nil},
+	{"guest-busy-clean-sanitize.log", nil},
 	{"guest-sanitize-kasan-oob.log", []label{{TypeKASAN, "KASAN: slab-out-of-bounds Read in labtest_kasan_oob", 1}}},
 	{"guest-sanitize-kasan-uaf.log", []label{{TypeKASAN, "KASAN: slab-use-after-free Read in labtest_kasan_uaf", 1}}},
 	{"guest-sanitize-kfence.log", []label{{TypeKFENCE, "KFENCE: use-after-free read in labtest_kfence", 1}}},
