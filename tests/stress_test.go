@@ -32,7 +32,7 @@ func TestStressShort(t *testing.T) {
 		assert.False(t, r.Failed(), "%s thp=%v: %s (lost %d) %s", r.Tracker, r.THP, r.Verdict, r.LostPages, r.Error)
 		assert.Greater(t, r.Writes, uint64(0), "%s: no writes: the run proves nothing", r.Tracker)
 		assert.Greater(t, r.Collections, 10, "%s: too few collections to race with anything", r.Tracker)
-		for _, a := range []string{"madvfree", "pageout", "migrate", "gup-write", "procmem", "odirect", "memcg", "fork", "ksm", "numa-balancing"} {
+		for _, a := range []string{"madvfree", "pageout", "migrate", "gup-write", "procmem", "odirect", "memcg", "fork", "ksm", "numa-balancing", "compact"} {
 			assert.Greater(t, r.Agitators[a], 0, "%s: agitator %s never acted", r.Tracker, a)
 		}
 	}

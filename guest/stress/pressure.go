@@ -23,6 +23,7 @@ var pressureAgitators = []agitator{
 	{"memcg", "squeeze the run's own memory cgroup (memory.high far below the set, then max) so reclaim swaps the set out under the writers (rows 1, 3)", needMemcg, agMemcg},
 	{"fork", "fork a child that keeps the set shared copy-on-write for a moment: fork copies PTEs (row 8) and every later write breaks COW", always, agFork},
 	{"ksm", "make runs of pages identical for ksmd to merge (write_protect_page, replace_page: row 15); writes break the sharing", needKSM, agKSM},
+	{"compact", "compact all zones (/proc/sys/vm/compact_memory) every 100 ms: the set's pages migrate through migration entries under the writers (row 4)", needCompaction, agCompact},
 	{"numa-balancing", "NUMA hinting faults: kernel.numa_balancing=1 with a short scan period turns PTEs PROT_NONE and back (change_prot_numa)", needNUMABalancing, agNUMABalancing},
 }
 
@@ -202,4 +203,24 @@ func vmstat(name string) int64 {
 		}
 	}
 	return 0
+}
+
+func needCompaction(o Options) string {
+	if _, err := os.Stat("/proc/sys/vm/compact_memory"); err != nil {
+		return "kernel without CONFIG_COMPACTION"
+	}
+	return ""
+}
+
+// agCompact's actions are the pages compaction isolated to migrate or to
+// migrate into meanwhile (vmstat compact_isolated), not its writes.
+func agCompact(s *set, r *rand.Rand) (int, error) {
+	before := vmstat("compact_isolated")
+	_, err := loop(s, 100*time.Millisecond, func() error {
+		if err := os.WriteFile("/proc/sys/vm/compact_memory", []byte("1"), 0); err != nil {
+			return fmt.Errorf("compact: %w", err)
+		}
+		return nil
+	})
+	return int(vmstat("compact_isolated") - before), err
 }
