@@ -3,7 +3,9 @@ package tests
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -161,4 +163,87 @@ func TestLibvirtBackendHost(t *testing.T) {
 	_, err = vm.Open("libvirt", vm.BackendConfig{Connect: "qemu+tcp://127.0.0.1:1/system"})
 	require.Error(t, err, "nothing listens on port 1")
 	assert.Contains(t, err.Error(), "connecting to libvirtd at qemu+tcp://127.0.0.1:1/system")
+}
+
+// startSSHD runs an sshd on loopback as the far end of qemu+ssh://: its
+// own host key, one authorized client key (both 0600, per test), local
+// forwarding on (OpenSSH permits a socket path only where it permits local
+// TCP forwarding), nothing else. It returns the libvirt URI to this
+// machine's daemon through it.
+func startSSHD(t *testing.T) string {
+	t.Helper()
+	sshd, err := exec.LookPath("sshd")
+	if err != nil {
+		sshd = "/usr/sbin/sshd"
+	}
+	require.FileExists(t, sshd, "sshd (Debian package openssh-server; `labctl setup --backend libvirt` installs it)")
+	dir := t.TempDir()
+	for _, k := range []string{"host_key", "id_ed25519"} {
+		out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ldtlab-e2e", "-f", filepath.Join(dir, k)).CombinedOutput()
+		require.NoError(t, err, "ssh-keygen: %s", out)
+	}
+	pub, err := os.ReadFile(filepath.Join(dir, "id_ed25519.pub"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	cfg := filepath.Join(dir, "sshd_config")
+	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`ListenAddress %s
+HostKey %s/host_key
+AuthorizedKeysFile %s/authorized_keys
+PidFile %s/sshd.pid
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowStreamLocalForwarding yes
+AllowTcpForwarding local
+X11Forwarding no
+`, addr, dir, dir, dir)), 0o600))
+	require.NoError(t, os.MkdirAll("/run/sshd", 0o755)) // privilege separation
+	cmd := exec.Command(sshd, "-D", "-e", "-f", cfg)
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("sshd log:\n%s", log.String())
+		}
+	})
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond, "sshd listening on %s", addr)
+	hostPub, err := os.ReadFile(filepath.Join(dir, "host_key.pub"))
+	require.NoError(t, err)
+	_, port, _ := net.SplitHostPort(addr)
+	known := filepath.Join(dir, "known_hosts")
+	require.NoError(t, os.WriteFile(known, []byte("[127.0.0.1]:"+port+" "+string(hostPub)), 0o600))
+	return fmt.Sprintf("qemu+ssh://root@%s/system?keyfile=%s&known_hosts=%s", addr, filepath.Join(dir, "id_ed25519"), known)
+}
+
+// TestLibvirtOverSSH: the same guest through qemu+ssh:// — libvirt's RPC,
+// the console and the agent channel all forwarded over a real sshd — and
+// nothing left behind.
+func TestLibvirtOverSSH(t *testing.T) {
+	uri := startSSHD(t)
+	o := libvirtOptions(t, "ssh")
+	o.Connect = uri
+	m := boot(t, o)
+	t.Logf("booted through %s in %s (%s)", strings.SplitN(uri, "?", 2)[0], m.BootTime, m.Accel.Kind)
+	r := run(t, m, "uname -r")
+	assert.Equal(t, m.Kernel.Meta.KernelRelease, strings.TrimSpace(string(r.Stdout)))
+	assert.Equal(t, 7, run(t, m, "exit 7").Code)
+	assert.Contains(t, string(m.ConsoleLog()), "ldtlab-agent: ready", "the console stream came through SSH")
+	require.Contains(t, domainsLeft(t, localURI), lv.NamePrefix+vmPrefix+"lv-ssh")
+	m.Close()
+	assert.Empty(t, domainsLeft(t, localURI), "no domain left after Close")
 }

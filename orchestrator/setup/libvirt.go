@@ -19,6 +19,9 @@ import (
 // LibvirtPackages is what a local libvirt backend needs on top of Required.
 var LibvirtPackages = []Package{
 	{"libvirt-daemon-system", "libvirtd and its QEMU driver, for --backend libvirt"},
+	// Never started by setup: the e2e suite runs its own sshd on loopback
+	// as the far end of a qemu+ssh:// connection.
+	{"openssh-server", "sshd, for the e2e test of qemu+ssh:// (run by the test on 127.0.0.1 only)"},
 }
 
 // LibvirtTCPAddr is where the local libvirtd listens for qemu+tcp:// (the

@@ -110,7 +110,13 @@ func ensurePackages(log io.Writer, pkgs []Package) error {
 	for _, p := range missing {
 		args = append(args, p.Name)
 	}
-	if err := run(args...); err != nil {
+	done, err := noServiceStarts(log)
+	if err != nil {
+		return err
+	}
+	err = run(args...)
+	done()
+	if err != nil {
 		return err
 	}
 	still, _ := Missing(missing)
@@ -127,4 +133,24 @@ func names(ps []Package) string {
 		n = append(n, p.Name)
 	}
 	return strings.Join(n, " ")
+}
+
+// policyRCD is Debian's hook that decides whether a package's install may
+// start its service; a variable so that tests can point it elsewhere.
+var policyRCD = "/usr/sbin/policy-rc.d"
+
+// noServiceStarts keeps the packages being installed from starting their
+// daemons (sshd on 0.0.0.0:22, libvirtd with the distribution's settings):
+// the lab starts what it needs itself, bound to loopback. An existing
+// policy-rc.d is the administrator's and is left as it is; the one written
+// here is removed by the returned func.
+func noServiceStarts(log io.Writer) (func(), error) {
+	if _, err := os.Stat(policyRCD); err == nil {
+		return func() {}, nil
+	}
+	if err := os.WriteFile(policyRCD, []byte("#!/bin/sh\n# ldtlab setup: install packages without starting their services\nexit 101\n"), 0o755); err != nil {
+		return nil, fmt.Errorf("writing %s (keeps installed daemons from starting): %w", policyRCD, err)
+	}
+	fmt.Fprintf(log, "[setup] %s: no service starts while installing\n", policyRCD)
+	return func() { os.Remove(policyRCD) }, nil
 }

@@ -1,7 +1,10 @@
 package setup
 
 import (
+	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -101,4 +104,28 @@ func TestApplyConf(t *testing.T) {
 	}
 	// The block never holds anything but the loopback address.
 	assert.Contains(t, applyConf("", libvirtdSettings), "listen_addr = \"127.0.0.1\"\nauth_tcp = \"none\"")
+}
+
+// TestNoServiceStarts: setup's own policy-rc.d exists only during the
+// install; an administrator's is never touched.
+func TestNoServiceStarts(t *testing.T) {
+	old := policyRCD
+	t.Cleanup(func() { policyRCD = old })
+	policyRCD = filepath.Join(t.TempDir(), "policy-rc.d")
+
+	done, err := noServiceStarts(io.Discard)
+	require.NoError(t, err)
+	b, err := os.ReadFile(policyRCD)
+	require.NoError(t, err)
+	assert.Contains(t, string(b), "exit 101")
+	done()
+	assert.NoFileExists(t, policyRCD)
+
+	require.NoError(t, os.WriteFile(policyRCD, []byte("#!/bin/sh\nexit 0\n"), 0o755))
+	done, err = noServiceStarts(io.Discard)
+	require.NoError(t, err)
+	done()
+	b, err = os.ReadFile(policyRCD)
+	require.NoError(t, err)
+	assert.Equal(t, "#!/bin/sh\nexit 0\n", string(b), "the administrator's policy-rc.d stays")
 }

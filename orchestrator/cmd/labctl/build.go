@@ -43,7 +43,7 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.Var(&g.swap, "swap", "disk-backed swap device in `MiB` (0 = none; zram is always set up); default: the verb's, 512 (1024 for check and stress, none for bench paper)")
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
 	fs.StringVar(&g.backend, "backend", "qemu", "VM backend: qemu (QEMU run by labctl) or libvirt (a transient domain on a libvirtd, see --connect)")
-	fs.StringVar(&g.connect, "connect", libvirt.DefaultURI, "libvirt connection for --backend libvirt (qemu:///system, or qemu+tcp://HOST/system for a remote host)")
+	fs.StringVar(&g.connect, "connect", libvirt.DefaultURI, "libvirt connection for --backend libvirt (qemu:///system; a remote host: qemu+ssh://USER@HOST/system, or qemu+tcp://HOST/system on a trusted network)")
 	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as `labctl check` does)")
 }
 

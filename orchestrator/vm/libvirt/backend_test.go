@@ -91,7 +91,8 @@ func TestDialerFor(t *testing.T) {
 		{"qemu+unix:///system?socket=/run/x.sock", ""},
 		{"qemu+tcp://127.0.0.1/system", ""},
 		{"qemu+tcp://127.0.0.1:16510/system", ""},
-		{"qemu+ssh://host/system", `transport "ssh" is not supported`},
+		{"qemu+ssh://host/system?no_verify=1&keyfile=/nonexistent", `reading SSH key`},
+		{"qemu+libssh2://host/system", `transport "libssh2" is not supported`},
 		{"qemu://host/system", `transport "tls" is not supported`},
 	}
 	for _, tt := range tests {

@@ -42,8 +42,8 @@ const (
 	streamChunk = 64 << 10
 )
 
-// dialerFor maps a libvirt URI to go-libvirt's dialers: unix socket or
-// TCP (both as libvirt's own client understands them).
+// dialerFor maps a libvirt URI to a dialer: unix socket, TCP (go-libvirt's
+// dialers) or SSH (ssh.go), as libvirt's own client understands them.
 func dialerFor(u *url.URL, timeout time.Duration) (socket.Dialer, error) {
 	transport := "unix"
 	if s := strings.SplitN(u.Scheme, "+", 2); len(s) == 2 {
@@ -64,8 +64,10 @@ func dialerFor(u *url.URL, timeout time.Duration) (socket.Dialer, error) {
 			opts = append(opts, dialers.UsePort(p))
 		}
 		return dialers.NewRemote(u.Hostname(), opts...), nil
+	case "ssh":
+		return newSSHDialer(u, timeout)
 	}
-	return nil, fmt.Errorf("libvirt URI %s: transport %q is not supported by the lab (use qemu:///system or qemu+tcp://host/system)", u.Redacted(), transport)
+	return nil, fmt.Errorf("libvirt URI %s: transport %q is not supported by the lab (use qemu:///system, qemu+ssh://user@host/system or qemu+tcp://host/system)", u.Redacted(), transport)
 }
 
 // stream is one libvirt stream on its own connection.
