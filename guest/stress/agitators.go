@@ -32,6 +32,7 @@ var agitators = []agitator{
 	{"migrate", "move_pages a run of pages to the other NUMA node (row 4)", needNodes, agMigrate},
 	{"uffd-wp", "toggle async uffd write-protection on runs (row 16, deferred TLB flush)", notWithPagemapScan, agUffdWP},
 	{"thp-split", "mprotect a sub-range RW->RWX->RW to split huge PMDs (rows 7, 13)", needTHP, agTHPSplit},
+	{"thp-collapse", "MADV_COLLAPSE an aligned 2 MiB of the set back into a huge page (collapse_huge_page, row 7)", needTHP, agTHPCollapse},
 	{"gup-write", "process_vm_writev into the set from another thread (row 19)", always, agGUPWrite},
 	{"procmem", "pwrite to /proc/self/mem: __access_remote_vm re-marks after its copy (row 19, gup_ldt_mark_written)", always, agProcMem},
 	{"odirect", "O_DIRECT reads from the data disk into the set: pinned pages written by the device (row 19, pins)", needDataDir, agODirect},
@@ -205,14 +206,30 @@ func agTHPSplit(s *set, r *rand.Rand) (int, error) {
 		if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_WRITE); err != nil {
 			return fmt.Errorf("mprotect RW: %w", err)
 		}
-		if r.IntN(8) == 0 {
-			const madvCollapse = 25
-			// Ask for the huge page back; EAGAIN/EINVAL/ENOMEM are the
-			// kernel declining, not a failure.
-			unix.Madvise(s.mem[(first&^511)*pg:min(s.n, (first&^511)+512)*pg], madvCollapse)
+		return nil
+	})
+}
+
+// agTHPCollapse asks for huge pages back under the writers; its actions
+// are the collapses the kernel made.
+func agTHPCollapse(s *set, r *rand.Rand) (int, error) {
+	const madvCollapse = 25
+	done := 0
+	_, err := loop(s, 20*time.Millisecond, func() error {
+		// The first page of the set on a 2 MiB boundary.
+		align := int((2<<20-s.base%(2<<20))%(2<<20)) / pg
+		if s.n-align < 512 {
+			return nil
+		}
+		first := align + r.IntN((s.n-align)/512)*512
+		// Any error is the kernel declining: EINVAL too, which it also
+		// returns for swapped-out PTEs and a VMA changed meanwhile.
+		if unix.Madvise(s.bytes(first, 512), madvCollapse) == nil {
+			done++
 		}
 		return nil
 	})
+	return done, err
 }
 
 func agGUPWrite(s *set, r *rand.Rand) (int, error) {

@@ -256,8 +256,9 @@ func splitComma(s string) []string {
 }
 
 // stressAgitators are the ldt-stress agitators a soak draws from (those
-// every lab guest has; numa-balancing needs a kernel built with it).
-var stressAgitators = []string{"madvfree", "pageout", "migrate", "uffd-wp", "thp-split", "gup-write", "procmem", "odirect", "memcg", "fork", "ksm"}
+// every lab guest has; numa-balancing needs a kernel built with it, so it
+// runs only in the rounds that take every available agitator).
+var stressAgitators = []string{"madvfree", "pageout", "migrate", "uffd-wp", "thp-split", "thp-collapse", "gup-write", "procmem", "odirect", "memcg", "fork", "ksm", "compact"}
 
 // varyStress draws, from the run's own seed, half the time a random subset
 // of the agitators (a race may need fewer, faster ones) and a quarter of
@@ -267,7 +268,7 @@ func varyStress(st *Step) {
 	if r.IntN(2) == 0 {
 		var pick []string
 		for _, a := range stressAgitators {
-			if (a == "uffd-wp" && st.Tracker == "pagemap-scan") || (a == "thp-split" && !st.THP) {
+			if (a == "uffd-wp" && st.Tracker == "pagemap-scan") || ((a == "thp-split" || a == "thp-collapse") && !st.THP) {
 				continue // unavailable for this run: ldt-stress refuses it by name
 			}
 			if r.IntN(2) == 0 {
