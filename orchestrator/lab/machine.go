@@ -144,6 +144,7 @@ type Machine struct {
 	Image    *rootfs.Image
 	Accel    accel.Choice
 	Timeouts vm.Timeouts
+	slowdown float64
 	BootTime time.Duration // backend start → agent ready
 	log      io.Writer
 
@@ -199,9 +200,11 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 		return nil, &vm.InfraError{Op: "choosing the accelerator", Err: err}
 	}
 	m.Timeouts = vm.Scaled(m.Accel.Kind)
+	m.slowdown = 1
 	if kb.Meta.Config == "sanitize" {
 		// KASAN, lockdep and kmemleak: several times slower everywhere.
-		m.Timeouts = m.Timeouts.Slower(4)
+		m.slowdown = 4
+		m.Timeouts = m.Timeouts.Slower(m.slowdown)
 	}
 	o.logf("accelerator: %s", m.Accel.Reason)
 	if o.Dir == "" {
@@ -638,6 +641,11 @@ func (m *Machine) ConsolePath() string { return m.con.Path() }
 
 // Tail is the last n console lines.
 func (m *Machine) Tail(n int) string { return m.con.Tail(n) }
+
+// Slowdown is how many times slower than the debug kernel this guest's
+// kernel runs the same work (4 for sanitize), for limits that are not
+// guest timeouts (a stress run's).
+func (m *Machine) Slowdown() float64 { return m.slowdown }
 
 // Instance exposes the backend instance (pause; vm.Process for the pid).
 func (m *Machine) Instance() vm.Instance { return m.inst }

@@ -143,9 +143,12 @@ func Command(tracker string, thp bool, o Options) string {
 // Limit is how long one run may take: the guest's own clock runs the
 // duration (slower under TCG and pressure), and populating, copying and
 // comparing the set costs time per page — a set beyond the guest's memory
-// goes through swap at every step (a soak measured 240k pages here).
-func Limit(o Options) time.Duration {
-	return 3*o.Duration + 2*time.Minute + time.Duration(o.Pages)*time.Millisecond
+// goes through swap at every step (a soak measured 240k pages here). A
+// kernel slowdown times slower than debug (sanitize) stretches the work,
+// not the guest's clock.
+func Limit(o Options, slowdown float64) time.Duration {
+	work := 2*time.Minute + time.Duration(o.Pages)*time.Millisecond
+	return 3*o.Duration + time.Duration(float64(work)*max(1, slowdown))
 }
 
 // RunOne runs ldt-stress once under tracker and judges it, kernel reports
@@ -160,7 +163,11 @@ func RunOne(ctx context.Context, g Guest, tracker string, thp bool, o Options, l
 	mark := g.ReportMark()
 	// The guest's own clock runs the duration; allow TCG's slowness on
 	// top for setup and the last epoch's comparison.
-	rctx, cancel := context.WithTimeout(ctx, Limit(o))
+	slowdown := 1.0
+	if s, ok := g.(interface{ Slowdown() float64 }); ok {
+		slowdown = s.Slowdown()
+	}
+	rctx, cancel := context.WithTimeout(ctx, Limit(o, slowdown))
 	res, err := g.Run(rctx, cmd)
 	cancel()
 	reps := g.ReportsSince(ctx, mark)

@@ -2,11 +2,21 @@ package stress
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 
 	"ldtlab/guest/result"
 )
+
+// TestLimit: a slower kernel stretches the per-page work, never the
+// guest-clock duration, and a faster one never shrinks the limit.
+func TestLimit(t *testing.T) {
+	o := Options{Duration: 30 * time.Second, Pages: 60000}
+	assert.Equal(t, 90*time.Second+3*time.Minute, Limit(o, 1))
+	assert.Equal(t, 90*time.Second+12*time.Minute, Limit(o, 4))
+	assert.Equal(t, Limit(o, 1), Limit(o, 0.25))
+}
 
 func TestJudge(t *testing.T) {
 	for _, c := range []struct {
