@@ -39,7 +39,15 @@ func newSSHServer(t *testing.T, allowed ssh.PublicKey) *sshServer {
 		return nil, fmt.Errorf("key not authorized")
 	}}
 	cfg.AddHostKey(hostSigner)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l := serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) { serveSSH(c, cfg) })
+	return &sshServer{addr: l.Addr().String(), hostPub: hostSigner.PublicKey()}
+}
+
+// serve accepts on network/addr until the test ends, each connection in
+// its own goroutine.
+func serve(t *testing.T, network, addr string, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	l, err := net.Listen(network, addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	go func() {
@@ -48,10 +56,10 @@ func newSSHServer(t *testing.T, allowed ssh.PublicKey) *sshServer {
 			if err != nil {
 				return
 			}
-			go serveSSH(c, cfg)
+			go handle(c)
 		}
 	}()
-	return &sshServer{addr: l.Addr().String(), hostPub: hostSigner.PublicKey()}
+	return l
 }
 
 func serveSSH(c net.Conn, cfg *ssh.ServerConfig) {
@@ -96,18 +104,7 @@ func serveSSH(c net.Conn, cfg *ssh.ServerConfig) {
 func echoSocket(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "libvirt-sock")
-	l, err := net.Listen("unix", path)
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	serve(t, "unix", path, func(c net.Conn) { io.Copy(c, c); c.Close() })
 	return path
 }
 
