@@ -35,6 +35,9 @@ func TestSelftestsLDTvsVanilla(t *testing.T) {
 	for _, f := range c.Flaky {
 		t.Logf("flaky, not counted as a difference: %s", f)
 	}
+	for _, f := range c.Inconclusive {
+		t.Logf("inconclusive attempt: %s", f)
+	}
 	assert.Empty(t, c.Differences, "LDT and vanilla kernels disagree")
 	assert.Empty(t, c.Reports, "kernel reports during the selftests")
 }

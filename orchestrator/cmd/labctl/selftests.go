@@ -44,6 +44,9 @@ func init() {
 			for _, f := range c.Flaky {
 				fmt.Printf("  flaky (not counted): %s\n", f)
 			}
+			for _, f := range c.Inconclusive {
+				fmt.Printf("  inconclusive attempt: %s\n", f)
+			}
 			fmt.Printf("== %d difference(s) between ldt and vanilla, %d flaky, %d kernel report(s)\n", len(c.Differences), len(c.Flaky), len(c.Reports))
 			for _, d := range append(c.Differences, c.Reports...) {
 				fmt.Printf("  %s\n", d)
