@@ -215,9 +215,9 @@ func agTHPSplit(s *set, r *rand.Rand) (int, error) {
 func agTHPCollapse(s *set, r *rand.Rand) (int, error) {
 	const madvCollapse = 25
 	done := 0
+	// The first page of the set on a 2 MiB boundary.
+	align := int((2<<20-s.base%(2<<20))%(2<<20)) / pg
 	_, err := loop(s, 20*time.Millisecond, func() error {
-		// The first page of the set on a 2 MiB boundary.
-		align := int((2<<20-s.base%(2<<20))%(2<<20)) / pg
 		if s.n-align < 512 {
 			return nil
 		}

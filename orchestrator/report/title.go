@@ -137,6 +137,15 @@ func (s *span) frameFunc(extra *regexp.Regexp) string {
 }
 
 // traceFuncExcept is traceFunc without the frames extra matches.
+// stuckFunc is where a watchdog found the CPU (RIP, else the trace outside
+// interrupts), skipping extra too.
+func (s *span) stuckFunc(extra *regexp.Regexp) string {
+	saved := s.extraSkip
+	s.extraSkip = extra
+	defer func() { s.extraSkip = saved }()
+	return first(s.ripFunc(), s.traceFunc(true))
+}
+
 func (s *span) traceFuncExcept(extra *regexp.Regexp) string {
 	saved := s.extraSkip
 	s.extraSkip = extra
@@ -226,10 +235,7 @@ func (s *span) rawTitle() string {
 	code := first(s.ripFunc(), s.traceFunc(false))
 	// Where a watchdog caught a CPU: a busy loop's leaf helper (a clock
 	// read, a pause) says nothing about whose loop it is.
-	saved := s.extraSkip
-	s.extraSkip = spinLeafRe
-	stuck := first(s.ripFunc(), s.traceFunc(true))
-	s.extraSkip = saved
+	stuck := s.stuckFunc(spinLeafRe)
 	switch s.h {
 	case hWarning, hKernelBug, hList, hVMPage, hVMVMA, hVMMM:
 		return s.bugTitle(code)
@@ -277,10 +283,7 @@ func (s *span) rawTitle() string {
 	case hRCU:
 		// RCU's own kthreads and helpers are never the stalled code
 		// (a starved grace-period kthread is dumped first).
-		s.extraSkip = rcuOrLeafRe
-		f := first(s.ripFunc(), s.traceFunc(true))
-		s.extraSkip = saved
-		return in("INFO: rcu detected stall", f)
+		return in("INFO: rcu detected stall", s.stuckFunc(rcuOrLeafRe))
 	case hHung:
 		return in("INFO: task hung", s.traceFunc(false))
 	case hSoftLockup:
