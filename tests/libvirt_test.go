@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -138,15 +137,34 @@ func TestLibvirtBackendHost(t *testing.T) {
 	assert.Equal(t, "libvirt", b.Name())
 	c, err := b.Capacity()
 	require.NoError(t, err)
-	assert.Equal(t, runtime.NumCPU(), c.CPUs)
+	assert.Equal(t, onlineCPUs(t), c.CPUs, "libvirt counts the host's online CPUs (not this process's affinity)")
 	assert.Positive(t, c.MemoryMiB)
+	t.Logf("libvirt host: %d CPUs, %d MiB free", c.CPUs, c.MemoryMiB)
 	// The loopback host is this machine: the lab's own probe decides,
-	// whatever libvirt's domain capabilities claim about /dev/kvm.
-	want, wantErr := accel.Resolve("auto", "/")
-	got, err := b.Accel("auto")
-	assert.Equal(t, wantErr, err)
-	assert.Equal(t, want, got)
-	t.Logf("libvirt host: %d CPUs, %d MiB free; accelerator %s", c.CPUs, c.MemoryMiB, got.Reason)
+	// whatever libvirt's domain capabilities claim about /dev/kvm, on this
+	// machine and on each kind of machine the lab must work on.
+	offers := lv.OffersKVM(context.Background(), localURI)
+	for _, h := range append([]accel.Host{""}, accel.Hosts...) {
+		name := string(h)
+		if h == "" {
+			name = "this machine"
+		}
+		t.Run(name, func(t *testing.T) {
+			if h != "" {
+				simulateHost(t, h)
+			}
+			want, wantErr := accel.ResolveHost("auto")
+			got, err := b.Accel("auto")
+			assert.Equal(t, wantErr, err)
+			if want.Kind == accel.KVM && offers != nil {
+				// Only a KVM the probe found usable is vetoed by libvirt.
+				assert.Equal(t, accel.Choice{Kind: accel.TCG, Reason: "tcg: libvirt host has no kvm domain type"}, got)
+			} else {
+				assert.Equal(t, want, got)
+			}
+			t.Logf("accelerator: %s (libvirt offers kvm: %v)", got.Reason, offers == nil)
+		})
+	}
 
 	_, err = vm.Open("libvirt", vm.BackendConfig{Connect: "qemu+tcp://127.0.0.1:1/system"})
 	require.Error(t, err, "nothing listens on port 1")

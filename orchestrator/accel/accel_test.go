@@ -161,3 +161,33 @@ func TestDetectThisHost(t *testing.T) {
 	t.Logf("this host: %s (%s)", c.Kind, c.Reason)
 	assert.Contains(t, []Kind{KVM, TCG}, c.Kind)
 }
+
+// TestSimulate: each simulated machine reads as that machine, through the
+// variable the e2e suite sets.
+func TestSimulate(t *testing.T) {
+	want := map[Host]struct {
+		kind   Kind
+		reason string
+	}{
+		NoKVM:      {TCG, "tcg: /dev/kvm does not exist"},
+		PVMOnly:    {TCG, "tcg: /dev/kvm is PVM-only"},
+		WorkingKVM: {KVM, "kvm: /dev/kvm usable"},
+	}
+	for _, h := range Hosts {
+		t.Run(string(h), func(t *testing.T) {
+			root, err := Simulate(t.TempDir(), h)
+			require.NoError(t, err)
+			t.Setenv(HostRootEnv, root)
+			c := DetectHost()
+			assert.Equal(t, want[h].kind, c.Kind)
+			assert.Contains(t, c.Reason, want[h].reason)
+			r, err := ResolveHost("auto")
+			require.NoError(t, err)
+			assert.Equal(t, c, r)
+		})
+	}
+	_, err := Simulate(t.TempDir(), "vmx")
+	assert.ErrorContains(t, err, `unknown`)
+	t.Setenv(HostRootEnv, "")
+	assert.Equal(t, "/", HostRoot())
+}

@@ -84,7 +84,7 @@ func (s stats) summary() string {
 
 func bench(ctx context.Context, o lab.Options, n int, out, suite, checkSecs string) error {
 	o.Log = io.Discard
-	choice, err := accel.Resolve(o.Accel, "/")
+	choice, err := accel.ResolveHost(o.Accel)
 	if err != nil {
 		return err
 	}

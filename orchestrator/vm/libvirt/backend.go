@@ -138,37 +138,49 @@ func isLocal(u *url.URL) bool {
 
 // resolveAccel turns an accelerator request ("auto", "kvm", "tcg") into a
 // choice for a libvirt host. kvmErr is what asking the host's domain
-// capabilities for the kvm domain type gave. On a local host the lab's
-// own probe (which also catches a PVM-only /dev/kvm that libvirt happily
-// reports as kvm) has the last word; a remote host's capabilities are
-// all there is to go by.
+// capabilities for the kvm domain type gave.
+//
+// One rule on every machine: on a local host the lab's own probe speaks
+// first (it also catches a PVM-only /dev/kvm that libvirt happily reports
+// as kvm), so a machine without usable KVM gets the probe's reason whether
+// or not libvirt offers kvm; libvirt's capabilities only veto a KVM the
+// probe found usable. A remote host's capabilities are all there is.
 func resolveAccel(want string, kvmErr error, local bool, probe func(want string) (accel.Choice, error)) (accel.Choice, error) {
-	if want == "" {
+	switch strings.ToLower(strings.TrimSpace(want)) {
+	case "", "auto":
 		want = "auto"
-	}
-	if kvmErr != nil {
-		switch want {
-		case "kvm":
-			return accel.Choice{}, fmt.Errorf("kvm requested but libvirt's domain capabilities have no kvm domain type: %v", kvmErr)
-		case "auto", "tcg":
-			reason := "libvirt host has no kvm domain type"
-			if want == "tcg" {
-				reason = "requested"
-			}
-			return accel.Choice{Kind: accel.TCG, Reason: "tcg: " + reason}, nil
-		}
+	case "kvm":
+		want = "kvm"
+	case "tcg":
+		return accel.Choice{Kind: accel.TCG, Reason: "tcg: requested"}, nil
+	default:
 		return accel.Choice{}, fmt.Errorf("unknown accelerator %q (auto, kvm or tcg)", want)
 	}
 	if local {
-		return probe(want)
+		c, err := probe(want)
+		if err != nil || c.Kind != accel.KVM || kvmErr == nil {
+			return c, err
+		}
 	}
-	switch want {
-	case "auto", "kvm":
-		return accel.Choice{Kind: accel.KVM, Reason: "kvm: remote libvirt host offers the kvm domain type"}, nil
-	case "tcg":
-		return accel.Choice{Kind: accel.TCG, Reason: "tcg: requested"}, nil
+	if kvmErr != nil {
+		if want == "kvm" {
+			return accel.Choice{}, fmt.Errorf("kvm requested but libvirt's domain capabilities have no kvm domain type: %v", kvmErr)
+		}
+		return accel.Choice{Kind: accel.TCG, Reason: "tcg: libvirt host has no kvm domain type"}, nil
 	}
-	return accel.Choice{}, fmt.Errorf("unknown accelerator %q (auto, kvm or tcg)", want)
+	return accel.Choice{Kind: accel.KVM, Reason: "kvm: remote libvirt host offers the kvm domain type"}, nil
+}
+
+// OffersKVM says whether the libvirt host behind uri offers the kvm
+// domain type (nil) or why not.
+func OffersKVM(ctx context.Context, uri string) error {
+	c, err := connect(ctx, uri)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	defer c.bound(ctx)()
+	return kvmCaps(c.Libvirt)
 }
 
 // domainType is the libvirt domain type for an accelerator.
@@ -206,7 +218,7 @@ func Accel(ctx context.Context, uri, want string) (accel.Choice, error) {
 	}
 	defer c.close()
 	defer c.bound(ctx)()
-	return resolveAccel(want, kvmCaps(c.Libvirt), isLocal(c.u), func(w string) (accel.Choice, error) { return accel.Resolve(w, "/") })
+	return resolveAccel(want, kvmCaps(c.Libvirt), isLocal(c.u), accel.ResolveHost)
 }
 
 // pools serialises pool creation and uploads within this process; across

@@ -20,31 +20,53 @@ import (
 
 func TestResolveAccel(t *testing.T) {
 	noKVM := errors.New("no kvm domain type")
-	localProbe := func(want string) (accel.Choice, error) {
-		return accel.Choice{Kind: accel.TCG, Reason: "tcg: local probe says so (" + want + ")"}, nil
+	// The lab's probe on three kinds of local machine.
+	noDev := func(want string) (accel.Choice, error) {
+		if want == "kvm" {
+			return accel.Choice{}, errors.New("accel kvm requested but unusable: /dev/kvm does not exist")
+		}
+		return accel.Choice{Kind: accel.TCG, Reason: "tcg: /dev/kvm does not exist"}, nil
+	}
+	pvm := func(string) (accel.Choice, error) {
+		return accel.Choice{Kind: accel.TCG, Reason: "tcg: /dev/kvm is PVM-only"}, nil
+	}
+	works := func(string) (accel.Choice, error) {
+		return accel.Choice{Kind: accel.KVM, Reason: "kvm: /dev/kvm usable"}, nil
 	}
 	tests := []struct {
 		name    string
 		want    string
 		kvmErr  error
 		local   bool
+		probe   func(string) (accel.Choice, error)
 		kind    accel.Kind
 		reason  string
 		wantErr string
 	}{
-		{"no kvm, auto", "auto", noKVM, false, accel.TCG, "no kvm domain type", ""},
-		{"no kvm, default", "", noKVM, true, accel.TCG, "no kvm domain type", ""},
-		{"no kvm, tcg", "tcg", noKVM, false, accel.TCG, "requested", ""},
-		{"no kvm, kvm asked", "kvm", noKVM, false, "", "", "kvm requested but"},
-		{"local: the lab's probe decides (PVM-only /dev/kvm)", "auto", nil, true, accel.TCG, "local probe", ""},
-		{"remote with kvm", "auto", nil, false, accel.KVM, "remote libvirt host", ""},
-		{"remote, tcg asked", "tcg", nil, false, accel.TCG, "requested", ""},
-		{"unknown", "hvf", nil, false, "", "", `unknown accelerator "hvf"`},
-		{"unknown without kvm", "hvf", noKVM, false, "", "", `unknown accelerator "hvf"`},
+		// Local: the probe's answer whatever libvirt says (issue 26: the
+		// reason used to depend on whether libvirt saw a /dev/kvm).
+		{"local, no /dev/kvm, libvirt without kvm", "auto", noKVM, true, noDev, accel.TCG, "tcg: /dev/kvm does not exist", ""},
+		{"local, no /dev/kvm, libvirt with kvm", "auto", nil, true, noDev, accel.TCG, "tcg: /dev/kvm does not exist", ""},
+		{"local, no /dev/kvm, default", "", noKVM, true, noDev, accel.TCG, "tcg: /dev/kvm does not exist", ""},
+		{"local, no /dev/kvm, kvm asked", "kvm", noKVM, true, noDev, "", "", "/dev/kvm does not exist"},
+		{"local, PVM-only, libvirt with kvm", "auto", nil, true, pvm, accel.TCG, "tcg: /dev/kvm is PVM-only", ""},
+		{"local, PVM-only, libvirt without kvm", "auto", noKVM, true, pvm, accel.TCG, "tcg: /dev/kvm is PVM-only", ""},
+		{"local, kvm works", "auto", nil, true, works, accel.KVM, "kvm: /dev/kvm usable", ""},
+		{"local, kvm works, libvirt without kvm", "auto", noKVM, true, works, accel.TCG, "tcg: libvirt host has no kvm domain type", ""},
+		{"local, kvm works, libvirt without kvm, kvm asked", "kvm", noKVM, true, works, "", "", "kvm requested but"},
+		{"local, tcg asked", "tcg", nil, true, works, accel.TCG, "tcg: requested", ""},
+		// Remote: libvirt's capabilities are all there is.
+		{"remote without kvm", "auto", noKVM, false, nil, accel.TCG, "tcg: libvirt host has no kvm domain type", ""},
+		{"remote without kvm, tcg", "tcg", noKVM, false, nil, accel.TCG, "requested", ""},
+		{"remote without kvm, kvm asked", "kvm", noKVM, false, nil, "", "", "kvm requested but"},
+		{"remote with kvm", "auto", nil, false, nil, accel.KVM, "remote libvirt host", ""},
+		{"remote, tcg asked", "tcg", nil, false, nil, accel.TCG, "requested", ""},
+		{"unknown", "hvf", nil, true, works, "", "", `unknown accelerator "hvf"`},
+		{"unknown without kvm", "hvf", noKVM, false, nil, "", "", `unknown accelerator "hvf"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := resolveAccel(tt.want, tt.kvmErr, tt.local, localProbe)
+			c, err := resolveAccel(tt.want, tt.kvmErr, tt.local, tt.probe)
 			if tt.wantErr != "" {
 				require.Error(t, err)
 				assert.Contains(t, err.Error(), tt.wantErr)

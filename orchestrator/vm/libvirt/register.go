@@ -82,7 +82,7 @@ func (b *Backend) Accel(request string) (accel.Choice, error) {
 	if err := b.call(ctx, func(l *golibvirt.Libvirt) error { kvmErr = kvmCaps(l); return nil }); err != nil {
 		return accel.Choice{}, err
 	}
-	return resolveAccel(request, kvmErr, isLocal(b.u), func(w string) (accel.Choice, error) { return accel.Resolve(w, "/") })
+	return resolveAccel(request, kvmErr, isLocal(b.u), accel.ResolveHost)
 }
 
 // Capacity is the host's CPUs and free memory as libvirtd reports them.

@@ -50,7 +50,7 @@ func init() {
 func (backend) Name() string { return "qemu" }
 
 // Accel resolves the request on this machine (/dev/kvm, PVM-only hosts).
-func (backend) Accel(request string) (accel.Choice, error) { return accel.Resolve(request, "/") }
+func (backend) Accel(request string) (accel.Choice, error) { return accel.ResolveHost(request) }
 
 // Capacity is this machine's CPUs and available memory.
 func (backend) Capacity() (vm.Capacity, error) {
