@@ -83,8 +83,25 @@ func TestLabctlLifecycle(t *testing.T) {
 	uname := strings.TrimSpace(c.ok("run", name, "--", "uname", "-r"))
 	assert.Contains(t, uname, "6.12")
 
+	// The command may follow NAME without "--" (its own flags included).
+	assert.Equal(t, uname, strings.TrimSpace(c.ok("run", name, "uname", "-r")))
+
+	// A kernel report the command caused is printed on stderr with its
+	// title; the command's status stays, unless --fail-on-report.
+	warn := "echo warn > /sys/kernel/debug/labtest/trigger"
+	so, se, code := c.run("run", name, "--", warn)
+	assert.Equal(t, 0, code, "stderr: %s", se)
+	assert.Contains(t, se, "the kernel reported during the command")
+	assert.Contains(t, se, "WARNING: labtest: deliberate WARN_ON via debugfs trigger")
+	so, se, code = c.run("run", "--fail-on-report", name, "--", warn)
+	assert.Equal(t, 1, code, "--fail-on-report: stdout %s stderr %s", so, se)
+	assert.Contains(t, se, "--fail-on-report: 1 kernel report(s)")
+	_, se, code = c.run("run", name, "--", "true")
+	assert.Equal(t, 0, code)
+	assert.NotContains(t, se, "kernel report", "an earlier command's report is not this one's")
+
 	// Exit status and stderr propagate.
-	so, se, code := c.run("run", name, "--", "echo hi; echo oops >&2; exit 9")
+	so, se, code = c.run("run", name, "--", "echo hi; echo oops >&2; exit 9")
 	assert.Equal(t, 9, code)
 	assert.Equal(t, "hi\n", so)
 	assert.Contains(t, se, "oops")
@@ -126,12 +143,19 @@ func TestLabctlLifecycle(t *testing.T) {
 	if _, err := exec.LookPath("ssh"); err == nil {
 		cfg := filepath.Join(t.TempDir(), "ssh_config")
 		require.NoError(t, os.WriteFile(cfg, []byte(cfgText), 0o600))
+		// From another shell: no LDTLAB_STATE; the config carries it.
 		cmd := exec.Command("ssh", "-F", cfg, "-o", "BatchMode=yes", "ldtlab-"+name, "uname -r; exit 4")
-		cmd.Env = append(os.Environ(), "LDTLAB_STATE="+state, "LDTLAB_REPO="+repo)
+		cmd.Env = append(os.Environ(), "LDTLAB_REPO="+repo)
+		for i, e := range cmd.Env {
+			if strings.HasPrefix(e, "LDTLAB_STATE=") {
+				cmd.Env[i] = "LDTLAB_STATE_UNSET=1"
+			}
+		}
 		out, err := cmd.Output()
 		ee, _ := err.(*exec.ExitError)
 		require.NotNil(t, ee, "ssh should exit 4: %v", err)
 		assert.Equal(t, 4, ee.ExitCode(), "stderr: %s", ee.Stderr)
+		assert.NotContains(t, string(ee.Stderr), "interrupted", "the proxy ends quietly when ssh hangs up")
 		assert.Equal(t, uname, strings.TrimSpace(string(out)))
 	} else {
 		t.Log("ssh(1) not installed; OpenSSH interop not exercised")
@@ -152,16 +176,37 @@ func TestLabctlLifecycle(t *testing.T) {
 
 	// Errors name the problem and the fix.
 	_, se, code = c.run("run", "no-such-vm", "--", "true")
-	assert.NotEqual(t, 0, code)
+	assert.Equal(t, 2, code, "an unknown VM is a usage error")
 	assert.Contains(t, se, "labctl up no-such-vm")
 
-	out = c.ok("down", name)
-	assert.Contains(t, out, name+" is down")
+	// down tries every name: an unknown one does not leave the next running.
+	so, se, code = c.run("down", "no-such-vm", name)
+	assert.Equal(t, 2, code, "stdout %s stderr %s", so, se)
+	assert.Contains(t, se, `no VM named "no-such-vm"`)
+	assert.Contains(t, so, name+" is down")
+
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	assert.True(t, waitGone(ctx, name))
 	_, err = os.Stat(filepath.Join(state, "vms", name))
 	assert.True(t, os.IsNotExist(err), "down removes the VM directory")
+}
+
+// TestLabctlUsageErrors: a command line that makes no sense exits 2
+// (README), with no guest involved.
+func TestLabctlUsageErrors(t *testing.T) {
+	c := cli{t: t, state: t.TempDir()}
+	for _, args := range [][]string{
+		{"run", "x"}, {"run"}, {"up"}, {"up", "bad/name"}, {"up", "a", "b"},
+		{"up", "--config", "bogus", "x"}, {"cp", "a", "b", "x:/tmp/"}, {"cp", "a"},
+		{"logs"}, {"down"}, {"ssh-config"}, {"proxy"}, {"report"},
+		{"down", "no-such-vm"}, {"logs", "bad/name"}, {"ssh-config", "no-such-vm"},
+	} {
+		so, se, code := c.run(args...)
+		assert.Equal(t, 2, code, "labctl %v: stdout %s stderr %s", args, so, se)
+	}
+	_, se, _ := c.run("up", "--config", "bogus", "x")
+	assert.Contains(t, se, `unknown kernel config "bogus"`)
 }
 
 func TestLabctlHelpOnEveryVerb(t *testing.T) {
@@ -170,6 +215,7 @@ func TestLabctlHelpOnEveryVerb(t *testing.T) {
 		_, se, code := c.run(verb, "--help")
 		assert.Equal(t, 0, code, verb)
 		assert.Contains(t, se, "Usage: labctl "+verb, verb)
+		assert.NotContains(t, se, "-redis labctl", "a backquoted word in a flag's usage becomes its argument name")
 	}
 }
 

@@ -108,14 +108,23 @@ type plan struct {
 	compiler  string
 }
 
+// Configs are the kernel configurations the lab builds.
+var Configs = []string{"debug", "perf", "sanitize"}
+
+// CheckConfig says whether name is one of Configs.
+func CheckConfig(name string) error {
+	if slices.Contains(Configs, name) {
+		return nil
+	}
+	return fmt.Errorf("unknown kernel config %q: use %s", name, strings.Join(Configs, ", "))
+}
+
 func newPlan(o Options) (*plan, error) {
 	if o.Repo == "" {
 		return nil, errors.New("kernel build: repository root not set")
 	}
-	switch o.config() {
-	case "debug", "perf", "sanitize":
-	default:
-		return nil, fmt.Errorf("unknown kernel config %q: use debug, perf or sanitize", o.Config)
+	if err := CheckConfig(o.config()); err != nil {
+		return nil, err
 	}
 	src, err := FindSource(o.Tarball)
 	if err != nil {

@@ -37,10 +37,24 @@ func StateDir() string {
 
 var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,31}$`)
 
+// NameError: a VM name the lab does not accept (a usage error).
+type NameError struct{ Name string }
+
+func (e *NameError) Error() string {
+	return fmt.Sprintf("invalid VM name %q: use 1-32 letters, digits, '.', '_' or '-'", e.Name)
+}
+
+// NoVMError: no VM of that name exists (a usage error, not a failed guest).
+type NoVMError struct{ Name string }
+
+func (e *NoVMError) Error() string {
+	return fmt.Sprintf("no VM named %q: start it with `labctl up %s` (see `labctl ls`)", e.Name, e.Name)
+}
+
 // VMDir returns the directory of a named VM, checking the name.
 func VMDir(name string) (string, error) {
 	if !validName.MatchString(name) {
-		return "", fmt.Errorf("invalid VM name %q: use 1-32 letters, digits, '.', '_' or '-'", name)
+		return "", &NameError{Name: name}
 	}
 	return filepath.Join(StateDir(), "vms", name), nil
 }
@@ -248,7 +262,7 @@ func Socket(name string) (string, *State, error) {
 	}
 	st, err := ReadState(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", nil, fmt.Errorf("no VM named %q: start it with `labctl up %s` (see `labctl ls`)", name, name)
+		return "", nil, &NoVMError{Name: name}
 	}
 	if err != nil {
 		return "", nil, err

@@ -44,7 +44,7 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
 	fs.StringVar(&g.backend, "backend", "qemu", "VM backend: qemu (QEMU run by labctl) or libvirt (a transient domain on a libvirtd, see --connect)")
 	fs.StringVar(&g.connect, "connect", libvirt.DefaultURI, "libvirt connection for --backend libvirt (qemu:///system; a remote host: qemu+ssh://USER@HOST/system, or qemu+tcp://HOST/system on a trusted network)")
-	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as `labctl check` does)")
+	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as labctl check does)")
 }
 
 // validate rejects sizes that make no sense, instead of silently taking
@@ -61,6 +61,8 @@ func (g *guestFlags) validate() error {
 		return fmt.Errorf("--cpus %d: QEMU's pc machine takes at most 255 vCPUs", g.cpus)
 	case g.swap.set && g.swap.v < 0:
 		return fmt.Errorf("--swap %d: the swap disk size cannot be negative (0 = no swap disk)", g.swap.v)
+	case g.config != "" && kernel.CheckConfig(g.config) != nil:
+		return fmt.Errorf("--config: %v", kernel.CheckConfig(g.config))
 	case g.backend != "" && g.backend != "qemu" && g.backend != "libvirt":
 		return fmt.Errorf("--backend %s: unknown backend (qemu or libvirt)", g.backend)
 	}

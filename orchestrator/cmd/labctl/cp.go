@@ -20,8 +20,7 @@ func init() {
 		summary: "copy files or directories to or from a guest; write the guest side as NAME:PATH",
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 2 {
-				fs.Usage()
-				return errors.New("need SRC and DST")
+				return usagef(fs, "need SRC and DST")
 			}
 			sn, sp, sRemote := splitRemote(args[0])
 			dn, dp, dRemote := splitRemote(args[1])

@@ -21,15 +21,18 @@ func init() {
 		summary: "power a guest off (ACPI, then kill) and remove its directory",
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) == 0 {
-				fs.Usage()
-				return errors.New("name the VM(s) to stop")
+				return usagef(fs, "name the VM(s) to stop")
 			}
+			// Every name gets its try: an unknown one must not leave the
+			// next one running.
+			var errs []error
 			for _, n := range args {
 				if err := cmdDown(n); err != nil {
-					return err
+					fmt.Fprintf(os.Stderr, "labctl down %s: %v\n", n, err)
+					errs = append(errs, err)
 				}
 			}
-			return nil
+			return quiet(errors.Join(errs...))
 		},
 	})
 }
@@ -43,7 +46,7 @@ func cmdDown(name string) error {
 	// be stale, or belong to a racing `up`).
 	procs := lab.Processes(name, dir)
 	if _, serr := os.Stat(dir); serr != nil && len(procs) == 0 {
-		return fmt.Errorf("no VM named %q (see `labctl ls`)", name)
+		return &lab.NoVMError{Name: name}
 	}
 	if len(procs) > 0 {
 		// The supervisor powers the guest off (ACPI) within its scaled

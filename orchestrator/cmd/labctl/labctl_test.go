@@ -18,6 +18,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"ldtlab/orchestrator/channel"
+	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -57,6 +59,9 @@ func TestExitStatus(t *testing.T) {
 		{"guest died", fmt.Errorf("x: %w", &vm.DiedError{Reason: "QEMU was killed"}), nil, 1},
 		{"lab failure", fmt.Errorf("up: %w", &vm.InfraError{Op: "starting QEMU", Err: errors.New("cannot allocate memory")}), nil, 3},
 		{"usage", usageError{errors.New("need SRC and DST")}, nil, 2},
+		{"bad VM name", fmt.Errorf("up: %w", &lab.NameError{Name: "bad/name"}), nil, 2},
+		{"no such VM", &lab.NoVMError{Name: "x"}, nil, 2},
+		{"down of two, one unknown", quiet(errors.Join(&lab.NoVMError{Name: "x"}, &vm.InfraError{Op: "y", Err: errors.New("z")})), nil, 2},
 		{"interrupted", errors.New("context canceled"), os.Interrupt, 130},
 		{"terminated", &vm.InfraError{Op: "x", Err: errors.New("y")}, syscall.SIGTERM, 143},
 		{"guest status wins over the signal", exitError{4}, os.Interrupt, 4},
@@ -151,4 +156,34 @@ func TestProxyKeepsOutputAfterStdinEOF(t *testing.T) {
 	defer cancel()
 	proxy(ctx, conn.(*net.UnixConn), strings.NewReader("request"), &out)
 	assert.Equal(t, "answer to request", out.String())
+}
+
+func TestParseInterspersed(t *testing.T) {
+	cases := []struct {
+		args     []string
+		verbatim int
+		want     []string
+		flag     bool
+	}{
+		{[]string{"x", "--vanilla"}, 0, []string{"x"}, true},
+		{[]string{"x", "--", "uname", "-r"}, 0, []string{"x", "uname", "-r"}, false},
+		{[]string{"x", "uname", "-r"}, 1, []string{"x", "uname", "-r"}, false},
+		{[]string{"x", "--", "uname", "-r"}, 1, []string{"x", "uname", "-r"}, false},
+		{[]string{"--vanilla", "x", "ls", "--vanilla"}, 1, []string{"x", "ls", "--vanilla"}, true},
+		{[]string{"x"}, 1, []string{"x"}, false},
+	}
+	for _, c := range cases {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		v := fs.Bool("vanilla", false, "")
+		got, err := parseInterspersed(fs, c.args, c.verbatim)
+		require.NoError(t, err, "%v", c.args)
+		assert.Equal(t, c.want, got, "%v", c.args)
+		assert.Equal(t, c.flag, *v, "%v", c.args)
+	}
+}
+
+func TestSSHConfigNamesTheStateDir(t *testing.T) {
+	k := &channel.Keys{}
+	cfg := sshConfig("x", "/opt/my lab/labctl", "/var/lib/ldt state", k)
+	assert.Contains(t, cfg, `ProxyCommand env LDTLAB_STATE='/var/lib/ldt state' '/opt/my lab/labctl' proxy x`)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,8 +28,7 @@ func init() {
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
-				fs.Usage()
-				return errors.New("need a VM name")
+				return usagef(fs, "need a VM name")
 			}
 			dir, err := lab.VMDir(args[0])
 			if err != nil {

@@ -15,7 +15,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
+	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -26,6 +28,12 @@ type command struct {
 	run     func(ctx context.Context, fs *flag.FlagSet, args []string) error
 	setup   func(fs *flag.FlagSet)
 	hidden  bool
+	// verbatimAfter > 0: after that many positional arguments the rest is
+	// kept verbatim (`labctl run x uname -r` needs no "--").
+	verbatimAfter int
+	// hangupEnds: SIGHUP is how this verb is normally ended (the proxy,
+	// when ssh closes): exit 0 quietly.
+	hangupEnds bool
 }
 
 var commands []*command
@@ -73,7 +81,9 @@ func exitStatus(err error, sig os.Signal) int {
 		return 128 + int(s)
 	}
 	var ue usageError
-	if errors.As(err, &ue) {
+	var ne *lab.NameError
+	var nv *lab.NoVMError
+	if errors.As(err, &ue) || errors.As(err, &ne) || errors.As(err, &nv) {
 		return exitUsage
 	}
 	var ie *vm.InfraError
@@ -116,7 +126,7 @@ func main() {
 	if cmd.setup != nil {
 		cmd.setup(fs)
 	}
-	positional, err := parseInterspersed(fs, os.Args[2:])
+	positional, err := parseInterspersed(fs, os.Args[2:], cmd.verbatimAfter)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
@@ -137,10 +147,16 @@ func main() {
 		}
 		got.Store(s)
 		cancel()
+		first := time.Now()
 		// A second signal means "now": whatever cleanup is waiting (a
 		// guest powering off, a lock) is abandoned. QEMU dies with us
 		// (parent-death signal); temp directories are swept next time.
-		if s2, ok := <-sigc; ok {
+		// The same signal again within a second is one event delivered
+		// twice (timeout(1) signals the child, then its process group).
+		for s2 := range sigc {
+			if s2 == s && time.Since(first) < time.Second {
+				continue
+			}
 			fmt.Fprintf(os.Stderr, "labctl %s: %v again: exiting without cleanup\n", name, s2)
 			os.Exit(exitStatus(errors.New("interrupted"), s2))
 		}
@@ -149,6 +165,9 @@ func main() {
 	signal.Stop(sigc)
 	cancel()
 	sig, _ := got.Load().(os.Signal)
+	if cmd.hangupEnds && sig == syscall.SIGHUP {
+		return
+	}
 	if err == nil && sig == nil {
 		return
 	}
@@ -156,7 +175,8 @@ func main() {
 		err = errors.New("interrupted")
 	}
 	var ee exitError
-	if !errors.As(err, &ee) {
+	var qe quietError
+	if !errors.As(err, &ee) && !errors.As(err, &qe) {
 		if sig != nil {
 			fmt.Fprintf(os.Stderr, "labctl %s: interrupted by %v (%v)\n", name, sig, err)
 		} else {
@@ -169,9 +189,15 @@ func main() {
 // parseInterspersed lets flags follow positional arguments (`labctl up x
 // --vanilla`), as users type them. Everything after "--" is positional and
 // kept verbatim (the guest command of `labctl run NAME -- CMD`).
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+func parseInterspersed(fs *flag.FlagSet, args []string, verbatimAfter int) ([]string, error) {
 	var pos []string
 	for {
+		if verbatimAfter > 0 && len(pos) == verbatimAfter {
+			if len(args) > 0 && args[0] == "--" {
+				args = args[1:]
+			}
+			return append(pos, args...), nil
+		}
 		if err := fs.Parse(args); err != nil {
 			return nil, err
 		}

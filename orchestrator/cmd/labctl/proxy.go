@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"io"
 	"net"
@@ -14,13 +13,13 @@ import (
 // The proxy verb connects stdin/stdout to a guest's SSH server.
 func init() {
 	register(&command{
-		name:    "proxy",
-		args:    "NAME",
-		summary: "connect stdin/stdout to a guest's SSH server (an OpenSSH ProxyCommand)",
+		name:       "proxy",
+		hangupEnds: true,
+		args:       "NAME",
+		summary:    "connect stdin/stdout to a guest's SSH server (an OpenSSH ProxyCommand)",
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
-				fs.Usage()
-				return errors.New("need a VM name")
+				return usagef(fs, "need a VM name")
 			}
 			sock, _, err := lab.Socket(args[0])
 			if err != nil {

@@ -35,9 +35,7 @@ func init() {
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) == 0 {
-				fs.Usage()
-				fmt.Fprintln(os.Stderr, "\nlabctl report: need at least one FILE")
-				return exitError{2}
+				return usagef(fs, "need at least one FILE")
 			}
 			return reportFiles(os.Stdout, args, asJSON)
 		},

@@ -50,8 +50,7 @@ func init() {
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) > 0 {
 				if len(args) != 2 || (args[0] != "report" && args[0] != "status") {
-					fs.Usage()
-					return usageError{errors.New("want `labctl soak report DIR` or `labctl soak status DIR`")}
+					return usagef(fs, "want `labctl soak report DIR` or `labctl soak status DIR`")
 				}
 				if args[0] == "status" {
 					return soak.Status(os.Stdout, args[1])

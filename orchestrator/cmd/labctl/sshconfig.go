@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/lab"
 )
@@ -20,8 +20,7 @@ func init() {
 		summary: "print an OpenSSH config block for a guest (append it to ~/.ssh/config, then `ssh ldtlab-NAME`)",
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
-				fs.Usage()
-				return errors.New("need a VM name")
+				return usagef(fs, "need a VM name")
 			}
 			if _, _, err := lab.Socket(args[0]); err != nil {
 				return err
@@ -35,7 +34,7 @@ func init() {
 			if err != nil {
 				return err
 			}
-			fmt.Print(sshConfig(args[0], exe, keys))
+			fmt.Print(sshConfig(args[0], exe, lab.StateDir(), keys))
 			return nil
 		},
 	})
@@ -43,12 +42,13 @@ func init() {
 
 // sshConfig is an OpenSSH client block that reaches the guest through
 // `labctl proxy`: no TCP port, the per-VM key, and the guest's host key
-// pinned (no trust on first use).
-func sshConfig(name, labctl string, keys *channel.Keys) string {
+// pinned (no trust on first use). The state directory is spelled out so
+// that ssh from another shell (another LDTLAB_STATE, or none) finds the VM.
+func sshConfig(name, labctl, state string, keys *channel.Keys) string {
 	return fmt.Sprintf(`Host ldtlab-%[1]s
   HostName ldtlab-%[1]s
   User root
-  ProxyCommand %[2]s proxy %[1]s
+  ProxyCommand env LDTLAB_STATE=%[6]s %[2]s proxy %[1]s
   IdentityFile %[3]s
   IdentitiesOnly yes
   UserKnownHostsFile %[4]s
@@ -56,5 +56,5 @@ func sshConfig(name, labctl string, keys *channel.Keys) string {
   StrictHostKeyChecking yes
   PasswordAuthentication no
   LogLevel ERROR
-`, name, labctl, keys.ClientKeyPath(), keys.KnownHostsPath(), channel.HostKeyAlias)
+`, name, shquote.Word(labctl), keys.ClientKeyPath(), keys.KnownHostsPath(), channel.HostKeyAlias, shquote.Word(state))
 }

@@ -32,8 +32,7 @@ func init() {
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
-				fs.Usage()
-				return errors.New("need exactly one VM name")
+				return usagef(fs, "need exactly one VM name")
 			}
 			return cmdUp(ctx, &up, upGDB, args[0])
 		},

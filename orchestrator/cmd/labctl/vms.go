@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -49,6 +50,25 @@ func explainVM(name string, err error) error {
 type usageError struct{ error }
 
 func (u usageError) Unwrap() error { return u.error }
+
+// usagef prints the verb's usage and returns a usage error.
+func usagef(fs *flag.FlagSet, format string, a ...any) error {
+	fs.Usage()
+	return usageError{fmt.Errorf(format, a...)}
+}
+
+// quietError has been printed already: main only turns it into a status.
+type quietError struct{ error }
+
+func (q quietError) Unwrap() error { return q.error }
+
+// quiet marks err as printed (nil stays nil).
+func quiet(err error) error {
+	if err == nil {
+		return nil
+	}
+	return quietError{err}
+}
 
 // connect dials a running VM's ssh.sock with its per-VM keys.
 func connect(ctx context.Context, name string) (*channel.Client, error) {
