@@ -184,6 +184,12 @@ func TestLabctlLifecycle(t *testing.T) {
 	assert.Equal(t, 2, code, "stdout %s stderr %s", so, se)
 	assert.Contains(t, se, `no VM named "no-such-vm"`)
 	assert.Contains(t, so, name+" is down")
+	// The WARNINGs above: down keeps the console and the reports.
+	kept := filepath.Join(state, "crashed", name)
+	assert.Contains(t, se, "kept the console and 2 kernel report(s) of "+name+" in "+kept)
+	rep, err := os.ReadFile(filepath.Join(kept, "reports.txt"))
+	require.NoError(t, err)
+	assert.Contains(t, string(rep), "WARNING: labtest: deliberate WARN_ON via debugfs trigger")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

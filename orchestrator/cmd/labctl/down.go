@@ -37,6 +37,18 @@ func init() {
 	})
 }
 
+// keepCrashed saves a failed guest's console and reports before its
+// directory goes, and says where.
+func keepCrashed(name, dir string) {
+	kept, n, err := lab.KeepCrashed(name, dir)
+	switch {
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "labctl: %v\n", err)
+	case kept != "":
+		fmt.Fprintf(os.Stderr, "labctl: kept the console and %d kernel report(s) of %s in %s (remove it when done)\n", n, name, kept)
+	}
+}
+
 func cmdDown(name string) error {
 	dir, err := lab.VMDir(name)
 	if err != nil {
@@ -62,6 +74,7 @@ func cmdDown(name string) error {
 	if err := libvirt.DestroyLeftover(ctx, dir); err != nil {
 		return &vm.InfraError{Op: "destroying the libvirt domain of " + name, Err: err}
 	}
+	keepCrashed(name, dir)
 	if err := os.RemoveAll(dir); err != nil {
 		return &vm.InfraError{Op: "removing " + dir, Err: err}
 	}

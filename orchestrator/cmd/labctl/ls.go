@@ -22,6 +22,7 @@ func init() {
 				return err
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			var reasons []string
 			fmt.Fprintln(tw, "NAME\tSTATUS\tKERNEL\tVARIANT\tACCEL\tUP\tDIR")
 			for _, n := range names {
 				dir, _ := lab.VMDir(n)
@@ -39,8 +40,17 @@ func init() {
 					upFor = time.Since(st.Started).Round(time.Second).String()
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n, status, dash(st.Kernel), dash(st.KernelVariant), dash(st.Accel), upFor, dir)
+				if st.Error != "" && !st.Alive() {
+					reasons = append(reasons, fmt.Sprintf("%s %s: %s", n, status, st.Error))
+				}
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, r := range reasons {
+				fmt.Println(r)
+			}
+			return nil
 		},
 	})
 }

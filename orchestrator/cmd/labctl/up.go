@@ -71,7 +71,8 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 			}
 			return fmt.Errorf("VM %q already exists (%s; stop it with `labctl down %s`)", name, status, name)
 		}
-		os.RemoveAll(dir) // leftovers of a dead VM
+		keepCrashed(name, dir) // a crash's console must survive the new guest
+		os.RemoveAll(dir)      // leftovers of a dead VM
 	}
 	repo, err := repoRoot()
 	if err != nil {
