@@ -123,8 +123,14 @@ func ensureBuilt(o kernel.Options, start time.Time) error {
 		fmt.Printf("ldtlab e2e: using cached %s kernel %s (%s)\n", o.Variant(), b.Meta.KernelRelease, b.Dir)
 		return nil
 	}
-	logPath := filepath.Join(cache.Dir(), "logs", "e2e-build-"+o.Variant()+".log")
-	os.MkdirAll(filepath.Dir(logPath), 0o755)
+	root, err := cache.Root()
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(root, "logs", "e2e-build-"+o.Variant()+".log")
+	if err := cache.MkdirPrivate(filepath.Dir(logPath)); err != nil {
+		return err
+	}
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return err

@@ -23,22 +23,54 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/secfs"
 )
 
 // Dir returns the cache root: $LDTLAB_CACHE, else $XDG_CACHE_HOME/ldtlab,
-// else ~/.cache/ldtlab.
-func Dir() string {
+// else ~/.cache/ldtlab, where ~ is $HOME or, when HOME is unset (a
+// systemd service, some CI), the home the passwd database gives the
+// user. It never falls back to a shared directory such as /tmp, where
+// another user could plant a kernel tree whose Makefile we would run.
+func Dir() (string, error) {
 	if d := os.Getenv("LDTLAB_CACHE"); d != "" {
-		return d
+		return d, nil
 	}
 	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "ldtlab")
+		return filepath.Join(d, "ldtlab"), nil
 	}
-	home, err := os.UserHomeDir()
-	if err != nil || home == "" {
-		home = os.TempDir()
+	home, err := secfs.Home()
+	if err != nil {
+		return "", fmt.Errorf("cannot tell where the build cache goes: %v; set LDTLAB_CACHE (or XDG_CACHE_HOME) to a directory of yours", err)
 	}
-	return filepath.Join(home, ".cache", "ldtlab")
+	return filepath.Join(home, ".cache", "ldtlab"), nil
+}
+
+// Root is Dir created if missing and checked: it and every directory
+// created for it are owned by this user and writable by nobody else, and
+// the directories above it are owned by root or this user and not open
+// to everyone (unless sticky, as /tmp is). Anything else is refused.
+func Root() (string, error) {
+	d, err := Dir()
+	if err != nil {
+		return "", err
+	}
+	if err := secfs.MkdirPrivate(d, 0o755); err != nil {
+		return "", unsafeRoot(err)
+	}
+	return d, nil
+}
+
+// MkdirPrivate creates a directory inside the cache (a work or log
+// directory) with the checks of Root.
+func MkdirPrivate(dir string) error {
+	if err := secfs.MkdirPrivate(dir, 0o755); err != nil {
+		return unsafeRoot(err)
+	}
+	return nil
+}
+
+func unsafeRoot(err error) error {
+	return fmt.Errorf("build cache: %w; set LDTLAB_CACHE (or XDG_CACHE_HOME) to a directory of yours that only you can write", err)
 }
 
 // Key accumulates named inputs into a content hash. Names are part of the
@@ -140,6 +172,9 @@ type Store struct {
 	HashLimit int64
 	// Log receives "corrupt entry, rebuilding" notices; nil = stderr.
 	Log io.Writer
+
+	top string // the cache root Root is in ("" for a store made by hand)
+	err error  // why the cache root is unknown
 }
 
 // DefaultHashLimit bounds the files hashed on every lookup.
@@ -149,7 +184,28 @@ const DefaultHashLimit = 64 << 20
 // entries are verified on lookup; the pristine source extraction (tens of
 // thousands of files, never booted) is not.
 func Open(kind string) *Store {
-	return &Store{Root: filepath.Join(Dir(), kind), Verify: kind != "src", HashLimit: DefaultHashLimit}
+	top, err := Dir()
+	return &Store{Root: filepath.Join(top, kind), Verify: kind != "src", HashLimit: DefaultHashLimit, top: top, err: err}
+}
+
+// secure checks (creating them with create) the cache root and the
+// store's directory before anything in them is trusted: see Root. A
+// lookup in a store that does not exist yet is a miss.
+func (s *Store) secure(create bool) error {
+	if s.err != nil {
+		return s.err
+	}
+	if !create {
+		if _, err := os.Lstat(s.Root); errors.Is(err, fs.ErrNotExist) {
+			return ErrMissing
+		}
+	}
+	if s.top != "" {
+		if err := MkdirPrivate(s.top); err != nil {
+			return err
+		}
+	}
+	return MkdirPrivate(s.Root)
 }
 
 // Path is where the entry for key lives once complete.
@@ -169,6 +225,9 @@ var ErrMissing = errors.New("cache: no complete entry")
 // entry; a *CorruptError saying what differs otherwise.
 func (s *Store) Check(key string) (string, error) {
 	p := s.Path(key)
+	if err := s.secure(false); err != nil {
+		return p, err
+	}
 	if _, err := os.Stat(filepath.Join(p, completeMarker)); err != nil {
 		return p, ErrMissing
 	}
@@ -220,8 +279,10 @@ func (e *CorruptError) Error() string {
 // Remove drops the entry for key (waiting for a builder of that key), so
 // the next Build rebuilds it.
 func (s *Store) Remove(key string) error {
-	if _, err := os.Stat(s.Root); errors.Is(err, os.ErrNotExist) {
+	if err := s.secure(false); errors.Is(err, ErrMissing) {
 		return nil
+	} else if err != nil {
+		return err
 	}
 	unlock, err := Lock(context.Background(), filepath.Join(s.Root, key+".lock"))
 	if err != nil {
@@ -352,11 +413,11 @@ func (s *Store) BuildContext(ctx context.Context, key string, fill func(dir stri
 	if fill == nil {
 		return "", false, errNoFill
 	}
+	if err := s.secure(true); err != nil {
+		return "", false, err
+	}
 	if p, err := s.Check(key); err == nil {
 		return p, true, nil
-	}
-	if err := os.MkdirAll(s.Root, 0o755); err != nil {
-		return "", false, fmt.Errorf("creating cache %s: %w", s.Root, err)
 	}
 	unlock, err := Lock(ctx, filepath.Join(s.Root, key+".lock"))
 	if err != nil {

@@ -25,14 +25,19 @@ func TestDir(t *testing.T) {
 	tmp := t.TempDir()
 	t.Setenv("LDTLAB_CACHE", tmp)
 	t.Setenv("XDG_CACHE_HOME", "/xdg")
-	assert.Equal(t, tmp, Dir())
+	dir := func() string {
+		d, err := Dir()
+		require.NoError(t, err)
+		return d
+	}
+	assert.Equal(t, tmp, dir())
 
 	t.Setenv("LDTLAB_CACHE", "")
-	assert.Equal(t, "/xdg/ldtlab", Dir())
+	assert.Equal(t, "/xdg/ldtlab", dir())
 
 	t.Setenv("XDG_CACHE_HOME", "")
 	t.Setenv("HOME", "/home/someone")
-	assert.Equal(t, "/home/someone/.cache/ldtlab", Dir())
+	assert.Equal(t, "/home/someone/.cache/ldtlab", dir())
 }
 
 func TestKeyOrderIndependent(t *testing.T) {

@@ -312,8 +312,12 @@ func (p *plan) build(ctx context.Context, dst string) error {
 	if err != nil {
 		return err
 	}
-	work := filepath.Join(cache.Dir(), "work", p.opts.Variant())
-	if err := os.MkdirAll(work, 0o755); err != nil {
+	root, err := cache.Root()
+	if err != nil {
+		return err
+	}
+	work := filepath.Join(root, "work", p.opts.Variant())
+	if err := cache.MkdirPrivate(work); err != nil {
 		return err
 	}
 	unlock, err := cache.Lock(ctx, filepath.Join(work, ".lock"))
@@ -332,8 +336,8 @@ func (p *plan) build(ctx context.Context, dst string) error {
 	}
 	defer logFile.Close()
 	fail := func(what string, err error) error {
-		keep := filepath.Join(cache.Dir(), "logs", p.key+".log")
-		os.MkdirAll(filepath.Dir(keep), 0o755)
+		keep := filepath.Join(root, "logs", p.key+".log")
+		cache.MkdirPrivate(filepath.Dir(keep))
 		logFile.Sync()
 		cache.CopyFile(logPath, keep, 0o644)
 		b, _ := os.ReadFile(logPath)

@@ -10,7 +10,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -292,4 +294,22 @@ func ReadFileIn(dir, rel string, max int64) ([]byte, error) {
 	}
 	defer f.Close()
 	return ReadAll(f, max)
+}
+
+// Home is the user's home directory: $HOME, else (a systemd service,
+// some CI) the home the passwd database gives the effective uid. It
+// never falls back to a shared directory such as /tmp.
+func Home() (string, error) {
+	if h := os.Getenv("HOME"); h != "" {
+		return h, nil
+	}
+	uid := strconv.Itoa(os.Geteuid())
+	u, err := user.LookupId(uid)
+	if err != nil {
+		return "", fmt.Errorf("HOME is unset and uid %s is not in the passwd database (%v)", uid, err)
+	}
+	if u.HomeDir == "" {
+		return "", fmt.Errorf("HOME is unset and uid %s has no home directory in the passwd database", uid)
+	}
+	return u.HomeDir, nil
 }

@@ -14,7 +14,13 @@ import (
 // CrashedDir is where the last failed guest of a name keeps its console
 // and reports after `down` or a new `up` of that name removed its VM
 // directory, until the user removes it.
-func CrashedDir(name string) string { return filepath.Join(StateDir(), "crashed", name) }
+func CrashedDir(name string) (string, error) {
+	state, err := StateDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(state, "crashed", name), nil
+}
 
 // maxKeptParse bounds how much of a console is parsed for reports.
 const maxKeptParse = 16 << 20
@@ -33,7 +39,14 @@ func KeepCrashed(name, dir string) (string, int, error) {
 	if !failed && len(reps) == 0 {
 		return "", 0, nil
 	}
-	dst := CrashedDir(name)
+	dst, err := CrashedDir(name)
+	if err != nil {
+		return "", 0, err
+	}
+	// state/crashed: ours and private, like the VM directories.
+	if err := MkdirState(filepath.Dir(dst), 0o700); err != nil {
+		return "", 0, fmt.Errorf("keeping the console of %s: %w", name, err)
+	}
 	tmp := dst + ".new"
 	os.RemoveAll(tmp)
 	if err := os.MkdirAll(tmp, 0o700); err != nil {

@@ -215,7 +215,9 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 		}
 		m.Dir, m.tempDir = d, true
 	} else {
-		if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		// Ours and private before it is chmod'ed or used: a directory
+		// another user planted is refused, not taken over.
+		if err := MkdirState(o.Dir, 0o700); err != nil {
 			return nil, &vm.InfraError{Op: "creating VM directory", Err: err}
 		}
 		m.Dir = o.Dir

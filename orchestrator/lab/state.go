@@ -16,23 +16,46 @@ import (
 	"time"
 
 	"ldtlab/images/cache"
+	"ldtlab/internal/secfs"
 	"ldtlab/orchestrator/vm"
 )
 
 // StateDir is where per-VM directories live: $LDTLAB_STATE, else
-// $XDG_STATE_HOME/ldtlab, else ~/.local/state/ldtlab.
-func StateDir() string {
+// $XDG_STATE_HOME/ldtlab, else ~/.local/state/ldtlab, where ~ is $HOME
+// or, when HOME is unset, the home the passwd database gives the user;
+// never a shared directory such as /tmp.
+func StateDir() (string, error) {
 	if d := os.Getenv("LDTLAB_STATE"); d != "" {
-		return d
+		return d, nil
 	}
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "ldtlab")
+		return filepath.Join(d, "ldtlab"), nil
 	}
-	home, err := os.UserHomeDir()
-	if err != nil || home == "" {
-		home = os.TempDir()
+	home, err := secfs.Home()
+	if err != nil {
+		return "", fmt.Errorf("cannot tell where the lab's state goes: %v; set LDTLAB_STATE (or XDG_STATE_HOME) to a directory of yours", err)
 	}
-	return filepath.Join(home, ".local", "state", "ldtlab")
+	return filepath.Join(home, ".local", "state", "ldtlab"), nil
+}
+
+// MkdirState creates dir, the state directory or one below it, and
+// checks that it and what was created for it are this user's and
+// writable by nobody else, and that nobody else can swap the directories
+// above it (see secfs.MkdirPrivate).
+func MkdirState(dir string, perm os.FileMode) error {
+	if err := secfs.MkdirPrivate(dir, perm); err != nil {
+		return fmt.Errorf("state directory: %w; set LDTLAB_STATE (or XDG_STATE_HOME) to a directory of yours that only you can write", err)
+	}
+	return nil
+}
+
+// EnsureStateDir is StateDir, created and checked (MkdirState).
+func EnsureStateDir() (string, error) {
+	d, err := StateDir()
+	if err != nil {
+		return "", err
+	}
+	return d, MkdirState(d, 0o755)
 }
 
 var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,31}$`)
@@ -56,7 +79,11 @@ func VMDir(name string) (string, error) {
 	if !validName.MatchString(name) {
 		return "", &NameError{Name: name}
 	}
-	return filepath.Join(StateDir(), "vms", name), nil
+	state, err := StateDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(state, "vms", name), nil
 }
 
 // Status values of a VM's state file.
@@ -131,7 +158,11 @@ func (s *State) Alive() bool {
 
 // List returns the names of all VM directories.
 func List() ([]string, error) {
-	entries, err := os.ReadDir(filepath.Join(StateDir(), "vms"))
+	state, err := StateDir()
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(filepath.Join(state, "vms"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}

@@ -21,6 +21,11 @@ func TestStateDirPrecedence(t *testing.T) {
 	t.Setenv("HOME", "/home/someone")
 	t.Setenv("XDG_STATE_HOME", "/xdg/state")
 	t.Setenv("LDTLAB_STATE", tmp)
+	StateDir := func() string {
+		d, err := StateDir()
+		require.NoError(t, err)
+		return d
+	}
 	assert.Equal(t, tmp, StateDir(), "LDTLAB_STATE wins")
 
 	t.Setenv("LDTLAB_STATE", "")
@@ -282,4 +287,37 @@ func TestErrSuffix(t *testing.T) {
 	assert.Equal(t, "", errSuffix(""))
 	assert.Equal(t, ": one", errSuffix("one"))
 	assert.Equal(t, ": first", errSuffix("first\nsecond"))
+}
+
+// Without HOME the state directory must not fall back to /tmp, where any
+// user can plant it.
+func TestStateDirWithoutHomeIsNotShared(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	t.Setenv("HOME", "")
+	t.Setenv("LDTLAB_STATE", "")
+	t.Setenv("XDG_STATE_HOME", "")
+	d, err := StateDir()
+	if err != nil {
+		assert.Contains(t, err.Error(), "LDTLAB_STATE")
+		return
+	}
+	assert.False(t, strings.HasPrefix(d, tmp), "state dir %s is under TMPDIR", d)
+	assert.False(t, strings.HasPrefix(d, "/tmp/"), "state dir %s is under /tmp", d)
+}
+
+// A state directory planted by another user (or open to everyone) is
+// refused when a VM directory is made in it.
+func TestMkdirStateRefusesOpenDir(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	require.NoError(t, os.Mkdir(state, 0o700))
+	require.NoError(t, os.Chmod(state, 0o777))
+	t.Setenv("LDTLAB_STATE", state)
+	dir, err := VMDir("x")
+	require.NoError(t, err)
+	err = MkdirState(dir, 0o700)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "LDTLAB_STATE")
+	_, err = EnsureStateDir()
+	require.Error(t, err)
 }

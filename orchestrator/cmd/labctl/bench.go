@@ -204,7 +204,11 @@ func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo str
 	if out == "" {
 		out = filepath.Join(repo, "docs", "paper")
 		if quick {
-			out = filepath.Join(lab.StateDir(), "bench-paper-quick")
+			state, err := lab.EnsureStateDir()
+			if err != nil {
+				return err
+			}
+			out = filepath.Join(state, "bench-paper-quick")
 		}
 	}
 	res, err := paper.Run(ctx, paper.Options{Guest: o, Quick: quick, Progress: os.Stderr})

@@ -63,8 +63,11 @@ func init() {
 			check.Table(os.Stdout, res)
 			out := f.jsonOut
 			if out == "" {
-				os.MkdirAll(lab.StateDir(), 0o755)
-				out = filepath.Join(lab.StateDir(), "check-last.json")
+				state, serr := lab.EnsureStateDir()
+				if serr != nil {
+					return &vm.InfraError{Op: "writing the check result", Err: serr}
+				}
+				out = filepath.Join(state, "check-last.json")
 			}
 			b, _ := json.MarshalIndent(res, "", "  ")
 			if err := cache.WriteFileAtomic(out, b, 0o644); err != nil {

@@ -87,7 +87,11 @@ func init() {
 			}
 			dir := f.out
 			if dir == "" {
-				dir = filepath.Join(lab.StateDir(), "soak-"+time.Now().Format("20060102-150405"))
+				state, err := lab.EnsureStateDir()
+				if err != nil {
+					return err
+				}
+				dir = filepath.Join(state, "soak-"+time.Now().Format("20060102-150405"))
 			}
 			return soak.Run(ctx, dir, so, o, false, os.Stdout)
 		},

@@ -34,7 +34,11 @@ func init() {
 			if err != nil {
 				return err
 			}
-			fmt.Print(sshConfig(args[0], exe, lab.StateDir(), keys))
+			state, err := lab.StateDir()
+			if err != nil {
+				return err
+			}
+			fmt.Print(sshConfig(args[0], exe, state, keys))
 			return nil
 		},
 	})

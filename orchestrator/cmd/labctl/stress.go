@@ -61,8 +61,11 @@ func init() {
 			}, os.Stdout)
 			out := f.jsonOut
 			if out == "" {
-				os.MkdirAll(lab.StateDir(), 0o755)
-				out = filepath.Join(lab.StateDir(), "stress-last.json")
+				state, serr := lab.EnsureStateDir()
+				if serr != nil {
+					return &vm.InfraError{Op: "writing the stress result", Err: serr}
+				}
+				out = filepath.Join(state, "stress-last.json")
 			}
 			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "runs": runs}, "", "  ")
 			if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
