@@ -30,6 +30,10 @@ type node struct {
 // implicitDirMode is the mode of parent directories created automatically.
 const implicitDirMode = fs.ModeDir | 0o755
 
+// rootMode is the mode of the archive's "." entry, which sets the mode of
+// the guest's /.
+const rootMode = fs.ModeDir | 0o755
+
 // cleanPath normalises an archive path: "/dev//console" and "dev/console"
 // name the same entry. Paths escaping the root or naming it are refused.
 func cleanPath(p string) (string, error) {
@@ -161,15 +165,18 @@ func (a *Archive) WriteTo(w io.Writer) (int64, error) {
 	cnt := &countingWriter{w: w}
 	bw := bufio.NewWriterSize(cnt, 1<<16)
 	cw := NewWriter(bw)
-	var err error
+	// The root's own entry first: the kernel unpacks into a tmpfs whose
+	// root is 1777 (anyone in the guest could plant files in /) and
+	// chmods "." like any directory it unpacks.
+	err := cw.WriteEntry(Entry{Path: ".", Mode: rootMode})
 	for _, p := range paths {
+		if err != nil {
+			break
+		}
 		if n := a.entries[p]; n.host != "" {
 			err = writeHost(cw, n)
 		} else {
 			err = cw.WriteEntry(n.Entry)
-		}
-		if err != nil {
-			break
 		}
 	}
 	if err == nil {

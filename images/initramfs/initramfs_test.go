@@ -78,10 +78,12 @@ func readNewc(t *testing.T, b []byte) []rec {
 // golden is a tiny archive written out by hand from the newc format description.
 var golden = "" +
 	"070701" + "00000001" + "000041ED" + "00000000" + "00000000" + "00000002" + "00000000" + "00000000" +
+	"00000000" + "00000000" + "00000000" + "00000000" + "00000002" + "00000000" + ".\x00" +
+	"070701" + "00000002" + "000041ED" + "00000000" + "00000000" + "00000002" + "00000000" + "00000000" +
 	"00000000" + "00000000" + "00000000" + "00000000" + "00000004" + "00000000" + "dev\x00" + "\x00\x00" +
-	"070701" + "00000002" + "00002180" + "00000000" + "00000000" + "00000001" + "00000000" + "00000000" +
+	"070701" + "00000003" + "00002180" + "00000000" + "00000000" + "00000001" + "00000000" + "00000000" +
 	"00000000" + "00000000" + "00000005" + "00000001" + "0000000C" + "00000000" + "dev/console\x00" + "\x00\x00" +
-	"070701" + "00000003" + "000081ED" + "00000000" + "00000000" + "00000001" + "00000000" + "00000003" +
+	"070701" + "00000004" + "000081ED" + "00000000" + "00000000" + "00000001" + "00000000" + "00000003" +
 	"00000000" + "00000000" + "00000000" + "00000000" + "00000005" + "00000000" + "init\x00" + "\x00" + "hi\n" + "\x00" +
 	"070701" + "00000000" + "00000000" + "00000000" + "00000000" + "00000001" + "00000000" + "00000000" +
 	"00000000" + "00000000" + "00000000" + "00000000" + "0000000B" + "00000000" + "TRAILER!!!\x00" + "\x00\x00\x00"
@@ -157,6 +159,7 @@ func TestRoundTrip(t *testing.T) {
 		data  string
 	}
 	wants := []want{
+		{".", 0o040755, 2, [2]uint32{}, ""},
 		{"dev", 0o040755, 2, [2]uint32{}, ""},
 		{"dev/console", 0o020600, 1, [2]uint32{5, 1}, ""},
 		{"dev/null", 0o020666, 1, [2]uint32{1, 3}, ""},
@@ -303,7 +306,7 @@ func TestImplicitDirOrderIndependent(t *testing.T) {
 	_, err = after.WriteTo(&b2)
 	require.NoError(t, err)
 	assert.Equal(t, b1.Bytes(), b2.Bytes())
-	assert.Equal(t, uint32(0o040700), readNewc(t, b1.Bytes())[0].mode)
+	assert.Equal(t, uint32(0o040700), readNewc(t, b1.Bytes())[1].mode)
 }
 
 func TestFailedAddLeavesArchiveUnchanged(t *testing.T) {
@@ -375,7 +378,7 @@ func TestGNUCpio(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Equal(t, []string{
-		"dev", "dev/console", "dev/null", "etc", "etc/hostname", "init", "lib", "lib/modules",
+		".", "dev", "dev/console", "dev/null", "etc", "etc/hostname", "init", "lib", "lib/modules",
 		"lib/modules/ldt.ko", "proc", "sbin", "sbin/init", "tmp",
 	}, strings.Fields(string(out)))
 

@@ -26,7 +26,7 @@ import (
 )
 
 // recipeVersion changes whenever the image layout changes.
-const recipeVersion = "rootfs-recipe-2"
+const recipeVersion = "rootfs-recipe-3" // 3: the archive's "." entry makes / 0755
 
 // BusyboxPackage provides the static busybox.
 const BusyboxPackage = "busybox-static"

@@ -25,6 +25,7 @@ import (
 	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
 	"ldtlab/images/rootfs"
+	"ldtlab/internal/secfs"
 	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/console"
@@ -340,7 +341,7 @@ func artifact(path string) (vm.Artifact, error) {
 // directory is never removed, whatever else is or is not in it.
 func holdLock(dir string) (*os.File, error) {
 	p := filepath.Join(dir, "lab.lock")
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := secfs.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, &vm.InfraError{Op: "creating the VM lock", Err: cache.Explain(p, err)}
 	}
@@ -361,11 +362,16 @@ func sweepStale(ctx context.Context, b vm.Backend) {
 	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ldtlab-vm-*"))
 	for _, d := range dirs {
-		st, err := os.Stat(d)
-		if err != nil || time.Since(st.ModTime()) < time.Minute {
+		// Only our own private directories (as MkdirTemp made them): in
+		// a shared /tmp, another user's (or one planted for us) is not
+		// ours to open or remove.
+		st, err := os.Lstat(d)
+		if err != nil || secfs.CheckPrivateDir(d) != nil || time.Since(st.ModTime()) < time.Minute {
 			continue // may be being created right now
 		}
-		f, err := os.OpenFile(filepath.Join(d, "lab.lock"), os.O_RDWR, 0)
+		// Read-only, never through a symlink, never a FIFO or device: a
+		// flock needs no more.
+		f, err := secfs.OpenFile(filepath.Join(d, "lab.lock"), os.O_RDONLY, 0)
 		if err == nil {
 			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 			f.Close()

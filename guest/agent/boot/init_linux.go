@@ -66,6 +66,27 @@ func MountBase(log *Log) error {
 	return errors.Join(errs...)
 }
 
+// SecureRoot makes / 0755 when the kernel left it writable by everyone:
+// the rootfs an initramfs is unpacked into is a tmpfs whose root is 1777
+// unless the archive carries a "." entry (ours does; an image built
+// before it did not). Any guest user could otherwise plant files in /.
+func SecureRoot(log *Log) {
+	if err := secureDir("/"); err != nil {
+		log.Printf("securing /: %v", err)
+	}
+}
+
+func secureDir(path string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return err
+	}
+	if st.Mode&0o022 == 0 {
+		return nil
+	}
+	return unix.Chmod(path, st.Mode&0o755&^0o022)
+}
+
 // fixDevNodes adds what devtmpfs does not provide but programs expect.
 func fixDevNodes() {
 	// /dev/ptmx from devtmpfs already resolves to the devpts mounted at

@@ -57,6 +57,7 @@ func initMain() {
 	if err := boot.MountBase(log); err != nil {
 		log.Printf("some mounts failed, continuing")
 	}
+	boot.SecureRoot(log)
 	boot.FixStdio()
 	boot.QuietKmsgLimit()
 	os.Setenv("PATH", agent.BasePath)
