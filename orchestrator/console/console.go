@@ -17,26 +17,29 @@ import (
 	"time"
 
 	"ldtlab/internal/lines"
+	"ldtlab/internal/termsafe"
 )
 
 const tailBytes = 256 << 10
 
 // Capture is an io.Writer fed by the VM backend.
 type Capture struct {
-	mu       sync.Mutex
-	file     *os.File
-	path     string
-	tail     []byte
-	partial  []byte
-	subs     map[int]*sub
-	nextID   int
-	mirror   *asyncWriter
-	size     int64 // bytes in the current file
-	maxSize  int64 // rotate past this size (0: never)
-	lines    int64 // complete lines written
-	lastOut  time.Time
-	closed   bool
-	closedCh chan struct{}
+	mu        sync.Mutex
+	file      *os.File
+	path      string
+	tail      []byte
+	partial   []byte
+	cutting   bool // dropping the rest of a line longer than maxLine
+	subs      map[int]*sub
+	nextID    int
+	mirror    *asyncWriter
+	mirrorEsc *termsafe.Writer
+	size      int64 // bytes in the current file
+	maxSize   int64 // rotate past this size (0: never)
+	lines     int64 // complete lines written
+	lastOut   time.Time
+	closed    bool
+	closedCh  chan struct{}
 	// werr is the first failed write to the file (a full disk); what
 	// could not be written is kept in unwritten (its last bytes), so
 	// Bytes and report detection still see it.
@@ -55,7 +58,8 @@ type sub struct {
 }
 
 // New creates the capture file at path (truncating it). mirror, if not nil,
-// receives a copy of every byte (a terminal, a test log).
+// receives a copy of every byte (a terminal, a test log), control
+// characters escaped (internal/termsafe).
 func New(path string, mirror io.Writer) (*Capture, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -63,7 +67,10 @@ func New(path string, mirror io.Writer) (*Capture, error) {
 	}
 	c := &Capture{file: f, path: path, subs: map[int]*sub{}, closedCh: make(chan struct{})}
 	if mirror != nil {
-		c.mirror = newAsyncWriter(mirror, mirrorBuffer)
+		// The mirror is a terminal (or a test log): the guest's escape
+		// sequences are shown escaped there, raw in the file only.
+		c.mirrorEsc = termsafe.NewWriter(mirror)
+		c.mirror = newAsyncWriter(c.mirrorEsc, mirrorBuffer)
 	}
 	return c, nil
 }
@@ -103,20 +110,49 @@ func (c *Capture) Write(p []byte) (int, error) {
 		c.tail = append([]byte(nil), c.tail[len(c.tail)-tailBytes/2:]...)
 	}
 	c.lastOut = time.Now()
-	c.partial = append(c.partial, p...)
-	for {
-		i := bytes.IndexByte(c.partial, '\n')
-		if i < 0 {
-			break
+	c.split(p)
+	return len(p), nil
+}
+
+// split cuts the new bytes into lines for the subscribers. Only the new
+// bytes are scanned, and a line is held up to maxLine bytes: a longer
+// one is delivered cut, with a note, and the rest of it up to its
+// newline is dropped (the file and the tail keep it all). A guest that
+// prints without newlines costs neither memory nor time.
+func (c *Capture) split(p []byte) {
+	for len(p) > 0 {
+		seg, rest, ended := bytes.Cut(p, []byte{'\n'})
+		p = rest
+		if c.cutting {
+			c.cutting = !ended
+			continue
 		}
-		line := strings.TrimRight(string(c.partial[:i]), "\r")
-		c.partial = c.partial[i+1:]
-		c.lines++
-		for _, s := range c.subs {
-			s.push(line)
+		if room := maxLine - len(c.partial); len(seg) > room {
+			c.partial = append(c.partial, seg[:room]...)
+			c.deliver(string(c.partial) + fmt.Sprintf(cutNote, maxLine>>10))
+			c.partial = c.partial[:0]
+			c.cutting = !ended
+			continue
+		}
+		c.partial = append(c.partial, seg...)
+		if ended {
+			c.deliver(strings.TrimRight(string(c.partial), "\r"))
+			c.partial = c.partial[:0]
 		}
 	}
-	return len(p), nil
+}
+
+// maxLine bounds a console line as the subscribers see it; the kernel's
+// own lines are at most 1 KiB.
+const maxLine = 64 << 10
+
+const cutNote = " [ldtlab: console line cut at %d KiB]"
+
+func (c *Capture) deliver(line string) {
+	c.lines++
+	for _, s := range c.subs {
+		s.push(line)
+	}
 }
 
 func (s *sub) push(line string) {
@@ -301,6 +337,7 @@ func (c *Capture) Close() error {
 	close(c.closedCh)
 	if c.mirror != nil {
 		c.mirror.Close()
+		c.mirrorEsc.Flush()
 	}
 	return c.file.Close()
 }
