@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -314,4 +315,18 @@ func TestFakeBootsLeakNoGoroutines(t *testing.T) {
 		after = runtime.NumGoroutine()
 		return after <= before+2
 	}, 5*time.Second, 50*time.Millisecond, "goroutines: %d before, %d after 200 boots", before, runtime.NumGoroutine())
+}
+
+// A command that floods its output: what RunWith keeps is bounded (its
+// head and tail, with a note of what was dropped between them).
+func TestFakeRunOutputBounded(t *testing.T) {
+	m, _ := bootFake(t)
+	defer m.Close()
+	res, err := m.Run(context.Background(), "echo FIRST; head -c 48000000 /dev/zero | tr '\\0' x; echo; echo LAST; echo ERR >&2")
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(res.Stdout), maxRunOutput+200, "stdout kept")
+	assert.True(t, strings.HasPrefix(string(res.Stdout), "FIRST\n"), "the head is kept")
+	assert.True(t, strings.HasSuffix(string(res.Stdout), "LAST\n"), "the tail is kept (a result's JSON comes last)")
+	assert.True(t, strings.Contains(string(res.Stdout), "bytes of output dropped"), "the drop is said")
+	assert.Equal(t, "ERR\n", string(res.Stderr))
 }

@@ -6,7 +6,6 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -834,6 +833,9 @@ type Result struct {
 	Stdout, Stderr []byte
 	Code           int
 	Took           time.Duration
+	// Dropped counts the output bytes not kept: past maxRunOutput a
+	// stream keeps its head and tail with a note between them.
+	Dropped int64
 }
 
 // Run runs a shell command in the guest with the default command timeout
@@ -854,16 +856,16 @@ func (m *Machine) RunWith(ctx context.Context, cmd string, opts channel.RunOptio
 		ctx, cancel = context.WithTimeout(ctx, m.Timeouts.Command)
 		defer cancel()
 	}
-	var so, se bytes.Buffer
+	so, se := &headTail{max: maxRunOutput}, &headTail{max: maxRunOutput}
 	if opts.Stdout == nil {
-		opts.Stdout = &so
+		opts.Stdout = so
 	} else {
-		opts.Stdout = io.MultiWriter(opts.Stdout, &so)
+		opts.Stdout = io.MultiWriter(opts.Stdout, so)
 	}
 	if opts.Stderr == nil {
-		opts.Stderr = &se
+		opts.Stderr = se
 	} else {
-		opts.Stderr = io.MultiWriter(opts.Stderr, &se)
+		opts.Stderr = io.MultiWriter(opts.Stderr, se)
 	}
 	// The command is abandoned the moment the guest panics or dies.
 	rctx, cancel := context.WithCancel(ctx)
@@ -879,7 +881,7 @@ func (m *Machine) RunWith(ctx context.Context, cmd string, opts channel.RunOptio
 	}()
 	start := time.Now()
 	code, err := c.Run(rctx, cmd, opts)
-	res := Result{Stdout: so.Bytes(), Stderr: se.Bytes(), Code: code, Took: time.Since(start)}
+	res := Result{Stdout: so.Bytes(), Stderr: se.Bytes(), Code: code, Took: time.Since(start), Dropped: so.Dropped() + se.Dropped()}
 	if err == nil {
 		return res, nil
 	}

@@ -96,3 +96,25 @@ func TestSweepRemovesOwnStaleDirs(t *testing.T) {
 	assert.NoDirExists(t, stale)
 	assert.DirExists(t, live)
 }
+
+func TestHeadTail(t *testing.T) {
+	b := &headTail{max: 10}
+	b.Write([]byte("0123"))
+	b.Write([]byte("4567"))
+	assert.Equal(t, "01234567", string(b.Bytes()), "under the bound: everything")
+	assert.Zero(t, b.Dropped())
+	for i := 0; i < 100; i++ {
+		b.Write([]byte("xyz"))
+	}
+	b.Write([]byte("ABCDE"))
+	assert.Equal(t, int64(8+300+5-10), b.Dropped())
+	got := string(b.Bytes())
+	assert.True(t, len(got) > 10)
+	assert.Equal(t, "01234", got[:5], "the head")
+	assert.Equal(t, "ABCDE", got[len(got)-5:], "the tail")
+	assert.Contains(t, got, "303 bytes of output dropped")
+	big := &headTail{max: 10}
+	big.Write(make([]byte, 1000))
+	assert.Equal(t, int64(990), big.Dropped())
+	assert.LessOrEqual(t, cap(big.tail)+cap(big.head), 1000+10)
+}
