@@ -10,10 +10,12 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"ldtlab/images/cache"
 	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/secfs"
 )
 
 // Kept occurrences of one crash: the first keepFirst and the last
@@ -23,7 +25,23 @@ const (
 	keepLast  = 3
 	// maxLog bounds the console log kept per occurrence (its tail).
 	maxLog = 2 << 20
+	// maxSpan bounds an occurrence's report text.
+	maxSpan = 1 << 20
+	// maxCrashJSON bounds the crash.json read back.
+	maxCrashJSON = 4 << 20
 )
+
+// maxTitles bounds the distinct titles filed: a guest that makes up a new
+// title for every report must not fill the disk (each title keeps up to
+// keepFirst+keepLast logs of maxLog). Past it, new titles are counted
+// under one "other" entry per kind, each occurrence's report.txt naming
+// its own title.
+var maxTitles = 200
+
+// overflowTitle files the titles past maxTitles.
+func overflowTitle(kind string) string {
+	return fmt.Sprintf("other: %s reports past the first %d distinct titles (each occurrence's report.txt names its own)", kind, maxTitles)
+}
 
 // Crash is one finding, deduplicated by title: DIR/crashes/<hash>/crash.json.
 type Crash struct {
@@ -66,17 +84,29 @@ type Occurrence struct {
 
 // Store is DIR/crashes.
 type Store struct {
-	mu  sync.Mutex
-	dir string
+	mu     sync.Mutex
+	dir    string
+	titles int // title directories in dir
 }
 
-// OpenStore opens (creating) dir/crashes.
+// OpenStore opens (creating) dir/crashes; a symlink in its place is
+// refused.
 func OpenStore(dir string) (*Store, error) {
 	d := filepath.Join(dir, "crashes")
-	if err := os.MkdirAll(d, 0o755); err != nil {
+	if err := secfs.Mkdir(d, 0o755); err != nil {
 		return nil, fmt.Errorf("creating the crash store: %w", cache.Explain(d, err))
 	}
-	return &Store{dir: d}, nil
+	ents, err := os.ReadDir(d)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, e := range ents {
+		if e.IsDir() {
+			n++
+		}
+	}
+	return &Store{dir: d, titles: n}, nil
 }
 
 // TitleHash names a title's directory.
@@ -89,10 +119,21 @@ func TitleHash(title string) string {
 func (s *Store) Record(o Occurrence) (Crash, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(o.Span) > maxSpan {
+		o.Span = o.Span[:maxSpan] + fmt.Sprintf("\n[soak: %d more bytes of the report dropped]\n", len(o.Span)-maxSpan)
+	}
 	d := filepath.Join(s.dir, TitleHash(o.Title))
+	if _, err := os.Lstat(d); os.IsNotExist(err) && s.titles >= maxTitles {
+		o.Span = "title: " + o.Title + "\n\n" + o.Span
+		o.Title = overflowTitle(o.Kind)
+		d = filepath.Join(s.dir, TitleHash(o.Title))
+	}
 	c, err := readCrash(d)
 	if os.IsNotExist(err) {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if _, err := os.Lstat(d); os.IsNotExist(err) {
+			s.titles++
+		}
+		if err := secfs.Mkdir(d, 0o755); err != nil {
 			return c, fmt.Errorf("recording crash %q: %w", o.Title, cache.Explain(d, err))
 		}
 		if err := atomicfile.SyncDir(s.dir); err != nil {
@@ -116,7 +157,7 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 	}
 	n := c.Count
 	od := filepath.Join(d, strconv.Itoa(n))
-	if err := os.MkdirAll(od, 0o755); err != nil {
+	if err := secfs.Mkdir(od, 0o755); err != nil {
 		return c, fmt.Errorf("recording crash %q: %w", o.Title, cache.Explain(od, err))
 	}
 	log := o.Log
@@ -153,9 +194,14 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 	return c, nil
 }
 
+// readCrash reads d/crash.json, following no symlink: neither d nor
+// crash.json may be one (a planted link to a file outside the soak would
+// copy it into the report).
 func readCrash(d string) (Crash, error) {
 	var c Crash
-	b, err := os.ReadFile(filepath.Join(d, "crash.json"))
+	// d is SOAK/crashes/HASH: nothing below SOAK is followed.
+	soak := filepath.Dir(filepath.Dir(d))
+	b, err := secfs.ReadFileIn(soak, filepath.Join(filepath.Base(filepath.Dir(d)), filepath.Base(d), "crash.json"), maxCrashJSON)
 	if err != nil {
 		return c, err
 	}
@@ -167,11 +213,18 @@ func readCrash(d string) (Crash, error) {
 }
 
 // Crashes lists dir's crashes, most frequent first.
+//
+// Nothing below dir is read through a symlink.
 func Crashes(dir string) ([]Crash, error) {
-	ents, err := os.ReadDir(filepath.Join(dir, "crashes"))
+	f, err := secfs.OpenIn(dir, "crashes", os.O_RDONLY|syscall.O_DIRECTORY, 0)
 	if os.IsNotExist(err) {
 		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	ents, err := f.ReadDir(-1)
+	f.Close()
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +270,7 @@ type LabFailure struct {
 
 func recordLabFailure(dir string, at time.Time, lf LabFailure, log []byte) error {
 	d := filepath.Join(dir, "lab-failures")
-	if err := os.MkdirAll(d, 0o755); err != nil {
+	if err := secfs.Mkdir(d, 0o755); err != nil {
 		return err
 	}
 	name := fmt.Sprintf("%s-r%d-w%d", at.UTC().Format("20060102T150405.000"), lf.Round, lf.Worker)

@@ -5,17 +5,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"ldtlab/images/cache"
 	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/secfs"
 )
 
 // JournalName is the append-only record of a soak in its directory.
@@ -64,13 +67,17 @@ type Journal struct {
 var ErrLocked = errors.New("another soak is running in this directory")
 
 // OpenJournal locks dir for this process (flock on DIR/soak.lock, held
-// until Close) and opens its journal for appending, creating both.
+// until Close) and opens its journal for appending, creating both. dir
+// is created 0700 when missing; an existing one must be ours and not
+// writable by others (a replay directory someone else prepared, or a
+// symlink to one, is refused), and nothing in it is opened through a
+// symlink.
 func OpenJournal(dir string) (*Journal, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating the soak directory: %w", cache.Explain(dir, err))
+	if err := secfs.MkdirPrivate(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("soak directory: %w", err)
 	}
 	lockPath := filepath.Join(dir, "soak.lock")
-	lf, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	lf, err := secfs.OpenIn(dir, "soak.lock", os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("opening the soak lock: %w", err)
 	}
@@ -83,11 +90,16 @@ func OpenJournal(dir string) (*Journal, error) {
 	lf.Truncate(0)
 	lf.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	path := filepath.Join(dir, JournalName)
-	_, statErr := os.Stat(path)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	_, statErr := os.Lstat(path)
+	f, err := secfs.OpenIn(dir, JournalName, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("opening the journal: %w", cache.Explain(path, err))
+	}
+	if err := ownedByUs(f); err != nil {
+		f.Close()
+		lf.Close()
+		return nil, err
 	}
 	if os.IsNotExist(statErr) {
 		// A new file's name must survive a crash too.
@@ -97,7 +109,7 @@ func OpenJournal(dir string) (*Journal, error) {
 			return nil, err
 		}
 	}
-	if err := dropTornTail(f, path); err != nil {
+	if err := dropTornTail(f, dir); err != nil {
 		f.Close()
 		lf.Close()
 		return nil, err
@@ -105,15 +117,29 @@ func OpenJournal(dir string) (*Journal, error) {
 	return &Journal{f: f, lock: lf, path: path}, nil
 }
 
+// ownedByUs refuses a journal another user owns: its options (which
+// libvirt hosts to connect to, what to inject) are not ours to follow.
+func ownedByUs(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s is owned by uid %d, not by this user (uid %d): refusing to continue a soak from it", f.Name(), sys.Uid, os.Geteuid())
+	}
+	return nil
+}
+
 // dropTornTail ends the file with a newline if a killed writer left half
 // a line, so the next record starts on its own line (the torn one is
 // ignored by Replay).
-func dropTornTail(f *os.File, path string) error {
+func dropTornTail(f *os.File, dir string) error {
+	path := filepath.Join(dir, JournalName)
 	st, err := f.Stat()
 	if err != nil || st.Size() == 0 {
 		return err
 	}
-	r, err := os.Open(path)
+	r, err := secfs.OpenIn(dir, JournalName, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}
@@ -164,14 +190,18 @@ func (j *Journal) Close() error {
 // Replay reads dir's journal. A last line cut short by a kill is ignored;
 // a damaged line elsewhere is an error (the journal is synced record by
 // record, so only the tail can be torn).
+//
+// The journal is read as a regular file of at most maxJournal bytes,
+// never through a symlink: one that points at /dev/zero or at another
+// user's file is refused.
 func Replay(dir string) ([]Record, error) {
 	path := filepath.Join(dir, JournalName)
-	b, err := os.ReadFile(path)
+	b, err := secfs.ReadFileIn(dir, JournalName, maxJournal)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return nil, fmt.Errorf("%s: no soak journal here (%s missing)", dir, JournalName)
 		}
-		return nil, err
+		return nil, fmt.Errorf("reading the soak journal: %w", err)
 	}
 	var out []Record
 	lines := bytes.Split(b, []byte("\n"))
@@ -203,10 +233,18 @@ func isTornTail(lines [][]byte, i int) bool {
 	return true
 }
 
+// maxJournal bounds the journal Replay reads (a night's soak writes a
+// few MiB).
+var maxJournal int64 = 1 << 30
+
+// readSmall reads the first bytes of a small file (a pid), never through
+// a symlink, never from a FIFO or a device.
 func readSmall(path string) string {
-	b, _ := os.ReadFile(path)
-	if len(b) > 64 {
-		b = b[:64]
+	f, err := secfs.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return ""
 	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, 64))
 	return string(b)
 }

@@ -11,6 +11,9 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
+
+	"ldtlab/internal/secfs"
+	"ldtlab/internal/termsafe"
 )
 
 // Stats are the running totals of a soak.
@@ -219,7 +222,8 @@ func (p *progress) event(format string, args ...any) {
 	if p == nil {
 		return
 	}
-	msg := fmt.Sprintf(format, args...)
+	// Titles and errors come from the guest: escaped for the terminal.
+	msg := termsafe.String(fmt.Sprintf(format, args...))
 	p.s.logf("%s", msg)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -299,7 +303,7 @@ func Status(w io.Writer, dir string) error {
 			if c.Kind == "known" {
 				k = ", known kernel bug outside LDT: not counted"
 			}
-			fmt.Fprintf(w, "    %4d× %s (last %s%s)\n", c.Count, c.Title, c.LastSeen.Format("15:04:05"), k)
+			fmt.Fprintf(w, "    %4d× %s (last %s%s)\n", c.Count, termsafe.Line(c.Title), c.LastSeen.Format("15:04:05"), k)
 		}
 	}
 	return nil
@@ -307,7 +311,7 @@ func Status(w io.Writer, dir string) error {
 
 // lockHeld tries the directory lock: held means a soak runs there.
 func lockHeld(dir string) bool {
-	f, err := os.Open(dir + "/soak.lock")
+	f, err := secfs.OpenFile(dir+"/soak.lock", os.O_RDONLY, 0)
 	if err != nil {
 		return false
 	}
