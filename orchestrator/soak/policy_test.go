@@ -132,10 +132,10 @@ func TestStepInject(t *testing.T) {
 // TestReproRound: a round's replay command carries what shaped the round,
 // its injections included, so a crash an injection caused reproduces.
 func TestReproRound(t *testing.T) {
-	s := &Soak{O: Options{Seed: 5, Light: true, MemoryMiB: 768, Config: "sanitize", Trackers: []string{"ldt", "naive"},
+	s := &Soak{Dir: "/soaks/night", O: Options{Seed: 5, Light: true, MemoryMiB: 768, Config: "sanitize", Trackers: []string{"ldt", "naive"},
 		Inject: []Injection{{Word: "warn", Round: 2}, {Word: "panic", Round: 3}, {Word: "bug", Round: 2}}}}
-	assert.Equal(t, "labctl soak --round 2 --seed 5 --out /tmp/replay-r2 --light --tracker ldt,naive --mem 768 --inject warn@2,bug@2 --config sanitize",
+	assert.Equal(t, "labctl soak --round 2 --seed 5 --out /soaks/night/replay-r2 --light --tracker ldt,naive --mem 768 --inject warn@2,bug@2 --config sanitize",
 		s.repro(2, Step{Kind: "selftest"}))
-	assert.Equal(t, "labctl soak --round 4 --seed 5 --out /tmp/replay-r4 --light --tracker ldt,naive --mem 768 --config sanitize",
+	assert.Equal(t, "labctl soak --round 4 --seed 5 --out /soaks/night/replay-r4 --light --tracker ldt,naive --mem 768 --config sanitize",
 		s.repro(4, Step{Kind: "selftest"}))
 }

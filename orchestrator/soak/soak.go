@@ -21,6 +21,9 @@ import (
 	"time"
 
 	"ldtlab/guest/result"
+	"ldtlab/internal/secfs"
+	"ldtlab/internal/shquote"
+	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
@@ -154,7 +157,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if s.store, err = OpenStore(dir); err != nil {
 		return err
 	}
-	s.logFile, err = os.OpenFile(filepath.Join(dir, "soak.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	s.logFile, err = secfs.OpenIn(dir, "soak.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -163,6 +166,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 		if err := s.restore(old); err != nil {
 			return err
 		}
+		fmt.Fprintf(out, "soak %s: resuming with the options its journal recorded: %s\n", dir, s.O.describe())
 		s.killLeftovers()
 	}
 	s.start = time.Now()
@@ -275,6 +279,15 @@ func (s *Soak) restore(old []Record) error {
 		s.prev += sessLast[sess].Sub(t)
 	}
 	s.session++
+	// The journal says which libvirt hosts the guests ran on; a resume
+	// connects to them only when the command line names them again.
+	if !sameHosts(s.O.Hosts, first.Options.Hosts) {
+		if len(first.Options.Hosts) == 0 {
+			return fmt.Errorf("%s ran its guests on this machine, not on --hosts %s: resume it without --hosts", s.Dir, strings.Join(s.O.Hosts, ","))
+		}
+		return fmt.Errorf("%s ran its guests on the libvirt hosts %s: a resume connects to them only when they are given again: add --hosts %s (hosts given: %q)",
+			s.Dir, strings.Join(first.Options.Hosts, ", "), strings.Join(first.Options.Hosts, ","), s.O.Hosts)
+	}
 	forOverride := s.O.For
 	s.O = first.Options
 	if forOverride > 0 {
@@ -288,6 +301,49 @@ func (s *Soak) restore(old []Record) error {
 	}
 	s.stats = sum.Stats
 	return nil
+}
+
+func sameHosts(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// describe is the options in one line, for a resume to show what it
+// took from the journal.
+func (o Options) describe() string {
+	parts := []string{fmt.Sprintf("config %s", o.Config), fmt.Sprintf("seed %d", o.Seed), fmt.Sprintf("for %s", o.For), fmt.Sprintf("%d MiB guests", o.MemoryMiB)}
+	if len(o.Hosts) > 0 {
+		parts = append(parts, fmt.Sprintf("hosts %s (%d guest(s) each)", strings.Join(o.Hosts, ","), max(1, o.VMsPerHost)))
+	} else if o.VMs > 0 {
+		parts = append(parts, fmt.Sprintf("%d guest(s)", o.VMs))
+	}
+	if o.Accel != "" {
+		parts = append(parts, "accel "+o.Accel)
+	}
+	if o.Light {
+		parts = append(parts, "light")
+	}
+	if len(o.Trackers) > 0 {
+		parts = append(parts, "trackers "+strings.Join(o.Trackers, ","))
+	}
+	if o.Rounds > 0 {
+		parts = append(parts, fmt.Sprintf("%d rounds", o.Rounds))
+	}
+	if len(o.Inject) > 0 {
+		var in []string
+		for _, i := range o.Inject {
+			in = append(in, fmt.Sprintf("%s@%d", i.Word, i.Round))
+		}
+		parts = append(parts, "inject "+strings.Join(in, ","))
+	}
+	return termsafe.Line(strings.Join(parts, ", "))
 }
 
 // killLeftovers stops QEMUs a killed session of this soak left (they die
@@ -659,14 +715,18 @@ func (s *Soak) bootFailed(n, w int, err error) {
 
 // repro is the one-line command that replays what failed: the cell alone
 // where labctl has a command for it, else the whole round from its seed.
+// Names from the guest's catalogue are quoted for the shell; a round's
+// replay goes to a directory inside this soak's own (never a shared one
+// such as /tmp, where another user could have prepared it).
 func (s *Soak) repro(n int, st Step) string {
+	q := shquote.Word
 	cfg := ""
 	if s.O.Config != "" && s.O.Config != "debug" {
-		cfg = " --config " + s.O.Config
+		cfg = " --config " + q(s.O.Config)
 	}
 	switch st.Kind {
 	case "scenario":
-		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --stress 0%s", st.Scenario, st.Tracker, st.Seed, cfg)
+		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --stress 0%s", q(st.Scenario), q(st.Tracker), st.Seed, cfg)
 		if st.Epochs > 0 {
 			cmd += fmt.Sprintf(" --epochs %d", st.Epochs)
 		}
@@ -675,12 +735,12 @@ func (s *Soak) repro(n int, st Step) string {
 		if st.THP && st.Tracker != "ldt" {
 			break // labctl stress runs THP for ldt only: replay the round
 		}
-		cmd := fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", st.Tracker, st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
+		cmd := fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", q(st.Tracker), st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
 		if st.MTHP != "" {
-			cmd += " --mthp " + st.MTHP
+			cmd += " --mthp " + q(st.MTHP)
 		}
 		if st.Agitators != nil {
-			cmd += " --agitators " + strings.Join(st.Agitators, ",")
+			cmd += " --agitators " + q(strings.Join(st.Agitators, ","))
 		}
 		return cmd
 	}
@@ -691,7 +751,7 @@ func (s *Soak) repro(n int, st Step) string {
 		extra.WriteString(" --light")
 	}
 	if len(s.O.Trackers) > 0 {
-		extra.WriteString(" --tracker " + strings.Join(s.O.Trackers, ","))
+		extra.WriteString(" --tracker " + q(strings.Join(s.O.Trackers, ",")))
 	}
 	if s.O.MemoryMiB > 0 {
 		fmt.Fprintf(&extra, " --mem %d", s.O.MemoryMiB)
@@ -703,7 +763,8 @@ func (s *Soak) repro(n int, st Step) string {
 		}
 	}
 	if len(injs) > 0 {
-		extra.WriteString(" --inject " + strings.Join(injs, ","))
+		extra.WriteString(" --inject " + q(strings.Join(injs, ",")))
 	}
-	return fmt.Sprintf("labctl soak --round %d --seed %d --out /tmp/replay-r%d%s%s", n, s.O.Seed, n, extra.String(), cfg)
+	out := q(filepath.Join(s.Dir, fmt.Sprintf("replay-r%d", n)))
+	return fmt.Sprintf("labctl soak --round %d --seed %d --out %s%s%s", n, s.O.Seed, out, extra.String(), cfg)
 }
