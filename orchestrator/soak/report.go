@@ -17,6 +17,8 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
+
+	"ldtlab/internal/termsafe"
 )
 
 // WriteReport writes DIR/report.md (with its figures as PNG files beside
@@ -135,7 +137,7 @@ func (r *reportData) cell(step, tr string) string {
 
 func (r *reportData) markdown(figs []figure) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Soak report: %s\n\n", r.Dir)
+	fmt.Fprintf(&b, "# Soak report: %s\n\n", mdEsc(r.Dir))
 	for _, h := range r.Head {
 		fmt.Fprintf(&b, "- %s\n", h)
 	}
@@ -145,16 +147,20 @@ func (r *reportData) markdown(figs []figure) string {
 	} else {
 		b.WriteString("| title | kind | count | first seen | last seen | reproduced | reproduction | dir |\n|---|---|---|---|---|---|---|---|\n")
 		for _, c := range r.Crashes {
-			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | `%s` | crashes/%s |\n", mdEsc(c.Title), c.Kind, c.Count,
-				c.FirstSeen.Format("01-02 15:04:05"), c.LastSeen.Format("01-02 15:04:05"), reproduced(c), c.Repro, filepath.Base(c.Dir))
+			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %s | crashes/%s |\n", mdEsc(c.Title), mdEsc(c.Kind), c.Count,
+				c.FirstSeen.Format("01-02 15:04:05"), c.LastSeen.Format("01-02 15:04:05"), mdEsc(reproduced(c)), mdCode(c.Repro, true), mdEsc(filepath.Base(c.Dir)))
 		}
 	}
 	fmt.Fprintf(&b, "\n## Scenario × tracker (verdict counts over finished rounds)\n\n")
-	b.WriteString("| step | " + strings.Join(r.Trackers, " | ") + " |\n|---|" + strings.Repeat("---|", len(r.Trackers)) + "\n")
+	var trs []string
+	for _, t := range r.Trackers {
+		trs = append(trs, mdEsc(t))
+	}
+	b.WriteString("| step | " + strings.Join(trs, " | ") + " |\n|---|" + strings.Repeat("---|", len(r.Trackers)) + "\n")
 	for _, st := range r.Steps {
-		row := []string{st}
+		row := []string{mdEsc(st)}
 		for _, t := range r.Trackers {
-			row = append(row, r.cell(st, t))
+			row = append(row, mdEsc(r.cell(st, t)))
 		}
 		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 	}
@@ -164,11 +170,11 @@ func (r *reportData) markdown(figs []figure) string {
 			fmt.Fprintf(&b, "- … %d more in journal.jsonl\n", len(r.S.Failed)-50)
 			break
 		}
-		fmt.Fprintf(&b, "- round %d, %s: %s %s — `%s`\n", c.Round, c.Step, c.Verdict, mdEsc(firstLine(c.Reason+" "+c.Error)), c.Repro)
+		fmt.Fprintf(&b, "- round %d, %s: %s %s — %s\n", c.Round, mdEsc(c.Step.String()), mdEsc(c.Verdict), mdEsc(firstLine(c.Reason+" "+c.Error)), mdCode(c.Repro, false))
 	}
 	fmt.Fprintf(&b, "\n## Lab failures (%d; not kernel bugs: DIR/lab-failures/)\n\n", len(r.S.LabFail))
 	for _, l := range r.S.LabFail {
-		fmt.Fprintf(&b, "- round %d worker %d (%s): %s\n", l.Round, l.Worker, l.Phase, mdEsc(firstLine(l.Error)))
+		fmt.Fprintf(&b, "- round %d worker %d (%s): %s\n", l.Round, l.Worker, mdEsc(l.Phase), mdEsc(firstLine(l.Error)))
 	}
 	b.WriteString("\n## Figures\n\n")
 	for _, f := range figs {
@@ -204,7 +210,53 @@ func reproduced(c Crash) string {
 	return strings.Join(p, ", ")
 }
 
-func mdEsc(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+// mdEsc renders text (much of it from the guest: titles, scenario
+// names, errors) as literal Markdown text that also fits in a table
+// cell: no raw HTML, no emphasis, links or code spans, no line break,
+// control characters escaped.
+func mdEsc(s string) string {
+	var b strings.Builder
+	for _, r := range termsafe.Line(s) {
+		switch r {
+		case '&':
+			b.WriteString("&amp;")
+		case '<':
+			b.WriteString("&lt;")
+		case '>':
+			b.WriteString("&gt;")
+		case '\\', '`', '*', '_', '[', ']', '|', '#', '~':
+			b.WriteRune('\\')
+			b.WriteRune(r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// mdCode renders s as one code span: its fence is longer than any run
+// of backticks inside, so nothing breaks out of it (in a table, | is
+// escaped as GFM wants even inside code).
+func mdCode(s string, inTable bool) string {
+	s = termsafe.Line(s)
+	run, longest := 0, 0
+	for _, r := range s {
+		if r == '`' {
+			run++
+			longest = max(longest, run)
+		} else {
+			run = 0
+		}
+	}
+	if inTable {
+		s = strings.ReplaceAll(s, "|", `\|`)
+	}
+	fence := strings.Repeat("`", longest+1)
+	if longest > 0 || s == "" {
+		return fence + " " + s + " " + fence
+	}
+	return fence + s + fence
+}
 
 var htmlTmpl = template.Must(template.New("r").Funcs(template.FuncMap{
 	"cell":  func(r *reportData, s, t string) string { return r.cell(s, t) },
