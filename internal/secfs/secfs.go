@@ -161,6 +161,17 @@ func OpenFile(path string, flag int, perm os.FileMode) (*os.File, error) {
 	return regular(fd, path)
 }
 
+// OpenRegular opens path for reading, following symlinks (a path the
+// user named), only if it is a regular file: a FIFO or a device is
+// refused, never blocked on or read without end.
+func OpenRegular(path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return regular(fd, path)
+}
+
 // OpenIn opens rel below dir without following a symlink anywhere below
 // dir (each component is opened with O_NOFOLLOW); the result must be a
 // regular file, or a directory when flag has O_DIRECTORY.

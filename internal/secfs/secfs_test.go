@@ -106,3 +106,18 @@ func (b *bytesReader) Read(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+func TestOpenRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	_, err := OpenRegular(fifo)
+	require.Error(t, err, "a FIFO without a writer is refused at once")
+	assert.Contains(t, err.Error(), "not a regular file")
+	p := filepath.Join(dir, "log")
+	require.NoError(t, os.WriteFile(p, []byte("x"), 0o600))
+	require.NoError(t, os.Symlink(p, filepath.Join(dir, "link")))
+	f, err := OpenRegular(filepath.Join(dir, "link"))
+	require.NoError(t, err, "a path the user names may be a symlink")
+	f.Close()
+}

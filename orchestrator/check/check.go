@@ -18,6 +18,8 @@ import (
 	"ldtlab/guest/result"
 	"ldtlab/images/rootfs"
 	"ldtlab/internal/cmdline"
+	"ldtlab/internal/shquote"
+	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/stress"
@@ -360,7 +362,8 @@ func (r *runner) stress(ctx context.Context, trackers []string) error {
 
 // Repro is the command that reruns one cell.
 func (r *runner) repro(scenario, tracker string) string {
-	cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d", scenario, tracker, r.o.Seed)
+	// The scenario names come from the guest's catalogue: quoted.
+	cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d", shquote.Word(scenario), shquote.Word(tracker), r.o.Seed)
 	if r.o.Epochs > 0 {
 		cmd += fmt.Sprintf(" --epochs %d", r.o.Epochs)
 	}
@@ -368,13 +371,18 @@ func (r *runner) repro(scenario, tracker string) string {
 		cmd += " --vanilla"
 	}
 	if r.o.Guest.Config != "" && r.o.Guest.Config != "debug" {
-		cmd += " --config " + r.o.Guest.Config
+		cmd += " --config " + shquote.Word(r.o.Guest.Config)
 	}
 	return cmd
 }
 
 // Table renders the scenario × tracker matrix.
 func Table(w io.Writer, res *Result) {
+	// Scenario names, reasons and kernel report titles come from the
+	// guest: control characters shown escaped.
+	tw := termsafe.NewWriter(w)
+	defer tw.Flush()
+	w = tw
 	fmt.Fprintf(w, "\nldtlab check: kernel %s (%s), %s, seed %d, %.0fs\n\n", res.Kernel, res.Variant, res.Accel, res.Seed, res.Seconds)
 	fmt.Fprintf(w, "%-20s %-13s %-9s %7s %7s %9s %7s %6s\n", "SCENARIO", "TRACKER", "VERDICT", "MISSED", "EXTRA", "CORRUPTED", "REPORTS", "TIME")
 	for _, c := range res.Cells {

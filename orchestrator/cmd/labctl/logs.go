@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"ldtlab/internal/secfs"
+	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/vm"
@@ -35,12 +37,17 @@ func init() {
 				return err
 			}
 			path := filepath.Join(dir, "console.log")
-			data, err := os.ReadFile(path)
+			// A regular file of bounded size, never through a symlink.
+			data, err := secfs.ReadFile(path, maxLogRead)
 			if err != nil {
 				return fmt.Errorf("no console log for %q (%v): is it a VM from `labctl ls`?", args[0], err)
 			}
+			// The guest's text: control characters shown escaped (the
+			// file keeps the raw bytes).
+			out := termsafe.NewWriter(os.Stdout)
 			if !reportsOnly {
-				os.Stdout.Write(data)
+				out.Write(data)
+				out.Flush()
 			}
 			if follow {
 				return followFile(ctx, path, int64(len(data)), dir)
@@ -48,7 +55,7 @@ func init() {
 			reps := report.Parse(data)
 			fmt.Printf("\n=== %d kernel report(s) in %s\n", len(reps), path)
 			for i, r := range reps {
-				fmt.Printf("--- report %d: %s%s\n%s\n", i+1, vm.Headline(string(r.Type), r.Title), map[bool]string{true: " (truncated)"}[r.Truncated], strings.TrimRight(r.Text, "\n"))
+				fmt.Printf("--- report %d: %s%s\n%s\n", i+1, termsafe.Line(vm.Headline(string(r.Type), r.Title)), map[bool]string{true: " (truncated)"}[r.Truncated], termsafe.String(strings.TrimRight(r.Text, "\n")))
 			}
 			return nil
 		},
@@ -56,17 +63,19 @@ func init() {
 }
 
 func followFile(ctx context.Context, path string, off int64, dir string) error {
-	f, err := os.Open(path)
+	f, err := secfs.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	f.Seek(off, io.SeekStart)
+	out := termsafe.NewWriter(os.Stdout)
+	defer out.Flush()
 	buf := make([]byte, 32<<10)
 	for {
 		n, _ := f.Read(buf)
 		if n > 0 {
-			os.Stdout.Write(buf[:n])
+			out.Write(buf[:n])
 			continue
 		}
 		st, err := lab.ReadState(dir)

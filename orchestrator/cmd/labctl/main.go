@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
 )
@@ -177,10 +178,13 @@ func main() {
 	var ee exitError
 	var qe quietError
 	if !errors.As(err, &ee) && !errors.As(err, &qe) {
+		// Errors carry guest text (a report's title, the console's
+		// tail): control characters shown escaped.
+		msg := termsafe.String(err.Error())
 		if sig != nil {
-			fmt.Fprintf(os.Stderr, "labctl %s: interrupted by %v (%v)\n", name, sig, err)
+			fmt.Fprintf(os.Stderr, "labctl %s: interrupted by %v (%s)\n", name, sig, msg)
 		} else {
-			fmt.Fprintf(os.Stderr, "labctl %s: %v\n", name, err)
+			fmt.Fprintf(os.Stderr, "labctl %s: %s\n", name, msg)
 		}
 	}
 	os.Exit(exitStatus(err, sig))

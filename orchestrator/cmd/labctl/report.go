@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 
+	"ldtlab/internal/secfs"
+	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/vm"
 )
@@ -81,17 +83,31 @@ func reportFiles(w io.Writer, files []string, asJSON bool) error {
 	return nil
 }
 
+// maxLogRead bounds a console log labctl reads whole (a guest's console
+// rotates at 64 MiB; `tail -c` gives a longer log's end).
+const maxLogRead = 1 << 30
+
+// readLog reads a console log: a regular file (a FIFO, /dev/zero or a
+// device is refused, not read without end) or stdin, at most maxLogRead
+// bytes either way.
 func readLog(f string) ([]byte, error) {
 	if f == "-" {
-		data, err := io.ReadAll(os.Stdin)
+		data, err := secfs.ReadLimited(os.Stdin, "stdin", maxLogRead)
 		if err != nil {
 			return nil, fmt.Errorf("reading stdin: %w", err)
 		}
 		return data, nil
 	}
-	return os.ReadFile(f)
+	fh, err := secfs.OpenRegular(f)
+	if err != nil {
+		return nil, fmt.Errorf("%w: give a console log, or - for stdin", err)
+	}
+	defer fh.Close()
+	return secfs.ReadAll(fh, maxLogRead)
 }
 
+// printReports prints the reports; their titles and text come from the
+// guest, so control characters are shown escaped.
 func printReports(w io.Writer, file string, reps []report.Report) {
 	fmt.Fprintf(w, "=== %s: %d kernel report(s)\n", file, len(reps))
 	for i, r := range reps {
@@ -99,6 +115,6 @@ func printReports(w io.Writer, file string, reps []report.Report) {
 		if r.Truncated {
 			trunc = " (truncated)"
 		}
-		fmt.Fprintf(w, "--- report %d: %s%s\n%s\n", i+1, r, trunc, strings.TrimRight(r.Text, "\n"))
+		fmt.Fprintf(w, "--- report %d: %s%s\n%s\n", i+1, termsafe.Line(r.String()), trunc, termsafe.String(strings.TrimRight(r.Text, "\n")))
 	}
 }
