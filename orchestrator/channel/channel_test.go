@@ -252,22 +252,22 @@ func TestTransferRoundTrip(t *testing.T) {
 	}
 
 	ctx := testCtx(t)
-	require.NoError(t, c.Upload(ctx, filepath.Join(src, "tree"), filepath.Join(remoteRoot, "tree")))
+	require.NoError(t, c.Upload(ctx, filepath.Join(src, "tree"), filepath.Join(remoteRoot, "tree"), channel.CopyOptions{}))
 	check(remoteRoot)
-	require.NoError(t, c.Download(ctx, filepath.Join(remoteRoot, "tree"), filepath.Join(dst, "tree")))
+	require.NoError(t, c.Download(ctx, filepath.Join(remoteRoot, "tree"), filepath.Join(dst, "tree"), channel.CopyOptions{}))
 	check(dst)
 
 	// A single file, under another name.
-	require.NoError(t, c.Upload(ctx, filepath.Join(src, "tree/run.sh"), filepath.Join(remoteRoot, "x.sh")))
+	require.NoError(t, c.Upload(ctx, filepath.Join(src, "tree/run.sh"), filepath.Join(remoteRoot, "x.sh"), channel.CopyOptions{}))
 	fi, err := os.Stat(filepath.Join(remoteRoot, "x.sh"))
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o755), fi.Mode().Perm())
-	require.NoError(t, c.Download(ctx, filepath.Join(remoteRoot, "x.sh"), filepath.Join(dst, "y.sh")))
+	require.NoError(t, c.Download(ctx, filepath.Join(remoteRoot, "x.sh"), filepath.Join(dst, "y.sh"), channel.CopyOptions{}))
 	b, err := os.ReadFile(filepath.Join(dst, "y.sh"))
 	require.NoError(t, err)
 	assert.Equal(t, "#!/bin/sh\necho hi\n", string(b))
 
-	err = c.Download(ctx, filepath.Join(remoteRoot, "missing"), filepath.Join(dst, "missing"))
+	err = c.Download(ctx, filepath.Join(remoteRoot, "missing"), filepath.Join(dst, "missing"), channel.CopyOptions{})
 	assert.ErrorIs(t, err, os.ErrNotExist)
 }
 

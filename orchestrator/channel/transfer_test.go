@@ -3,6 +3,7 @@ package channel_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -280,6 +281,7 @@ func TestDownloadFromHostileServer(t *testing.T) {
 		answers func(h *hostLayout) map[string][]fakeNode
 		prepare func(t *testing.T, h *hostLayout) // the copy's destination before the download
 		wantErr string                            // "" for success
+		warns   []string                          // what the warnings say, in order
 		check   func(t *testing.T, h *hostLayout, copy string)
 	}
 	forged := func(name string) tc {
@@ -358,6 +360,7 @@ func TestDownloadFromHostileServer(t *testing.T) {
 					"/tree/l": {symlink(h.secret)},
 				}
 			},
+			warns: []string{"skipped guest symlink /tree/l -> /"}, // an absolute target
 			check: func(t *testing.T, h *hostLayout, copy string) {
 				noEntry(t, filepath.Join(copy, "l"))
 			},
@@ -373,6 +376,7 @@ func TestDownloadFromHostileServer(t *testing.T) {
 					"/tree/sub/l": {symlink("../../outside")},
 				}
 			},
+			warns: []string{"/tree/l -> ../../outside/secret: it leads out of the copy", "/tree/sub/l -> ../../outside: it leads out of the copy"},
 			check: func(t *testing.T, h *hostLayout, copy string) {
 				noEntry(t, filepath.Join(copy, "l"))
 				noEntry(t, filepath.Join(copy, "sub", "l"))
@@ -390,6 +394,7 @@ func TestDownloadFromHostileServer(t *testing.T) {
 					"/tree/a": {symlink("s/../outside/secret")},
 				}
 			},
+			warns: []string{`/tree/a -> s/../outside/secret: ".." after a name`},
 			check: func(t *testing.T, h *hostLayout, copy string) {
 				noEntry(t, filepath.Join(copy, "a"))
 			},
@@ -407,6 +412,7 @@ func TestDownloadFromHostileServer(t *testing.T) {
 					"/tree/sub/deeper": {symlink("./x/../../f")},
 				}
 			},
+			warns: []string{`/tree/sub/deeper -> ./x/../../f: ".." after a name`},
 			check: func(t *testing.T, h *hostLayout, copy string) {
 				for l, want := range map[string]string{"sub/l": "../f", "here": "sub/l"} {
 					got, err := os.Readlink(filepath.Join(copy, l))
@@ -495,7 +501,8 @@ func TestDownloadFromHostileServer(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			copy := filepath.Join(h.dest, "tree")
-			err := channel.DownloadSFTP(ctx, sc, tt.remote, copy)
+			var warns []string
+			err := channel.DownloadSFTP(ctx, sc, tt.remote, copy, channel.CopyOptions{Warn: func(m string) { warns = append(warns, m) }})
 			if tt.wantErr != "" {
 				if assert.Error(t, err) {
 					assert.Contains(t, err.Error(), tt.wantErr)
@@ -504,6 +511,11 @@ func TestDownloadFromHostileServer(t *testing.T) {
 				assert.NoError(t, err)
 			}
 			h.untouched(t)
+			if assert.Len(t, warns, len(tt.warns), "warnings: %q", warns) {
+				for i, w := range tt.warns {
+					assert.Contains(t, warns[i], w)
+				}
+			}
 			if tt.check != nil {
 				tt.check(t, h, copy)
 			}
@@ -532,7 +544,9 @@ func TestDownloadHostileGuestTree(t *testing.T) {
 	h.snapshot(t)
 
 	copy := filepath.Join(h.dest, "tree")
-	require.NoError(t, c.Download(testCtx(t), g(""), copy))
+	var warns []string
+	require.NoError(t, c.Download(testCtx(t), g(""), copy, channel.CopyOptions{Warn: func(m string) { warns = append(warns, m) }}))
+	assert.Len(t, warns, 2, "%q", warns)
 	h.untouched(t)
 	assert.Equal(t, fs.FileMode(0o755), perm(t, filepath.Join(copy, "suid")))
 	assert.Equal(t, fs.FileMode(0o755), perm(t, filepath.Join(copy, "sub/sgid")))
@@ -557,7 +571,7 @@ func TestDownloadTwiceNoWriteThrough(t *testing.T) {
 	require.NoError(t, os.Symlink(h.outside, filepath.Join(guest, "dirlink")))
 	copy := filepath.Join(h.dest, "tree")
 	ctx := testCtx(t)
-	require.NoError(t, c.Download(ctx, guest, copy))
+	require.NoError(t, c.Download(ctx, guest, copy, channel.CopyOptions{}))
 
 	// Whatever the first copy left, a symlink out of DEST is there now
 	// (as an older labctl, or the user, could have left it).
@@ -573,8 +587,9 @@ func TestDownloadTwiceNoWriteThrough(t *testing.T) {
 	require.NoError(t, os.Chmod(filepath.Join(guest, "link"), 0o777|fs.ModeSetuid))
 	require.NoError(t, os.Remove(filepath.Join(guest, "dirlink")))
 	require.NoError(t, os.Mkdir(filepath.Join(guest, "dirlink"), 0o777))
+	require.NoError(t, os.Chmod(filepath.Join(guest, "dirlink"), 0o777)) // past the umask
 	require.NoError(t, os.WriteFile(filepath.Join(guest, "dirlink", "pwn"), []byte("pwned"), 0o777))
-	require.NoError(t, c.Download(ctx, guest, copy))
+	require.NoError(t, c.Download(ctx, guest, copy, channel.CopyOptions{}))
 
 	h.untouched(t)
 	assert.Equal(t, fs.FileMode(0o777), perm(t, filepath.Join(copy, "link")))
@@ -597,13 +612,89 @@ func TestUploadHostTree(t *testing.T) {
 	require.NoError(t, os.Symlink(h.secret, filepath.Join(src, "abs")))
 	require.NoError(t, os.Symlink(h.outside, filepath.Join(src, "dirlink")))
 	guest := filepath.Join(t.TempDir(), "tree")
-	require.NoError(t, c.Upload(testCtx(t), src, guest))
+	require.NoError(t, c.Upload(testCtx(t), src, guest, channel.CopyOptions{}))
 
 	assert.Equal(t, fs.FileMode(0o755), perm(t, filepath.Join(guest, "suid")))
 	for l, want := range map[string]string{"abs": h.secret, "dirlink": h.outside} {
 		got, err := os.Readlink(filepath.Join(guest, l))
 		if assert.NoError(t, err, l) {
 			assert.Equal(t, want, got, l)
+		}
+	}
+}
+
+// endless is a file that never ends.
+type endless struct{}
+
+func (endless) ReadAt(p []byte, off int64) (int, error) {
+	for i := range p {
+		p[i] = 'z'
+	}
+	return len(p), nil
+}
+
+// TestDownloadSizeLimit: a guest that sends without end is stopped by
+// MaxBytes with a clear error, progress shows it growing meanwhile, and
+// the partial file does not stay to fill the disk.
+func TestDownloadSizeLimit(t *testing.T) {
+	for _, size := range []int64{0, 1 << 40} { // the size the guest claims
+		t.Run(fmt.Sprint("claims ", size), func(t *testing.T) {
+			h := newHostLayout(t)
+			sc := hostileClient(t, map[string][]fakeNode{
+				"/tree":       {dir(0o755, ent("small", file(0o644, "ok")), ent("big", fakeNode{mode: 0o644}))},
+				"/tree/small": {file(0o644, "ok")},
+				"/tree/big":   {{mode: 0o644, content: endless{}, size: size}},
+			})
+			var last channel.Progress
+			calls := 0
+			copy := filepath.Join(h.dest, "tree")
+			err := channel.DownloadSFTP(testCtx(t), sc, "/tree", copy, channel.CopyOptions{
+				MaxBytes: 1 << 20,
+				Progress: func(p channel.Progress) { last = p; calls++ },
+			})
+			require.ErrorIs(t, err, channel.ErrCopyLimit)
+			assert.Contains(t, err.Error(), "more than 1.0 MiB")
+			assert.Contains(t, err.Error(), "in 2 files copied so far; the copy is incomplete")
+			assert.Contains(t, err.Error(), filepath.Join(copy, "big"))
+			assert.Equal(t, 2, last.Files)
+			assert.LessOrEqual(t, last.Bytes, int64(1<<20))
+			assert.Greater(t, last.Bytes, int64(1<<19))
+			assert.Greater(t, calls, 10)
+			noEntry(t, filepath.Join(copy, "big"))
+			b, err := os.ReadFile(filepath.Join(copy, "small"))
+			require.NoError(t, err)
+			assert.Equal(t, "ok", string(b))
+		})
+	}
+}
+
+// TestPreserveSpecialBits: the bits come along only when asked, both ways.
+func TestPreserveSpecialBits(t *testing.T) {
+	c := newLab(t).dial(t)
+	src := filepath.Join(t.TempDir(), "tree")
+	require.NoError(t, os.Mkdir(src, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(src, "suid"), []byte("x"), 0o755))
+	require.NoError(t, os.Chmod(filepath.Join(src, "suid"), 0o755|fs.ModeSetuid|fs.ModeSetgid))
+	require.NoError(t, os.Chmod(src, 0o777|fs.ModeSticky))
+	o := channel.CopyOptions{PreserveSpecialBits: true}
+	guest := filepath.Join(t.TempDir(), "tree")
+	require.NoError(t, c.Upload(testCtx(t), src, guest, o))
+	back := filepath.Join(t.TempDir(), "tree")
+	require.NoError(t, c.Download(testCtx(t), guest, back, o))
+	for _, root := range []string{guest, back} {
+		assert.Equal(t, fs.ModeDir|fs.ModeSticky|0o777, perm(t, root))
+		assert.Equal(t, fs.ModeSetuid|fs.ModeSetgid|0o755, perm(t, filepath.Join(root, "suid")))
+	}
+}
+
+// TestDownloadDestination: a destination that names no entry of its own
+// is refused rather than merged into.
+func TestDownloadDestination(t *testing.T) {
+	sc := hostileClient(t, map[string][]fakeNode{"/tree": {dir(0o755)}})
+	for _, local := range []string{".", "..", "sub/..", "/"} { // refused before anything is touched
+		err := channel.DownloadSFTP(testCtx(t), sc, "/tree", local, channel.CopyOptions{})
+		if assert.Error(t, err, local) {
+			assert.Contains(t, err.Error(), "the destination must name the copy")
 		}
 	}
 }

@@ -4,23 +4,47 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
+	"io"
 	"os"
 	"path"
 	"strings"
+	"time"
 
+	"ldtlab/guest/agent/boot"
 	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/channel"
 )
 
-// The cp verb copies files to or from a guest over SFTP.
+// The cp verb copies files to or from a guest over SFTP. The guest is not
+// trusted (README, "labctl cp"): what it sends lands inside the copy and
+// nowhere else, without setuid/setgid/sticky bits unless asked, and its
+// symlinks are recreated only when they cannot lead out of the copy.
 func init() {
+	var (
+		preserve bool
+		maxSize  string
+	)
 	register(&command{
 		name:    "cp",
 		args:    "SRC DST",
 		summary: "copy files or directories to or from a guest; write the guest side as NAME:PATH",
+		help: "Permission bits are copied; setuid, setgid and sticky bits only with\n" +
+			"--preserve-special-bits. From the guest, nothing is written or chmodded\n" +
+			"through a symlink or outside the copy, and a guest symlink is recreated\n" +
+			"only if its target is relative and stays inside the copy (others are\n" +
+			"skipped with a warning). Host symlinks are sent as symlinks.",
+		setup: func(fs *flag.FlagSet) {
+			fs.BoolVar(&preserve, "preserve-special-bits", false, "also copy setuid, setgid and sticky bits (off: a guest file cannot become a setuid binary of yours)")
+			fs.StringVar(&maxSize, "max-size", "", "stop once this much file content was copied (e.g. 2G); default: no limit")
+		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 2 {
 				return usagef(fs, "need SRC and DST")
+			}
+			opts, err := copyOptions(preserve, maxSize, os.Stderr)
+			if err != nil {
+				return err
 			}
 			sn, sp, sRemote := splitRemote(args[0])
 			dn, dp, dRemote := splitRemote(args[1])
@@ -33,8 +57,8 @@ func init() {
 				defer c.Close()
 				st, err := os.Stat(dp)
 				dp = copyTarget(dp, err == nil && st.IsDir(), sp)
-				if err := c.Download(ctx, sp, dp); err != nil {
-					return explainVM(sn, err)
+				if err := c.Download(ctx, sp, dp, opts); err != nil {
+					return explainVM(sn, copyLimit(err))
 				}
 				return nil
 			case dRemote && !sRemote:
@@ -52,8 +76,8 @@ func init() {
 					}
 					isDir = code == 0
 				}
-				if err := c.Upload(ctx, sp, copyTarget(dp, isDir, sp)); err != nil {
-					return explainVM(dn, err)
+				if err := c.Upload(ctx, sp, copyTarget(dp, isDir, sp), opts); err != nil {
+					return explainVM(dn, copyLimit(err))
 				}
 				return nil
 			default:
@@ -61,6 +85,39 @@ func init() {
 			}
 		},
 	})
+}
+
+// copyOptions turns cp's flags into channel.CopyOptions: warnings (skipped
+// guest symlinks) and progress go to w, progress at most every 5 seconds
+// so that a guest filling the disk shows.
+func copyOptions(preserve bool, maxSize string, w io.Writer) (channel.CopyOptions, error) {
+	o := channel.CopyOptions{
+		PreserveSpecialBits: preserve,
+		Warn:                func(msg string) { fmt.Fprintf(w, "labctl cp: warning: %s\n", msg) },
+	}
+	if maxSize != "" {
+		n, err := boot.ParseSize(maxSize)
+		if err != nil || n == 0 {
+			return o, usageError{fmt.Errorf("--max-size %s: want a size such as 500M or 2G", maxSize)}
+		}
+		o.MaxBytes = n
+	}
+	next := time.Now().Add(5 * time.Second)
+	o.Progress = func(p channel.Progress) {
+		if now := time.Now(); now.After(next) {
+			next = now.Add(5 * time.Second)
+			fmt.Fprintf(w, "labctl cp: %d files, %.1f MiB so far\n", p.Files, float64(p.Bytes)/(1<<20))
+		}
+	}
+	return o, nil
+}
+
+// copyLimit names the flag behind a copy stopped at its size limit.
+func copyLimit(err error) error {
+	if errors.Is(err, channel.ErrCopyLimit) {
+		return fmt.Errorf("%w (--max-size)", err)
+	}
+	return err
 }
 
 // copyTarget is where `labctl cp SRC DST` writes: into DST when DST is

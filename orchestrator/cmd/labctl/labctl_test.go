@@ -47,6 +47,27 @@ func TestCopyTarget(t *testing.T) {
 	}
 }
 
+// cp's flags: --max-size takes a size, warnings go to stderr.
+func TestCopyOptions(t *testing.T) {
+	var out bytes.Buffer
+	o, err := copyOptions(true, "2G", &out)
+	require.NoError(t, err)
+	assert.True(t, o.PreserveSpecialBits)
+	assert.Equal(t, int64(2<<30), o.MaxBytes)
+	o.Warn("skipped guest symlink /a -> /etc: absolute target")
+	assert.Equal(t, "labctl cp: warning: skipped guest symlink /a -> /etc: absolute target\n", out.String())
+
+	o, err = copyOptions(false, "", &out)
+	require.NoError(t, err)
+	assert.False(t, o.PreserveSpecialBits)
+	assert.Zero(t, o.MaxBytes)
+	for _, bad := range []string{"0", "-1", "12Q", "lots"} {
+		_, err := copyOptions(false, bad, &out)
+		var ue usageError
+		assert.ErrorAs(t, err, &ue, bad)
+	}
+}
+
 func TestExitStatus(t *testing.T) {
 	cases := []struct {
 		name string

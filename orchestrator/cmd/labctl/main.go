@@ -26,6 +26,7 @@ type command struct {
 	name    string
 	args    string
 	summary string
+	help    string // more for `labctl COMMAND --help`, after the summary
 	run     func(ctx context.Context, fs *flag.FlagSet, args []string) error
 	setup   func(fs *flag.FlagSet)
 	hidden  bool
@@ -117,6 +118,9 @@ func main() {
 	fs := flag.NewFlagSet("labctl "+name, flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: labctl %s [flags] %s\n\n%s\n", name, cmd.args, cmd.summary)
+		if cmd.help != "" {
+			fmt.Fprintf(os.Stderr, "\n%s\n", cmd.help)
+		}
 		var n int
 		fs.VisitAll(func(*flag.Flag) { n++ })
 		if n > 0 {
