@@ -137,6 +137,26 @@ func TestLabctlLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, payload, got)
 
+	// The guest is not trusted: no setuid bit unless asked, no symlink
+	// that leads out of the copy (README, "labctl cp").
+	c.ok("run", name, "--", "mkdir -p /tmp/h/sub && printf x > /tmp/h/s && chmod 4755 /tmp/h/s && ln -s /etc/passwd /tmp/h/abs && ln -s ../s /tmp/h/sub/rel")
+	hostile := t.TempDir()
+	so, se, code = c.run("cp", name+":/tmp/h", hostile)
+	require.Equal(t, 0, code, "cp x:/tmp/h: %s%s", so, se)
+	assert.Contains(t, se, "labctl cp: warning: skipped guest symlink /tmp/h/abs -> /etc/passwd: absolute target")
+	fi, err := os.Lstat(filepath.Join(hostile, "h", "s"))
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o755), fi.Mode())
+	_, err = os.Lstat(filepath.Join(hostile, "h", "abs"))
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+	rel, err := os.Readlink(filepath.Join(hostile, "h", "sub", "rel"))
+	require.NoError(t, err)
+	assert.Equal(t, "../s", rel)
+	c.ok("cp", "--preserve-special-bits", name+":/tmp/h/s", filepath.Join(hostile, "suid"))
+	fi, err = os.Lstat(filepath.Join(hostile, "suid"))
+	require.NoError(t, err)
+	assert.Equal(t, fs.ModeSetuid|0o755, fi.Mode())
+
 	// A standard OpenSSH client gets in through `labctl proxy`.
 	cfgText := c.ok("ssh-config", name)
 	assert.Contains(t, cfgText, "ProxyCommand")
