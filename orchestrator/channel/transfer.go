@@ -37,6 +37,11 @@ import (
 //     with a warning (CopyOptions.Warn). With names only after the leading
 //     "..", no chain of such links can climb higher than its own text
 //     (a link s -> "." makes "s/../x" resolve beside the copy, not in it).
+//     A guest path that is itself a symlink is refused: any target of it
+//     lies outside the copy.
+//   - Limits: MaxBytes (optional) on content, maxDepth on directories;
+//     progress and errors say how much was copied, and a partly written
+//     file is removed.
 
 // CopyOptions tune Upload and Download.
 type CopyOptions struct {
