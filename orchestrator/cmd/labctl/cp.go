@@ -13,6 +13,7 @@ import (
 
 	"ldtlab/guest/agent/boot"
 	"ldtlab/internal/shquote"
+	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/channel"
 )
 
@@ -93,7 +94,8 @@ func init() {
 func copyOptions(preserve bool, maxSize string, w io.Writer) (channel.CopyOptions, error) {
 	o := channel.CopyOptions{
 		PreserveSpecialBits: preserve,
-		Warn:                func(msg string) { fmt.Fprintf(w, "labctl cp: warning: %s\n", msg) },
+		// Guest names and symlink targets: control characters escaped.
+		Warn: func(msg string) { fmt.Fprintf(w, "labctl cp: warning: %s\n", termsafe.Line(msg)) },
 	}
 	if maxSize != "" {
 		n, err := boot.ParseSize(maxSize)

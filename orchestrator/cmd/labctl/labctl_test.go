@@ -56,6 +56,9 @@ func TestCopyOptions(t *testing.T) {
 	assert.Equal(t, int64(2<<30), o.MaxBytes)
 	o.Warn("skipped guest symlink /a -> /etc: absolute target")
 	assert.Equal(t, "labctl cp: warning: skipped guest symlink /a -> /etc: absolute target\n", out.String())
+	out.Reset()
+	o.Warn("skipped guest symlink /a -> /\x1b[2J\n: absolute target")
+	assert.Equal(t, "labctl cp: warning: skipped guest symlink /a -> /\\x1b[2J\\n: absolute target\n", out.String())
 
 	o, err = copyOptions(false, "", &out)
 	require.NoError(t, err)
