@@ -19,7 +19,7 @@ import (
 
 const (
 	injWarnTitle  = "warning: WARNING in labtest_warn"
-	injPanicTitle = "panic: Kernel panic: labtest: deliberate panic via debugfs trigger"
+	injPanicTitle = "panic: kernel panic: labtest: deliberate panic via debugfs trigger"
 )
 
 // TestSoakShort is a short `labctl soak` (light rounds, 2 guests) in which

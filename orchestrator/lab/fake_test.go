@@ -260,7 +260,7 @@ func TestFakeCrashIsTypedAndTitled(t *testing.T) {
 	_, err := m.Run(context.Background(), "sleep 30")
 	var ce *vm.CrashError
 	require.ErrorAs(t, err, &ce)
-	assert.Equal(t, "Kernel panic: sysrq triggered crash", ce.Title)
+	assert.Equal(t, "kernel panic: sysrq triggered crash", ce.Title)
 	reps := m.ReportsSince(context.Background(), mark)
 	require.Len(t, reps, 1, "the report is attributed to the cell it began in")
 	assert.True(t, IsGuestFault(err))

@@ -22,6 +22,13 @@ var (
 	// console. Only the timestamp+caller pair is trusted here, so that
 	// program output such as "[1.5]" does not split lines.
 	midPrefixRe = regexp.MustCompile(`\[\s*\d+\.\d+\]\[\s*[TC]\d+\]`)
+	// A kernel record glued to an unfinished kernel line (a message
+	// printed without its newline): a printk timestamp, six decimals.
+	midStampRe = regexp.MustCompile(`\[\s*\d+\.\d{6}\] `)
+	// What can stand before a kernel record on a serial console: the
+	// getty prompt the record interrupted, printk's count of messages it
+	// dropped to keep up.
+	leadRe = regexp.MustCompile(`^(?:\*\* \d+ printk messages dropped \*\* |.*? login: )`)
 	// syslog and journalctl: "Nov 29 00:12:34 host kernel: ", ISO dates
 	// (short-iso), and an optional printk timestamp after it.
 	syslogRe = regexp.MustCompile(`^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[\d:.,+-]+) \S+ kernel: (?:\[\s*\d+\.\d+\] ?)?`)
@@ -37,7 +44,11 @@ func splitLines(log []byte) []line {
 		body := bytes.TrimRight(log[pos:end], "\r\n")
 		// The regexp only where a "][" makes a glued record possible:
 		// it is the costliest step on ordinary lines.
-		if loc := findMidPrefix(body); loc != nil && loc[0] > 0 {
+		loc := findMidPrefix(body)
+		if loc == nil && len(body) > 0 && body[0] == '[' {
+			loc = findMidStamp(body)
+		}
+		if loc != nil && loc[0] > 0 {
 			out = append(out, makeLine(pos, pos+loc[0], body[:loc[0]]))
 			out = append(out, makeLine(pos+loc[0], end, body[loc[0]:]))
 		} else {
@@ -55,8 +66,28 @@ func findMidPrefix(body []byte) []int {
 	return midPrefixRe.FindIndex(body)
 }
 
+// findMidStamp finds a second printk timestamp in a line that began with
+// one: two kernel records on one console line.
+func findMidStamp(body []byte) []int {
+	m := prefixRe.FindIndex(body)
+	if m == nil || bytes.IndexByte(body[m[1]:], '[') < 0 {
+		return nil
+	}
+	loc := midStampRe.FindIndex(body[m[1]:])
+	if loc == nil {
+		return nil
+	}
+	return []int{m[1] + loc[0], m[1] + loc[1]}
+}
+
 func makeLine(start, end int, body []byte) line {
 	l := line{start: start, end: end}
+	if len(body) > 0 && body[0] != '[' && body[0] != '<' &&
+		(bytes.HasPrefix(body, []byte("** ")) || bytes.Contains(body, []byte(" login: ["))) {
+		if m := leadRe.FindIndex(body); m != nil && prefixRe.Match(body[m[1]:]) {
+			body = body[m[1]:]
+		}
+	}
 	if len(body) == 0 || (body[0] != '[' && body[0] != '<') {
 		if bytes.Contains(body, []byte(" kernel: ")) {
 			if m := syslogRe.FindIndex(body); m != nil {

@@ -35,6 +35,10 @@ const (
 	TypeRefcount       Type = "refcount"
 	TypeAtomicSleep    Type = "atomic-sleep" // sleeping or scheduling in atomic context
 	TypePageFault      Type = "page-fault"   // a kernel access the page fault handler could not fix
+	TypeKMSAN          Type = "kmsan"
+	TypeKCSAN          Type = "kcsan"
+	TypeSlab           Type = "slab-debug" // SLUB's own checks of its objects (CONFIG_SLUB_DEBUG)
+	TypeRust           Type = "rust-panic"
 )
 
 // Report is one kernel failure found in a log.
@@ -49,6 +53,10 @@ type Report struct {
 	Text string
 	// Truncated is set when the log ended before the report's end marker.
 	Truncated bool
+	// Corrupted is set when the report cannot be trusted to name the
+	// right code: its stack is missing or unreliable, or its lines are
+	// mixed with another report's. Its title is then less stable.
+	Corrupted bool
 }
 
 // String returns "TYPE: TITLE".
@@ -69,21 +77,21 @@ func parse(log []byte) ([]Report, int) {
 		if p.consumed[i] || !p.candidate(i) {
 			continue
 		}
-		h, m := p.classify(i)
-		switch h {
-		case hNone:
+		k, m := p.classify(i)
+		switch k {
+		case nil:
 			continue
-		case hLeakSummary:
+		case kindLeakSummary:
 			// The summary only counts what kmemleak.verbose=1 already
 			// printed; on its own it is the one sign of a leak.
 			if leaks {
 				leaks = false
 				continue
 			}
-		case hLeak:
+		case kindLeak:
 			leaks = true
 		}
-		if r, ok := p.build(i, h, m); ok {
+		if r, ok := p.build(i, k, m); ok {
 			out = append(out, r)
 		}
 	}

@@ -1,7 +1,6 @@
 package report
 
 import (
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -22,7 +21,7 @@ type parser struct {
 	boots    []int            // "Linux version" lines: the machine rebooted
 	nmis     []int            // "NMI backtrace for cpu N" lines with a caller
 
-	hdrs    []hdr      // classify() of each line, valid where known[i]
+	kinds   []*kind    // classify() of each line, valid where known[i]
 	matches [][]string // its submatches
 	known   []bool
 	steps   int // lines visited; tests bound it to prove linear time
@@ -32,7 +31,7 @@ func newParser(log []byte) *parser {
 	p := &parser{log: log, lines: splitLines(log), byCaller: map[string][]int{}}
 	n := len(p.lines)
 	p.consumed = make([]bool, n)
-	p.hdrs, p.matches, p.known = make([]hdr, n), make([][]string, n), make([]bool, n)
+	p.kinds, p.matches, p.known = make([]*kind, n), make([][]string, n), make([]bool, n)
 	for i := range p.lines {
 		l := &p.lines[i]
 		if strings.HasPrefix(l.text, "Linux version ") && newBootRe.MatchString(l.text) {
@@ -55,12 +54,12 @@ func newParser(log []byte) *parser {
 
 // classify is the package-level classify, memoized per line so that no
 // line is matched against the header patterns more than once.
-func (p *parser) classify(i int) (hdr, []string) {
+func (p *parser) classify(i int) (*kind, []string) {
 	if !p.known[i] {
-		p.hdrs[i], p.matches[i] = classify(p.lines[i].text)
+		p.kinds[i], p.matches[i] = classify(p.lines[i].text)
 		p.known[i] = true
 	}
-	return p.hdrs[i], p.matches[i]
+	return p.kinds[i], p.matches[i]
 }
 
 func (p *parser) candidate(i int) bool { return !p.kernelMode || p.lines[i].kernel }
@@ -111,26 +110,27 @@ const scanWindow = 5000
 type span struct {
 	p       *parser
 	hdrIdx  int
-	h       hdr
-	m       []string
+	k       *kind    // the row of the header that opened the span
+	m       []string // the header's submatches
+	flavour *flavour // what the WARNING or kernel BUG line names, if any
 	callers []string // printk callers that belong to the report; nil: unknown
 	idx     []int    // included lines, ascending
 	typ     Type
 	mode    mode
 
-	preOops bool // an "Oops:" line may follow and belongs to us
-	prelude bool // a "kernel BUG at"/"WARNING:" line may follow and belongs to us
-	needBug bool // only a report if a BUG/WARNING follows (vma/mm dumps)
+	oopsFollows bool // an "Oops:" line may follow and belongs to us
+	bugFollows  bool // a "kernel BUG at"/"WARNING:" line may follow and belongs to us
 
 	sawOops, sawBugWarn, sawTrace, sawOffset, inPanic bool
-	bugFile, warnFunc                                 string
+	warnFunc                                          string
 	truncated                                         bool
+	corrupt                                           bool     // the title could not be built whole
+	tlines                                            []string // titleLines, once built
 
-	cursors   []cursor       // the span's own lines (see nextLine)
-	nmiSeen   int            // NMI backtrace lines visited (bounded by maxCallers)
-	hdrOffset bool           // s.m comes from a KASAN header line with "+0x"
-	extraSkip *regexp.Regexp // traceFunc also skips these frames
-	seq       bool           // no printk prefixes at all: every line is ours
+	cursors   []cursor // the span's own lines (see nextLine)
+	nmiSeen   int      // NMI backtrace lines visited (bounded by maxCallers)
+	hdrOffset bool     // s.m comes from a KASAN header line with "+0x"
+	seq       bool     // no printk prefixes at all: every line is ours
 }
 
 // adoptsNMI: the report's stack comes from another CPU, printed under its
@@ -194,8 +194,8 @@ func (s *span) mine(l *line) bool {
 	return true
 }
 
-func (p *parser) build(i int, h hdr, m []string) (Report, bool) {
-	s := &span{p: p, hdrIdx: i, h: h, m: m}
+func (p *parser) build(i int, k *kind, m []string) (Report, bool) {
+	s := &span{p: p, hdrIdx: i, k: k, m: m}
 	if c := p.lines[i].caller; c != "" {
 		s.callers = []string{c}
 	}
@@ -203,7 +203,7 @@ func (p *parser) build(i int, h hdr, m []string) (Report, bool) {
 	s.setup()
 	s.backtrack()
 	s.idx = append(s.idx, i)
-	if !s.scan(i + 1) {
+	if !s.scan(i+1) || !s.confirmed() {
 		return Report{}, false
 	}
 	for _, j := range s.idx {
@@ -212,53 +212,21 @@ func (p *parser) build(i int, h hdr, m []string) (Report, bool) {
 	return s.report(), true
 }
 
+// setup starts the span as its kind's row says.
 func (s *span) setup() {
-	s.mode = modeMarker
-	switch s.h {
-	case hWarning:
-		s.typ, s.sawBugWarn, s.bugFile, s.warnFunc = TypeWarning, true, s.m[1], s.m[2]
-	case hKernelBug:
-		s.typ, s.sawBugWarn, s.preOops, s.bugFile = TypeKernelBug, true, true, s.m[1]
-	case hOops:
-		s.typ, s.sawOops = TypeOops, true
-	case hPanic:
-		s.typ, s.mode, s.inPanic = TypePanic, modePanic, true
-	case hKASAN:
-		s.typ, s.mode = TypeKASAN, modeKASAN
-	case hKFENCE:
-		s.typ, s.mode = TypeKFENCE, modeKASAN
-	case hLeak, hLeakSummary:
-		s.typ, s.mode = TypeKmemleak, modeIndented
-	case hUBSAN:
-		s.typ = TypeUBSAN
-	case hRCU:
-		s.typ, s.mode = TypeRCUStall, modeTrace
-	case hHung:
-		s.typ, s.mode = TypeHungTask, modeTrace
-	case hSoftLockup:
-		s.typ, s.mode = TypeSoftLockup, modeTrace
-	case hHardLockup:
-		s.typ, s.mode = TypeHardLockup, modeTrace
-	case hBadPageState:
-		s.typ, s.mode = TypeBadPageState, modeTrace
-	case hBadPageMap:
-		s.typ, s.mode = TypeBadPageMap, modeTrace
-	case hBadRSS:
-		s.typ, s.mode = TypeBadRSS, modeRSS
-	case hList:
-		s.typ, s.prelude, s.preOops = TypeListCorruption, true, true
-	case hVMPage:
-		s.typ, s.prelude, s.preOops = TypeVMBug, true, true
-	case hVMVMA, hVMMM:
-		s.typ, s.prelude, s.preOops, s.needBug = TypeVMBug, true, true, true
-	case hLockdep:
-		s.typ, s.mode = TypeLockdep, modeTrace
-	case hPageFault:
-		s.typ, s.preOops = TypePageFault, true
-	case hDoubleFault:
-		s.typ, s.preOops = TypeBug, true
-	default: // hBug: most have no end marker, but an oops may follow
-		s.typ, s.mode, s.preOops = TypeBug, modeTrace, true
+	k := s.k
+	s.typ, s.mode = k.typ, k.end
+	s.oopsFollows, s.bugFollows = k.oopsFollows, k.bugFollows
+	s.sawOops, s.inPanic = k.oops, k.panic
+	if k.bug || k.warn {
+		s.sawBugWarn = true
+		s.flavour = flavourOf(k, s.m)
+		if k.warn {
+			s.warnFunc = s.m[2]
+		}
+		if k.bug {
+			s.oopsFollows = true
+		}
 	}
 }
 
@@ -295,15 +263,15 @@ func (s *span) backtrack() {
 		if s.p.consumed[j] {
 			return
 		}
-		if h, _ := s.p.classify(j); h != hNone {
+		if k, _ := s.p.classify(j); k != nil {
 			return
 		}
 		seen++
 		lead = append(lead, j)
 		switch {
 		case cutHereRe.MatchString(l.text) && seen <= 6:
-		case s.h == hVMPage && strings.HasPrefix(l.text, "page:"):
-		case (s.h == hKASAN || s.h == hKFENCE || s.h == hLockdep) && seen == 1 && ruleRe.MatchString(l.text):
+		case s.k == kindVMPage && strings.HasPrefix(l.text, "page:"):
+		case (s.k.end == modeKASAN || s.typ == TypeLockdep) && seen == 1 && ruleRe.MatchString(l.text):
 		default:
 			continue
 		}
@@ -379,18 +347,18 @@ func (s *span) scan(from int) bool {
 			s.idx = append(s.idx, j)
 			continue
 		}
-		h2, m2 := s.p.classify(j)
+		k2, m2 := s.p.classify(j)
 		t := strings.TrimSpace(l.text)
 
 		if post {
-			if h2 == hPanic && consequence(m2[1], s) {
+			if k2 == kindPanic && consequence(m2[1], s) {
 				s.idx = append(s.idx, pending...)
 				s.idx = append(s.idx, j)
 				pending, post = nil, false
 				s.mode, s.inPanic = modePanic, true
 				continue
 			}
-			if h2 != hNone || len(pending) > 400 {
+			if k2 != nil || len(pending) > 400 {
 				return true
 			}
 			// oops_end reprints the registers after the end marker;
@@ -404,23 +372,28 @@ func (s *span) scan(from int) bool {
 			continue
 		}
 
+		if inTrace && !isTraceLine(t) && s.mode == modeTrace && k2 == nil && s.resumes(j) {
+			// Another message printed into the trace (no caller ids to
+			// tell them apart): the trace goes on after it.
+			continue
+		}
 		if (inTrace && !isTraceLine(t)) || afterBlock {
 			inTrace, afterBlock = false, false
 			if s.mode == modeTrace &&
-				(s.typ != TypeRCUStall || h2 != hNone || !rcuContinueRe.MatchString(l.text) || !s.adjacent(j)) {
+				(s.typ != TypeRCUStall || k2 != nil || !rcuContinueRe.MatchString(l.text) || !s.adjacent(j)) {
 				post, redo = true, true
 				continue
 			}
 		}
-		if s.mode == modeRSS && h2 != hBadRSS {
+		if s.mode == modeRSS && k2 != kindBadRSS {
 			return true
 		}
-		if h2 != hNone && !s.absorb(h2, m2, l) {
-			return !s.needBug || s.sawBugWarn
+		if k2 != nil && !s.absorb(k2, m2, l) {
+			return s.confirmed()
 		}
 		s.idx = append(s.idx, j)
 		count++
-		if s.needBug && !s.sawBugWarn && count > 40 {
+		if s.k.confirm != nil && !s.confirmed() && count > 40 {
 			return false
 		}
 		if count > 5000 { // runaway: a real report is far shorter
@@ -453,6 +426,26 @@ func (s *span) scan(from int) bool {
 		}
 	}
 	return s.endOfLog(post || afterBlock || s.mode == modeRSS || s.mode == modeIndented)
+}
+
+// resumes reports whether a frame follows line j within two of the span's
+// lines, without moving the span's cursors.
+func (s *span) resumes(j int) bool {
+	saved := append([]cursor(nil), s.cursors...)
+	defer func() { s.cursors = saved }()
+	for range 2 {
+		if j = s.nextLine(j); j >= len(s.p.lines) {
+			return false
+		}
+		l := &s.p.lines[j]
+		if !s.mine(l) {
+			continue
+		}
+		if t := strings.TrimSpace(l.text); frameRe.MatchString(t) || rawFrameRe.MatchString(t) {
+			return true
+		}
+	}
+	return false
 }
 
 // stacklessLimit is how many lines may precede the call trace before the
@@ -494,38 +487,59 @@ func (s *span) endOfLog(complete bool) bool {
 	return true
 }
 
+// confirmed: a kind that needs a confirming line (a vma dump its BUG, a
+// broken hung-task header the rest of it) has seen it.
+func (s *span) confirmed() bool {
+	c := s.k.confirm
+	if c == nil {
+		return true
+	}
+	n := 0
+	for _, j := range s.idx {
+		if j < s.hdrIdx {
+			continue
+		}
+		if c.MatchString(strings.TrimLeft(s.p.lines[j].text, " ")) {
+			return true
+		}
+		if n++; n > s.k.confirmIn {
+			return false
+		}
+	}
+	return false
+}
+
 // absorb decides whether another header line continues this report.
-func (s *span) absorb(h hdr, m []string, l *line) bool {
-	switch h {
-	case hOops:
-		if s.preOops && !s.sawOops && !s.sawTrace {
+func (s *span) absorb(k *kind, m []string, l *line) bool {
+	switch {
+	case k.oops:
+		if s.oopsFollows && !s.sawOops && !s.sawTrace {
 			s.sawOops, s.mode = true, modeMarker
 			return true
 		}
-	case hKernelBug:
-		if s.prelude && !s.sawBugWarn && !s.sawTrace {
-			s.sawBugWarn, s.bugFile, s.mode = true, m[1], modeMarker
+	case k.bug || k.warn:
+		if s.bugFollows && !s.sawBugWarn && !s.sawTrace {
+			s.sawBugWarn, s.mode = true, modeMarker
+			s.flavour = flavourOf(k, m)
+			if k.warn {
+				s.warnFunc = m[2]
+				s.oopsFollows = false
+			}
 			return true
 		}
-	case hWarning:
-		if s.prelude && !s.sawBugWarn && !s.sawTrace {
-			s.sawBugWarn, s.bugFile, s.warnFunc, s.mode = true, m[1], m[2], modeMarker
-			s.preOops = false
-			return true
-		}
-	case hPanic:
+	case k.panic:
 		// A panic in the middle of a report of the same context is
 		// caused by it (panic_on_warn, panic_on_oops, ...).
 		if !s.inPanic && (s.callers == nil || l.caller == s.callers[0]) {
 			s.inPanic, s.mode = true, modePanic
 			return true
 		}
-	case hBadRSS:
+	case k == kindBadRSS:
 		return s.mode == modeRSS
-	case hKASAN:
+	case k == kindKASAN:
 		// A symbolized KASAN report repeats its header once per
 		// inlined frame; the one with an offset names the function.
-		if last, _ := s.p.classify(s.idx[len(s.idx)-1]); s.h == hKASAN && last == hKASAN && m[1] == s.m[1] {
+		if last, _ := s.p.classify(s.idx[len(s.idx)-1]); s.k == kindKASAN && last == kindKASAN && m[1] == s.m[1] {
 			if !s.hdrOffset && strings.Contains(l.text, "+0x") {
 				s.m, s.hdrOffset = m, true
 			}
@@ -542,15 +556,16 @@ func (s *span) report() Report {
 		b.Write(trimEOL(s.p.log[l.start:l.end]))
 		b.WriteByte('\n')
 	}
-	typ := s.finalType()
-	s.typ = typ
+	s.typ = s.finalType()
+	title := s.title()
 	return Report{
-		Type:      typ,
-		Title:     s.title(),
+		Type:      s.typ,
+		Title:     title,
 		Start:     s.p.lines[s.idx[0]].start,
 		End:       s.p.lines[s.idx[len(s.idx)-1]].end,
 		Text:      b.String(),
 		Truncated: s.truncated,
+		Corrupted: s.corrupted(title),
 	}
 }
 
@@ -567,49 +582,19 @@ func trimEOL(b []byte) []byte {
 	return b
 }
 
-// finalType refines the header's type with what the body revealed.
+// finalType refines the kind's type with what the body revealed: the
+// file of the BUG or WARNING it absorbed, the kind of VM check.
 func (s *span) finalType() Type {
-	byFile := func(def Type) Type {
-		switch {
-		case strings.HasSuffix(s.bugFile, "mm/page_table_check.c"):
-			return TypePageTableCheck
-		case strings.HasSuffix(s.bugFile, "lib/list_debug.c"):
-			return TypeListCorruption
-		case strings.HasSuffix(s.bugFile, "lib/refcount.c"):
-			return TypeRefcount
-		case strings.HasSuffix(s.bugFile, "kernel/locking/lockdep.c"):
-			return TypeLockdep
-		}
-		return def
+	if s.flavour != nil && s.flavour.typ != "" {
+		return s.flavour.typ
 	}
-	switch s.h {
-	case hWarning:
-		return byFile(TypeWarning)
-	case hBug:
-		if atomicSleepRe.MatchString(s.m[1]) {
-			return TypeAtomicSleep
-		}
-	case hKernelBug:
-		return byFile(TypeKernelBug)
-	case hOops:
-		if strings.Contains(s.oopsMsg(), "general protection fault") {
-			return TypeGPF
-		}
-	case hVMPage:
-		if strings.HasPrefix(s.m[1], "VM_WARN") {
-			return TypeWarning
-		}
-	case hVMVMA, hVMMM:
-		if s.warnFunc != "" {
-			return TypeWarning
-		}
+	switch {
+	case s.k == kindOops && strings.Contains(s.m[1], "general protection fault"):
+		return TypeGPF
+	case s.k == kindVMPage && strings.HasPrefix(s.m[1], "VM_WARN"):
+		return TypeWarning
+	case s.typ == TypeVMBug && s.warnFunc != "":
+		return TypeWarning
 	}
 	return s.typ
-}
-
-func (s *span) oopsMsg() string {
-	if s.m[1] != "" {
-		return s.m[1]
-	}
-	return s.m[2]
 }

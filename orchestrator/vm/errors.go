@@ -42,8 +42,8 @@ func (e *CrashError) Error() string {
 }
 
 // Headline is a report's one-line summary: the title, prefixed by the
-// report type only when the title does not already say it ("Kernel
-// panic: ...", not "panic: Kernel panic: ...").
+// report type only when the title does not already say it ("kernel
+// panic: ...", not "panic: kernel panic: ...").
 func Headline(typ, title string) string {
 	if typ == "" || strings.Contains(strings.ToLower(title), strings.ToLower(typ)) {
 		return title

@@ -102,10 +102,10 @@ func TestCrashError(t *testing.T) {
 }
 
 // The type is not repeated when the title already says it ("panic:
-// Kernel panic: ..." read badly).
+// kernel panic: ..." read badly).
 func TestHeadline(t *testing.T) {
 	cases := []struct{ typ, title, want string }{
-		{"panic", "Kernel panic: Fatal exception", "Kernel panic: Fatal exception"},
+		{"panic", "kernel panic: Fatal exception", "kernel panic: Fatal exception"},
 		{"BUG", "BUG: kernel NULL pointer dereference in foo", "BUG: kernel NULL pointer dereference in foo"},
 		{"WARNING", "WARNING in ldt_collect", "WARNING in ldt_collect"},
 		{"hung", "INFO: task kworker blocked", "hung: INFO: task kworker blocked"},
