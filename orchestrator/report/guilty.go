@@ -39,7 +39,7 @@ var (
 
 	// "RIP: 0010:func+0x1/0x2", "IP: [<ffffffff81234567>] func+0x1/0x2";
 	// a raw "RIP: 0010:0x0" matches too, naming no frame.
-	ripRe       = re(`(?:IP|pc |PC is at):? (?:[0-9]+:)?(?:(?:\[<?(?:0x)?[0-9a-f]+>?\] +){0,2}(?:([A-Za-z0-9_]+)[.+]|0x[0-9a-f]+)|(?:\[<?(?:0x)?[0-9a-f]+>?\] +)?\[< *\(null\)>\] +\(null\))`)
+	ripRe       = re(`(?:IP|pc |PC is at):? (?:[0-9]+:)?(?:(?:\[<?(?:0x)?[0-9a-f]+>?\] +){0,2}(?:([A-Za-z0-9_]+)[.+]|0x[0-9a-f]+)|(?:\[<?(?:0x)?[0-9a-f]+>?\] +)?\[< *\(null\)>\] +\(null\)|[0-9]+: +\(null\))`)
 	callTraceRe = re(`Call [Tt]race`)
 	lockAtRe    = re(`at: (?:\[<?(?:0x)?[0-9a-f]+>?\] +)?([A-Za-z0-9_]+)[.+]`)
 	// A stack frame: "func+0x1/0x2", optionally behind one or two
@@ -173,6 +173,39 @@ var skipAll = re(strings.Join([]string{
 var syscallPrefixes = []string{"SYSC_", "SyS_", "sys_", "__x64_", "__ia32_", "__arm64_", "____sys_", "___sys_",
 	"__sys_", "__se_", "__se_sys_", "__do_sys_", "compat_SYSC_", "compat_SyS_", "ksys_"}
 
+// demangle reduces a C++ name ("_Z8fakeNameiii", "_ZN2ns4funcEv") to its
+// qualified function name without parameters; other names stay as they are.
+func demangle(f string) string {
+	if !strings.HasPrefix(f, "_Z") {
+		return f
+	}
+	rest := f[2:]
+	nested := strings.HasPrefix(rest, "N")
+	if nested {
+		rest = rest[1:]
+	}
+	var parts []string
+	for rest != "" && rest[0] >= '0' && rest[0] <= '9' {
+		n, i := 0, 0
+		for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+			n = n*10 + int(rest[i]-'0')
+			i++
+		}
+		if n == 0 || i+n > len(rest) {
+			return f
+		}
+		parts = append(parts, rest[i:i+n])
+		rest = rest[i+n:]
+		if !nested {
+			break
+		}
+	}
+	if len(parts) == 0 || nested && !strings.HasPrefix(rest, "E") {
+		return f
+	}
+	return strings.Join(parts, "::")
+}
+
 func stripSyscall(f string) string {
 	best := f
 	for _, p := range syscallPrefixes {
@@ -203,6 +236,7 @@ func (g *guilty) walk(steps []step, lines []string) string {
 			if f == "" {
 				continue
 			}
+			f = demangle(f)
 			if (g.skip == neverSkip) || (!skipAll.MatchString(f) && (g.skip == nil || !g.skip.MatchString(f))) {
 				frames = append(frames, stripSyscall(f))
 			}

@@ -47,7 +47,7 @@ type kind struct {
 // flavour is a WARNING or kernel BUG whose file (and function) says more
 // than "WARNING"/"kernel BUG".
 type flavour struct {
-	re     *regexp.Regexp // matched against "FILE FUNC" of the header
+	re     *regexp.Regexp // matched against the header line
 	typ    Type           // "" keeps the kind's
 	title  string
 	frames *guilty
@@ -78,10 +78,10 @@ var (
 		typ: TypeKernelBug, end: modeMarker, oopsFollows: true, bug: true,
 		title: "kernel BUG in %F", frames: gRIPTrace(`^skb_`),
 		byFile: []flavour{
-			{re: re(`^mm/usercopy\.c`), title: "BUG: bad usercopy in %F", frames: gTrace(`usercopy|__check`)},
-			{re: re(`^lib/list_debug\.c`), typ: TypeListCorruption, title: "BUG: corrupted list in %F", frames: gTrace()},
+			{re: re(`^kernel BUG at mm/usercopy\.c`), title: "BUG: bad usercopy in %F", frames: gTrace(`usercopy|__check`)},
+			{re: re(`^kernel BUG at lib/list_debug\.c`), typ: TypeListCorruption, title: "BUG: corrupted list in %F", frames: gTrace()},
 			{re: re(`mm/page_table_check\.c`), typ: TypePageTableCheck, title: "kernel BUG in %F", frames: gRIPTrace(`^skb_`)},
-			{re: re(`^lib/refcount\.c`), typ: TypeRefcount, title: "kernel BUG in %F", frames: gRIPTrace(`^skb_`)},
+			{re: re(`lib/refcount\.c`), typ: TypeRefcount, title: "kernel BUG in %F", frames: gRIPTrace(`^skb_`)},
 		},
 	}
 	kindWarning = &kind{
@@ -321,17 +321,17 @@ var kinds = []*kind{
 // warningFlavours are the WARNINGs titled by what warned rather than
 // where: the kernel's checkers of objects, copies, refcounts, locks.
 var warningFlavours = []flavour{
-	{re: re(`lib/debugobjects\.c\S* (?:debug_print|debug_check)`), title: "WARNING: ODEBUG bug in %F",
+	{re: re(`lib/debugobjects\.c.* (?:debug_print|debug_check|at)`), title: "WARNING: ODEBUG bug in %F",
 		frames: gWarning(`debug_|rcu|hrtimer_|timer_|work_|percpu_|vunmap|vfree|__free_|debug_check|kobject_`)},
-	{re: re(`mm/usercopy\.c`), title: "WARNING: bad usercopy in %F", frames: gWarning(`usercopy|__check`)},
-	{re: re(`lib/kobject\.c`), title: "WARNING: kobject bug in %F", frames: gWarning(`kobject_`)},
-	{re: re(`fs/proc/generic\.c`), title: "WARNING: proc registration bug in %F", frames: gWarning(`proc_`)},
-	{re: re(`lib/refcount\.c`), typ: TypeRefcount, title: "WARNING: refcount bug in %F", frames: gWarning(`refcount|kobject_`)},
-	{re: re(`kernel/locking/lockdep\.c\S* \S*lock_`), typ: TypeLockdep, title: "WARNING: locking bug in %F", frames: gWarning(`lock_sock|release_sock`)},
+	{re: re(`mm/usercopy\.c.* (?:usercopy_warn|at)`), title: "WARNING: bad usercopy in %F", frames: gWarning(`usercopy|__check`)},
+	{re: re(`lib/kobject\.c.* (?:kobject_|at)`), title: "WARNING: kobject bug in %F", frames: gWarning(`kobject_`)},
+	{re: re(`fs/proc/generic\.c.* (?:proc_register|at)`), title: "WARNING: proc registration bug in %F", frames: gWarning(`proc_`)},
+	{re: re(`lib/refcount\.c.* (?:refcount_|at)`), typ: TypeRefcount, title: "WARNING: refcount bug in %F", frames: gWarning(`refcount|kobject_`)},
+	{re: re(`kernel/locking/lockdep\.c.*lock_`), typ: TypeLockdep, title: "WARNING: locking bug in %F", frames: gWarning(`lock_sock|release_sock`)},
 	{re: re(`kernel/locking/lockdep\.c`), typ: TypeLockdep, title: "WARNING in %F", frames: gWarning()},
-	{re: re(`mm/.*\.c\S* k?.?malloc`), title: "WARNING: kmalloc bug in %F", frames: gWarning(`kmalloc|krealloc|slab|kmem`)},
-	{re: re(`mm/vmalloc\.c\S* __vmalloc_node`), title: "WARNING: zero-size vmalloc in %F", frames: gWarning()},
-	{re: re(`\S* usb_submit_urb`), title: "WARNING in %F/usb_submit_urb",
+	{re: re(`mm/.*\.c.* k?.?malloc`), title: "WARNING: kmalloc bug in %F", frames: gWarning(`kmalloc|krealloc|slab|kmem`)},
+	{re: re(`mm/vmalloc\.c.*__vmalloc_node`), title: "WARNING: zero-size vmalloc in %F", frames: gWarning()},
+	{re: re(`.* usb_submit_urb`), title: "WARNING in %F/usb_submit_urb",
 		frames: gWarning(`usb_submit_urb|usb_start_wait_urb|usb_bulk_msg|usb_interrupt_msg|usb_control_msg`)},
 	{re: re(`mm/page_table_check\.c`), typ: TypePageTableCheck, title: "WARNING in %F", frames: gWarning()},
 	{re: re(`lib/list_debug\.c`), typ: TypeListCorruption, title: "WARNING in %F", frames: gWarning()},

@@ -82,14 +82,10 @@ func (s *span) rawTitle() string {
 // title is the report's normalized title.
 func (s *span) title() string { return normalize(s.rawTitle()) }
 
-// flavourOf picks the WARNING or kernel BUG flavour of a header.
+// flavourOf picks the WARNING or kernel BUG flavour of a header line.
 func flavourOf(k *kind, m []string) *flavour {
-	if len(k.byFile) == 0 || len(m) < 3 {
-		return nil
-	}
-	key := m[1] + " " + m[2]
 	for i := range k.byFile {
-		if k.byFile[i].re.MatchString(key) {
+		if k.byFile[i].re.MatchString(m[0]) {
 			return &k.byFile[i]
 		}
 	}
