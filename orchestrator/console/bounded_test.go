@@ -63,3 +63,25 @@ func TestMirrorEscapesControlBytes(t *testing.T) {
 	assert.Contains(t, got, `\x1b[2J`)
 	assert.True(t, strings.Contains(string(c.Bytes()), "\x1b[2J"), "the log keeps what the guest printed")
 }
+
+// tapRecorder records what a tap is handed, and whether it was closed.
+type tapRecorder struct {
+	bytes.Buffer
+	closed bool
+}
+
+func (r *tapRecorder) Close() error { r.closed = true; return nil }
+
+// A tap has every byte when Write returns (no queue to wait on), lines
+// cut anywhere, and is closed with the capture.
+func TestTapIsSynchronous(t *testing.T) {
+	c := newCapture(t, nil)
+	var r tapRecorder
+	c.Tap(&r)
+	write(t, c, "[    1.0] a line\n[    1.1] half")
+	assert.Equal(t, "[    1.0] a line\n[    1.1] half", r.String(), "the tap has the bytes as Write returns")
+	write(t, c, " a line\n")
+	require.NoError(t, c.Close())
+	assert.Equal(t, "[    1.0] a line\n[    1.1] half a line\n", r.String())
+	assert.True(t, r.closed)
+}

@@ -31,6 +31,7 @@ type Capture struct {
 	partial   []byte
 	cutting   bool // dropping the rest of a line longer than maxLine
 	subs      map[int]*sub
+	taps      []io.Writer
 	nextID    int
 	mirror    *asyncWriter
 	mirrorEsc *termsafe.Writer
@@ -110,8 +111,21 @@ func (c *Capture) Write(p []byte) (int, error) {
 		c.tail = append([]byte(nil), c.tail[len(c.tail)-tailBytes/2:]...)
 	}
 	c.lastOut = time.Now()
+	for _, w := range c.taps {
+		w.Write(p)
+	}
 	c.split(p)
 	return len(p), nil
+}
+
+// Tap hands w every byte written from now on, in order, as part of Write
+// (no goroutine, no queue: when Write returns, w has the bytes). w must
+// be quick and never block; the kernel-report stream is one. At Close, a
+// w that is an io.Closer is closed.
+func (c *Capture) Tap(w io.Writer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.taps = append(c.taps, w)
 }
 
 // split cuts the new bytes into lines for the subscribers. Only the new
@@ -335,6 +349,11 @@ func (c *Capture) Close() error {
 		}
 	}
 	close(c.closedCh)
+	for _, w := range c.taps {
+		if cl, ok := w.(io.Closer); ok {
+			cl.Close()
+		}
+	}
 	if c.mirror != nil {
 		c.mirror.Close()
 		c.mirrorEsc.Flush()

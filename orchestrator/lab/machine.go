@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -151,9 +150,7 @@ type Machine struct {
 	backend vm.Backend
 	inst    vm.Instance
 	con     *console.Capture
-	stream  *report.Stream
-	fed     atomic.Int64  // console lines fed to stream
-	fedDone chan struct{} // the console closed and every line was fed
+	stream  *report.Stream // fed by the console as it writes (Tap); done when the console closes
 	keys    *channel.Keys
 	tempDir bool
 	lock    *os.File // held while the machine lives (the sweep's sign of life)
@@ -190,7 +187,7 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 		return nil, &vm.InfraError{Op: "selecting the VM backend", Err: err}
 	}
 	m := &Machine{Name: o.Name, Kernel: kb, Image: img, backend: backend, log: o.Log,
-		panic: make(chan struct{}), diskErrC: make(chan struct{}), fedDone: make(chan struct{})}
+		panic: make(chan struct{}), diskErrC: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -260,8 +257,7 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 		m.con.Rotate(int64(o.ConsoleMaxMiB) << 20)
 	}
 	m.stream = report.NewStream()
-	lines, _ := m.con.Subscribe()
-	go m.feed(lines)
+	m.con.Tap(m.stream)
 	cfg := vm.Config{
 		Name: o.Name, Dir: m.Dir, Kernel: kernelArt, Initrd: initrdArt,
 		Cmdline: kernelCmdline(kb, o.Cmdline), MemoryMiB: o.MemoryMiB, CPUs: o.CPUs, Accel: m.Accel,
@@ -384,41 +380,6 @@ func sweepStale(ctx context.Context, b vm.Backend) {
 
 // feed moves console lines into the report stream as they arrive, in
 // batches (one parse per batch while a report is being printed).
-func (m *Machine) feed(lines <-chan string) {
-	defer close(m.fedDone)
-	for l := range lines {
-		batch := []string{l}
-	more:
-		for len(batch) < 512 {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					break more
-				}
-				batch = append(batch, l)
-			default:
-				break more
-			}
-		}
-		m.stream.Feed(batch...)
-		m.fed.Add(int64(len(batch)))
-	}
-	m.stream.Flush()
-}
-
-// synced waits (briefly) until every line the console has received is in
-// the report stream.
-func (m *Machine) synced() {
-	want := m.con.Lines()
-	for deadline := time.Now().Add(2 * time.Second); m.fed.Load() < want && time.Now().Before(deadline); {
-		select {
-		case <-m.fedDone:
-			return
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-}
-
 // watch turns backend events into machine state; the console ends with
 // the instance.
 func (m *Machine) watch() {
@@ -585,14 +546,13 @@ func (m *Machine) crashError() error {
 // settle waits up to max for a report still being printed to finish,
 // then takes it as it is.
 func (m *Machine) settle(max time.Duration) {
-	m.synced()
 	deadline := time.After(max)
 	for m.stream.Pending() {
 		select {
 		case <-deadline:
 			m.stream.Flush()
 			return
-		case <-m.fedDone:
+		case <-m.stream.Done():
 			return
 		case <-m.stream.Changed():
 		case <-time.After(100 * time.Millisecond):
@@ -621,14 +581,12 @@ func (m *Machine) fatalReport() *report.Report {
 // Reports are the kernel reports found so far (a report still being
 // printed is not among them yet).
 func (m *Machine) Reports() []report.Report {
-	m.synced()
 	return m.stream.All()
 }
 
 // ReportMark marks the console position: ReportsSince(mark) returns the
 // kernel reports that began after it.
 func (m *Machine) ReportMark() int {
-	m.synced()
 	return m.stream.Offset()
 }
 
@@ -989,7 +947,7 @@ func (m *Machine) Close() error {
 		err = m.inst.Close()
 		// The console closes when the instance's events end.
 		select {
-		case <-m.fedDone:
+		case <-m.stream.Done():
 		case <-time.After(10 * time.Second):
 			m.con.Close()
 		}

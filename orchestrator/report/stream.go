@@ -6,31 +6,38 @@ import (
 	"time"
 )
 
-// Stream finds reports in a console as its lines arrive, instead of
-// re-parsing the whole log: it parses only a bounded window — the lines
-// of a report still being printed plus a little context before it (a
-// "cut here" line, a lockdep banner) — and emits each report once, whole.
-// Offsets are positions in the stream (bytes of the lines fed so far,
-// each counted with its newline).
+// Stream finds reports in a console as its bytes arrive. It is an
+// io.Writer: the console hands it every chunk as it is written, and one
+// loop does the rest, as a fuzzer's VM monitor does: a cheap look at the
+// new lines ("could one of them open a report?"), and the full parse only
+// when one could, or while a report is being printed. The parse reads a
+// bounded window of bytes — a little context, the report still being
+// printed — never the whole console, and each report is emitted once,
+// whole. Offsets are byte offsets in the console.
 type Stream struct {
-	mu     sync.Mutex
-	ctx    [][]byte // settled lines kept as context, at most contextLines
-	open   [][]byte // lines since a report began that is not finished
-	ctxOff int      // offset of ctx[0]
-	off    int      // offset after the last line fed
-	done   []Report // emitted, absolute offsets
+	mu sync.Mutex
+	// buf is the window: context lines, the lines of a report not yet
+	// finished, then the unfinished last line. base is the console
+	// offset of buf[0], off the offset after the last byte written.
+	buf       []byte
+	base, off int
+	checked   int  // bytes of buf the cheap look has seen (a line boundary)
+	lines     int  // complete lines in buf
+	openOff   int  // console offset where the unsettled part of the window starts
+	hit       bool // the cheap look saw a line that may open a report
+	pending   bool // a report has begun and not finished
+	cutting   bool // skipping the rest of a line longer than maxLine
+	done      []Report
 	// lastStart is the start of the last emitted report: a report found
-	// again in the context window is not emitted twice.
+	// again in the context is not emitted twice.
 	lastStart int
-	// pending: open holds a report that has begun and not finished.
-	pending bool
 	// leaks: the last report emitted was a kmemleak object.
-	leaks bool
-	// dirty: lines were fed since the last scan.
-	dirty    bool
-	lastScan time.Time
-	lastFeed time.Time
-	changed  chan struct{}
+	leaks     bool
+	parses    int // full parses done (tests)
+	lastScan  time.Time
+	lastWrite time.Time
+	changed   chan struct{}
+	closed    chan struct{}
 }
 
 const leakSummaryTitle = "kmemleak: suspected memory leaks"
@@ -45,28 +52,96 @@ const (
 	// truncated and the window starts afresh.
 	maxOpen     = 1 << 20
 	rescanEvery = 50 * time.Millisecond
+	// maxLine bounds a console line: a guest printing without newlines
+	// must not grow the window. No report is that long a line; the rest
+	// of it, up to its newline, is skipped.
+	maxLine = 64 << 10
 )
 
 // NewStream returns an empty stream.
-func NewStream() *Stream { return &Stream{lastStart: -1, changed: make(chan struct{})} }
+func NewStream() *Stream {
+	return &Stream{lastStart: -1, changed: make(chan struct{}), closed: make(chan struct{})}
+}
 
-// Feed adds complete lines (without their newlines).
-func (s *Stream) Feed(lines ...string) {
+// Write adds console output: any chunk, lines may be cut anywhere.
+func (s *Stream) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, l := range lines {
-		s.open = append(s.open, []byte(l))
-		s.off += len(l) + 1
+	n := len(p)
+	s.off += n
+	s.lastWrite = time.Now()
+	if s.cutting {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			s.base = s.off
+			return n, nil
+		}
+		s.cutting = false
+		p = p[i+1:]
+		s.base = s.off - len(p)
 	}
-	s.dirty = true
-	s.lastFeed = time.Now()
-	// While a report is being printed the window grows with every line:
-	// parse it at most every rescanEvery (readers scan on demand).
-	if !s.pending || time.Since(s.lastScan) >= rescanEvery {
+	s.buf = append(s.buf, p...)
+	end := bytes.LastIndexByte(s.buf, '\n') + 1
+	if end > s.checked {
+		fresh := s.buf[s.checked:end]
+		s.lines += bytes.Count(fresh, []byte{'\n'})
+		if !s.hit && couldOpen(fresh) {
+			s.hit = true
+		}
+		s.checked = end
+	}
+	if len(s.buf)-end > maxLine {
+		s.cutLine(end)
+	}
+	switch {
+	case s.hit && !s.pending, s.pending && time.Since(s.lastScan) >= rescanEvery:
 		s.scan(false)
+	case !s.hit && !s.pending && s.lines > 2*contextLines:
+		s.keepContext()
 	}
 	close(s.changed)
 	s.changed = make(chan struct{})
+	return n, nil
+}
+
+// couldOpen is the cheap look: whether one of the complete lines in b may
+// open a report (the parse decides).
+func couldOpen(b []byte) bool {
+	for _, l := range splitLines(b) {
+		if k, _ := classify(l.text); k != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// cutLine handles an unfinished line longer than maxLine: what came
+// before it is parsed as it is, the line itself is dropped and the rest
+// of it, up to its newline, skipped.
+func (s *Stream) cutLine(end int) {
+	s.buf = s.buf[:end]
+	s.scan(true)
+	s.buf, s.lines, s.checked = nil, 0, 0
+	s.base, s.openOff = s.off, s.off
+	s.cutting, s.hit, s.pending = true, false, false
+}
+
+// keepContext drops all but the last contextLines complete lines (and
+// the unfinished one) while no report is in sight.
+func (s *Stream) keepContext() {
+	s.drop(contextStart(s.buf, s.checked))
+	s.lines = bytes.Count(s.buf[:s.checked], []byte{'\n'})
+	s.openOff = max(s.openOff, s.base)
+}
+
+// drop removes the first n bytes of the window.
+func (s *Stream) drop(n int) {
+	if n <= 0 {
+		return
+	}
+	s.buf = append([]byte(nil), s.buf[n:]...)
+	s.base += n
+	s.checked -= n
 }
 
 // Flush emits a report still being printed as it is (truncated): the
@@ -74,11 +149,29 @@ func (s *Stream) Feed(lines ...string) {
 func (s *Stream) Flush() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.dirty = true
 	s.scan(true)
 }
 
-// Offset is the stream position after the last line fed.
+// Close flushes the stream: the console has ended.
+func (s *Stream) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.closed:
+		return nil
+	default:
+	}
+	s.scan(true)
+	close(s.closed)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return nil
+}
+
+// Done is closed when the stream is closed.
+func (s *Stream) Done() <-chan struct{} { return s.closed }
+
+// Offset is the console offset after the last byte written.
 func (s *Stream) Offset() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -93,7 +186,7 @@ func (s *Stream) Pending() bool {
 	return s.pending
 }
 
-// Changed is closed at the next Feed.
+// Changed is closed at the next Write.
 func (s *Stream) Changed() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -117,41 +210,36 @@ func (s *Stream) Since(mark int) []Report {
 // All returns every report emitted so far.
 func (s *Stream) All() []Report { return s.Since(0) }
 
-// scan parses the window (context + open lines), emits the reports that
-// are complete (all of them when flush), and keeps open the lines from
-// the first unfinished report on.
+// scan parses the window, emits the reports that are complete (all of
+// them when flush, the unfinished last line taken as a line), and keeps
+// the lines from the first unfinished report on, with a little context.
 func (s *Stream) scan(flush bool) {
-	if !s.dirty && !s.pending {
+	if !s.hit && !s.pending && !flush {
 		return
 	}
-	s.dirty, s.lastScan = false, time.Now()
-	if len(s.open) == 0 {
+	s.lastScan = time.Now()
+	complete := s.checked
+	if flush {
+		complete = len(s.buf)
+	}
+	if complete == 0 {
+		s.hit = false
 		return
 	}
-	all := append(s.ctx[:len(s.ctx):len(s.ctx)], s.open...)
-	var win bytes.Buffer
-	starts := make([]int, len(all)) // window offset of each line
-	for i, l := range all {
-		starts[i] = win.Len()
-		win.Write(l)
-		win.WriteByte('\n')
-	}
-	openBytes := win.Len()
-	if len(s.ctx) > 0 {
-		openBytes -= starts[len(s.ctx)]
-	}
-	flush = flush || openBytes > maxOpen
-	base := s.ctxOff
+	win := s.buf[:complete]
+	flush = flush || s.base+complete-s.openOff > maxOpen
+	quiet := time.Since(s.lastWrite) >= settleQuiet
 	keepFrom, settled := -1, 0
 	var last *Report
-	for _, r := range Parse(win.Bytes()) {
-		if base+r.Start <= s.lastStart {
+	s.parses++
+	for _, r := range Parse(win) {
+		if s.base+r.Start <= s.lastStart {
 			continue
 		}
 		// A finished report may still absorb what follows (the panic
 		// an oops ends in): it is whole once a few lines follow it. Reports
 		// stay in order: after one that is held, all are.
-		settling := win.Len()-r.End < trailing(all, starts, r.End) && time.Since(s.lastFeed) < settleQuiet
+		settling := !quiet && bytes.Count(win[r.End:], []byte{'\n'}) < settleLines
 		if keepFrom >= 0 || (r.Truncated || settling) && !flush {
 			if keepFrom < 0 || r.Start < keepFrom {
 				keepFrom = r.Start
@@ -168,8 +256,8 @@ func (s *Stream) scan(flush bool) {
 		// Within one window Parse pairs leaks and summaries itself.
 		s.leaks = false
 		last = &r
-		r.Start += base
-		r.End += base
+		r.Start += s.base
+		r.End += s.base
 		s.done = append(s.done, r)
 		s.lastStart = r.Start
 	}
@@ -183,40 +271,46 @@ func (s *Stream) scan(flush bool) {
 	// Lines of emitted reports leave the window (so a report is never
 	// found again, nor a fragment of it as a new one); a little context
 	// before the next report stays.
-	first := 0
-	for first < len(all) && starts[first] < settled {
-		first++
-	}
-	split := len(all) // lines from split on stay open
+	first := lineStartAtOrAfter(win, settled)
+	split := complete // the open part starts here
 	if keepFrom >= 0 {
-		split = first
-		for split+1 < len(all) && starts[split+1] <= keepFrom {
-			split++
-		}
+		split = max(first, bytes.LastIndexByte(win[:keepFrom], '\n')+1)
 	}
-	ctxFrom := max(first, split-contextLines)
-	s.ctx = append([][]byte(nil), all[ctxFrom:split]...)
-	s.open = append([][]byte(nil), all[split:]...)
-	s.ctxOff = base + starts[min(ctxFrom, len(all)-1)]
-	if ctxFrom >= len(all) {
-		s.ctxOff = s.off
+	ctxFrom := max(first, contextStart(win, split))
+	s.openOff = s.base + split
+	s.drop(ctxFrom)
+	if flush {
+		s.checked = len(s.buf)
 	}
-	s.pending = keepFrom >= 0
+	s.lines = bytes.Count(s.buf[:s.checked], []byte{'\n'})
+	s.pending, s.hit = keepFrom >= 0, false
 }
 
-// trailing is how many bytes the settleLines lines after offset end take
-// (more than the window holds when fewer lines follow).
-func trailing(all [][]byte, starts []int, end int) int {
-	i := 0
-	for i < len(starts) && starts[i] < end {
-		i++
+// lineStartAtOrAfter is the offset of the first line of b starting at or
+// after off (len(b) if none).
+func lineStartAtOrAfter(b []byte, off int) int {
+	if off <= 0 {
+		return 0
 	}
-	if i+settleLines > len(all) {
-		return 1 << 62
+	if off >= len(b) {
+		return len(b)
 	}
-	n := 0
-	for _, l := range all[i : i+settleLines] {
-		n += len(l) + 1
+	if b[off-1] == '\n' {
+		return off
 	}
-	return n
+	i := bytes.IndexByte(b[off:], '\n')
+	if i < 0 {
+		return len(b)
+	}
+	return off + i + 1
+}
+
+// contextStart is where the last contextLines complete lines before end
+// begin.
+func contextStart(b []byte, end int) int {
+	cut := end
+	for n := 0; n < contextLines && cut > 0; n++ {
+		cut = bytes.LastIndexByte(b[:cut-1], '\n') + 1
+	}
+	return cut
 }
