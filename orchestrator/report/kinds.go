@@ -27,6 +27,8 @@ type kind struct {
 
 	// What this line is when another report's span reaches it.
 	oops, bug, warn, panic bool
+	inline                 bool   // a one-line report that can come in the middle of another
+	partOf                 []Type // a line that belongs to a report of these types when one is open
 
 	// The title: a template ("%1".."%9": header submatches, normalized;
 	// "%F": the guilty frame, "corrupted" when none is found; "%A": the
@@ -257,7 +259,9 @@ var kinds = []*kind{
 		title: "BUG: Object already free"},
 	{re: re(`^BUG [\w.:-]+ \([^)]*\): ((?:Left |Right )?Redzone overwritten|Poison overwritten|Object padding overwritten|Padding overwritten|Freepointer corrupt|Invalid object pointer \S+|Wrong object count|Freechain corrupt)`),
 		typ: TypeSlab, end: modeTrace, noStack: true, title: "BUG: %1"},
-	{re: re(`^INFO: (Freed|Allocated) in (.*)`), typ: TypeSlab, end: modeTrace, corrupt: true, title: "INFO: %1 in %2"},
+	// Seen alone, the allocation or free of an object whose report was lost.
+	{re: re(`^INFO: (Freed|Allocated) in (.*)`), typ: TypeSlab, end: modeTrace, corrupt: true, title: "INFO: %1 in %2",
+		partOf: []Type{TypeSlab, TypeKASAN}},
 	// A generic "BUG: ..." is titled by its line.
 	{re: re(`^BUG:\s*$`), typ: TypeBug, end: modeTrace, corrupt: true, title: "BUG: corrupted"},
 	// syzkaller's own announcement of the kmemleak report that follows.
@@ -265,11 +269,11 @@ var kinds = []*kind{
 	{re: re(`^BUG: (.+)`), typ: TypeBug, end: modeTrace, oopsFollows: true, noStack: true, titleFn: lineTitle},
 	kindWarning,
 	kindWarning616,
-	{re: re(`^WARNING: kernel stack regs at [0-9a-f]+ in \S* has bad '([^']+)' value`), typ: TypeWarning, end: modeMarker, noStack: true,
+	{re: re(`^WARNING: kernel stack regs at [0-9a-f]+ in \S* has bad '([^']+)' value`), typ: TypeWarning, end: modeLine, noStack: true,
 		title: "WARNING: kernel stack regs has bad '%1' value"},
-	{re: re(`^WARNING: kernel stack frame pointer at [0-9a-f]+ in \S* has bad value`), typ: TypeWarning, end: modeMarker, noStack: true,
+	{re: re(`^WARNING: kernel stack frame pointer at [0-9a-f]+ in \S* has bad value`), typ: TypeWarning, end: modeLine, noStack: true,
 		title: "WARNING: kernel stack frame pointer has bad value"},
-	{re: re(`^WARNING: kernel stack (?:regs .* has bad 'bp' value|frame pointer .* has bad value)`), typ: TypeWarning, end: modeMarker, noStack: true,
+	{re: re(`^WARNING: kernel stack (?:regs .* has bad 'bp' value|frame pointer .* has bad value)`), typ: TypeWarning, end: modeLine, noStack: true,
 		title: "WARNING: kernel stack regs has bad value"},
 	{re: re(`^WARNING:\s*$`), typ: TypeWarning, end: modeMarker, corrupt: true, title: "WARNING: corrupted"},
 	kindLeak,
@@ -303,13 +307,13 @@ var kinds = []*kind{
 		bugFollows: true, oopsFollows: true, confirm: bugOrWarnRe, confirmIn: 40, titleFn: vmTitle("VM_BUG_ON_MM")},
 	{re: re(`^PANIC: double fault`), typ: TypeBug, end: modeMarker, oopsFollows: true,
 		title: "PANIC: double fault in %F", frames: &guilty{path: []step{rip}}},
-	{re: re(`^unregister_netdevice: waiting for (?:.*) to become free`), typ: TypeBug, end: modeMarker, noStack: true,
+	{re: re(`^unregister_netdevice: waiting for (?:.*) to become free`), typ: TypeBug, end: modeLine, inline: true, noStack: true,
 		title: "unregister_netdevice: waiting for DEV to become free"},
-	{re: re(`^VFS: Close: file count is 0`), typ: TypeBug, end: modeMarker, noStack: true,
+	{re: re(`^VFS: Close: file count is 0`), typ: TypeBug, end: modeLine, noStack: true,
 		title: "VFS: Close: file count is zero (use-after-free)"},
-	{re: re(`^VFS: Busy inodes after unmount`), typ: TypeBug, end: modeMarker, noStack: true,
+	{re: re(`^VFS: Busy inodes after unmount`), typ: TypeBug, end: modeLine, noStack: true,
 		title: "VFS: Busy inodes after unmount (use-after-free)"},
-	{re: re(`^rust_kernel: panicked at`), typ: TypeRust, end: modeTrace, titleFn: rustTitle,
+	{re: re(`^rust_kernel: panicked at`), typ: TypeRust, end: modeTrace, titleFn: rustTitle, bugFollows: true, oopsFollows: true,
 		frames: gTrace(`rust_begin_unwind`)},
 	{re: re(`^trusty: panic \(.*?\):(?: DEBUG)? ASSERT FAILED at \(.*?\): (.+)`), typ: TypePanic, end: modeMarker, noStack: true,
 		title: "trusty: ASSERT FAILED: %1"},

@@ -27,6 +27,9 @@ func wantText(reps []Report) string {
 		if r.Truncated {
 			b.WriteString(" [truncated]")
 		}
+		if r.Corrupted {
+			b.WriteString(" [corrupted]")
+		}
 		b.WriteByte('\n')
 	}
 	return b.String()
@@ -376,7 +379,8 @@ func TestEveryTypeHasGoldenLog(t *testing.T) {
 	all := []Type{TypeWarning, TypeBug, TypeKernelBug, TypeOops, TypeGPF, TypePanic, TypeKASAN,
 		TypeUBSAN, TypeRCUStall, TypeHungTask, TypeSoftLockup, TypeHardLockup, TypeBadPageState,
 		TypeBadPageMap, TypeBadRSS, TypePageTableCheck, TypeListCorruption, TypeVMBug, TypeLockdep,
-		TypeKFENCE, TypeKmemleak, TypeRefcount, TypeAtomicSleep, TypePageFault}
+		TypeKFENCE, TypeKmemleak, TypeRefcount, TypeAtomicSleep, TypePageFault,
+		TypeKMSAN, TypeKCSAN, TypeSlab, TypeRust}
 	logs, err := filepath.Glob(filepath.Join("testdata", "*.log"))
 	require.NoError(t, err)
 	seen := map[Type][]string{}
@@ -387,5 +391,23 @@ func TestEveryTypeHasGoldenLog(t *testing.T) {
 	}
 	for _, typ := range all {
 		assert.NotEmpty(t, seen[typ], "no golden log has a %q report", typ)
+	}
+}
+
+// TestCorruptedFlag: a report whose stack cannot name the guilty code (a
+// raw RIP, only frames the unwinder is unsure of, an allocation stack of
+// allocator frames only) says so; the lab's own real reports do not.
+func TestCorruptedFlag(t *testing.T) {
+	for _, r := range Parse(read(t, "synthetic-unreliable.log")) {
+		assert.True(t, r.Corrupted, "%s", r)
+		assert.True(t, strings.HasSuffix(r.Title, " in corrupted"), r.Title)
+	}
+	for _, l := range realLogs {
+		if strings.Contains(l.file, "boot-") {
+			continue // boot stalls: some are cut short by the next
+		}
+		for _, r := range Parse(read(t, l.file)) {
+			assert.False(t, r.Corrupted, "%s: %s", l.file, r)
+		}
 	}
 }

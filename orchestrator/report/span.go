@@ -99,6 +99,7 @@ const (
 	modeRSS                  // the end of a run of check_mm lines
 	modePanic                // "---[ end Kernel panic" or "Rebooting in"
 	modeIndented             // the end of the indented lines after the header (kmemleak)
+	modeLine                 // the header line is the whole report
 )
 
 // scanWindow bounds how many console lines after its header a report may
@@ -284,6 +285,9 @@ func (s *span) backtrack() {
 // scan extends the span from line `from` on. It returns false when the
 // header turned out not to be a report.
 func (s *span) scan(from int) bool {
+	if s.mode == modeLine {
+		return true
+	}
 	lines := s.p.lines
 	var (
 		inTrace    bool
@@ -348,6 +352,11 @@ func (s *span) scan(from int) bool {
 			continue
 		}
 		k2, m2 := s.p.classify(j)
+		if k2 != nil && k2.inline && k2 != s.k {
+			// A one-line report printed in the middle of this one:
+			// reported on its own, it does not end this one.
+			continue
+		}
 		t := strings.TrimSpace(l.text)
 
 		if post {
@@ -511,6 +520,9 @@ func (s *span) confirmed() bool {
 
 // absorb decides whether another header line continues this report.
 func (s *span) absorb(k *kind, m []string, l *line) bool {
+	if slices.Contains(k.partOf, s.typ) {
+		return true
+	}
 	switch {
 	case k.oops:
 		if s.oopsFollows && !s.sawOops && !s.sawTrace {
