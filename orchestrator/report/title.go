@@ -3,6 +3,7 @@ package report
 import (
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // titleLines are the span's lines from its header on, as the title rules
@@ -269,7 +270,31 @@ func hexRun(t string, n int) bool {
 // maxTitle bounds a title: corrupted lines can be very long.
 const maxTitle = 120
 
+// normalized caches normalize: one bug printed many times has one raw
+// title, and a log can hold a great many reports.
+var normalized struct {
+	sync.Mutex
+	m map[string]string
+}
+
 func normalize(t string) string {
+	normalized.Lock()
+	n, ok := normalized.m[t]
+	normalized.Unlock()
+	if ok {
+		return n
+	}
+	n = normalizeTitle(t)
+	normalized.Lock()
+	if normalized.m == nil || len(normalized.m) >= 4096 {
+		normalized.m = map[string]string{}
+	}
+	normalized.m[t] = n
+	normalized.Unlock()
+	return n
+}
+
+func normalizeTitle(t string) string {
 	for _, n := range normalizers {
 		switch {
 		case n.cue == "0" && !strings.ContainsAny(t, "0123456789"):

@@ -23,6 +23,9 @@ type jsonReport struct {
 	Start     int    `json:"start"` // byte offsets of the report in the file
 	End       int    `json:"end"`
 	Truncated bool   `json:"truncated"`
+	// Corrupted: the stack is unreliable or missing, so the title may
+	// name the wrong code ("... in corrupted" when it names none).
+	Corrupted bool   `json:"corrupted"`
 	Text      string `json:"text"`
 }
 
@@ -61,7 +64,7 @@ func reportFiles(w io.Writer, files []string, asJSON bool) error {
 		reps := report.Parse(data)
 		for _, r := range reps {
 			all = append(all, jsonReport{File: f, Type: string(r.Type), Title: r.Title,
-				Start: r.Start, End: r.End, Truncated: r.Truncated, Text: r.Text})
+				Start: r.Start, End: r.End, Truncated: r.Truncated, Corrupted: r.Corrupted, Text: r.Text})
 		}
 		if !asJSON {
 			printReports(w, f, reps)
@@ -114,6 +117,9 @@ func printReports(w io.Writer, file string, reps []report.Report) {
 		trunc := ""
 		if r.Truncated {
 			trunc = " (truncated)"
+		}
+		if r.Corrupted {
+			trunc += " (corrupted)"
 		}
 		fmt.Fprintf(w, "--- report %d: %s%s\n%s\n", i+1, termsafe.Line(r.String()), trunc, termsafe.String(strings.TrimRight(r.Text, "\n")))
 	}
