@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -250,4 +251,24 @@ func TestSyzkallerCorpus(t *testing.T) {
 	assert.GreaterOrEqual(t, pct(all.found, all.n), 98.0, "detection")
 	assert.Zero(t, fp, "reports on clean logs")
 	assert.GreaterOrEqual(t, pct(all.titled, all.reliable), 90.0, "titles equal to syzkaller's")
+}
+
+// TestSyzkallerCorpusStream: every log of the corpus (crash logs, clean
+// logs, other architectures) gives the same reports fed to a Stream in
+// random chunks as parsed whole.
+func TestSyzkallerCorpusStream(t *testing.T) {
+	cases := readCorpus(t, corpusDir(t))
+	differ := 0
+	for i, c := range cases {
+		want := titles(Parse(c.log))
+		s := NewStream()
+		feedBytes(s, c.log, rand.New(rand.NewPCG(uint64(i), 1)))
+		s.Close()
+		got := titles(s.All())
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			differ++
+			t.Errorf("%s: stream %q, Parse %q", c.name, got, want)
+		}
+	}
+	t.Logf("%d logs, %d differ", len(cases), differ)
 }
