@@ -92,7 +92,8 @@ func TestLabctlLifecycle(t *testing.T) {
 	so, se, code := c.run("run", name, "--", warn)
 	assert.Equal(t, 0, code, "stderr: %s", se)
 	assert.Contains(t, se, "the kernel reported during the command")
-	assert.Contains(t, se, "WARNING: labtest: deliberate WARN_ON via debugfs trigger")
+	assert.Contains(t, se, "WARNING in labtest_warn")
+	assert.Contains(t, se, "deliberate WARN_ON via debugfs trigger")
 	so, se, code = c.run("run", "--fail-on-report", name, "--", warn)
 	assert.Equal(t, 1, code, "--fail-on-report: stdout %s stderr %s", so, se)
 	assert.Contains(t, se, "--fail-on-report: 1 kernel report(s)")
@@ -209,7 +210,7 @@ func TestLabctlLifecycle(t *testing.T) {
 	assert.Contains(t, se, "kept the console and 2 kernel report(s) of "+name+" in "+kept)
 	rep, err := os.ReadFile(filepath.Join(kept, "reports.txt"))
 	require.NoError(t, err)
-	assert.Contains(t, string(rep), "WARNING: labtest: deliberate WARN_ON via debugfs trigger")
+	assert.Contains(t, string(rep), "WARNING in labtest_warn")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
