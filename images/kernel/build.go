@@ -37,6 +37,14 @@ type Options struct {
 	Jobs    int       // make -j; 0 = CPUs+1
 	Log     io.Writer // progress; nil = os.Stderr
 	Tarball string    // override of the source tarball
+	// Patches selects part of kmod/patches/series ("" = all of it) and
+	// Without leaves patches out of that: see Select for the syntax.
+	Patches string
+	Without string
+	// LDTOff builds the selected patches with CONFIG_LDT=n
+	// (images/config/ldt-off.config instead of ldt.config): `labctl
+	// series-check` proves that every prefix builds both ways.
+	LDTOff bool
 }
 
 // Meta is written as meta.json into every kernel cache entry.
@@ -58,6 +66,15 @@ type Meta struct {
 	// Cold is true when the object directory started empty (a full build)
 	// rather than from an earlier build of the same variant.
 	Cold bool `json:"cold"`
+	// Omitted are the series' patches this kernel was built without
+	// (--patches/--without); empty when Patches is the whole series.
+	Omitted []string `json:"omitted,omitempty"`
+	// LDTConfig is CONFIG_LDT's value ("y" or "n"; "" on vanilla and on
+	// entries built before it was recorded).
+	LDTConfig string `json:"ldt_config,omitempty"`
+	// Device is whether the patched tree has mm/ldt.c (/dev/ldt); nil on
+	// entries built before it was recorded (all had it).
+	Device *bool `json:"ldt_device,omitempty"`
 }
 
 // Build is a complete kernel cache entry.
@@ -71,11 +88,47 @@ type Build struct {
 	Meta        Meta
 }
 
-// Variant names the build for humans: "debug", "perf-vanilla".
+// Variant names the build for humans: "debug", "perf-vanilla",
+// "debug+0001-0005" (part of the series), "debug+0001-0005,ldt=n".
 func (o Options) Variant() string {
 	v := o.config()
 	if o.Vanilla {
-		v += "-vanilla"
+		return v + "-vanilla"
+	}
+	if o.Patches != "" || o.Without != "" {
+		if sel, err := o.Selection(); err == nil && !sel.Full() {
+			v += "+" + sel.Spec()
+		} else if err != nil {
+			v += "+?" + o.Patches
+			if o.Without != "" {
+				v += "-without-" + o.Without
+			}
+		}
+	}
+	if o.LDTOff {
+		if !strings.Contains(v, "+") {
+			v += "+all"
+		}
+		v += ",ldt=n"
+	}
+	return v
+}
+
+// workName is the persistent work directory (tree and objects) a build
+// uses under cache/work: the full series keeps the config's own ("debug"),
+// every other selection of a config shares one ("debug-subset"; with
+// CONFIG_LDT=n "debug-ldt-n"), so walking the prefixes of the series
+// rebuilds only what each step changes and never disturbs the default
+// kernel's objects.
+func (p *plan) workName() string {
+	v := p.opts.config()
+	switch {
+	case p.opts.Vanilla:
+		return v + "-vanilla"
+	case p.opts.LDTOff:
+		return v + "-ldt-n"
+	case !p.sel.Full():
+		return v + "-subset"
 	}
 	return v
 }
@@ -99,13 +152,15 @@ type plan struct {
 	opts      Options
 	src       *Source
 	fragments []string // absolute paths, in merge order
-	patches   []string // absolute paths, in series order
+	sel       Selection
+	patches   []string // absolute paths of the applied patches, in series order
 	// patchData is each patch as hashed into the key: what is applied,
 	// even if the file changes while the build runs.
 	patchData [][]byte
 	modules   []string // absolute dirs holding a Kbuild file
 	key       string
 	compiler  string
+	variant   string // o.Variant(), resolved once
 }
 
 // Configs are the kernel configurations the lab builds.
@@ -138,10 +193,20 @@ func newPlan(o Options) (*plan, error) {
 		p.fragments = append(p.fragments, filepath.Join(cfgDir, "debug.config"))
 	}
 	p.fragments = append(p.fragments, filepath.Join(cfgDir, o.config()+".config"))
+	if p.sel, err = o.Selection(); err != nil {
+		return nil, err
+	}
+	if o.Vanilla && o.LDTOff {
+		return nil, errors.New("--vanilla has no CONFIG_LDT to turn off")
+	}
 	if !o.Vanilla {
-		p.fragments = append(p.fragments, filepath.Join(cfgDir, "ldt.config"))
-		if p.patches, err = readSeries(filepath.Join(o.Repo, "kmod", "patches")); err != nil {
-			return nil, err
+		if o.LDTOff {
+			p.fragments = append(p.fragments, filepath.Join(cfgDir, "ldt-off.config"))
+		} else {
+			p.fragments = append(p.fragments, filepath.Join(cfgDir, "ldt.config"))
+		}
+		for _, n := range p.sel.Applied {
+			p.patches = append(p.patches, filepath.Join(o.Repo, "kmod", "patches", n))
 		}
 	}
 	if p.modules, err = moduleDirs(filepath.Join(o.Repo, "kmod")); err != nil {
@@ -181,6 +246,7 @@ func newPlan(o Options) (*plan, error) {
 		}
 	}
 	p.key = k.Sum()[:24]
+	p.variant = o.Variant()
 	return p, nil
 }
 
@@ -251,7 +317,7 @@ func Find(o Options) (*Build, bool, error) {
 		return nil, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("%w: `labctl build --config %s%s` rebuilds it", err, o.config(), map[bool]string{true: " --vanilla"}[o.Vanilla])
+		return nil, false, fmt.Errorf("%w: `labctl build%s` rebuilds it", err, o.Flags())
 	}
 	b, err := load(dir)
 	return b, err == nil, err
@@ -300,7 +366,7 @@ func load(dir string) (*Build, error) {
 }
 
 func (p *plan) logf(format string, args ...any) {
-	fmt.Fprintf(p.opts.log(), "[kernel %s] %s\n", p.opts.Variant(), fmt.Sprintf(format, args...))
+	fmt.Fprintf(p.opts.log(), "[kernel %s] %s\n", p.variant, fmt.Sprintf(format, args...))
 }
 
 // build produces the entry in dst. The source tree and object directory
@@ -312,11 +378,16 @@ func (p *plan) build(ctx context.Context, dst string) error {
 	if err != nil {
 		return err
 	}
+	if !p.sel.Prefix() {
+		if err := p.trialApply(ctx, pristine); err != nil {
+			return err
+		}
+	}
 	root, err := cache.Root()
 	if err != nil {
 		return err
 	}
-	work := filepath.Join(root, "work", p.opts.Variant())
+	work := filepath.Join(root, "work", p.workName())
 	if err := cache.MkdirPrivate(work); err != nil {
 		return err
 	}
@@ -341,7 +412,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		logFile.Sync()
 		cache.CopyFile(logPath, keep, 0o644)
 		b, _ := os.ReadFile(logPath)
-		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.opts.Variant(), what, err, cache.SpaceHint(work, 256<<20), keep, lines.Last(string(b), 30))
+		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.variant, what, err, cache.SpaceHint(work, 256<<20), keep, lines.Last(string(b), 30))
 	}
 
 	srcDir := filepath.Join(work, "src")
@@ -358,7 +429,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 	if jobs <= 0 {
 		jobs = runtime.NumCPU() + 1
 	}
-	p.logf("building %s %s (%s) with %d jobs; log: %s", SourcePackage, p.src.Version, p.opts.Variant(), jobs, logPath)
+	p.logf("building %s %s (%s) with %d jobs; log: %s", SourcePackage, p.src.Version, p.variant, jobs, logPath)
 	if err := p.make(ctx, srcDir, logFile, true, "O="+outDir, fmt.Sprintf("-j%d", jobs), "bzImage", "modules"); err != nil {
 		return fail("compiling the kernel", err)
 	}
@@ -415,11 +486,17 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		Key: p.key, SourcePackage: SourcePackage, SourceVersion: p.src.Version,
 		KernelRelease: release, Config: p.opts.config(), Vanilla: p.opts.Vanilla,
 		Modules: modNames, Compiler: p.compiler, BuiltAt: time.Now().UTC(),
-		Selftests: stBuilt, SelftestsFail: stFailed,
+		Selftests: stBuilt, SelftestsFail: stFailed, Omitted: p.sel.Omitted,
 		BuildSeconds: time.Since(start).Seconds(), Cold: cold,
 	}
 	for _, pt := range p.patches {
 		meta.Patches = append(meta.Patches, filepath.Base(pt))
+	}
+	if !p.opts.Vanilla {
+		meta.LDTConfig = map[bool]string{true: "n", false: "y"}[p.opts.LDTOff]
+		_, err := os.Stat(filepath.Join(srcDir, "mm", "ldt.c"))
+		device := err == nil
+		meta.Device = &device
 	}
 	for _, f := range p.fragments {
 		if _, err := os.Stat(f); err == nil {

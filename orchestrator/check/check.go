@@ -58,6 +58,8 @@ type Result struct {
 	Started    time.Time         `json:"started"`
 	Kernel     string            `json:"kernel"`
 	Variant    string            `json:"variant"`
+	Patches    []string          `json:"patches,omitempty"`         // the series' patches the kernel has
+	Omitted    []string          `json:"omitted_patches,omitempty"` // those it was built without (--patches/--without)
 	Accel      string            `json:"accel"`
 	Seed       uint64            `json:"seed"`
 	Cells      []*Cell           `json:"cells"`
@@ -154,6 +156,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	r.res.Kernel = r.m.Kernel.Meta.KernelRelease
 	r.res.Variant = o.Guest.KernelOptions().Variant()
+	r.res.Patches, r.res.Omitted = r.m.Kernel.Meta.Patches, r.m.Kernel.Meta.Omitted
 	r.res.Accel = string(r.m.Accel.Kind)
 
 	all, err := cell.List(ctx, r.m)
@@ -174,11 +177,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	total := len(scen) * len(trackers)
 	n := 0
+	// A kernel without /dev/ldt (vanilla, a part of the series before
+	// mm/ldt.c, CONFIG_LDT=n): the LDT trackers' skips are N/A there.
+	noDevice := !r.m.Kernel.Meta.HasDevice()
 	for i := range scen {
 		s := &scen[i]
 		for _, t := range trackers {
 			n++
-			c, err := r.run(ctx, cell.Spec{Kind: cell.KindScenario, Scenario: s, Tracker: t, Seed: o.Seed, Epochs: o.Epochs, Vanilla: o.Guest.Vanilla})
+			c, err := r.run(ctx, cell.Spec{Kind: cell.KindScenario, Scenario: s, Tracker: t, Seed: o.Seed, Epochs: o.Epochs, Vanilla: noDevice})
 			if err != nil && !lab.IsGuestFault(err) {
 				return nil, err
 			}
@@ -367,13 +373,7 @@ func (r *runner) repro(scenario, tracker string) string {
 	if r.o.Epochs > 0 {
 		cmd += fmt.Sprintf(" --epochs %d", r.o.Epochs)
 	}
-	if r.o.Guest.Vanilla {
-		cmd += " --vanilla"
-	}
-	if r.o.Guest.Config != "" && r.o.Guest.Config != "debug" {
-		cmd += " --config " + shquote.Word(r.o.Guest.Config)
-	}
-	return cmd
+	return cmd + r.o.Guest.KernelOptions().Flags()
 }
 
 // Table renders the scenario × tracker matrix.

@@ -39,6 +39,9 @@ type Options struct {
 	Name      string
 	Config    string // kernel config: debug (default) | perf
 	Vanilla   bool   // kernel without the LDT series
+	Patches   string // only these patches of the series (kernel.Select); "" = all
+	Without   string // and without these
+	LDTOff    bool   // the patched kernel with CONFIG_LDT=n
 	Accel     string // auto (default) | kvm | tcg
 	Backend   string // qemu (default)
 	Connect   string // the backend's host (a libvirt URI); "" = this machine
@@ -85,7 +88,7 @@ func (o *Options) logf(format string, args ...any) {
 
 // KernelOptions is the kernel build o asks for.
 func (o *Options) KernelOptions() kernel.Options {
-	return kernel.Options{Repo: o.Repo, Config: o.Config, Vanilla: o.Vanilla, Log: o.Log}
+	return kernel.Options{Repo: o.Repo, Config: o.Config, Vanilla: o.Vanilla, Patches: o.Patches, Without: o.Without, LDTOff: o.LDTOff, Log: o.Log}
 }
 
 // Prepare finds (or builds) the kernel and the image, saying which.
@@ -99,7 +102,7 @@ func Prepare(ctx context.Context, o Options) (*kernel.Build, *rootfs.Image, erro
 			return nil, nil, &vm.InfraError{Op: "looking up the kernel build", Err: err}
 		}
 		if !ok {
-			return nil, nil, &vm.InfraError{Op: "looking up the kernel build", Err: fmt.Errorf("no cached %s kernel for the current sources: run `labctl build --config %s%s`", ko.Variant(), ko.Config, map[bool]string{true: " --vanilla"}[ko.Vanilla])}
+			return nil, nil, &vm.InfraError{Op: "looking up the kernel build", Err: fmt.Errorf("no cached %s kernel for the current sources: run `labctl build%s`", ko.Variant(), ko.Flags())}
 		}
 		kb = b
 	} else {
@@ -115,6 +118,7 @@ func Prepare(ctx context.Context, o Options) (*kernel.Build, *rootfs.Image, erro
 			o.logf("kernel: built %s %s in %s", ko.Variant(), b.Meta.KernelRelease, time.Since(t).Round(time.Second))
 		}
 	}
+	o.logf("kernel patches: %s", kb.Meta.PatchSummary())
 	t := time.Now()
 	img, hit, err := rootfs.Ensure(ctx, rootfs.Options{Repo: o.Repo, Kernel: kb, Extra: o.Extra, Log: o.Log})
 	if err != nil {

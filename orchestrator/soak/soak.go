@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"ldtlab/guest/result"
+	"ldtlab/images/kernel"
 	"ldtlab/internal/secfs"
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
@@ -34,7 +35,10 @@ import (
 type Options struct {
 	For       time.Duration `json:"for"`
 	VMs       int           `json:"vms"`
-	Config    string        `json:"config"` // kernel config: debug | sanitize | perf
+	Config    string        `json:"config"`            // kernel config: debug | sanitize | perf
+	Patches   string        `json:"patches,omitempty"` // --patches: part of the LDT series (kernel.Select)
+	Without   string        `json:"without,omitempty"` // --without
+	LDTOff    bool          `json:"ldt_off,omitempty"` // --ldt=n
 	Accel     string        `json:"accel,omitempty"`
 	MemoryMiB int           `json:"memory_mib"`
 	Seed      uint64        `json:"seed"` // base seed; round n runs RoundSeed(Seed, n)
@@ -189,6 +193,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 		s.O.VMs = 1 // a replay is one round on one fresh guest
 	}
 	s.Guest.Config, s.Guest.MemoryMiB = s.O.Config, s.O.MemoryMiB
+	s.Guest.Patches, s.Guest.Without, s.Guest.LDTOff = s.O.Patches, s.O.Without, s.O.LDTOff
 	if s.O.Accel != "" {
 		s.Guest.Accel = s.O.Accel
 	}
@@ -720,10 +725,8 @@ func (s *Soak) bootFailed(n, w int, err error) {
 // such as /tmp, where another user could have prepared it).
 func (s *Soak) repro(n int, st Step) string {
 	q := shquote.Word
-	cfg := ""
-	if s.O.Config != "" && s.O.Config != "debug" {
-		cfg = " --config " + q(s.O.Config)
-	}
+	cfg := kernel.Options{Repo: s.Guest.Repo, Config: s.O.Config, Vanilla: s.Guest.Vanilla,
+		Patches: s.O.Patches, Without: s.O.Without, LDTOff: s.O.LDTOff}.Flags()
 	switch st.Kind {
 	case "scenario":
 		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --stress 0%s", q(st.Scenario), q(st.Tracker), st.Seed, cfg)

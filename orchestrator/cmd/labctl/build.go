@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -22,6 +23,7 @@ import (
 type guestFlags struct {
 	config  string
 	vanilla bool
+	kernelSelection
 	accel   string
 	mem     int // 0: the verb's default
 	cpus    int
@@ -36,6 +38,7 @@ type guestFlags struct {
 func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.config, "config", "debug", "kernel configuration: debug (assertions on), perf (no debug options) or sanitize (debug plus KASAN, KFENCE, UBSAN, lockdep, kmemleak)")
 	fs.BoolVar(&g.vanilla, "vanilla", false, "use the kernel built without kmod/patches (A/B comparisons)")
+	g.kernelSelection.register(fs)
 	fs.StringVar(&g.accel, "accel", "auto", "accelerator: auto, kvm or tcg (auto uses KVM only where hardware virtualization works)")
 	fs.IntVar(&g.mem, "mem", 0, "guest memory in MiB (0 = the verb's default: 1024; 768 for check and stress; 2048 for bench paper)")
 	fs.IntVar(&g.cpus, "cpus", 2, "guest vCPUs")
@@ -66,7 +69,64 @@ func (g *guestFlags) validate() error {
 	case g.backend != "" && g.backend != "qemu" && g.backend != "libvirt":
 		return fmt.Errorf("--backend %s: unknown backend (qemu or libvirt)", g.backend)
 	}
-	return nil
+	return g.kernelSelection.validate(g.vanilla)
+}
+
+// kernelSelection is which patches of the series a kernel is built with,
+// shared by `labctl build` and every verb that boots a guest.
+type kernelSelection struct {
+	patches, without string
+	ldt              string
+	repo             string // where validate found the series; "" = repoRoot()
+}
+
+func (k *kernelSelection) register(fs *flag.FlagSet) {
+	fs.StringVar(&k.patches, "patches", "", "apply only these patches of kmod/patches/series: numbers or file names, ranges and comma lists (0001-0005, 1-5,7, 0003-); default all")
+	fs.StringVar(&k.without, "without", "", "leave these patches out (same syntax as --patches), e.g. --without 0010")
+	fs.StringVar(&k.ldt, "ldt", "y", "CONFIG_LDT of the patched kernel: y, or n (the series must build and boot without the tracker too)")
+}
+
+// validate resolves the selection against the series, so that an unknown
+// patch is a usage error before anything is built or booted.
+func (k *kernelSelection) validate(vanilla bool) error {
+	if k.ldt != "" && k.ldt != "y" && k.ldt != "n" {
+		return fmt.Errorf("--ldt %s: y or n", k.ldt)
+	}
+	if vanilla && k.ldt == "n" {
+		return errors.New("--vanilla --ldt=n: the vanilla kernel has no CONFIG_LDT")
+	}
+	if k.patches == "" && k.without == "" {
+		return nil
+	}
+	repo := k.repo
+	if repo == "" {
+		r, err := repoRoot()
+		if err != nil {
+			return err
+		}
+		repo = r
+	}
+	_, err := kernel.Options{Repo: repo, Vanilla: vanilla, Patches: k.patches, Without: k.without}.Selection()
+	return err
+}
+
+func (k *kernelSelection) apply(o *kernel.Options) {
+	o.Patches, o.Without, o.LDTOff = k.patches, k.without, k.ldt == "n"
+}
+
+// args are the flags that pass the selection on (to the supervisor).
+func (k *kernelSelection) args() []string {
+	var a []string
+	if k.patches != "" {
+		a = append(a, "-patches", k.patches)
+	}
+	if k.without != "" {
+		a = append(a, "-without", k.without)
+	}
+	if k.ldt == "n" {
+		a = append(a, "-ldt", "n")
+	}
+	return a
 }
 
 // optionalMiB is a size flag that knows whether it was given: a value
@@ -106,6 +166,7 @@ func (o optionalMiB) lab() int {
 }
 
 func (g *guestFlags) options(repo, name string) lab.Options {
+	g.kernelSelection.repo = repo
 	if err := g.validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "labctl: %v\n", err)
 		os.Exit(exitUsage)
@@ -113,6 +174,7 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 	o := lab.Options{
 		Repo: repo, Name: name, Config: g.config, Vanilla: g.vanilla, Accel: g.accel,
 		MemoryMiB: g.mem, CPUs: g.cpus, Cmdline: g.cmdline, SwapMiB: g.swap.lab(), NoBuild: g.noBuild,
+		Patches: g.patches, Without: g.without, LDTOff: g.ldt == "n",
 	}
 	o.Backend = g.backend
 	if g.backend == "libvirt" {
@@ -156,6 +218,7 @@ func init() {
 		vanilla bool
 		all     bool
 		force   bool
+		sel     kernelSelection
 	}
 	register(&command{
 		name:    "build",
@@ -163,6 +226,7 @@ func init() {
 		setup: func(fs *flag.FlagSet) {
 			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug, perf or sanitize")
 			fs.BoolVar(&bf.vanilla, "vanilla", false, "build without kmod/patches")
+			bf.sel.register(fs)
 			fs.BoolVar(&bf.all, "all", false, "build every combination (debug, perf) × (ldt, vanilla)")
 			fs.BoolVar(&bf.force, "force", false, "drop the cached kernel and image entries and rebuild them (the object directory is kept, so the kernel rebuild is incremental)")
 		},
@@ -171,28 +235,35 @@ func init() {
 			if err != nil {
 				return err
 			}
-			type variant struct {
-				config  string
-				vanilla bool
+			bf.sel.repo = repo
+			if err := bf.sel.validate(bf.vanilla); err != nil {
+				return usageError{err}
 			}
-			vs := []variant{{bf.config, bf.vanilla}}
+			one := kernel.Options{Repo: repo, Config: bf.config, Vanilla: bf.vanilla}
+			bf.sel.apply(&one)
+			vs := []kernel.Options{one}
 			if bf.all {
-				vs = []variant{{"debug", false}, {"debug", true}, {"perf", false}, {"perf", true}}
+				if bf.sel.patches != "" || bf.sel.without != "" || bf.sel.ldt != "y" {
+					return usageError{errors.New("--all builds the default variants: it takes no --patches, --without or --ldt")}
+				}
+				vs = []kernel.Options{{Repo: repo, Config: "debug"}, {Repo: repo, Config: "debug", Vanilla: true},
+					{Repo: repo, Config: "perf"}, {Repo: repo, Config: "perf", Vanilla: true}}
 			}
 			for _, v := range vs {
 				if bf.force {
-					if err := dropEntries(repo, v.config, v.vanilla); err != nil {
+					if err := dropEntries(v); err != nil {
 						return err
 					}
 				}
 				t := time.Now()
-				kb, img, err := lab.Prepare(ctx, lab.Options{Repo: repo, Config: v.config, Vanilla: v.vanilla})
+				kb, img, err := lab.Prepare(ctx, lab.Options{Repo: repo, Config: v.Config, Vanilla: v.Vanilla,
+					Patches: v.Patches, Without: v.Without, LDTOff: v.LDTOff})
 				if err != nil {
 					return err
 				}
-				fmt.Printf("%s\n  kernel   %s (%s, source %s %s)\n  vmlinux  %s\n  image    %s\n  took     %s\n",
-					kernel.Options{Config: v.config, Vanilla: v.vanilla}.Variant(), kb.BzImage, kb.Meta.KernelRelease,
-					kb.Meta.SourcePackage, kb.Meta.SourceVersion, kb.Vmlinux, img.Initramfs, time.Since(t).Round(time.Millisecond))
+				fmt.Printf("%s\n  kernel   %s (%s, source %s %s)\n  patches  %s\n  vmlinux  %s\n  image    %s\n  took     %s\n",
+					v.Variant(), kb.BzImage, kb.Meta.KernelRelease, kb.Meta.SourcePackage, kb.Meta.SourceVersion,
+					kb.Meta.PatchSummary(), kb.Vmlinux, img.Initramfs, time.Since(t).Round(time.Millisecond))
 			}
 			return nil
 		},
@@ -201,10 +272,9 @@ func init() {
 
 // dropEntries removes the cached kernel of a variant and the image built
 // on it, for `labctl build --force`.
-func dropEntries(repo, config string, vanilla bool) error {
-	ko := kernel.Options{Repo: repo, Config: config, Vanilla: vanilla}
+func dropEntries(ko kernel.Options) error {
 	if kb, ok, _ := kernel.Find(ko); ok {
-		if key, err := rootfs.Key(rootfs.Options{Repo: repo, Kernel: kb, Busybox: "/bin/busybox"}); err == nil {
+		if key, err := rootfs.Key(rootfs.Options{Repo: ko.Repo, Kernel: kb, Busybox: "/bin/busybox"}); err == nil {
 			if err := cache.Open("images").Remove(key); err != nil {
 				return &vm.InfraError{Op: "dropping the cached image", Err: err}
 			}

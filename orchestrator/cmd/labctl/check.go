@@ -132,7 +132,7 @@ func smoke(ctx context.Context, o lab.Options) error {
 		}},
 		{"soft-dirty available", "test -e /proc/self/clear_refs && echo ok", want("ok")},
 	}
-	if !m.Kernel.Meta.Vanilla && len(m.Kernel.Meta.Patches) > 0 {
+	if m.Kernel.Meta.HasDevice() {
 		steps = append(steps, step{"/dev/ldt present", "ls -l /dev/ldt", want("/dev/ldt")})
 	}
 	failed := 0

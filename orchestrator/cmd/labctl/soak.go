@@ -82,6 +82,7 @@ func init() {
 			}
 			mem := g.mem // 0: 768 (check.GuestDefaults)
 			so := soak.Options{For: f.dur, VMs: f.vms, Config: g.config, Accel: g.accel, MemoryMiB: mem, Seed: f.seed,
+				Patches: g.patches, Without: g.without, LDTOff: g.ldt == "n",
 				Light: f.light, Inject: injs, Trackers: splitList(f.trackers), Rounds: f.rounds, Only: f.round,
 				Hosts: splitList(f.hosts), VMsPerHost: f.perHost}
 			if len(so.Hosts) > 0 && flagSet(fs, "vms") {

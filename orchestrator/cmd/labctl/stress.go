@@ -67,7 +67,9 @@ func init() {
 				}
 				out = filepath.Join(state, "stress-last.json")
 			}
-			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "runs": runs}, "", "  ")
+			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "runs": runs,
+				"kernel": m.Kernel.Meta.KernelRelease, "variant": o.KernelOptions().Variant(), "kernel_key": m.Kernel.Meta.Key,
+				"patches": m.Kernel.Meta.Patches, "omitted_patches": m.Kernel.Meta.Omitted}, "", "  ")
 			if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
 				return &vm.InfraError{Op: "writing the stress result", Err: werr}
 			}
@@ -82,7 +84,7 @@ func init() {
 				}
 				if r.Failed() {
 					bad++
-					fmt.Printf("  %s thp=%v: %s %s\n    reproduce: labctl stress --tracker %s --seed %d --for %s --pages %d\n", r.Tracker, r.THP, r.Verdict, r.Error, r.Tracker, f.seed, f.dur, f.pages)
+					fmt.Printf("  %s thp=%v: %s %s\n    reproduce: labctl stress --tracker %s --seed %d --for %s --pages %d%s\n", r.Tracker, r.THP, r.Verdict, r.Error, r.Tracker, f.seed, f.dur, f.pages, o.KernelOptions().Flags())
 				}
 				for _, t := range r.Reports {
 					title, _, _ := strings.Cut(t, "\n")

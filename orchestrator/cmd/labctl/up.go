@@ -98,6 +98,7 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	if g.vanilla {
 		args = append(args, "-vanilla")
 	}
+	args = append(args, g.kernelSelection.args()...)
 	if g.redis {
 		args = append(args, "-redis")
 	}
