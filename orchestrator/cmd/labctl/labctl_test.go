@@ -199,7 +199,7 @@ func TestParseInterspersed(t *testing.T) {
 	for _, c := range cases {
 		fs := flag.NewFlagSet("t", flag.ContinueOnError)
 		v := fs.Bool("vanilla", false, "")
-		got, err := parseInterspersed(fs, c.args, c.verbatim)
+		got, err := parseInterspersed(fs, c.args, c.verbatim, false)
 		require.NoError(t, err, "%v", c.args)
 		assert.Equal(t, c.want, got, "%v", c.args)
 		assert.Equal(t, c.flag, *v, "%v", c.args)

@@ -36,6 +36,9 @@ type command struct {
 	// hangupEnds: SIGHUP is how this verb is normally ended (the proxy,
 	// when ssh closes): exit 0 quietly.
 	hangupEnds bool
+	// keepDash passes "--" on among the arguments, so that run can tell
+	// `run NAME -- CMD` from `run -- CMD` (a throwaway guest).
+	keepDash bool
 }
 
 var commands []*command
@@ -131,7 +134,7 @@ func main() {
 	if cmd.setup != nil {
 		cmd.setup(fs)
 	}
-	positional, err := parseInterspersed(fs, os.Args[2:], cmd.verbatimAfter)
+	positional, err := parseInterspersed(fs, os.Args[2:], cmd.verbatimAfter, cmd.keepDash)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
@@ -196,13 +199,19 @@ func main() {
 
 // parseInterspersed lets flags follow positional arguments (`labctl up x
 // --vanilla`), as users type them. Everything after "--" is positional and
-// kept verbatim (the guest command of `labctl run NAME -- CMD`).
-func parseInterspersed(fs *flag.FlagSet, args []string, verbatimAfter int) ([]string, error) {
+// kept verbatim (the guest command of `labctl run NAME -- CMD`); with
+// keepDash the "--" itself is kept too.
+func parseInterspersed(fs *flag.FlagSet, args []string, verbatimAfter int, keepDash bool) ([]string, error) {
 	var pos []string
+	dash := []string{}
+	if keepDash {
+		dash = []string{"--"}
+	}
 	for {
 		if verbatimAfter > 0 && len(pos) == verbatimAfter {
 			if len(args) > 0 && args[0] == "--" {
 				args = args[1:]
+				pos = append(pos, dash...)
 			}
 			return append(pos, args...), nil
 		}
@@ -211,13 +220,13 @@ func parseInterspersed(fs *flag.FlagSet, args []string, verbatimAfter int) ([]st
 		}
 		rest := fs.Args()
 		if len(args) > 0 && len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
-			return append(pos, rest...), nil
+			return append(append(pos, dash...), rest...), nil
 		}
 		if len(rest) == 0 {
 			return pos, nil
 		}
 		if rest[0] == "--" {
-			return append(pos, rest[1:]...), nil
+			return append(append(pos, dash...), rest[1:]...), nil
 		}
 		pos = append(pos, rest[0])
 		args = rest[1:]
