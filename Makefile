@@ -5,7 +5,7 @@ export GOFLAGS := -buildvcs=false
 # A cold run builds two kernels (LDT and vanilla) on top of the tests.
 TEST_TIMEOUT ?= 85m
 
-.PHONY: all labctl setup build check stress soak test unit e2e bench bench-paper vet clean
+.PHONY: all labctl setup build check stress soak test unit e2e bench bench-paper vet clean checkpatch series-check
 
 all: labctl
 
@@ -32,6 +32,18 @@ stress: setup
 SOAK_FOR ?= 8h
 soak: setup
 	@$(LABCTL) soak --for $(SOAK_FOR)
+
+# The series' style: the kernel source's checkpatch.pl on every patch
+# (only the missing Signed-off-by is allowed).
+checkpatch: labctl
+	@$(LABCTL) checkpatch
+
+# Long (hours on 2 cores): checkpatch, then every prefix of the series
+# built with CONFIG_LDT=y and =n (incrementally, one work directory each)
+# and booted to its agent. Not part of `make test`.
+SERIES_LDT ?= y,n
+series-check: setup
+	@$(LABCTL) series-check --ldt $(SERIES_LDT)
 
 # Unit tests (no VM) and the end-to-end suite (real guests).
 test: setup vet

@@ -70,8 +70,11 @@ func init() {
 			if res != nil {
 				out := jsonOut
 				if out == "" {
-					os.MkdirAll(lab.StateDir(), 0o755)
-					out = filepath.Join(lab.StateDir(), "bisect-last.json")
+					state, serr := lab.EnsureStateDir()
+					if serr != nil {
+						return &vm.InfraError{Op: "writing the bisect result", Err: serr}
+					}
+					out = filepath.Join(state, "bisect-last.json")
 				}
 				if werr := cache.WriteJSON(out, map[string]any{
 					"command": t.cmd, "series": series, "kernel_flags": base.KernelOptions().Flags(),
@@ -195,11 +198,15 @@ func (t *labTester) Build(ctx context.Context, k int) error {
 
 func (t *labTester) Run(ctx context.Context, k int) (int, string, error) {
 	o := prefixOptions(t.base, t.series, k)
-	code, err := throwawayRun(ctx, o, t.copies, t.cmd, t.timeout, runIO{stdout: os.Stdout, stderr: os.Stderr})
+	code, reports, err := throwawayRun(ctx, o, t.copies, t.cmd, t.timeout, runIO{stdout: os.Stdout, stderr: os.Stderr})
 	if err != nil {
 		return 0, firstLineOf(err.Error()), err
 	}
-	return code, "", nil
+	note := ""
+	if reports > 0 {
+		note = fmt.Sprintf("%d kernel report(s), the exit status decides", reports)
+	}
+	return code, note, nil
 }
 
 func (t *labTester) Abort(err error) bool {

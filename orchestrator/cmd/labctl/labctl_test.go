@@ -211,3 +211,117 @@ func TestSSHConfigNamesTheStateDir(t *testing.T) {
 	cfg := sshConfig("x", "/opt/my lab/labctl", "/var/lib/ldt state", k)
 	assert.Contains(t, cfg, `ProxyCommand env LDTLAB_STATE='/var/lib/ldt state' '/opt/my lab/labctl' proxy x`)
 }
+
+func TestPrefixOrder(t *testing.T) {
+	got, err := prefixOrder("", 4)
+	require.NoError(t, err)
+	assert.Equal(t, []int{1, 2, 3, 4}, got)
+	got, err = prefixOrder("6-9,5-1", 10)
+	require.NoError(t, err)
+	assert.Equal(t, []int{6, 7, 8, 9, 5, 4, 3, 2, 1}, got)
+	got, err = prefixOrder("3, 3,1-2", 10)
+	require.NoError(t, err)
+	assert.Equal(t, []int{3, 1, 2}, got)
+	for _, bad := range []string{"0", "11", "a", "1-11", "1,,2", "-3"} {
+		_, err := prefixOrder(bad, 10)
+		assert.Error(t, err, bad)
+	}
+}
+
+func TestSplitRunArgs(t *testing.T) {
+	for _, c := range []struct {
+		args      []string
+		name      string
+		cmd       []string
+		wantError bool
+	}{
+		{[]string{"x", "--", "uname", "-r"}, "x", []string{"uname", "-r"}, false},
+		{[]string{"x", "uname", "-r"}, "x", []string{"uname", "-r"}, false},
+		{[]string{"--", "uname", "-r"}, "", []string{"uname", "-r"}, false},
+		{[]string{"--", "grep -q x /proc/kallsyms"}, "", []string{"grep -q x /proc/kallsyms"}, false},
+		{[]string{"x", "--", "a", "--", "b"}, "x", []string{"a", "--", "b"}, false},
+		{[]string{"x"}, "", nil, true},
+		{[]string{"--"}, "", nil, true},
+		{[]string{"x", "--"}, "", nil, true},
+		{[]string{"x", "y", "--", "z"}, "x", []string{"y", "--", "z"}, false},
+		{[]string{"--", "x", "--", "z"}, "", []string{"x", "--", "z"}, false},
+	} {
+		name, cmd, err := splitRunArgs(c.args)
+		if c.wantError {
+			assert.Error(t, err, "%q", c.args)
+			continue
+		}
+		require.NoError(t, err, "%q", c.args)
+		assert.Equal(t, c.name, name, "%q", c.args)
+		assert.Equal(t, c.cmd, cmd, "%q", c.args)
+	}
+}
+
+func TestParseInterspersedKeepDash(t *testing.T) {
+	// run's parsing: one VM name, then verbatim; "--" kept where it separates.
+	for _, c := range []struct {
+		args, want []string
+		patches    string
+	}{
+		{[]string{"--patches", "0001-0005", "--", "grep", "-q", "x"}, []string{"--", "grep", "-q", "x"}, "0001-0005"},
+		{[]string{"--", "uname", "-r"}, []string{"--", "uname", "-r"}, ""},
+		{[]string{"x", "--", "uname", "-r"}, []string{"x", "--", "uname", "-r"}, ""},
+		{[]string{"x", "uname", "-r"}, []string{"x", "uname", "-r"}, ""},
+		{[]string{"x", "echo", "--", "--patches"}, []string{"x", "echo", "--", "--patches"}, ""},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		patches := fs.String("patches", "", "")
+		got, err := parseInterspersed(fs, c.args, 1, true)
+		require.NoError(t, err, "%q", c.args)
+		assert.Equal(t, c.want, got, "%q", c.args)
+		assert.Equal(t, c.patches, *patches, "%q", c.args)
+	}
+}
+
+func TestCopyList(t *testing.T) {
+	dir := t.TempDir()
+	var c copyList
+	require.NoError(t, c.Set(dir+":/tmp/in/"))
+	require.NoError(t, c.Set(dir+":/tmp/a:b"))
+	assert.Equal(t, []hostCopy{{dir, "/tmp/in/"}, {dir, "/tmp/a:b"}}, []hostCopy(c))
+	assert.Equal(t, " --copy "+dir+":/tmp/in/ --copy "+dir+":/tmp/a:b", c.args())
+	for _, bad := range []string{"nocolon", ":/tmp", dir + ":", "/does/not/exist:/tmp/x"} {
+		assert.Error(t, c.Set(bad), bad)
+	}
+}
+
+func TestBisectPrefixes(t *testing.T) {
+	series := []string{"0001-a.patch", "0002-b.patch", "0003-c.patch"}
+	for s, want := range map[string]int{"": 7, "0": 0, "vanilla": 0, "2": 2, "0002": 2, "0003-c.patch": 3} {
+		got, err := prefixOf(series, s, 7)
+		require.NoError(t, err, s)
+		assert.Equal(t, want, got, s)
+	}
+	for _, bad := range []string{"0004", "1-2", "x"} {
+		_, err := prefixOf(series, bad, 3)
+		assert.Error(t, err, bad)
+	}
+	base := lab.Options{Config: "perf", Patches: "stale", Without: "stale", LDTOff: true}
+	o := prefixOptions(base, series, 0)
+	assert.True(t, o.Vanilla)
+	assert.False(t, o.LDTOff, "prefix 0 is the vanilla kernel")
+	o = prefixOptions(base, series, 2)
+	assert.Equal(t, "0001-0002", o.Patches)
+	assert.Empty(t, o.Without)
+	assert.True(t, o.LDTOff)
+	assert.Equal(t, "perf", o.Config)
+	o = prefixOptions(base, series, 3)
+	assert.Empty(t, o.Patches, "the whole series is the default kernel (its usual cache key)")
+
+	fs := flag.NewFlagSet("bisect", flag.ContinueOnError)
+	var g guestFlags
+	g.register(fs)
+	fs.String("good", "", "")
+	require.NoError(t, fs.Parse([]string{"--config", "sanitize", "--mem", "2048", "--good", "1"}))
+	var c copyList
+	require.NoError(t, c.Set(t.TempDir()+":/tmp/x"))
+	again := runCommand(fs, c, []string{"sh", "-c", "grep -q ldt_ /proc/kallsyms"}, series)
+	assert.Equal(t, "labctl run --patches 0001-0002 --config=sanitize --mem=2048"+c.args()+" -- sh -c 'grep -q ldt_ /proc/kallsyms'", again(2))
+	assert.Equal(t, "labctl run --vanilla --config=sanitize --mem=2048"+c.args()+" -- sh -c 'grep -q ldt_ /proc/kallsyms'", again(0))
+	assert.True(t, strings.HasPrefix(again(3), "labctl run --config=sanitize"), again(3))
+}
