@@ -246,6 +246,9 @@ func CompareKernels(ctx context.Context, o lab.Options, tests []string, perTest 
 	for _, name := range names {
 		vo := o
 		vo.Vanilla = name == "vanilla"
+		if vo.Vanilla {
+			vo.Patches, vo.Without, vo.LDTOff = "", "", false // the other side of --patches is still vanilla
+		}
 		vo.Name = o.Name + "-" + name
 		vo.Cmdline = cmdline.FakeNUMA(vo.Cmdline, 2) // for migration
 		m, err := lab.Boot(ctx, vo)
