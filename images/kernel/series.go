@@ -310,21 +310,53 @@ func (p *plan) trialApply(ctx context.Context, pristine string) error {
 				continue
 			}
 			ofiles, _ := patchFiles(filepath.Join(p.opts.Repo, "kmod", "patches", om))
+			var common []string
 			for _, f := range ofiles {
-				if containsString(files, f) {
-					needs = append(needs, fmt.Sprintf("%s (changes %s too)", PatchID(om), f))
-					break
+				if containsString(files, f) && !containsString(common, f) {
+					common = append(common, f)
 				}
+			}
+			if len(common) > 0 {
+				needs = append(needs, fmt.Sprintf("%s (changes %s too)", PatchID(om), strings.Join(common, ", ")))
 			}
 		}
 		hint := ""
 		if len(needs) > 0 {
-			hint = "; it probably needs the left-out " + strings.Join(needs, ", ")
+			hint = "; it probably needs the left-out " + strings.Join(needs, "; ")
 		}
-		return fmt.Errorf("the series cannot apply --patches %s: kmod/patches/%s does not apply without the patches left out (%s)%s\n%s",
-			p.sel.Spec(), name, spanSpec(p.sel.Series, p.sel.Omitted), hint, lines.Last(string(out), 10))
+		return &SelectionError{fmt.Errorf("the series cannot apply --patches %s: kmod/patches/%s does not apply without the patches left out (%s)%s\n%s",
+			p.sel.Spec(), name, spanSpec(p.sel.Series, p.sel.Omitted), hint, patchComplaints(string(out)))}
 	}
 	return nil
+}
+
+// SelectionError is a --patches/--without selection the series cannot
+// apply: the user's mistake, not the lab's.
+type SelectionError struct{ Err error }
+
+func (e *SelectionError) Error() string { return e.Err.Error() }
+func (e *SelectionError) Unwrap() error { return e.Err }
+
+// patchComplaints keeps the lines of patch(1)'s output that say what
+// failed, or its last lines.
+func patchComplaints(out string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "|") {
+			continue // patch quoting the patch's own text
+		}
+		low := strings.ToLower(l)
+		for _, w := range []string{"can't find file", "no file to patch", "failed", "hunks ignored", "reversed", "saving rejects", "malformed"} {
+			if strings.Contains(low, w) {
+				keep = append(keep, "  "+strings.TrimSpace(l))
+				break
+			}
+		}
+	}
+	if len(keep) == 0 {
+		return lines.Last(out, 10)
+	}
+	return strings.Join(keep, "\n")
 }
 
 func (s Selection) index(name string) int {

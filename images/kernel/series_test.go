@@ -306,6 +306,8 @@ func TestTrialApply(t *testing.T) {
 	assert.Contains(t, err.Error(), "the series cannot apply --patches 0002-0004")
 	assert.Contains(t, err.Error(), "kmod/patches/0002-a-again.patch does not apply")
 	assert.Contains(t, err.Error(), "it probably needs the left-out 0001 (changes mm/a.c too)")
+	var se *SelectionError
+	assert.ErrorAs(t, err, &se, "a usage error, not a lab failure")
 	// The pristine tree is never written.
 	b, err := os.ReadFile(filepath.Join(pristine, "mm", "a.c"))
 	require.NoError(t, err)

@@ -108,6 +108,10 @@ func Prepare(ctx context.Context, o Options) (*kernel.Build, *rootfs.Image, erro
 	} else {
 		t := time.Now()
 		b, hit, err := kernel.Ensure(ctx, ko)
+		var se *kernel.SelectionError
+		if errors.As(err, &se) {
+			return nil, nil, err // a --patches the series cannot apply: a usage error
+		}
 		if err != nil {
 			return nil, nil, &vm.InfraError{Op: "building the kernel", Err: err}
 		}

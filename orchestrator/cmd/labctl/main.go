@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"ldtlab/images/kernel"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
@@ -88,7 +89,8 @@ func exitStatus(err error, sig os.Signal) int {
 	var ue usageError
 	var ne *lab.NameError
 	var nv *lab.NoVMError
-	if errors.As(err, &ue) || errors.As(err, &ne) || errors.As(err, &nv) {
+	var se *kernel.SelectionError
+	if errors.As(err, &ue) || errors.As(err, &ne) || errors.As(err, &nv) || errors.As(err, &se) {
 		return exitUsage
 	}
 	var ie *vm.InfraError
