@@ -238,7 +238,7 @@ func TestLabctlUsageErrors(t *testing.T) {
 
 func TestLabctlHelpOnEveryVerb(t *testing.T) {
 	c := cli{t: t, state: t.TempDir()}
-	for _, verb := range []string{"setup", "build", "up", "ls", "run", "shell", "cp", "logs", "ssh-config", "down", "proxy", "check", "selftests", "bench", "stress", "report", "soak"} {
+	for _, verb := range []string{"setup", "build", "up", "ls", "run", "shell", "cp", "logs", "ssh-config", "down", "proxy", "check", "selftests", "bench", "stress", "report", "soak", "bisect", "checkpatch", "series-check"} {
 		_, se, code := c.run(verb, "--help")
 		assert.Equal(t, 0, code, verb)
 		assert.Contains(t, se, "Usage: labctl "+verb, verb)
@@ -449,4 +449,30 @@ func TestLabctlCorruptCacheEntry(t *testing.T) {
 	assert.NotContains(t, se, "handshake")
 	assert.Less(t, time.Since(start), 30*time.Second, "refused at lookup, not after a boot attempt")
 	assert.Empty(t, vmProcs(state, name))
+}
+
+// TestLabctlRunThrowaway: `labctl run -- CMD` without a VM name boots a
+// throwaway guest of the default kernel, copies files in, passes the
+// command's exit status through and says which patches the kernel has;
+// a selection the series does not have is refused before any build.
+func TestLabctlRunThrowaway(t *testing.T) {
+	c := cli{t: t, state: t.TempDir()}
+	payload := filepath.Join(t.TempDir(), "payload")
+	require.NoError(t, os.WriteFile(payload, []byte("from the host\n"), 0o644))
+	so, se, code := c.run("run", "--no-build", "--copy", payload+":/tmp/in/", "--", "cat /tmp/in/payload; exit 7")
+	assert.Equal(t, 7, code, se)
+	assert.Equal(t, "from the host\n", so)
+	assert.Contains(t, se, "kernel patches: all ")
+
+	for _, args := range [][]string{
+		{"run", "--patches", "0099", "--", "true"},
+		{"run", "--vanilla", "--without", "0001", "--", "true"},
+		{"build", "--patches", "0003-0001"},
+		{"run", "--config", "perf", "some-vm", "--", "true"},
+	} {
+		start := time.Now()
+		_, se, code := c.run(args...)
+		assert.Equal(t, 2, code, "%v: %s", args, se)
+		assert.Less(t, time.Since(start), 30*time.Second, "%v: refused before any build", args)
+	}
 }

@@ -317,7 +317,7 @@ func Find(o Options) (*Build, bool, error) {
 		return nil, false, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("%w: `labctl build%s` rebuilds it", err, o.Flags())
+		return nil, false, fmt.Errorf("%w: `%s` rebuilds it", err, o.BuildCommand())
 	}
 	b, err := load(dir)
 	return b, err == nil, err

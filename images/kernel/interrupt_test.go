@@ -183,7 +183,7 @@ func TestFindVerifiesAndDropRemoves(t *testing.T) {
 	assert.False(t, ok)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "bzImage has 100 bytes, 8192 were written")
-	assert.Contains(t, err.Error(), "`labctl build` rebuilds it")
+	assert.Contains(t, err.Error(), "labctl build --config debug")
 
 	require.NoError(t, Drop(o))
 	_, ok, err = Find(o)

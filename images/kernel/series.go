@@ -408,6 +408,11 @@ func (o Options) Flags() string {
 	return f
 }
 
+// BuildCommand is the labctl command line that builds this kernel.
+func (o Options) BuildCommand() string {
+	return "labctl build --config " + o.config() + strings.Replace(o.Flags(), " --config "+o.config(), "", 1)
+}
+
 // PatchSummary says in one line which patches the kernel was built with.
 func (m Meta) PatchSummary() string {
 	var s string

@@ -247,6 +247,8 @@ func TestVariantAndFlags(t *testing.T) {
 	} {
 		assert.Equal(t, c.variant, c.o.Variant(), "%+v", c.o)
 		assert.Equal(t, c.flags, c.o.Flags(), "%+v", c.o)
+		assert.True(t, strings.HasPrefix(c.o.BuildCommand(), "labctl build --config "+c.o.config()), c.o.BuildCommand())
+		assert.Equal(t, 1, strings.Count(c.o.BuildCommand(), "--config"), c.o.BuildCommand())
 	}
 }
 

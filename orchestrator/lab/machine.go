@@ -102,7 +102,7 @@ func Prepare(ctx context.Context, o Options) (*kernel.Build, *rootfs.Image, erro
 			return nil, nil, &vm.InfraError{Op: "looking up the kernel build", Err: err}
 		}
 		if !ok {
-			return nil, nil, &vm.InfraError{Op: "looking up the kernel build", Err: fmt.Errorf("no cached %s kernel for the current sources: run `labctl build%s`", ko.Variant(), ko.Flags())}
+			return nil, nil, &vm.InfraError{Op: "looking up the kernel build", Err: fmt.Errorf("no cached %s kernel for the current sources: run `%s`", ko.Variant(), ko.BuildCommand())}
 		}
 		kb = b
 	} else {
