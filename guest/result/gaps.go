@@ -23,6 +23,7 @@ var Gaps = []Gap{
 	{"shared-pin-elsewhere", "softdirty", "soft-dirty sees the writes that fault through this process's page tables; another process writing through its pin of the shared memory never touches them"},
 	{"shared-pin-elsewhere", "pagemap-scan", "the same: userfaultfd write-protection sees only this process's faults, and a write through another process's pin takes none"},
 	{"kernel-rings", "softdirty", "the kernel writes the io_uring CQ ring and the AIO ring through its own mapping of the pages (io_uring vm_insert_pages(), fs/aio.c aio_complete() via folio_address()): this process's PTEs never see those writes"},
+	{"shmem-collapse", "softdirty", "collapse_file() unmaps the small folios (mm/rmap.c try_to_unmap(): the PTEs become none) and MADV_COLLAPSE installs a PMD without the soft-dirty bit once clear_refs cleared VM_SOFTDIRTY: writes not yet collected are lost"},
 }
 
 // KnownGap is why tracker misses pages in scenario, or "".
