@@ -16,6 +16,14 @@ var Gaps = []Gap{
 	// mappings lose tracker state when their PTEs are zapped.
 	{"shmem-thp-split", "ldt", "splitting a shmem THP zaps the PMD (mm/huge_memory.c __split_huge_pmd_locked, non-anonymous branch); the pages refault clean from the page cache, so writes not yet collected are not reported (kmod/README row 7; the kernel's own dirtiness is kept)"},
 	{"shmem-thp-split", "softdirty", "the same zap: the refaulted PTEs carry no soft-dirty bit once clear_refs cleared VM_SOFTDIRTY"},
+	// The reference trackers on the second review's scenarios (issue 19);
+	// LDT fixed each (kmod/patches 0011-0014).
+	{"pinned-thp-wrprotect", "softdirty", "clear_refs write-protects the pinned THP (fs/proc/task_mmu.c clear_soft_dirty_pmd() has no pinned-folio check; its PTE twin skips pinned pages, pte_is_pinned()), and writes through the pin never fault: those into the THP are lost (the 4 KiB control's are kept)"},
+	{"pinned-thp-wrprotect", "pagemap-scan", "PAGEMAP_SCAN write-protects pinned pages too (fs/proc/task_mmu.c make_uffd_wp_pte()/make_uffd_wp_pmd()), and writes through the pin never fault: all are lost (its O_DIRECT gap under ldt-stress, with io_uring fixed buffers)"},
+	{"shared-pin-elsewhere", "softdirty", "soft-dirty sees the writes that fault through this process's page tables; another process writing through its pin of the shared memory never touches them"},
+	{"shared-pin-elsewhere", "pagemap-scan", "the same: userfaultfd write-protection sees only this process's faults, and a write through another process's pin takes none"},
+	{"kernel-rings", "softdirty", "the kernel writes the io_uring CQ ring and the AIO ring through its own mapping of the pages (io_uring vm_insert_pages(), fs/aio.c aio_complete() via folio_address()): this process's PTEs never see those writes"},
+	{"shmem-collapse", "softdirty", "collapse_file() unmaps the small folios (mm/rmap.c try_to_unmap(): the PTEs become none) and MADV_COLLAPSE installs a PMD without the soft-dirty bit once clear_refs cleared VM_SOFTDIRTY: writes not yet collected are lost"},
 }
 
 // KnownGap is why tracker misses pages in scenario, or "".

@@ -32,8 +32,12 @@ type childCfg struct {
 }
 
 // MaybeChild runs the cell a parent asked for and exits when this process
-// is such a child; otherwise it returns.
+// is such a child (or a scenario's helper process, PinHelperArg);
+// otherwise it returns.
 func MaybeChild() {
+	if len(os.Args) >= 2 && os.Args[1] == PinHelperArg {
+		os.Exit(pinHelperMain(os.Args[2:]))
+	}
 	if len(os.Args) < 2 || os.Args[1] != ChildArg {
 		return
 	}

@@ -22,6 +22,10 @@ const (
 	Anon    Kind = iota // private anonymous, MADV_NOHUGEPAGE (4 KiB PTEs)
 	AnonTHP             // private anonymous, MADV_HUGEPAGE
 	File                // MAP_SHARED over Segment.FD
+	// Foreign is a mapping the scenario did not make with Map (a ring the
+	// kernel mapped and writes itself): its pages carry no stamps, are not
+	// verified, and count as written only when the scenario says so.
+	Foreign
 )
 
 // Segment is one mapping inside the working set. Its pages have the
@@ -90,6 +94,57 @@ func NewWorkset(seed uint64, pages int) (*Workset, error) {
 	}
 	ws.Base = uintptr(unsafe.Pointer(&ws.mem[0]))
 	return ws, nil
+}
+
+// NewWorksetBelow reserves pages of address space that end exactly at
+// top (MAP_FIXED_NOREPLACE: it fails with EEXIST when something is mapped
+// there) and tracks them together with the above bytes mapped at top
+// already: a mapping the kernel placed and that cannot be moved (an
+// io_uring ring), to be declared with Adopt. top is given as the slice
+// that starts there. The range is page aligned, not 2 MiB aligned.
+func NewWorksetBelow(seed uint64, pages int, top []byte, above int) (*Workset, error) {
+	size := pages * PageSize
+	at := unsafe.Add(unsafe.Pointer(&top[0]), -size)
+	p, err := unix.MmapPtr(-1, 0, at, uintptr(size), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE|unix.MAP_FIXED_NOREPLACE)
+	if err != nil {
+		return nil, fmt.Errorf("reserve %d pages below %p: %w", pages, &top[0], err)
+	}
+	if p != at {
+		// A kernel without MAP_FIXED_NOREPLACE treats it as a hint.
+		unix.MunmapPtr(p, uintptr(size))
+		return nil, fmt.Errorf("reserve %d pages below %p: got %p: %w", pages, &top[0], p, unix.EEXIST)
+	}
+	ws := &Workset{
+		seed:    seed,
+		res:     unsafe.Slice((*byte)(p), size),
+		mem:     unsafe.Slice((*byte)(p), size+above),
+		written: map[int]bool{},
+		hints:   map[int]string{},
+		history: map[uint64]stampInfo{},
+	}
+	ws.Base = uintptr(p)
+	return ws, nil
+}
+
+// Adopt declares n pages at page offset off, mapped by the caller, as a
+// Foreign segment.
+func (ws *Workset) Adopt(name string, off, n int) (*Segment, error) {
+	if off < 0 || n <= 0 || off+n > ws.Len() {
+		return nil, fmt.Errorf("segment %s [%d,%d) outside the working set of %d pages", name, off, off+n, ws.Len())
+	}
+	s := &Segment{Name: name, Kind: Foreign, Off: off, Pages: n, FirstID: len(ws.pages), FD: -1}
+	for range n {
+		ws.pages = append(ws.pages, pageState{seg: s})
+	}
+	ws.Segs = append(ws.Segs, s)
+	return s, nil
+}
+
+// Unadopt forgets a Foreign segment whose mapping is gone: nothing is
+// mapped there any more and the range is left as a hole (the tracked
+// range keeps its extent).
+func (ws *Workset) Unadopt(s *Segment) {
+	ws.Segs = slices.DeleteFunc(ws.Segs, func(x *Segment) bool { return x == s })
 }
 
 // End is the first address after the tracked range.
@@ -358,6 +413,9 @@ func (ws *Workset) Verify(read func(addr uintptr, buf []byte) error) ([]Corrupti
 	var out []Corruption
 	buf := make([]byte, PageSize)
 	for id := range ws.pages {
+		if ws.pages[id].seg.Kind == Foreign {
+			continue
+		}
 		b := ws.Page(id)
 		if read != nil {
 			if err := read(ws.Addr(id), buf); err != nil {

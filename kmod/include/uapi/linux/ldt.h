@@ -40,6 +40,13 @@ struct ldt_collect {
  * call returns the regions already copied out (a short count; walk_end says
  * where they end) or -EFAULT when there are none. No fault loses a page.
  *
+ * A mapping the kernel writes through its own mapping of the pages (the
+ * io_uring SQ/CQ and provided-buffer rings, the AIO completion ring,
+ * AF_PACKET rings, perf and BPF ring buffers: VM_MIXEDMAP or VM_LDT_KWRITE
+ * inside the kernel) is reported whole by every collection: the kernel's
+ * writes never reach a user page table entry, so the consumer must copy it
+ * every time. LDT_NAIVE does not.
+ *
  * One tracker per address space: LDT_IOC_ATTACH to a process that another
  * open /dev/ldt file is attached to fails with EBUSY.
  *

@@ -1,0 +1,231 @@
+package scenario
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/kio"
+)
+
+func init() {
+	register(&Scenario{
+		Name:  "shared-pin-elsewhere",
+		Paths: "23, 19 (pins)",
+		Doc: "a MAP_SHARED memfd of small folios (shmem_enabled=never) tracked in this process, pinned by ANOTHER " +
+			"process (its own mapping of the memfd registered as an io_uring fixed buffer): this mm never pinned " +
+			"anything (no MMF_HAS_PINNED). Each epoch this process writes some pages with the CPU and the other one " +
+			"writes others through its pin (IORING_OP_READ_FIXED); both must be reported.",
+		Naive: MissPages,
+		Run:   staged(runSharedPinElsewhere),
+	})
+}
+
+// PinHelperArg as os.Args[1] makes a program that embeds the catalogue
+// the helper process of shared-pin-elsewhere (see MaybeChild).
+const PinHelperArg = "-scenario-pin-helper"
+
+// pinHelper is another process that maps the same memfd and pins it.
+type pinHelper struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Reader
+}
+
+// startPinHelper starts the helper with shm (the shared memory, n pages)
+// and src (the content source) as its fds 3 and 4.
+func startPinHelper(shm, src int, n int) (*pinHelper, error) {
+	cmd := exec.Command("/proc/self/exe", PinHelperArg, strconv.Itoa(n))
+	// Duplicates: an *os.File closes its fd when collected.
+	for _, fd := range []int{shm, src} {
+		d, err := unix.Dup(fd)
+		if err != nil {
+			return nil, err
+		}
+		f := os.NewFile(uintptr(d), "pin-helper-fd")
+		defer f.Close()
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start the pin helper: %w", err)
+	}
+	h := &pinHelper{cmd: cmd, in: in, out: bufio.NewReader(out)}
+	if err := h.do("pin"); err != nil {
+		h.close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *pinHelper) do(format string, args ...any) error {
+	if _, err := fmt.Fprintf(h.in, format+"\n", args...); err != nil {
+		return fmt.Errorf("pin helper: %w", err)
+	}
+	l, err := h.out.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("pin helper: no answer: %w", err)
+	}
+	if l = strings.TrimSpace(l); l != "ok" {
+		return fmt.Errorf("pin helper: %s", l)
+	}
+	return nil
+}
+
+func (h *pinHelper) close() error {
+	h.in.Close()
+	return h.cmd.Wait()
+}
+
+// pinHelperMain is the helper: it maps fd 3 (n pages) shared, registers
+// the mapping as an io_uring fixed buffer on "pin" and answers
+// "read PAGE" (READ_FIXED of fd 4's page PAGE into its page PAGE, through
+// the pin) and "unpin", one "ok" or error line each.
+func pinHelperMain(args []string) int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "pin helper:", err); return 1 }
+	if len(args) != 1 {
+		return fail(fmt.Errorf("usage: %s PAGES", PinHelperArg))
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil {
+		return fail(err)
+	}
+	mem, err := unix.Mmap(3, 0, n*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fail(err)
+	}
+	r, err := kio.NewRing(4)
+	if err != nil {
+		return fail(err)
+	}
+	defer r.Close()
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		var err error
+		switch {
+		case len(f) == 1 && f[0] == "pin":
+			err = r.Register([][]byte{mem})
+		case len(f) == 1 && f[0] == "unpin":
+			err = r.Unregister()
+		case len(f) == 2 && f[0] == "read":
+			p, perr := strconv.Atoi(f[1])
+			if perr != nil || p < 0 || p >= n {
+				err = fmt.Errorf("bad page %q", f[1])
+				break
+			}
+			err = r.ReadFixed(4, int64(p)*PageSize, mem[p*PageSize:(p+1)*PageSize], 0)
+		default:
+			err = fmt.Errorf("unknown command %q", sc.Text())
+		}
+		if err != nil {
+			fmt.Printf("error: %v\n", err)
+			continue
+		}
+		fmt.Println("ok")
+	}
+	return 0
+}
+
+func runSharedPinElsewhere(e *Scene) error {
+	if _, err := os.Stat(shmemEnabled); err == nil {
+		if err := e.Set(shmemEnabled, "never"); err != nil {
+			return err
+		}
+	}
+	const n = 32
+	fd, err := memfdOf("ldtlab-shared-pin", n)
+	if err != nil {
+		return err
+	}
+	ws, err := e.Workset(n)
+	if err != nil {
+		unix.Close(fd)
+		return err
+	}
+	if _, err := ws.Map("shmem", File, 0, n, fd); err != nil {
+		unix.Close(fd)
+		return err // ws.Close closes a mapped segment's fd only
+	}
+	for id := range n {
+		ws.Write(id)
+	}
+	src, err := memfdOf("ldtlab-pin-src", n)
+	if err != nil {
+		return err
+	}
+	e.closeAtEnd(func() error { return unix.Close(src) })
+	h, err := startPinHelper(fd, src, n)
+	if err != nil {
+		if errors.Is(err, unix.ENOSYS) {
+			return Skipf("no io_uring: %v", err)
+		}
+		return err
+	}
+	helperDone := false
+	e.closeAtEnd(func() error {
+		if !helperDone {
+			h.close()
+		}
+		return nil
+	})
+	t, err := e.StartTracking(ws)
+	if err != nil {
+		return err
+	}
+	through := 0
+	for range e.Epochs {
+		ids := Pick(e.Rand, 0, n, n/4)
+		for i, id := range ids {
+			if i%2 == 0 {
+				ws.Write(id)
+				continue
+			}
+			err := ws.WriteWith(id, func(_ uintptr, data []byte) error {
+				if _, err := unix.Pwrite(src, data, int64(id)*PageSize); err != nil {
+					return err
+				}
+				return h.do("read %d", id)
+			})
+			if err != nil {
+				return fmt.Errorf("write page %d through the other process's pin: %w", id, err)
+			}
+			through++
+		}
+		// Pinned pages may be reported at every collection while pinned.
+		ws.Hint(0, n, "pinned-elsewhere")
+		if _, err := e.Collect(ws, t); err != nil {
+			return err
+		}
+		if err := e.Verify(ws); err != nil {
+			return err
+		}
+	}
+	if err := h.do("unpin"); err != nil {
+		return err
+	}
+	helperDone = true
+	if err := h.close(); err != nil {
+		return fmt.Errorf("pin helper: %w", err)
+	}
+	e.Note("the other process wrote %d pages through its pin", through)
+	ws.Hint(0, n, "pinned-once-more-after-unpin")
+	return e.Quiet(ws, t)
+}
