@@ -13,9 +13,9 @@ import (
 )
 
 // TestBenchBootToCommandLibvirt measures boot-to-first-command through
-// libvirt (unix socket and loopback TCP) against the QEMU backend,
-// interleaved so that the host's load hits all alike. It reports figures
-// and asserts nothing about them; it runs only when asked
+// libvirt (unix socket, and SSH through the suite's loopback sshd) against
+// the QEMU backend, interleaved so that the host's load hits all alike. It
+// reports figures and asserts nothing about them; it runs only when asked
 // (LDTLAB_BENCH_LIBVIRT=N boots per backend), for docs/benchmarks.md.
 func TestBenchBootToCommandLibvirt(t *testing.T) {
 	n := 0
@@ -28,7 +28,7 @@ func TestBenchBootToCommandLibvirt(t *testing.T) {
 	backends := []struct{ label, name, connect string }{
 		{"qemu (direct)", "qemu", ""},
 		{"libvirt qemu:///system", "libvirt", localURI},
-		{"libvirt qemu+tcp://127.0.0.1/system", "libvirt", remoteURI},
+		{"libvirt qemu+ssh://127.0.0.1/system", "libvirt", remoteURI(t)},
 	}
 	times := map[string][]time.Duration{}
 	for i := range n {

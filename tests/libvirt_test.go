@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,12 +24,14 @@ import (
 
 // The libvirt backend's suite runs against this machine's libvirtd (set up
 // by TestMain through `labctl setup --backend libvirt`): over the unix
-// socket (qemu:///system) and, for the remote-style tests, over TCP on
-// loopback (qemu+tcp://127.0.0.1/system).
-const (
-	localURI  = "qemu:///system"
-	remoteURI = "qemu+tcp://127.0.0.1/system"
-)
+// socket (qemu:///system) and, for the remote-style tests, over SSH
+// through the suite's loopback sshd (remoteURI). libvirtd has no TCP
+// listener: with auth_tcp none it was root for every local user.
+const localURI = "qemu:///system"
+
+// remoteURI reaches this machine's libvirtd the way a remote host is
+// reached: qemu+ssh:// through the suite's sshd, key-authenticated.
+func remoteURI(t testing.TB) string { return suiteSSHD(t).uri }
 
 func libvirtOptions(t testing.TB, name string) lab.Options {
 	o := guestOptions(t, "lv-"+name)
@@ -48,11 +51,11 @@ func domainsLeft(t testing.TB, uri string) []string {
 }
 
 // TestLibvirtTwoHostsFanOut treats two connections to this machine's
-// libvirtd as two hosts — the unix socket and TCP on loopback, the way a
-// remote host is reached — and fans a short run out over a guest on each.
-// The initramfs is a fresh artifact (the cached one plus trailing cpio
-// padding, which the kernel skips), so it must be uploaded, and that
-// happens through the TCP connection.
+// libvirtd as two hosts — the unix socket and SSH through the suite's
+// loopback sshd, the way a remote host is reached — and fans a short run
+// out over a guest on each. The initramfs is a fresh artifact (the cached
+// one plus trailing cpio padding, which the kernel skips), so it must be
+// uploaded, and that happens through the SSH connection.
 func TestLibvirtTwoHostsFanOut(t *testing.T) {
 	o := libvirtOptions(t, "fan")
 	kb, img, err := lab.Prepare(context.Background(), o)
@@ -65,14 +68,18 @@ func TestLibvirtTwoHostsFanOut(t *testing.T) {
 	pad := make([]byte, 512*(1+int(time.Now().UnixNano()%4096)))
 	require.NoError(t, os.WriteFile(fresh.Initramfs, append(b, pad...), 0o600))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Two boots (the first uploads the initramfs through SSH, encrypted)
+	// and the rounds; a TCG boot alone takes over a minute on a loaded
+	// host.
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	in, err := lv.ArtifactInPool(ctx, remoteURI, "initrd", fresh.Initramfs, false)
+	remote := remoteURI(t)
+	in, err := lv.ArtifactInPool(ctx, remote, "initrd", fresh.Initramfs, false)
 	require.NoError(t, err)
 	require.False(t, in, "the fresh initramfs must not be in the pool yet")
-	t.Cleanup(func() { lv.ArtifactInPool(context.Background(), remoteURI, "initrd", fresh.Initramfs, true) })
+	t.Cleanup(func() { lv.ArtifactInPool(context.Background(), remote, "initrd", fresh.Initramfs, true) })
 
-	hosts := []string{remoteURI, localURI}
+	hosts := []string{remote, localURI}
 	machines := make([]*lab.Machine, len(hosts))
 	for i, uri := range hosts {
 		ho := libvirtOptions(t, fmt.Sprintf("fan%d", i))
@@ -82,11 +89,11 @@ func TestLibvirtTwoHostsFanOut(t *testing.T) {
 		require.NoError(t, err, "booting on %s", uri)
 		t.Cleanup(func() { m.Close() })
 		machines[i] = m
-		t.Logf("%s: booted in %s (agent ready %s)", uri, time.Since(start).Round(time.Millisecond), m.BootTime.Round(time.Millisecond))
+		t.Logf("%s: booted in %s (agent ready %s)", strings.SplitN(uri, "?", 2)[0], time.Since(start).Round(time.Millisecond), m.BootTime.Round(time.Millisecond))
 		if i == 0 {
-			in, err := lv.ArtifactInPool(ctx, remoteURI, "initrd", fresh.Initramfs, false)
+			in, err := lv.ArtifactInPool(ctx, remote, "initrd", fresh.Initramfs, false)
 			require.NoError(t, err)
-			require.True(t, in, "the first boot (over TCP) uploaded the initramfs")
+			require.True(t, in, "the first boot (over SSH) uploaded the initramfs")
 		}
 	}
 	require.Len(t, domainsLeft(t, localURI), 2, "both domains run on the one daemon behind both connections")
@@ -131,7 +138,7 @@ func TestLibvirtPowerdown(t *testing.T) {
 // TestLibvirtBackendHost: what the backend says about its host, through
 // the remote-style connection, matches this machine.
 func TestLibvirtBackendHost(t *testing.T) {
-	b, err := vm.Open("libvirt", vm.BackendConfig{Connect: remoteURI})
+	b, err := vm.Open("libvirt", vm.BackendConfig{Connect: remoteURI(t)})
 	require.NoError(t, err)
 	defer b.Close()
 	assert.Equal(t, "libvirt", b.Name())
@@ -171,32 +178,60 @@ func TestLibvirtBackendHost(t *testing.T) {
 	assert.Contains(t, err.Error(), "connecting to libvirtd at qemu+tcp://127.0.0.1:1/system")
 }
 
-// startSSHD runs an sshd on loopback as the far end of qemu+ssh://: its
-// own host key, one authorized client key (both 0600, per test), local
-// forwarding on (OpenSSH permits a socket path only where it permits local
-// TCP forwarding), nothing else. It returns the libvirt URI to this
-// machine's daemon through it.
-func startSSHD(t *testing.T) string {
-	t.Helper()
+// sshdServer is an sshd on loopback as the far end of qemu+ssh://: its
+// own host key, one authorized client key (both 0600, in a private
+// directory), local forwarding on (OpenSSH permits a socket path only
+// where it permits local TCP forwarding), nothing else. Its address is
+// reachable by every local user; only the key gets in.
+type sshdServer struct {
+	addr string // 127.0.0.1:port
+	uri  string // qemu+ssh:// to this machine's libvirtd through it
+	cmd  *exec.Cmd
+	log  *strings.Builder
+	wait chan struct{}
+}
+
+func (s *sshdServer) stop() {
+	s.cmd.Process.Kill()
+	<-s.wait
+}
+
+// startSSHDIn starts an sshd whose keys and configuration live in dir
+// (private to this user).
+func startSSHDIn(dir string) (*sshdServer, error) {
 	sshd, err := exec.LookPath("sshd")
 	if err != nil {
 		sshd = "/usr/sbin/sshd"
 	}
-	require.FileExists(t, sshd, "sshd (Debian package openssh-server; `labctl setup --backend libvirt` installs it)")
-	dir := t.TempDir()
+	if _, err := os.Stat(sshd); err != nil {
+		return nil, fmt.Errorf("sshd (Debian package openssh-server; `labctl setup --backend libvirt` installs it): %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
 	for _, k := range []string{"host_key", "id_ed25519"} {
 		out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ldtlab-e2e", "-f", filepath.Join(dir, k)).CombinedOutput()
-		require.NoError(t, err, "ssh-keygen: %s", out)
+		if err != nil {
+			return nil, fmt.Errorf("ssh-keygen: %v: %s", err, out)
+		}
 	}
 	pub, err := os.ReadFile(filepath.Join(dir, "id_ed25519.pub"))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600); err != nil {
+		return nil, err
+	}
+	// The port is picked, then bound by sshd: a race with another
+	// process taking it meanwhile shows as sshd not listening below.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
+	if err != nil {
+		return nil, err
+	}
 	addr := l.Addr().String()
 	l.Close()
 	cfg := filepath.Join(dir, "sshd_config")
-	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`ListenAddress %s
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`ListenAddress %s
 HostKey %s/host_key
 AuthorizedKeysFile %s/authorized_keys
 PidFile %s/sshd.pid
@@ -208,32 +243,92 @@ StrictModes no
 AllowStreamLocalForwarding yes
 AllowTcpForwarding local
 X11Forwarding no
-`, addr, dir, dir, dir)), 0o600))
-	require.NoError(t, os.MkdirAll("/run/sshd", 0o755)) // privilege separation
-	cmd := exec.Command(sshd, "-D", "-e", "-f", cfg)
-	var log strings.Builder
-	cmd.Stdout, cmd.Stderr = &log, &log
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("sshd log:\n%s", log.String())
-		}
-	})
-	require.Eventually(t, func() bool {
+`, addr, dir, dir, dir)), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil { // privilege separation
+		return nil, err
+	}
+	s := &sshdServer{addr: addr, log: &strings.Builder{}, wait: make(chan struct{})}
+	s.cmd = exec.Command(sshd, "-D", "-e", "-f", cfg)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	// It dies with the suite, even when go test's -timeout kills it.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { s.cmd.Wait(); close(s.wait) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
+			break
 		}
-		return err == nil
-	}, 10*time.Second, 50*time.Millisecond, "sshd listening on %s", addr)
+		if time.Now().After(deadline) {
+			s.stop()
+			return nil, fmt.Errorf("sshd not listening on %s: %v\n%s", addr, err, s.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	hostPub, err := os.ReadFile(filepath.Join(dir, "host_key.pub"))
-	require.NoError(t, err)
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
 	_, port, _ := net.SplitHostPort(addr)
 	known := filepath.Join(dir, "known_hosts")
-	require.NoError(t, os.WriteFile(known, []byte("[127.0.0.1]:"+port+" "+string(hostPub)), 0o600))
-	return fmt.Sprintf("qemu+ssh://root@%s/system?keyfile=%s&known_hosts=%s", addr, filepath.Join(dir, "id_ed25519"), known)
+	if err := os.WriteFile(known, []byte("[127.0.0.1]:"+port+" "+string(hostPub)), 0o600); err != nil {
+		s.stop()
+		return nil, err
+	}
+	s.uri = fmt.Sprintf("qemu+ssh://root@%s/system?keyfile=%s&known_hosts=%s", addr, filepath.Join(dir, "id_ed25519"), known)
+	return s, nil
+}
+
+// The suite's loopback sshd: the far end of every qemu+ssh:// connection
+// the suite makes to this machine's libvirtd (the remote-style path),
+// with keys of its own; started on first use, stopped by TestMain.
+var (
+	sshdOnce sync.Once
+	sshdRun  *sshdServer
+	sshdErr  error
+)
+
+func suiteSSHD(t testing.TB) *sshdServer {
+	t.Helper()
+	sshdOnce.Do(func() {
+		dir, err := os.MkdirTemp(suiteTmp, "sshd-")
+		if err != nil {
+			sshdErr = err
+			return
+		}
+		sshdRun, sshdErr = startSSHDIn(dir)
+	})
+	require.NoError(t, sshdErr, "starting the suite's loopback sshd")
+	return sshdRun
+}
+
+// stopSuiteSSHD ends the suite's sshd, if it was started.
+func stopSuiteSSHD() {
+	if sshdRun != nil {
+		sshdRun.stop()
+	}
+}
+
+// startSSHD is an sshd of the test's own (per-test host and client keys),
+// stopped when the test ends; it returns the libvirt URI through it.
+func startSSHD(t *testing.T) string {
+	t.Helper()
+	s, err := startSSHDIn(t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		s.stop()
+		if t.Failed() {
+			t.Logf("sshd log:\n%s", s.log.String())
+		}
+	})
+	return s.uri
 }
 
 // TestLibvirtOverSSH: the same guest through qemu+ssh:// — libvirt's RPC,

@@ -53,7 +53,7 @@ func runSuite(m *testing.M) int {
 		fmt.Printf("ldtlab e2e: setup failed: %v\n", err)
 		return 1
 	}
-	// The libvirt backend's tests need a local libvirtd (loopback only).
+	// The libvirt backend's tests need a local libvirtd (unix socket only).
 	if err := setup.Libvirt(os.Stdout); err != nil {
 		fmt.Printf("ldtlab e2e: libvirt setup failed: %v\n", err)
 		return 1
@@ -90,6 +90,7 @@ func runSuite(m *testing.M) int {
 		}
 	}
 	code := m.Run()
+	stopSuiteSSHD()
 	if left := libvirtLeft(); len(left) > 0 {
 		fmt.Printf("ldtlab e2e: FAIL: libvirt domains left behind by the suite: %v\n", left)
 		code = 1

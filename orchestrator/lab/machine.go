@@ -51,7 +51,7 @@ type Options struct {
 	SwapMiB   int    // disk-backed swap device size; 0 = 512, <0 = none
 	DataMiB   int    // data disk (ext2 at /mnt/data, for writeback checks); 0 = none
 	Dir       string // VM directory; "" = a temporary one removed on Close
-	GDB       string // QEMU gdbstub address; "" = off
+	GDB       bool   // QEMU gdbstub on vm.GDBSocket(Dir) (owner only); qemu backend
 	Mirror    io.Writer
 	Log       io.Writer // lab progress; nil = stderr
 	NoBuild   bool      // fail instead of building what is missing

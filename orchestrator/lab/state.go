@@ -109,7 +109,7 @@ type State struct {
 	KernelVariant string    `json:"kernel_variant,omitempty"`
 	Vmlinux       string    `json:"vmlinux,omitempty"`
 	Accel         string    `json:"accel,omitempty"`
-	GDB           string    `json:"gdb,omitempty"`
+	GDB           string    `json:"gdb,omitempty"` // the gdbstub's unix socket
 	Started       time.Time `json:"started"`
 	BootSeconds   float64   `json:"boot_seconds,omitempty"`
 }
@@ -195,7 +195,10 @@ func Supervise(ctx context.Context, o Options) error {
 		return fmt.Errorf("VM %q already has a supervisor: %w", o.Name, err)
 	}
 	defer unlock()
-	st := &State{Name: o.Name, Status: StatusBooting, SupervisorPID: os.Getpid(), Started: time.Now().UTC(), GDB: o.GDB}
+	st := &State{Name: o.Name, Status: StatusBooting, SupervisorPID: os.Getpid(), Started: time.Now().UTC()}
+	if o.GDB {
+		st.GDB = vm.GDBSocket(o.Dir)
+	}
 	if err := writeState(o.Dir, st); err != nil {
 		return fmt.Errorf("recording the state of %s: %w", o.Name, err)
 	}

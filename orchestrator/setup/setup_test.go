@@ -97,13 +97,75 @@ func TestApplyConf(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := applyConf(c.in, set)
+			got, dropped := applyConf(c.in, set)
 			assert.Equal(t, c.want, got)
-			assert.Equal(t, got, applyConf(got, set), "idempotent")
+			assert.Empty(t, dropped)
+			again, _ := applyConf(got, set)
+			assert.Equal(t, got, again, "idempotent")
 		})
 	}
-	// The block never holds anything but the loopback address.
-	assert.Contains(t, applyConf("", libvirtdSettings), "listen_addr = \"127.0.0.1\"\nauth_tcp = \"none\"")
+}
+
+// What earlier versions wrote: their block opened libvirtd's TCP port
+// with auth_tcp "none" (root for every local user) and disabled the
+// administrator's own lines for those keys.
+const oldLibvirtdConf = `#listen_tls = 0
+#listen_addr = "192.168.1.1" # disabled by ldtlab, see below
+#auth_tcp = "sasl" # disabled by ldtlab, see below
+max_clients = 5
+
+# BEGIN ldtlab (labctl setup --backend libvirt; do not edit)
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "127.0.0.1"
+auth_tcp = "none"
+# END ldtlab
+`
+
+func TestApplyConfRemovesTCPListener(t *testing.T) {
+	got, dropped := applyConf(oldLibvirtdConf, libvirtdSettings)
+	assert.ElementsMatch(t, tcpKeys, dropped, "setup says which of the old block's settings it removed")
+	assert.NotContains(t, got, `auth_tcp = "none"`)
+	assert.NotRegexp(t, `(?m)^\s*listen_tcp\s*=`, got)
+	assert.NotContains(t, got, "disabled by ldtlab", "no line is left disabled for a key the lab no longer sets")
+	assert.Equal(t, `#listen_tls = 0
+listen_addr = "192.168.1.1"
+auth_tcp = "sasl"
+max_clients = 5
+
+`+confBegin+`
+unix_sock_group = "libvirt"
+unix_sock_ro_perms = "0770"
+unix_sock_rw_perms = "0770"
+`+confEnd+"\n", got, "the administrator's lines an earlier version disabled are given back")
+	again, dropped := applyConf(got, libvirtdSettings)
+	assert.Equal(t, got, again, "idempotent")
+	assert.Empty(t, dropped)
+}
+
+// TestLibvirtdSettingsOpenNoPort: the lab's block never configures a
+// network listener, and the sockets are not world-accessible.
+func TestLibvirtdSettingsOpenNoPort(t *testing.T) {
+	conf, _ := applyConf("", libvirtdSettings)
+	for _, k := range append(tcpKeys, "auth_unix_ro", "auth_unix_rw", "tcp_port", "tls_port") {
+		assert.NotContains(t, conf, k+" =")
+	}
+	assert.NotRegexp(t, `perms = "0..[1-7]"`, conf, "no socket for others")
+}
+
+func TestListenFlag(t *testing.T) {
+	for argv, want := range map[string]bool{
+		"libvirtd --daemon --listen":           true,
+		"libvirtd -d -l":                       true,
+		"libvirtd -dl":                         true,
+		"/usr/sbin/libvirtd --daemon":          false,
+		"libvirtd --timeout=120":               false,
+		"libvirtd -f /etc/libvirt/listen.conf": false,
+		"libvirtd -fl":                         false, // -f's argument is "l"
+		"":                                     false,
+	} {
+		assert.Equal(t, want, listenFlag(strings.Fields(argv)), argv)
+	}
 }
 
 // TestNoServiceStarts: setup's own policy-rc.d exists only during the

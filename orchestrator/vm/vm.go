@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -32,6 +33,10 @@ const (
 	FwCfgHostKey       = "opt/ldtlab/host_key"
 	FwCfgAuthorizedKey = "opt/ldtlab/authorized_key"
 )
+
+// GDBSocket is where a VM's gdbstub listens when Config.GDB is set
+// (`gdb vmlinux -ex 'target remote PATH'`).
+func GDBSocket(dir string) string { return filepath.Join(dir, "gdb.sock") }
 
 // Artifact is a file the guest boots from (kernel, initramfs), named by
 // the SHA-256 of its content so that a remote backend uploads it once.
@@ -73,9 +78,10 @@ type Config struct {
 	// lab owns it (capture, crash detection, mirror). Backends must not
 	// block on anything else while writing to it.
 	Console io.Writer
-	// GDB is a host:port for the guest's gdbstub on the backend's host
-	// (loopback only); "" = off.
-	GDB      string
+	// GDB exposes the guest's gdbstub as the unix socket GDBSocket(Dir),
+	// owner-only (0600 in the 0700 Dir), never on a network port: a
+	// gdbstub reads and writes guest memory without authentication.
+	GDB      bool
 	Timeouts Timeouts
 }
 

@@ -46,7 +46,7 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.Var(&g.swap, "swap", "disk-backed swap device in `MiB` (0 = none; zram is always set up); default: the verb's, 512 (1024 for check and stress, none for bench paper)")
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
 	fs.StringVar(&g.backend, "backend", "qemu", "VM backend: qemu (QEMU run by labctl) or libvirt (a transient domain on a libvirtd, see --connect)")
-	fs.StringVar(&g.connect, "connect", libvirt.DefaultURI, "libvirt connection for --backend libvirt (qemu:///system; a remote host: qemu+ssh://USER@HOST/system, or qemu+tcp://HOST/system on a trusted network)")
+	fs.StringVar(&g.connect, "connect", libvirt.DefaultURI, "libvirt connection for --backend libvirt (qemu:///system; a remote host: qemu+ssh://USER@HOST/system; qemu+tcp://HOST/system only where nobody else reaches that port: the lab has no SASL, so it needs auth_tcp none, i.e. root for whoever connects)")
 	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as labctl check does)")
 }
 
@@ -197,7 +197,7 @@ func init() {
 		name:    "setup",
 		summary: "install the Debian packages the lab needs (idempotent; fast when done)",
 		setup: func(fs *flag.FlagSet) {
-			fs.StringVar(&sf.backend, "backend", "qemu", "also prepare this VM backend: qemu (nothing more) or libvirt (libvirtd running here, listening on loopback only)")
+			fs.StringVar(&sf.backend, "backend", "qemu", "also prepare this VM backend: qemu (nothing more) or libvirt (libvirtd running here, on its unix sockets only: no TCP listener)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if err := setup.Ensure(os.Stderr); err != nil {

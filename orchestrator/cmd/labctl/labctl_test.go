@@ -325,3 +325,15 @@ func TestBisectPrefixes(t *testing.T) {
 	assert.Equal(t, "labctl run --vanilla --config=sanitize --mem=2048"+c.args()+" -- sh -c 'grep -q ldt_ /proc/kallsyms'", again(0))
 	assert.True(t, strings.HasPrefix(again(3), "labctl run --config=sanitize"), again(3))
 }
+
+// `up --gdb` on libvirt is refused before anything is built or created:
+// its QEMU runs as libvirt's user, so no gdbstub there is the user's alone.
+func TestUpGDBNeedsQEMUBackend(t *testing.T) {
+	state := t.TempDir()
+	t.Setenv("LDTLAB_STATE", state)
+	err := cmdUp(context.Background(), &guestFlags{cpus: 2, backend: "libvirt"}, true, "x")
+	var u usageError
+	require.ErrorAs(t, err, &u, "a usage error (exit status 2)")
+	assert.Contains(t, err.Error(), "--gdb needs --backend qemu")
+	assert.NoDirExists(t, filepath.Join(state, "vms"))
+}

@@ -43,7 +43,7 @@ func init() {
 			fs.IntVar(&f.rounds, "rounds", 0, "stop after this many rounds (0: until --for)")
 			fs.BoolVar(&f.light, "light", false, "short rounds (two small cells and a few seconds of stress; for tests)")
 			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers of the scenario cells (default: ldt, naive, softdirty, pagemap-scan); mutants are judged as labctl check judges them (CAUGHT/SURVIVED)")
-			fs.StringVar(&f.hosts, "hosts", "", "comma-separated libvirt URIs to fan the guests out over (qemu:///system,qemu+tcp://HOST/system); --vms-per-host guests on each (on --resume: the soak's hosts, given again)")
+			fs.StringVar(&f.hosts, "hosts", "", "comma-separated libvirt URIs to fan the guests out over (qemu:///system,qemu+ssh://USER@HOST/system); --vms-per-host guests on each (on --resume: the soak's hosts, given again)")
 			fs.IntVar(&f.perHost, "vms-per-host", 1, "with --hosts: guests at once on each host")
 			fs.StringVar(&f.inject, "inject", "", "testing aid: make round R also fire a labtest trigger, e.g. warn@2,panic@4 (the kernel really WARNs/panics)")
 		},

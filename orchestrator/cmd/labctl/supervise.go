@@ -10,7 +10,8 @@ import (
 // The supervise verb is the hidden verb `labctl up` starts: the process that owns one VM.
 func init() {
 	var sup guestFlags
-	var supDir, supGDB string
+	var supDir string
+	var supGDB bool
 	register(&command{
 		name:    "supervise",
 		args:    "NAME",
@@ -19,7 +20,7 @@ func init() {
 		setup: func(fs *flag.FlagSet) {
 			sup.register(fs)
 			fs.StringVar(&supDir, "dir", "", "VM directory")
-			fs.StringVar(&supGDB, "gdb", "", "gdbstub address, host:port (loopback)")
+			fs.BoolVar(&supGDB, "gdb", false, "gdbstub on the unix socket gdb.sock in the VM directory")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			repo, err := repoRoot()

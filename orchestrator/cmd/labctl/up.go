@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 
 	"ldtlab/images/cache"
 	"ldtlab/internal/lines"
+	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
 )
@@ -28,7 +28,7 @@ func init() {
 		summary: "boot a guest in the background (state in its own directory)",
 		setup: func(fs *flag.FlagSet) {
 			up.register(fs)
-			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub on 127.0.0.1 and print the gdb command line")
+			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub as a unix socket only you can reach (gdb.sock in the VM's private directory) and print the gdb command line (qemu backend)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
@@ -46,6 +46,11 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	}
 	if err := g.validate(); err != nil {
 		return usageError{err}
+	}
+	if gdb && g.backend == "libvirt" {
+		// Its QEMU runs on the libvirt host as libvirt's user: a gdbstub
+		// there would be a socket or port this user cannot own.
+		return usageError{errors.New("--gdb needs --backend qemu: the libvirt backend has no gdbstub only you can reach")}
 	}
 	// Creating a VM is atomic: whoever holds this lock boots it, anyone
 	// else is told it is already booting. It is held until the guest is
@@ -102,14 +107,8 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	if g.redis {
 		args = append(args, "-redis")
 	}
-	gdbAddr := ""
 	if gdb {
-		port, err := freePort()
-		if err != nil {
-			return err
-		}
-		gdbAddr = fmt.Sprintf("127.0.0.1:%d", port) // host:port on the backend's host
-		args = append(args, "-gdb", gdbAddr)
+		args = append(args, "-gdb")
 	}
 	args = append(args, name)
 	exe, err := os.Executable()
@@ -140,8 +139,10 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 			case lab.StatusRunning:
 				fmt.Printf("%s is up: kernel %s (%s), %s, booted in %.2fs\n", name, st.Kernel, st.KernelVariant, st.Accel, st.BootSeconds)
 				fmt.Printf("  labctl run %s -- uname -r\n  labctl shell %s\n  labctl down %s\n", name, name, name)
-				if gdbAddr != "" {
-					fmt.Printf("  gdb %s -ex 'target remote %s'\n", st.Vmlinux, gdbAddr)
+				if st.GDB != "" {
+					// The socket is this user's alone (0600 in the 0700
+					// VM directory): gdb runs as the same user.
+					fmt.Printf("  gdb %s -ex %s\n", shquote.Word(st.Vmlinux), shquote.Word("target remote "+st.GDB))
 				}
 				return nil
 			case lab.StatusFailed:
@@ -167,13 +168,4 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

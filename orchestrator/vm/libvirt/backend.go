@@ -1,6 +1,7 @@
 package libvirt
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -470,6 +472,42 @@ func createVolume(l *golibvirt.Libvirt, pool golibvirt.StoragePool, name string,
 	return v, nil
 }
 
+// fwCfgVolName is the volume holding a domain's i-th fw_cfg entry.
+func fwCfgVolName(domain string, i int) string { return fmt.Sprintf("%s-fwcfg%d", domain, i) }
+
+// secretVolume stores data (a key) as a volume readable by the daemon's
+// root only (0600; libvirt hands it to QEMU's user while the domain runs)
+// and returns it and its path on the daemon's host. A leftover of the
+// same name (a lab killed before it could clean up) is replaced. The
+// volume is returned even when the upload failed, for the caller to
+// delete.
+func secretVolume(l *golibvirt.Libvirt, pool golibvirt.StoragePool, name string, data []byte) (golibvirt.StorageVol, string, error) {
+	if old, err := l.StorageVolLookupByName(pool, name); err == nil {
+		l.StorageVolDelete(old, 0)
+	}
+	x, err := (&libvirtxml.StorageVolume{
+		Name:       name,
+		Capacity:   &libvirtxml.StorageVolumeSize{Value: uint64(len(data)), Unit: "bytes"},
+		Allocation: &libvirtxml.StorageVolumeSize{Value: 0, Unit: "bytes"},
+		Target: &libvirtxml.StorageVolumeTarget{
+			Format:      &libvirtxml.StorageVolumeTargetFormat{Type: "raw"},
+			Permissions: &libvirtxml.StorageVolumeTargetPermissions{Mode: "0600"},
+		},
+	}).Marshal()
+	if err != nil {
+		return golibvirt.StorageVol{}, "", err
+	}
+	v, err := l.StorageVolCreateXML(pool, x, 0)
+	if err != nil {
+		return v, "", fmt.Errorf("creating volume %s in the %s pool: %w", name, PoolName, err)
+	}
+	if err := l.StorageVolUpload(v, bytes.NewReader(data), 0, uint64(len(data)), 0); err != nil {
+		return v, "", fmt.Errorf("writing volume %s: %w", name, err)
+	}
+	p, err := l.StorageVolGetPath(v)
+	return v, p, err
+}
+
 // diskVolume creates a VM's disk, replacing a leftover of the same name
 // (a lab killed before it could clean up).
 func diskVolume(l *golibvirt.Libvirt, pool golibvirt.StoragePool, name string, size uint64) (golibvirt.StorageVol, error) {
@@ -521,6 +559,17 @@ func sweep(l *golibvirt.Libvirt, match func(name, description string) bool) ([]s
 				// The lab's disk volumes only (artifacts are shared).
 				if v := disk.Source; v != nil && v.Volume != nil && v.Volume.Pool == PoolName && strings.HasPrefix(v.Volume.Volume, d.Name+"-") {
 					vols = append(vols, v.Volume.Volume)
+				}
+			}
+		}
+		// And its fw_cfg volumes (the keys), named after it.
+		for _, si := range dx.SysInfo {
+			if si.FWCfg == nil {
+				continue
+			}
+			for _, e := range si.FWCfg.Entry {
+				if strings.HasPrefix(filepath.Base(e.File), d.Name+"-fwcfg") {
+					vols = append(vols, filepath.Base(e.File))
 				}
 			}
 		}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	"libvirt.org/go/libvirtxml"
 )
@@ -39,11 +38,15 @@ type DiskSpec struct {
 	Serial       string // the guest finds the disk by this
 }
 
-// FwCfgEntry is one fw_cfg file. The value is inline in the domain XML,
-// so that nothing but the XML has to reach a remote host.
+// FwCfgEntry is one fw_cfg file, read by QEMU from a file on the
+// daemon's host (a 0600 volume of the lab's pool, which libvirt hands to
+// QEMU's user for the domain's life). Never a value inline in the XML:
+// libvirt passes those on QEMU's command line (-fw_cfg string=), which
+// every local user reads in /proc, and into its QEMU log; the entries are
+// the guest's private keys.
 type FwCfgEntry struct {
-	Name  string // must start with opt/
-	Value string
+	Name string // must start with opt/
+	File string // absolute path on the daemon's host
 }
 
 // DomainXML renders spec as a libvirt domain definition for a transient
@@ -123,7 +126,7 @@ func DomainXML(s DomainSpec) (string, error) {
 	if len(s.FwCfg) > 0 {
 		fw := &libvirtxml.DomainSysInfoFWCfg{}
 		for _, e := range s.FwCfg {
-			fw.Entry = append(fw.Entry, libvirtxml.DomainSysInfoEntry{Name: e.Name, Value: e.Value})
+			fw.Entry = append(fw.Entry, libvirtxml.DomainSysInfoEntry{Name: e.Name, File: e.File})
 		}
 		d.SysInfo = []libvirtxml.DomainSysInfo{{FWCfg: fw}}
 	}
@@ -189,17 +192,13 @@ func (s DomainSpec) validate() error {
 		if !strings.HasPrefix(e.Name, "opt/") {
 			errs = append(errs, fmt.Errorf("fw_cfg name %q must start with opt/", e.Name))
 		}
-		// Inline XML text: NUL and other control bytes cannot be
-		// carried (XML 1.0 forbids them), newlines and tabs can.
-		if !utf8.ValidString(e.Value) || strings.ContainsFunc(e.Value, func(r rune) bool {
-			return r < 0x20 && r != '\n' && r != '\t'
-		}) {
-			errs = append(errs, fmt.Errorf("fw_cfg %s: value is not plain text (libvirt carries it inline in the domain XML)", e.Name))
+		if !strings.HasPrefix(e.File, "/") {
+			errs = append(errs, fmt.Errorf("fw_cfg %s: file %q must be an absolute path on the daemon's host", e.Name, e.File))
 		}
-		// libvirt (9.0 at least) passes the value to QEMU's -fw_cfg
-		// string= without doubling commas, so QEMU would split it there.
-		if strings.Contains(e.Value, ",") {
-			errs = append(errs, fmt.Errorf("fw_cfg %s: value contains a comma, which libvirt does not escape for QEMU", e.Name))
+		// libvirt (9.0 at least) passes fw_cfg options to QEMU's -fw_cfg
+		// without doubling commas, so QEMU would split the path there.
+		if strings.Contains(e.File, ",") {
+			errs = append(errs, fmt.Errorf("fw_cfg %s: file %q contains a comma, which libvirt does not escape for QEMU", e.Name, e.File))
 		}
 	}
 	if len(errs) > 0 {

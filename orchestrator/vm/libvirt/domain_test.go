@@ -14,7 +14,7 @@ func spec() DomainSpec {
 		Kernel: "/pool/k-abc", Initrd: "/pool/i-def", Cmdline: "console=ttyS0 panic=0",
 		MemoryMiB: 1024, CPUs: 2, Channel: "ldtlab.ctl",
 		Disks: []DiskSpec{{Pool: "ldtlab", Volume: "x-swap.img", Serial: "ldtswap"}, {Pool: "ldtlab", Volume: "x-data.img", Serial: "ldtdata"}},
-		FwCfg: []FwCfgEntry{{Name: "opt/ldtlab/host_key", Value: "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"}},
+		FwCfg: []FwCfgEntry{{Name: "opt/ldtlab/host_key", File: "/pool/ldtlab-x-fwcfg0"}},
 	}
 }
 
@@ -68,7 +68,9 @@ func TestDomainXML(t *testing.T) {
 
 	require.Len(t, d.SysInfo, 1)
 	require.NotNil(t, d.SysInfo[0].FWCfg)
-	assert.Equal(t, []libvirtxml.DomainSysInfoEntry{{Name: "opt/ldtlab/host_key", Value: "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"}}, d.SysInfo[0].FWCfg.Entry)
+	// A file QEMU reads, never a value: libvirt would put a value on
+	// QEMU's command line (-fw_cfg string=), world-readable in /proc.
+	assert.Equal(t, []libvirtxml.DomainSysInfoEntry{{Name: "opt/ldtlab/host_key", File: "/pool/ldtlab-x-fwcfg0"}}, d.SysInfo[0].FWCfg.Entry)
 }
 
 func TestDomainXMLKVM(t *testing.T) {
@@ -125,8 +127,9 @@ func TestDomainXMLInvalid(t *testing.T) {
 		{"no channel", func(s *DomainSpec) { s.Channel = "" }, "no guest channel"},
 		{"disk without serial", func(s *DomainSpec) { s.Disks[0].Serial = "" }, "pool, volume and serial"},
 		{"fw_cfg outside opt/", func(s *DomainSpec) { s.FwCfg[0].Name = "etc/x" }, "must start with opt/"},
-		{"fw_cfg binary", func(s *DomainSpec) { s.FwCfg[0].Value = "a\x00b" }, "not plain text"},
-		{"fw_cfg comma", func(s *DomainSpec) { s.FwCfg[0].Value = "a,b" }, "contains a comma"},
+		{"fw_cfg relative file", func(s *DomainSpec) { s.FwCfg[0].File = "fwcfg0" }, "must be an absolute path"},
+		{"fw_cfg no file", func(s *DomainSpec) { s.FwCfg[0].File = "" }, "must be an absolute path"},
+		{"fw_cfg comma", func(s *DomainSpec) { s.FwCfg[0].File = "/pool/a,b" }, "contains a comma"},
 		{"two problems at once", func(s *DomainSpec) { s.Kernel = ""; s.Channel = "" }, "no kernel\nno guest channel"},
 	}
 	for _, tt := range tests {

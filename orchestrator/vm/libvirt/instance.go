@@ -121,8 +121,18 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 		in.vols = append(in.vols, v)
 		spec.Disks = append(spec.Disks, DiskSpec{Pool: PoolName, Volume: name, Serial: d.Serial})
 	}
-	for _, f := range c.FwCfg {
-		spec.FwCfg = append(spec.FwCfg, FwCfgEntry{Name: f.Name, Value: string(f.Data)})
+	for i, f := range c.FwCfg {
+		// The keys go to the daemon's host as 0600 volumes, which QEMU
+		// reads by path: never on its command line.
+		name := fwCfgVolName(in.dom.Name, i)
+		v, path, err := secretVolume(l, pool, name, f.Data)
+		if v.Name != "" {
+			in.vols = append(in.vols, v)
+		}
+		if err != nil {
+			return nil, up, infra("placing fw_cfg "+f.Name, err)
+		}
+		spec.FwCfg = append(spec.FwCfg, FwCfgEntry{Name: f.Name, File: path})
 	}
 	if in.xml, err = DomainXML(spec); err != nil {
 		return nil, up, infra("building the domain XML", err)

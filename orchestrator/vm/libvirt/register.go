@@ -123,8 +123,10 @@ func (b *Backend) Close() error {
 
 // Start boots cfg as a transient domain.
 func (b *Backend) Start(ctx context.Context, cfg vm.Config) (vm.Instance, error) {
-	if cfg.GDB != "" {
-		return nil, &vm.InfraError{Op: "starting a libvirt domain", Err: errors.New("a gdbstub is not supported by the libvirt backend")}
+	if cfg.GDB {
+		// QEMU runs on the libvirt host as libvirt's user: its gdbstub
+		// would be a socket or port the lab's user does not own.
+		return nil, &vm.InfraError{Op: "starting a libvirt domain", Err: errors.New("a gdbstub is not supported by the libvirt backend (use --backend qemu)")}
 	}
 	sc := StartConfig{
 		URI:       b.uri,

@@ -50,7 +50,7 @@ func fullConfig() vm.Config {
 			{Name: vm.FwCfgHostKey, Data: []byte("secret host key")},
 			{Name: vm.FwCfgAuthorizedKey, Data: []byte("ssh-ed25519 AAAA")},
 		},
-		GDB: "127.0.0.1:1234",
+		GDB: true,
 	}
 }
 
@@ -106,7 +106,10 @@ func TestArgsFull(t *testing.T) {
 	}, values(a, "-fw_cfg"))
 	assert.NotContains(t, strings.Join(a, " "), "secret")
 
-	assert.Equal(t, "tcp:127.0.0.1:1234", value(t, a, "-gdb"))
+	// The gdbstub: a unix socket in the private directory, no port.
+	assert.Equal(t, "chardev:gdb0", value(t, a, "-gdb"))
+	assert.Contains(t, values(a, "-chardev"), "socket,id=gdb0,path=/state/vms/alpha/gdb.sock,server=on,wait=off")
+	assert.NotContains(t, strings.Join(a, " "), "tcp:", "nothing of the VM listens on TCP")
 
 	// The accelerator's own arguments, verbatim and contiguous.
 	acc := cfg.Accel.QEMUArgs()

@@ -131,8 +131,11 @@ func Args(cfg vm.Config) []string {
 	for i, f := range cfg.FwCfg {
 		a = append(a, "-fw_cfg", "name="+f.Name+",file="+optEscape(fwCfgPath(cfg, i)))
 	}
-	if cfg.GDB != "" {
-		a = append(a, "-gdb", "tcp:"+strings.TrimPrefix(cfg.GDB, "tcp:"))
+	if cfg.GDB {
+		// A unix socket in the private directory: only its owner gets
+		// at guest memory (a TCP port, even on loopback, is everyone's).
+		a = append(a, "-chardev", "socket,id=gdb0,path="+optEscape(vm.GDBSocket(cfg.Dir))+",server=on,wait=off",
+			"-gdb", "chardev:gdb0")
 	}
 	return a
 }
@@ -219,6 +222,13 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 		return nil, &vm.InfraError{Op: "connecting to QEMU's monitor", Err: fmt.Errorf("%w; qemu stderr: %s", merr, strings.TrimSpace(in.stderr.String()))}
 	}
 	in.mon = mon
+	if cfg.GDB {
+		// QEMU created it before its monitor, with the umask's mode; the
+		// 0700 directory already keeps others out, this says so too.
+		if err := os.Chmod(vm.GDBSocket(cfg.Dir), 0o600); err != nil {
+			return nil, &vm.InfraError{Op: "securing the gdbstub socket", Err: err}
+		}
+	}
 	go in.watchEvents()
 	return in, nil
 }
@@ -411,6 +421,9 @@ func (in *instance) Close() error {
 	}
 	for _, s := range []string{"qmp.sock", "ctl.sock"} {
 		os.Remove(filepath.Join(in.cfg.Dir, s))
+	}
+	if in.cfg.GDB {
+		os.Remove(vm.GDBSocket(in.cfg.Dir))
 	}
 	for i := range in.cfg.Disks {
 		os.Remove(diskPath(in.cfg, i))
