@@ -78,14 +78,14 @@ type TrackerStats struct {
 
 // Finding is one failure, minimized, with its replay.
 type Finding struct {
-	Title     string `json:"title"`
-	Class     string `json:"class,omitempty"` // the known bug it is (issue 19), if any
-	Tracker   string `json:"tracker"`
-	Key       string `json:"key"`
-	Kind      string `json:"kind"` // lost | corrupted | over-reported | error
-	Count     int    `json:"count"`
-	Seq       int    `json:"sequence"` // number of the sequence that first showed it
-	SeqSeed   uint64 `json:"sequence_seed"`
+	Title     string  `json:"title"`
+	Class     string  `json:"class,omitempty"` // the known bug it is (issue 19), if any
+	Tracker   string  `json:"tracker"`
+	Key       string  `json:"key"`
+	Kind      string  `json:"kind"` // lost | corrupted | over-reported | error
+	Count     int     `json:"count"`
+	Seq       int     `json:"sequence"` // number of the sequence that first showed it
+	SeqSeed   uint64  `json:"sequence_seed"`
 	FoundS    float64 `json:"found_s"`
 	MinimizeS float64 `json:"minimize_s"`
 	OrigOps   int     `json:"original_ops"`

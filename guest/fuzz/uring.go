@@ -28,7 +28,7 @@ const (
 
 type sqringOffsets struct {
 	Head, Tail, RingMask, RingEntries, Flags, Dropped, Array, Resv1 uint32
-	UserAddr                                                       uint64
+	UserAddr                                                        uint64
 }
 
 type cqringOffsets struct {
@@ -38,9 +38,9 @@ type cqringOffsets struct {
 
 type uringParams struct {
 	SQEntries, CQEntries, Flags, SQThreadCPU, SQThreadIdle, Features, WQFd uint32
-	Resv                                                                  [3]uint32
-	SQOff                                                                 sqringOffsets
-	CQOff                                                                 cqringOffsets
+	Resv                                                                   [3]uint32
+	SQOff                                                                  sqringOffsets
+	CQOff                                                                  cqringOffsets
 }
 
 type uringSQE struct {
