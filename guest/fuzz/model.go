@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"ldtlab/guest/result"
 )
 
 const pg = 4096
@@ -119,7 +121,8 @@ func sources(evs []event) (srcs, desc []string) {
 }
 
 // gapFor classifies a lost page against the documented gaps of tracker
-// (guest/result's fuzz gaps name them): "" is a finding.
+// (guest/result.FuzzGaps decides which class excuses which tracker): ""
+// is a finding.
 func gapFor(tracker string, spec RegionSpec, st *pageState, srcs []string) string {
 	all := func(class string) bool {
 		if len(srcs) == 0 {
@@ -132,30 +135,19 @@ func gapFor(tracker string, spec RegionSpec, st *pageState, srcs []string) strin
 		}
 		return true
 	}
-	switch tracker {
-	case "ldt", "naive":
-		if spec.Shared() && st.zapped {
-			return GapSharedZap
-		}
-		if all(classPin) && st.pinRO {
-			return GapPinReadOnly
-		}
-	case "softdirty":
-		switch {
-		case spec.Shared() && st.zapped:
-			return GapSharedZap
-		case st.ksm:
-			return GapKSM
-		case all(classPin):
-			return GapPinWrite
-		case all(classRing):
-			return GapRing
-		case spec.Shared() && st.coll:
-			return GapShmemCollapse
-		}
-	case "pagemap-scan":
-		if all(classPin) {
-			return GapPinWrite
+	for _, c := range []struct {
+		class string
+		holds bool
+	}{
+		{GapSharedZap, spec.Shared() && st.zapped},
+		{GapPinReadOnly, all(classPin) && st.pinRO},
+		{GapKSM, st.ksm},
+		{GapPinWrite, all(classPin)},
+		{GapRing, all(classRing)},
+		{GapShmemCollapse, spec.Shared() && st.coll},
+	} {
+		if c.holds && result.FuzzGap(c.class, tracker) != "" {
+			return c.class
 		}
 	}
 	return ""
