@@ -297,6 +297,8 @@ func (d *driver) run(ctx context.Context, seq *Sequence, t string) (*ExecResult,
 	if err != nil {
 		return nil, err
 	}
+	// A kernel report's console context then says which run it came from.
+	kmsg(fmt.Sprintf("ldt-fuzz: sequence seed %d (%d ops) under %s", seq.Seed, len(seq.Ops), t))
 	rctx, cancel := context.WithTimeout(ctx, d.o.ExecTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(rctx, d.o.Self, ExecArg, t, filepath.Join(d.o.DataDir, DataFileName), d.o.DataDir)
@@ -665,6 +667,13 @@ func (s *Summary) Failed() bool {
 		}
 	}
 	return false
+}
+
+func kmsg(s string) {
+	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		f.WriteString(s)
+		f.Close()
+	}
 }
 
 // DataFileName is the data file reads come from, in DataDir.
