@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -31,6 +32,7 @@ func init() {
 		dur, minFor          time.Duration
 		seed                 uint64
 		trackers, until, out string
+		expect               string
 		replay, jsonOut      string
 		maxSeqs              int
 		minimize             bool
@@ -44,6 +46,7 @@ func init() {
 			fs.Uint64Var(&f.seed, "seed", uint64(time.Now().Unix()), "base seed (printed; the same seed draws the same sequences)")
 			fs.StringVar(&f.trackers, "trackers", strings.Join(gfuzz.DefaultTrackers, ","), "comma-separated trackers (naive is the negative control: it must be CAUGHT)")
 			fs.StringVar(&f.until, "until", "", "stop once findings of every class named are in: pinned-thp, shared-pin, shmem-collapse, ring (the teeth test)")
+			fs.StringVar(&f.expect, "expect", "", "the teeth test: stop once a finding of every class named is in, and exit 0 only if all were found (each with its minimized reproducer); classes as for --until")
 			fs.IntVar(&f.maxSeqs, "max-seqs", 0, "stop after this many sequences (0: until --for)")
 			fs.BoolVar(&f.minimize, "minimize", true, "minimize each finding (drop operations while it still fails)")
 			fs.DurationVar(&f.minFor, "minimize-for", 3*time.Minute, "time allowed to minimize one finding")
@@ -55,7 +58,19 @@ func init() {
 			if len(args) > 0 {
 				return usageError{fmt.Errorf("fuzz takes no arguments (got %q)", args)}
 			}
-			o := fuzz.Options{Duration: f.dur, Seed: f.seed, Trackers: splitList(f.trackers), Until: splitList(f.until),
+			if f.expect != "" && f.until != "" {
+				return usageError{errors.New("--expect implies --until: give one of them")}
+			}
+			until := splitList(f.until)
+			if f.expect != "" {
+				until = splitList(f.expect)
+			}
+			for _, c := range until {
+				if !slices.Contains(gfuzz.Classes, c) {
+					return usageError{fmt.Errorf("unknown finding class %q (have %s)", c, strings.Join(gfuzz.Classes, ", "))}
+				}
+			}
+			o := fuzz.Options{Duration: f.dur, Seed: f.seed, Trackers: splitList(f.trackers), Until: until,
 				MaxSeqs: f.maxSeqs, NoMinimize: !f.minimize, MinimizeFor: f.minFor}
 			for _, t := range o.Trackers {
 				if why := gfuzz.NotFor(t, &gfuzz.Sequence{}); why != "" {
@@ -156,6 +171,9 @@ func init() {
 			if rerr != nil {
 				return rerr
 			}
+			if f.expect != "" {
+				return expectClasses(run, splitList(f.expect))
+			}
 			if run.Verdict == result.VError {
 				return errors.New(termsafe.Line(run.Error))
 			}
@@ -168,6 +186,37 @@ func init() {
 			return nil
 		},
 	})
+}
+
+// expectClasses is the teeth test's verdict: every class expected was
+// found, minimized (reproduced on its own) — how long each took is printed.
+func expectClasses(run fuzz.Run, want []string) error {
+	if run.Summary == nil {
+		return fmt.Errorf("no summary: %s", termsafe.Line(run.Error))
+	}
+	var missing []string
+	for _, c := range want {
+		var hit *gfuzz.Finding
+		for _, f := range run.Summary.Findings {
+			if gfuzz.ClassMatches(f.Class, c) && (hit == nil || f.FoundS < hit.FoundS) {
+				hit = f
+			}
+		}
+		if hit == nil {
+			missing = append(missing, c)
+			fmt.Printf("expected %-15s NOT FOUND\n", c)
+			continue
+		}
+		fmt.Printf("expected %-15s found after %4.0f s, minimized %d → %d ops in %.0f s (reproduced alone: %v): %s\n",
+			c, hit.FoundS, hit.OrigOps, hit.MinOps, hit.MinimizeS, hit.Reproduced, termsafe.Line(hit.Title))
+		if !hit.Reproduced {
+			missing = append(missing, c+" (its minimized sequence did not fail again)")
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the fuzzer did not find: %s", strings.Join(missing, ", "))
+	}
+	return nil
 }
 
 // kernelFlags are the flags that select the guest's kernel, for a
