@@ -316,6 +316,12 @@ func (d *driver) run(ctx context.Context, seq *Sequence, t string) (*ExecResult,
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.WaitDelay = 5 * time.Second
 	err = cmd.Run()
+	// File regions a killed run left behind.
+	if old, _ := filepath.Glob(filepath.Join(d.o.DataDir, "ldt-fuzz-*-r*")); len(old) > 0 {
+		for _, p := range old {
+			os.Remove(p)
+		}
+	}
 	var res ExecResult
 	if jerr := json.Unmarshal(out.Bytes(), &res); jerr != nil {
 		msg := strings.TrimSpace(errb.String())

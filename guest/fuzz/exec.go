@@ -218,7 +218,9 @@ func (e *executor) setup() error {
 		return fmt.Errorf("open %s: %w", e.cfg.DataFile, err)
 	}
 	if e.dataDio, err = unix.Open(e.cfg.DataFile, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_DIRECT, 0); err != nil {
-		return fmt.Errorf("open %s O_DIRECT: %w", e.cfg.DataFile, err)
+		// Not on a block device (a unit test's tmpfs): direct reads fail.
+		e.res.fact("no O_DIRECT on %s: %v", e.cfg.DataFile, err)
+		e.dataDio = -1
 	}
 	if err := e.knobs(); err != nil {
 		return err
@@ -834,6 +836,10 @@ func (e *executor) madvise(i int, r *region, p, n int, o Op) {
 		return
 	}
 	e.done(o.Op + " " + o.Arg)
+	switch o.Arg {
+	case "dontneed", "pageout", "cold", "free", "wipeonfork", "keeponfork", "unmergeable":
+		e.zapBlocks(r, p, n, false)
+	}
 	for q := p; q < p+n; q++ {
 		st := &r.st[q]
 		switch o.Arg {
@@ -910,19 +916,15 @@ func (e *executor) mprotect(r *region, p, n int, o Op) {
 			}
 		}
 	}
-	// A sub-range of a shmem THP splits it, which zaps the PMD (row 7).
-	if r.spec.Shared() && r.spec.THP == "pmd" && (p%512 != 0 || n%512 != 0) {
-		lo, hi := p&^511, min((p+n+511)&^511, r.n)
-		for q := lo; q < hi; q++ {
-			if r.st[q].pending() {
-				r.st[q].zapped = true
-			}
-		}
-	}
+	e.zapBlocks(r, p, n, false)
 }
 
 func (e *executor) mremap(r *region, o Op) error {
-	slot := maxRegions + e.moves%(nSlots-maxRegions)
+	if e.moves >= nSlots-maxRegions {
+		e.failed(o.Op, fmt.Errorf("no free arena slot left"))
+		return nil
+	}
+	slot := maxRegions + e.moves
 	e.moves++
 	shift := uintptr(o.P%512) * pg
 	dst := e.slot(slot) + shift
@@ -942,8 +944,35 @@ func (e *executor) mremap(r *region, o Op) error {
 	}
 	r.base = dst
 	r.uffd, r.noUffd = false, false
+	if shift%(2<<20) != 0 {
+		e.zapBlocks(r, 0, r.n, true)
+	}
 	e.done(o.Op)
 	return nil
+}
+
+// zapBlocks: an operation on [p, p+n) of a shared region mapped with PMD
+// THPs splits the PMDs it covers in part (always, if all is set: uffd-wp
+// splits a file PMD whatever the range), and a shmem PMD split zaps the
+// whole PMD (kmod/README row 7): every pending write in those 2 MiB blocks
+// loses its tracker state.
+func (e *executor) zapBlocks(r *region, p, n int, all bool) {
+	if !r.spec.Shared() || r.spec.THP != "pmd" {
+		return
+	}
+	start := r.base + uintptr(p)*pg
+	end := start + uintptr(n)*pg
+	if !all && start%(2<<20) == 0 && end%(2<<20) == 0 {
+		return
+	}
+	lo := start &^ (2<<20 - 1)
+	hi := (end + 2<<20 - 1) &^ (2<<20 - 1)
+	for q := 0; q < r.n; q++ {
+		a := r.base + uintptr(q)*pg
+		if a >= lo && a < hi && r.st[q].pending() {
+			r.st[q].zapped = true
+		}
+	}
 }
 
 // remap maps the region afresh over itself (munmap + MAP_FIXED in one

@@ -85,6 +85,7 @@ func (e *executor) uffdWP(r *region, p, n int, on bool) {
 	if on {
 		mode = uffdWPModeWP
 	}
+	e.zapBlocks(r, p, n, true)
 	wp := [3]uint64{uint64(r.base + uintptr(p)*pg), uint64(n * pg), mode}
 	if err := ioctl(e.uffd, iocUffdWP, unsafe.Pointer(&wp)); err != nil {
 		e.failed(OpUffdWP, err)
@@ -110,6 +111,7 @@ func (e *executor) pmScan(r *region) {
 		return
 	}
 	defer f.Close()
+	e.zapBlocks(r, 0, r.n, true)
 	vec := make([][3]uint64, 512)
 	arg := pmScanArg{Size: 96, Flags: pmScanWPMatching | pmScanCheckWPAsync, Start: uint64(r.base), End: uint64(r.end()),
 		Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: uint64(len(vec)), CategoryMask: pageIsWritten, ReturnMask: pageIsWritten}

@@ -16,10 +16,13 @@ type underTest struct {
 	per  map[int]tracker.Tracker
 }
 
+// openTracker is tracker.Open (unit tests put fakes here).
+var openTracker = tracker.Open
+
 func openUnder(name string, regions []*region) (*underTest, error) {
 	u := &underTest{name: name, per: map[int]tracker.Tracker{}}
 	if name != "pagemap-scan" {
-		t, err := tracker.Open(name, 0, 0, 0)
+		t, err := openTracker(name, 0, 0, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -27,7 +30,7 @@ func openUnder(name string, regions []*region) (*underTest, error) {
 		return u, nil
 	}
 	for _, r := range regions {
-		t, err := tracker.Open(name, 0, r.base, r.end())
+		t, err := openTracker(name, 0, r.base, r.end())
 		if err != nil {
 			u.close()
 			return nil, err
