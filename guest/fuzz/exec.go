@@ -1171,6 +1171,7 @@ func (e *executor) collect(i int, o Op) error {
 		// (soft-dirty's clear is process-wide: it collects every region.)
 		rs = []*region{e.regions[o.R]}
 	}
+	e.unmappedPins(rs)
 	got, err := e.under.collect(rs, o.Clear)
 	if err != nil {
 		return err
@@ -1187,6 +1188,32 @@ func (e *executor) collect(i int, o Op) error {
 		}
 	}
 	return nil
+}
+
+// unmappedPins: a write through a pin into a shared page the process
+// does not map (its PTE zapped before the write) leaves no entry a
+// tracker could report: the shared-zap class (kmod/README row 2).
+func (e *executor) unmappedPins(rs []*region) {
+	for _, r := range rs {
+		if !r.spec.Shared() {
+			continue
+		}
+		ents, err := e.pm.Read(r.base, r.n)
+		if err != nil {
+			continue
+		}
+		for q := range r.st {
+			st := &r.st[q]
+			if ents[q].Present() {
+				continue
+			}
+			for _, ev := range st.events {
+				if sourceClass[ev.Src] == classPin {
+					st.zapped = true
+				}
+			}
+		}
+	}
 }
 
 // copyReported copies every reported page into the shadow, as an
@@ -1371,6 +1398,7 @@ func (e *executor) final() error {
 }
 
 func (e *executor) collectCheck(i int, final bool) error {
+	e.unmappedPins(e.regions)
 	got, err := e.under.collect(e.regions, true)
 	if err != nil {
 		return err

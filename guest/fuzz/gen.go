@@ -29,7 +29,7 @@ var vocabulary = map[string][]weighted{
 	"fork":    {{3, OpFork}, {1, OpForkExit}},
 	"ksm":     {{2, OpKSM}},
 	"numa":    {{3, OpMigrate}, {1.5, OpNUMA}, {1, OpSpin}, {0.5, OpCompact}},
-	"cotrack": {{4, OpClearRef}, {3, OpUffdWP}, {2, OpPMScan}},
+	"cotrack": {{5, OpClearRef}, {3, OpUffdWP}, {2, OpPMScan}},
 	"ring":    {{5, OpUNop}, {3, OpAIORead}},
 }
 
@@ -68,7 +68,7 @@ func Generate(seed uint64) *Sequence {
 	for _, w := range table {
 		total += w.w
 	}
-	n := 6 + r.IntN(24)
+	n := 8 + r.IntN(28)
 	for len(s.Ops) < n {
 		x := r.Float64() * total
 		var op string
@@ -214,7 +214,12 @@ func (g *gen) draw(op string) {
 		}
 		g.add(o)
 	case OpUReg:
-		if i := g.pick(pinnable); i >= 0 {
+		// Pins on huge pages first: a THP is one entry for 512 pages.
+		i := g.pick(func(s RegionSpec) bool { return pinnable(s) && s.THP == "pmd" })
+		if i < 0 || g.r.IntN(3) == 0 {
+			i = g.pick(pinnable)
+		}
+		if i >= 0 {
 			g.registered = i
 			g.add(Op{Op: op, R: i})
 		}
@@ -262,7 +267,7 @@ func (g *gen) draw(op string) {
 	case OpMadvise:
 		i := g.pick(nil)
 		spec := g.s.Regions[i]
-		advs := []weighted{{2, "dontneed"}, {1, "cold"}, {3, "pageout"}, {3, "collapse"}, {1, "hugepage"}, {1, "nohugepage"}, {2, "populate-write"}}
+		advs := []weighted{{2, "dontneed"}, {1, "cold"}, {3, "pageout"}, {4, "collapse"}, {1, "hugepage"}, {1, "nohugepage"}, {2, "populate-write"}}
 		if spec.Kind == KAnon {
 			advs = append(advs, weighted{3, "free"}, weighted{1, "wipeonfork"}, weighted{0.5, "keeponfork"}, weighted{0.5, "unmergeable"})
 		}
