@@ -40,7 +40,7 @@ type Options struct {
 	// Until stops early once findings of every class named are in
 	// (Class: pinned-thp, shared-pin, shmem-collapse, ring).
 	Until       []string
-	ExecTimeout time.Duration // per run (default 3 minutes)
+	ExecTimeout time.Duration // per run (default 2 minutes)
 	Self        string        // this program (default /proc/self/exe)
 	Progress    io.Writer
 	// Runner replaces the child process (unit tests).
@@ -60,7 +60,11 @@ type Summary struct {
 	KnownGaps map[string]int `json:"known_gaps,omitempty"`
 	OpsDone   map[string]int `json:"ops_done"`
 	OpsFailed map[string]int `json:"ops_failed,omitempty"`
-	Checked   int64          `json:"pages_checked"`
+	// TimeMS sums where the runs' time went (setup, operations, final);
+	// ExecMS is the runs' total, wall clock included (process start).
+	TimeMS  map[string]int64 `json:"time_ms,omitempty"`
+	ExecMS  int64            `json:"exec_ms"`
+	Checked int64            `json:"pages_checked"`
 	Errors    []string       `json:"errors,omitempty"`
 	Until     []string       `json:"until,omitempty"`
 	Stopped   string         `json:"stopped"`
@@ -127,7 +131,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		o.Trackers = DefaultTrackers
 	}
 	if o.ExecTimeout == 0 {
-		o.ExecTimeout = 3 * time.Minute
+		o.ExecTimeout = 2 * time.Minute
 	}
 	if o.MinimizeFor == 0 {
 		o.MinimizeFor = 4 * time.Minute
@@ -139,7 +143,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		o.Progress = io.Discard
 	}
 	d := &driver{o: o, start: time.Now(), byKey: map[string]*Finding{}, snap: Snapshot(),
-		sum: &Summary{Seed: o.Seed, Trackers: map[string]*TrackerStats{}, KnownGaps: map[string]int{}, OpsDone: map[string]int{}, OpsFailed: map[string]int{}, Until: o.Until}}
+		sum: &Summary{Seed: o.Seed, Trackers: map[string]*TrackerStats{}, KnownGaps: map[string]int{}, OpsDone: map[string]int{}, OpsFailed: map[string]int{}, TimeMS: map[string]int64{}, Until: o.Until}}
 	for _, t := range o.Trackers {
 		d.sum.Trackers[t] = &TrackerStats{Verdicts: map[string]int{}, NA: map[string]int{}}
 	}
@@ -223,10 +227,12 @@ func (d *driver) sequence(ctx context.Context, i int, seq *Sequence) {
 	}
 	var news []fresh
 	for _, t := range d.o.Trackers {
+		t0 := time.Now()
 		res, err := d.run(ctx, seq, t)
 		if ctx.Err() != nil {
 			return
 		}
+		d.sum.ExecMS += time.Since(t0).Milliseconds()
 		ts := d.sum.Trackers[t]
 		if err != nil {
 			res = &ExecResult{Tracker: t, Error: err.Error()}
@@ -248,12 +254,19 @@ func (d *driver) sequence(ctx context.Context, i int, seq *Sequence) {
 		for k, n := range res.OpsFailed {
 			d.sum.OpsFailed[k] += n
 		}
+		for k, n := range res.TimeMS {
+			d.sum.TimeMS[k] += n
+		}
 		for _, l := range res.Losses {
 			if l.Gap != "" {
 				d.sum.KnownGaps[t+" "+l.Gap]++
 			}
 		}
-		line = append(line, fmt.Sprintf("%s %s", t, v))
+		if v == result.VNA {
+			line = append(line, fmt.Sprintf("%s %s", t, v))
+		} else {
+			line = append(line, fmt.Sprintf("%s %s (%.1fs)", t, v, float64(res.TookMS)/1000))
+		}
 		for _, k := range keys {
 			if f, ok := d.byKey[k.key]; ok {
 				f.Count++
@@ -410,12 +423,13 @@ func Judge(t string, r *ExecResult) (result.Verdict, []key) {
 	return result.VPass, nil
 }
 
+// firstWord is the region kind of a quiet sample "r0 (kind) pages ...".
 func firstWord(s string) string {
 	f := strings.Fields(s)
 	if len(f) < 2 {
 		return s
 	}
-	return f[1] // "r0 (kind) ...": the kind
+	return strings.Trim(f[1], "()")
 }
 
 // errorKey keeps what an error says without its addresses and numbers.

@@ -27,6 +27,7 @@ type forkPlan struct {
 	sigset uint64
 	done   int // write end: one byte when the writes are done
 	hold   int // read end: EOF lets the child exit; -1 exits at once
+	holdW  int // the write end, which the child closes (or it never sees EOF)
 }
 
 type forkChild struct {
@@ -56,6 +57,7 @@ func rawForkWriter(pl *forkPlan) int {
 	var b [1]byte
 	syscall.RawSyscall(syscall.SYS_WRITE, uintptr(pl.done), uintptr(unsafe.Pointer(&b[0])), 1)
 	if pl.hold >= 0 {
+		syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(pl.holdW), 0, 0)
 		syscall.RawSyscall(syscall.SYS_READ, uintptr(pl.hold), uintptr(unsafe.Pointer(&b[0])), 1)
 	}
 	syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 0, 0, 0)
@@ -92,7 +94,7 @@ func (e *executor) fork(i int, o Op) error {
 		if err := unix.Pipe2(hold[:], unix.O_CLOEXEC); err != nil {
 			return err
 		}
-		pl.hold = hold[0]
+		pl.hold, pl.holdW = hold[0], hold[1]
 	}
 	pid := rawForkWriter(pl)
 	unix.Close(done[1])

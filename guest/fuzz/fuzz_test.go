@@ -125,7 +125,7 @@ func TestJudge(t *testing.T) {
 		{"ldt", ExecResult{}, result.VPass, nil},
 		{"ldt", ExecResult{Losses: []Loss{lost}}, result.VFail, []string{"ldt|lost|anon/pmd|uring-read-fixed"}},
 		{"ldt", ExecResult{Losses: []Loss{gap}}, result.VKnownGap, nil},
-		{"ldt", ExecResult{Quiet: 3, QuietSample: "r1 (anon) pages [0,3)"}, result.VFail, []string{"ldt|over-reported|(anon)"}},
+		{"ldt", ExecResult{Quiet: 3, QuietSample: "r1 (anon) pages [0,3)"}, result.VFail, []string{"ldt|over-reported|anon"}},
 		{"ldt", ExecResult{Error: "collect r0 [0x7f00,0x8000): EFAULT"}, result.VError, []string{"ldt|error|collect EFAULT"}},
 		{"naive", ExecResult{Losses: []Loss{lost}}, result.VCaught, nil},
 		{"naive", ExecResult{}, result.VPass, nil},

@@ -43,7 +43,7 @@ func main() {
 		until    = flag.String("until", "", "stop once findings of every class named are in (pinned-thp, shared-pin, shmem-collapse, ring)")
 		maxSeqs  = flag.Int("max-seqs", 0, "stop after this many sequences (0: until -for)")
 		print    = flag.Uint64("print", 0, "print the sequence this seed draws and exit")
-		timeout  = flag.Duration("exec-timeout", 3*time.Minute, "time allowed for one run of one sequence")
+		timeout  = flag.Duration("exec-timeout", 2*time.Minute, "time allowed for one run of one sequence")
 	)
 	flag.Parse()
 	if *print != 0 {

@@ -261,6 +261,27 @@ func printFuzzSummary(run fuzz.Run) {
 		sort.Strings(vs)
 		fmt.Printf("  %-13s %-10s runs %d (%s), pages checked %d\n", t, st.Verdict, st.Runs, strings.Join(vs, ", "), st.Checked)
 	}
+	type tm struct {
+		k  string
+		ms int64
+	}
+	var tms []tm
+	var in int64
+	for k, ms := range s.TimeMS {
+		tms = append(tms, tm{k, ms})
+		in += ms
+	}
+	sort.Slice(tms, func(i, j int) bool { return tms[i].ms > tms[j].ms })
+	if len(tms) > 8 {
+		tms = tms[:8]
+	}
+	var parts []string
+	for _, t := range tms {
+		parts = append(parts, fmt.Sprintf("%s %.0fs", t.k, float64(t.ms)/1000))
+	}
+	if len(parts) > 0 {
+		fmt.Printf("  time in runs %.0f s (in the program %.0f s: %s)\n", float64(s.ExecMS)/1000, float64(in)/1000, strings.Join(parts, ", "))
+	}
 	var gaps []string
 	for k := range s.KnownGaps {
 		gaps = append(gaps, k)
