@@ -65,9 +65,9 @@ type Summary struct {
 	TimeMS  map[string]int64 `json:"time_ms,omitempty"`
 	ExecMS  int64            `json:"exec_ms"`
 	Checked int64            `json:"pages_checked"`
-	Errors    []string       `json:"errors,omitempty"`
-	Until     []string       `json:"until,omitempty"`
-	Stopped   string         `json:"stopped"`
+	Errors  []string         `json:"errors,omitempty"`
+	Until   []string         `json:"until,omitempty"`
+	Stopped string           `json:"stopped"`
 }
 
 // TrackerStats are one tracker's runs.
