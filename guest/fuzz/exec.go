@@ -375,11 +375,14 @@ func (e *executor) mapRegion(r *region, first bool) error {
 	if addr != r.base {
 		return fmt.Errorf("mmap MAP_FIXED at %#x gave %#x", r.base, addr)
 	}
+	// Small pages: anonymous memory is told MADV_NOHUGEPAGE; shmem has
+	// small folios by shmem_enabled (never, as the lab leaves it) and must
+	// stay collapsible (MADV_NOHUGEPAGE would refuse MADV_COLLAPSE).
 	advice := -1
 	switch {
 	case r.spec.THP == "pmd":
 		advice = unix.MADV_HUGEPAGE
-	case r.spec.THP == "":
+	case r.spec.THP == "" && r.spec.Kind == KAnon:
 		advice = unix.MADV_NOHUGEPAGE
 	}
 	if advice >= 0 {
@@ -545,7 +548,7 @@ func (e *executor) do(i int, o Op) error {
 			e.failed(o.Op, err)
 			return nil
 		}
-		if err := e.uring.nops(max(1, min(o.N, 256))); err != nil {
+		if err := e.uring.nops(max(1, min(o.N, 1024))); err != nil {
 			e.failed(o.Op, err)
 		} else {
 			e.done(o.Op)

@@ -2,7 +2,6 @@ package fuzz
 
 import (
 	"math/rand/v2"
-	"slices"
 )
 
 // Families group the vocabulary. Each sequence enables a random subset of
@@ -40,6 +39,7 @@ func Generate(seed uint64) *Sequence {
 	g := &gen{r: r, s: s, registered: -1, xpinned: -1}
 	g.regions()
 	on := map[string]bool{"": true}
+	g.on = on
 	for enabled := 0; enabled < 2; {
 		for _, f := range Families {
 			if !on[f] && r.IntN(2) == 0 {
@@ -48,22 +48,22 @@ func Generate(seed uint64) *Sequence {
 			}
 		}
 	}
+	// Each family's weight is scaled for this sequence too (0.25× to 2×):
+	// a sequence with few plain writes is dense in everything else.
 	var table []weighted
-	for f, ops := range vocabulary {
-		if on[f] {
-			table = append(table, ops...)
+	for _, f := range append([]string{""}, Families...) {
+		if !on[f] {
+			continue
+		}
+		scale := 0.25 + 1.75*r.Float64()
+		for _, w := range vocabulary[f] {
+			if w.op == OpCollect {
+				table = append(table, w) // collections keep their rate
+				continue
+			}
+			table = append(table, weighted{w.w * scale, w.op})
 		}
 	}
-	// Map iteration order is random: sort for determinism.
-	slices.SortStableFunc(table, func(a, b weighted) int {
-		switch {
-		case a.op < b.op:
-			return -1
-		case a.op > b.op:
-			return 1
-		}
-		return 0
-	})
 	total := 0.0
 	for _, w := range table {
 		total += w.w
@@ -93,6 +93,7 @@ type gen struct {
 	xpinned    int
 	forked     bool
 	numaOn     bool
+	on         map[string]bool
 }
 
 func (g *gen) regions() {
@@ -103,7 +104,7 @@ func (g *gen) regions() {
 	for len(g.s.Regions) < n {
 		var spec RegionSpec
 		switch x := r.IntN(21); {
-		case x < 4:
+		case x < 3:
 			spec = RegionSpec{Kind: KAnon, Pages: 16 + r.IntN(49)}
 		case x < 8:
 			spec = RegionSpec{Kind: KAnon, Pages: 512, THP: "pmd"}
@@ -196,6 +197,11 @@ func (g *gen) draw(op string) {
 	case OpSleep:
 		g.add(Op{Op: op, R: -1, N: 50 + r.IntN(450)})
 	case OpCollect:
+		// A co-tracker in the same process (a soft-dirty user such as
+		// CRIU) clears on its own cadence, often right before ours.
+		if g.on["cotrack"] && r.IntN(3) == 0 {
+			g.add(Op{Op: OpClearRef, R: -1})
+		}
 		o := Op{Op: op, R: -1, Clear: r.IntN(7) != 0}
 		if r.IntN(2) == 0 {
 			o.R = r.IntN(len(g.s.Regions))
@@ -331,8 +337,11 @@ func (g *gen) draw(op string) {
 		g.add(Op{Op: op, R: -1, Arg: arg})
 	case OpSpin:
 		g.add(Op{Op: op, R: -1, N: 100 + r.IntN(500)})
-	case OpCompact, OpClearRef:
+	case OpCompact:
 		g.add(Op{Op: op, R: -1})
+	case OpClearRef:
+		g.add(Op{Op: op, R: -1})
+		g.coCollect()
 	case OpUffdWP:
 		i := g.pick(nil)
 		p, n := g.pages(i)
@@ -341,10 +350,22 @@ func (g *gen) draw(op string) {
 			arg = "off"
 		}
 		g.add(Op{Op: op, R: i, P: p, N: n, Arg: arg})
+		g.coCollect()
 	case OpPMScan:
 		g.add(Op{Op: op, R: g.pick(nil)})
+		g.coCollect()
 	case OpUNop:
-		g.add(Op{Op: op, R: -1, N: 1 + r.IntN(64)})
+		// Up to 300 CQEs: past the ring's first page, which the process
+		// writes itself (the SQ tail, the CQ head).
+		g.add(Op{Op: op, R: -1, N: 1 + r.IntN(300)})
+	}
+}
+
+// coCollect: a co-tracker's pass is often followed by the tracker's own
+// collection (two trackers taking turns, as the coexistence scenario has them).
+func (g *gen) coCollect() {
+	if g.r.IntN(4) != 0 {
+		g.add(Op{Op: OpCollect, R: -1, Clear: true})
 	}
 }
 

@@ -15,7 +15,9 @@ func TestGeneratorReachesKnownRecipes(t *testing.T) {
 	for i := 0; i < N; i++ {
 		s := Generate(SeqSeed(99, i))
 		// pinned-thp
-		reg, cr := -1, false
+		// registered (GUP marks the PMD), clear_refs write-protects it,
+		// a collection clears it, then a write through the pin.
+		reg, stage := -1, 0
 		hit := false
 		for _, o := range s.Ops {
 			switch o.Op {
@@ -25,19 +27,23 @@ func TestGeneratorReachesKnownRecipes(t *testing.T) {
 				} else {
 					reg = -1
 				}
-				cr = false
+				stage = 0
 			case OpUUnreg:
 				reg = -1
 			case OpClearRef:
 				if reg >= 0 {
-					cr = true
+					stage = 1
+				}
+			case OpCollect:
+				if stage == 1 && o.Clear && (o.R < 0 || o.R == reg) {
+					stage = 2
 				}
 			case OpWrite, OpPVM, OpProcMem, OpODirect, OpURead, OpAIORead, OpMprotect, OpMadvise:
 				if o.R == reg {
-					cr = false
+					stage = 0
 				}
 			case OpUReadFix:
-				if cr {
+				if stage == 2 {
 					hit = true
 				}
 			}
