@@ -103,6 +103,9 @@ type Finding struct {
 	Command    string    `json:"command"`
 }
 
+// FindingPrefix starts a progress line that holds a finding as JSON.
+const FindingPrefix = "ldt-fuzz-finding: "
+
 // SeqSeed is sequence i's seed.
 func SeqSeed(base uint64, i int) uint64 {
 	z := base + uint64(i+1)*0x9e3779b97f4a7c15
@@ -294,6 +297,11 @@ func (d *driver) sequence(ctx context.Context, i int, seq *Sequence) {
 		d.save(f)
 		d.sum.Findings = append(d.sum.Findings, f)
 		d.logf("  %s (class %q): %d → %d operations in %.0fs, reproduced=%v; replay: %s", f.Title, f.Class, f.OrigOps, f.MinOps, f.MinimizeS, f.Reproduced, f.Command)
+		// The finding whole, at once: a run that dies later (the kernel
+		// panics, the host interrupts it) keeps it.
+		if b, err := json.Marshal(f); err == nil {
+			fmt.Fprintf(d.o.Progress, "%s%s\n", FindingPrefix, b)
+		}
 	}
 }
 

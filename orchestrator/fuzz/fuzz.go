@@ -51,6 +51,44 @@ type Run struct {
 	ReportTitles []string `json:"kernel_reports,omitempty"`
 	Error        string   `json:"error,omitempty"`
 	TookS        float64  `json:"took_s"`
+	// Partial: the findings ldt-fuzz reported as it went, when it gave
+	// no summary (the guest failed, the run was interrupted).
+	Partial []*gfuzz.Finding `json:"partial_findings,omitempty"`
+}
+
+// Streamed reads the findings ldt-fuzz printed as it went.
+func Streamed(stderr []byte) []*gfuzz.Finding {
+	var out []*gfuzz.Finding
+	for _, l := range strings.Split(string(stderr), "\n") {
+		if b, ok := strings.CutPrefix(strings.TrimSpace(l), gfuzz.FindingPrefix); ok {
+			var f gfuzz.Finding
+			if json.Unmarshal([]byte(b), &f) == nil && f.Replay != nil {
+				out = append(out, &f)
+			}
+		}
+	}
+	return out
+}
+
+// hideFindings passes progress lines on, except the findings' JSON.
+type hideFindings struct {
+	w    io.Writer
+	line []byte
+}
+
+func (h *hideFindings) Write(p []byte) (int, error) {
+	for _, c := range p {
+		h.line = append(h.line, c)
+		if c == '\n' {
+			if !strings.HasPrefix(string(h.line), gfuzz.FindingPrefix) {
+				if _, err := h.w.Write(h.line); err != nil {
+					return 0, err
+				}
+			}
+			h.line = h.line[:0]
+		}
+	}
+	return len(p), nil
 }
 
 // Command is the guest command of a run.
@@ -104,7 +142,7 @@ func RunOne(ctx context.Context, g Guest, o Options, log io.Writer) (Run, error)
 	}
 	opts := channel.RunOptions{}
 	if log != nil {
-		opts.Stderr = log
+		opts.Stderr = &hideFindings{w: log}
 	}
 	if o.Replay != nil {
 		b, err := json.Marshal(o.Replay)
@@ -120,6 +158,10 @@ func RunOne(ctx context.Context, g Guest, o Options, log io.Writer) (Run, error)
 	cancel()
 	r.TookS = time.Since(start).Seconds()
 	r.Reports = g.ReportsSince(ctx, mark)
+	if err != nil {
+		// Findings made before the guest failed or the run was stopped.
+		r.Partial = Streamed(res.Stderr)
+	}
 	for _, rep := range r.Reports {
 		r.ReportTitles = append(r.ReportTitles, rep.String())
 	}
@@ -131,6 +173,7 @@ func RunOne(ctx context.Context, g Guest, o Options, log io.Writer) (Run, error)
 	if jerr := json.Unmarshal(res.Stdout, &sum); jerr != nil || sum.Trackers == nil {
 		r.Verdict = result.VError
 		r.Error = fmt.Sprintf("ldt-fuzz exited %d without a summary (%v): %s", res.Code, jerr, lastLines(string(res.Stderr), 5))
+		r.Partial = Streamed(res.Stderr)
 		return r, nil
 	}
 	r.Summary = &sum
@@ -166,8 +209,12 @@ type Finding struct {
 // the console log says which sequence ran: ldt-fuzz marks each run there).
 func (r *Run) Findings() []Finding {
 	var out []Finding
+	fs := r.Partial
 	if r.Summary != nil {
-		for _, f := range r.Summary.Findings {
+		fs = r.Summary.Findings
+	}
+	{
+		for _, f := range fs {
 			b, _ := json.MarshalIndent(f.Replay, "", "  ")
 			typ := map[string]string{"lost": "lost-pages", "corrupted": "corrupted-pages"}[f.Kind]
 			if typ == "" {

@@ -61,3 +61,28 @@ func TestRunOneFindings(t *testing.T) {
 		t.Errorf("garbage: verdict %s", r.Verdict)
 	}
 }
+
+// A run that gives no summary (the guest died, it was interrupted) keeps
+// the findings ldt-fuzz printed as it went; the progress shown hides them.
+func TestStreamedFindings(t *testing.T) {
+	f := gfuzz.Finding{Title: "fuzz: ldt lost ring writes to aio-ring (aio-read)", Tracker: "ldt", Kind: "lost",
+		Replay: &gfuzz.Sequence{Regions: []gfuzz.RegionSpec{{Kind: gfuzz.KAIORing}}}}
+	b, _ := json.Marshal(f)
+	stderr := "[fuzz 1.0s] seq 0 ...\n" + gfuzz.FindingPrefix + string(b) + "\n[fuzz 2.0s] seq 1 ...\n"
+	got := Streamed([]byte(stderr))
+	if len(got) != 1 || got[0].Title != f.Title {
+		t.Fatalf("streamed %+v", got)
+	}
+	var shown strings.Builder
+	h := &hideFindings{w: &shown}
+	for _, c := range []byte(stderr) { // byte by byte: lines cut anywhere
+		h.Write([]byte{c})
+	}
+	if strings.Contains(shown.String(), gfuzz.FindingPrefix) || strings.Count(shown.String(), "\n") != 2 {
+		t.Errorf("shown %q", shown.String())
+	}
+	r := Run{Partial: got}
+	if fs := r.Findings(); len(fs) != 1 || fs[0].Replay == nil {
+		t.Errorf("findings %+v", fs)
+	}
+}
