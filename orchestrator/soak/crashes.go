@@ -80,6 +80,10 @@ type Occurrence struct {
 	Span              string // the report's text (console span) or the failure's description
 	Log               []byte // the guest's console log so far
 	Reproduced        string // correctness: yes | no
+	// Files are kept beside crash.json, once per title (a fuzz finding's
+	// replay.json: the first occurrence's stays, so the reproduction
+	// command that names it keeps working).
+	Files map[string][]byte
 }
 
 // Store is DIR/crashes.
@@ -108,6 +112,9 @@ func OpenStore(dir string) (*Store, error) {
 	}
 	return &Store{dir: d, titles: n}, nil
 }
+
+// TitleDir is where title's crash is (or will be) kept.
+func (s *Store) TitleDir(title string) string { return filepath.Join(s.dir, TitleHash(title)) }
 
 // TitleHash names a title's directory.
 func TitleHash(title string) string {
@@ -146,6 +153,17 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 		}
 	} else if err != nil {
 		return c, fmt.Errorf("reading crash %s: %w", d, err)
+	}
+	for name, b := range o.Files {
+		if name != filepath.Base(name) || name == "crash.json" || name == "title" || name == "" || name[0] == '.' {
+			return c, fmt.Errorf("recording crash %q: bad file name %q", o.Title, name)
+		}
+		p := filepath.Join(d, name)
+		if _, err := os.Lstat(p); os.IsNotExist(err) {
+			if err := writeAtomic(p, b); err != nil {
+				return c, err
+			}
+		}
 	}
 	c.Count++
 	c.LastSeen = o.At

@@ -82,3 +82,23 @@ func TestKnownNotCounted(t *testing.T) {
 	assert.Equal(t, 0, u)
 	assert.Equal(t, 0, tot)
 }
+
+// A finding's files (a fuzz replay) are kept once per title, beside
+// crash.json, where TitleDir says; names that leave the directory are refused.
+func TestStoreFiles(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	require.NoError(t, err)
+	title := "fuzz: ldt lost xwrite writes to memfd (xpin, xwrite)"
+	for i, body := range []string{"first", "second"} {
+		_, err := s.Record(Occurrence{Title: title, Kind: "correctness", At: time.Now(), Round: i, Files: map[string][]byte{"replay.json": []byte(body)}})
+		require.NoError(t, err)
+	}
+	b, err := os.ReadFile(filepath.Join(s.TitleDir(title), "replay.json"))
+	require.NoError(t, err)
+	assert.Equal(t, "first", string(b), "the first occurrence's replay stays")
+	for _, bad := range []string{"../x", "crash.json", ".hidden", "a/b"} {
+		_, err := s.Record(Occurrence{Title: title, Kind: "correctness", At: time.Now(), Files: map[string][]byte{bad: nil}})
+		assert.Error(t, err, bad)
+	}
+}

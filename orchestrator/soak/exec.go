@@ -8,6 +8,7 @@ import (
 
 	"ldtlab/guest/result"
 	"ldtlab/orchestrator/cell"
+	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/mmtests"
 	"ldtlab/orchestrator/report"
@@ -22,6 +23,9 @@ type Outcome struct {
 	Corrupted int
 	Reason    string
 	Reports   []Seen
+	// Findings of a fuzz step (its kernel reports are in Reports), each
+	// filed under its own title.
+	Findings []fuzz.Finding
 }
 
 // Seen is one kernel report: what the crash store files by title.
@@ -77,6 +81,8 @@ func execStep(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 		return execSelftest(ctx, g, s)
 	case "inject":
 		return execInject(ctx, g, s)
+	case "fuzz":
+		return execFuzz(ctx, g, s)
 	}
 	return Outcome{}, fmt.Errorf("unknown step kind %q", s.Kind)
 }
@@ -193,4 +199,29 @@ func firstLine(s string) string {
 		s = s[:157] + "..."
 	}
 	return s
+}
+
+// execFuzz runs ldt-fuzz for the step's duration; every finding comes
+// back on its own (minimized, with its replay) for the crash store.
+func execFuzz(ctx context.Context, g *guest, s Step) (Outcome, error) {
+	r, err := fuzz.RunOne(ctx, g.m, fuzz.Options{Duration: s.Duration, Seed: s.Seed}, nil)
+	o := Outcome{Verdict: string(r.Verdict), Reason: r.Error}
+	for _, rep := range r.Reports {
+		o.Reports = append(o.Reports, Seen{Type: string(rep.Type), Title: rep.Title, Text: rep.Text})
+	}
+	if r.Summary != nil {
+		o.Pages = r.Summary.Checked
+		var titles []string
+		for _, f := range r.Findings() {
+			if f.Kind != "kernel" {
+				o.Findings = append(o.Findings, f)
+				titles = append(titles, f.Title)
+			}
+		}
+		o.Reason = fmt.Sprintf("%d sequences, %d runs", r.Summary.Sequences, r.Summary.Runs)
+		if len(titles) > 0 {
+			o.Reason += "; " + strings.Join(titles, "; ")
+		}
+	}
+	return o, err
 }

@@ -19,7 +19,7 @@ type Scenario = cell.Scenario
 // kernel's mm selftests; inject is the test aid that makes the kernel
 // report on purpose (labtest).
 type Step struct {
-	Kind     string `json:"kind"` // scenario | stress | checkpoint | selftest | inject
+	Kind     string `json:"kind"` // scenario | stress | checkpoint | selftest | inject | fuzz
 	Scenario string `json:"scenario,omitempty"`
 	Tracker  string `json:"tracker,omitempty"`
 	Seed     uint64 `json:"seed"`
@@ -57,6 +57,9 @@ func (s Step) Name() string {
 }
 
 func (s Step) String() string {
+	if s.Kind == "fuzz" {
+		return fmt.Sprintf("fuzz %s seed %d", s.Duration, s.Seed)
+	}
 	switch s.Kind {
 	case "scenario":
 		return fmt.Sprintf("%s × %s seed %d epochs %d", s.Scenario, s.Tracker, s.Seed, s.Epochs)
@@ -190,10 +193,18 @@ func PlanRound(seed uint64, cat []Scenario, mix Mix) []Step {
 	if !mix.Light && rng.Float64() < 0.08 {
 		steps = append(steps, Step{Kind: "selftest", Test: cheapSelftests[rng.IntN(len(cheapSelftests))]})
 	}
+	// ldt-fuzz beside the rest (its own draw, so the plans above stay
+	// what they were).
+	if fr := rand.New(rand.NewPCG(seed, 0xf022)); !mix.Light && fr.Float64() < FuzzShare {
+		steps = append(steps, Step{Kind: "fuzz", Seed: fr.Uint64(), Duration: time.Duration(30+fr.IntN(151)) * time.Second})
+	}
 	// Shuffle so stress and checkpoint do not always come last.
 	rng.Shuffle(len(steps), func(i, j int) { steps[i], steps[j] = steps[j], steps[i] })
 	return steps
 }
+
+// FuzzShare is the share of (full) rounds that run ldt-fuzz.
+var FuzzShare = 0.3
 
 // Injection is a labtest trigger to fire in one round (testing aid).
 type Injection struct {

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	gfuzz "ldtlab/guest/fuzz"
+	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -138,4 +142,45 @@ func TestReproRound(t *testing.T) {
 		s.repro(2, Step{Kind: "selftest"}))
 	assert.Equal(t, "labctl soak --round 4 --seed 5 --out /soaks/night/replay-r4 --light --tracker ldt,naive --mem 768 --config sanitize",
 		s.repro(4, Step{Kind: "selftest"}))
+}
+
+// A fuzz step's findings are filed each under its own title, with the
+// replay file beside crash.json and a reproduction command naming it.
+func TestStepFuzzFindings(t *testing.T) {
+	seq := &gfuzz.Sequence{Regions: []gfuzz.RegionSpec{{Kind: gfuzz.KUringRing}}, Ops: []gfuzz.Op{{Op: gfuzz.OpUNop, R: -1, N: 3}}}
+	s := fakeSoak(t, func() (Outcome, error) {
+		return Outcome{Verdict: "FAIL", Pages: 100, Findings: []fuzz.Finding{
+			{Title: "fuzz: ldt lost ring writes to uring-ring (uring-nop)", Type: "lost-pages", Kind: "correctness", Span: "x", Replay: []byte(`{"ops":[]}`), Fuzz: &gfuzz.Finding{Tracker: "ldt", Replay: seq}},
+		}}, nil
+	})
+	g := &guest{}
+	c := s.step(context.Background(), 1, 3, 11, Step{Kind: "fuzz", Seed: 8, Duration: 60 * time.Second}, &g)
+	assert.Equal(t, "FAIL", c.Verdict)
+	assert.True(t, c.Failed)
+	assert.Empty(t, c.Reproduced, "no generic re-run: the finding carries its own reproducer")
+	cs, err := Crashes(s.Dir)
+	require.NoError(t, err)
+	require.Len(t, cs, 1)
+	assert.Equal(t, "fuzz: ldt lost ring writes to uring-ring (uring-nop)", cs[0].Title)
+	assert.Contains(t, cs[0].Repro, "labctl fuzz --replay "+filepath.Join(cs[0].Dir, "replay.json")+" --trackers ldt")
+	b, err := os.ReadFile(filepath.Join(cs[0].Dir, "replay.json"))
+	require.NoError(t, err)
+	assert.Equal(t, `{"ops":[]}`, string(b))
+}
+
+func TestPlanDrawsFuzz(t *testing.T) {
+	n := 0
+	for seed := uint64(0); seed < 200; seed++ {
+		for _, st := range PlanRound(RoundSeed(3, int(seed)), testCat, Mix{GuestMiB: 768}) {
+			if st.Kind == "fuzz" {
+				n++
+				assert.GreaterOrEqual(t, st.Duration, 30*time.Second)
+			}
+		}
+		for _, st := range PlanRound(RoundSeed(3, int(seed)), testCat, Mix{Light: true}) {
+			assert.NotEqual(t, "fuzz", st.Kind, "light rounds stay short")
+		}
+	}
+	assert.Greater(t, n, 30)
+	assert.Less(t, n, 100)
 }

@@ -541,6 +541,15 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		}
 		s.file(Occurrence{Title: title, Type: r.Type, Kind: kind, Known: r.Known, Round: n, Worker: w, Seed: seed, Step: st, Span: r.Text, Log: g.log()}, &c)
 	}
+	// A fuzz step's findings: each under its own title, with its replay.
+	for _, f := range out.Findings {
+		o := Occurrence{Title: f.Title, Type: f.Type, Kind: f.Kind, Round: n, Worker: w, Seed: seed, Step: st, Span: f.Span, Log: g.log()}
+		if f.Replay != nil && f.Fuzz != nil {
+			o.Files = map[string][]byte{"replay.json": f.Replay}
+			o.Repro = fmt.Sprintf("labctl fuzz --replay %s --trackers %s%s", shquote.Word(filepath.Join(s.store.TitleDir(f.Title), "replay.json")), shquote.Word(f.Fuzz.Tracker), s.configFlag())
+		}
+		s.file(o, &c)
+	}
 	if err != nil {
 		replace = true
 		c.Error = err.Error()
@@ -652,6 +661,8 @@ func hangWhat(st Step) string {
 		return "stress"
 	case "checkpoint":
 		return "checkpoint " + st.Target
+	case "fuzz":
+		return "fuzz"
 	}
 	return st.Name()
 }
@@ -718,6 +729,12 @@ func (s *Soak) bootFailed(n, w int, err error) {
 	}
 }
 
+// configFlag selects the soak's kernel config in a reproduction command.
+func (s *Soak) configFlag() string {
+	return kernel.Options{Repo: s.Guest.Repo, Config: s.O.Config, Vanilla: s.Guest.Vanilla,
+		Patches: s.O.Patches, Without: s.O.Without, LDTOff: s.O.LDTOff}.Flags()
+}
+
 // repro is the one-line command that replays what failed: the cell alone
 // where labctl has a command for it, else the whole round from its seed.
 // Names from the guest's catalogue are quoted for the shell; a round's
@@ -725,9 +742,10 @@ func (s *Soak) bootFailed(n, w int, err error) {
 // such as /tmp, where another user could have prepared it).
 func (s *Soak) repro(n int, st Step) string {
 	q := shquote.Word
-	cfg := kernel.Options{Repo: s.Guest.Repo, Config: s.O.Config, Vanilla: s.Guest.Vanilla,
-		Patches: s.O.Patches, Without: s.O.Without, LDTOff: s.O.LDTOff}.Flags()
+	cfg := s.configFlag()
 	switch st.Kind {
+	case "fuzz":
+		return fmt.Sprintf("labctl fuzz --seed %d --for %s --mem %d%s", st.Seed, st.Duration, s.O.MemoryMiB, cfg)
 	case "scenario":
 		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --stress 0%s", q(st.Scenario), q(st.Tracker), st.Seed, cfg)
 		if st.Epochs > 0 {
