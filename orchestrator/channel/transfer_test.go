@@ -704,3 +704,42 @@ func TestDownloadDestination(t *testing.T) {
 		}
 	}
 }
+
+// TestUploadRelativeSymlinks: a relative host symlink arrives in the guest
+// with the same target, whether the guest path is absolute or relative to
+// the guest's home (issue 24 item 5: `link -> a` arrived as
+// `link -> /root/a`, the SFTP server's working directory joined to it).
+func TestUploadRelativeSymlinks(t *testing.T) {
+	l := newLab(t)
+	c := l.dial(t)
+	src := filepath.Join(t.TempDir(), "tree")
+	require.NoError(t, os.MkdirAll(filepath.Join(src, "sub"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(src, "a"), []byte("a"), 0o644))
+	links := map[string]string{"link": "a", "sub/up": "../a", "dot": ".", "dangling": "no/such"}
+	for l, target := range links {
+		require.NoError(t, os.Symlink(target, filepath.Join(src, l)))
+	}
+	check := func(guest string) {
+		t.Helper()
+		for l, want := range links {
+			got, err := os.Readlink(filepath.Join(guest, l))
+			if assert.NoError(t, err, l) {
+				assert.Equal(t, want, got, "guest symlink %s", l)
+			}
+		}
+		b, err := os.ReadFile(filepath.Join(guest, "sub", "up"))
+		require.NoError(t, err)
+		assert.Equal(t, "a", string(b))
+	}
+	abs := filepath.Join(t.TempDir(), "tree")
+	require.NoError(t, c.Upload(testCtx(t), src, abs, channel.CopyOptions{}))
+	check(abs)
+	// Relative to the home directory, as `labctl cp tree x:tree` sends it.
+	require.NoError(t, c.Upload(testCtx(t), src, "tree", channel.CopyOptions{}))
+	check(filepath.Join(l.home, "tree"))
+	// A single symlink.
+	require.NoError(t, c.Upload(testCtx(t), filepath.Join(src, "link"), "one", channel.CopyOptions{}))
+	got, err := os.Readlink(filepath.Join(l.home, "one"))
+	require.NoError(t, err)
+	assert.Equal(t, "a", got)
+}
