@@ -743,3 +743,34 @@ func TestUploadRelativeSymlinks(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "a", got)
 }
+
+// TestCopyErrorsNameTheGuestPath: a missing guest directory or file is
+// named as such, not "file does not exist" (issue 24 item 5); the errors
+// still match fs.ErrNotExist.
+func TestCopyErrorsNameTheGuestPath(t *testing.T) {
+	l := newLab(t)
+	c := l.dial(t)
+	src := filepath.Join(t.TempDir(), "f")
+	require.NoError(t, os.WriteFile(src, []byte("x"), 0o644))
+	missing := filepath.Join(t.TempDir(), "no", "such")
+	err := c.Upload(testCtx(t), src, filepath.Join(missing, "f"), channel.CopyOptions{})
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	assert.Contains(t, err.Error(), "guest directory "+missing+" does not exist")
+	assert.NotContains(t, err.Error(), "file does not exist")
+
+	tree := filepath.Join(t.TempDir(), "tree")
+	require.NoError(t, os.Mkdir(tree, 0o755))
+	err = c.Upload(testCtx(t), tree, filepath.Join(missing, "tree"), channel.CopyOptions{})
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	assert.Contains(t, err.Error(), "guest directory "+missing+" does not exist")
+
+	err = c.Download(testCtx(t), filepath.Join(missing, "f"), filepath.Join(t.TempDir(), "f"), channel.CopyOptions{})
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	assert.Contains(t, err.Error(), "guest "+filepath.Join(missing, "f")+" does not exist")
+	assert.NotContains(t, err.Error(), "file does not exist")
+
+	// A relative guest path is in the home directory, named in the error.
+	err = c.Upload(testCtx(t), src, "no/such/f", channel.CopyOptions{})
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	assert.Contains(t, err.Error(), "guest directory "+filepath.Join(l.home, "no/such")+" does not exist")
+}

@@ -29,7 +29,7 @@ func init() {
 	register(&command{
 		name:    "cp",
 		args:    "SRC DST",
-		summary: "copy files or directories to or from a guest; write the guest side as NAME:PATH",
+		summary: "copy files or directories to or from a guest; write the guest side as NAME:PATH (relative: in the guest's home; NAME: alone is the home)",
 		help: "Permission bits are copied; setuid, setgid and sticky bits only with\n" +
 			"--preserve-special-bits. From the guest, nothing is written or chmodded\n" +
 			"through a symlink or outside the copy, and a guest symlink is recreated\n" +
@@ -50,6 +50,8 @@ func init() {
 			sn, sp, sRemote := splitRemote(args[0])
 			dn, dp, dRemote := splitRemote(args[1])
 			switch {
+			case sRemote && !dRemote && sp == "":
+				return usageError{fmt.Errorf("%s: name the guest file or directory to copy (%s:PATH; a relative PATH is in the guest's home directory)", args[0], sn)}
 			case sRemote && !dRemote:
 				c, err := connect(ctx, sn)
 				if err != nil {
@@ -68,9 +70,10 @@ func init() {
 					return err
 				}
 				defer c.Close()
-				// Is the guest path a directory? Ask the guest's shell.
-				isDir := false
-				if !strings.HasSuffix(dp, "/") {
+				// Is the guest path a directory? "NAME:" is the guest's
+				// home, as for scp; otherwise ask the guest's shell.
+				isDir := dp == ""
+				if !isDir && !strings.HasSuffix(dp, "/") {
 					code, err := c.Run(ctx, "test -d "+shquote.Always(dp), channel.RunOptions{})
 					if err != nil {
 						return explainVM(dn, err)

@@ -41,6 +41,7 @@ func TestCopyTarget(t *testing.T) {
 		{"/root/x", false, "/tmp/payload", "/root/x"}, // explicit file
 		{"/tmp/", false, "/", "/tmp/"},                // root source keeps dst
 		{"here", true, "/var/log/../log/syslog", "here/syslog"},
+		{"", true, "dir/file", "file"}, // cp dir/file x: (the guest's home)
 	}
 	for _, c := range cases {
 		assert.Equal(t, c.want, copyTarget(c.dst, c.isDir, c.src), fmt.Sprintf("%+v", c))
