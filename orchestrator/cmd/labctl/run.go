@@ -19,9 +19,13 @@ import (
 func init() {
 	var failOnReport bool
 	register(&command{
-		name:          "run",
-		args:          "NAME [--] CMD [ARGS...]",
-		summary:       "run a command in a guest; its exit status becomes labctl's, and kernel reports it caused are printed on stderr",
+		name:    "run",
+		args:    "NAME [--] CMD [ARGS...]",
+		summary: "run a command in a guest; its exit status becomes labctl's, and kernel reports it caused are printed on stderr",
+		help: "stdin is passed to the command when it is not a terminal (a file, a pipe:\n" +
+			"`labctl run x -- sh -s < script`); from a terminal the command reads an\n" +
+			"empty stdin (it never waits for your keyboard) and no pty is allocated:\n" +
+			"use `labctl shell NAME [CMD]` for an interactive program.",
 		verbatimAfter: 1,
 		setup: func(fs *flag.FlagSet) {
 			fs.BoolVar(&failOnReport, "fail-on-report", false, "exit 1 when the kernel printed a report (WARNING, BUG, KASAN...) during the command, whatever the command's status")
