@@ -10,6 +10,7 @@ import (
 // The supervise verb is the hidden verb `labctl up` starts: the process that owns one VM.
 func init() {
 	var sup guestFlags
+	var supShares shareFlags
 	var supDir, supGDB string
 	register(&command{
 		name:    "supervise",
@@ -18,6 +19,7 @@ func init() {
 		hidden:  true,
 		setup: func(fs *flag.FlagSet) {
 			sup.register(fs)
+			supShares.register(fs)
 			fs.StringVar(&supDir, "dir", "", "VM directory")
 			fs.StringVar(&supGDB, "gdb", "", "gdbstub address, host:port (loopback)")
 		},
@@ -28,6 +30,7 @@ func init() {
 			}
 			o := sup.options(repo, args[0])
 			o.Dir, o.GDB, o.NoBuild = supDir, supGDB, true
+			o.Shares = supShares.shares
 			return lab.Supervise(context.Background(), o)
 		},
 	})

@@ -21,6 +21,7 @@ import (
 // The up verb boots a guest in the background: a supervisor process owns it.
 func init() {
 	var up guestFlags
+	var upShares shareFlags
 	var upGDB bool
 	register(&command{
 		name:    "up",
@@ -28,24 +29,28 @@ func init() {
 		summary: "boot a guest in the background (state in its own directory)",
 		setup: func(fs *flag.FlagSet) {
 			up.register(fs)
+			upShares.register(fs)
 			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub on 127.0.0.1 and print the gdb command line")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
 				return usagef(fs, "need exactly one VM name")
 			}
-			return cmdUp(ctx, &up, upGDB, args[0])
+			return cmdUp(ctx, &up, &upShares, upGDB, args[0])
 		},
 	})
 }
 
-func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
+func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, name string) error {
 	dir, err := lab.VMDir(name)
 	if err != nil {
 		return err
 	}
 	if err := g.validate(); err != nil {
 		return usageError{err}
+	}
+	if err := shares.check(g); err != nil {
+		return err
 	}
 	// Creating a VM is atomic: whoever holds this lock boots it, anyone
 	// else is told it is already booting. It is held until the guest is
@@ -101,6 +106,7 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	if g.redis {
 		args = append(args, "-redis")
 	}
+	args = append(args, shares.args()...)
 	gdbAddr := ""
 	if gdb {
 		port, err := freePort()
@@ -138,6 +144,9 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 			switch st.Status {
 			case lab.StatusRunning:
 				fmt.Printf("%s is up: kernel %s (%s), %s, booted in %.2fs\n", name, st.Kernel, st.KernelVariant, st.Accel, st.BootSeconds)
+				for _, s := range st.Shares {
+					fmt.Printf("  shared: %s\n", s)
+				}
 				fmt.Printf("  labctl run %s -- uname -r\n  labctl shell %s\n  labctl down %s\n", name, name, name)
 				if gdbAddr != "" {
 					fmt.Printf("  gdb %s -ex 'target remote %s'\n", st.Vmlinux, gdbAddr)
