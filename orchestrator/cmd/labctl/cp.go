@@ -107,14 +107,27 @@ func copyOptions(preserve bool, maxSize string, w io.Writer) (channel.CopyOption
 		}
 		o.MaxBytes = n
 	}
-	next := time.Now().Add(5 * time.Second)
+	start := time.Now()
+	next := start.Add(progressEvery)
 	o.Progress = func(p channel.Progress) {
 		if now := time.Now(); now.After(next) {
-			next = now.Add(5 * time.Second)
-			fmt.Fprintf(w, "labctl cp: %d files, %.1f MiB so far\n", p.Files, float64(p.Bytes)/(1<<20))
+			next = now.Add(progressEvery)
+			fmt.Fprintf(w, "labctl cp: %d files, %s so far\n", p.Files, rate(p.Bytes, now.Sub(start)))
 		}
 	}
 	return o, nil
+}
+
+// progressEvery is how often a long copy says how far it got.
+const progressEvery = 5 * time.Second
+
+// rate is "12.0 MiB (2.4 MiB/s)".
+func rate(n int64, d time.Duration) string {
+	mib := float64(n) / (1 << 20)
+	if d <= 0 {
+		return fmt.Sprintf("%.1f MiB", mib)
+	}
+	return fmt.Sprintf("%.1f MiB (%.1f MiB/s)", mib, mib/d.Seconds())
 }
 
 // copyLimit names the flag behind a copy stopped at its size limit.

@@ -72,6 +72,11 @@ func TestCopyOptions(t *testing.T) {
 	}
 }
 
+func TestCopyRate(t *testing.T) {
+	assert.Equal(t, "12.0 MiB (2.4 MiB/s)", rate(12<<20, 5*time.Second))
+	assert.Equal(t, "0.5 MiB", rate(1<<19, 0))
+}
+
 func TestExitStatus(t *testing.T) {
 	cases := []struct {
 		name string
