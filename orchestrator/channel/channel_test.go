@@ -507,3 +507,16 @@ func TestShellWithoutTerminal(t *testing.T) {
 	assert.Equal(t, 0, code)
 	assert.Equal(t, "1", strings.TrimSpace(out))
 }
+
+// The client offers chacha20-poly1305 first (cheap for an emulated guest
+// CPU), and the agent accepts it.
+func TestClientPrefersChaCha(t *testing.T) {
+	keys, err := channel.GenerateKeys(privateDir(t))
+	require.NoError(t, err)
+	assert.Equal(t, "chacha20-poly1305@openssh.com", keys.ClientConfig().Ciphers[0])
+	c := newLab(t).dial(t)
+	out, _, code, err := c.Output(testCtx(t), "echo ok")
+	require.NoError(t, err)
+	assert.Equal(t, 0, code)
+	assert.Equal(t, "ok\n", string(out))
+}
