@@ -398,13 +398,18 @@ func setWinsize(f *os.File, p *ptyReq) error {
 }
 
 func (ss *session) runSFTP() {
-	opts := []sftp.ServerOption{sftp.WithServerWorkingDirectory(workDir(ss.srv.cfg.Home))}
-	srv, err := sftp.NewServer(ss.ch, opts...)
+	home := workDir(ss.srv.cfg.Home)
+	// Symlink requests are served by the filter (sftp.go), the rest by
+	// pkg/sftp's server, relative paths resolved against home.
+	f := newSFTPFilter(ss.ch, home)
+	opts := []sftp.ServerOption{sftp.WithServerWorkingDirectory(home)}
+	srv, err := sftp.NewServer(f.serverConn(ss.ch.Close), opts...)
 	if err != nil {
 		fmt.Fprintf(ss.ch.Stderr(), "ldtlab-agent: sftp: %v\n", err)
 		ss.finish(exitCodeMsg(1))
 		return
 	}
+	go f.run()
 	code := 0
 	if err := srv.Serve(); err != nil && !errors.Is(err, io.EOF) {
 		ss.srv.cfg.Logf("sftp: %v", err)

@@ -154,7 +154,7 @@ func hostPty(t *testing.T, rows, cols uint16) (*os.File, *os.File, *syncBuffer) 
 func TestShellPty(t *testing.T) {
 	c := newLab(t).dial(t)
 	_, tty, out := hostPty(t, 33, 101)
-	code, err := c.Shell(testCtx(t), tty, tty, "tty; stty size; exit 4")
+	code, err := c.Shell(testCtx(t), tty, tty, tty, "tty; stty size; exit 4")
 	require.NoError(t, err)
 	assert.Equal(t, 4, code)
 	assert.Eventually(t, func() bool { return strings.Contains(out.String(), "33 101") }, 5*time.Second, 10*time.Millisecond)
@@ -167,7 +167,7 @@ func TestShellWindowChange(t *testing.T) {
 	ctx, cancel := context.WithCancel(testCtx(t))
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Shell(ctx, tty, tty, "while :; do stty size; sleep 0.05; done")
+		_, err := c.Shell(ctx, tty, tty, tty, "while :; do stty size; sleep 0.05; done")
 		done <- err
 	}()
 	require.Eventually(t, func() bool { return strings.Contains(out.String(), "24 80") }, 10*time.Second, 10*time.Millisecond)
@@ -190,7 +190,7 @@ func TestLoginShell(t *testing.T) {
 	ptmx, tty, out := hostPty(t, 24, 80)
 	done := make(chan int, 1)
 	go func() {
-		code, err := c.Shell(testCtx(t), tty, tty, "")
+		code, err := c.Shell(testCtx(t), tty, tty, tty, "")
 		assert.NoError(t, err)
 		done <- code
 	}()
@@ -459,4 +459,64 @@ func TestKeysFiles(t *testing.T) {
 	require.NoError(t, os.Chmod(keys.ClientKeyPath(), 0o644))
 	_, err = channel.LoadKeys(dir)
 	assert.ErrorContains(t, err, "group or others")
+}
+
+// TestShellWithoutTerminal: with no terminal on stdin, Shell allocates no
+// pty (as ssh does): the shell reads its commands from stdin and ends at
+// its EOF, instead of hanging on a pty that never sees the EOF (issue 24
+// item 8: `labctl shell x </dev/null` hung and printed ^[[6n).
+func TestShellWithoutTerminal(t *testing.T) {
+	c := newLab(t).dial(t)
+	shell := func(in *os.File, cmd string) (int, string, string) {
+		t.Helper()
+		out, err := os.CreateTemp(t.TempDir(), "out")
+		require.NoError(t, err)
+		errf, err := os.CreateTemp(t.TempDir(), "err")
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		code, err := c.Shell(ctx, in, out, errf, cmd)
+		require.NoError(t, err, "the shell must end at stdin's EOF")
+		o, _ := os.ReadFile(out.Name())
+		e, _ := os.ReadFile(errf.Name())
+		return code, string(o), string(e)
+	}
+	devnull, err := os.Open(os.DevNull)
+	require.NoError(t, err)
+	defer devnull.Close()
+	code, out, _ := shell(devnull, "")
+	assert.Equal(t, 0, code)
+	assert.NotContains(t, out, "\x1b[", "no terminal query without a terminal")
+
+	script := filepath.Join(t.TempDir(), "script")
+	require.NoError(t, os.WriteFile(script, []byte("echo hi-$((40+2)); tty; echo oops >&2; exit 5\n"), 0o600))
+	in, err := os.Open(script)
+	require.NoError(t, err)
+	defer in.Close()
+	code, out, errOut := shell(in, "")
+	assert.Equal(t, 5, code)
+	assert.Contains(t, out, "hi-42")
+	assert.Contains(t, out, "not a tty")
+	assert.Equal(t, "oops\n", errOut, "stderr kept apart without a pty")
+
+	// With a command: stdin is the command's.
+	in, err = os.Open(script)
+	require.NoError(t, err)
+	defer in.Close()
+	code, out, _ = shell(in, "wc -l")
+	assert.Equal(t, 0, code)
+	assert.Equal(t, "1", strings.TrimSpace(out))
+}
+
+// The client offers chacha20-poly1305 first (cheap for an emulated guest
+// CPU), and the agent accepts it.
+func TestClientPrefersChaCha(t *testing.T) {
+	keys, err := channel.GenerateKeys(privateDir(t))
+	require.NoError(t, err)
+	assert.Equal(t, "chacha20-poly1305@openssh.com", keys.ClientConfig().Ciphers[0])
+	c := newLab(t).dial(t)
+	out, _, code, err := c.Output(testCtx(t), "echo ok")
+	require.NoError(t, err)
+	assert.Equal(t, 0, code)
+	assert.Equal(t, "ok\n", string(out))
 }

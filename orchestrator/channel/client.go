@@ -116,10 +116,13 @@ func (c *Client) Output(ctx context.Context, cmd string) (stdout, stderr []byte,
 	return o.Bytes(), e.Bytes(), code, err
 }
 
-// Shell runs cmd (a login shell when empty) on a pty sized like out (or in),
-// with TERM from the environment. When in is a terminal it is put in raw mode
-// for the duration, and SIGWINCH is forwarded as window-change.
-func (c *Client) Shell(ctx context.Context, in, out *os.File, cmd string) (int, error) {
+// Shell runs cmd (a login shell when empty). When in is a terminal, as
+// ssh does: on a pty sized like out (or in), with TERM from the
+// environment, in put in raw mode for the duration and SIGWINCH forwarded
+// as window-change; the pty merges the command's stdout and stderr into
+// out. Otherwise no pty: the command (the shell reading its commands from
+// in) gets in, out and errw as plain streams and ends at in's EOF.
+func (c *Client) Shell(ctx context.Context, in, out, errw *os.File, cmd string) (int, error) {
 	what := "shell"
 	if cmd != "" {
 		what = fmt.Sprintf("shell %q", cmd)
@@ -130,6 +133,24 @@ func (c *Client) Shell(ctx context.Context, in, out *os.File, cmd string) (int, 
 	}
 	defer s.Close()
 
+	if !term.IsTerminal(int(in.Fd())) {
+		stdout, stderr := &gate{w: out}, &gate{w: errw}
+		s.Stdin, s.Stdout, s.Stderr = in, stdout, stderr
+		if cmd == "" {
+			err = s.Shell()
+		} else {
+			err = s.Start(cmd)
+		}
+		if err != nil {
+			return -1, fmt.Errorf("%s: starting: %w", what, err)
+		}
+		code, err := wait(ctx, s, stdout, stderr)
+		if err != nil {
+			return -1, fmt.Errorf("%s: %w", what, err)
+		}
+		return code, nil
+	}
+
 	cols, rows := termSize(out, in)
 	termName := os.Getenv("TERM")
 	if termName == "" {
@@ -138,13 +159,11 @@ func (c *Client) Shell(ctx context.Context, in, out *os.File, cmd string) (int, 
 	if err := s.RequestPty(termName, rows, cols, ssh.TerminalModes{}); err != nil {
 		return -1, fmt.Errorf("%s: requesting pty: %w", what, err)
 	}
-	if term.IsTerminal(int(in.Fd())) {
-		st, err := term.MakeRaw(int(in.Fd()))
-		if err != nil {
-			return -1, fmt.Errorf("%s: raw mode: %w", what, err)
-		}
-		defer term.Restore(int(in.Fd()), st)
+	st, err := term.MakeRaw(int(in.Fd()))
+	if err != nil {
+		return -1, fmt.Errorf("%s: raw mode: %w", what, err)
 	}
+	defer term.Restore(int(in.Fd()), st)
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, syscall.SIGWINCH)
 	defer signal.Stop(winch)

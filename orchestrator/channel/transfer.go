@@ -64,6 +64,22 @@ type Progress struct {
 	Bytes int64 // file content copied
 }
 
+// notExistError: a guest path (or the directory a copy goes into) that
+// does not exist, named as such; it matches fs.ErrNotExist.
+type notExistError struct{ what string }
+
+func (e *notExistError) Error() string { return e.what + " does not exist" }
+func (e *notExistError) Unwrap() error { return fs.ErrNotExist }
+
+// guestPath is remote as the guest resolves it (a relative path is in its
+// home directory), for messages.
+func guestPath(sc *sftp.Client, remote string) string {
+	if abs, err := sc.RealPath(remote); err == nil && abs != "" {
+		return abs
+	}
+	return remote
+}
+
 // ErrCopyLimit is wrapped by the error of a copy stopped by
 // CopyOptions.MaxBytes.
 var ErrCopyLimit = errors.New("copy size limit reached")
@@ -103,10 +119,23 @@ func (c *Client) Download(ctx context.Context, remote, local string, o CopyOptio
 	return nil
 }
 
+// concurrentRequests is how many reads or writes of one file are in
+// flight at once: they hide the guest channel's latency (virtio-serial,
+// and an emulated CPU under TCG), as scp's SFTP client does with its 64.
+const concurrentRequests = 64
+
+// sftpOptions configure the sftp client of Upload and Download.
+func sftpOptions() []sftp.ClientOption {
+	return []sftp.ClientOption{
+		sftp.UseConcurrentWrites(true), sftp.UseConcurrentReads(true),
+		sftp.MaxConcurrentRequestsPerFile(concurrentRequests),
+	}
+}
+
 // sftp opens an sftp session that is torn down when ctx ends, which aborts
 // any transfer in flight.
 func (c *Client) sftp(ctx context.Context) (*sftp.Client, func(), error) {
-	sc, err := sftp.NewClient(c.ssh, sftp.UseConcurrentWrites(true))
+	sc, err := sftp.NewClient(c.ssh, sftpOptions()...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("starting sftp: %w", err)
 	}
@@ -351,7 +380,10 @@ func (u *uploader) put(ctx context.Context, dir *os.Root, name, remote string) e
 			return err
 		}
 		_ = u.sc.Remove(remote)
-		return u.sc.Symlink(target, remote)
+		if err := u.sc.Symlink(target, remote); err != nil {
+			return u.createErr("symlink", remote, err)
+		}
+		return nil
 	case fi.IsDir():
 		sub, err := openDir(dir, name)
 		if err != nil {
@@ -362,7 +394,7 @@ func (u *uploader) put(ctx context.Context, dir *os.Root, name, remote string) e
 		// read-only directory can still be populated.
 		if err := u.sc.Mkdir(remote); err != nil {
 			if st, serr := u.sc.Lstat(remote); serr != nil || !st.IsDir() {
-				return fmt.Errorf("mkdir %s: %w", remote, err)
+				return u.createErr("mkdir", remote, err)
 			}
 		}
 		if err := u.sc.Chmod(remote, 0o700); err != nil {
@@ -387,6 +419,18 @@ func (u *uploader) put(ctx context.Context, dir *os.Root, name, remote string) e
 	return fmt.Errorf("%s: unsupported file type %v", host, fi.Mode().Type())
 }
 
+// createErr explains why the guest path remote could not be created: a
+// directory on its way that does not exist is named.
+func (u *uploader) createErr(op, remote string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		dir := guestPath(u.sc, path.Dir(remote))
+		if _, serr := u.sc.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
+			return &notExistError{what: "guest directory " + dir}
+		}
+	}
+	return fmt.Errorf("%s %s: %w", op, remote, err)
+}
+
 func (u *uploader) file(dir *os.Root, name, remote string, fi fs.FileInfo) error {
 	host := filepath.Join(dir.Name(), name)
 	// The root follows a symlink swapped in since the Lstat only inside
@@ -404,12 +448,15 @@ func (u *uploader) file(dir *os.Root, name, remote string, fi fs.FileInfo) error
 	if !os.SameFile(fi, st) || !st.Mode().IsRegular() {
 		return fmt.Errorf("%s changed during the copy", host)
 	}
-	u.startFile()
 	dst, err := u.sc.OpenFile(remote, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", remote, err)
+		return u.createErr("create", remote, err)
 	}
-	if _, err := dst.ReadFrom(&countingReader{t: &u.tally, r: src}); err != nil {
+	u.startFile()
+	// Concurrent writes whatever the reader: File.ReadFrom goes
+	// concurrent only for a reader whose size it can tell, which the
+	// counting reader hides.
+	if _, err := dst.ReadFromWithConcurrency(&countingReader{t: &u.tally, r: src}, concurrentRequests); err != nil {
 		dst.Close()
 		return fmt.Errorf("write %s: %w", remote, err)
 	}
@@ -425,6 +472,9 @@ func download(ctx context.Context, sc *sftp.Client, remote, local string, o Copy
 		return fmt.Errorf("%s: the destination must name the copy (DIR/NAME)", local)
 	}
 	fi, err := sc.Lstat(remote)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &notExistError{what: "guest " + guestPath(sc, remote)}
+	}
 	if err != nil {
 		return err
 	}

@@ -59,6 +59,9 @@ type Options struct {
 	// keeps the previous part); 0 = never. Long-lived guests (the soak).
 	ConsoleMaxMiB int
 	Extra         []rootfs.File
+	// Shares are host directories mounted in the guest over virtio-9p
+	// (this machine's backends only); Boot fails if one is not mounted.
+	Shares []Share
 }
 
 func (o *Options) defaults() {
@@ -277,6 +280,16 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	if o.DataMiB > 0 {
 		cfg.Disks = append(cfg.Disks, vm.Disk{Serial: "ldtdata", SizeMiB: o.DataMiB})
 	}
+	if len(o.Shares) > 0 {
+		if err := sharesHere(o); err != nil {
+			return nil, err
+		}
+		shares, fw, err := shareConfig(o.Shares)
+		if err != nil {
+			return nil, fmt.Errorf("--share: %w", err)
+		}
+		cfg.Shares, cfg.FwCfg = shares, append(cfg.FwCfg, fw)
+	}
 	start := time.Now()
 	inst, err := backend.Start(ctx, cfg)
 	if err != nil {
@@ -291,6 +304,14 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	m.mu.Lock()
 	m.ready = true
 	m.mu.Unlock()
+	if len(o.Shares) > 0 {
+		if err := m.checkShares(ctx, o.Shares); err != nil {
+			return nil, err
+		}
+		for _, s := range o.Shares {
+			o.logf("shared %s", s.Describe())
+		}
+	}
 	o.logf("%s ready in %s (%s, kernel %s)", o.Name, m.BootTime.Round(time.Millisecond), m.Accel.Kind, kb.Meta.KernelRelease)
 	return m, nil
 }

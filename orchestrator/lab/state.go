@@ -112,6 +112,7 @@ type State struct {
 	GDB           string    `json:"gdb,omitempty"` // the gdbstub's unix socket
 	Started       time.Time `json:"started"`
 	BootSeconds   float64   `json:"boot_seconds,omitempty"`
+	Shares        []string  `json:"shares,omitempty"` // Share.Describe of each
 }
 
 // ReadState reads a VM's state.
@@ -236,6 +237,9 @@ func Supervise(ctx context.Context, o Options) error {
 	st.Vmlinux = m.Kernel.Vmlinux
 	st.Accel = string(m.Accel.Kind)
 	st.BootSeconds = m.BootTime.Seconds()
+	for _, s := range o.Shares {
+		st.Shares = append(st.Shares, s.Describe())
+	}
 	if err := writeState(o.Dir, st); err != nil {
 		return fail(&vm.InfraError{Op: "recording that " + o.Name + " is running", Err: err})
 	}

@@ -40,6 +40,7 @@ var Required = []Package{
 	{"redis-server", "the checkpoint oracle's real-world target"},
 	{"redis-tools", "redis-benchmark, the checkpoint oracle's load"},
 	{"openssh-client", "ssh(1) through `labctl ssh-config`"},
+	{"tmux", "the e2e test that drives `labctl shell` through a real terminal"},
 }
 
 // Missing returns the required packages that are not installed.

@@ -32,6 +32,9 @@ const BaseCmdline = "console=ttyS0 panic=0 no_hash_pointers printk.devkmsg=on rd
 const (
 	FwCfgHostKey       = "opt/ldtlab/host_key"
 	FwCfgAuthorizedKey = "opt/ldtlab/authorized_key"
+	// FwCfgShares lists the shares the guest mounts, one per line (see
+	// guest/agent/boot.EncodeShares).
+	FwCfgShares = "opt/ldtlab/shares"
 )
 
 // GDBSocket is where a VM's gdbstub listens when Config.GDB is set
@@ -59,6 +62,23 @@ type FwCfg struct {
 	Data []byte
 }
 
+// Share is a host directory exported to the guest over virtio-9p, which
+// the guest mounts by its Tag.
+type Share struct {
+	// Host is an absolute path without symlinks on the backend's host
+	// (this machine: both backends refuse shares on another host).
+	Host string
+	// Tag is the 9p mount tag (at most 31 bytes, no comma).
+	Tag string
+	// Writable: the guest may write. A read-only share is exported
+	// read-only by the VMM (security_model=none: files as the VMM's user
+	// reads them). A writable one uses security_model=mapped-xattr: the
+	// guest's owners, modes and special files are xattrs on plain 0600
+	// files and 0700 directories, so it cannot plant a setuid binary, a
+	// device node or a file of another owner in the host directory.
+	Writable bool
+}
+
 // Config describes one VM.
 type Config struct {
 	Name string // the lab's VM name; backends prefix it ("ldtlab-")
@@ -74,6 +94,7 @@ type Config struct {
 	Accel     accel.Choice // resolved by the same backend's Accel
 	Disks     []Disk
 	FwCfg     []FwCfg
+	Shares    []Share
 	// Console receives every byte of the serial console, in order; the
 	// lab owns it (capture, crash detection, mirror). Backends must not
 	// block on anything else while writing to it.

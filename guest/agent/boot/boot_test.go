@@ -188,3 +188,61 @@ func TestLogWritesRecords(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	assert.Equal(t, []string{"<5>ldtlab-init: two", "<5>ldtlab-init: lines", "<5>ldtlab-init: ldtlab-agent: ready"}, lines)
 }
+
+func TestSharesRoundTrip(t *testing.T) {
+	in := []Share{{Tag: "ldtshare0", Dir: "/src/linux"}, {Tag: "ldtshare1", Dir: "/out/a b,c", Writable: true}}
+	text := EncodeShares(in)
+	assert.NotContains(t, text, ",", "libvirt's fw_cfg cannot carry a comma")
+	got, err := DecodeShares(text)
+	require.NoError(t, err)
+	assert.Equal(t, in, got)
+	got, err = DecodeShares("")
+	require.NoError(t, err)
+	assert.Empty(t, got)
+	for _, bad := range []string{"ldtshare0 rx 2f61", "ldtshare0 ro zz", "ldtshare0 ro", "ldtshare0 ro 2f"} {
+		_, err := DecodeShares(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+func TestCheckShareDir(t *testing.T) {
+	for _, ok := range []string{"/src/linux", "/root/linux", "/tmp/x", "/usr/src/linux", "/mnt/share", "/etc/x", "/home/me/a b"} {
+		assert.NoError(t, CheckShareDir(ok), ok)
+	}
+	for bad, why := range map[string]string{
+		"":             "not an absolute path",
+		"rel/dir":      "not an absolute path",
+		"/a/../b":      "not a clean path",
+		"/a/":          "not a clean path",
+		"/":            "root",
+		"/usr":         "hide the guest's /usr/bin",
+		"/usr/bin":     "hide the guest's /usr/bin",
+		"/lib":         "hide the guest's /lib/modules",
+		"/etc":         "hide the guest's /etc",
+		"/mnt":         "hide the guest's /mnt/data",
+		"/init":        "hide the guest's /init",
+		"/proc/x":      "inside the guest's /proc",
+		"/dev":         "inside the guest's /dev",
+		"/run/ldtlab":  "inside the guest's /run",
+		"/sys/fs/x":    "inside the guest's /sys",
+		"/a\nb":        "newline",
+		"/binaries/xy": "",
+	} {
+		err := CheckShareDir(bad)
+		if why == "" {
+			assert.NoError(t, err, bad)
+			continue
+		}
+		if assert.Error(t, err, bad) {
+			assert.Contains(t, err.Error(), why, bad)
+		}
+	}
+	assert.ErrorContains(t, CheckShares([]Share{{Tag: "a", Dir: "/x"}, {Tag: "b", Dir: "/x/y"}}), "/x/y is inside /x")
+	assert.ErrorContains(t, CheckShares([]Share{{Tag: "a", Dir: "/x"}, {Tag: "b", Dir: "/x"}}), "shared twice")
+	assert.NoError(t, CheckShares([]Share{{Tag: "a", Dir: "/x"}, {Tag: "b", Dir: "/xy"}}))
+}
+
+func TestParseSharesStatus(t *testing.T) {
+	st := ParseSharesStatus("ldtshare0 ok\nldtshare1 error: mount 9p: no such device\n")
+	assert.Equal(t, map[string]string{"ldtshare0": "", "ldtshare1": "mount 9p: no such device"}, st)
+}

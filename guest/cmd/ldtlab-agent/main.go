@@ -29,6 +29,7 @@ const (
 	fwCfgDir         = "/sys/firmware/qemu_fw_cfg/by_name/opt/ldtlab/"
 	fwCfgHostKey     = fwCfgDir + "host_key/raw"
 	fwCfgAuthorized  = fwCfgDir + "authorized_key/raw"
+	fwCfgShares      = fwCfgDir + "shares/raw"
 	agentRestartWait = time.Second
 )
 
@@ -90,6 +91,13 @@ func initMain() {
 	}
 	if err := boot.SetupDisks(log); err != nil {
 		log.Printf("disks: %v", err)
+	}
+	// Host directories (`labctl up --share`), before the agent: the host
+	// checks the status once it can reach the agent.
+	if spec, err := os.ReadFile(fwCfgShares); err == nil {
+		if err := boot.MountShares(string(spec), boot.SharesStatus, log); err != nil {
+			log.Printf("shares: %v", err)
+		}
 	}
 
 	if cmdline.Bool("ldtlab.hang") {

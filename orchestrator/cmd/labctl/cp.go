@@ -29,7 +29,7 @@ func init() {
 	register(&command{
 		name:    "cp",
 		args:    "SRC DST",
-		summary: "copy files or directories to or from a guest; write the guest side as NAME:PATH",
+		summary: "copy files or directories to or from a guest; write the guest side as NAME:PATH (relative: in the guest's home; NAME: alone is the home)",
 		help: "Permission bits are copied; setuid, setgid and sticky bits only with\n" +
 			"--preserve-special-bits. From the guest, nothing is written or chmodded\n" +
 			"through a symlink or outside the copy, and a guest symlink is recreated\n" +
@@ -50,6 +50,8 @@ func init() {
 			sn, sp, sRemote := splitRemote(args[0])
 			dn, dp, dRemote := splitRemote(args[1])
 			switch {
+			case sRemote && !dRemote && sp == "":
+				return usageError{fmt.Errorf("%s: name the guest file or directory to copy (%s:PATH; a relative PATH is in the guest's home directory)", args[0], sn)}
 			case sRemote && !dRemote:
 				c, err := connect(ctx, sn)
 				if err != nil {
@@ -68,9 +70,10 @@ func init() {
 					return err
 				}
 				defer c.Close()
-				// Is the guest path a directory? Ask the guest's shell.
-				isDir := false
-				if !strings.HasSuffix(dp, "/") {
+				// Is the guest path a directory? "NAME:" is the guest's
+				// home, as for scp; otherwise ask the guest's shell.
+				isDir := dp == ""
+				if !isDir && !strings.HasSuffix(dp, "/") {
 					code, err := c.Run(ctx, "test -d "+shquote.Always(dp), channel.RunOptions{})
 					if err != nil {
 						return explainVM(dn, err)
@@ -104,14 +107,27 @@ func copyOptions(preserve bool, maxSize string, w io.Writer) (channel.CopyOption
 		}
 		o.MaxBytes = n
 	}
-	next := time.Now().Add(5 * time.Second)
+	start := time.Now()
+	next := start.Add(progressEvery)
 	o.Progress = func(p channel.Progress) {
 		if now := time.Now(); now.After(next) {
-			next = now.Add(5 * time.Second)
-			fmt.Fprintf(w, "labctl cp: %d files, %.1f MiB so far\n", p.Files, float64(p.Bytes)/(1<<20))
+			next = now.Add(progressEvery)
+			fmt.Fprintf(w, "labctl cp: %d files, %s so far\n", p.Files, rate(p.Bytes, now.Sub(start)))
 		}
 	}
 	return o, nil
+}
+
+// progressEvery is how often a long copy says how far it got.
+const progressEvery = 5 * time.Second
+
+// rate is "12.0 MiB (2.4 MiB/s)".
+func rate(n int64, d time.Duration) string {
+	mib := float64(n) / (1 << 20)
+	if d <= 0 {
+		return fmt.Sprintf("%.1f MiB", mib)
+	}
+	return fmt.Sprintf("%.1f MiB (%.1f MiB/s)", mib, mib/d.Seconds())
 }
 
 // copyLimit names the flag behind a copy stopped at its size limit.

@@ -41,6 +41,7 @@ func TestCopyTarget(t *testing.T) {
 		{"/root/x", false, "/tmp/payload", "/root/x"}, // explicit file
 		{"/tmp/", false, "/", "/tmp/"},                // root source keeps dst
 		{"here", true, "/var/log/../log/syslog", "here/syslog"},
+		{"", true, "dir/file", "file"}, // cp dir/file x: (the guest's home)
 	}
 	for _, c := range cases {
 		assert.Equal(t, c.want, copyTarget(c.dst, c.isDir, c.src), fmt.Sprintf("%+v", c))
@@ -69,6 +70,11 @@ func TestCopyOptions(t *testing.T) {
 		var ue usageError
 		assert.ErrorAs(t, err, &ue, bad)
 	}
+}
+
+func TestCopyRate(t *testing.T) {
+	assert.Equal(t, "12.0 MiB (2.4 MiB/s)", rate(12<<20, 5*time.Second))
+	assert.Equal(t, "0.5 MiB", rate(1<<19, 0))
 }
 
 func TestExitStatus(t *testing.T) {
@@ -331,7 +337,7 @@ func TestBisectPrefixes(t *testing.T) {
 func TestUpGDBNeedsQEMUBackend(t *testing.T) {
 	state := t.TempDir()
 	t.Setenv("LDTLAB_STATE", state)
-	err := cmdUp(context.Background(), &guestFlags{cpus: 2, backend: "libvirt"}, true, "x")
+	err := cmdUp(context.Background(), &guestFlags{cpus: 2, backend: "libvirt"}, &shareFlags{}, true, "x")
 	var u usageError
 	require.ErrorAs(t, err, &u, "a usage error (exit status 2)")
 	assert.Contains(t, err.Error(), "--gdb needs --backend qemu")

@@ -27,9 +27,13 @@ func init() {
 	var timeout time.Duration
 	var failOnReport bool
 	register(&command{
-		name:          "run",
-		args:          "NAME [--] CMD [ARGS...]   or   [flags] [--copy HOST:GUEST]... -- CMD [ARGS...]",
-		summary:       "run a command in a guest; its exit status becomes labctl's, and kernel reports it caused are printed on stderr. Without NAME: boot a throwaway guest of the kernel the flags select (--patches 0001-0005...), copy files in, run, remove it",
+		name:    "run",
+		args:    "NAME [--] CMD [ARGS...]   or   [flags] [--copy HOST:GUEST]... -- CMD [ARGS...]",
+		summary: "run a command in a guest; its exit status becomes labctl's, and kernel reports it caused are printed on stderr. Without NAME: boot a throwaway guest of the kernel the flags select (--patches 0001-0005...), copy files in, run, remove it",
+		help: "stdin is passed to the command when it is not a terminal (a file, a pipe:\n" +
+			"`labctl run x -- sh -s < script`); from a terminal the command reads an\n" +
+			"empty stdin (it never waits for your keyboard) and no pty is allocated:\n" +
+			"use `labctl shell NAME [CMD]` for an interactive program.",
 		verbatimAfter: 1,
 		keepDash:      true,
 		setup: func(fs *flag.FlagSet) {

@@ -10,6 +10,7 @@ import (
 // The supervise verb is the hidden verb `labctl up` starts: the process that owns one VM.
 func init() {
 	var sup guestFlags
+	var supShares shareFlags
 	var supDir string
 	var supGDB bool
 	register(&command{
@@ -19,6 +20,7 @@ func init() {
 		hidden:  true,
 		setup: func(fs *flag.FlagSet) {
 			sup.register(fs)
+			supShares.register(fs)
 			fs.StringVar(&supDir, "dir", "", "VM directory")
 			fs.BoolVar(&supGDB, "gdb", false, "gdbstub on the unix socket gdb.sock in the VM directory")
 		},
@@ -29,6 +31,7 @@ func init() {
 			}
 			o := sup.options(repo, args[0])
 			o.Dir, o.GDB, o.NoBuild = supDir, supGDB, true
+			o.Shares = supShares.shares
 			return lab.Supervise(context.Background(), o)
 		},
 	})

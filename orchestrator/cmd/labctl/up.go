@@ -21,6 +21,7 @@ import (
 // The up verb boots a guest in the background: a supervisor process owns it.
 func init() {
 	var up guestFlags
+	var upShares shareFlags
 	var upGDB bool
 	register(&command{
 		name:    "up",
@@ -28,18 +29,19 @@ func init() {
 		summary: "boot a guest in the background (state in its own directory)",
 		setup: func(fs *flag.FlagSet) {
 			up.register(fs)
+			upShares.register(fs)
 			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub as a unix socket only you can reach (gdb.sock in the VM's private directory) and print the gdb command line (qemu backend)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
 				return usagef(fs, "need exactly one VM name")
 			}
-			return cmdUp(ctx, &up, upGDB, args[0])
+			return cmdUp(ctx, &up, &upShares, upGDB, args[0])
 		},
 	})
 }
 
-func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
+func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, name string) error {
 	dir, err := lab.VMDir(name)
 	if err != nil {
 		return err
@@ -51,6 +53,9 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 		// Its QEMU runs on the libvirt host as libvirt's user: a gdbstub
 		// there would be a socket or port this user cannot own.
 		return usageError{errors.New("--gdb needs --backend qemu: the libvirt backend has no gdbstub only you can reach")}
+	}
+	if err := shares.check(g); err != nil {
+		return err
 	}
 	// Creating a VM is atomic: whoever holds this lock boots it, anyone
 	// else is told it is already booting. It is held until the guest is
@@ -107,6 +112,7 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 	if g.redis {
 		args = append(args, "-redis")
 	}
+	args = append(args, shares.args()...)
 	if gdb {
 		args = append(args, "-gdb")
 	}
@@ -138,6 +144,9 @@ func cmdUp(ctx context.Context, g *guestFlags, gdb bool, name string) error {
 			switch st.Status {
 			case lab.StatusRunning:
 				fmt.Printf("%s is up: kernel %s (%s), %s, booted in %.2fs\n", name, st.Kernel, st.KernelVariant, st.Accel, st.BootSeconds)
+				for _, s := range st.Shares {
+					fmt.Printf("  shared: %s\n", s)
+				}
 				fmt.Printf("  labctl run %s -- uname -r\n  labctl shell %s\n  labctl down %s\n", name, name, name)
 				if st.GDB != "" {
 					// The socket is this user's alone (0600 in the 0700

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"libvirt.org/go/libvirtxml"
+
+	"ldtlab/orchestrator/vm"
 )
 
 // NamePrefix marks every domain the lab defines, for teardown and the
@@ -28,8 +30,9 @@ type DomainSpec struct {
 	NUMANodes int
 	Disks     []DiskSpec
 	FwCfg     []FwCfgEntry
-	Channel   string // virtio-serial port name the guest agent looks for
-	Owner     string // recorded as the description (see owner)
+	Shares    []vm.Share // host directories, paths on the daemon's host
+	Channel   string     // virtio-serial port name the guest agent looks for
+	Owner     string     // recorded as the description (see owner)
 }
 
 // DiskSpec is a raw storage volume attached as virtio-blk.
@@ -123,6 +126,24 @@ func DomainXML(s DomainSpec) (string, error) {
 			Serial: disk.Serial,
 		})
 	}
+	for _, sh := range s.Shares {
+		// As the QEMU backend: read-only shares as "squash"
+		// (security_model=none) and <readonly/>, writable ones "mapped"
+		// (mapped-xattr: no setuid file, device node or foreign owner
+		// appears in the host directory).
+		fs := libvirtxml.DomainFilesystem{
+			AccessMode: "squash",
+			MultiDevs:  "remap",
+			Driver:     &libvirtxml.DomainFilesystemDriver{Type: "path"},
+			Source:     &libvirtxml.DomainFilesystemSource{Mount: &libvirtxml.DomainFilesystemSourceMount{Dir: sh.Host}},
+			Target:     &libvirtxml.DomainFilesystemTarget{Dir: sh.Tag},
+			ReadOnly:   &libvirtxml.DomainFilesystemReadOnly{},
+		}
+		if sh.Writable {
+			fs.AccessMode, fs.ReadOnly = "mapped", nil
+		}
+		d.Devices.Filesystems = append(d.Devices.Filesystems, fs)
+	}
 	if len(s.FwCfg) > 0 {
 		fw := &libvirtxml.DomainSysInfoFWCfg{}
 		for _, e := range s.FwCfg {
@@ -186,6 +207,11 @@ func (s DomainSpec) validate() error {
 	for _, d := range s.Disks {
 		if d.Pool == "" || d.Volume == "" || d.Serial == "" {
 			errs = append(errs, fmt.Errorf("disk %+v: pool, volume and serial are all needed", d))
+		}
+	}
+	for _, sh := range s.Shares {
+		if !strings.HasPrefix(sh.Host, "/") || sh.Tag == "" || len(sh.Tag) > 31 || strings.Contains(sh.Tag, ",") {
+			errs = append(errs, fmt.Errorf("share %+v: want an absolute host directory and a mount tag of 1-31 bytes without a comma", sh))
 		}
 	}
 	for _, e := range s.FwCfg {

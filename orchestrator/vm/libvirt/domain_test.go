@@ -6,6 +6,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"libvirt.org/go/libvirtxml"
+
+	"ldtlab/orchestrator/vm"
 )
 
 func spec() DomainSpec {
@@ -141,4 +143,26 @@ func TestDomainXMLInvalid(t *testing.T) {
 			assert.Contains(t, err.Error(), tt.wantErr)
 		})
 	}
+}
+
+// Shares become <filesystem> elements: read-only ones squash + <readonly/>,
+// writable ones mapped (mapped-xattr), as the QEMU backend does.
+func TestDomainXMLShares(t *testing.T) {
+	s := spec()
+	s.Shares = []vm.Share{{Host: "/src/linux", Tag: "ldtshare0"}, {Host: "/out", Tag: "ldtshare1", Writable: true}}
+	fss := parse(t, s).Devices.Filesystems
+	require.Len(t, fss, 2)
+	assert.Equal(t, "squash", fss[0].AccessMode)
+	assert.NotNil(t, fss[0].ReadOnly)
+	assert.Equal(t, "/src/linux", fss[0].Source.Mount.Dir)
+	assert.Equal(t, "ldtshare0", fss[0].Target.Dir)
+	assert.Equal(t, "remap", fss[0].MultiDevs)
+	assert.Equal(t, "mapped", fss[1].AccessMode)
+	assert.Nil(t, fss[1].ReadOnly)
+	assert.Equal(t, "ldtshare1", fss[1].Target.Dir)
+	assert.Empty(t, parse(t, spec()).Devices.Filesystems)
+
+	s.Shares = []vm.Share{{Host: "rel", Tag: "t"}}
+	_, err := DomainXML(s)
+	assert.ErrorContains(t, err, "absolute host directory")
 }

@@ -27,6 +27,7 @@ type StartConfig struct {
 	NUMANodes      int
 	Disks          []vm.Disk
 	FwCfg          []vm.FwCfg
+	Shares         []vm.Share
 	Channel        string    // virtio-serial port name of the guest agent
 	Console        io.Writer // receives the serial console stream
 	Timeouts       vm.Timeouts
@@ -103,7 +104,7 @@ func Start(ctx context.Context, c StartConfig) (_ *Instance, up Uploaded, err er
 	if err != nil {
 		return nil, up, infra("preparing the storage pool", err)
 	}
-	spec := DomainSpec{Name: in.dom.Name, Type: dt, Cmdline: c.Cmdline, MemoryMiB: c.MemoryMiB, CPUs: c.CPUs, NUMANodes: c.NUMANodes, Channel: c.Channel, Owner: owner()}
+	spec := DomainSpec{Name: in.dom.Name, Type: dt, Cmdline: c.Cmdline, MemoryMiB: c.MemoryMiB, CPUs: c.CPUs, NUMANodes: c.NUMANodes, Channel: c.Channel, Owner: owner(), Shares: c.Shares}
 	if spec.Kernel, up.Kernel, err = artifactVolume(ctx, l, pool, "kernel", c.Kernel.Path, c.Kernel.Hash); err != nil {
 		return nil, up, infra("placing the kernel", err)
 	}

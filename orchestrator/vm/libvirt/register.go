@@ -142,6 +142,7 @@ func (b *Backend) Start(ctx context.Context, cfg vm.Config) (vm.Instance, error)
 		Timeouts:  cfg.Timeouts,
 		Disks:     cfg.Disks,
 		FwCfg:     cfg.FwCfg,
+		Shares:    cfg.Shares,
 	}
 	in, _, err := Start(ctx, sc)
 	if err != nil {

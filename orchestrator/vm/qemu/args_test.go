@@ -214,3 +214,21 @@ func TestIOErrorDetailNamesHostFile(t *testing.T) {
 	assert.Equal(t, "read to /s/disk0-swap.img failed: Input/output error",
 		in.ioErrorDetail([]byte(`{"device":"disk0","operation":"read","action":"report","nospace":false,"reason":"Input/output error"}`)))
 }
+
+// A read-only share is exported read-only with security_model=none; a
+// writable one with mapped-xattr (no setuid file, device node or foreign
+// owner on the host); paths with commas stay one option value.
+func TestArgsShares(t *testing.T) {
+	a := Args(vm.Config{
+		Name: "x", Dir: "/s", Kernel: vm.Artifact{Path: "/k"}, Accel: accel.Choice{Kind: accel.TCG},
+		Shares: []vm.Share{{Host: "/src/linux", Tag: "ldtshare0"}, {Host: "/out/a,b", Tag: "ldtshare1", Writable: true}},
+	})
+	assert.Equal(t, []string{
+		"local,id=ldtshare0,path=/src/linux,multidevs=remap,security_model=none,readonly=on",
+		"local,id=ldtshare1,path=/out/a,,b,multidevs=remap,security_model=mapped-xattr",
+	}, values(a, "-fsdev"))
+	dev := values(a, "-device")
+	assert.Contains(t, dev, "virtio-9p-pci,fsdev=ldtshare0,mount_tag=ldtshare0")
+	assert.Contains(t, dev, "virtio-9p-pci,fsdev=ldtshare1,mount_tag=ldtshare1")
+	assert.Empty(t, values(Args(vm.Config{Name: "x", Dir: "/s", Kernel: vm.Artifact{Path: "/k"}}), "-fsdev"))
+}

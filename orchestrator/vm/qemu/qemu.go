@@ -128,6 +128,19 @@ func Args(cfg vm.Config) []string {
 			"-drive", "file="+optEscape(diskPath(cfg, i))+",if=none,id="+id+",format=raw,cache=unsafe,discard=unmap,werror=report,rerror=report",
 			"-device", "virtio-blk-pci,drive="+id+",serial="+d.Serial)
 	}
+	for _, sh := range cfg.Shares {
+		// The local backend opens every path component without
+		// following symlinks (QEMU >= 2.9), so a symlink in the share
+		// never leads the guest to a host file outside it; what the
+		// guest resolves, it resolves in its own tree.
+		fsdev := "local,id=" + sh.Tag + ",path=" + optEscape(sh.Host) + ",multidevs=remap"
+		if sh.Writable {
+			fsdev += ",security_model=mapped-xattr"
+		} else {
+			fsdev += ",security_model=none,readonly=on"
+		}
+		a = append(a, "-fsdev", fsdev, "-device", "virtio-9p-pci,fsdev="+sh.Tag+",mount_tag="+sh.Tag)
+	}
 	for i, f := range cfg.FwCfg {
 		a = append(a, "-fw_cfg", "name="+f.Name+",file="+optEscape(fwCfgPath(cfg, i)))
 	}
