@@ -1,12 +1,9 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
-	"fmt"
-	"os"
 	"strconv"
-	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,15 +32,52 @@ type snapshot struct {
 	shootdowns int64
 }
 
+// procBuf is reused for every read of /proc, and the files stay open
+// (read again with pread from offset 0), so taking a snapshot allocates
+// (and faults in) no new memory of the measured process.
+var (
+	procMu  sync.Mutex
+	procBuf = make([]byte, 1<<18)
+	procFDs = map[string]int{}
+)
+
+// readProc reads a /proc file into procBuf; f is called on the bytes
+// while the buffer is held.
+func readProc(path string, f func([]byte)) bool {
+	procMu.Lock()
+	defer procMu.Unlock()
+	fd, ok := procFDs[path]
+	if !ok {
+		var err error
+		if fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			return false
+		}
+		procFDs[path] = fd
+	}
+	n := 0
+	for n < len(procBuf) {
+		k, err := unix.Pread(fd, procBuf[n:], int64(n))
+		if err != nil {
+			// A process that exited: forget its file.
+			unix.Close(fd)
+			delete(procFDs, path)
+			return false
+		}
+		if k == 0 {
+			break
+		}
+		n += k
+	}
+	f(procBuf[:n])
+	return true
+}
+
 // counters reads the counters of process pid (0: this process).
 func counters(pid int) snapshot {
-	s := snapshot{faults: processFaults(pid), tlbLocal: -1}
-	if b, err := os.ReadFile("/proc/vmstat"); err == nil {
-		s.tlbLocal = vmstatTLB(b)
-	}
-	if b, err := os.ReadFile("/proc/interrupts"); err == nil {
-		s.shootdowns = interruptsTLB(b)
-	}
+	s := snapshot{tlbLocal: -1}
+	readProc("/proc/vmstat", func(b []byte) { s.tlbLocal = vmstatTLB(b) })
+	readProc("/proc/interrupts", func(b []byte) { s.shootdowns = interruptsTLB(b) })
+	s.faults = processFaults(pid)
 	return s
 }
 
@@ -65,11 +99,59 @@ func processFaults(pid int) int64 {
 		}
 		return ru.Minflt + ru.Majflt
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return -1
+	n := int64(-1)
+	readProc("/proc/"+strconv.Itoa(pid)+"/stat", func(b []byte) { n = statFaults(b) })
+	return n
+}
+
+// lines calls f on every line of b, without allocating.
+func lines(b []byte, f func(l []byte) bool) {
+	for len(b) > 0 {
+		l := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			l, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if !f(l) {
+			return
+		}
 	}
-	return statFaults(b)
+}
+
+// fields calls f on every space-separated field of b, without allocating.
+func fields(b []byte, f func(i int, w []byte) bool) {
+	i := 0
+	for len(b) > 0 {
+		b = bytes.TrimLeft(b, " \t")
+		if len(b) == 0 {
+			return
+		}
+		w := b
+		if j := bytes.IndexAny(b, " \t"); j >= 0 {
+			w, b = b[:j], b[j:]
+		} else {
+			b = nil
+		}
+		if !f(i, w) {
+			return
+		}
+		i++
+	}
+}
+
+// atoi parses a non-negative decimal number; ok is false for anything else.
+func atoi(w []byte) (n int64, ok bool) {
+	if len(w) == 0 {
+		return 0, false
+	}
+	for _, c := range w {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 // statFaults parses minflt (field 10) and majflt (field 12) of a
@@ -80,14 +162,23 @@ func statFaults(b []byte) int64 {
 	if i < 0 {
 		return -1
 	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state): field n is f[n-3].
-	if len(f) < 10 {
-		return -1
-	}
-	minflt, err1 := strconv.ParseInt(f[7], 10, 64)
-	majflt, err2 := strconv.ParseInt(f[9], 10, 64)
-	if err1 != nil || err2 != nil {
+	// The first field after ')' is field 3 (state): field n is index n-3.
+	var minflt, majflt int64 = -1, -1
+	fields(b[i+1:], func(k int, w []byte) bool {
+		switch k {
+		case 7:
+			if n, ok := atoi(w); ok {
+				minflt = n
+			}
+		case 9:
+			if n, ok := atoi(w); ok {
+				majflt = n
+			}
+			return false
+		}
+		return true
+	})
+	if minflt < 0 || majflt < 0 {
 		return -1
 	}
 	return minflt + majflt
@@ -97,21 +188,22 @@ func statFaults(b []byte) int64 {
 // when /proc/vmstat has neither (no CONFIG_DEBUG_TLBFLUSH).
 func vmstatTLB(b []byte) int64 {
 	var sum int64
-	found := false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), " ")
-		if !ok || (k != "nr_tlb_local_flush_all" && k != "nr_tlb_local_flush_one") {
-			continue
+	found, bad := false, false
+	lines(b, func(l []byte) bool {
+		k, v, ok := bytes.Cut(l, []byte(" "))
+		if !ok || !(bytes.Equal(k, []byte("nr_tlb_local_flush_all")) || bytes.Equal(k, []byte("nr_tlb_local_flush_one"))) {
+			return true
 		}
-		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			return -1
+		n, ok := atoi(bytes.TrimSpace(v))
+		if !ok {
+			bad = true
+			return false
 		}
 		sum += n
 		found = true
-	}
-	if !found {
+		return true
+	})
+	if !found || bad {
 		return -1
 	}
 	return sum
@@ -120,21 +212,20 @@ func vmstatTLB(b []byte) int64 {
 // interruptsTLB sums the per-CPU counts of the "TLB:" line of
 // /proc/interrupts (0 when there is none: a uniprocessor guest).
 func interruptsTLB(b []byte) int64 {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "TLB:")
+	var sum int64
+	lines(b, func(l []byte) bool {
+		rest, ok := bytes.CutPrefix(bytes.TrimSpace(l), []byte("TLB:"))
 		if !ok {
-			continue
+			return true
 		}
-		var sum int64
-		for _, f := range strings.Fields(rest) {
-			n, err := strconv.ParseInt(f, 10, 64)
-			if err != nil {
-				break // the description: "TLB shootdowns"
+		fields(rest, func(_ int, w []byte) bool {
+			n, ok := atoi(w)
+			if ok {
+				sum += n
 			}
-			sum += n
-		}
-		return sum
-	}
-	return 0
+			return ok // the description, "TLB shootdowns", ends the counts
+		})
+		return false
+	})
+	return sum
 }

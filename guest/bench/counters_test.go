@@ -62,3 +62,10 @@ func TestCountersSeeOwnFaults(t *testing.T) {
 	c := counters(0).since(a)
 	assert.GreaterOrEqual(t, c.Faults, int64(m.pages()))
 }
+
+// TestCountersAllocateNothing: a snapshot taken inside a measurement
+// must not fault in memory of its own (the figures count faults).
+func TestCountersAllocateNothing(t *testing.T) {
+	counters(0)
+	assert.Zero(t, testing.AllocsPerRun(20, func() { counters(0) }))
+}
