@@ -7,154 +7,6 @@ import (
 	"ldtlab/guest/bench"
 )
 
-// Summary is the median, min and max of a set of samples.
-type Summary struct {
-	Median, Min, Max float64
-	N                int
-}
-
-// Summarize sorts a copy of xs; the median of an even count is the mean
-// of the two middle values.
-func Summarize(xs []float64) Summary {
-	if len(xs) == 0 {
-		return Summary{}
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	med := s[len(s)/2]
-	if len(s)%2 == 0 {
-		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
-	return Summary{Median: med, Min: s[0], Max: s[len(s)-1], N: len(s)}
-}
-
-// Ratio is a/b of two medians, "–" when undefined.
-func Ratio(a, b Summary) string {
-	if a.N == 0 || b.N == 0 || b.Median == 0 {
-		return "–"
-	}
-	return fmt.Sprintf("%.2f×", a.Median/b.Median)
-}
-
-// writeKey names one series point of figure 1.
-type writeKey struct {
-	tracker string
-	size    int
-	thp     bool
-	wb      int
-}
-
-// writeStats groups figure 1's samples: total (write + collect), write
-// and collect time, in milliseconds.
-func writeStats(w *bench.WriteOnly) (total, write, coll map[writeKey]Summary) {
-	t, wr, c := map[writeKey][]float64{}, map[writeKey][]float64{}, map[writeKey][]float64{}
-	for _, s := range w.Samples {
-		k := writeKey{s.Tracker, s.SizeMiB, s.THP, s.WriteBytes}
-		t[k] = append(t[k], float64(s.WriteNS+s.CollectNS)/1e6)
-		wr[k] = append(wr[k], float64(s.WriteNS)/1e6)
-		c[k] = append(c[k], float64(s.CollectNS)/1e6)
-	}
-	total, write, coll = map[writeKey]Summary{}, map[writeKey]Summary{}, map[writeKey]Summary{}
-	for k := range t {
-		total[k], write[k], coll[k] = Summarize(t[k]), Summarize(wr[k]), Summarize(c[k])
-	}
-	return
-}
-
-// timelineRate is ops/s per interval and the time at each interval's
-// end (s): the medians over repetitions, per tracker. Intervals are as
-// long as they really were (a slow collection stretches them).
-func timelineRate(tl *bench.Timeline) (rate, at map[string][]float64) {
-	type run struct{ r, t []float64 }
-	per := map[string][]run{}
-	for _, s := range tl.Samples {
-		var x run
-		var sum float64
-		for i, o := range s.Ops {
-			if i >= len(s.TickNS) || s.TickNS[i] <= 0 {
-				break
-			}
-			sum += float64(s.TickNS[i]) / 1e9
-			x.r = append(x.r, float64(o)/(float64(s.TickNS[i])/1e9))
-			x.t = append(x.t, sum)
-		}
-		per[s.Tracker] = append(per[s.Tracker], x)
-	}
-	rate, at = map[string][]float64{}, map[string][]float64{}
-	for tr, runs := range per {
-		n := len(runs[0].r)
-		for _, r := range runs {
-			n = min(n, len(r.r))
-		}
-		for i := 0; i < n; i++ {
-			var rs, ts []float64
-			for _, r := range runs {
-				rs, ts = append(rs, r.r[i]), append(ts, r.t[i])
-			}
-			rate[tr] = append(rate[tr], Summarize(rs).Median)
-			at[tr] = append(at[tr], Summarize(ts).Median)
-		}
-	}
-	return rate, at
-}
-
-// timelineWindow is each repetition's throughput (ops/s) over intervals
-// [from, to) of a tracker.
-func timelineWindow(tl *bench.Timeline, tracker string, from, to int) Summary {
-	var xs []float64
-	for _, s := range tl.Samples {
-		if s.Tracker != tracker {
-			continue
-		}
-		var ops, ns int64
-		for i := from; i < to && i < len(s.Ops) && i < len(s.TickNS); i++ {
-			ops += s.Ops[i]
-			ns += s.TickNS[i]
-		}
-		if ns > 0 {
-			xs = append(xs, float64(ops)/(float64(ns)/1e9))
-		}
-	}
-	return Summarize(xs)
-}
-
-type redisKey struct {
-	tracker string
-	ivMS    int
-}
-
-func redisStats(r *bench.Redis) map[redisKey]Summary {
-	xs := map[redisKey][]float64{}
-	for _, s := range r.Samples {
-		k := redisKey{s.Tracker, s.IntervalMS}
-		xs[k] = append(xs[k], s.OpsPerSec)
-	}
-	out := map[redisKey]Summary{}
-	for k, v := range xs {
-		out[k] = Summarize(v)
-	}
-	return out
-}
-
-type collectKey struct {
-	tracker string
-	pct     float64
-}
-
-// collectStats is figure 4's collect time in microseconds.
-func collectStats(c *bench.Collect) map[collectKey]Summary {
-	xs := map[collectKey][]float64{}
-	for _, s := range c.Samples {
-		k := collectKey{s.Tracker, s.DirtyPct}
-		xs[k] = append(xs[k], float64(s.NS)/1e3)
-	}
-	out := map[collectKey]Summary{}
-	for k, v := range xs {
-		out[k] = Summarize(v)
-	}
-	return out
-}
-
 // exact trackers must report exactly the pages written in these
 // figures: no swapping, no fork, no KSM, a region of its own.
 var exact = []string{"ldt", "softdirty", "pagemap-scan"}
@@ -186,6 +38,21 @@ func Sanity(r *Result) []string {
 			if s.Tracker == "none" && s.THP && s.HugeKB > 0 {
 				hugeNone = true
 			}
+			// What the figure is about, counted: with 4 KiB pages the
+			// write-restriction trackers fault once per page written,
+			// LDT and the baseline not at all (the region is populated).
+			if f := s.WriteCounts.Faults; !s.THP && s.Written > 0 {
+				switch s.Tracker {
+				case "softdirty", "pagemap-scan":
+					if f < int64(s.Written)*9/10 {
+						bad("write-only %s %d MiB %d B: %d faults for %d pages written: write-protection did not act", s.Tracker, s.SizeMiB, s.WriteBytes, f, s.Written)
+					}
+				case "none", "ldt", "naive":
+					if f > int64(s.Written)/10 {
+						bad("write-only %s %d MiB %d B: %d faults for %d pages written to a populated region", s.Tracker, s.SizeMiB, s.WriteBytes, f, s.Written)
+					}
+				}
+			}
 		}
 		for _, t := range bench.Trackers {
 			if !seen[t] {
@@ -200,19 +67,25 @@ func Sanity(r *Result) []string {
 		bad("timeline: no samples")
 	} else {
 		seen := map[string]bool{}
+		pages := tl.SizeMiB << 20 / 4096
 		for _, s := range tl.Samples {
 			seen[s.Tracker] = true
 			var ops int64
 			for _, o := range s.Ops {
 				ops += o
 			}
-			if len(s.Ops) != tl.Intervals || ops <= 0 {
-				bad("timeline %s rep %d: %d intervals, %d ops", s.Tracker, s.Rep, len(s.Ops), ops)
+			if len(s.Ops) != tl.Points || len(s.PointNS) != tl.Points || len(s.Counts) != tl.Points || ops <= 0 {
+				bad("timeline %s every %d ms rep %d: %d points (%d lengths, %d counts), %d ops; want %d points", s.Tracker, s.CheckpointMS, s.Rep, len(s.Ops), len(s.PointNS), len(s.Counts), ops, tl.Points)
+			}
+			if s.Tracker != "none" && s.CheckpointMS > 0 && tl.PointMS > 0 {
+				if want := tl.Points / max(1, s.CheckpointMS/tl.PointMS); len(s.Collections) != want {
+					bad("timeline %s every %d ms rep %d: %d collections, want %d", s.Tracker, s.CheckpointMS, s.Rep, len(s.Collections), want)
+				}
 			}
 			if s.Tracker == "ldt" {
-				for i, c := range s.Collected {
-					if c <= 0 || c > tl.SizeMiB<<20/4096 {
-						bad("timeline ldt rep %d interval %d: collected %d pages of %d", s.Rep, i, c, tl.SizeMiB<<20/4096)
+				for i, c := range s.Collections {
+					if c.Pages <= 0 || c.Pages > pages {
+						bad("timeline ldt every %d ms rep %d collection %d: collected %d pages of %d", s.CheckpointMS, s.Rep, i, c.Pages, pages)
 						break
 					}
 				}
