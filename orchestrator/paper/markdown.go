@@ -141,6 +141,8 @@ func Markdown(w io.Writer, r *Result) {
 	}
 }
 
+var figureNames = map[string]string{"writeonly": "figure 1 (write-only)", "timeline": "figure 2 (timeline)", "redis": "figure 3 (Redis)", "collect": "figure 4 (collection)"}
+
 func claimsMD(w io.Writer, a *Analysis) {
 	if len(a.Claims) == 0 {
 		return
@@ -155,7 +157,7 @@ func claimsMD(w io.Writer, a *Analysis) {
 	}
 	fmt.Fprintf(w, "\nWhy each verdict:\n\n")
 	for _, c := range a.Claims {
-		fmt.Fprintf(w, "- %s, %s: %s.\n", short(c.Claim, 40)+"…", c.Cell, c.Why)
+		fmt.Fprintf(w, "- %s, %s: %s.\n", figureNames[c.Figure], c.Cell, c.Why)
 	}
 	fmt.Fprintln(w)
 }
