@@ -120,7 +120,7 @@ func Markdown(w io.Writer, r *Result) {
 	fmt.Fprintf(w, "- accelerator: %s (%s); QEMU: %s\n", m.Accel, m.AccelReason, m.QEMU)
 	fmt.Fprintf(w, "- host: %s, %d cores, %s; load average (1/5/15 min) at start and end: %s; 1-min load during the run: %s\n", m.Machine, m.HostCores, m.HostRAM, strings.Join(m.HostLoad, " → "), loadSummary(m.LoadSamples))
 	fmt.Fprintf(w, "- guest: %d MiB, %d vCPUs, no swap device; transparent_hugepage: `%s`\n", m.GuestMiB, m.GuestCPUs, m.THP)
-	fmt.Fprintf(w, "- run: plan %s, %d repetitions, order seed %d, %.0f s; every sample is in [paper.json](paper.json), and every number below in its `analysis`\n\n", plan, m.Reps, m.Seed, m.Seconds)
+	fmt.Fprintf(w, "- run: plan %s, %d repetition(s) per figure, order seed %d, %.0f s; every sample is in [paper.json](paper.json), and every number below in its `analysis`\n\n", plan, m.Reps, m.Seed, m.Seconds)
 	if m.Accel == "tcg" {
 		fmt.Fprintf(w, "%s\n\n", tcgNote)
 	}
