@@ -28,7 +28,7 @@ func TestBenchPaperQuick(t *testing.T) {
 	var progress strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	res, err := paper.Run(ctx, paper.Options{Guest: o, Quick: true, Progress: &progress})
+	res, err := paper.Run(ctx, paper.Options{Guest: o, Plan: "quick", Progress: &progress})
 	t.Logf("bench paper --quick:\n%s", progress.String())
 	require.NoError(t, err)
 	assert.Empty(t, res.Problems, "sanity of the samples")
@@ -73,8 +73,38 @@ func TestBenchPaperQuick(t *testing.T) {
 		}
 	}
 
+	// Counts beside times: soft-dirty faults on every page it
+	// write-protected, LDT on none (Sanity fails the run otherwise), and
+	// every collection counted its system calls.
+	for _, s := range res.WriteOnly.Samples {
+		if s.Tracker != "none" {
+			assert.Positive(t, s.Syscalls, "write-only %s: system calls counted", s.Tracker)
+		}
+		assert.GreaterOrEqual(t, s.WriteCounts.Faults, int64(0))
+		assert.GreaterOrEqual(t, s.CollectCounts.Shootdowns, int64(0))
+	}
+	// The timeline starts with tracking and collects at every checkpoint.
+	for _, s := range res.Timeline.Samples {
+		assert.Len(t, s.Ops, res.Timeline.Points, "timeline %s every %d ms", s.Tracker, s.CheckpointMS)
+	}
+	// Provenance.
+	m := res.Meta
+	assert.Regexp(t, `^[0-9a-f]{40}(-dirty)?$`, m.Commit)
+	assert.NotEmpty(t, m.BuildKey)
+	assert.NotEmpty(t, m.Patches)
+	assert.Len(t, m.SeriesSHA256, 64)
+	assert.Len(t, m.KernelConfigSHA256, 64)
+	assert.Equal(t, "quick", m.Plan)
+	assert.NotEmpty(t, m.LoadSamples)
+
 	dir := t.TempDir()
 	require.NoError(t, paper.Write(res, dir))
+	// One repetition: every claim is measured and none is judged.
+	require.NotEmpty(t, res.Analysis.Claims)
+	for _, c := range res.Analysis.Claims {
+		assert.Equal(t, paper.Unresolved, c.Verdict, "%s %s: a single repetition decides nothing", c.Figure, c.Cell)
+	}
+	assert.NotEmpty(t, res.Analysis.AA, "the A/A yardstick is computed")
 	for _, f := range []string{"paper.json", "README.md", "writeonly.png", "timeline.png", "redis.png", "collect.png"} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		if assert.NoError(t, err, f) {

@@ -1,25 +1,49 @@
 package bench
 
 import (
+	"errors"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"ldtlab/guest/tracker"
 )
 
-func TestRotate(t *testing.T) {
-	xs := []string{"a", "b", "c"}
-	for _, tc := range []struct {
-		k    int
-		want []string
-	}{
-		{0, []string{"a", "b", "c"}},
-		{1, []string{"b", "c", "a"}},
-		{5, []string{"c", "a", "b"}},
-	} {
-		assert.Equal(t, tc.want, rotate(xs, tc.k))
+func TestOrderIsARandomPermutationPerRepetition(t *testing.T) {
+	p := QuickPlan()
+	seen := map[string]bool{}
+	for rep := 0; rep < 8; rep++ {
+		o := p.order("writeonly", rep, 6)
+		assert.ElementsMatch(t, []int{0, 1, 2, 3, 4, 5}, o, "a permutation")
+		assert.Equal(t, o, p.order("writeonly", rep, 6), "the seed decides the order")
+		seen[fmt.Sprint(o)] = true
 	}
-	assert.Equal(t, []string{"a", "b", "c"}, xs, "rotate must not modify its input")
+	assert.Greater(t, len(seen), 4, "repetitions run in different orders")
+	q := p
+	q.Seed++
+	differs := false
+	for rep := 0; rep < 8; rep++ {
+		differs = differs || fmt.Sprint(p.order("writeonly", rep, 6)) != fmt.Sprint(q.order("writeonly", rep, 6))
+	}
+	assert.True(t, differs, "another seed, another order")
+}
+
+func TestPlans(t *testing.T) {
+	for name, mk := range Plans {
+		p := mk()
+		assert.Equal(t, name, p.Name)
+		if name != "quick" {
+			assert.GreaterOrEqual(t, p.Reps, 7, "%s: verdicts need 7 repetitions", name)
+			assert.GreaterOrEqual(t, p.RedisReps, 7, name)
+		}
+		for _, cp := range p.TimelineCheckpoints {
+			assert.LessOrEqual(t, cp, p.TimelineFor, "%s: every checkpoint interval collects at least once", name)
+			assert.Zero(t, cp%p.TimelinePoint, "%s: checkpoints fall on points", name)
+		}
+	}
 }
 
 func TestMappingAlignedAndPopulated(t *testing.T) {
@@ -58,8 +82,70 @@ func TestNoneTrackerCollectsNothing(t *testing.T) {
 	defer m.close()
 	tr, err := openTracker("none", m)
 	require.NoError(t, err)
-	n, d, err := collect(tr, m)
+	c, err := collect(tr, m)
 	require.NoError(t, err)
-	assert.Zero(t, n)
-	assert.Zero(t, d)
+	assert.Zero(t, c)
+}
+
+// skipUnsupported skips when the host kernel cannot run tracker tr.
+func skipUnsupported(t *testing.T, tr string, err error) {
+	if errors.Is(err, tracker.ErrUnsupported) {
+		t.Skipf("%s unavailable here: %v", tr, err)
+	}
+}
+
+// TestWriteOnceCountsFaults runs figure 1's cell on the host: untracked
+// writes to a populated region take no fault, PAGEMAP_SCAN's take one per
+// page (its write-protection), and the collection counts its ioctls.
+func TestWriteOnceCountsFaults(t *testing.T) {
+	none, err := writeOnce("none", 4, false, 1)
+	require.NoError(t, err)
+	pages := int64(none.Written)
+	assert.Less(t, none.WriteCounts.Faults, pages/10, "a populated region: writes take no faults")
+	assert.Zero(t, none.Syscalls)
+
+	s, err := writeOnce("pagemap-scan", 4, false, 1)
+	skipUnsupported(t, "pagemap-scan", err)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, s.WriteCounts.Faults, pages, "one write-protect fault per page")
+	assert.Equal(t, s.Written, s.Collected)
+	assert.Equal(t, 1, s.Regions, "every page written: one region")
+	assert.GreaterOrEqual(t, s.Syscalls, int64(1))
+	assert.Less(t, s.CollectCounts.Faults, pages/10, "collecting faults nothing in")
+}
+
+// TestTimelineOnceCheckpoints runs a short timeline on the host: one point
+// per 100 ms from the start of tracking, a collection at every checkpoint,
+// faults counted per point.
+func TestTimelineOnceCheckpoints(t *testing.T) {
+	p := QuickPlan()
+	p.TimelineMiB, p.TimelineFor = 4, 600*time.Millisecond
+	s, err := timelineOnce("pagemap-scan", 200*time.Millisecond, p, 1)
+	skipUnsupported(t, "pagemap-scan", err)
+	require.NoError(t, err)
+	require.Len(t, s.Ops, 6)
+	require.Len(t, s.PointNS, 6)
+	require.Len(t, s.Counts, 6)
+	require.Len(t, s.Collections, 3)
+	for i, c := range s.Collections {
+		assert.Equal(t, 2*i+1, c.Point, "collections end points 1, 3, 5")
+		assert.Positive(t, c.Pages, "the writer dirtied pages between checkpoints")
+		assert.Positive(t, c.Syscalls)
+	}
+	var faults, ns int64
+	for i, c := range s.Counts {
+		assert.Positive(t, s.Ops[i], "point %d did work", i)
+		assert.Positive(t, s.PointNS[i])
+		faults += c.Faults
+		ns += s.PointNS[i]
+	}
+	// Points keep to the schedule from the start of tracking: one
+	// stretched by a collection makes the next shorter.
+	assert.GreaterOrEqual(t, ns, int64(600*time.Millisecond))
+	assert.Positive(t, faults, "writes to write-protected pages fault")
+
+	n, err := timelineOnce("none", 0, p, 1)
+	require.NoError(t, err)
+	assert.Empty(t, n.Collections)
+	assert.Len(t, n.Ops, 6)
 }

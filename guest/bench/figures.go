@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"runtime"
@@ -11,17 +12,26 @@ import (
 	"unsafe"
 )
 
-// Plan sizes every figure. Quick is for `make test`: seconds per figure.
+// Plan sizes every figure. Every figure runs Reps repetitions; within a
+// repetition every cell (tracker × configuration) runs once, in a random
+// order drawn from Seed, so drift of the host hits every tracker alike and
+// the trackers of one repetition can be compared pairwise.
 type Plan struct {
+	Name     string
 	Trackers []string
 	Reps     int
+	Seed     uint64
 
 	WriteSizesMiB []int
 	WriteBytes    []int
 
-	TimelineMiB       int
-	TimelineIntervals int
-	TimelineTick      time.Duration
+	TimelineMiB int
+	// TimelineFor is one run's length from the moment tracking starts;
+	// throughput is sampled every TimelinePoint and the tracker collects
+	// and clears every one of TimelineCheckpoints (one run each).
+	TimelineFor         time.Duration
+	TimelinePoint       time.Duration
+	TimelineCheckpoints []time.Duration
 
 	CollectMiB  int
 	CollectPcts []float64
@@ -32,29 +42,55 @@ type Plan struct {
 	RedisReps      int
 }
 
+// Plans by name: quick (plumbing and sanity, seconds per figure), reduced
+// (every figure and claim at ≥ 7 repetitions, smaller sizes: what fits a
+// shared TCG host in about an hour) and full.
+var Plans = map[string]func() Plan{"quick": QuickPlan, "reduced": ReducedPlan, "full": FullPlan}
+
 // QuickPlan checks plumbing and sanity only.
 func QuickPlan() Plan {
 	return Plan{
-		Trackers: Trackers, Reps: 1,
+		Name: "quick", Trackers: Trackers, Reps: 1, Seed: 1,
 		WriteSizesMiB: []int{4}, WriteBytes: []int{4096, 1},
-		TimelineMiB: 4, TimelineIntervals: 5, TimelineTick: 100 * time.Millisecond,
-		CollectMiB: 4, CollectPcts: []float64{0.1, 1, 10, 50, 100},
+		TimelineMiB: 4, TimelineFor: 2 * time.Second, TimelinePoint: 100 * time.Millisecond,
+		TimelineCheckpoints: []time.Duration{500 * time.Millisecond, time.Second},
+		CollectMiB:          4, CollectPcts: []float64{0.1, 1, 10, 50, 100},
 		RedisKeys: 512, RedisWindow: 2500 * time.Millisecond, RedisIntervals: []time.Duration{time.Second}, RedisReps: 1,
 	}
 }
 
-// FullPlan is sized for about 25 minutes under TCG on 2 host cores; with
-// KVM it finishes much sooner (the sizes stay the same so runs compare).
+// ReducedPlan keeps every figure, every tracker and 7 repetitions but
+// drops the large working sets.
+func ReducedPlan() Plan {
+	p := FullPlan()
+	p.Name = "reduced"
+	p.WriteSizesMiB = []int{16, 64}
+	p.TimelineFor = 6 * time.Second
+	p.CollectMiB = 128
+	return p
+}
+
+// FullPlan is the paper's evaluation at ldtlab's sizes. Under TCG on 2
+// shared host cores it runs for hours; with KVM much sooner (the sizes stay
+// the same so runs compare).
 func FullPlan() Plan {
 	return Plan{
-		Trackers: Trackers, Reps: 3,
+		Name: "full", Trackers: Trackers, Reps: 7, Seed: 1,
 		// Up to 512 MiB: the 2 GiB guest holds more without swapping,
-		// but under TCG the next step would double the ~20 minute run.
+		// but under TCG the next step would double the run.
 		WriteSizesMiB: []int{16, 64, 256, 512}, WriteBytes: []int{4096, 1},
-		TimelineMiB: 64, TimelineIntervals: 40, TimelineTick: 100 * time.Millisecond,
-		CollectMiB: 512, CollectPcts: []float64{0.1, 1, 10, 50, 100},
-		RedisKeys: 8192, RedisWindow: 10 * time.Second, RedisIntervals: []time.Duration{time.Second, 5 * time.Second}, RedisReps: 5,
+		TimelineMiB: 64, TimelineFor: 10 * time.Second, TimelinePoint: 100 * time.Millisecond,
+		TimelineCheckpoints: []time.Duration{time.Second, 5 * time.Second},
+		CollectMiB:          512, CollectPcts: []float64{0.1, 1, 10, 50, 100},
+		RedisKeys: 8192, RedisWindow: 10 * time.Second, RedisIntervals: []time.Duration{time.Second, 5 * time.Second}, RedisReps: 7,
 	}
+}
+
+// order is repetition rep's random order of n cells of a figure.
+func (p Plan) order(figure string, rep, n int) []int {
+	h := fnv.New64a()
+	h.Write([]byte(figure))
+	return rand.New(rand.NewPCG(p.Seed^h.Sum64(), uint64(rep))).Perm(n)
 }
 
 func logf(w io.Writer, format string, a ...any) {
@@ -77,24 +113,33 @@ func quiet() func() {
 func RunWriteOnly(p Plan, progress io.Writer) (*WriteOnly, error) {
 	defer quiet()()
 	res := &WriteOnly{SizesMiB: p.WriteSizesMiB, Reps: p.Reps, THP: THPSetting()}
-	k := 0
+	type cell struct {
+		size int
+		thp  bool
+		wb   int
+		tr   string
+	}
+	var cells []cell
 	for _, size := range p.WriteSizesMiB {
 		for _, thp := range []bool{false, true} {
 			for _, wb := range p.WriteBytes {
-				for rep := 0; rep < p.Reps; rep++ {
-					for _, tr := range rotate(p.Trackers, k) {
-						s, err := writeOnce(tr, size, thp, wb)
-						if err != nil {
-							return nil, fmt.Errorf("write-only %s %d MiB thp=%v %d B: %w", tr, size, thp, wb, err)
-						}
-						s.Rep = rep
-						res.Samples = append(res.Samples, s)
-					}
-					k++
+				for _, tr := range p.Trackers {
+					cells = append(cells, cell{size, thp, wb, tr})
 				}
-				logf(progress, "write-only %d MiB thp=%v %d B/page: %d reps done", size, thp, wb, p.Reps)
 			}
 		}
+	}
+	for rep := 0; rep < p.Reps; rep++ {
+		for seq, i := range p.order("writeonly", rep, len(cells)) {
+			c := cells[i]
+			s, err := writeOnce(c.tr, c.size, c.thp, c.wb)
+			if err != nil {
+				return nil, fmt.Errorf("write-only %s %d MiB thp=%v %d B: %w", c.tr, c.size, c.thp, c.wb, err)
+			}
+			s.Rep, s.Seq = rep, seq
+			res.Samples = append(res.Samples, s)
+		}
+		logf(progress, "write-only: repetition %d of %d done (%d cells in random order)", rep+1, p.Reps, len(cells))
 	}
 	return res, nil
 }
@@ -114,51 +159,75 @@ func writeOnce(tr string, sizeMiB int, thp bool, wb int) (WriteSample, error) {
 	if t != nil {
 		defer t.Close()
 	}
+	c0 := counters(0)
 	st := time.Now()
 	s.Written = writePages(m, wb, 1, 2)
 	s.WriteNS = time.Since(st).Nanoseconds()
-	n, d, err := collect(t, m)
+	s.WriteCounts = counters(0).since(c0)
+	c, err := collect(t, m)
 	if err != nil {
 		return s, err
 	}
-	s.Collected, s.CollectNS = n, d.Nanoseconds()
+	s.Collected, s.CollectNS, s.Regions, s.Syscalls, s.CollectCounts = c.pages, c.ns, c.regions, c.syscalls, c.counts
 	s.HugeKB = m.hugeKB()
 	return s, nil
 }
 
-// RunTimeline is figure 2: one thread does 4 KiB operations on random
-// pages, 75% writes and 25% reads, while the tracker collects and clears
-// every tick; operations finished per tick are the throughput timeline.
+// RunTimeline is figure 2: tracking starts, then one thread does 4 KiB
+// operations on random pages, 75% writes and 25% reads, while the tracker
+// collects and clears at the checkpoint interval; operations finished in
+// every point (100 ms) are the throughput timeline, so the early phase
+// after tracking starts shows.
 func RunTimeline(p Plan, progress io.Writer) (*Timeline, error) {
 	defer quiet()()
-	res := &Timeline{SizeMiB: p.TimelineMiB, TickMS: int(p.TimelineTick / time.Millisecond), Intervals: p.TimelineIntervals,
+	res := &Timeline{SizeMiB: p.TimelineMiB, PointMS: int(p.TimelinePoint / time.Millisecond), Points: int(p.TimelineFor / p.TimelinePoint),
 		WritePct: 75, OpBytes: pageSize, Reps: p.Reps}
+	for _, cp := range p.TimelineCheckpoints {
+		res.CheckpointsMS = append(res.CheckpointsMS, int(cp/time.Millisecond))
+	}
+	type cell struct {
+		tr string
+		cp time.Duration
+	}
+	var cells []cell
+	for _, tr := range p.Trackers {
+		if tr == "none" {
+			cells = append(cells, cell{tr, 0})
+			continue
+		}
+		for _, cp := range p.TimelineCheckpoints {
+			cells = append(cells, cell{tr, cp})
+		}
+	}
 	for rep := 0; rep < p.Reps; rep++ {
-		for _, tr := range rotate(p.Trackers, rep) {
-			s, err := timelineOnce(tr, p, uint64(rep))
+		for seq, i := range p.order("timeline", rep, len(cells)) {
+			c := cells[i]
+			s, err := timelineOnce(c.tr, c.cp, p, uint64(rep))
 			if err != nil {
-				return nil, fmt.Errorf("timeline %s: %w", tr, err)
+				return nil, fmt.Errorf("timeline %s every %s: %w", c.tr, c.cp, err)
 			}
-			s.Rep = rep
+			s.Rep, s.Seq = rep, seq
 			res.Samples = append(res.Samples, s)
 			var ops int64
 			for _, o := range s.Ops {
 				ops += o
 			}
-			logf(progress, "timeline rep %d %-12s %d ops in %d ticks", rep, tr, ops, len(s.Ops))
+			logf(progress, "timeline rep %d %-12s every %-4s %d ops in %d points, %d collections", rep, c.tr, c.cp, ops, len(s.Ops), len(s.Collections))
 		}
 	}
 	return res, nil
 }
 
-func timelineOnce(tr string, p Plan, seed uint64) (TimelineSample, error) {
-	s := TimelineSample{Tracker: tr}
+func timelineOnce(tr string, cp time.Duration, p Plan, seed uint64) (TimelineSample, error) {
+	s := TimelineSample{Tracker: tr, CheckpointMS: int(cp / time.Millisecond)}
 	m, err := newMapping(p.TimelineMiB<<20, false)
 	if err != nil {
 		return s, err
 	}
 	defer m.close()
 	runtime.GC()
+	// Tracking starts here: soft-dirty and PAGEMAP_SCAN have just
+	// write-protected the region, LDT has just cleared it.
 	t, err := openTracker(tr, m)
 	if err != nil {
 		return s, err
@@ -193,30 +262,34 @@ func timelineOnce(tr string, p Plan, seed uint64) (TimelineSample, error) {
 		}
 		done <- sum
 	}()
-	tick := time.NewTicker(p.TimelineTick)
+	every := 0
+	if t != nil && cp > 0 {
+		every = max(1, int(cp/p.TimelinePoint))
+	}
+	points := int(p.TimelineFor / p.TimelinePoint)
+	t0 := time.Now()
+	prev, prevC := t0, counters(0)
 	var last int64
-	prev := time.Now()
-	for i := 0; i < p.TimelineIntervals; i++ {
-		<-tick.C
-		now := ops.Load()
-		s.Ops = append(s.Ops, now-last)
-		last = now
-		// A collection longer than a tick stretches the interval: keep
-		// the real length so throughput is ops per second, not per tick.
-		now2 := time.Now()
-		s.TickNS = append(s.TickNS, now2.Sub(prev).Nanoseconds())
-		prev = now2
-		n, d, err := collect(t, m)
+	for i := 0; i < points; i++ {
+		time.Sleep(time.Until(t0.Add(time.Duration(i+1) * p.TimelinePoint)))
+		// A collection longer than a point stretches the next one: keep
+		// each point's real length, so throughput is ops per second.
+		now, o, c := time.Now(), ops.Load(), counters(0)
+		s.Ops = append(s.Ops, o-last)
+		s.PointNS = append(s.PointNS, now.Sub(prev).Nanoseconds())
+		s.Counts = append(s.Counts, c.since(prevC))
+		last, prev, prevC = o, now, c
+		if every == 0 || (i+1)%every != 0 {
+			continue
+		}
+		col, err := collect(t, m)
 		if err != nil {
 			stop.Store(true)
 			<-done
-			tick.Stop()
 			return s, err
 		}
-		s.Collected = append(s.Collected, n)
-		s.CollectNS = append(s.CollectNS, d.Nanoseconds())
+		s.Collections = append(s.Collections, Collection{Point: i, NS: col.ns, Pages: col.pages, Regions: col.regions, Syscalls: col.syscalls, Counts: col.counts})
 	}
-	tick.Stop()
 	stop.Store(true)
 	sink += <-done
 	return s, nil
@@ -236,10 +309,16 @@ func RunCollect(p Plan, progress io.Writer) (*Collect, error) {
 	tbl := int64(pages)*8 + int64((pages+511)/512)*8
 	res := &Collect{SizeMiB: p.CollectMiB, Pages: pages, Reps: p.Reps, Pcts: p.CollectPcts,
 		ReadBandwidth: bw, TableBytes: tbl, FloorNS: float64(tbl) / bw * 1e9}
-	var trackers []string
-	for _, t := range p.Trackers {
-		if t != "none" {
-			trackers = append(trackers, t)
+	type cell struct {
+		pct float64
+		tr  string
+	}
+	var cells []cell
+	for _, pct := range p.CollectPcts {
+		for _, tr := range p.Trackers {
+			if tr != "none" {
+				cells = append(cells, cell{pct, tr})
+			}
 		}
 	}
 	m, err := newMapping(p.CollectMiB<<20, false)
@@ -247,26 +326,24 @@ func RunCollect(p Plan, progress io.Writer) (*Collect, error) {
 		return nil, err
 	}
 	defer m.close()
-	k := 0
-	for _, pct := range p.CollectPcts {
-		step := max(1, int(100/pct+0.5))
-		for rep := 0; rep < p.Reps; rep++ {
-			for _, tr := range rotate(trackers, k) {
-				t, err := openTracker(tr, m)
-				if err != nil {
-					return nil, fmt.Errorf("collect %s: %w", tr, err)
-				}
-				n := writePages(m, 1, step, byte(rep+3))
-				got, d, err := collect(t, m)
-				t.Close()
-				if err != nil {
-					return nil, fmt.Errorf("collect %s %.1f%%: %w", tr, pct, err)
-				}
-				res.Samples = append(res.Samples, CollectSample{Tracker: tr, DirtyPct: pct, Rep: rep, NS: d.Nanoseconds(), Dirtied: n, Collected: got})
+	for rep := 0; rep < p.Reps; rep++ {
+		for seq, i := range p.order("collect", rep, len(cells)) {
+			c := cells[i]
+			step := max(1, int(100/c.pct+0.5))
+			t, err := openTracker(c.tr, m)
+			if err != nil {
+				return nil, fmt.Errorf("collect %s: %w", c.tr, err)
 			}
-			k++
+			n := writePages(m, 1, step, byte(rep+3))
+			got, err := collect(t, m)
+			t.Close()
+			if err != nil {
+				return nil, fmt.Errorf("collect %s %.1f%%: %w", c.tr, c.pct, err)
+			}
+			res.Samples = append(res.Samples, CollectSample{Tracker: c.tr, DirtyPct: c.pct, Rep: rep, Seq: seq, NS: got.ns, Dirtied: n,
+				Collected: got.pages, Regions: got.regions, Syscalls: got.syscalls, Counts: got.counts})
 		}
-		logf(progress, "collect %d MiB at %.1f%% dirty: %d reps done", p.CollectMiB, pct, p.Reps)
+		logf(progress, "collect %d MiB: repetition %d of %d done (%d cells in random order)", p.CollectMiB, rep+1, p.Reps, len(cells))
 	}
 	return res, nil
 }

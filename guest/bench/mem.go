@@ -154,29 +154,42 @@ func openTracker(name string, m *mapping) (tracker.Tracker, error) {
 	return tracker.Open(name, 0, m.start(), m.end())
 }
 
-// collect collects and clears m, returning the number of pages reported.
-func collect(t tracker.Tracker, m *mapping) (int, time.Duration, error) {
-	if t == nil {
-		return 0, 0, nil
-	}
-	st := time.Now()
-	rs, err := t.Collect(m.start(), m.end(), true)
-	d := time.Since(st)
-	if err != nil {
-		return 0, d, err
-	}
-	n := 0
-	for _, r := range rs {
-		n += r.Pages()
-	}
-	return n, d, nil
+// collected is one counted collect-and-clear.
+type collected struct {
+	pages, regions int
+	ns             int64
+	syscalls       int64
+	counts         Counts
 }
 
-// rotate returns xs starting at index k mod len: repetition k runs the
-// trackers in a different order, so drift hits them all alike.
-func rotate[T any](xs []T, k int) []T {
-	k %= len(xs)
-	return append(append([]T(nil), xs[k:]...), xs[:k]...)
+// collect collects and clears m, timed, with the kernel's counters and the
+// tracker's system calls around it; a nil tracker ("none") collects nothing.
+func collect(t tracker.Tracker, m *mapping) (collected, error) {
+	var c collected
+	if t == nil {
+		return c, nil
+	}
+	cc, _ := t.(tracker.CallCounter)
+	var calls int64
+	if cc != nil {
+		calls = cc.Calls()
+	}
+	c0 := counters(0)
+	st := time.Now()
+	rs, err := t.Collect(m.start(), m.end(), true)
+	c.ns = time.Since(st).Nanoseconds()
+	c.counts = counters(0).since(c0)
+	if cc != nil {
+		c.syscalls = cc.Calls() - calls
+	}
+	if err != nil {
+		return c, err
+	}
+	c.regions = len(rs)
+	for _, r := range rs {
+		c.pages += r.Pages()
+	}
+	return c, nil
 }
 
 // THPSetting is the kernel's transparent_hugepage mode, e.g. "[madvise]".

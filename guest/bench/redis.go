@@ -147,12 +147,13 @@ func RunRedis(p Plan, self string, progress io.Writer) (_ *Redis, err error) {
 		}
 	}
 	for rep := 0; rep < p.RedisReps; rep++ {
-		for _, c := range rotate(cells, rep) {
+		for seq, i := range p.order("redis", rep, len(cells)) {
+			c := cells[i]
 			s, err := redisWindow(self, pid, c.tracker, c.iv, p.RedisWindow)
 			if err != nil {
 				return nil, fmt.Errorf("redis %s every %s: %w", c.tracker, c.iv, err)
 			}
-			s.Rep = rep
+			s.Rep, s.Seq = rep, seq
 			res.Samples = append(res.Samples, s)
 			logf(progress, "redis rep %d %-10s every %-4s %8.0f ops/s, %d rounds", rep, c.tracker, c.iv, s.OpsPerSec, s.Rounds)
 			// Let what the checkpointer left (write-protected PTEs of
@@ -170,8 +171,10 @@ func redisWindow(self string, pid int, tr string, iv, window time.Duration) (Red
 		if err != nil {
 			return s, err
 		}
+		k0 := counters(pid)
 		t0 := time.Now()
 		time.Sleep(window)
+		s.Counts = counters(pid).since(k0)
 		c1, err := commandsProcessed()
 		if err != nil {
 			return s, err
@@ -229,9 +232,11 @@ func redisWindow(self string, pid int, tr string, iv, window time.Duration) (Red
 		kill()
 		return s, err
 	}
+	k0 := counters(pid)
 	t0 := time.Now()
 	time.Sleep(window)
 	out := kill()
+	s.Counts = counters(pid).since(k0)
 	c1, err := commandsProcessed()
 	if err != nil {
 		return s, err

@@ -18,11 +18,18 @@ type WriteSample struct {
 	THP        bool   `json:"thp"`
 	WriteBytes int    `json:"write_bytes"` // per page: 4096 or 1
 	Rep        int    `json:"rep"`
+	Seq        int    `json:"seq"` // position in its repetition's random order
 	WriteNS    int64  `json:"write_ns"`
 	CollectNS  int64  `json:"collect_ns"`
 	Written    int    `json:"written_pages"`
 	Collected  int    `json:"collected_pages"`
+	Regions    int    `json:"regions"`      // regions the collection returned
+	Syscalls   int64  `json:"syscalls"`     // system calls the collection issued
 	HugeKB     int    `json:"anon_huge_kb"` // AnonHugePages of the region after the run
+	// What the kernel did while the pages were written and while they
+	// were collected.
+	WriteCounts   Counts `json:"write_counts"`
+	CollectCounts Counts `json:"collect_counts"`
 }
 
 // WriteOnly is figure 1.
@@ -33,26 +40,40 @@ type WriteOnly struct {
 	Samples  []WriteSample `json:"samples"`
 }
 
-// TimelineSample is one timeline run of one tracker: operations finished
-// and pages collected in each interval.
+// Collection is one collect-and-clear during a timeline run.
+type Collection struct {
+	Point    int    `json:"point"` // the 100 ms point it ended
+	NS       int64  `json:"ns"`
+	Pages    int    `json:"pages"`
+	Regions  int    `json:"regions"`
+	Syscalls int64  `json:"syscalls"`
+	Counts   Counts `json:"counts"`
+}
+
+// TimelineSample is one timeline run of one tracker at one checkpoint
+// interval: operations finished in each point (Timeline.PointMS long, as
+// really measured) from the moment tracking started.
 type TimelineSample struct {
-	Tracker   string  `json:"tracker"`
-	Rep       int     `json:"rep"`
-	Ops       []int64 `json:"ops"`
-	TickNS    []int64 `json:"tick_ns"`
-	Collected []int   `json:"collected_pages"`
-	CollectNS []int64 `json:"collect_ns"`
+	Tracker      string       `json:"tracker"`
+	CheckpointMS int          `json:"checkpoint_ms"` // collect+clear every so often; 0 for none
+	Rep          int          `json:"rep"`
+	Seq          int          `json:"seq"`
+	Ops          []int64      `json:"ops"`
+	PointNS      []int64      `json:"point_ns"`
+	Counts       []Counts     `json:"counts"` // per point, collections included
+	Collections  []Collection `json:"collections"`
 }
 
 // Timeline is figure 2.
 type Timeline struct {
-	SizeMiB   int              `json:"size_mib"`
-	TickMS    int              `json:"tick_ms"`
-	Intervals int              `json:"intervals"`
-	WritePct  int              `json:"write_pct"`
-	OpBytes   int              `json:"op_bytes"`
-	Reps      int              `json:"reps"`
-	Samples   []TimelineSample `json:"samples"`
+	SizeMiB       int              `json:"size_mib"`
+	PointMS       int              `json:"point_ms"`
+	Points        int              `json:"points"`
+	CheckpointsMS []int            `json:"checkpoints_ms"`
+	WritePct      int              `json:"write_pct"`
+	OpBytes       int              `json:"op_bytes"`
+	Reps          int              `json:"reps"`
+	Samples       []TimelineSample `json:"samples"`
 }
 
 // RedisSample is one measurement window of redis-server under
@@ -61,12 +82,16 @@ type RedisSample struct {
 	Tracker    string  `json:"tracker"`
 	IntervalMS int     `json:"interval_ms"` // checkpoint interval; 0 for none
 	Rep        int     `json:"rep"`
+	Seq        int     `json:"seq"`
 	Seconds    float64 `json:"seconds"`
 	Commands   int64   `json:"commands"`
 	OpsPerSec  float64 `json:"ops_per_sec"`
 	Rounds     int     `json:"rounds"`
 	Pages      []int   `json:"pages_per_round"`
 	AttachMS   int64   `json:"attach_ms"` // first (full) copy, outside the window
+	// Counts over the window: faults of redis-server, TLB work of the
+	// whole guest (checkpointer and load included).
+	Counts Counts `json:"counts"`
 }
 
 // Redis is figure 3.
@@ -88,9 +113,13 @@ type CollectSample struct {
 	Tracker   string  `json:"tracker"`
 	DirtyPct  float64 `json:"dirty_pct"`
 	Rep       int     `json:"rep"`
+	Seq       int     `json:"seq"`
 	NS        int64   `json:"ns"`
 	Dirtied   int     `json:"dirtied_pages"`
 	Collected int     `json:"collected_pages"`
+	Regions   int     `json:"regions"`
+	Syscalls  int64   `json:"syscalls"`
+	Counts    Counts  `json:"counts"`
 }
 
 // Collect is figure 4.

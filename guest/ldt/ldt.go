@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -148,6 +149,10 @@ type File struct {
 	buf   []Region
 	batch int
 
+	// calls counts ioctls issued, failed ones included (benchmarks report
+	// the system calls a collection needs).
+	calls atomic.Int64
+
 	// ioctlHook replaces the system call in tests of the loops.
 	ioctlHook func(req uintptr, arg unsafe.Pointer) (uintptr, error)
 }
@@ -202,7 +207,11 @@ func (f *File) Close() error {
 	return f.f.Close()
 }
 
+// Calls is the number of ioctls issued on f so far.
+func (f *File) Calls() int64 { return f.calls.Load() }
+
 func (f *File) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
+	f.calls.Add(1)
 	if f.ioctlHook != nil {
 		return f.ioctlHook(req, arg)
 	}

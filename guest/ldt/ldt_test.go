@@ -275,6 +275,7 @@ func TestCollectAllResumes(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, want, got)
 			assert.GreaterOrEqual(t, k.calls, 40)
+			assert.Equal(t, int64(k.calls), f.Calls(), "Calls counts every ioctl the loop issued")
 
 			got, err = f.CollectAll(0x10000, 0x10000+4096*pg, Clear)
 			require.NoError(t, err)

@@ -63,4 +63,7 @@ func (t *ldtTracker) Collect(start, end uintptr, clear bool) ([]Region, error) {
 	return out, nil
 }
 
+// Calls counts the ioctls on the tracker's /dev/ldt file.
+func (t *ldtTracker) Calls() int64 { return t.f.Calls() }
+
 func (t *ldtTracker) Close() error { return t.f.Close() }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -89,6 +90,7 @@ type pagemapScan struct {
 	start, end uintptr
 	mu         sync.Mutex
 	buf        []pageRegion
+	calls      atomic.Int64 // PAGEMAP_SCAN ioctls
 }
 
 func ioctlPtr(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
@@ -221,6 +223,7 @@ func (t *pagemapScan) Collect(start, end uintptr, clear bool) ([]Region, error) 
 		}
 		var r uintptr
 		var errno unix.Errno
+		t.calls.Add(1)
 		ctlErr := func() error {
 			rc, err := t.pagemap.SyscallConn()
 			if err != nil {
@@ -257,6 +260,9 @@ func (t *pagemapScan) Collect(start, end uintptr, clear bool) ([]Region, error) 
 	}
 	return out, nil
 }
+
+// Calls counts PAGEMAP_SCAN ioctls (UFFDIO_* setup calls are not collections).
+func (t *pagemapScan) Calls() int64 { return t.calls.Load() }
 
 func (t *pagemapScan) Close() error {
 	var errs []error

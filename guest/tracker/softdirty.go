@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +44,7 @@ type softDirty struct {
 	clearRefs *os.File
 	mu        sync.Mutex
 	buf       []byte
+	calls     atomic.Int64 // preads of pagemap and writes of clear_refs
 }
 
 // softDirtyWorks reports whether this kernel maintains soft-dirty
@@ -98,7 +100,11 @@ func openSoftDirty(name string, pid int, start, end uintptr) (Tracker, error) {
 
 func (t *softDirty) Name() string { return "softdirty" }
 
+// Calls counts pagemap preads and clear_refs writes.
+func (t *softDirty) Calls() int64 { return t.calls.Load() }
+
 func (t *softDirty) clear() error {
+	t.calls.Add(1)
 	if _, err := t.clearRefs.Write([]byte("4")); err != nil {
 		return fmt.Errorf("tracker softdirty: clear_refs: %w", err)
 	}
@@ -118,6 +124,7 @@ func (t *softDirty) Collect(start, end uintptr, clear bool) ([]Region, error) {
 			t.buf = make([]byte, softDirtyBatch*pmEntrySize)
 		}
 		b := t.buf[:n*pmEntrySize]
+		t.calls.Add(1)
 		got, err := t.pagemap.ReadRaw(b, cur)
 		if got < len(b) {
 			// pagemap returns 0 once the address space is gone (the

@@ -40,6 +40,13 @@ type Tracker interface {
 	Close() error
 }
 
+// CallCounter is implemented by the trackers of Names(): Calls is the
+// number of system calls their collections (and Open's initial clear) have
+// issued so far — LDT_IOC_COLLECT for ldt and naive, PAGEMAP_SCAN for
+// pagemap-scan, pagemap preads and clear_refs writes for softdirty.
+// Benchmarks report it per collection.
+type CallCounter interface{ Calls() int64 }
+
 // ErrUnsupported is wrapped by Open when the running kernel or the
 // tracker's mechanics cannot track the request (no /dev/ldt, no soft-dirty,
 // PAGEMAP_SCAN for another process...). Tests skip on it; checks report it.

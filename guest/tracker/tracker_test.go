@@ -331,9 +331,19 @@ func TestTrackersManyRegions(t *testing.T) {
 			w = append(w, seq(1100, 1400)...)
 			w = append(w, npages-1)
 			r.write(w...)
+			cc, ok := tr.(CallCounter)
+			require.True(t, ok, "%s counts its system calls", name)
+			before := cc.Calls()
 			got, err := tr.Collect(r.base, r.end(), true)
 			require.NoError(t, err)
 			assert.Len(t, got, 500+1+1)
+			if name == "softdirty" {
+				// One pread per 100 entries, then the clear_refs write.
+				assert.Equal(t, int64((npages+99)/100+1), cc.Calls()-before)
+			} else {
+				// At most 7 regions per call.
+				assert.GreaterOrEqual(t, cc.Calls()-before, int64((502+6)/7))
+			}
 			missed, extra := Diff(NewSet(got...), r.set(w...))
 			assert.Empty(t, pagesOf(r, missed), "missed")
 			assert.Empty(t, pagesOf(r, extra), "extra")

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -29,31 +30,65 @@ import (
 
 // Options select the run.
 type Options struct {
-	Guest    lab.Options
-	Quick    bool
+	Guest lab.Options
+	// Plan is quick, reduced or full (bench.Plans); Quick is plan quick.
+	Plan  string
+	Quick bool
+	// Reps overrides the plan's repetitions; Seed its order seed.
+	Reps     int
+	Seed     uint64
 	Progress io.Writer
 }
 
-// Meta labels every figure: where and how it was measured.
+func (o Options) plan() string {
+	switch {
+	case o.Quick:
+		return "quick"
+	case o.Plan == "":
+		return "full"
+	}
+	return o.Plan
+}
+
+// Meta labels every figure: where, how and with what it was measured.
 type Meta struct {
-	Date        string `json:"date"`
-	Machine     string `json:"machine"`
-	HostCores   int    `json:"host_cores"`
-	HostRAM     string `json:"host_ram"`
+	Date      string `json:"date"`
+	Machine   string `json:"machine"`
+	HostCores int    `json:"host_cores"`
+	HostRAM   string `json:"host_ram"`
+	// Commit is the ldtlab commit the run was made from ("-dirty" when
+	// tracked files differed from it).
+	Commit      string `json:"commit"`
 	Accel       string `json:"accel"`
 	AccelReason string `json:"accel_reason"`
 	QEMU        string `json:"qemu"`
 	Kernel      string `json:"kernel"`
 	Variant     string `json:"variant"`
 	Source      string `json:"source"`
-	GuestMiB    int    `json:"guest_mib"`
-	GuestCPUs   int    `json:"guest_cpus"`
-	THP         string `json:"thp_setting"`
-	Quick       bool   `json:"quick"`
-	// HostLoad is /proc/loadavg at the start and the end: other work on
-	// the host is noise every tracker shares (they run interleaved).
-	HostLoad []string `json:"host_load,omitempty"`
-	Seconds  float64  `json:"seconds"`
+	// BuildKey is the kernel cache key (source, config fragments, patches,
+	// compiler, lab modules); Patches the series applied, in order, and
+	// SeriesSHA256 the sha256 of their contents concatenated in that
+	// order (`cat $(cat series) | sha256sum` in kmod/patches).
+	BuildKey     string   `json:"build_key"`
+	Patches      []string `json:"patches"`
+	SeriesSHA256 string   `json:"series_sha256"`
+	// KernelConfig is the lab configuration (debug, perf, sanitize);
+	// KernelConfigSHA256 the sha256 of the kernel's final .config.
+	KernelConfig       string `json:"kernel_config"`
+	KernelConfigSHA256 string `json:"kernel_config_sha256"`
+	GuestMiB           int    `json:"guest_mib"`
+	GuestCPUs          int    `json:"guest_cpus"`
+	THP                string `json:"thp_setting"`
+	Plan               string `json:"plan"`
+	Quick              bool   `json:"quick"`
+	Reps               int    `json:"reps"`
+	Seed               uint64 `json:"seed"`
+	// HostLoad is /proc/loadavg at the start and the end; LoadSamples
+	// the 1-minute load average every 30 s in between. Other work on the
+	// host is noise every tracker shares (cells run in random order).
+	HostLoad    []string  `json:"host_load"`
+	LoadSamples []float64 `json:"load_samples"`
+	Seconds     float64   `json:"seconds"`
 }
 
 // Result is everything one run measured.
@@ -63,6 +98,9 @@ type Result struct {
 	Timeline  *bench.Timeline  `json:"timeline"`
 	Redis     *bench.Redis     `json:"redis"`
 	Collect   *bench.Collect   `json:"collect"`
+	// Analysis is computed from the samples by Write (never read back:
+	// rendering a paper.json again recomputes it).
+	Analysis *Analysis `json:"analysis,omitempty"`
 	// Problems are failed sanity checks; Reports are kernel reports seen
 	// on the console. Either makes the run fail.
 	Problems []string `json:"problems,omitempty"`
@@ -106,19 +144,38 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	o.Guest.Extra = append(o.Guest.Extra, files...)
+	mk, ok := bench.Plans[o.plan()]
+	if !ok {
+		return nil, fmt.Errorf("unknown plan %q (want quick, reduced or full)", o.plan())
+	}
+	plan := mk()
+	if o.Reps > 0 {
+		plan.Reps, plan.RedisReps = o.Reps, o.Reps
+	}
+	if o.Seed == 0 {
+		o.Seed = uint64(time.Now().UnixNano())
+	}
+	commit := GitCommit(o.Guest.Repo)
 	m, err := lab.Boot(ctx, o.Guest)
 	if err != nil {
 		return nil, err
 	}
 	defer m.Close()
 	res := &Result{Meta: hostMeta()}
-	res.Meta.HostLoad = append(res.Meta.HostLoad, loadAvg())
+	res.Meta.HostLoad = append(res.Meta.HostLoad, LoadAvg())
+	stopLoad := sampleLoad(30*time.Second, &res.Meta.LoadSamples)
+	defer stopLoad()
 	res.Meta.Date = time.Now().UTC().Format("2006-01-02 15:04 UTC")
+	res.Meta.Commit = commit
 	res.Meta.Accel, res.Meta.AccelReason = string(m.Accel.Kind), m.Accel.Reason
 	res.Meta.Kernel = m.Kernel.Meta.KernelRelease
 	res.Meta.Variant = o.Guest.KernelOptions().Variant()
 	res.Meta.Source = m.Kernel.Meta.SourcePackage + " " + m.Kernel.Meta.SourceVersion
-	res.Meta.GuestMiB, res.Meta.GuestCPUs, res.Meta.Quick = o.Guest.MemoryMiB, o.Guest.CPUs, o.Quick
+	res.Meta.BuildKey, res.Meta.Patches, res.Meta.KernelConfig = m.Kernel.Meta.Key, m.Kernel.Meta.Patches, m.Kernel.Meta.Config
+	res.Meta.SeriesSHA256 = seriesSHA256(filepath.Join(o.Guest.Repo, "kmod", "patches"), m.Kernel.Meta.Patches)
+	res.Meta.KernelConfigSHA256 = fileSHA256(filepath.Join(m.Kernel.Dir, "config"))
+	res.Meta.GuestMiB, res.Meta.GuestCPUs = o.Guest.MemoryMiB, o.Guest.CPUs
+	res.Meta.Plan, res.Meta.Quick, res.Meta.Reps, res.Meta.Seed = plan.Name, plan.Name == "quick", plan.Reps, o.Seed
 	o.logf("guest: kernel %s (%s), %s, %d MiB, %d vCPUs, booted in %.1fs", res.Meta.Kernel, res.Meta.Variant, res.Meta.Accel, o.Guest.MemoryMiB, o.Guest.CPUs, m.BootTime.Seconds())
 	// The guest's THP mode decides what the THP series means: madvise or
 	// always both honour MADV_HUGEPAGE; never would make it a 4 KiB run.
@@ -134,17 +191,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	scanned := 0
 	for _, fig := range figures {
-		cmd := "ldt-bench -figure " + fig
-		if o.Quick {
-			cmd += " -quick"
-		}
+		cmd := fmt.Sprintf("ldt-bench -figure %s -plan %s -reps %d -seed %d", fig, plan.Name, plan.Reps, o.Seed)
 		t := time.Now()
 		var stderr io.Writer = io.Discard
 		if o.Progress != nil {
 			stderr = o.Progress
 		}
-		// The full redis figure alone runs ~6 minutes of TCG.
-		fctx, cancel := context.WithTimeout(ctx, map[bool]time.Duration{true: 10 * time.Minute, false: 40 * time.Minute}[o.Quick])
+		// Under TCG on a shared host one full figure runs for an hour.
+		fctx, cancel := context.WithTimeout(ctx, map[bool]time.Duration{true: 10 * time.Minute, false: 3 * time.Hour}[plan.Name == "quick"])
 		out, err := m.RunWith(fctx, cmd, channel.RunOptions{Stderr: stderr})
 		cancel()
 		log := m.ConsoleLog()
@@ -181,8 +235,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := m.Shutdown(ctx); err != nil {
 		o.logf("warning: clean poweroff failed: %v", err)
 	}
+	stopLoad()
 	res.Meta.Seconds = time.Since(start).Seconds()
-	res.Meta.HostLoad = append(res.Meta.HostLoad, loadAvg())
+	res.Meta.HostLoad = append(res.Meta.HostLoad, LoadAvg())
 	res.Problems = Sanity(res)
 	return res, nil
 }
@@ -214,7 +269,8 @@ func HostRAM() string {
 	return fmt.Sprintf("%.0f GiB RAM", float64(kb)/(1<<20))
 }
 
-func loadAvg() string {
+// LoadAvg is the host's 1/5/15-minute load average.
+func LoadAvg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
 	f := strings.Fields(string(b))
 	if len(f) < 3 {
@@ -242,6 +298,7 @@ func Load(path string) (*Result, error) {
 	if err := json.Unmarshal(b, r); err != nil {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
+	r.Analysis = nil // recomputed from the samples
 	if r.WriteOnly == nil && r.Timeline == nil && r.Redis == nil && r.Collect == nil {
 		return nil, fmt.Errorf("%s holds no figure of `labctl bench paper`", path)
 	}
@@ -254,6 +311,7 @@ func Write(r *Result, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
+	r.Analysis = Analyze(r)
 	b, err := json.MarshalIndent(r, "", " ")
 	if err != nil {
 		return err

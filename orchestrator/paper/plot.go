@@ -36,13 +36,13 @@ func newPlot(title, x, y string) *plot.Plot {
 	return p
 }
 
-// line adds a tracker's series with min–max error bars.
-func line(p *plot.Plot, tr string, xs []float64, ss []Summary) error {
+// line adds a tracker's series with its 95% intervals as error bars.
+func line(p *plot.Plot, tr string, xs []float64, ss []Estimate) error {
 	pts := make(plotter.XYs, len(xs))
 	errs := make(plotter.YErrors, len(xs))
 	for i := range xs {
-		pts[i] = plotter.XY{X: xs[i], Y: ss[i].Median}
-		errs[i] = struct{ Low, High float64 }{ss[i].Median - ss[i].Min, ss[i].Max - ss[i].Median}
+		pts[i] = plotter.XY{X: xs[i], Y: ss[i].Value}
+		errs[i] = struct{ Low, High float64 }{ss[i].Value - ss[i].Interval[0], ss[i].Interval[1] - ss[i].Value}
 	}
 	l, s, err := plotter.NewLinePoints(pts)
 	if err != nil {
@@ -94,30 +94,33 @@ func savePNG(path string, grid [][]*plot.Plot, caption string, w, h vg.Length) e
 
 // Plots writes writeonly.png, timeline.png, redis.png and collect.png.
 func Plots(r *Result, dir string) error {
+	a := r.Analysis
+	if a == nil {
+		a = Analyze(r)
+	}
 	caption := r.Meta.Labels()
 	if r.Meta.Accel == "tcg" {
 		caption += " · TCG: emulated timings (see README)"
 	}
 	if wo := r.WriteOnly; wo != nil {
-		total, _, _ := writeStats(wo)
 		grid := [][]*plot.Plot{make([]*plot.Plot, 2), make([]*plot.Plot, 2)}
 		for i, thp := range []bool{false, true} {
 			for j, wb := range []int{4096, 1} {
 				p := newPlot(fmt.Sprintf("Write-only, %d B per page, THP %s", wb, map[bool]string{false: "off", true: "on"}[thp]),
-					"working set (MiB, log scale)", "write + collect, ns per page")
+					"working set (MiB, log scale)", "write + collect, ns per page (median, 95% interval)")
 				p.X.Scale = plot.LogScale{}
 				p.X.Tick.Marker = plot.LogTicks{}
 				for _, tr := range bench.Trackers {
 					var xs []float64
-					var ss []Summary
+					var ss []Estimate
 					for _, size := range wo.SizesMiB {
-						s := total[writeKey{tr, size, thp, wb}]
-						if s.N == 0 {
+						e := a.Get("writeonly", writeCell(size, thp, wb), tr, "total_ms")
+						if !e.Defined() {
 							continue
 						}
 						per := float64(size<<20/4096) / 1e6 // pages, ms → ns
 						xs = append(xs, float64(size))
-						ss = append(ss, Summary{Median: s.Median / per, Min: s.Min / per, Max: s.Max / per, N: s.N})
+						ss = append(ss, Estimate{Value: e.Value / per, Interval: [2]float64{e.Interval[0] / per, e.Interval[1] / per}, N: e.N})
 					}
 					if len(xs) > 0 {
 						if err := line(p, tr, xs, ss); err != nil {
@@ -132,43 +135,46 @@ func Plots(r *Result, dir string) error {
 			return fmt.Errorf("writeonly.png: %w", err)
 		}
 	}
-	if tl := r.Timeline; tl != nil {
-		p := newPlot(fmt.Sprintf("75%% write / 25%% read, %d MiB, collect+clear every %d ms (median of %d runs)", tl.SizeMiB, tl.TickMS, tl.Reps),
-			"time (s)", "operations per second")
-		rates, at := timelineRate(tl)
-		for _, tr := range bench.Trackers {
-			rs, ok := rates[tr]
-			if !ok {
-				continue
+	if tl := r.Timeline; tl != nil && len(tl.CheckpointsMS) > 0 {
+		var grid [][]*plot.Plot
+		for _, cp := range tl.CheckpointsMS {
+			p := newPlot(fmt.Sprintf("75%% write / 25%% read, %d MiB, from the start of tracking, collect+clear every %g s (median of %d runs per %d ms point)", tl.SizeMiB, float64(cp)/1000, tl.Reps, tl.PointMS),
+				"time since tracking started (s)", "operations per second")
+			rates, at := TimelineCurve(tl, cp)
+			for _, tr := range bench.Trackers {
+				rs, ok := rates[tr]
+				if !ok {
+					continue
+				}
+				pts := make(plotter.XYs, len(rs))
+				for i, v := range rs {
+					pts[i] = plotter.XY{X: at[tr][i], Y: v}
+				}
+				l, err := plotter.NewLine(pts)
+				if err != nil {
+					return err
+				}
+				l.Color = trackerStyle(tr)
+				l.Width = vg.Points(1.5)
+				p.Add(l)
+				p.Legend.Add(tr, l)
 			}
-			pts := make(plotter.XYs, len(rs))
-			for i, v := range rs {
-				pts[i] = plotter.XY{X: at[tr][i], Y: v}
-			}
-			l, err := plotter.NewLine(pts)
-			if err != nil {
-				return err
-			}
-			l.Color = trackerStyle(tr)
-			l.Width = vg.Points(1.5)
-			p.Add(l)
-			p.Legend.Add(tr, l)
+			p.Y.Min = 0
+			grid = append(grid, []*plot.Plot{p})
 		}
-		p.Y.Min = 0
-		if err := savePNG(filepath.Join(dir, "timeline.png"), [][]*plot.Plot{{p}}, caption, 24*vg.Centimeter, 13*vg.Centimeter); err != nil {
+		if err := savePNG(filepath.Join(dir, "timeline.png"), grid, caption, 24*vg.Centimeter, vg.Length(len(grid))*11*vg.Centimeter); err != nil {
 			return fmt.Errorf("timeline.png: %w", err)
 		}
 	}
 	if rd := r.Redis; rd != nil {
-		st := redisStats(rd)
-		p := newPlot(fmt.Sprintf("Redis throughput under an incremental checkpointer (%.0f s windows, median and min–max of %d)", rd.WindowS, rd.Reps), "", "commands per second")
+		p := newPlot(fmt.Sprintf("Redis throughput under an incremental checkpointer (%.0f s windows, median and 95%% interval of %d)", rd.WindowS, rd.Reps), "", "commands per second")
 		var names []string
 		var vals plotter.Values
 		var errs plotter.YErrors
 		var cols []color.Color
 		add := func(tr string, iv int) {
-			s := st[redisKey{tr, iv}]
-			if s.N == 0 {
+			e := a.Get("redis", intervalCell(iv), tr, "ops_s")
+			if !e.Defined() {
 				return
 			}
 			n := tr
@@ -176,8 +182,8 @@ func Plots(r *Result, dir string) error {
 				n = fmt.Sprintf("%s %gs", tr, float64(iv)/1000)
 			}
 			names = append(names, n)
-			vals = append(vals, s.Median)
-			errs = append(errs, struct{ Low, High float64 }{s.Median - s.Min, s.Max - s.Median})
+			vals = append(vals, e.Value)
+			errs = append(errs, struct{ Low, High float64 }{e.Value - e.Interval[0], e.Interval[1] - e.Value})
 			cols = append(cols, trackerStyle(tr))
 		}
 		add("none", 0)
@@ -198,35 +204,36 @@ func Plots(r *Result, dir string) error {
 			b.LineStyle.Width = 0
 			p.Add(b)
 		}
-		pts := make(plotter.XYs, len(vals))
-		for i := range vals {
-			pts[i] = plotter.XY{X: float64(i), Y: vals[i]}
+		if len(vals) > 0 {
+			pts := make(plotter.XYs, len(vals))
+			for i := range vals {
+				pts[i] = plotter.XY{X: float64(i), Y: vals[i]}
+			}
+			eb, err := plotter.NewYErrorBars(struct {
+				plotter.XYer
+				plotter.YErrorer
+			}{pts, errs})
+			if err != nil {
+				return err
+			}
+			p.Add(eb)
+			p.NominalX(names...)
 		}
-		eb, err := plotter.NewYErrorBars(struct {
-			plotter.XYer
-			plotter.YErrorer
-		}{pts, errs})
-		if err != nil {
-			return err
-		}
-		p.Add(eb)
-		p.NominalX(names...)
 		p.Y.Min = 0
 		if err := savePNG(filepath.Join(dir, "redis.png"), [][]*plot.Plot{{p}}, caption, 24*vg.Centimeter, 12*vg.Centimeter); err != nil {
 			return fmt.Errorf("redis.png: %w", err)
 		}
 	}
 	if c := r.Collect; c != nil {
-		st := collectStats(c)
-		p := newPlot(fmt.Sprintf("One collect+clear of %d MiB (%d pages), by dirty share", c.SizeMiB, c.Pages), "pages dirty (%, log scale)", "time (µs, log scale)")
+		p := newPlot(fmt.Sprintf("One collect+clear of %d MiB (%d pages), by dirty share (median, 95%% interval)", c.SizeMiB, c.Pages), "pages dirty (%, log scale)", "time (µs, log scale)")
 		p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 		p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{}, plot.LogTicks{}
 		for _, tr := range bench.Trackers[1:] {
 			var xs []float64
-			var ss []Summary
+			var ss []Estimate
 			for _, pct := range c.Pcts {
-				if s := st[collectKey{tr, pct}]; s.N > 0 {
-					xs, ss = append(xs, pct), append(ss, s)
+				if e := a.Get("collect", collectCell(pct), tr, "us"); e.Defined() {
+					xs, ss = append(xs, pct), append(ss, e)
 				}
 			}
 			if len(xs) > 0 {
@@ -235,7 +242,7 @@ func Plots(r *Result, dir string) error {
 				}
 			}
 		}
-		if len(c.Pcts) > 0 {
+		if len(c.Pcts) > 0 && c.FloorNS > 0 {
 			fl := c.FloorNS / 1e3
 			pts := plotter.XYs{{X: c.Pcts[0], Y: fl}, {X: c.Pcts[len(c.Pcts)-1], Y: fl}}
 			l, err := plotter.NewLine(pts)

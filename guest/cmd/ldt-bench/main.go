@@ -2,7 +2,7 @@
 // the guest and prints it as one JSON object on stdout (progress on
 // stderr). The host side is `labctl bench paper` (orchestrator/paper).
 //
-//	ldt-bench -figure writeonly|timeline|redis|collect [-quick] [-trackers a,b]
+//	ldt-bench -figure writeonly|timeline|redis|collect [-plan quick|reduced|full] [-reps N] [-seed N] [-trackers a,b]
 //	ldt-bench -checkpointer -tracker NAME -pid PID -interval D   (internal)
 package main
 
@@ -26,7 +26,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ldt-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	figure := fs.String("figure", "", "writeonly, timeline, redis or collect")
-	quick := fs.Bool("quick", false, "tiny sizes, one repetition: plumbing and sanity only")
+	quick := fs.Bool("quick", false, "same as -plan quick")
+	plan := fs.String("plan", "full", "quick (plumbing and sanity), reduced (every figure, smaller sizes) or full")
+	seed := fs.Uint64("seed", 0, "seed of the random order of the cells in every repetition (0: the plan's)")
 	trackers := fs.String("trackers", "", "comma-separated subset of "+strings.Join(bench.Trackers, ", "))
 	reps := fs.Int("reps", 0, "repetitions (0: the plan's)")
 	ckpt := fs.Bool("checkpointer", false, "internal: checkpoint -pid every -interval until killed")
@@ -50,9 +52,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ldt-bench: checkpointer: stopped early: %s %s\n", r.Outcome, r.Reason)
 		return 1
 	}
-	p := bench.FullPlan()
 	if *quick {
-		p = bench.QuickPlan()
+		*plan = "quick"
+	}
+	mk, ok := bench.Plans[*plan]
+	if !ok {
+		fmt.Fprintf(stderr, "ldt-bench: -plan must be quick, reduced or full (got %q)\n", *plan)
+		return 2
+	}
+	p := mk()
+	if *seed != 0 {
+		p.Seed = *seed
 	}
 	if *reps > 0 {
 		p.Reps, p.RedisReps = *reps, *reps

@@ -16,6 +16,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-figure", "bogus"}, "-figure must be"},
 		{[]string{"-figure", "writeonly", "-trackers", "ldt,bogus"}, `unknown tracker "bogus"`},
 		{[]string{"-checkpointer"}, "needs -tracker and -pid"},
+		{[]string{"-figure", "collect", "-plan", "huge"}, "-plan must be"},
 		{[]string{"-figure", "collect", "stray"}, "unexpected arguments"},
 	} {
 		var so, se bytes.Buffer

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	guestbench "ldtlab/guest/bench"
 	"ldtlab/images/kernel"
 	"ldtlab/images/rootfs"
 	"ldtlab/orchestrator/accel"
@@ -24,8 +25,10 @@ import (
 func init() {
 	var g guestFlags
 	var n int
-	var out, suite, checkSecs, paperOut, paperFrom string
+	var out, suite, checkSecs, paperOut, paperFrom, plan string
 	var quick bool
+	var reps int
+	var seed uint64
 	register(&command{
 		name:    "bench",
 		args:    "[paper]",
@@ -36,7 +39,10 @@ func init() {
 			fs.StringVar(&out, "o", "docs/benchmarks.md", "report file (relative to the repository)")
 			fs.StringVar(&suite, "suite-seconds", "", "measured e2e suite wall time to record (from `time make test`)")
 			fs.StringVar(&checkSecs, "check-seconds", "", "measured full `make check` wall time to record (from `time make check`)")
-			fs.BoolVar(&quick, "quick", false, "paper: tiny sizes, one repetition; checks only that every figure is produced and sane")
+			fs.BoolVar(&quick, "quick", false, "paper: same as --plan quick (tiny sizes, one repetition; checks only that every figure is produced and sane)")
+			fs.StringVar(&plan, "plan", "full", "paper: quick, reduced (every figure and claim at 7 repetitions, smaller working sets) or full")
+			fs.IntVar(&reps, "reps", 0, "paper: repetitions of every figure (0: the plan's; verdicts need 7)")
+			fs.Uint64Var(&seed, "seed", 0, "paper: seed of the random order of cells in every repetition (0: from the clock; recorded in paper.json)")
 			fs.StringVar(&paperOut, "out", "", "paper: output directory (default docs/paper, or the state directory with --quick)")
 			fs.StringVar(&paperFrom, "from", "", "paper: render the tables and plots again from this paper.json, measuring nothing")
 		},
@@ -58,11 +64,17 @@ func init() {
 			case len(args) == 1 && args[0] == "paper":
 				set := map[string]bool{}
 				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-				return benchPaper(ctx, g, set, repo, quick, paperOut)
+				if _, ok := guestbench.Plans[plan]; !ok {
+					return usageError{fmt.Errorf("--plan must be quick, reduced or full, not %q", plan)}
+				}
+				if quick {
+					plan = "quick"
+				}
+				return benchPaper(ctx, g, set, repo, paper.Options{Plan: plan, Reps: reps, Seed: seed}, paperOut)
 			case len(args) > 0:
 				return fmt.Errorf("unknown bench %q (want no argument or \"paper\")", strings.Join(args, " "))
-			case quick || paperOut != "" || paperFrom != "":
-				return errors.New("--quick, --out and --from belong to `labctl bench paper`")
+			case quick || paperOut != "" || paperFrom != "" || plan != "full" || reps != 0 || seed != 0:
+				return usageError{errors.New("--quick, --plan, --reps, --seed, --out and --from belong to `labctl bench paper`")}
 			}
 			return bench(ctx, g.options(repo, "bench"), n, repo+"/"+out, suite, checkSecs)
 		},
@@ -158,9 +170,9 @@ func bench(ctx context.Context, o lab.Options, n int, out, suite, checkSecs stri
 	qv, _ := exec.Command("qemu-system-x86_64", "--version").Output()
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "# Benchmarks\n\nMeasured by `labctl bench` on %s. Figures, not assertions: rerun on your machine.\n\n", time.Now().UTC().Format("2006-01-02"))
-	fmt.Fprintf(&sb, "- machine: %s, %d cores, %s\n- accelerator: %s (%s)\n- QEMU: %s\n- kernel: %s %s (%s config), %d MiB guest, %d vCPUs\n\n",
-		cpu, runtime.NumCPU(), paper.HostRAM(), choice.Kind, choice.Reason, strings.SplitN(string(qv), "\n", 2)[0],
-		kb.Meta.SourcePackage, kb.Meta.SourceVersion, kb.Meta.Config, o.MemoryMiB, o.CPUs)
+	fmt.Fprintf(&sb, "- ldtlab commit: `%s`\n- machine: %s, %d cores, %s; load average at the end: %s\n- accelerator: %s (%s)\n- QEMU: %s\n- kernel: %s %s (%s config, build key `%s`), %d MiB guest, %d vCPUs\n\n",
+		paper.GitCommit(o.Repo), cpu, runtime.NumCPU(), paper.HostRAM(), paper.LoadAvg(), choice.Kind, choice.Reason, strings.SplitN(string(qv), "\n", 2)[0],
+		kb.Meta.SourcePackage, kb.Meta.SourceVersion, kb.Meta.Config, kb.Meta.Key, o.MemoryMiB, o.CPUs)
 	fmt.Fprintf(&sb, "| what | figure | target |\n|---|---|---|\n")
 	kind := "incremental (object directory reused)"
 	if kb.Meta.Cold {
@@ -194,7 +206,7 @@ func bench(ctx context.Context, o lab.Options, n int, out, suite, checkSecs stri
 
 // benchPaper runs `labctl bench paper`: the figures are reported, never
 // judged by their times; insane samples or kernel reports fail the run.
-func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo string, quick bool, out string) error {
+func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo string, po paper.Options, out string) error {
 	o := g.options(repo, "paper")
 	// The --config default is the debug lab's; unless given, let the
 	// paper package choose (perf kernel; 2 GiB and no swap unless given).
@@ -203,7 +215,7 @@ func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo str
 	}
 	if out == "" {
 		out = filepath.Join(repo, "docs", "paper")
-		if quick {
+		if po.Plan == "quick" {
 			state, err := lab.EnsureStateDir()
 			if err != nil {
 				return err
@@ -211,7 +223,8 @@ func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo str
 			out = filepath.Join(state, "bench-paper-quick")
 		}
 	}
-	res, err := paper.Run(ctx, paper.Options{Guest: o, Quick: quick, Progress: os.Stderr})
+	po.Guest, po.Progress = o, os.Stderr
+	res, err := paper.Run(ctx, po)
 	if res != nil {
 		if werr := paper.Write(res, out); werr != nil {
 			return errors.Join(err, werr)
