@@ -116,8 +116,9 @@ func maps(pid int) ([]region, error) {
 	return out, sc.Err()
 }
 
-// stop sends SIGSTOP and waits until every thread of pid is stopped.
-func stop(pid int) error {
+// Stop sends SIGSTOP and waits (up to 30 s) until every thread of pid is
+// stopped. The migrator (guest/migrate) freezes its target the same way.
+func Stop(pid int) error {
 	if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
 		return err
 	}
@@ -237,7 +238,7 @@ func (c *checkpointer) collect(rs []region) (tracker.Set, error) {
 // copied whole (a pre-copy transfers a new mapping's content once).
 func (c *checkpointer) round(first bool) (rs []region, err error) {
 	t0 := time.Now()
-	if err := stop(c.o.Pid); err != nil {
+	if err := Stop(c.o.Pid); err != nil {
 		return nil, fmt.Errorf("stop: %w", err)
 	}
 	defer func() {

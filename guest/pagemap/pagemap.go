@@ -25,6 +25,7 @@ const EntrySize = 8
 const (
 	Present   = 1 << 63
 	Swapped   = 1 << 62
+	FilePage  = 1 << 61 // file-backed or shared anonymous page
 	SoftDirty = 1 << 55
 	PFNMask   = 1<<55 - 1
 )
@@ -42,6 +43,10 @@ type Entry uint64
 func (e Entry) Present() bool   { return e&Present != 0 }
 func (e Entry) Swapped() bool   { return e&Swapped != 0 }
 func (e Entry) SoftDirty() bool { return e&SoftDirty != 0 }
+
+// File tells a present page of a file (page cache) or of shared memory
+// from a private anonymous one (a written copy-on-write page included).
+func (e Entry) File() bool { return e&FilePage != 0 }
 
 // PFN is the page's frame number; 0 when it is not present (or when the
 // reader is not root: the kernel hides frames from others).
