@@ -1,6 +1,6 @@
 // Package cell is the executor of the lab's checks: RunCell runs one cell
 // (a catalogue scenario under a tracker, the LDT/soft-dirty comparison, a
-// checkpoint-oracle run or a stress run) in a booted guest and judges it,
+// checkpoint-oracle run, a stress run or a migration of redis) in a booted guest and judges it,
 // kernel reports included. It never reboots or retries: a guest fault is
 // returned as the typed error of package vm and the policy over it
 // (`labctl check`, the soak) decides what to do.
@@ -30,6 +30,7 @@ const (
 	KindCompare    Kind = "compare"
 	KindCheckpoint Kind = "checkpoint"
 	KindStress     Kind = "stress"
+	KindMigrate    Kind = "migrate"
 )
 
 // Guest is what the executor needs from a booted guest (*lab.Machine; a
@@ -74,6 +75,8 @@ type Spec struct {
 	// select the run).
 	Stress stress.Options `json:"stress,omitempty"`
 	THP    bool           `json:"thp,omitempty"`
+	// KindMigrate: rounds, pressure, data set.
+	Migrate MigrateOptions `json:"migrate,omitempty"`
 	// Vanilla: the kernel has no /dev/ldt (LDT trackers' skips are N/A).
 	Vanilla bool `json:"vanilla,omitempty"`
 }
@@ -92,6 +95,8 @@ func (s Spec) Name() string {
 			return "stress-thp/" + s.Tracker
 		}
 		return "stress/" + s.Tracker
+	case KindMigrate:
+		return "migrate/" + s.Tracker
 	}
 	return string(s.Kind)
 }
@@ -113,6 +118,7 @@ type Cell struct {
 	Compare    json.RawMessage `json:"compare,omitempty"`
 	Checkpoint *Checkpoint     `json:"checkpoint,omitempty"`
 	Stress     *stress.Run     `json:"stress,omitempty"`
+	Migrate    *Migrate        `json:"migrate,omitempty"`
 	Reports    []report.Report `json:"-"`
 	// Titles of Reports ("TYPE: title"), for JSON.
 	ReportTitles []string `json:"kernel_reports,omitempty"`
@@ -154,6 +160,11 @@ func RunCell(ctx context.Context, g Guest, s Spec) (*Cell, error) {
 		// reference trackers' known kernel bugs).
 		r, err = stress.RunOne(ctx, g, s.Tracker, s.THP, o, nil)
 		c.Stress, c.Verdict, c.Pages, c.ReportTitles = &r, r.Verdict, r.Copied, r.Reports
+	case KindMigrate:
+		err = runMigrate(ctx, g, s, c, reports)
+		if c.Migrate != nil {
+			c.Pages = uint64(c.Migrate.DumpedPages)
+		}
 	default:
 		err = fmt.Errorf("unknown cell kind %q", s.Kind)
 		c.Verdict = result.VError
@@ -170,6 +181,9 @@ func RunCell(ctx context.Context, g Guest, s Spec) (*Cell, error) {
 	}
 	if c.Checkpoint != nil {
 		c.Checkpoint.Took = c.Took
+	}
+	if c.Migrate != nil && c.Error != "" && c.Migrate.Error == "" {
+		c.Migrate.Error = c.Error
 	}
 	return c, err
 }

@@ -96,11 +96,19 @@ func GuestDefaults(o *lab.Options) {
 	}
 }
 
-// Redis is shipped into the image for the checkpoint oracle.
+// RedisFiles are shipped into the image for the checkpoint and migration
+// oracles: Debian's redis-server, redis-benchmark and redis-cli, and
+// CRIU (criu, the C binary: its Python tools are not needed), each with
+// the shared libraries it links.
 func RedisFiles() ([]rootfs.File, error) {
 	var files []rootfs.File
-	for _, p := range []string{"/usr/bin/redis-server", "/usr/bin/redis-benchmark", "/usr/bin/redis-cli"} {
-		fs, err := rootfs.HostProgram(p, map[bool]string{true: "redis-server", false: "redis-tools"}[p == "/usr/bin/redis-server"])
+	for _, p := range []struct{ path, pkg string }{
+		{"/usr/bin/redis-server", "redis-server"},
+		{"/usr/bin/redis-benchmark", "redis-tools"},
+		{"/usr/bin/redis-cli", "redis-tools"},
+		{"/usr/sbin/criu", "criu"},
+	} {
+		fs, err := rootfs.HostProgram(p.path, p.pkg)
 		if err != nil {
 			return nil, err
 		}

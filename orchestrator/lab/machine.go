@@ -911,6 +911,37 @@ func (m *Machine) RunWith(ctx context.Context, cmd string, opts channel.RunOptio
 	return res, &vm.InfraError{Op: "running " + quote(cmd), Err: err}
 }
 
+// Download copies a guest file or directory tree to the host (SFTP over
+// the guest channel).
+func (m *Machine) Download(ctx context.Context, remote, local string) error {
+	c, err := m.Client(ctx)
+	if err != nil {
+		return err
+	}
+	if err := c.Download(ctx, remote, local); err != nil {
+		if gerr := m.guestFailure(); gerr != nil {
+			return gerr
+		}
+		return err
+	}
+	return nil
+}
+
+// Upload copies a host file or directory tree into the guest.
+func (m *Machine) Upload(ctx context.Context, local, remote string) error {
+	c, err := m.Client(ctx)
+	if err != nil {
+		return err
+	}
+	if err := c.Upload(ctx, local, remote); err != nil {
+		if gerr := m.guestFailure(); gerr != nil {
+			return gerr
+		}
+		return err
+	}
+	return nil
+}
+
 func quote(s string) string {
 	if len(s) > 60 {
 		s = s[:57] + "..."

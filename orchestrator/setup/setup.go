@@ -39,6 +39,7 @@ var Required = []Package{
 	{"libnuma-dev", "the mm selftest migration (static libnuma)"},
 	{"redis-server", "the checkpoint oracle's real-world target"},
 	{"redis-tools", "redis-benchmark, the checkpoint oracle's load"},
+	{"criu", "dump and restore of redis in the migration oracle (labctl migrate)"},
 	{"openssh-client", "ssh(1) through `labctl ssh-config`"},
 	{"tmux", "the e2e test that drives `labctl shell` through a real terminal"},
 }

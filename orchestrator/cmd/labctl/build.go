@@ -47,7 +47,7 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&g.noBuild, "no-build", false, "fail instead of building a missing kernel or image")
 	fs.StringVar(&g.backend, "backend", "qemu", "VM backend: qemu (QEMU run by labctl) or libvirt (a transient domain on a libvirtd, see --connect)")
 	fs.StringVar(&g.connect, "connect", libvirt.DefaultURI, "libvirt connection for --backend libvirt (qemu:///system; a remote host: qemu+ssh://USER@HOST/system; qemu+tcp://HOST/system only where nobody else reaches that port: the lab has no SASL, so it needs auth_tcp none, i.e. root for whoever connects)")
-	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server and redis-benchmark in the image (as labctl check does)")
+	fs.BoolVar(&g.redis, "redis", false, "ship Debian's redis-server, redis-benchmark, redis-cli and criu in the image (as labctl check does)")
 }
 
 // validate rejects sizes that make no sense, instead of silently taking
