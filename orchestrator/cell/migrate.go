@@ -20,7 +20,8 @@ import (
 // MigrateOptions size a migration cell (issue 21).
 type MigrateOptions struct {
 	// Rounds is the number of pre-copy rounds (the frozen final round
-	// comes on top); 0 = 5.
+	// comes on top); 0 = 5, negative = none (the initial copy, then the
+	// frozen round).
 	Rounds int `json:"rounds"`
 	// Interval is the time redis runs under load between rounds; 0 = 1 s.
 	Interval time.Duration `json:"interval,omitempty"`
@@ -32,8 +33,11 @@ type MigrateOptions struct {
 }
 
 func (o MigrateOptions) withDefaults() MigrateOptions {
-	if o.Rounds <= 0 {
+	switch {
+	case o.Rounds == 0:
 		o.Rounds = 5
+	case o.Rounds < 0:
+		o.Rounds = 0
 	}
 	if o.Interval <= 0 {
 		o.Interval = time.Second
