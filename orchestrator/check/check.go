@@ -47,6 +47,10 @@ type Options struct {
 	Epochs     int  // 0 = each scenario's default
 	Compare    bool // run the LDT vs soft-dirty comparison
 	Checkpoint bool // run the checkpoint oracle (synthetic + redis)
+	// Migrate runs the short migration of redis (issue 21): pre-copy
+	// driven by ldt, softdirty and naive under memory pressure, CRIU
+	// restore from the tracker-built image on the same guest.
+	Migrate bool
 	// Stress runs the race hunt (orchestrator/stress) for this long per
 	// tracker after the other phases; 0 skips it.
 	Stress   time.Duration
@@ -65,6 +69,7 @@ type Result struct {
 	Cells      []*Cell           `json:"cells"`
 	Compare    []json.RawMessage `json:"compare,omitempty"`
 	Checkpoint []*Checkpoint     `json:"checkpoint,omitempty"`
+	Migrate    []*cell.Migrate   `json:"migrate,omitempty"`
 	Stress     []stress.Run      `json:"stress,omitempty"`
 	Reports    []string          `json:"kernel_reports,omitempty"`
 	// Problems are failures outside the cells: a comparison that did not
@@ -146,7 +151,7 @@ func (r *runner) logf(format string, args ...any) {
 // outcomes are counted in Result.Failures.
 func Run(ctx context.Context, o Options) (*Result, error) {
 	GuestDefaults(&o.Guest)
-	if o.Checkpoint {
+	if o.Checkpoint || o.Migrate {
 		files, err := RedisFiles()
 		if err != nil {
 			return nil, err
@@ -246,6 +251,19 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			}
 		}
 	}
+	if o.Migrate {
+		for _, t := range []string{"ldt", "softdirty", "naive"} {
+			if len(o.Trackers) > 0 && !slices.Contains(o.Trackers, t) {
+				continue
+			}
+			c, err := r.run(ctx, cell.Spec{Kind: cell.KindMigrate, Tracker: t, Seed: o.Seed, Migrate: MigrateShort})
+			if err != nil && !lab.IsGuestFault(err) {
+				return nil, err
+			}
+			r.res.Migrate = append(r.res.Migrate, c.Migrate)
+			r.logf("[migrate] %s %.1fs\n", c.Migrate.Line(), c.Took)
+		}
+	}
 	if o.Stress > 0 {
 		if err := r.stress(ctx, trackers); err != nil {
 			return nil, err
@@ -281,6 +299,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	for _, sr := range r.res.Stress {
 		if sr.Failed() {
+			r.res.Failures++
+		}
+	}
+	for _, mg := range r.res.Migrate {
+		if mg.Failed() {
 			r.res.Failures++
 		}
 	}
@@ -374,6 +397,15 @@ func (r *runner) stress(ctx context.Context, trackers []string) error {
 	return nil
 }
 
+// MigrateShort is the short form of `labctl migrate` that check (and the
+// soak) run: three pre-copy rounds under memory pressure.
+var MigrateShort = cell.MigrateOptions{Rounds: 3, Pressure: true}
+
+// MigrateRepro is the command that reruns a short migration.
+func MigrateRepro(tracker string) string {
+	return fmt.Sprintf("labctl migrate --tracker %s --rounds %d --pressure", tracker, MigrateShort.Rounds)
+}
+
 // Repro is the command that reruns one cell.
 func (r *runner) repro(scenario, tracker string) string {
 	// The scenario names come from the guest's catalogue: quoted.
@@ -419,6 +451,15 @@ func Table(w io.Writer, res *Result) {
 		fmt.Fprintf(w, "\nincremental checkpoint oracle\n")
 		for _, cp := range res.Checkpoint {
 			fmt.Fprintf(w, "  %-10s %-10s %-5s missed %d of %d pages (%d in swap at the end) %.1fs %s\n", cp.Target, cp.Tracker, cp.Verdict, cp.Missed, cp.Compared, cp.Swapped, cp.Took, firstLine(cp.Error))
+		}
+	}
+	if len(res.Migrate) > 0 {
+		fmt.Fprintf(w, "\nmigration of redis (pre-copy by the tracker, CRIU restore from its image, under pressure)\n")
+		for _, mg := range res.Migrate {
+			fmt.Fprintf(w, "  %s\n", mg.Line())
+			if mg.Failed() {
+				fmt.Fprintf(w, "    reproduce: %s\n", MigrateRepro(mg.Tracker))
+			}
 		}
 	}
 	if len(res.Stress) > 0 {

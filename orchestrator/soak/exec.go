@@ -9,6 +9,7 @@ import (
 	"ldtlab/guest/result"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/fuzz"
+	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/mmtests"
 	"ldtlab/orchestrator/report"
@@ -75,7 +76,7 @@ func (g *guest) reportsSince(ctx context.Context, mark int) []Seen {
 // as the error (lab.IsGuestFault) and the soak decides.
 func execStep(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, error) {
 	switch s.Kind {
-	case "scenario", "stress", "checkpoint":
+	case "scenario", "stress", "checkpoint", "migrate":
 		return execCell(ctx, g, s, cat)
 	case "selftest":
 		return execSelftest(ctx, g, s)
@@ -102,6 +103,8 @@ func spec(s Step, cat []Scenario) (cell.Spec, error) {
 		}
 	case "stress":
 		sp.Stress = stress.Options{Duration: s.Duration, Pages: s.Pages, Seed: s.Seed, MTHP: s.MTHP, Agitators: s.Agitators}
+	case "migrate":
+		sp.Migrate = check.MigrateShort
 	}
 	return sp, nil
 }
@@ -121,6 +124,10 @@ func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 		o.Missed, o.Corrupted, o.Reason = c.Scenario.Missed, c.Scenario.Corrupted, c.Scenario.Reason
 	case c.Checkpoint != nil:
 		o.Missed, o.Reason = c.Checkpoint.Missed, strings.TrimSpace(c.Checkpoint.Reason+" "+c.Checkpoint.Error)
+	case c.Migrate != nil:
+		mg := c.Migrate
+		o.Missed = max(mg.Differ, mg.Mismatched)
+		o.Reason = strings.TrimSpace(mg.Reason + " " + mg.Error)
 	case c.Stress != nil:
 		r := c.Stress
 		o.Missed, o.Reason = r.LostPages, strings.TrimSpace(r.Error+" "+r.Known)

@@ -14,12 +14,12 @@ import (
 // so that a resumed soak plans and judges exactly as the first session.
 type Scenario = cell.Scenario
 
-// Step is one thing a round does in its guest. Kind scenario, stress and
-// checkpoint map to the cell executor's Spec; selftest runs one of the
+// Step is one thing a round does in its guest. Kind scenario, stress,
+// checkpoint and migrate map to the cell executor's Spec; selftest runs one of the
 // kernel's mm selftests; inject is the test aid that makes the kernel
 // report on purpose (labtest).
 type Step struct {
-	Kind     string `json:"kind"` // scenario | stress | checkpoint | selftest | inject | fuzz
+	Kind     string `json:"kind"` // scenario | stress | checkpoint | migrate | selftest | inject | fuzz
 	Scenario string `json:"scenario,omitempty"`
 	Tracker  string `json:"tracker,omitempty"`
 	Seed     uint64 `json:"seed"`
@@ -48,6 +48,8 @@ func (s Step) Name() string {
 		return "stress"
 	case "checkpoint":
 		return "checkpoint-" + s.Target
+	case "migrate":
+		return "migrate-redis"
 	case "selftest":
 		return "selftest " + s.Test
 	case "inject":
@@ -74,6 +76,8 @@ func (s Step) String() string {
 		return fmt.Sprintf("stress %s %d pages %s thp=%v%s seed %d", s.Tracker, s.Pages, s.Duration, s.THP, x, s.Seed)
 	case "checkpoint":
 		return fmt.Sprintf("checkpoint %s %s seed %d", s.Target, s.Tracker, s.Seed)
+	case "migrate":
+		return fmt.Sprintf("migrate redis %s (3 rounds, pressure)", s.Tracker)
 	case "selftest":
 		return "selftest " + s.Test
 	case "inject":
@@ -200,6 +204,15 @@ func PlanRound(seed uint64, cat []Scenario, mix Mix) []Step {
 	}
 	// Shuffle so stress and checkpoint do not always come last.
 	rng.Shuffle(len(steps), func(i, j int) { steps[i], steps[j] = steps[j], steps[i] })
+	// Now and then the short migration of redis (issue 21). It draws from
+	// a generator of its own, so every other step of a round is what it
+	// was before migrations were drawn (old seeds replay unchanged).
+	mrng := rand.New(rand.NewPCG(seed^0x6d6967726174, seed))
+	if !mix.Light && mrng.Float64() < 0.1 {
+		st := Step{Kind: "migrate", Tracker: []string{"ldt", "ldt", "softdirty", "naive"}[mrng.IntN(4)], Seed: mrng.Uint64()}
+		at := mrng.IntN(len(steps) + 1)
+		steps = append(steps[:at], append([]Step{st}, steps[at:]...)...)
+	}
 	return steps
 }
 

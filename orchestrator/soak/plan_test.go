@@ -42,17 +42,39 @@ func TestPlanShape(t *testing.T) {
 				}
 			case "checkpoint":
 				assert.Contains(t, []string{"ldt", "softdirty"}, s.Tracker)
+			case "migrate":
+				assert.Contains(t, []string{"ldt", "softdirty", "naive"}, s.Tracker)
 			}
 		}
 	}
-	for _, k := range []string{"scenario", "stress", "checkpoint", "selftest"} {
+	for _, k := range []string{"scenario", "stress", "checkpoint", "migrate", "selftest"} {
 		assert.Greater(t, kinds[k], 0, "no %s step in 400 rounds", k)
 	}
 	assert.Greater(t, big, 0, "no stress run beyond the guest's memory")
 	light := PlanRound(5, testCat, Mix{Light: true})
 	for _, s := range light {
-		assert.NotContains(t, []string{"checkpoint", "selftest"}, s.Kind)
+		assert.NotContains(t, []string{"checkpoint", "migrate", "selftest"}, s.Kind)
 	}
+}
+
+// TestPlanMigrateFrequency: about one round in ten migrates redis, and a
+// round that does keeps its other steps.
+func TestPlanMigrateFrequency(t *testing.T) {
+	with := 0
+	for n := 0; n < 300; n++ {
+		steps := PlanRound(RoundSeed(3, n), testCat, Mix{GuestMiB: 768})
+		var others []Step
+		for _, s := range steps {
+			if s.Kind == "migrate" {
+				with++
+				continue
+			}
+			others = append(others, s)
+		}
+		assert.NotEmpty(t, others)
+	}
+	assert.Greater(t, with, 10, "about one round in ten migrates")
+	assert.Less(t, with, 60)
 }
 
 func TestRoundSeedsDiffer(t *testing.T) {
@@ -111,6 +133,12 @@ func TestSpec(t *testing.T) {
 	sp, err = spec(Step{Kind: "checkpoint", Target: "redis", Tracker: "ldt"}, testCat)
 	require.NoError(t, err)
 	assert.Equal(t, "checkpoint-redis/ldt", sp.Name())
+
+	sp, err = spec(Step{Kind: "migrate", Tracker: "naive"}, testCat)
+	require.NoError(t, err)
+	assert.Equal(t, "migrate/naive", sp.Name())
+	assert.True(t, sp.Migrate.Pressure)
+	assert.Equal(t, 3, sp.Migrate.Rounds)
 
 	_, err = spec(Step{Kind: "scenario", Scenario: "gone"}, testCat)
 	require.Error(t, err)

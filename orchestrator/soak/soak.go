@@ -204,7 +204,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if !s.O.Light {
 		files, err := check.RedisFiles()
 		if err != nil {
-			return fmt.Errorf("the soak's checkpoint oracle needs redis: %w", err)
+			return fmt.Errorf("the soak's checkpoint and migration oracles need redis and criu: %w", err)
 		}
 		s.Guest.Extra = append(s.Guest.Extra, files...)
 	}
@@ -663,6 +663,8 @@ func hangWhat(st Step) string {
 		return "checkpoint " + st.Target
 	case "fuzz":
 		return "fuzz"
+	case "migrate":
+		return "migrate redis"
 	}
 	return st.Name()
 }
@@ -747,9 +749,15 @@ func (s *Soak) repro(n int, st Step) string {
 	case "fuzz":
 		return fmt.Sprintf("labctl fuzz --seed %d --for %s --mem %d%s", st.Seed, st.Duration, s.O.MemoryMiB, cfg)
 	case "scenario":
-		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --stress 0%s", q(st.Scenario), q(st.Tracker), st.Seed, cfg)
+		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --no-migrate --stress 0%s", q(st.Scenario), q(st.Tracker), st.Seed, cfg)
 		if st.Epochs > 0 {
 			cmd += fmt.Sprintf(" --epochs %d", st.Epochs)
+		}
+		return cmd
+	case "migrate":
+		cmd := check.MigrateRepro(st.Tracker) + cfg
+		if s.O.MemoryMiB > 0 {
+			cmd += fmt.Sprintf(" --mem %d", s.O.MemoryMiB)
 		}
 		return cmd
 	case "stress":

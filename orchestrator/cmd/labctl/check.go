@@ -21,6 +21,7 @@ func init() {
 	var g guestFlags
 	var f struct {
 		smoke, noCompare, noCheckpoint bool
+		noMigrate                      bool
 		scenarios, trackers, jsonOut   string
 		seed                           uint64
 		epochs                         int
@@ -28,7 +29,7 @@ func init() {
 	}
 	register(&command{
 		name:    "check",
-		summary: "the main job: every scenario under every tracker, the LDT/soft-dirty comparison and the checkpoint oracle",
+		summary: "the main job: every scenario under every tracker, the LDT/soft-dirty comparison, the checkpoint oracle and the migration of redis",
 		setup: func(fs *flag.FlagSet) {
 			g.register(fs)
 			fs.BoolVar(&f.smoke, "smoke", false, "only boot and check the lab's plumbing")
@@ -38,6 +39,7 @@ func init() {
 			fs.IntVar(&f.epochs, "epochs", 0, "epochs per scenario (0 = each scenario's default)")
 			fs.BoolVar(&f.noCompare, "no-compare", false, "skip the LDT vs soft-dirty comparison")
 			fs.BoolVar(&f.noCheckpoint, "no-checkpoint", false, "skip the incremental checkpoint oracle")
+			fs.BoolVar(&f.noMigrate, "no-migrate", false, "skip the short migration of redis (labctl migrate --rounds 3 --pressure per tracker)")
 			fs.StringVar(&f.jsonOut, "json", "", "write the full result here (default: check-last.json in the state directory)")
 			fs.DurationVar(&f.stress, "stress", 8*time.Second, "race hunt per tracker after the catalogue (labctl stress runs it longer); 0 skips it")
 		},
@@ -54,7 +56,7 @@ func init() {
 			co := check.Options{
 				Guest: o, Seed: f.seed, Epochs: f.epochs,
 				Scenarios: splitList(f.scenarios), Trackers: splitList(f.trackers),
-				Compare: !f.noCompare, Checkpoint: !f.noCheckpoint, Stress: f.stress, Progress: os.Stdout,
+				Compare: !f.noCompare, Checkpoint: !f.noCheckpoint, Migrate: !f.noMigrate, Stress: f.stress, Progress: os.Stdout,
 			}
 			res, err := check.Run(ctx, co)
 			if err != nil {
