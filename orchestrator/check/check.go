@@ -102,16 +102,15 @@ func GuestDefaults(o *lab.Options) {
 }
 
 // RedisFiles are shipped into the image for the checkpoint and migration
-// oracles: Debian's redis-server, redis-benchmark and redis-cli, and
-// CRIU (criu, the C binary: its Python tools are not needed), each with
-// the shared libraries it links.
+// oracles: Debian's redis-server, redis-benchmark and redis-cli with the
+// shared libraries they link, and CRIU (rootfs.CriuFiles: Debian's criu
+// behind a small shim for the lab's kernel).
 func RedisFiles() ([]rootfs.File, error) {
 	var files []rootfs.File
 	for _, p := range []struct{ path, pkg string }{
 		{"/usr/bin/redis-server", "redis-server"},
 		{"/usr/bin/redis-benchmark", "redis-tools"},
 		{"/usr/bin/redis-cli", "redis-tools"},
-		{"/usr/sbin/criu", "criu"},
 	} {
 		fs, err := rootfs.HostProgram(p.path, p.pkg)
 		if err != nil {
@@ -119,6 +118,11 @@ func RedisFiles() ([]rootfs.File, error) {
 		}
 		files = append(files, fs...)
 	}
+	criu, err := rootfs.CriuFiles()
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, criu...)
 	// Deduplicate shared libraries.
 	seen := map[string]bool{}
 	var out []rootfs.File
