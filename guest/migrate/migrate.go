@@ -112,14 +112,18 @@ type Result struct {
 	Samples    []string `json:"samples,omitempty"`
 	// CRIU's dump and the replacement of its pages (the second oracle:
 	// the image against CRIU's reading of the frozen process).
-	DumpMS  float64      `json:"dump_ms"`
-	Replace *criu.Stats  `json:"replace,omitempty"`
-	DumpLog string       `json:"dump_log,omitempty"`
-	Frozen  float64      `json:"frozen_ms"`
-	Took    float64      `json:"took_ms"`
-	Notes   []string     `json:"notes,omitempty"`
-	Dir     string       `json:"dir"`
-	Areas   []AreaReport `json:"areas,omitempty"`
+	DumpMS  float64     `json:"dump_ms"`
+	Replace *criu.Stats `json:"replace,omitempty"`
+	// FromFile counts pages CRIU stored that were their file's at the
+	// freeze (given the file's content; FromFileAreas names them).
+	FromFile      int          `json:"from_file_pages,omitempty"`
+	FromFileAreas []string     `json:"from_file_areas,omitempty"`
+	DumpLog       string       `json:"dump_log,omitempty"`
+	Frozen        float64      `json:"frozen_ms"`
+	Took          float64      `json:"took_ms"`
+	Notes         []string     `json:"notes,omitempty"`
+	Dir           string       `json:"dir"`
+	Areas         []AreaReport `json:"areas,omitempty"`
 }
 
 // AreaReport names a mapping where the image and the frozen process
@@ -134,6 +138,16 @@ type area struct {
 	start, end uintptr
 	perms      string
 	name       string
+	offset     uint64 // in the mapped file
+}
+
+// file is the path of the file a private file mapping maps ("" for
+// anonymous memory, special areas and deleted files).
+func (a area) file() string {
+	if !strings.HasPrefix(a.name, "/") || strings.HasSuffix(a.name, " (deleted)") {
+		return ""
+	}
+	return a.name
 }
 
 func (a area) String() string { return fmt.Sprintf("%x-%x %s %s", a.start, a.end, a.perms, a.name) }
@@ -168,7 +182,8 @@ func parseMaps(r io.Reader) (private []area, shared []string, err error) {
 		if special(name) {
 			continue
 		}
-		ar := area{start: uintptr(a), end: uintptr(b), perms: fs[1], name: name}
+		off, _ := strconv.ParseUint(fs[2], 16, 64)
+		ar := area{start: uintptr(a), end: uintptr(b), perms: fs[1], name: name, offset: off}
 		if fs[1][3] == 's' {
 			shared = append(shared, ar.String())
 			continue
@@ -198,10 +213,10 @@ func subtract(a area, old []area) []area {
 				continue
 			}
 			if x.start < o.start {
-				next = append(next, area{start: x.start, end: o.start, perms: x.perms, name: x.name})
+				next = append(next, area{start: x.start, end: o.start, perms: x.perms, name: x.name, offset: x.offset})
 			}
 			if o.end < x.end {
-				next = append(next, area{start: o.end, end: x.end, perms: x.perms, name: x.name})
+				next = append(next, area{start: o.end, end: x.end, perms: x.perms, name: x.name, offset: x.offset + uint64(o.end-x.start)})
 			}
 		}
 		out = next
@@ -231,6 +246,9 @@ type migrator struct {
 	mapped []area
 	cur    *Round
 	copied map[uintptr]bool
+	// fileBacked are the pages of private file mappings that were the
+	// file's (page cache, or not populated) when the target froze.
+	fileBacked map[uintptr]area
 }
 
 func (m *migrator) logf(format string, args ...any) {
@@ -436,10 +454,13 @@ func (m *migrator) compare(as []area) error {
 		}
 		here := 0
 		for i, e := range es {
+			addr := a.start + uintptr(i)*pageSize
 			if !dumped(a, e) {
+				if a.file() != "" {
+					m.fileBacked[addr] = a
+				}
 				continue
 			}
-			addr := a.start + uintptr(i)*pageSize
 			if _, err := m.mem.ReadAt(buf, int64(addr)); err != nil {
 				if unreadable(err) {
 					continue
@@ -608,7 +629,7 @@ func run(ctx context.Context, o Options, res *Result) error {
 	if old, _ := filepath.Glob(filepath.Join(o.Dir, "*.img")); len(old) > 0 {
 		return fmt.Errorf("%s already holds a CRIU image", o.Dir)
 	}
-	m := &migrator{o: o, res: res, ctx: ctx, image: map[uintptr][]byte{}}
+	m := &migrator{o: o, res: res, ctx: ctx, image: map[uintptr][]byte{}, fileBacked: map[uintptr]area{}}
 	var err error
 	dir := "/proc/" + strconv.Itoa(o.Pid)
 	if m.mem, err = os.Open(dir + "/mem"); err != nil {
@@ -674,7 +695,7 @@ func run(ctx context.Context, o Options, res *Result) error {
 	}
 	dumpedOK = true
 	res.Frozen = ms(time.Since(freeze))
-	st, err := criu.Replace(o.Dir, func(addr uint64) []byte { return m.image[uintptr(addr)] })
+	st, err := criu.Replace(o.Dir, m.source)
 	res.Replace = st
 	if err != nil {
 		return fmt.Errorf("replacing CRIU's pages with the image: %w", err)
@@ -682,8 +703,49 @@ func run(ctx context.Context, o Options, res *Result) error {
 	if len(st.ShmemPagemaps) > 0 {
 		res.Notes = append(res.Notes, fmt.Sprintf("CRIU dumped shared memory the migrator does not track: %v (left as CRIU read it)", st.ShmemPagemaps))
 	}
-	m.logf("CRIU dumped %d pages in %.0f ms: %d same as the image, %d differ, %d never copied", st.Pages, res.DumpMS, st.Same, st.Differ, st.Absent)
+	m.logf("CRIU dumped %d pages in %.0f ms: %d same as the image, %d differ, %d never copied, %d from their file", st.Pages, res.DumpMS, st.Same, st.Differ, st.Absent, res.FromFile)
 	return nil
+}
+
+// source is the content the restored process gets for a page CRIU
+// stored: the migrator's copy; for a page that was its file's when the
+// target froze, the file's content (CRIU's own ptrace writes into the
+// code of the frozen process, undone before it reads the pages, leave
+// such pages anonymous, so CRIU stores them: a migration maps them from
+// the file); nil for a page the migrator never copied.
+func (m *migrator) source(addr uint64) []byte {
+	if b := m.image[uintptr(addr)]; b != nil {
+		return b
+	}
+	a, ok := m.fileBacked[uintptr(addr)]
+	if !ok {
+		return nil
+	}
+	b, err := readFilePage(a.file(), a.offset+uint64(uintptr(addr)-a.start))
+	if err != nil {
+		m.res.Notes = append(m.res.Notes, fmt.Sprintf("page %#x of %s: %v", addr, a, err))
+		return nil
+	}
+	m.res.FromFile++
+	if len(m.res.FromFileAreas) < 8 {
+		m.res.FromFileAreas = append(m.res.FromFileAreas, fmt.Sprintf("%#x in %s", addr, a))
+	}
+	return b
+}
+
+// readFilePage reads the page at off of a file; past its end the mapping
+// reads zeros.
+func readFilePage(path string, off uint64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, pageSize)
+	if _, err := f.ReadAt(b, int64(off)); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return b, nil
 }
 
 // State is the one-letter state of pid from /proc/PID/stat ("" when it

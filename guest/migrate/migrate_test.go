@@ -268,9 +268,34 @@ func TestDumped(t *testing.T) {
 
 func TestSubtract(t *testing.T) {
 	r := func(a, b uintptr) area { return area{start: a, end: b} }
-	assert.Equal(t, []area{r(0x3000, 0x5000)}, subtract(r(0x1000, 0x5000), []area{r(0x1000, 0x3000)}))
+	off := func(a area, o uint64) area { a.offset = o; return a }
+	assert.Equal(t, []area{off(r(0x3000, 0x5000), 0x2000)}, subtract(r(0x1000, 0x5000), []area{r(0x1000, 0x3000)}), "the rest of a file mapping keeps its file offset")
 	assert.Nil(t, subtract(r(0x2000, 0x3000), []area{r(0x1000, 0x5000)}))
-	assert.Equal(t, []area{r(0x2000, 0x4000)}, subtract(r(0x1000, 0x5000), []area{r(0x1000, 0x2000), r(0x4000, 0x5000)}))
+	assert.Equal(t, []area{off(r(0x2000, 0x4000), 0x1000)}, subtract(r(0x1000, 0x5000), []area{r(0x1000, 0x2000), r(0x4000, 0x5000)}))
+}
+
+// TestSourceFromFile: a page CRIU stores that was its file's at the
+// freeze gets the file's content; the migrator's copy comes first; a
+// page neither has is nil (zeros: the loss shows).
+func TestSourceFromFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lib.so")
+	content := make([]byte, 3*pageSize+100)
+	for i := range content {
+		content[i] = byte(i / pageSize * 7)
+	}
+	require.NoError(t, os.WriteFile(path, content, 0o644))
+	a := area{start: 0x10000, end: 0x13000, perms: "r-xp", name: path, offset: pageSize}
+	m := &migrator{res: &Result{}, image: map[uintptr][]byte{0x20000: make([]byte, pageSize)}, fileBacked: map[uintptr]area{0x10000: a, 0x12000: a}}
+	assert.Equal(t, content[pageSize:2*pageSize], m.source(0x10000))
+	tail := m.source(0x12000) // file offset 3 pages: 100 bytes, then zeros
+	assert.Equal(t, content[3*pageSize:], tail[:100])
+	assert.Equal(t, make([]byte, pageSize-100), tail[100:])
+	assert.NotNil(t, m.source(0x20000))
+	assert.Nil(t, m.source(0x30000))
+	assert.Equal(t, 2, m.res.FromFile)
+	assert.Len(t, m.res.FromFileAreas, 2)
+	assert.Equal(t, "", area{name: "/x (deleted)"}.file())
+	assert.Equal(t, "", area{name: "[heap]"}.file())
 }
 
 func TestLogErrors(t *testing.T) {

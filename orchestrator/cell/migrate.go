@@ -85,6 +85,10 @@ type Migrate struct {
 	DumpedPages  int    `json:"dumped_pages"`
 	Differ       int    `json:"differ_pages"`
 	Absent       int    `json:"absent_pages"`
+	// FromFile: pages CRIU stored that were their file's at the freeze
+	// (CRIU's own ptrace writes made them anonymous), given the file's
+	// content.
+	FromFile int `json:"from_file_pages"`
 	// Transfer is the image's size and time through the host (to-guest).
 	TransferMiB float64 `json:"transfer_mib,omitempty"`
 	TransferS   float64 `json:"transfer_s,omitempty"`
@@ -125,7 +129,7 @@ func (mg *Migrate) Line() string {
 		fmt.Fprintf(&b, ", digest %s %s %s", short(mg.DigestBefore), eq, short(mg.DigestAfter))
 	}
 	if mg.DumpedPages > 0 {
-		fmt.Fprintf(&b, ", CRIU %d pages: %d differ (%d never copied)", mg.DumpedPages, mg.Differ, mg.Absent)
+		fmt.Fprintf(&b, ", CRIU %d pages: %d differ (%d never copied, %d from their file)", mg.DumpedPages, mg.Differ, mg.Absent, mg.FromFile)
 	}
 	switch {
 	case !mg.Restored:
@@ -324,7 +328,7 @@ func RunMigrate(ctx context.Context, src, dst Guest, s Spec, c *Cell) error {
 		mg.Reported = append(mg.Reported, r.Reported)
 		mg.Swapped = max(mg.Swapped, r.Swapped)
 	}
-	mg.Mismatched, mg.FrozenMS = sr.Mismatched, sr.Frozen
+	mg.Mismatched, mg.FrozenMS, mg.FromFile = sr.Mismatched, sr.Frozen, sr.FromFile
 	mg.DigestBefore, mg.KeysBefore = parseDigest(sr.QuiesceOutput)
 	if sr.Replace != nil {
 		mg.DumpedPages, mg.Differ, mg.Absent = sr.Replace.Pages, sr.Replace.Differ, sr.Replace.Absent
