@@ -226,11 +226,12 @@ func subtract(a area, old []area) []area {
 
 // dumped tells whether CRIU stores this page of a private mapping
 // (criu/mem.c should_dump_page): a private anonymous page, present or in
-// swap, or any present page of the vDSO. Page-cache pages of a private
-// file mapping that were never written are restored from the file.
+// swap, or any page of the vDSO (present or not: CRIU always stores it).
+// Page-cache pages of a private file mapping that were never written
+// are restored from the file.
 func dumped(a area, e pagemap.Entry) bool {
 	if a.name == "[vdso]" {
-		return e.Present()
+		return true
 	}
 	return (e.Present() && !e.File()) || e.Swapped()
 }
@@ -356,7 +357,8 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // initial attaches the tracker while the target is stopped, then copies
 // everything CRIU would dump while it runs again: writes after the attach
-// are the next round's.
+// are the next round's. (Reading a vDSO page the target never touched
+// faults it in: its content is the kernel's, the same everywhere.)
 func (m *migrator) initial() error {
 	defer m.begin("initial")()
 	t0 := time.Now()

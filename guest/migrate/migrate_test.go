@@ -264,6 +264,7 @@ func TestDumped(t *testing.T) {
 	assert.False(t, dumped(anon, pagemap.Present|pagemap.FilePage), "page cache of a private file mapping comes from the file")
 	assert.False(t, dumped(anon, 0))
 	assert.True(t, dumped(vdso, pagemap.Present|pagemap.FilePage))
+	assert.True(t, dumped(vdso, 0), "CRIU stores every vDSO page, touched or not")
 }
 
 func TestSubtract(t *testing.T) {
