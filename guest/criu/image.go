@@ -255,8 +255,11 @@ type Stats struct {
 	Same   int `json:"same"`
 	Differ int `json:"differ"`
 	Absent int `json:"absent"`
-	// Samples name the first differing pages.
-	Samples []string `json:"samples,omitempty"`
+	// Samples name the first differing pages; DifferAt lists the first
+	// 64 differing pages' addresses (for the caller to name their
+	// mappings).
+	Samples  []string `json:"samples,omitempty"`
+	DifferAt []uint64 `json:"differ_at,omitempty"`
 	// ShmemPagemaps are shared-memory page images, which Replace leaves
 	// as CRIU wrote them (listed so a caller can refuse them).
 	ShmemPagemaps []string `json:"shmem_pagemaps,omitempty"`
@@ -332,12 +335,16 @@ func replaceOne(dir, path string, src PageSource, st *Stats) error {
 				st.Same++
 			} else {
 				st.Differ++
+				if len(st.DifferAt) < 64 {
+					st.DifferAt = append(st.DifferAt, addr)
+				}
 				if len(st.Samples) < 8 {
 					what := "differs from"
 					if absent {
 						what = "missing from the image (zeros written), CRIU has data for"
 					}
-					st.Samples = append(st.Samples, fmt.Sprintf("page %#x %s the frozen process (%s)", addr, what, filepath.Base(path)))
+					first, n := byteDiff(old, repl)
+					st.Samples = append(st.Samples, fmt.Sprintf("page %#x %s the frozen process (%s): %d bytes differ, the first at +%#x", addr, what, filepath.Base(path), n, first))
 				}
 				if _, err := f.WriteAt(repl, off); err != nil {
 					return fmt.Errorf("%s at %d: %w", filepath.Base(pages), off, err)
@@ -347,4 +354,19 @@ func replaceOne(dir, path string, src PageSource, st *Stats) error {
 		}
 	}
 	return f.Sync()
+}
+
+// byteDiff is the offset of the first differing byte and the number of
+// differing bytes of two pages.
+func byteDiff(a, b []byte) (first, n int) {
+	first = -1
+	for i := range a {
+		if a[i] != b[i] {
+			if first < 0 {
+				first = i
+			}
+			n++
+		}
+	}
+	return first, n
 }

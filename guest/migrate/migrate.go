@@ -116,7 +116,10 @@ type Result struct {
 	Replace *criu.Stats `json:"replace,omitempty"`
 	// FromFile counts pages CRIU stored that were their file's at the
 	// freeze (given the file's content; FromFileAreas names them).
-	FromFile      int          `json:"from_file_pages,omitempty"`
+	FromFile int `json:"from_file_pages,omitempty"`
+	// DifferAreas name the mappings of pages CRIU stored that differ
+	// from the image.
+	DifferAreas   []string     `json:"differ_areas,omitempty"`
 	FromFileAreas []string     `json:"from_file_areas,omitempty"`
 	DumpLog       string       `json:"dump_log,omitempty"`
 	Frozen        float64      `json:"frozen_ms"`
@@ -701,6 +704,17 @@ func run(ctx context.Context, o Options, res *Result) error {
 	res.Replace = st
 	if err != nil {
 		return fmt.Errorf("replacing CRIU's pages with the image: %w", err)
+	}
+	for _, addr := range st.DifferAt {
+		where := "outside every mapping at the freeze"
+		for _, a := range as {
+			if uintptr(addr) >= a.start && uintptr(addr) < a.end {
+				where = a.String()
+			}
+		}
+		if len(res.DifferAreas) < 16 {
+			res.DifferAreas = append(res.DifferAreas, fmt.Sprintf("%#x in %s", addr, where))
+		}
 	}
 	if len(st.ShmemPagemaps) > 0 {
 		res.Notes = append(res.Notes, fmt.Sprintf("CRIU dumped shared memory the migrator does not track: %v (left as CRIU read it)", st.ShmemPagemaps))
