@@ -242,6 +242,16 @@ func EncodePagemap(pm *Pagemap) []byte {
 // image never received it).
 type PageSource func(addr uint64) []byte
 
+// Source is what Replace writes and how it tells differences apart.
+type Source struct {
+	Page PageSource
+	// Settled, when set, tells the pages whose replacement is known to
+	// equal the process's memory at some earlier moment (the freeze): a
+	// difference there is a change made after it, counted apart
+	// (ChangedAfter), not in Differ.
+	Settled func(addr uint64) bool
+}
+
 // Stats says what Replace did, per image directory.
 type Stats struct {
 	// Pagemaps are the task pagemap images rewritten (pagemap-PID.img).
@@ -255,6 +265,9 @@ type Stats struct {
 	Same   int `json:"same"`
 	Differ int `json:"differ"`
 	Absent int `json:"absent"`
+	// ChangedAfter counts pages that differ although Settled vouches for
+	// the replacement (the memory changed after the freeze).
+	ChangedAfter int `json:"changed_after"`
 	// Samples name the first differing pages; DifferAt lists the first
 	// 64 differing pages' addresses (for the caller to name their
 	// mappings).
@@ -269,7 +282,7 @@ type Stats struct {
 // with src's copy (zeros where src has none), and counts how the two
 // differ: after it, `criu restore -D dir` runs the process from src's
 // pages. Page positions and the pagemaps are left as they are.
-func Replace(dir string, src PageSource) (*Stats, error) {
+func Replace(dir string, src Source) (*Stats, error) {
 	all, err := filepath.Glob(filepath.Join(dir, "pagemap-*.img"))
 	if err != nil {
 		return nil, err
@@ -292,7 +305,7 @@ func Replace(dir string, src PageSource) (*Stats, error) {
 	return st, nil
 }
 
-func replaceOne(dir, path string, src PageSource, st *Stats) error {
+func replaceOne(dir, path string, src Source, st *Stats) error {
 	pm, err := ReadPagemap(path)
 	if err != nil {
 		return err
@@ -323,7 +336,7 @@ func replaceOne(dir, path string, src PageSource, st *Stats) error {
 				return fmt.Errorf("%s at %d: %w", filepath.Base(pages), off, err)
 			}
 			st.Pages++
-			repl := src(addr)
+			repl := src.Page(addr)
 			absent := repl == nil
 			if absent {
 				repl = zero
@@ -334,17 +347,22 @@ func replaceOne(dir, path string, src PageSource, st *Stats) error {
 			if bytes.Equal(old, repl) {
 				st.Same++
 			} else {
-				st.Differ++
+				what := "differs from"
+				switch {
+				case absent:
+					what = "missing from the image (zeros written), CRIU has data for"
+					st.Differ++
+				case src.Settled != nil && src.Settled(addr):
+					what = "equals the memory at the freeze but was changed after it, per"
+					st.ChangedAfter++
+				default:
+					st.Differ++
+				}
 				if len(st.DifferAt) < 64 {
 					st.DifferAt = append(st.DifferAt, addr)
 				}
 				if len(st.Samples) < 8 {
-					what := "differs from"
-					if absent {
-						what = "missing from the image (zeros written), CRIU has data for"
-					}
-					first, n := byteDiff(old, repl)
-					st.Samples = append(st.Samples, fmt.Sprintf("page %#x %s the frozen process (%s): %d bytes differ, the first at +%#x", addr, what, filepath.Base(path), n, first))
+					st.Samples = append(st.Samples, fmt.Sprintf("page %#x %s the frozen process (%s): %s", addr, what, filepath.Base(path), byteDiff(old, repl)))
 				}
 				if _, err := f.WriteAt(repl, off); err != nil {
 					return fmt.Errorf("%s at %d: %w", filepath.Base(pages), off, err)
@@ -356,17 +374,18 @@ func replaceOne(dir, path string, src PageSource, st *Stats) error {
 	return f.Sync()
 }
 
-// byteDiff is the offset of the first differing byte and the number of
-// differing bytes of two pages.
-func byteDiff(a, b []byte) (first, n int) {
-	first = -1
-	for i := range a {
-		if a[i] != b[i] {
-			if first < 0 {
-				first = i
-			}
+// byteDiff says how two pages differ: the number of differing bytes and
+// the first few, as offset: CRIU's byte→the replacement's.
+func byteDiff(criu, repl []byte) string {
+	n := 0
+	var first []string
+	for i := range criu {
+		if criu[i] != repl[i] {
 			n++
+			if len(first) < 4 {
+				first = append(first, fmt.Sprintf("+%#x %02x→%02x", i, criu[i], repl[i]))
+			}
 		}
 	}
-	return first, n
+	return fmt.Sprintf("%d bytes differ (%s)", n, strings.Join(first, ", "))
 }

@@ -63,7 +63,7 @@ func TestReplace(t *testing.T) {
 	dir := t.TempDir()
 	writeDump(t, dir)
 	img := map[uint64][]byte{0x1000: page(1), 0x2000: page(9), 0x3000: page(3)}
-	st, err := Replace(dir, func(a uint64) []byte { return img[a] })
+	st, err := Replace(dir, Source{Page: func(a uint64) []byte { return img[a] }})
 	require.NoError(t, err)
 	assert.Equal(t, 3, st.Pages)
 	assert.Equal(t, 1, st.Same, "0x1000 equal")
@@ -73,22 +73,42 @@ func TestReplace(t *testing.T) {
 	assert.Equal(t, []string{"pagemap-shmem-9.img"}, st.ShmemPagemaps)
 	assert.Len(t, st.Samples, 2)
 	assert.Contains(t, st.Samples[1], "missing from the image")
+	assert.Contains(t, st.Samples[0], "4096 bytes differ (+0x0 02→09, +0x1 02→09, +0x2 02→09, +0x3 02→09)")
 	got, err := os.ReadFile(filepath.Join(dir, "pages-1.img"))
 	require.NoError(t, err)
 	assert.Equal(t, append(append(page(1), page(9)...), page(0)...), got, "the image's pages, zeros for the absent one")
 
 	// Replacing again with the same source changes nothing.
-	st, err = Replace(dir, func(a uint64) []byte { return img[a] })
+	st, err = Replace(dir, Source{Page: func(a uint64) []byte { return img[a] }})
 	require.NoError(t, err)
 	assert.Equal(t, 3, st.Same)
+}
+
+// TestReplaceSettled: a page the caller vouches for (it equalled the
+// memory at the freeze) that CRIU read differently changed after the
+// freeze: counted apart, and the caller's copy still wins.
+func TestReplaceSettled(t *testing.T) {
+	dir := t.TempDir()
+	writeDump(t, dir)
+	img := map[uint64][]byte{0x1000: page(1), 0x2000: page(9), 0x5000: page(7)}
+	st, err := Replace(dir, Source{Page: func(a uint64) []byte { return img[a] }, Settled: func(a uint64) bool { return a == 0x2000 }})
+	require.NoError(t, err)
+	assert.Equal(t, 1, st.Same)
+	assert.Equal(t, 1, st.ChangedAfter, "0x2000")
+	assert.Equal(t, 1, st.Differ, "0x5000")
+	assert.Equal(t, []uint64{0x2000, 0x5000}, st.DifferAt)
+	assert.Contains(t, st.Samples[0], "changed after it")
+	got, err := os.ReadFile(filepath.Join(dir, "pages-1.img"))
+	require.NoError(t, err)
+	assert.Equal(t, append(append(page(1), page(9)...), page(7)...), got)
 }
 
 func TestReplaceChecksSize(t *testing.T) {
 	dir := t.TempDir()
 	writeDump(t, dir)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "pages-1.img"), page(1), 0o600))
-	_, err := Replace(dir, func(uint64) []byte { return nil })
+	_, err := Replace(dir, Source{Page: func(uint64) []byte { return nil }})
 	assert.ErrorContains(t, err, "lists 3 pages")
-	_, err = Replace(t.TempDir(), func(uint64) []byte { return nil })
+	_, err = Replace(t.TempDir(), Source{Page: func(uint64) []byte { return nil }})
 	assert.ErrorContains(t, err, "not a CRIU dump")
 }

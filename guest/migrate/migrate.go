@@ -253,6 +253,11 @@ type migrator struct {
 	// fileBacked are the pages of private file mappings that were the
 	// file's (page cache, or not populated) when the target froze.
 	fileBacked map[uintptr]area
+	// settled are the pages the first oracle found equal to the frozen
+	// process: if CRIU reads them differently, they changed after the
+	// freeze (the kernel rewrites a thread's rseq area when CRIU runs its
+	// parasite code in it), which no tracker is asked to see.
+	settled map[uintptr]bool
 }
 
 func (m *migrator) logf(format string, args ...any) {
@@ -478,6 +483,7 @@ func (m *migrator) compare(as []area) error {
 				img = zero
 			}
 			if bytes.Equal(buf, img) {
+				m.settled[addr] = true
 				continue
 			}
 			m.res.Mismatched++
@@ -634,7 +640,7 @@ func run(ctx context.Context, o Options, res *Result) error {
 	if old, _ := filepath.Glob(filepath.Join(o.Dir, "*.img")); len(old) > 0 {
 		return fmt.Errorf("%s already holds a CRIU image", o.Dir)
 	}
-	m := &migrator{o: o, res: res, ctx: ctx, image: map[uintptr][]byte{}, fileBacked: map[uintptr]area{}}
+	m := &migrator{o: o, res: res, ctx: ctx, image: map[uintptr][]byte{}, fileBacked: map[uintptr]area{}, settled: map[uintptr]bool{}}
 	var err error
 	dir := "/proc/" + strconv.Itoa(o.Pid)
 	if m.mem, err = os.Open(dir + "/mem"); err != nil {
@@ -700,7 +706,7 @@ func run(ctx context.Context, o Options, res *Result) error {
 	}
 	dumpedOK = true
 	res.Frozen = ms(time.Since(freeze))
-	st, err := criu.Replace(o.Dir, m.source)
+	st, err := criu.Replace(o.Dir, criu.Source{Page: m.source, Settled: func(addr uint64) bool { return m.settled[uintptr(addr)] }})
 	res.Replace = st
 	if err != nil {
 		return fmt.Errorf("replacing CRIU's pages with the image: %w", err)
@@ -719,7 +725,7 @@ func run(ctx context.Context, o Options, res *Result) error {
 	if len(st.ShmemPagemaps) > 0 {
 		res.Notes = append(res.Notes, fmt.Sprintf("CRIU dumped shared memory the migrator does not track: %v (left as CRIU read it)", st.ShmemPagemaps))
 	}
-	m.logf("CRIU dumped %d pages in %.0f ms: %d same as the image, %d differ, %d never copied, %d from their file", st.Pages, res.DumpMS, st.Same, st.Differ, st.Absent, res.FromFile)
+	m.logf("CRIU dumped %d pages in %.0f ms: %d same as the image, %d differ, %d never copied, %d from their file, %d changed after the freeze", st.Pages, res.DumpMS, st.Same, st.Differ, st.Absent, res.FromFile, st.ChangedAfter)
 	return nil
 }
 

@@ -89,6 +89,10 @@ type Migrate struct {
 	// (CRIU's own ptrace writes made them anonymous), given the file's
 	// content.
 	FromFile int `json:"from_file_pages"`
+	// ChangedAfter: pages CRIU read differently from the image although
+	// the image equalled them at the freeze (changed while frozen, by
+	// CRIU's own work in the process); shown, not a miss.
+	ChangedAfter int `json:"changed_after_freeze_pages"`
 	// Transfer is the image's size and time through the host (to-guest).
 	TransferMiB float64 `json:"transfer_mib,omitempty"`
 	TransferS   float64 `json:"transfer_s,omitempty"`
@@ -129,7 +133,7 @@ func (mg *Migrate) Line() string {
 		fmt.Fprintf(&b, ", digest %s %s %s", short(mg.DigestBefore), eq, short(mg.DigestAfter))
 	}
 	if mg.DumpedPages > 0 {
-		fmt.Fprintf(&b, ", CRIU %d pages: %d differ (%d never copied, %d from their file)", mg.DumpedPages, mg.Differ, mg.Absent, mg.FromFile)
+		fmt.Fprintf(&b, ", CRIU %d pages: %d differ (%d never copied; %d from their file, %d changed after the freeze)", mg.DumpedPages, mg.Differ, mg.Absent, mg.FromFile, mg.ChangedAfter)
 	}
 	switch {
 	case !mg.Restored:
@@ -331,7 +335,7 @@ func RunMigrate(ctx context.Context, src, dst Guest, s Spec, c *Cell) error {
 	mg.Mismatched, mg.FrozenMS, mg.FromFile = sr.Mismatched, sr.Frozen, sr.FromFile
 	mg.DigestBefore, mg.KeysBefore = parseDigest(sr.QuiesceOutput)
 	if sr.Replace != nil {
-		mg.DumpedPages, mg.Differ, mg.Absent = sr.Replace.Pages, sr.Replace.Differ, sr.Replace.Absent
+		mg.DumpedPages, mg.Differ, mg.Absent, mg.ChangedAfter = sr.Replace.Pages, sr.Replace.Differ, sr.Replace.Absent, sr.Replace.ChangedAfter
 	}
 	switch sr.Outcome {
 	case "skip":
