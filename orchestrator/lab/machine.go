@@ -918,7 +918,7 @@ func (m *Machine) Download(ctx context.Context, remote, local string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.Download(ctx, remote, local); err != nil {
+	if err := c.Download(ctx, remote, local, channel.CopyOptions{}); err != nil {
 		if gerr := m.guestFailure(); gerr != nil {
 			return gerr
 		}
@@ -933,7 +933,7 @@ func (m *Machine) Upload(ctx context.Context, local, remote string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.Upload(ctx, local, remote); err != nil {
+	if err := c.Upload(ctx, local, remote, channel.CopyOptions{}); err != nil {
 		if gerr := m.guestFailure(); gerr != nil {
 			return gerr
 		}

@@ -8,8 +8,8 @@ import (
 
 	"ldtlab/guest/result"
 	"ldtlab/orchestrator/cell"
-	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/check"
+	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/mmtests"
 	"ldtlab/orchestrator/report"

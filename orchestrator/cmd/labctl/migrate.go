@@ -67,8 +67,14 @@ func init() {
 				migrate.Summary(os.Stdout, res)
 				out := f.jsonOut
 				if out == "" {
-					os.MkdirAll(lab.StateDir(), 0o755)
-					out = filepath.Join(lab.StateDir(), "migrate-last.json")
+					state, serr := lab.StateDir()
+					if serr == nil {
+						serr = lab.MkdirState(state, 0o700)
+					}
+					if serr != nil {
+						return serr
+					}
+					out = filepath.Join(state, "migrate-last.json")
 				}
 				b, _ := json.MarshalIndent(res, "", "  ")
 				if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
