@@ -12,10 +12,10 @@ type Gap struct {
 // reason, the host turns such a cell into KNOWN-GAP.
 var Gaps = []Gap{
 	{"ksm", "softdirty", "KSM replaces a merged PTE with one that has no soft-dirty bit (mm/ksm.c replace_page), so writes made before the merge are lost to soft-dirty"},
-	// LDT's own documented limit (kmod/README rows 2 and 7): file and shmem
-	// mappings lose tracker state when their PTEs are zapped.
-	{"shmem-thp-split", "ldt", "splitting a shmem THP zaps the PMD (mm/huge_memory.c __split_huge_pmd_locked, non-anonymous branch); the pages refault clean from the page cache, so writes not yet collected are not reported (kmod/README row 7; the kernel's own dirtiness is kept)"},
-	{"shmem-thp-split", "softdirty", "the same zap: the refaulted PTEs carry no soft-dirty bit once clear_refs cleared VM_SOFTDIRTY"},
+	// Splitting a shmem THP zaps the PMD (mm/huge_memory.c
+	// __split_huge_pmd_locked, non-anonymous branch) and the pages refault
+	// clean; LDT keeps the PMD's pages since 0014 (kmod/README row 7).
+	{"shmem-thp-split", "softdirty", "splitting a shmem THP zaps the PMD (mm/huge_memory.c __split_huge_pmd_locked, non-anonymous branch): the refaulted PTEs carry no soft-dirty bit once clear_refs cleared VM_SOFTDIRTY"},
 	// The reference trackers on the second review's scenarios (issue 19);
 	// LDT fixed each (kmod/patches 0011-0014).
 	{"pinned-thp-wrprotect", "softdirty", "clear_refs write-protects the pinned THP (fs/proc/task_mmu.c clear_soft_dirty_pmd() has no pinned-folio check; its PTE twin skips pinned pages, pte_is_pinned()), and writes through the pin never fault: those into the THP are lost (the 4 KiB control's are kept)"},
