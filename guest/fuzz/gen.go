@@ -42,7 +42,7 @@ func Generate(seed uint64) *Sequence {
 	g.on = on
 	for enabled := 0; enabled < 2; {
 		for _, f := range Families {
-			if !on[f] && r.IntN(2) == 0 {
+			if !on[f] && r.IntN(5) < 3 {
 				on[f] = true
 				enabled++
 			}
@@ -67,6 +67,14 @@ func Generate(seed uint64) *Sequence {
 	total := 0.0
 	for _, w := range table {
 		total += w.w
+	}
+	// Programs register their buffers when they start (io_uring fixed
+	// buffers, a peer's shared pin): half the time the pin comes first.
+	if on["pin"] && r.IntN(2) == 0 {
+		g.draw(OpUReg)
+	}
+	if on["xpin"] && r.IntN(2) == 0 {
+		g.draw(OpXPin)
 	}
 	n := 8 + r.IntN(28)
 	for len(s.Ops) < n {
