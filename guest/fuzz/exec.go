@@ -154,6 +154,11 @@ func Exec(seq *Sequence, cfg ExecConfig) *ExecResult {
 	defer e.teardown()
 	t0 := time.Now()
 	if err := e.setup(); err != nil {
+		if errors.Is(err, tracker.ErrUnsupported) {
+			// A vanilla kernel has no /dev/ldt: the tracker is N/A there.
+			res.NA = err.Error()
+			return res
+		}
 		res.Error = "setup: " + err.Error()
 		return res
 	}

@@ -181,6 +181,10 @@ func (s *Sequence) Validate() error {
 func (s *Sequence) Describe() string {
 	var b strings.Builder
 	for i, r := range s.Regions {
+		if r.Ring() {
+			fmt.Fprintf(&b, "r%d: %s (the kernel's ring mapping)\n", i, r.Name())
+			continue
+		}
 		fmt.Fprintf(&b, "r%d: %s, %d pages\n", i, r.Name(), r.Pages)
 	}
 	for i, o := range s.Ops {
