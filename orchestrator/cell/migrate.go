@@ -25,8 +25,8 @@ type MigrateOptions struct {
 	Rounds int `json:"rounds"`
 	// Interval is the time redis runs under load between rounds; 0 = 1 s.
 	Interval time.Duration `json:"interval,omitempty"`
-	// Pressure runs redis in a memory cgroup far below its data set, so
-	// it swaps while it is migrated.
+	// Pressure runs redis in a memory cgroup whose memory.high is half
+	// its data set, so it swaps while it is migrated.
 	Pressure bool `json:"pressure"`
 	// Keys is the size of the data set in 4 KiB values; 0 = 16000.
 	Keys int `json:"keys,omitempty"`
@@ -190,8 +190,9 @@ cg=%[1]s
 if [ -n "$cg" ]; then
   echo +memory > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
   mkdir -p $cg
-  # memory.high reclaims (and swaps) above the limit without OOM kills.
-  echo 32M > $cg/memory.high
+  # memory.high at half the data set reclaims (and swaps) above the
+  # limit without OOM kills.
+  echo %[4]d > $cg/memory.high
 fi
 CG=$cg setsid sh -c '[ -z "$CG" ] || echo $$ > $CG/cgroup.procs; exec redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no --daemonize no --enable-debug-command local --logfile ""' </dev/null >/dev/null 2>&1 &
 for i in $(seq 100); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -200,7 +201,7 @@ redis-benchmark -p 6379 -q -t set -n %[2]d -r %[2]d -d 4096 -P 16 >/dev/null
 if [ -n "$cg" ]; then grep -q '^high [1-9]' $cg/memory.events || { echo "redis never exceeded memory.high" >&2; exit 1; }; fi
 redis-benchmark -p 6379 -q -t set,get,incr -n 100000000 -r %[2]d -d 4096 -P 4 -c 4 </dev/null >/dev/null 2>&1 &
 echo $! > %[3]s
-pidof redis-server`, shquote.Always(cg), o.Keys, migrateBench)
+pidof redis-server`, shquote.Always(cg), o.Keys, migrateBench, o.Keys*2048)
 }
 
 // migrateQuiesce stops the load and waits until redis has closed its

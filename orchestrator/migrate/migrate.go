@@ -210,7 +210,7 @@ func Summary(w io.Writer, res *Result) {
 	}
 	pressure := "no memory pressure"
 	if res.Options.Pressure {
-		pressure = "under memory pressure (redis in a 32 MiB memory.high cgroup, swapping)"
+		pressure = "under memory pressure (redis's memory.high at half its data set, swapping)"
 	}
 	fmt.Fprintf(w, "\nldtlab migrate: kernel %s (%s), %s, %s, %s, %.0fs\n\n", res.Kernel, res.Variant, res.Accel, where, pressure, res.Seconds)
 	for _, mg := range res.Runs {
