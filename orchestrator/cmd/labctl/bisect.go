@@ -26,6 +26,7 @@ func init() {
 	var copies copyList
 	var timeout time.Duration
 	var good, bad, jsonOut string
+	var failOnReport bool
 	register(&command{
 		name:    "bisect",
 		args:    "[flags] [--copy HOST:GUEST]... -- CMD [ARGS...]",
@@ -36,6 +37,7 @@ func init() {
 			fs.DurationVar(&timeout, "timeout", 0, "kill CMD after this long, which counts as bad (0 = no limit)")
 			fs.StringVar(&good, "good", "", "the last patch known good (its prefix is tested first): a number or file name; default none (the vanilla kernel)")
 			fs.StringVar(&bad, "bad", "", "the last patch known bad: a number or file name; default the whole series")
+			fs.BoolVar(&failOnReport, "fail-on-report", false, "a kernel report (WARNING, BUG, KASAN...) during boot or CMD makes the prefix bad, whatever CMD's status")
 			fs.StringVar(&jsonOut, "json", "", "write the steps here (default: bisect-last.json in the state directory)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
@@ -63,7 +65,7 @@ func init() {
 				return usageError{fmt.Errorf("--bad: %w", err)}
 			}
 			base := g.options(repo, "bisect")
-			t := &labTester{base: base, series: series, copies: copies, cmd: remoteCommand(args), timeout: timeout}
+			t := &labTester{base: base, series: series, copies: copies, cmd: remoteCommand(args), timeout: timeout, failOnReport: failOnReport}
 			fmt.Printf("bisect: %d patches, %s (good) .. %s (bad); command: %s\n", len(series), prefixLabel(series, goodK), prefixLabel(series, badK), t.cmd)
 			res, err := bisect.Run(ctx, bisect.Options{Series: series, Good: goodK, Bad: badK, Log: os.Stdout}, t)
 			again := runCommand(fs, copies, args, series)
@@ -188,6 +190,8 @@ type labTester struct {
 	copies  copyList
 	cmd     string
 	timeout time.Duration
+	// failOnReport: a kernel report makes the prefix bad.
+	failOnReport bool
 }
 
 func (t *labTester) Build(ctx context.Context, k int) error {
@@ -202,11 +206,13 @@ func (t *labTester) Run(ctx context.Context, k int) (int, string, error) {
 	if err != nil {
 		return 0, firstLineOf(err.Error()), err
 	}
-	note := ""
-	if reports > 0 {
-		note = fmt.Sprintf("%d kernel report(s), the exit status decides", reports)
+	switch {
+	case reports > 0 && t.failOnReport:
+		return 1, fmt.Sprintf("%d kernel report(s) (--fail-on-report; the command exited %d)", reports, code), nil
+	case reports > 0:
+		return code, fmt.Sprintf("%d kernel report(s); the exit status decides (--fail-on-report: bad)", reports), nil
 	}
-	return code, note, nil
+	return code, "", nil
 }
 
 func (t *labTester) Abort(err error) bool {
