@@ -39,7 +39,7 @@ func init() {
 		setup: func(fs *flag.FlagSet) {
 			fs.BoolVar(&failOnReport, "fail-on-report", false, "exit 1 when the kernel printed a report (WARNING, BUG, KASAN...) during the command, whatever the command's status")
 			g.register(fs)
-			fs.Var(&copies, "copy", "throwaway guest only: copy the host file or directory HOST to GUEST before the command (repeatable; GUEST ending in / or an existing directory: into it)")
+			fs.Var(&copies, "copy", "throwaway guest only: copy the host file or directory HOST to GUEST before the command (repeatable; GUEST ending in / (made if missing) or an existing directory: into it)")
 			fs.DurationVar(&timeout, "timeout", 0, "throwaway guest only: kill the command after this long (0 = no limit)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
@@ -202,7 +202,17 @@ func throwawayRun(ctx context.Context, o lab.Options, copies copyList, cmd strin
 	}
 	for _, cp := range copies {
 		isDir := false
-		if !strings.HasSuffix(cp.guest, "/") {
+		if strings.HasSuffix(cp.guest, "/") {
+			// A throwaway guest has nothing to protect: GUEST/ is made
+			// the way the user wrote it, like cp into a new directory.
+			code, err := c.Run(ctx, "mkdir -p -- "+shquote.Always(cp.guest), channel.RunOptions{})
+			if err != nil {
+				return 0, 0, err
+			}
+			if code != 0 {
+				return 0, 0, &vm.InfraError{Op: "creating guest directory " + cp.guest, Err: fmt.Errorf("mkdir exited %d", code)}
+			}
+		} else {
 			code, err := c.Run(ctx, "test -d "+shquote.Always(cp.guest), channel.RunOptions{})
 			if err != nil {
 				return 0, 0, err
