@@ -124,7 +124,7 @@ type driver struct {
 	o     Options
 	sum   *Summary
 	start time.Time
-	byKey map[string]*Finding
+	byKey map[string][]*Finding // a key's variants (different minimized triggers)
 	snap  map[string]string
 }
 
@@ -145,7 +145,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
-	d := &driver{o: o, start: time.Now(), byKey: map[string]*Finding{}, snap: Snapshot(),
+	d := &driver{o: o, start: time.Now(), byKey: map[string][]*Finding{}, snap: Snapshot(),
 		sum: &Summary{Seed: o.Seed, Trackers: map[string]*TrackerStats{}, KnownGaps: map[string]int{}, OpsDone: map[string]int{}, OpsFailed: map[string]int{}, TimeMS: map[string]int64{}, Until: o.Until}}
 	for _, t := range o.Trackers {
 		d.sum.Trackers[t] = &TrackerStats{Verdicts: map[string]int{}, NA: map[string]int{}}
@@ -190,7 +190,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 
 // Classes are the finding classes (issue 19's lost writes) --until and
 // --expect name; "ring" is either ring.
-var Classes = []string{"pinned-thp", "shared-pin", "shmem-collapse", "ring", "ring-uring", "ring-aio"}
+var Classes = []string{"pinned-thp", "shared-pin", "shmem-collapse", "ring", "ring-uring", "ring-aio", "pinned-wp"}
 
 // ClassMatches tells whether a finding of class got answers want.
 func ClassMatches(got, want string) bool {
@@ -271,7 +271,7 @@ func (d *driver) sequence(ctx context.Context, i int, seq *Sequence) {
 			line = append(line, fmt.Sprintf("%s %s (%.1fs)", t, v, float64(res.TookMS)/1000))
 		}
 		for _, k := range keys {
-			if f, ok := d.byKey[k.key]; ok {
+			if f := d.variantOf(k.key, seq); f != nil {
 				f.Count++
 				continue
 			}
@@ -280,13 +280,12 @@ func (d *driver) sequence(ctx context.Context, i int, seq *Sequence) {
 	}
 	d.logf("seq %d (seed %d, %d regions, %d ops): %s", i, seq.Seed, len(seq.Regions), len(seq.Ops), strings.Join(line, ", "))
 	for _, n := range news {
-		if _, ok := d.byKey[n.key]; ok {
-			d.byKey[n.key].Count++
+		if f := d.variantOf(n.key, seq); f != nil {
+			f.Count++
 			continue
 		}
 		f := &Finding{Tracker: n.t, Key: n.key, Kind: n.kind, Count: 1, Seq: i, SeqSeed: seq.Seed,
 			FoundS: time.Since(d.start).Seconds(), OrigOps: len(seq.Ops), Replay: seq.Clone(), Example: describe(n.res, n.loss)}
-		d.byKey[n.key] = f
 		d.logf("FINDING %s: %s", n.key, f.Example)
 		if d.o.Minimize {
 			d.minimize(ctx, f)
@@ -294,6 +293,13 @@ func (d *driver) sequence(ctx context.Context, i int, seq *Sequence) {
 		f.MinOps = len(f.Replay.Ops)
 		f.Title = Title(f)
 		f.Class = Classify(f)
+		if same := d.sameTitle(f); same != nil {
+			// Another way to the same reproducer: one finding.
+			same.Count++
+			d.logf("  minimized to a known finding: %s", same.Title)
+			continue
+		}
+		d.byKey[n.key] = append(d.byKey[n.key], f)
 		d.save(f)
 		d.sum.Findings = append(d.sum.Findings, f)
 		d.logf("  %s (class %q): %d → %d operations in %.0fs, reproduced=%v; replay: %s", f.Title, f.Class, f.OrigOps, f.MinOps, f.MinimizeS, f.Reproduced, f.Command)
@@ -303,6 +309,74 @@ func (d *driver) sequence(ctx context.Context, i int, seq *Sequence) {
 			fmt.Fprintf(d.o.Progress, "%s%s\n", FindingPrefix, b)
 		}
 	}
+}
+
+// maxVariants bounds the reproducers minimized for one key.
+const maxVariants = 4
+
+// variantOf returns the finding a failure with key in seq repeats: one of
+// the key whose minimized reproducer's operations all occur in seq (the
+// same trigger, most likely). A failure whose sequence lacks every known
+// variant's trigger is minimized again: it may be another way in (a
+// pinned THP write-protected by PAGEMAP_SCAN rather than clear_refs).
+func (d *driver) variantOf(key string, seq *Sequence) *Finding {
+	vs := d.byKey[key]
+	if len(vs) == 0 {
+		return nil
+	}
+	have := map[string]bool{}
+	for _, o := range seq.Ops {
+		have[opName(o)] = true
+	}
+	for _, f := range vs {
+		all := true
+		for _, t := range triggers(f.Replay) {
+			all = all && have[t]
+		}
+		if all {
+			return f
+		}
+	}
+	if len(vs) >= maxVariants {
+		return vs[0]
+	}
+	return nil
+}
+
+func (d *driver) sameTitle(f *Finding) *Finding {
+	for _, vs := range d.byKey {
+		for _, g := range vs {
+			if g.Title == f.Title {
+				return g
+			}
+		}
+	}
+	return nil
+}
+
+// opName names an operation as titles do (madvise-collapse, numa-on).
+func opName(o Op) string {
+	switch o.Op {
+	case OpMadvise, OpMprotect, OpNUMA, OpUffdWP:
+		return o.Op + "-" + o.Arg
+	}
+	return o.Op
+}
+
+// triggers are the operations of a reproducer that are not plain
+// writes, reads, collections or pauses, in order, once each.
+func triggers(s *Sequence) []string {
+	var out []string
+	for _, o := range s.Ops {
+		switch o.Op {
+		case OpWrite, OpRead, OpCollect, OpSleep:
+			continue
+		}
+		if n := opName(o); !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func describe(res *ExecResult, l *Loss) string {
@@ -572,19 +646,7 @@ func dropRegion(s *Sequence, ri int) *Sequence {
 // Title names a finding by what it lost and the operations of its
 // minimized reproducer.
 func Title(f *Finding) string {
-	var ops []string
-	for _, o := range f.Replay.Ops {
-		name := o.Op
-		switch o.Op {
-		case OpWrite, OpRead, OpCollect, OpSleep:
-			continue
-		case OpMadvise, OpMprotect, OpNUMA, OpUffdWP:
-			name += "-" + o.Arg
-		}
-		if !slices.Contains(ops, name) {
-			ops = append(ops, name)
-		}
-	}
+	ops := triggers(f.Replay)
 	parts := strings.SplitN(f.Key, "|", 4)
 	var t string
 	switch f.Kind {
@@ -606,7 +668,10 @@ func Title(f *Finding) string {
 	return t
 }
 
-// Classify tells which of issue 19's lost writes a finding is ("" none).
+// Classify tells which of issue 19's lost writes a finding is ("" none);
+// pinned-wp is the 4 KiB twin of pinned-thp this fuzzer found (a pinned
+// page write-protected by uffd-wp / PAGEMAP_SCAN: the pin rule needs a
+// writable entry).
 func Classify(f *Finding) string {
 	if f.Tracker != "ldt" || f.Kind != "lost" {
 		return ""
@@ -628,8 +693,13 @@ func Classify(f *Finding) string {
 		return "ring-aio"
 	case src == OpXWrite:
 		return "shared-pin"
-	case src == OpUReadFix && strings.HasSuffix(rkind, "/pmd") && (has(OpClearRef, "") || has(OpNUMA, "on")):
-		return "pinned-thp"
+	case src == OpUReadFix && (has(OpClearRef, "") || has(OpNUMA, "on") || has(OpPMScan, "") || has(OpUffdWP, "on")):
+		// A pinned entry write-protected (clear_refs, NUMA hinting,
+		// uffd-wp), then written through the pin.
+		if strings.HasSuffix(rkind, "/pmd") {
+			return "pinned-thp"
+		}
+		return "pinned-wp"
 	case (strings.HasPrefix(rkind, KMemfd) || strings.HasPrefix(rkind, KSharedAnon)) && has(OpMadvise, "collapse"):
 		return "shmem-collapse"
 	}

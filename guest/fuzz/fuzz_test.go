@@ -3,10 +3,12 @@ package fuzz
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"ldtlab/guest/result"
@@ -163,6 +165,10 @@ func TestTitleAndClassify(t *testing.T) {
 			t.Errorf("%s: class %q, want %q", key, c, want)
 		}
 	}
+	w := &Finding{Tracker: "ldt", Kind: "lost", Key: "ldt|lost|memfd|uring-read-fixed", Replay: &Sequence{Ops: []Op{{Op: OpUReg}, {Op: OpPMScan}, {Op: OpUReadFix}}}}
+	if c := Classify(w); c != "pinned-wp" {
+		t.Errorf("pinned 4 KiB write-protected: class %q", c)
+	}
 	h := &Finding{Tracker: "ldt", Kind: "lost", Key: "ldt|lost|memfd|cpu", Replay: &Sequence{Ops: []Op{{Op: OpMadvise, Arg: "collapse"}}}}
 	if c := Classify(h); c != "shmem-collapse" {
 		t.Errorf("collapse: class %q", c)
@@ -216,5 +222,53 @@ func TestDriverFindsMinimizesAndDedups(t *testing.T) {
 func TestStructSizes(t *testing.T) {
 	if unsafe.Sizeof(uringSQE{}) != 64 || unsafe.Sizeof(uringParams{}) != 120 || unsafe.Sizeof(iocb{}) != 64 {
 		t.Fatal("uapi struct sizes")
+	}
+}
+
+// Two ways to the same key (a pinned THP write-protected by clear_refs,
+// or by PAGEMAP_SCAN) are two findings; a third sequence holding a known
+// trigger is a repeat, not minimized again.
+func TestDriverVariants(t *testing.T) {
+	runs := 0
+	runner := func(ctx context.Context, s *Sequence, tr string) (*ExecResult, error) {
+		runs++
+		res := &ExecResult{Tracker: tr}
+		if tr != "ldt" {
+			return res, nil
+		}
+		for _, o := range s.Ops {
+			if o.Op == OpClearRef || o.Op == OpPMScan {
+				res.Losses = []Loss{{Kind: "lost", RKind: "anon/pmd", Sources: []string{OpUReadFix}}}
+			}
+		}
+		return res, nil
+	}
+	seq := func(ops ...string) *Sequence {
+		s := &Sequence{Regions: []RegionSpec{{Kind: KAnon, Pages: 512, THP: "pmd"}}}
+		for _, o := range ops {
+			s.Ops = append(s.Ops, Op{Op: o, R: -1})
+		}
+		return s
+	}
+	d := &driver{o: Options{Trackers: []string{"ldt"}, Minimize: true, MinimizeFor: time.Minute, Runner: runner, Progress: io.Discard},
+		start: time.Now(), byKey: map[string][]*Finding{}, sum: &Summary{Trackers: map[string]*TrackerStats{"ldt": {Verdicts: map[string]int{}, NA: map[string]int{}}},
+			KnownGaps: map[string]int{}, OpsDone: map[string]int{}, OpsFailed: map[string]int{}, TimeMS: map[string]int64{}}}
+	d.sequence(context.Background(), 0, seq(OpUReg, OpWrite, OpClearRef, OpCollect, OpUReadFix))
+	d.sequence(context.Background(), 1, seq(OpUReg, OpPMScan, OpWrite, OpUReadFix))
+	before := runs
+	d.sequence(context.Background(), 2, seq(OpWrite, OpClearRef, OpRead))
+	if runs-before != 1 {
+		t.Errorf("a repeat of a known trigger was minimized again (%d runs)", runs-before)
+	}
+	var titles []string
+	for _, f := range d.sum.Findings {
+		titles = append(titles, f.Title)
+	}
+	want := []string{"fuzz: ldt lost uring-read-fixed writes to anon/pmd (clear-refs)", "fuzz: ldt lost uring-read-fixed writes to anon/pmd (pm-scan)"}
+	if !reflect.DeepEqual(titles, want) {
+		t.Errorf("titles %q, want %q", titles, want)
+	}
+	if d.sum.Findings[0].Count != 2 {
+		t.Errorf("count %d", d.sum.Findings[0].Count)
 	}
 }
