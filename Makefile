@@ -29,9 +29,10 @@ stress: setup
 
 # Model-based search (make test runs 60 s of it): random sequences of
 # memory operations under every tracker, findings minimized into replay
-# files in a crash store (the directory is printed).
+# files in a crash store (the directory is printed). QEMU only: no libvirt.
 FUZZ_FOR ?= 30m
-fuzz: setup
+fuzz: labctl
+	@$(LABCTL) setup
 	@$(LABCTL) fuzz --for $(FUZZ_FOR)
 
 # The fuzzer's teeth: on the series before issue 19's fixes (0001-0010)
@@ -41,7 +42,8 @@ fuzz: setup
 # that series.
 FUZZ_TEETH_PATCHES ?= 0001-0010
 FUZZ_TEETH_SEED ?= 1
-fuzz-teeth: setup
+fuzz-teeth: labctl
+	@$(LABCTL) setup
 	@P=""; if $(LABCTL) fuzz --help 2>&1 | grep -q -- '-patches'; then P="--patches $(FUZZ_TEETH_PATCHES)"; fi; \
 	$(LABCTL) fuzz $$P --for 30m --seed $(FUZZ_TEETH_SEED) --expect pinned-thp,shared-pin,shmem-collapse,ring
 
