@@ -38,14 +38,12 @@ fuzz: labctl
 # The fuzzer's teeth: on the series before issue 19's fixes (0001-0010)
 # it must find the pinned-THP, shared-pin and shmem-collapse losses and
 # the ring-page omission on its own within 30 minutes of TCG, each
-# minimized. Until `--patches` is a guest flag, the default kernel is
-# that series.
+# minimized.
 FUZZ_TEETH_PATCHES ?= 0001-0010
 FUZZ_TEETH_SEED ?= 1
 fuzz-teeth: labctl
 	@$(LABCTL) setup
-	@P=""; if $(LABCTL) fuzz --help 2>&1 | grep -q -- '-patches'; then P="--patches $(FUZZ_TEETH_PATCHES)"; fi; \
-	$(LABCTL) fuzz $$P --for 30m --seed $(FUZZ_TEETH_SEED) --expect pinned-thp,shared-pin,shmem-collapse,ring
+	@$(LABCTL) fuzz --patches $(FUZZ_TEETH_PATCHES) --for 30m --seed $(FUZZ_TEETH_SEED) --expect pinned-thp,shared-pin,shmem-collapse,ring
 
 # The overnight job: rounds until SOAK_FOR on as many guests as the machine
 # allows; `labctl soak report DIR` in the morning (DIR is printed).

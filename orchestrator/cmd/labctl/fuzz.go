@@ -16,6 +16,7 @@ import (
 	gfuzz "ldtlab/guest/fuzz"
 	"ldtlab/guest/result"
 	"ldtlab/images/cache"
+	"ldtlab/images/kernel"
 	"ldtlab/internal/secfs"
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
@@ -220,16 +221,12 @@ func expectClasses(run fuzz.Run, want []string) error {
 }
 
 // kernelFlags are the flags that select the guest's kernel, for a
-// reproduction command.
+// reproduction command: config, --vanilla, and the part of the series
+// (--patches, --ldt=n).
 func kernelFlags(g *guestFlags) string {
-	s := ""
-	if g.config != "" && g.config != "debug" {
-		s += " --config " + shquote.Word(g.config)
-	}
-	if g.vanilla {
-		s += " --vanilla"
-	}
-	return s
+	o := kernel.Options{Repo: g.kernelSelection.repo, Config: g.config, Vanilla: g.vanilla}
+	g.kernelSelection.apply(&o)
+	return o.Flags()
 }
 
 func printFuzzSummary(run fuzz.Run) {
