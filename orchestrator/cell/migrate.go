@@ -292,6 +292,16 @@ func RunMigrate(ctx context.Context, src, dst Guest, s Spec, c *Cell) error {
 	}
 	defer cleanup()
 	cleanup() // a previous cell that died half way
+	if toGuest {
+		// The restored server keeps its pid, which must be free on the
+		// destination (the guests have no pid namespaces): start it on
+		// the source well above every pid the destination has used.
+		if err := pidsAbove(ctx, src, dst); err != nil {
+			reports()
+			fail("%v", err)
+			return err
+		}
+	}
 	// Setup: redis under load (and pressure).
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	res, err := src.Run(sctx, migrateSetup(o))
@@ -368,7 +378,7 @@ func RunMigrate(ctx context.Context, src, dst Guest, s Spec, c *Cell) error {
 	}
 	// Restore and the oracles, on the destination.
 	rctx, cancel := context.WithTimeout(ctx, 8*time.Minute)
-	res, err = dst.Run(rctx, fmt.Sprintf("ldt-migrate -q -restore -dir %s -timeout 6m", shquote.Always(dir)))
+	res, err = dst.Run(rctx, fmt.Sprintf("ldt-migrate -q -restore -dir %s -pid %s -timeout 6m", shquote.Always(dir), pid))
 	cancel()
 	if err != nil {
 		reports()
@@ -454,6 +464,29 @@ func judgeMigrate(mg *Migrate, died bool) {
 	default:
 		mg.Verdict = result.VPass
 	}
+}
+
+// pidsAbove makes the source hand out pids above the destination's last
+// pid (with a margin for what the destination spawns meanwhile).
+func pidsAbove(ctx context.Context, src, dst Guest) error {
+	res, err := dst.Run(ctx, "cut -d' ' -f5 /proc/loadavg")
+	if err != nil {
+		return err
+	}
+	last, err := strconv.Atoi(strings.TrimSpace(string(res.Stdout)))
+	if err != nil {
+		return fmt.Errorf("the destination's last pid: %q", res.Stdout)
+	}
+	bctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
+	defer cancel()
+	res, err = src.Run(bctx, fmt.Sprintf("ldt-migrate -burn-pids %d -timeout 5m", last+1000))
+	if err != nil {
+		return err
+	}
+	if res.Code != 0 {
+		return fmt.Errorf("raising the source's pids above the destination's (%d): %s", last, FirstLine(string(res.Stderr)))
+	}
+	return nil
 }
 
 // guestDir asks the guest where the image goes.

@@ -3,6 +3,8 @@ package cell
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -98,4 +100,47 @@ func TestParseDigest(t *testing.T) {
 	d, n = parseDigest("nothing")
 	assert.Equal(t, "", d)
 	assert.Equal(t, -1, n)
+}
+
+// filesGuest is a fake guest that copies files: the source "has" an
+// image directory, the destination records what it received.
+type filesGuest struct {
+	*fakeGuest
+	got []string
+}
+
+func (g *filesGuest) Download(_ context.Context, remote, local string) error {
+	g.got = append(g.got, "download "+remote)
+	if err := os.MkdirAll(local, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(local, "pages-1.img"), make([]byte, 3<<20), 0o644)
+}
+
+func (g *filesGuest) Upload(_ context.Context, local, remote string) error {
+	g.got = append(g.got, "upload "+remote)
+	_, err := os.Stat(filepath.Join(local, "pages-1.img"))
+	return err
+}
+
+func TestRunMigrateToGuest(t *testing.T) {
+	src := &filesGuest{fakeGuest: migrateGuest(sourceJSON("pass", 500, 0, 0), "", "")}
+	src.out["ldt-migrate -burn-pids 1150"] = lab.Result{Stdout: []byte("1150\n")}
+	dst := &filesGuest{fakeGuest: migrateGuest("", restored, checkOut("8a1f00aa"))}
+	dst.out["cut -d"] = lab.Result{Stdout: []byte("150\n")}
+	dst.out["rm -rf"] = lab.Result{}
+	c := &Cell{}
+	require.NoError(t, RunMigrate(context.Background(), src, dst, Spec{Kind: KindMigrate, Tracker: "ldt", Migrate: MigrateOptions{Pressure: true}}, c))
+	mg := c.Migrate
+	assert.Equal(t, result.VPass, mg.Verdict, "%+v", mg)
+	assert.True(t, mg.ToGuest)
+	assert.Equal(t, []string{"download /mnt/data/ldtlab-migrate"}, src.got)
+	assert.Equal(t, []string{"upload /mnt/data/ldtlab-migrate"}, dst.got)
+	assert.InDelta(t, 3.0, mg.TransferMiB, 0.01)
+	assert.Contains(t, mg.Line(), "3.0 MiB through the host")
+
+	// Guests that cannot copy files cannot migrate to each other.
+	c = &Cell{}
+	RunMigrate(context.Background(), migrateGuest(sourceJSON("pass", 500, 0, 0), "", ""), dst.fakeGuest, Spec{Kind: KindMigrate, Tracker: "ldt"}, c)
+	assert.Equal(t, result.VFail, c.Migrate.Verdict)
 }
