@@ -212,12 +212,15 @@ for i in $(seq 300); do [ "$(redis-cli -p 6379 info clients | tr -d '\r' | sed -
 echo "digest $(redis-cli -p 6379 debug digest) keys $(redis-cli -p 6379 dbsize)"`
 
 // migrateCheck asks the restored server for its digest, stores and reads
-// a key and runs redis-benchmark against it; every step is bounded.
-const migrateCheck = `d=$(timeout 120 redis-cli -p 6379 debug digest 2>&1) || d="no-answer"
+// a key and runs redis-benchmark against it (as many requests as the
+// data set has keys, over all of them); every step is bounded.
+func migrateCheck(o MigrateOptions) string {
+	return fmt.Sprintf(`d=$(timeout 120 redis-cli -p 6379 debug digest 2>&1) || d="no-answer"
 echo "digest $d keys $(timeout 30 redis-cli -p 6379 dbsize 2>&1)"
 echo "setget $(timeout 30 redis-cli -p 6379 set ldtlab:migrated yes 2>&1) $(timeout 30 redis-cli -p 6379 get ldtlab:migrated 2>&1)"
-timeout 300 redis-benchmark -p 6379 -q -t set,get -n 20000 -r 16000 -d 4096 -P 16 >/tmp/ldtlab-migrate-bench.out 2>&1; echo "bench $?"
-echo "ping $(timeout 30 redis-cli -p 6379 ping 2>&1)"`
+timeout 300 redis-benchmark -p 6379 -q -t set,get -n %[1]d -r %[1]d -d 4096 -P 16 >/tmp/ldtlab-migrate-bench.out 2>&1; echo "bench $?"
+echo "ping $(timeout 30 redis-cli -p 6379 ping 2>&1)"`, o.Keys)
+}
 
 // migrateCleanup stops whatever the cell left running and removes the
 // image (run on both guests).
@@ -405,7 +408,7 @@ func RunMigrate(ctx context.Context, src, dst Guest, s Spec, c *Cell) error {
 	}
 	if mg.Restored {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		res, err = dst.Run(cctx, migrateCheck)
+		res, err = dst.Run(cctx, migrateCheck(o))
 		cancel()
 		if err != nil {
 			reports()

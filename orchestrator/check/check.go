@@ -402,12 +402,13 @@ func (r *runner) stress(ctx context.Context, trackers []string) error {
 }
 
 // MigrateShort is the short form of `labctl migrate` that check (and the
-// soak) run: three pre-copy rounds under memory pressure.
-var MigrateShort = cell.MigrateOptions{Rounds: 3, Pressure: true}
+// soak) run: three pre-copy rounds under memory pressure, half the
+// default data set.
+var MigrateShort = cell.MigrateOptions{Rounds: 3, Pressure: true, Keys: 8000}
 
 // MigrateRepro is the command that reruns a short migration.
 func MigrateRepro(tracker string) string {
-	return fmt.Sprintf("labctl migrate --tracker %s --rounds %d --pressure", tracker, MigrateShort.Rounds)
+	return fmt.Sprintf("labctl migrate --tracker %s --rounds %d --keys %d --pressure", tracker, MigrateShort.Rounds, MigrateShort.Keys)
 }
 
 // Repro is the command that reruns one cell.

@@ -77,7 +77,7 @@ func (s Step) String() string {
 	case "checkpoint":
 		return fmt.Sprintf("checkpoint %s %s seed %d", s.Target, s.Tracker, s.Seed)
 	case "migrate":
-		return fmt.Sprintf("migrate redis %s (3 rounds, pressure)", s.Tracker)
+		return fmt.Sprintf("migrate redis %s (3 rounds, 8000 keys, pressure)", s.Tracker)
 	case "selftest":
 		return "selftest " + s.Test
 	case "inject":

@@ -39,7 +39,7 @@ func init() {
 			fs.IntVar(&f.epochs, "epochs", 0, "epochs per scenario (0 = each scenario's default)")
 			fs.BoolVar(&f.noCompare, "no-compare", false, "skip the LDT vs soft-dirty comparison")
 			fs.BoolVar(&f.noCheckpoint, "no-checkpoint", false, "skip the incremental checkpoint oracle")
-			fs.BoolVar(&f.noMigrate, "no-migrate", false, "skip the short migration of redis (labctl migrate --rounds 3 --pressure per tracker)")
+			fs.BoolVar(&f.noMigrate, "no-migrate", false, "skip the short migration of redis (labctl migrate --rounds 3 --keys 8000 --pressure per tracker)")
 			fs.StringVar(&f.jsonOut, "json", "", "write the full result here (default: check-last.json in the state directory)")
 			fs.DurationVar(&f.stress, "stress", 8*time.Second, "race hunt per tracker after the catalogue (labctl stress runs it longer); 0 skips it")
 		},
