@@ -213,9 +213,10 @@ echo "digest $(redis-cli -p 6379 debug digest) keys $(redis-cli -p 6379 dbsize)"
 
 // migrateCheck asks the restored server for its digest, stores and reads
 // a key and runs redis-benchmark against it (as many requests as the
-// data set has keys, over all of them); every step is bounded.
+// data set has keys, over all of them); every step is bounded, and a
+// server that does not answer its digest is not asked anything more.
 func migrateCheck(o MigrateOptions) string {
-	return fmt.Sprintf(`d=$(timeout 120 redis-cli -p 6379 debug digest 2>&1) || d="no-answer"
+	return fmt.Sprintf(`d=$(timeout 120 redis-cli -p 6379 debug digest 2>&1) || { echo "digest no-answer keys none"; exit 0; }
 echo "digest $d keys $(timeout 30 redis-cli -p 6379 dbsize 2>&1)"
 echo "setget $(timeout 30 redis-cli -p 6379 set ldtlab:migrated yes 2>&1) $(timeout 30 redis-cli -p 6379 get ldtlab:migrated 2>&1)"
 timeout 300 redis-benchmark -p 6379 -q -t set,get -n %[1]d -r %[1]d -d 4096 -P 16 >/tmp/ldtlab-migrate-bench.out 2>&1; echo "bench $?"
