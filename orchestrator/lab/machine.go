@@ -20,9 +20,9 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
 	"ldtlab/images/rootfs"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/channel"
@@ -262,7 +262,7 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	// (the report stream below), and the mirror.
 	conPath := filepath.Join(m.Dir, "console.log")
 	if m.con, err = console.New(conPath, o.Mirror); err != nil {
-		return nil, &vm.InfraError{Op: "creating the console log", Err: cache.Explain(conPath, err)}
+		return nil, &vm.InfraError{Op: "creating the console log", Err: fileutil.Explain(conPath, err)}
 	}
 	if o.ConsoleMaxMiB > 0 {
 		m.con.Rotate(int64(o.ConsoleMaxMiB) << 20)
@@ -367,7 +367,7 @@ func holdLock(dir string) (*os.File, error) {
 	p := filepath.Join(dir, "lab.lock")
 	f, err := secfs.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, &vm.InfraError{Op: "creating the VM lock", Err: cache.Explain(p, err)}
+		return nil, &vm.InfraError{Op: "creating the VM lock", Err: fileutil.Explain(p, err)}
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()

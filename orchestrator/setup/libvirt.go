@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
 )
 
@@ -162,7 +163,7 @@ func Libvirt(log io.Writer) error {
 				libvirtdConf, strings.Join(dropped, ", "))
 		}
 		fmt.Fprintf(log, "[setup] %s: libvirtd's unix sockets for root and group %s only\n", libvirtdConf, libvirtGroup)
-		if err := writeFileAtomic(libvirtdConf, []byte(conf), 0o644); err != nil {
+		if err := fileutil.WriteFileAtomic(libvirtdConf, []byte(conf), 0o644); err != nil {
 			return fmt.Errorf("configuring libvirtd: %w", err)
 		}
 		changed = true
@@ -239,7 +240,7 @@ func startSystemd(log io.Writer, changed bool) error {
 		if err := os.MkdirAll(filepath.Dir(roSocketDrop), 0o755); err != nil {
 			return fmt.Errorf("configuring libvirtd-ro.socket: %w", err)
 		}
-		if err := writeFileAtomic(roSocketDrop, []byte(drop), 0o644); err != nil {
+		if err := fileutil.WriteFileAtomic(roSocketDrop, []byte(drop), 0o644); err != nil {
 			return fmt.Errorf("configuring libvirtd-ro.socket: %w", err)
 		}
 		changed = true
@@ -388,16 +389,4 @@ func runLogged(log io.Writer, args ...string) error {
 func isDir(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.IsDir()
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".ldtlab-tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
 }

@@ -15,8 +15,8 @@ import (
 
 	gfuzz "ldtlab/guest/fuzz"
 	"ldtlab/guest/result"
-	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
@@ -165,7 +165,7 @@ func init() {
 			}
 			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "kernel": m.Kernel.Meta.KernelRelease,
 				"kernel_key": m.Kernel.Meta.Key, "variant": lo.KernelOptions().Variant(), "run": run, "findings": titles}, "", "  ")
-			if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
+			if werr := fileutil.WriteFileAtomic(out, b, 0o644); werr != nil {
 				return &vm.InfraError{Op: "writing the fuzz result", Err: werr}
 			}
 			fmt.Printf("full result: %s\n", out)

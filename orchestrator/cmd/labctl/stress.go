@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/stress"
@@ -70,7 +70,7 @@ func init() {
 			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "runs": runs,
 				"kernel": m.Kernel.Meta.KernelRelease, "variant": o.KernelOptions().Variant(), "kernel_key": m.Kernel.Meta.Key,
 				"patches": m.Kernel.Meta.Patches, "omitted_patches": m.Kernel.Meta.Omitted}, "", "  ")
-			if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
+			if werr := fileutil.WriteFileAtomic(out, b, 0o644); werr != nil {
 				return &vm.InfraError{Op: "writing the stress result", Err: werr}
 			}
 			fmt.Printf("full result: %s\n", out)
