@@ -184,4 +184,3 @@ func TestStoreLookupCost(t *testing.T) {
 	}
 	t.Logf("verified lookup of a 20 MiB entry: %s per lookup", time.Since(start)/n)
 }
-
