@@ -134,7 +134,7 @@ func (c *Cell) Failed() bool { return c.Verdict.Failed() }
 
 // RunCell runs one cell in g and judges it. The returned Cell is always
 // filled in; the error is non-nil when the guest failed (a crash, a hang,
-// a death: the typed errors of package vm, lab.IsGuestFault) or the lab
+// a death: the typed errors of package vm, vm.IsGuestFault) or the lab
 // did, and the cell's verdict is then FAIL or ERROR.
 func RunCell(ctx context.Context, g Guest, s Spec) (*Cell, error) {
 	c := &Cell{Name: s.Name(), Kind: s.Kind}

@@ -23,6 +23,7 @@ import (
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/stress"
+	"ldtlab/orchestrator/vm"
 )
 
 // Trackers in display order.
@@ -202,7 +203,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		for _, t := range trackers {
 			n++
 			c, err := r.run(ctx, cell.Spec{Kind: cell.KindScenario, Scenario: s, Tracker: t, Seed: o.Seed, Epochs: o.Epochs, Vanilla: noDevice})
-			if err != nil && !lab.IsGuestFault(err) {
+			if err != nil && !vm.IsGuestFault(err) {
 				return nil, err
 			}
 			sc := c.Scenario
@@ -221,7 +222,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 				continue
 			}
 			c, err := r.run(ctx, cell.Spec{Kind: cell.KindCompare, Scenario: s, Seed: o.Seed, Epochs: o.Epochs})
-			if err != nil && !lab.IsGuestFault(err) {
+			if err != nil && !vm.IsGuestFault(err) {
 				return nil, err
 			}
 			r.res.Reports = append(r.res.Reports, c.ReportTitles...)
@@ -245,7 +246,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 					continue
 				}
 				c, err := r.run(ctx, cell.Spec{Kind: cell.KindCheckpoint, Target: target, Tracker: t, Seed: o.Seed})
-				if err != nil && !lab.IsGuestFault(err) {
+				if err != nil && !vm.IsGuestFault(err) {
 					return nil, err
 				}
 				cp := c.Checkpoint
@@ -261,7 +262,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 				continue
 			}
 			c, err := r.run(ctx, cell.Spec{Kind: cell.KindMigrate, Tracker: t, Seed: o.Seed, Migrate: MigrateShort})
-			if err != nil && !lab.IsGuestFault(err) {
+			if err != nil && !vm.IsGuestFault(err) {
 				return nil, err
 			}
 			r.res.Migrate = append(r.res.Migrate, c.Migrate)
@@ -324,7 +325,7 @@ func (r *runner) run(ctx context.Context, s cell.Spec) (*cell.Cell, error) {
 	if ctx.Err() != nil {
 		return c, ctx.Err()
 	}
-	if err != nil && lab.IsGuestFault(err) {
+	if err != nil && vm.IsGuestFault(err) {
 		if berr := r.boot(ctx); berr != nil {
 			return c, fmt.Errorf("booting a fresh guest after %s failed (%v): %w", s.Name(), firstLine(err.Error()), berr)
 		}
@@ -390,7 +391,7 @@ func (r *runner) stress(ctx context.Context, trackers []string) error {
 				fmt.Fprintf(r.o.Progress, "[stress] %s\n", stress.Command(t, thp, o))
 			}
 			c, err := r.run(ctx, cell.Spec{Kind: cell.KindStress, Tracker: t, THP: thp, Stress: o, Seed: r.o.Seed})
-			if err != nil && !lab.IsGuestFault(err) {
+			if err != nil && !vm.IsGuestFault(err) {
 				return err
 			}
 			sr := *c.Stress

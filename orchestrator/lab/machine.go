@@ -1034,12 +1034,3 @@ func (m *Machine) CrashError() error { return m.crashError() }
 
 // Done is closed when the VM has exited.
 func (m *Machine) Done() <-chan struct{} { return m.inst.Done() }
-
-// IsGuestFault tells kernel-side failures from lab failures.
-func IsGuestFault(err error) bool {
-	var be *vm.BootError
-	var ce *vm.CrashError
-	var he *vm.HangError
-	var de *vm.DiedError
-	return errors.As(err, &be) || errors.As(err, &ce) || errors.As(err, &he) || errors.As(err, &de)
-}

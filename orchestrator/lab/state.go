@@ -286,7 +286,7 @@ func Supervise(ctx context.Context, o Options) error {
 }
 
 func errorKind(err error) string {
-	if IsGuestFault(err) {
+	if vm.IsGuestFault(err) {
 		return "guest"
 	}
 	return "lab"

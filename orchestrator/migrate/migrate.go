@@ -24,6 +24,7 @@ import (
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/vm"
 )
 
 // Trackers are the default trackers, in display order: pagemap-scan
@@ -164,7 +165,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
 		}
-		if err != nil && !lab.IsGuestFault(err) {
+		if err != nil && !vm.IsGuestFault(err) {
 			return res, err
 		}
 		if err != nil {

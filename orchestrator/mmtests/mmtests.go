@@ -16,6 +16,7 @@ import (
 
 	"ldtlab/internal/cmdline"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/vm"
 )
 
 // Dir is where the image keeps the selftests.
@@ -108,7 +109,7 @@ func runOne(ctx context.Context, m *lab.Machine, t string, perTest time.Duration
 	cancel()
 	res := Result{Test: t, Exit: r.Code, Output: string(r.Stdout), Took: time.Since(start)}
 	if err != nil {
-		if lab.IsGuestFault(err) {
+		if vm.IsGuestFault(err) {
 			res.Error = err.Error()
 			return res, err
 		}

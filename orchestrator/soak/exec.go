@@ -14,6 +14,7 @@ import (
 	"ldtlab/orchestrator/mmtests"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/stress"
+	"ldtlab/orchestrator/vm"
 )
 
 // Outcome is a step as judged, with the kernel reports seen during it.
@@ -73,7 +74,7 @@ func (g *guest) reportsSince(ctx context.Context, mark int) []Seen {
 // execStep runs one step. Scenario, stress and checkpoint steps are
 // cells of the lab's executor (orchestrator/cell), judged exactly as
 // `labctl check` judges them; it never reboots: a guest fault comes back
-// as the error (lab.IsGuestFault) and the soak decides.
+// as the error (vm.IsGuestFault) and the soak decides.
 func execStep(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, error) {
 	switch s.Kind {
 	case "scenario", "stress", "checkpoint", "migrate":
@@ -170,7 +171,7 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	mark := g.m.ReportMark()
 	res, err := g.m.Run(tctx, fmt.Sprintf("mkdir -p /tmp/mmtests && cd /tmp/mmtests && %s/%s 2>&1", mmtests.Dir, s.Test))
 	o := Outcome{Reports: g.reportsSince(ctx, mark), Verdict: "INFO"}
-	if err != nil && lab.IsGuestFault(err) {
+	if err != nil && vm.IsGuestFault(err) {
 		return o, err
 	}
 	n := map[string]int{}

@@ -575,7 +575,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		case errors.As(err, &be):
 			c.Fault = "boot"
 			s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
-		case lab.IsGuestFault(err):
+		case vm.IsGuestFault(err):
 			// DiedError: QEMU went away without a kernel report.
 			c.Fault, c.Verdict = "died", "LAB"
 			s.labFailure(n, w, &st, "step", err, g.log())
@@ -641,7 +641,7 @@ func (s *Soak) rerun(ctx context.Context, w int, st Step, gp **guest) string {
 	}
 	out, err := s.exec(ctx, *gp, st, s.cat)
 	if err != nil || len(out.Reports) > 0 {
-		if err != nil && lab.IsGuestFault(err) {
+		if err != nil && vm.IsGuestFault(err) {
 			(*gp).close()
 			*gp = nil
 		}

@@ -309,7 +309,7 @@ func seriesStep(ctx context.Context, repo string, series []string, k int, config
 	st.BootSecs, st.Accel = m.BootTime.Seconds(), string(m.Accel.Kind)
 	r, err := m.Run(ctx, "true")
 	switch {
-	case err != nil && lab.IsGuestFault(err):
+	case err != nil && vm.IsGuestFault(err):
 		st.BootErr = "`true`: " + firstLineOf(err.Error())
 	case err != nil:
 		st.Infra = firstLineOf(err.Error())
