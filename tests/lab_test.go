@@ -33,7 +33,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // guestOptions is the plain guest `labctl up` boots: sizes left to the
-// lab (and to check.GuestDefaults, for the catalogue's guests), as the
+// lab (and to preset.Pressure, for the catalogue's guests), as the
 // labctl verbs leave them when no flag is given.
 func guestOptions(t testing.TB, name string) lab.Options {
 	return lab.Options{

@@ -32,6 +32,19 @@ type MigrateOptions struct {
 	Keys int `json:"keys,omitempty"`
 }
 
+// Repro is the `labctl migrate` command line that reruns these options
+// under tracker.
+func (o MigrateOptions) Repro(tracker string) string {
+	cmd := fmt.Sprintf("labctl migrate --tracker %s --rounds %d --keys %d", shquote.Word(tracker), o.Rounds, o.Keys)
+	if o.Interval > 0 {
+		cmd += fmt.Sprintf(" --interval %s", o.Interval)
+	}
+	if o.Pressure {
+		cmd += " --pressure"
+	}
+	return cmd
+}
+
 func (o MigrateOptions) withDefaults() MigrateOptions {
 	switch {
 	case o.Rounds == 0:

@@ -16,12 +16,11 @@ import (
 	"time"
 
 	"ldtlab/guest/result"
-	"ldtlab/images/rootfs"
-	"ldtlab/internal/cmdline"
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/stress"
 	"ldtlab/orchestrator/vm"
 )
@@ -80,62 +79,6 @@ type Result struct {
 	Failures int      `json:"failures"`
 }
 
-// GuestDefaults sizes the guest for real pressure: little RAM, zram and a
-// disk swap device, a data disk for writeback, two fake NUMA nodes for
-// migration, 2 vCPUs for the concurrency scenario.
-func GuestDefaults(o *lab.Options) {
-	if o.MemoryMiB == 0 {
-		o.MemoryMiB = 768
-	}
-	if o.CPUs < 2 {
-		o.CPUs = 2
-	}
-	if o.SwapMiB == 0 {
-		o.SwapMiB = 1024
-	}
-	if o.DataMiB <= 0 {
-		o.DataMiB = 256
-	}
-	o.Cmdline = cmdline.FakeNUMA(o.Cmdline, 2)
-	if o.Name == "" {
-		o.Name = "check"
-	}
-}
-
-// RedisFiles are shipped into the image for the checkpoint and migration
-// oracles: Debian's redis-server, redis-benchmark and redis-cli with the
-// shared libraries they link, and CRIU (rootfs.CriuFiles: Debian's criu
-// behind a small shim for the lab's kernel).
-func RedisFiles() ([]rootfs.File, error) {
-	var files []rootfs.File
-	for _, p := range []struct{ path, pkg string }{
-		{"/usr/bin/redis-server", "redis-server"},
-		{"/usr/bin/redis-benchmark", "redis-tools"},
-		{"/usr/bin/redis-cli", "redis-tools"},
-	} {
-		fs, err := rootfs.HostProgram(p.path, p.pkg)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, fs...)
-	}
-	criu, err := rootfs.CriuFiles()
-	if err != nil {
-		return nil, err
-	}
-	files = append(files, criu...)
-	// Deduplicate shared libraries.
-	seen := map[string]bool{}
-	var out []rootfs.File
-	for _, f := range files {
-		if !seen[f.Path] {
-			seen[f.Path] = true
-			out = append(out, f)
-		}
-	}
-	return out, nil
-}
-
 type runner struct {
 	o     Options
 	m     *lab.Machine
@@ -155,9 +98,9 @@ func (r *runner) logf(format string, args ...any) {
 // The returned error is for failures of the lab itself; unexpected
 // outcomes are counted in Result.Failures.
 func Run(ctx context.Context, o Options) (*Result, error) {
-	GuestDefaults(&o.Guest)
+	preset.Pressure(&o.Guest)
 	if o.Checkpoint || o.Migrate {
-		files, err := RedisFiles()
+		files, err := preset.RedisFiles()
 		if err != nil {
 			return nil, err
 		}
@@ -261,7 +204,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			if len(o.Trackers) > 0 && !slices.Contains(o.Trackers, t) {
 				continue
 			}
-			c, err := r.run(ctx, cell.Spec{Kind: cell.KindMigrate, Tracker: t, Seed: o.Seed, Migrate: MigrateShort})
+			c, err := r.run(ctx, cell.Spec{Kind: cell.KindMigrate, Tracker: t, Seed: o.Seed, Migrate: preset.MigrateShort})
 			if err != nil && !vm.IsGuestFault(err) {
 				return nil, err
 			}
@@ -402,16 +345,6 @@ func (r *runner) stress(ctx context.Context, trackers []string) error {
 	return nil
 }
 
-// MigrateShort is the short form of `labctl migrate` that check (and the
-// soak) run: three pre-copy rounds under memory pressure, half the
-// default data set.
-var MigrateShort = cell.MigrateOptions{Rounds: 3, Pressure: true, Keys: 8000}
-
-// MigrateRepro is the command that reruns a short migration.
-func MigrateRepro(tracker string) string {
-	return fmt.Sprintf("labctl migrate --tracker %s --rounds %d --keys %d --pressure", tracker, MigrateShort.Rounds, MigrateShort.Keys)
-}
-
 // Repro is the command that reruns one cell.
 func (r *runner) repro(scenario, tracker string) string {
 	// The scenario names come from the guest's catalogue: quoted.
@@ -464,7 +397,7 @@ func Table(w io.Writer, res *Result) {
 		for _, mg := range res.Migrate {
 			fmt.Fprintf(w, "  %s\n", mg.Line())
 			if mg.Failed() {
-				fmt.Fprintf(w, "    reproduce: %s\n", MigrateRepro(mg.Tracker))
+				fmt.Fprintf(w, "    reproduce: %s\n", preset.MigrateShort.Repro(mg.Tracker))
 			}
 		}
 	}

@@ -8,10 +8,10 @@ import (
 
 	"ldtlab/guest/result"
 	"ldtlab/orchestrator/cell"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/mmtests"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/stress"
 	"ldtlab/orchestrator/vm"
@@ -105,7 +105,7 @@ func spec(s Step, cat []Scenario) (cell.Spec, error) {
 	case "stress":
 		sp.Stress = stress.Options{Duration: s.Duration, Pages: s.Pages, Seed: s.Seed, MTHP: s.MTHP, Agitators: s.Agitators}
 	case "migrate":
-		sp.Migrate = check.MigrateShort
+		sp.Migrate = preset.MigrateShort
 	}
 	return sp, nil
 }

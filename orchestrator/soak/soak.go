@@ -26,8 +26,8 @@ import (
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -181,7 +181,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	// The QEMUs of this soak are named after its directory (the leak check
 	// of the tests and --resume find them by it).
 	if s.O.MemoryMiB == 0 {
-		s.O.MemoryMiB = 768 // check.GuestDefaults' size: room for pressure
+		s.O.MemoryMiB = 768 // preset.Pressure' size: room for pressure
 	}
 	if len(s.O.Hosts) > 0 {
 		s.O.VMs = len(s.O.Hosts) * max(1, s.O.VMsPerHost)
@@ -197,12 +197,12 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if s.O.Accel != "" {
 		s.Guest.Accel = s.O.Accel
 	}
-	check.GuestDefaults(&s.Guest)
+	preset.Pressure(&s.Guest)
 	s.Guest.Log = s.logFile
 	// Guests live for hours: their console logs rotate.
 	s.Guest.ConsoleMaxMiB = 64
 	if !s.O.Light {
-		files, err := check.RedisFiles()
+		files, err := preset.RedisFiles()
 		if err != nil {
 			return fmt.Errorf("the soak's checkpoint and migration oracles need redis and criu: %w", err)
 		}
@@ -755,7 +755,7 @@ func (s *Soak) repro(n int, st Step) string {
 		}
 		return cmd
 	case "migrate":
-		cmd := check.MigrateRepro(st.Tracker) + cfg
+		cmd := preset.MigrateShort.Repro(st.Tracker) + cfg
 		if s.O.MemoryMiB > 0 {
 			cmd += fmt.Sprintf(" --mem %d", s.O.MemoryMiB)
 		}

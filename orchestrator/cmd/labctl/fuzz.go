@@ -20,9 +20,9 @@ import (
 	"ldtlab/internal/secfs"
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/soak"
 	"ldtlab/orchestrator/vm"
 )
@@ -97,7 +97,7 @@ func init() {
 				return err
 			}
 			lo := g.options(repo, "fuzz")
-			check.GuestDefaults(&lo)
+			preset.Pressure(&lo)
 			lo.Name = "fuzz"
 			dir := f.out
 			if dir == "" {

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"ldtlab/internal/fileutil"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/stress"
 	"ldtlab/orchestrator/vm"
 )
@@ -47,7 +47,7 @@ func init() {
 				return err
 			}
 			o := g.options(repo, "stress")
-			check.GuestDefaults(&o)
+			preset.Pressure(&o)
 			o.Name = "stress"
 			m, err := lab.Boot(ctx, o)
 			if err != nil {
