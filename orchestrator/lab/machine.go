@@ -236,6 +236,9 @@ func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Ima
 	if m.lock, err = holdLock(m.Dir); err != nil {
 		return nil, err
 	}
+	if err := writeBackendRecord(m.Dir, o.Backend, o.Connect); err != nil {
+		return nil, err
+	}
 	if n := len(filepath.Join(m.Dir, "ssh.sock")); n > 100 {
 		return nil, &vm.InfraError{Op: "creating VM directory", Err: fmt.Errorf("path %s is too long for unix sockets (%d bytes); set LDTLAB_STATE to a shorter directory", m.Dir, n)}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
+	"ldtlab/internal/procutil"
 )
 
 // LibvirtPackages is what a local libvirt backend needs on top of Required.
@@ -341,19 +342,15 @@ func readPid(pidfile string) int {
 
 func stopPidfile(pidfile string, wait time.Duration) error {
 	pid := readPid(pidfile)
-	p, err := os.FindProcess(pid)
-	if err != nil || pid <= 0 {
+	if pid <= 0 {
 		return nil
 	}
-	p.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		if p.Signal(syscall.Signal(0)) != nil {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
+	// No SIGKILL: a libvirtd that does not stop is reported, not killed
+	// in the middle of writing its state.
+	if left := procutil.TermWait([]int{pid}, []int{pid}, wait); len(left) > 0 {
+		return fmt.Errorf("libvirtd (pid %d) did not stop within %s", pid, wait)
 	}
-	return fmt.Errorf("libvirtd (pid %d) did not stop within %s", pid, wait)
+	return nil
 }
 
 // reachable checks that libvirtd answers on its unix socket.

@@ -202,10 +202,17 @@ type Backend interface {
 	Close() error
 }
 
-// Sweeper is implemented by backends that can find and remove guests
-// whose orchestrator died without cleaning up (a SIGKILL).
+// Sweeper is implemented by backends whose guests can outlive the
+// orchestrator that started them (a libvirt domain does; a QEMU child
+// dies with its parent): it finds and removes them.
 type Sweeper interface {
+	// Sweep removes every guest on the backend's host whose
+	// orchestrator died without cleaning up (a SIGKILL).
 	Sweep(ctx context.Context) error
+	// SweepDir removes the guest started with Config.Dir == dir if it
+	// still runs (`labctl down` of a VM whose supervisor was killed);
+	// no guest is no error.
+	SweepDir(ctx context.Context, dir string) error
 }
 
 // BackendConfig configures a backend.
