@@ -1,5 +1,8 @@
 package lab
 
+// Sweeping what dead orchestrators left: stale temporary VM directories,
+// the backend's orphans, and a killed supervisor's guest (labctl down).
+
 import (
 	"context"
 	"encoding/json"
@@ -7,8 +10,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
+	"time"
 
 	"ldtlab/internal/fileutil"
+	"ldtlab/internal/secfs"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -56,4 +62,35 @@ func SweepLeftover(ctx context.Context, dir string) error {
 		return nil
 	}
 	return sw.SweepDir(ctx, dir)
+}
+
+// sweepStale removes temporary VM directories left by an orchestrator that
+// was killed outright (SIGKILL runs no cleanup; its QEMU died with it via
+// the parent-death signal, but the directory stayed), and asks the backend
+// to remove its own orphans.
+func sweepStale(ctx context.Context, b vm.Backend) {
+	if sw, ok := b.(vm.Sweeper); ok {
+		sw.Sweep(ctx)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ldtlab-vm-*"))
+	for _, d := range dirs {
+		// Only our own private directories (as MkdirTemp made them): in
+		// a shared /tmp, another user's (or one planted for us) is not
+		// ours to open or remove.
+		st, err := os.Lstat(d)
+		if err != nil || secfs.CheckPrivateDir(d) != nil || time.Since(st.ModTime()) < time.Minute {
+			continue // may be being created right now
+		}
+		// Read-only, never through a symlink, never a FIFO or device: a
+		// flock needs no more.
+		f, err := secfs.OpenFile(filepath.Join(d, "lab.lock"), os.O_RDONLY, 0)
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			f.Close()
+			if err != nil {
+				continue // its orchestrator lives
+			}
+		}
+		os.RemoveAll(d)
+	}
 }
