@@ -7,7 +7,6 @@ package check
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"ldtlab/guest/result"
-	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
@@ -59,19 +57,19 @@ type Options struct {
 
 // Result is the whole run, written as JSON.
 type Result struct {
-	Started    time.Time         `json:"started"`
-	Kernel     string            `json:"kernel"`
-	Variant    string            `json:"variant"`
-	Patches    []string          `json:"patches,omitempty"`         // the series' patches the kernel has
-	Omitted    []string          `json:"omitted_patches,omitempty"` // those it was built without (--patches/--without)
-	Accel      string            `json:"accel"`
-	Seed       uint64            `json:"seed"`
-	Cells      []*Cell           `json:"cells"`
-	Compare    []json.RawMessage `json:"compare,omitempty"`
-	Checkpoint []*Checkpoint     `json:"checkpoint,omitempty"`
-	Migrate    []*cell.Migrate   `json:"migrate,omitempty"`
-	Stress     []stress.Run      `json:"stress,omitempty"`
-	Reports    []string          `json:"kernel_reports,omitempty"`
+	Started    time.Time            `json:"started"`
+	Kernel     string               `json:"kernel"`
+	Variant    string               `json:"variant"`
+	Patches    []string             `json:"patches,omitempty"`         // the series' patches the kernel has
+	Omitted    []string             `json:"omitted_patches,omitempty"` // those it was built without (--patches/--without)
+	Accel      string               `json:"accel"`
+	Seed       uint64               `json:"seed"`
+	Cells      []*Cell              `json:"cells"`
+	Compare    []*result.Comparison `json:"compare,omitempty"`
+	Checkpoint []*Checkpoint        `json:"checkpoint,omitempty"`
+	Migrate    []*cell.Migrate      `json:"migrate,omitempty"`
+	Stress     []stress.Run         `json:"stress,omitempty"`
+	Reports    []string             `json:"kernel_reports,omitempty"`
 	// Problems are failures outside the cells: a comparison that did not
 	// run, a kernel report between phases, a mutant no cell caught.
 	Problems []string `json:"problems,omitempty"`
@@ -345,14 +343,10 @@ func (r *runner) stress(ctx context.Context, trackers []string) error {
 	return nil
 }
 
-// Repro is the command that reruns one cell.
+// repro is the command that reruns one cell.
 func (r *runner) repro(scenario, tracker string) string {
-	// The scenario names come from the guest's catalogue: quoted.
-	cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d", shquote.Word(scenario), shquote.Word(tracker), r.o.Seed)
-	if r.o.Epochs > 0 {
-		cmd += fmt.Sprintf(" --epochs %d", r.o.Epochs)
-	}
-	return cmd + r.o.Guest.KernelOptions().Flags()
+	sp := cell.Spec{Kind: cell.KindScenario, Scenario: &cell.Scenario{Name: scenario}, Tracker: tracker, Seed: r.o.Seed, Epochs: r.o.Epochs}
+	return sp.Repro() + r.o.Guest.KernelOptions().Flags()
 }
 
 // Table renders the scenario × tracker matrix.
@@ -373,15 +367,10 @@ func Table(w io.Writer, res *Result) {
 	}
 	if len(res.Compare) > 0 {
 		fmt.Fprintf(w, "\nLDT vs soft-dirty (pages reported per epoch; ldt∖sd and sd∖ldt)\n")
-		for _, raw := range res.Compare {
-			var v struct {
-				Scenario string           `json:"scenario"`
-				Raw      []map[string]any `json:"epochs"`
-			}
-			json.Unmarshal(raw, &v)
+		for _, v := range res.Compare {
 			var parts []string
-			for _, e := range v.Raw {
-				parts = append(parts, fmt.Sprintf("%v/%v (+%v/-%v)", e["ldt"], e["softdirty"], e["ldt_minus_softdirty"], e["softdirty_minus_ldt"]))
+			for _, e := range v.Epochs {
+				parts = append(parts, fmt.Sprintf("%d/%d (+%d/-%d)", e.LDT, e.SoftDirty, e.LDTOnly, e.SoftDirtyOnl))
 			}
 			fmt.Fprintf(w, "  %-20s %s\n", v.Scenario, strings.Join(parts, "  "))
 		}

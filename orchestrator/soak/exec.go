@@ -154,7 +154,7 @@ func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 // kernel bug of the tracker's (whatever else went wrong in the run: a
 // timed-out run keeps its known reports known).
 func knownStressReport(tracker string, sn Seen) string {
-	probe := stress.Run{Tracker: tracker, Verdict: result.VPass}
+	probe := stress.Run{Stress: result.Stress{Tracker: tracker}, Verdict: result.VPass}
 	stress.AddReports(&probe, []report.Report{{Type: report.Type(sn.Type), Title: sn.Title, Text: sn.Text}})
 	if probe.Verdict == result.VKnownGap {
 		return probe.Known
@@ -170,7 +170,7 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	defer cancel()
 	mark := g.m.ReportMark()
 	res, err := g.m.Run(tctx, fmt.Sprintf("mkdir -p /tmp/mmtests && cd /tmp/mmtests && %s/%s 2>&1", mmtests.Dir, s.Test))
-	o := Outcome{Reports: g.reportsSince(ctx, mark), Verdict: "INFO"}
+	o := Outcome{Reports: g.reportsSince(ctx, mark), Verdict: string(result.VInfo)}
 	if err != nil && vm.IsGuestFault(err) {
 		return o, err
 	}
@@ -183,7 +183,7 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 		o.Reason += "; " + firstLine(err.Error())
 	}
 	if len(o.Reports) > 0 {
-		o.Verdict = "FAIL"
+		o.Verdict = string(result.VFail)
 	}
 	return o, nil
 }
@@ -195,7 +195,7 @@ func execInject(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	defer cancel()
 	mark := g.m.ReportMark()
 	_, err := g.m.Run(tctx, "echo "+s.Word+" > /sys/kernel/debug/labtest/trigger")
-	return Outcome{Verdict: "INJECTED", Reports: g.reportsSince(ctx, mark)}, err
+	return Outcome{Verdict: string(result.VInjected), Reports: g.reportsSince(ctx, mark)}, err
 }
 
 func firstLine(s string) string {

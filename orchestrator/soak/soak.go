@@ -577,17 +577,17 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 			s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
 		case vm.IsGuestFault(err):
 			// DiedError: QEMU went away without a kernel report.
-			c.Fault, c.Verdict = "died", "LAB"
+			c.Fault, c.Verdict = "died", string(result.VLab)
 			s.labFailure(n, w, &st, "step", err, g.log())
 		default:
 			var ie *vm.InfraError
 			if errors.As(err, &ie) {
-				c.Fault, c.Verdict = "lab", "LAB"
+				c.Fault, c.Verdict = "lab", string(result.VLab)
 				s.labFailure(n, w, &st, "step", err, g.log())
 			} else {
 				// The step's own error (a command that timed out but the
 				// guest answers): a failed cell, the guest is kept.
-				c.Verdict, replace = "ERROR", false
+				c.Verdict, replace = string(result.VError), false
 			}
 		}
 	}
@@ -597,7 +597,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 	}
 	if st.Kind == "inject" {
 		// The reports it provokes are filed; the step did what it was asked.
-		c.Verdict, c.Failed = "INJECTED", false
+		c.Verdict, c.Failed = string(result.VInjected), false
 	}
 	if replace {
 		s.logf("worker %d: round %d: replacing the guest after %s", w, n, firstLine(c.Verdict+" "+c.Error+" "+strings.Join(c.Crashes, "; ")))
@@ -605,7 +605,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		*gp = nil
 	}
 	// A correctness failure is re-run once from its seed.
-	if c.Verdict == "FAIL" && err == nil && len(out.Reports) == 0 && (out.Missed > 0 || out.Corrupted > 0) && st.Kind != "inject" {
+	if c.Verdict == string(result.VFail) && err == nil && len(out.Reports) == 0 && (out.Missed > 0 || out.Corrupted > 0) && st.Kind != "inject" {
 		c.Reproduced = s.rerun(ctx, w, st, gp)
 		what := "lost pages"
 		if out.Corrupted > 0 {
@@ -647,7 +647,7 @@ func (s *Soak) rerun(ctx context.Context, w int, st Step, gp **guest) string {
 		}
 		return "not-rerun"
 	}
-	if out.Verdict == "FAIL" && (out.Missed > 0 || out.Corrupted > 0) {
+	if out.Verdict == string(result.VFail) && (out.Missed > 0 || out.Corrupted > 0) {
 		return "yes"
 	}
 	return "no"
@@ -749,11 +749,8 @@ func (s *Soak) repro(n int, st Step) string {
 	case "fuzz":
 		return fmt.Sprintf("labctl fuzz --seed %d --for %s --mem %d%s", st.Seed, st.Duration, s.O.MemoryMiB, cfg)
 	case "scenario":
-		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --no-migrate --stress 0%s", q(st.Scenario), q(st.Tracker), st.Seed, cfg)
-		if st.Epochs > 0 {
-			cmd += fmt.Sprintf(" --epochs %d", st.Epochs)
-		}
-		return cmd
+		sp, _ := spec(st, []Scenario{{Name: st.Scenario}})
+		return sp.Repro() + " --no-compare --no-checkpoint --no-migrate --stress 0" + cfg
 	case "migrate":
 		cmd := preset.MigrateShort.Repro(st.Tracker) + cfg
 		if s.O.MemoryMiB > 0 {
@@ -764,14 +761,8 @@ func (s *Soak) repro(n int, st Step) string {
 		if st.THP && st.Tracker != "ldt" {
 			break // labctl stress runs THP for ldt only: replay the round
 		}
-		cmd := fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", q(st.Tracker), st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
-		if st.MTHP != "" {
-			cmd += " --mthp " + q(st.MTHP)
-		}
-		if st.Agitators != nil {
-			cmd += " --agitators " + q(strings.Join(st.Agitators, ","))
-		}
-		return cmd
+		sp, _ := spec(st, nil)
+		return sp.Repro() + fmt.Sprintf(" --mem %d", s.O.MemoryMiB) + cfg
 	}
 	// Everything that shapes the round's plan goes along: its mix, its
 	// trackers, the guest size, and the injections it fired.

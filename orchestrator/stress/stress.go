@@ -30,20 +30,13 @@ type Options struct {
 	Seed      uint64
 }
 
-// Run is one tracker's run as ldt-stress reported it.
+// Run is one tracker's run: what ldt-stress printed (result.Stress) and
+// the host's judgement of it.
 type Run struct {
-	Tracker   string         `json:"tracker"`
-	THP       bool           `json:"thp"`
-	Verdict   result.Verdict `json:"verdict"` // PASS, CAUGHT, KNOWN-GAP, FAIL, NO-TEETH, ERROR
-	LostPages int            `json:"lost_pages"`
-	// LostBySource: whose writes were lost (cpu, gup-write, odirect…).
-	LostBySource map[string]int `json:"lost_by_source,omitempty"`
-	Writes       uint64         `json:"writes"`
-	Collections  int            `json:"collections"`
-	Copied       uint64         `json:"pages_copied"`
-	Agitators    map[string]int `json:"agitators"`
-	Lost         []any          `json:"lost,omitempty"`
-	Error        string         `json:"error,omitempty"`
+	result.Stress
+	THP     bool           `json:"thp"`
+	Verdict result.Verdict `json:"verdict"` // PASS, CAUGHT, KNOWN-GAP, FAIL, NO-TEETH, ERROR
+	Error   string         `json:"error,omitempty"`
 	// Reports are the kernel reports that appeared during this run.
 	Reports []string `json:"kernel_reports,omitempty"`
 	Known   string   `json:"known,omitempty"` // why a report here is a known kernel bug
@@ -91,16 +84,10 @@ func known(tracker, text string) string {
 }
 
 // Failed says whether the run is a failure of the job.
-func (r Run) Failed() bool {
-	return r.Verdict != result.VPass && r.Verdict != result.VCaught && r.Verdict != result.VKnownGap
-}
+func (r Run) Failed() bool { return r.Verdict.Failed() }
 
-// Guest is what a stress run needs from a booted guest (*lab.Machine).
-type Guest interface {
-	Run(ctx context.Context, cmd string) (lab.Result, error)
-	ReportMark() int
-	ReportsSince(ctx context.Context, mark int) []report.Report
-}
+// Guest is what a stress run needs from a booted guest.
+type Guest = lab.Guest
 
 // Job runs the stress runs in g, one after another. Each kernel report is
 // attributed to the run during which it appeared.
@@ -159,7 +146,7 @@ func RunOne(ctx context.Context, g Guest, tracker string, thp bool, o Options, l
 	if log != nil {
 		fmt.Fprintf(log, "[stress] %s\n", cmd)
 	}
-	r := Run{Tracker: tracker, THP: thp, Command: cmd}
+	r := Run{Stress: result.Stress{Tracker: tracker}, THP: thp, Command: cmd}
 	mark := g.ReportMark()
 	// The guest's own clock runs the duration; allow TCG's slowness on
 	// top for setup and the last epoch's comparison.
@@ -180,7 +167,7 @@ func RunOne(ctx context.Context, g Guest, tracker string, thp bool, o Options, l
 		r.Error = fmt.Sprintf("unreadable result (%v): %s", jerr, res.Stdout)
 	}
 	r.Tracker, r.THP = tracker, thp
-	r.Verdict = judge(tracker, res.Code, r.LostPages)
+	r.Verdict = result.JudgeStress(tracker, res.Code, r.LostPages)
 	if why := knownLost(tracker, r.LostBySource); r.Verdict == result.VFail && why != "" {
 		r.Verdict, r.Known = result.VKnownGap, why
 	}
@@ -208,20 +195,4 @@ func AddReports(r *Run, reps []report.Report) {
 			r.Verdict, r.Error = result.VFail, "kernel report: "+rep.String()
 		}
 	}
-}
-
-// judge maps ldt-stress's exit status to a verdict: the negative control
-// must lose writes, every real tracker must lose none.
-func judge(tracker string, code, lost int) result.Verdict {
-	switch {
-	case code == 2 || (code == 1) != (lost > 0):
-		return result.VError
-	case tracker == "naive" && lost > 0:
-		return result.VCaught
-	case tracker == "naive":
-		return result.VNoTeeth
-	case lost > 0:
-		return result.VFail
-	}
-	return result.VPass
 }

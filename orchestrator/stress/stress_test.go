@@ -33,7 +33,7 @@ func TestJudge(t *testing.T) {
 		{"ldt", 1, 0, "ERROR"}, // exit status and count disagree
 		{"ldt", 0, 2, "ERROR"},
 	} {
-		got := judge(c.tracker, c.code, c.lost)
+		got := result.JudgeStress(c.tracker, c.code, c.lost)
 		assert.Equal(t, c.want, got, "%+v", c)
 		assert.Equal(t, c.want != "PASS" && c.want != "CAUGHT", Run{Verdict: got}.Failed())
 	}
