@@ -43,46 +43,6 @@ type Run struct {
 	Command string   `json:"command"`
 }
 
-// knownReports are kernel bugs outside LDT that a reference tracker's run
-// can hit: shown as KNOWN-GAP, never excused for ldt.
-var knownReports = []struct {
-	tracker, frame, why string
-}{
-	{"pagemap-scan", "make_uffd_wp_pte", "vanilla 6.12 bug, not LDT: PAGEMAP_SCAN's write-protect marks a writable migration entry uffd-wp (make_uffd_wp_pte), which page_table_check warns about; the vanilla kernel shows it too"},
-}
-
-// knownLoss are documented limits of a reference tracker: writes of one
-// source it cannot see. Shown as KNOWN-GAP when every lost page has only
-// that source; never for ldt.
-var knownLoss = []struct{ tracker, source, why string }{
-	{"pagemap-scan", "odirect", "write-protection cannot see a device writing into a page pinned before the write-protect (O_DIRECT, DMA): the write takes no fault; LDT reports pinned pages instead"},
-}
-
-func knownLost(tracker string, bySource map[string]int) string {
-	for _, k := range knownLoss {
-		if k.tracker != tracker {
-			continue
-		}
-		only := len(bySource) > 0
-		for src := range bySource {
-			only = only && src == k.source
-		}
-		if only {
-			return k.why
-		}
-	}
-	return ""
-}
-
-func known(tracker, text string) string {
-	for _, k := range knownReports {
-		if k.tracker == tracker && strings.Contains(text, k.frame) {
-			return k.why
-		}
-	}
-	return ""
-}
-
 // Failed says whether the run is a failure of the job.
 func (r Run) Failed() bool { return r.Verdict.Failed() }
 
@@ -168,7 +128,7 @@ func RunOne(ctx context.Context, g Guest, tracker string, thp bool, o Options, l
 	}
 	r.Tracker, r.THP = tracker, thp
 	r.Verdict = result.JudgeStress(tracker, res.Code, r.LostPages)
-	if why := knownLost(tracker, r.LostBySource); r.Verdict == result.VFail && why != "" {
+	if why := result.StressGap(tracker, r.LostBySource); r.Verdict == result.VFail && why != "" {
 		r.Verdict, r.Known = result.VKnownGap, why
 	}
 	if r.Verdict == result.VError && r.Error == "" {
@@ -187,7 +147,7 @@ func AddReports(r *Run, reps []report.Report) {
 	for _, rep := range reps {
 		text := rep.String() + "\n" + rep.Text
 		r.Reports = append(r.Reports, text)
-		why := known(r.Tracker, text)
+		why := result.KnownStressReport(r.Tracker, text)
 		switch {
 		case why != "" && !r.Failed():
 			r.Verdict, r.Known = result.VKnownGap, why
