@@ -320,25 +320,25 @@ func (r *runner) boot(ctx context.Context) error {
 // (softdirty is N/A there; mutants are judged by the catalogue).
 func (r *runner) stress(ctx context.Context, trackers []string) error {
 	o := stress.Options{Duration: r.o.Stress, Pages: 8192, THP: true, Seed: r.o.Seed}
-	for _, t := range []string{"ldt", "pagemap-scan", "naive"} {
-		if !slices.Contains(trackers, t) {
-			continue
+	for _, t := range stress.DefaultTrackers {
+		if slices.Contains(trackers, t) {
+			o.Trackers = append(o.Trackers, t)
 		}
-		for _, thp := range []bool{false, true} {
-			if thp && t != "ldt" {
-				continue
-			}
-			if r.o.Progress != nil {
-				fmt.Fprintf(r.o.Progress, "[stress] %s\n", stress.Command(t, thp, o))
-			}
-			c, err := r.run(ctx, cell.Spec{Kind: cell.KindStress, Tracker: t, THP: thp, Stress: o, Seed: r.o.Seed})
-			if err != nil && !vm.IsGuestFault(err) {
-				return err
-			}
-			sr := *c.Stress
-			r.res.Stress = append(r.res.Stress, sr)
-			r.logf("[stress] %s thp=%v: %s (lost %d, %d writes, %d collections)\n", t, thp, sr.Verdict, sr.LostPages, sr.Writes, sr.Collections)
+	}
+	if len(o.Trackers) == 0 {
+		return nil
+	}
+	for _, p := range stress.Plan(o) {
+		if r.o.Progress != nil {
+			fmt.Fprintf(r.o.Progress, "[stress] %s\n", stress.Command(p.Tracker, p.THP, o))
 		}
+		c, err := r.run(ctx, cell.Spec{Kind: cell.KindStress, Tracker: p.Tracker, THP: p.THP, Stress: o, Seed: r.o.Seed})
+		if err != nil && !vm.IsGuestFault(err) {
+			return err
+		}
+		sr := *c.Stress
+		r.res.Stress = append(r.res.Stress, sr)
+		r.logf("[stress] %s thp=%v: %s (lost %d, %d writes, %d collections)\n", p.Tracker, p.THP, sr.Verdict, sr.LostPages, sr.Writes, sr.Collections)
 	}
 	return nil
 }

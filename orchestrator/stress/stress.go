@@ -49,24 +49,44 @@ func (r Run) Failed() bool { return r.Verdict.Failed() }
 // Guest is what a stress run needs from a booted guest.
 type Guest = lab.Guest
 
+// DefaultTrackers are the trackers a job runs when Options.Trackers is
+// empty: the one under test, the reference, the negative control.
+var DefaultTrackers = []string{"ldt", "pagemap-scan", "naive"}
+
+// Planned is one run of a job.
+type Planned struct {
+	Tracker string
+	THP     bool
+}
+
+// Plan lists a job's runs in order: each tracker, and ldt once more with
+// transparent huge pages when o.THP. The policy of `labctl stress` and
+// of check's stress phase alike.
+func Plan(o Options) []Planned {
+	trackers := o.Trackers
+	if len(trackers) == 0 {
+		trackers = DefaultTrackers
+	}
+	var out []Planned
+	for _, t := range trackers {
+		out = append(out, Planned{t, false})
+		if o.THP && t == "ldt" {
+			out = append(out, Planned{t, true})
+		}
+	}
+	return out
+}
+
 // Job runs the stress runs in g, one after another. Each kernel report is
 // attributed to the run during which it appeared.
 func Job(ctx context.Context, g Guest, o Options, log io.Writer) ([]Run, error) {
-	if len(o.Trackers) == 0 {
-		o.Trackers = []string{"ldt", "pagemap-scan", "naive"}
-	}
 	var runs []Run
-	for _, t := range o.Trackers {
-		for _, thp := range []bool{false, true} {
-			if thp && (!o.THP || t != "ldt") {
-				continue
-			}
-			r, err := RunOne(ctx, g, t, thp, o, log)
-			if err != nil {
-				return runs, err
-			}
-			runs = append(runs, r)
+	for _, p := range Plan(o) {
+		r, err := RunOne(ctx, g, p.Tracker, p.THP, o, log)
+		if err != nil {
+			return runs, err
 		}
+		runs = append(runs, r)
 	}
 	return runs, nil
 }

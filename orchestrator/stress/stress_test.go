@@ -53,3 +53,17 @@ func TestKnownLost(t *testing.T) {
 	assert.Empty(t, result.StressGap("ldt", map[string]int{"odirect": 3}), "never excused for ldt")
 	assert.Empty(t, result.StressGap("pagemap-scan", nil))
 }
+
+func TestPlan(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		o    Options
+		want []Planned
+	}{
+		{"defaults", Options{}, []Planned{{"ldt", false}, {"pagemap-scan", false}, {"naive", false}}},
+		{"thp: ldt twice", Options{THP: true}, []Planned{{"ldt", false}, {"ldt", true}, {"pagemap-scan", false}, {"naive", false}}},
+		{"no ldt, no thp run", Options{Trackers: []string{"naive"}, THP: true}, []Planned{{"naive", false}}},
+	} {
+		t.Run(c.name, func(t *testing.T) { assert.Equal(t, c.want, Plan(c.o)) })
+	}
+}
