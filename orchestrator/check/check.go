@@ -220,41 +220,48 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		r.res.Reports = append(r.res.Reports, rep.String())
 		r.res.Problems = append(r.res.Problems, "kernel report after the last phase: "+rep.String())
 	}
+	r.res.tally(trackers)
+	r.res.Seconds = time.Since(r.start).Seconds()
+	return r.res, nil
+}
+
+// tally adds the run's own problems (a mutant among trackers that no cell
+// CAUGHT) and counts the failures: every problem, and every cell,
+// checkpoint run, stress run and migration whose verdict failed.
+func (res *Result) tally(trackers []string) {
 	for _, m := range Mutants {
 		if !slices.Contains(trackers, m) {
 			continue
 		}
 		caught := false
-		for _, c := range r.res.Cells {
+		for _, c := range res.Cells {
 			caught = caught || (c.Tracker == m && c.Verdict == result.VCaught)
 		}
 		if !caught {
-			r.res.Problems = append(r.res.Problems, fmt.Sprintf("mutant %s survived: no cell of the catalogue failed it", m))
+			res.Problems = append(res.Problems, fmt.Sprintf("mutant %s survived: no cell of the catalogue failed it", m))
 		}
 	}
-	r.res.Failures += len(r.res.Problems)
-	for _, c := range r.res.Cells {
+	res.Failures += len(res.Problems)
+	for _, c := range res.Cells {
 		if c.Failed() {
-			r.res.Failures++
+			res.Failures++
 		}
 	}
-	for _, cp := range r.res.Checkpoint {
+	for _, cp := range res.Checkpoint {
 		if cp.Failed() {
-			r.res.Failures++
+			res.Failures++
 		}
 	}
-	for _, sr := range r.res.Stress {
+	for _, sr := range res.Stress {
 		if sr.Failed() {
-			r.res.Failures++
+			res.Failures++
 		}
 	}
-	for _, mg := range r.res.Migrate {
+	for _, mg := range res.Migrate {
 		if mg.Failed() {
-			r.res.Failures++
+			res.Failures++
 		}
 	}
-	r.res.Seconds = time.Since(r.start).Seconds()
-	return r.res, nil
 }
 
 // run is the policy around one cell: the cell's error is kept in the cell;

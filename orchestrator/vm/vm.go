@@ -1,5 +1,5 @@
 // Package vm is the small interface between the lab and a VM backend
-// (QEMU today): what to boot, what a running instance offers, the timeouts
+// (vm/qemu, vm/libvirt): what to boot, what a running instance offers, the timeouts
 // every layer uses, and the typed errors that separate "the kernel failed"
 // from "the lab failed". Backends know nothing about kernel reports or the
 // guest agent; the monitoring layer in package lab does.
