@@ -10,7 +10,7 @@ import (
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/lab"
-	"ldtlab/orchestrator/mmtests"
+	"ldtlab/orchestrator/mmselftests"
 	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/stress"
@@ -169,13 +169,13 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	tctx, cancel := context.WithTimeout(ctx, time.Duration(float64(180*time.Second)*float64(g.m.Timeouts.Command)/float64(120*time.Second)))
 	defer cancel()
 	mark := g.m.ReportMark()
-	res, err := g.m.Run(tctx, fmt.Sprintf("mkdir -p /tmp/mmtests && cd /tmp/mmtests && %s/%s 2>&1", mmtests.Dir, s.Test))
+	res, err := g.m.Run(tctx, fmt.Sprintf("mkdir -p /tmp/mmtests && cd /tmp/mmtests && %s/%s 2>&1", mmselftests.Dir, s.Test))
 	o := Outcome{Reports: g.reportsSince(ctx, mark), Verdict: string(result.VInfo)}
 	if err != nil && vm.IsGuestFault(err) {
 		return o, err
 	}
 	n := map[string]int{}
-	for _, v := range mmtests.ParseTAP(string(res.Stdout)) {
+	for _, v := range mmselftests.ParseTAP(string(res.Stdout)) {
 		n[v]++
 	}
 	o.Reason = fmt.Sprintf("exit %d: %d ok, %d not ok, %d skip (compared with vanilla by labctl selftests, not here)", res.Code, n["ok"], n["not ok"], n["skip"])
