@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"ldtlab/internal/fileutil"
+	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/stress"
@@ -84,7 +85,9 @@ func init() {
 				}
 				if r.Failed() {
 					bad++
-					fmt.Printf("  %s thp=%v: %s %s\n    reproduce: labctl stress --tracker %s --seed %d --for %s --pages %d%s\n", r.Tracker, r.THP, r.Verdict, r.Error, r.Tracker, f.seed, f.dur, f.pages, o.KernelOptions().Flags())
+					sp := cell.Spec{Kind: cell.KindStress, Tracker: r.Tracker, THP: r.THP, Seed: f.seed,
+						Stress: stress.Options{Duration: f.dur, Pages: f.pages, MTHP: f.mthp, Agitators: agitatorList(f.agitators)}}
+					fmt.Printf("  %s thp=%v: %s %s\n    reproduce: %s%s\n", r.Tracker, r.THP, r.Verdict, r.Error, sp.Repro(), o.KernelOptions().Flags())
 				}
 				for _, t := range r.Reports {
 					title, _, _ := strings.Cut(t, "\n")
