@@ -13,6 +13,7 @@ import (
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
+	"ldtlab/internal/fileutil"
 	"ldtlab/orchestrator/accel"
 	"ldtlab/orchestrator/vm"
 )
@@ -152,7 +153,9 @@ func (b *Backend) Start(ctx context.Context, cfg vm.Config) (vm.Instance, error)
 		// For reproduction by hand, and for `labctl down` if the
 		// orchestrator dies (the domain outlives it).
 		os.WriteFile(filepath.Join(cfg.Dir, "domain.xml"), []byte(in.XML()), 0o600)
-		os.WriteFile(filepath.Join(cfg.Dir, leftoverFile), []byte(in.URI()+"\n"+in.DomainName()+"\n"), 0o600)
+		// Atomic: `labctl down` of a killed supervisor reads it
+		// (SweepDir) and must never see half a record.
+		fileutil.WriteFileAtomic(filepath.Join(cfg.Dir, leftoverFile), []byte(in.URI()+"\n"+in.DomainName()+"\n"), 0o600)
 	}
 	return in, nil
 }

@@ -262,8 +262,10 @@ func prepareFiles(cfg vm.Config) error {
 	}
 	for i, fc := range cfg.FwCfg {
 		p := fwCfgPath(cfg, i)
-		if err := os.WriteFile(p, fc.Data, 0o600); err != nil {
-			return &vm.InfraError{Op: "writing fw_cfg " + fc.Name, Err: fileutil.Explain(p, err)}
+		// Atomic and synced like the keys they copy: QEMU never reads
+		// a torn key, and a full disk is named.
+		if err := fileutil.WriteFileAtomic(p, fc.Data, 0o600); err != nil {
+			return &vm.InfraError{Op: "writing fw_cfg " + fc.Name, Err: err}
 		}
 	}
 	return nil
