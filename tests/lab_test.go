@@ -33,7 +33,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // guestOptions is the plain guest `labctl up` boots: sizes left to the
-// lab (and to check.GuestDefaults, for the catalogue's guests), as the
+// lab (and to preset.Pressure, for the catalogue's guests), as the
 // labctl verbs leave them when no flag is given.
 func guestOptions(t testing.TB, name string) lab.Options {
 	return lab.Options{
@@ -223,7 +223,7 @@ func TestInjectedPanicIsDetected(t *testing.T) {
 				assert.Equal(t, "panic", ce.Type)
 				assert.Contains(t, strings.ToLower(ce.Title), tc.title)
 				t.Logf("panic detected (%s) in %s: %s", be.name, time.Since(start), ce.Title)
-				assert.True(t, lab.IsGuestFault(err))
+				assert.True(t, vm.IsGuestFault(err))
 				assert.NotContains(t, strings.ToLower(err.Error()), "panic: kernel panic", "the type is not repeated before the title")
 				// The whole report reached the console (the guest was let run on).
 				assert.Contains(t, string(m.ConsoleLog()), "---[ end Kernel panic")
@@ -344,7 +344,7 @@ func TestAgentRestartReconnects(t *testing.T) {
 
 	_, err := m.Run(context.Background(), `kill -9 $(`+agentPids+`)`)
 	require.Error(t, err, "the agent died under the command")
-	assert.False(t, lab.IsGuestFault(err), "the kernel is fine: %v", err)
+	assert.False(t, vm.IsGuestFault(err), "the kernel is fine: %v", err)
 	var res lab.Result
 	require.Eventually(t, func() bool {
 		res, err = m.Run(context.Background(), "echo back")

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"ldtlab/guest/result"
 	"ldtlab/guest/tracker"
 )
 
@@ -47,43 +48,11 @@ type Options struct {
 	Open func(start, end uintptr) (tracker.Tracker, error)
 }
 
-// Lost is one page whose memory differs from the shadow at the end.
-type Lost struct {
-	Addr    uintptr  `json:"addr"`
-	Epoch   int      `json:"epoch"`
-	State   string   `json:"state"`   // pagemap/kpageflags/NUMA facts
-	Sources []string `json:"sources"` // who wrote the words the shadow lacks
-}
+// Lost is result.StressLost: the wire type is shared with the host.
+type Lost = result.StressLost
 
-// Result is the outcome of a run.
-type Result struct {
-	Tracker     string         `json:"tracker"`
-	Seed        uint64         `json:"seed"`
-	Pages       int            `json:"pages"`
-	Writers     int            `json:"writers"`
-	Epochs      int            `json:"epochs"`
-	DurationMS  int64          `json:"duration_ms"`
-	Writes      uint64         `json:"writes"`
-	Collections int            `json:"collections"`
-	Copied      uint64         `json:"pages_copied"`
-	Agitators   map[string]int `json:"agitators"` // name -> actions done
-	LostPages   int            `json:"lost_pages"`
-	// LostBySource counts lost pages by who wrote the missing words
-	// (a page with several writers counts for each).
-	LostBySource map[string]int `json:"lost_by_source,omitempty"`
-	Lost         []Lost         `json:"lost,omitempty"` // the first few
-	// LostPerEpoch lists the epoch of every lost page (for the soak).
-	LostPerEpoch []int    `json:"lost_epochs,omitempty"`
-	Notes        []string `json:"notes,omitempty"`
-}
-
-// Verdict is "pass" when nothing was lost.
-func (r *Result) Verdict() string {
-	if r.LostPages == 0 {
-		return "pass"
-	}
-	return "fail"
-}
+// Result is result.Stress: the wire type is shared with the host.
+type Result = result.Stress
 
 // set is the working set shared by writers, collector and agitators.
 type set struct {

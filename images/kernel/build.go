@@ -21,6 +21,7 @@ import (
 
 	"ldtlab/images/cache"
 	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
 	"ldtlab/internal/procutil"
 )
@@ -410,9 +411,9 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		keep := filepath.Join(root, "logs", p.key+".log")
 		cache.MkdirPrivate(filepath.Dir(keep))
 		logFile.Sync()
-		cache.CopyFile(logPath, keep, 0o644)
+		fileutil.CopyFile(logPath, keep, 0o644)
 		b, _ := os.ReadFile(logPath)
-		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.variant, what, err, cache.SpaceHint(work, 256<<20), keep, lines.Last(string(b), 30))
+		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.variant, what, err, fileutil.SpaceHint(work, 256<<20), keep, lines.Last(string(b), 30))
 	}
 
 	srcDir := filepath.Join(work, "src")
@@ -459,7 +460,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 			return err
 		}
 		for _, ko := range kos {
-			if err := cache.CopyFile(ko, filepath.Join(extra, filepath.Base(ko)), 0o644); err != nil {
+			if err := fileutil.CopyFile(ko, filepath.Join(extra, filepath.Base(ko)), 0o644); err != nil {
 				return err
 			}
 			modNames = append(modNames, filepath.Base(ko))
@@ -475,12 +476,12 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		filepath.Join(outDir, ".config"):               "config",
 		filepath.Join(outDir, "System.map"):            "System.map",
 	} {
-		if err := cache.CopyFile(src, filepath.Join(dst, name), 0o644); err != nil {
+		if err := fileutil.CopyFile(src, filepath.Join(dst, name), 0o644); err != nil {
 			return fail("copying "+name, err)
 		}
 	}
 	logFile.Sync()
-	cache.CopyFile(logPath, filepath.Join(dst, "build.log"), 0o644)
+	fileutil.CopyFile(logPath, filepath.Join(dst, "build.log"), 0o644)
 
 	meta := Meta{
 		Key: p.key, SourcePackage: SourcePackage, SourceVersion: p.src.Version,
@@ -504,7 +505,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		}
 	}
 	p.logf("built %s in %s", release, time.Since(start).Round(time.Second))
-	return cache.WriteJSON(filepath.Join(dst, "meta.json"), meta)
+	return fileutil.WriteJSON(filepath.Join(dst, "meta.json"), meta)
 }
 
 // prepareTree makes srcDir a hard-link farm of the pristine tree with the
@@ -830,6 +831,6 @@ func copyTree(src, dst string) error {
 		if !info.Mode().IsRegular() {
 			return nil
 		}
-		return cache.CopyFile(path, target, info.Mode().Perm())
+		return fileutil.CopyFile(path, target, info.Mode().Perm())
 	})
 }

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 	"ldtlab/orchestrator/vm"
 )
@@ -129,7 +129,7 @@ func ReadState(dir string) (*State, error) {
 }
 
 func writeState(dir string, s *State) error {
-	return cache.WriteJSON(filepath.Join(dir, "state.json"), s)
+	return fileutil.WriteJSON(filepath.Join(dir, "state.json"), s)
 }
 
 // Alive reports whether the VM's supervisor still runs.
@@ -191,7 +191,7 @@ func List() ([]string, error) {
 func Supervise(ctx context.Context, o Options) error {
 	o.defaults()
 	// One supervisor per directory, whatever raced to start it.
-	unlock, err := cache.TryLock(filepath.Join(o.Dir, "supervisor.lock"))
+	unlock, err := fileutil.TryLock(filepath.Join(o.Dir, "supervisor.lock"))
 	if err != nil {
 		return fmt.Errorf("VM %q already has a supervisor: %w", o.Name, err)
 	}
@@ -286,7 +286,7 @@ func Supervise(ctx context.Context, o Options) error {
 }
 
 func errorKind(err error) string {
-	if IsGuestFault(err) {
+	if vm.IsGuestFault(err) {
 		return "guest"
 	}
 	return "lab"
@@ -327,7 +327,7 @@ func Socket(name string) (string, *State, error) {
 // DiskHint is "; no space left on DIR (...)" when the filesystem holding
 // a VM directory is (nearly) full, else "": a supervisor that hit a full
 // disk may not have been able to record anything, so readers check.
-func DiskHint(dir string) string { return cache.SpaceHint(dir, 1<<20) }
+func DiskHint(dir string) string { return fileutil.SpaceHint(dir, 1<<20) }
 
 func errSuffix(e string) string {
 	if e == "" {

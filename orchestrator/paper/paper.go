@@ -23,8 +23,8 @@ import (
 	"ldtlab/internal/lines"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/channel"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/report"
 )
 
@@ -139,7 +139,7 @@ var figures = []string{"writeonly", "timeline", "collect", "redis"}
 func Run(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	GuestDefaults(&o.Guest)
-	files, err := check.RedisFiles()
+	files, err := preset.RedisFiles()
 	if err != nil {
 		return nil, err
 	}

@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
 	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 )
 
@@ -98,7 +98,7 @@ type Store struct {
 func OpenStore(dir string) (*Store, error) {
 	d := filepath.Join(dir, "crashes")
 	if err := secfs.Mkdir(d, 0o755); err != nil {
-		return nil, fmt.Errorf("creating the crash store: %w", cache.Explain(d, err))
+		return nil, fmt.Errorf("creating the crash store: %w", fileutil.Explain(d, err))
 	}
 	ents, err := os.ReadDir(d)
 	if err != nil {
@@ -141,7 +141,7 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 			s.titles++
 		}
 		if err := secfs.Mkdir(d, 0o755); err != nil {
-			return c, fmt.Errorf("recording crash %q: %w", o.Title, cache.Explain(d, err))
+			return c, fmt.Errorf("recording crash %q: %w", o.Title, fileutil.Explain(d, err))
 		}
 		if err := atomicfile.SyncDir(s.dir); err != nil {
 			return c, err
@@ -176,7 +176,7 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 	n := c.Count
 	od := filepath.Join(d, strconv.Itoa(n))
 	if err := secfs.Mkdir(od, 0o755); err != nil {
-		return c, fmt.Errorf("recording crash %q: %w", o.Title, cache.Explain(od, err))
+		return c, fmt.Errorf("recording crash %q: %w", o.Title, fileutil.Explain(od, err))
 	}
 	log := o.Log
 	if len(log) > maxLog {
@@ -269,7 +269,7 @@ func Crashes(dir string) ([]Crash, error) {
 // writeAtomic: temp file, fsync, rename, fsync of the directory
 // (internal/atomicfile, with the cache's "no space left on" wording).
 func writeAtomic(path string, b []byte) error {
-	if err := cache.WriteFileAtomic(path, b, 0o644); err != nil {
+	if err := fileutil.WriteFileAtomic(path, b, 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil

@@ -99,7 +99,7 @@ type Mix struct {
 // negative control: CAUGHT is its pass).
 var Trackers = []string{"ldt", "naive", "softdirty", "pagemap-scan"}
 
-// cheapSelftests take seconds under TCG (orchestrator/mmtests runs them all).
+// cheapSelftests take seconds under TCG (orchestrator/mmselftests runs them all).
 var cheapSelftests = []string{"mkdirty", "madv_populate", "soft-dirty", "mremap_dontunmap"}
 
 // RoundSeed derives round n's seed from the soak's base seed, so any

@@ -26,8 +26,8 @@ import (
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -181,7 +181,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	// The QEMUs of this soak are named after its directory (the leak check
 	// of the tests and --resume find them by it).
 	if s.O.MemoryMiB == 0 {
-		s.O.MemoryMiB = 768 // check.GuestDefaults' size: room for pressure
+		s.O.MemoryMiB = 768 // preset.Pressure' size: room for pressure
 	}
 	if len(s.O.Hosts) > 0 {
 		s.O.VMs = len(s.O.Hosts) * max(1, s.O.VMsPerHost)
@@ -197,12 +197,12 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if s.O.Accel != "" {
 		s.Guest.Accel = s.O.Accel
 	}
-	check.GuestDefaults(&s.Guest)
+	preset.Pressure(&s.Guest)
 	s.Guest.Log = s.logFile
 	// Guests live for hours: their console logs rotate.
 	s.Guest.ConsoleMaxMiB = 64
 	if !s.O.Light {
-		files, err := check.RedisFiles()
+		files, err := preset.RedisFiles()
 		if err != nil {
 			return fmt.Errorf("the soak's checkpoint and migration oracles need redis and criu: %w", err)
 		}
@@ -575,19 +575,19 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		case errors.As(err, &be):
 			c.Fault = "boot"
 			s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
-		case lab.IsGuestFault(err):
+		case vm.IsGuestFault(err):
 			// DiedError: QEMU went away without a kernel report.
-			c.Fault, c.Verdict = "died", "LAB"
+			c.Fault, c.Verdict = "died", string(result.VLab)
 			s.labFailure(n, w, &st, "step", err, g.log())
 		default:
 			var ie *vm.InfraError
 			if errors.As(err, &ie) {
-				c.Fault, c.Verdict = "lab", "LAB"
+				c.Fault, c.Verdict = "lab", string(result.VLab)
 				s.labFailure(n, w, &st, "step", err, g.log())
 			} else {
 				// The step's own error (a command that timed out but the
 				// guest answers): a failed cell, the guest is kept.
-				c.Verdict, replace = "ERROR", false
+				c.Verdict, replace = string(result.VError), false
 			}
 		}
 	}
@@ -597,7 +597,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 	}
 	if st.Kind == "inject" {
 		// The reports it provokes are filed; the step did what it was asked.
-		c.Verdict, c.Failed = "INJECTED", false
+		c.Verdict, c.Failed = string(result.VInjected), false
 	}
 	if replace {
 		s.logf("worker %d: round %d: replacing the guest after %s", w, n, firstLine(c.Verdict+" "+c.Error+" "+strings.Join(c.Crashes, "; ")))
@@ -605,7 +605,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		*gp = nil
 	}
 	// A correctness failure is re-run once from its seed.
-	if c.Verdict == "FAIL" && err == nil && len(out.Reports) == 0 && (out.Missed > 0 || out.Corrupted > 0) && st.Kind != "inject" {
+	if c.Verdict == string(result.VFail) && err == nil && len(out.Reports) == 0 && (out.Missed > 0 || out.Corrupted > 0) && st.Kind != "inject" {
 		c.Reproduced = s.rerun(ctx, w, st, gp)
 		what := "lost pages"
 		if out.Corrupted > 0 {
@@ -641,13 +641,13 @@ func (s *Soak) rerun(ctx context.Context, w int, st Step, gp **guest) string {
 	}
 	out, err := s.exec(ctx, *gp, st, s.cat)
 	if err != nil || len(out.Reports) > 0 {
-		if err != nil && lab.IsGuestFault(err) {
+		if err != nil && vm.IsGuestFault(err) {
 			(*gp).close()
 			*gp = nil
 		}
 		return "not-rerun"
 	}
-	if out.Verdict == "FAIL" && (out.Missed > 0 || out.Corrupted > 0) {
+	if out.Verdict == string(result.VFail) && (out.Missed > 0 || out.Corrupted > 0) {
 		return "yes"
 	}
 	return "no"
@@ -749,13 +749,10 @@ func (s *Soak) repro(n int, st Step) string {
 	case "fuzz":
 		return fmt.Sprintf("labctl fuzz --seed %d --for %s --mem %d%s", st.Seed, st.Duration, s.O.MemoryMiB, cfg)
 	case "scenario":
-		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --no-migrate --stress 0%s", q(st.Scenario), q(st.Tracker), st.Seed, cfg)
-		if st.Epochs > 0 {
-			cmd += fmt.Sprintf(" --epochs %d", st.Epochs)
-		}
-		return cmd
+		sp, _ := spec(st, []Scenario{{Name: st.Scenario}})
+		return sp.Repro() + " --no-compare --no-checkpoint --no-migrate --stress 0" + cfg
 	case "migrate":
-		cmd := check.MigrateRepro(st.Tracker) + cfg
+		cmd := preset.MigrateShort.Repro(st.Tracker) + cfg
 		if s.O.MemoryMiB > 0 {
 			cmd += fmt.Sprintf(" --mem %d", s.O.MemoryMiB)
 		}
@@ -764,14 +761,8 @@ func (s *Soak) repro(n int, st Step) string {
 		if st.THP && st.Tracker != "ldt" {
 			break // labctl stress runs THP for ldt only: replay the round
 		}
-		cmd := fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", q(st.Tracker), st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
-		if st.MTHP != "" {
-			cmd += " --mthp " + q(st.MTHP)
-		}
-		if st.Agitators != nil {
-			cmd += " --agitators " + q(strings.Join(st.Agitators, ","))
-		}
-		return cmd
+		sp, _ := spec(st, nil)
+		return sp.Repro() + fmt.Sprintf(" --mem %d", s.O.MemoryMiB) + cfg
 	}
 	// Everything that shapes the round's plan goes along: its mix, its
 	// trackers, the guest size, and the injections it fired.

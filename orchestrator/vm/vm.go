@@ -1,5 +1,5 @@
 // Package vm is the small interface between the lab and a VM backend
-// (QEMU today): what to boot, what a running instance offers, the timeouts
+// (vm/qemu, vm/libvirt): what to boot, what a running instance offers, the timeouts
 // every layer uses, and the typed errors that separate "the kernel failed"
 // from "the lab failed". Backends know nothing about kernel reports or the
 // guest agent; the monitoring layer in package lab does.
@@ -206,10 +206,17 @@ type Backend interface {
 	Close() error
 }
 
-// Sweeper is implemented by backends that can find and remove guests
-// whose orchestrator died without cleaning up (a SIGKILL).
+// Sweeper is implemented by backends whose guests can outlive the
+// orchestrator that started them (a libvirt domain does; a QEMU child
+// dies with its parent): it finds and removes them.
 type Sweeper interface {
+	// Sweep removes every guest on the backend's host whose
+	// orchestrator died without cleaning up (a SIGKILL).
 	Sweep(ctx context.Context) error
+	// SweepDir removes the guest started with Config.Dir == dir if it
+	// still runs (`labctl down` of a VM whose supervisor was killed);
+	// no guest is no error.
+	SweepDir(ctx context.Context, dir string) error
 }
 
 // BackendConfig configures a backend.

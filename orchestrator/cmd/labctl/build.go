@@ -12,8 +12,8 @@ import (
 	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
 	"ldtlab/images/rootfs"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/setup"
 	"ldtlab/orchestrator/vm"
 	"ldtlab/orchestrator/vm/libvirt"
@@ -181,7 +181,7 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 		o.Connect = g.connect
 	}
 	if g.redis {
-		files, err := check.RedisFiles()
+		files, err := preset.RedisFiles()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "labctl: --redis: %v\n", err)
 			os.Exit(1)

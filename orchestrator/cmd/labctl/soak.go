@@ -80,7 +80,7 @@ func init() {
 			if err != nil {
 				return usageError{err}
 			}
-			mem := g.mem // 0: 768 (check.GuestDefaults)
+			mem := g.mem // 0: 768 (preset.Pressure)
 			so := soak.Options{For: f.dur, VMs: f.vms, Config: g.config, Accel: g.accel, MemoryMiB: mem, Seed: f.seed,
 				Patches: g.patches, Without: g.without, LDTOff: g.ldt == "n",
 				Light: f.light, Inject: injs, Trackers: splitList(f.trackers), Rounds: f.rounds, Only: f.round,

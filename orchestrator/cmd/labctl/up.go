@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
 	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/lab"
@@ -61,10 +61,10 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 	// else is told it is already booting. It is held until the guest is
 	// up or has failed.
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return &vm.InfraError{Op: "creating the state directory", Err: cache.Explain(filepath.Dir(dir), err)}
+		return &vm.InfraError{Op: "creating the state directory", Err: fileutil.Explain(filepath.Dir(dir), err)}
 	}
-	unlock, err := cache.TryLock(filepath.Join(filepath.Dir(dir), "."+name+".lock"))
-	if errors.Is(err, cache.ErrLocked) {
+	unlock, err := fileutil.TryLock(filepath.Join(filepath.Dir(dir), "."+name+".lock"))
+	if errors.Is(err, fileutil.ErrLocked) {
 		return fmt.Errorf("VM %q is already booting: another `labctl up %s` is starting it", name, name)
 	}
 	if err != nil {
@@ -97,7 +97,7 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("VM %q already exists (stop it with `labctl down %s`)", name, name)
 		}
-		return &vm.InfraError{Op: "creating the VM directory", Err: cache.Explain(dir, err)}
+		return &vm.InfraError{Op: "creating the VM directory", Err: fileutil.Explain(dir, err)}
 	}
 	args := []string{"supervise", "-dir", dir, "-config", g.config, "-accel", g.accel,
 		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-cmdline", g.cmdline,
@@ -123,7 +123,7 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		return &vm.InfraError{Op: "creating the supervisor log", Err: cache.Explain(filepath.Join(dir, "supervisor.log"), err)}
+		return &vm.InfraError{Op: "creating the supervisor log", Err: fileutil.Explain(filepath.Join(dir, "supervisor.log"), err)}
 	}
 	defer logf.Close()
 	cmd := exec.Command(exe, args...)

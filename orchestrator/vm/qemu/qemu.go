@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/procutil"
 	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/accel"
@@ -212,7 +212,7 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmdlinePath := filepath.Join(cfg.Dir, "qemu.cmdline")
 	if werr := os.WriteFile(cmdlinePath, []byte(shquote.Join(in.argv)+"\n"), 0o600); werr != nil {
-		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: cache.Explain(cmdlinePath, werr)}
+		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: fileutil.Explain(cmdlinePath, werr)}
 	}
 	if err := in.cmd.Start(); err != nil {
 		return nil, &vm.InfraError{Op: "starting " + bin, Err: err}
@@ -252,18 +252,20 @@ func prepareFiles(cfg vm.Config) error {
 		p := diskPath(cfg, i)
 		f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
 		if err != nil {
-			return &vm.InfraError{Op: "creating disk image", Err: cache.Explain(p, err)}
+			return &vm.InfraError{Op: "creating disk image", Err: fileutil.Explain(p, err)}
 		}
 		err = f.Truncate(int64(d.SizeMiB) << 20)
 		f.Close()
 		if err != nil {
-			return &vm.InfraError{Op: "sizing disk image", Err: cache.Explain(p, err)}
+			return &vm.InfraError{Op: "sizing disk image", Err: fileutil.Explain(p, err)}
 		}
 	}
 	for i, fc := range cfg.FwCfg {
 		p := fwCfgPath(cfg, i)
-		if err := os.WriteFile(p, fc.Data, 0o600); err != nil {
-			return &vm.InfraError{Op: "writing fw_cfg " + fc.Name, Err: cache.Explain(p, err)}
+		// Atomic and synced like the keys they copy: QEMU never reads
+		// a torn key, and a full disk is named.
+		if err := fileutil.WriteFileAtomic(p, fc.Data, 0o600); err != nil {
+			return &vm.InfraError{Op: "writing fw_cfg " + fc.Name, Err: err}
 		}
 	}
 	return nil
