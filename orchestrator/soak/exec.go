@@ -27,6 +27,8 @@ type Outcome struct {
 	// Findings of a fuzz step (its kernel reports are in Reports), each
 	// filed under its own title.
 	Findings []fuzz.Finding
+	// Detail: what a stress or fuzz step did (agitators, operations).
+	Detail *Detail
 }
 
 // Seen is one kernel report: what the crash store files by title.
@@ -44,6 +46,8 @@ func (s Seen) String() string { return s.Type + ": " + s.Title }
 // guest is one worker's machine.
 type guest struct {
 	m *lab.Machine
+	// vmstat is the guest's last vmstat sample (after the last step).
+	vmstat VMStat
 }
 
 // close stops the guest's machine (nil-safe).
@@ -131,6 +135,7 @@ func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 	case c.Stress != nil:
 		r := c.Stress
 		o.Missed, o.Reason = r.LostPages, strings.TrimSpace(r.Error+" "+r.Known)
+		o.Detail = stressDetail(r)
 		if r.Verdict == result.VFail && o.Reason == "" {
 			o.Reason = fmt.Sprintf("%d pages lost", r.LostPages)
 		}
@@ -218,6 +223,7 @@ func execFuzz(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	}
 	if r.Summary != nil {
 		o.Pages = r.Summary.Checked
+		o.Detail = fuzzDetail(r.Summary)
 		var titles []string
 		for _, f := range r.Findings() {
 			if f.Kind != "kernel" {

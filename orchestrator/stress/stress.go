@@ -42,8 +42,11 @@ type Run struct {
 	Collections  int            `json:"collections"`
 	Copied       uint64         `json:"pages_copied"`
 	Agitators    map[string]int `json:"agitators"`
-	Lost         []any          `json:"lost,omitempty"`
-	Error        string         `json:"error,omitempty"`
+	// Effects: what each agitator achieved (agitator → effect → count:
+	// pages migrated, collapses made…), as ldt-stress counts them.
+	Effects map[string]map[string]int `json:"effects,omitempty"`
+	Lost    []any                     `json:"lost,omitempty"`
+	Error   string                    `json:"error,omitempty"`
 	// Reports are the kernel reports that appeared during this run.
 	Reports []string `json:"kernel_reports,omitempty"`
 	Known   string   `json:"known,omitempty"` // why a report here is a known kernel bug
