@@ -67,7 +67,12 @@ type Result struct {
 	Collections int            `json:"collections"`
 	Copied      uint64         `json:"pages_copied"`
 	Agitators   map[string]int `json:"agitators"` // name -> actions done
-	LostPages   int            `json:"lost_pages"`
+	// Effects: what each agitator achieved (name -> effect -> count):
+	// pages migrated, pages swapped out, collapses made, pages merged…
+	// Counted by the agitator where the kernel says so per call (status
+	// arrays, mincore, its own KSM counters); vmstat-based ones say "all causes".
+	Effects   map[string]map[string]int `json:"effects,omitempty"`
+	LostPages int                       `json:"lost_pages"`
 	// LostBySource counts lost pages by who wrote the missing words
 	// (a page with several writers counts for each).
 	LostBySource map[string]int `json:"lost_by_source,omitempty"`
@@ -91,6 +96,38 @@ type set struct {
 	base uintptr
 	n    int
 	stop atomic.Bool
+
+	fxMu sync.Mutex
+	fx   map[string]map[string]int
+}
+
+// effect counts n of what agitator achieved (safe from every agitator).
+func (s *set) effect(agitator, what string, n int) {
+	if n == 0 {
+		return
+	}
+	s.fxMu.Lock()
+	defer s.fxMu.Unlock()
+	if s.fx == nil {
+		s.fx = map[string]map[string]int{}
+	}
+	if s.fx[agitator] == nil {
+		s.fx[agitator] = map[string]int{}
+	}
+	s.fx[agitator][what] += n
+}
+
+// maxEffect keeps the largest n seen (a level, such as merged pages).
+func (s *set) maxEffect(agitator, what string, n int) {
+	s.fxMu.Lock()
+	defer s.fxMu.Unlock()
+	if s.fx == nil {
+		s.fx = map[string]map[string]int{}
+	}
+	if s.fx[agitator] == nil {
+		s.fx[agitator] = map[string]int{}
+	}
+	s.fx[agitator][what] = max(s.fx[agitator][what], n)
 }
 
 func (s *set) addr(p int) uintptr { return s.base + uintptr(p)*pg }
@@ -175,6 +212,7 @@ func Run(o Options) (*Result, error) {
 	for e := range o.Epochs {
 		if err := epoch(s, o, e, ags, res, copyReported); err != nil {
 			res.DurationMS = time.Since(start).Milliseconds()
+			res.Effects = s.fx
 			return res, err
 		}
 		// Every page must now be identical: a difference is a write the
@@ -200,6 +238,7 @@ func Run(o Options) (*Result, error) {
 		}
 	}
 	res.DurationMS = time.Since(start).Milliseconds()
+	res.Effects = s.fx
 	names := make([]string, 0, len(ags))
 	for _, a := range ags {
 		names = append(names, a.name)
