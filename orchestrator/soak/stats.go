@@ -74,6 +74,7 @@ type Summary struct {
 	Sessions    int
 	Elapsed     time.Duration // active time over all sessions
 	Ended       string        // the last session's end reason ("" if killed or running)
+	EndLoad     string        // the host's load average at the last end record
 	StartedAt   time.Time
 	LastAt      time.Time
 	Timeline    []Point
@@ -81,6 +82,125 @@ type Summary struct {
 	Failed      []CellRecord
 	LabFail     []LabFailure
 	roundsDone  map[int]bool
+
+	// What the report breaks the totals down by (finished rounds only).
+	Trackers  map[string]*TrackerTotals  // tracker → its cells, runs, sequences, pages
+	Agitators map[string]*AgitatorTotals // stress agitator → runs, actions, effects
+	FuzzOps   map[string]*OpTotals       // fuzz operation (or effect) → done, refused
+	// FuzzSteps counts fuzz steps; FuzzNoSummary those that gave no
+	// summary (an error, a hang): nothing of theirs is in the tables.
+	FuzzSteps, FuzzNoSummary int
+	// StressNoDetail counts stress runs whose agitators are not known
+	// (journals before they were recorded, runs that failed to start).
+	StressSteps, StressNoDetail int
+	RoundRecs                   []RoundRecord // finished rounds, in journal order
+	VMStat                      VMStat        // summed over the finished rounds
+}
+
+// TrackerTotals is one tracker's share of the soak.
+type TrackerTotals struct {
+	Scenarios   int   `json:"scenario_cells"`
+	Stress      int   `json:"stress_runs"`
+	FuzzSeqs    int   `json:"fuzz_sequences"`
+	Checkpoints int   `json:"checkpoint_runs"`
+	Migrations  int   `json:"migrations"`
+	Pages       int64 `json:"pages_verified"`
+	Failures    int   `json:"failures"`
+}
+
+// AgitatorTotals is one stress agitator over the soak.
+type AgitatorTotals struct {
+	Runs    int            `json:"runs"`    // stress runs it took part in
+	Actions int            `json:"actions"` // what it did, as often
+	Effects map[string]int `json:"effects"` // what it achieved
+}
+
+// OpTotals is one fuzz operation over the soak.
+type OpTotals struct{ Done, Failed int }
+
+func (s *Summary) tracker(t string) *TrackerTotals {
+	tt := s.Trackers[t]
+	if tt == nil {
+		tt = &TrackerTotals{}
+		s.Trackers[t] = tt
+	}
+	return tt
+}
+
+// addBreakdown counts a finished cell per tracker, agitator and fuzz
+// operation.
+func (s *Summary) addBreakdown(c *CellRecord) {
+	d := c.Detail
+	switch c.Step.Kind {
+	case "fuzz":
+		s.FuzzSteps++
+		if d == nil || d.FuzzTrackers == nil {
+			s.FuzzNoSummary++
+			return
+		}
+		for t, ft := range d.FuzzTrackers {
+			tt := s.tracker(t)
+			tt.FuzzSeqs += ft.Sequences
+			tt.Pages += ft.Checked
+			for v, n := range ft.Verdicts {
+				if failedVerdict(v) {
+					tt.Failures += n
+				}
+			}
+		}
+		for op, n := range d.OpsDone {
+			s.op(op).Done += n
+		}
+		for op, n := range d.OpsFailed {
+			s.op(op).Failed += n
+		}
+		return
+	case "stress":
+		s.StressSteps++
+		if d == nil || d.Agitators == nil {
+			s.StressNoDetail++
+		} else {
+			for a, n := range d.Agitators {
+				at := s.Agitators[a]
+				if at == nil {
+					at = &AgitatorTotals{Effects: map[string]int{}}
+					s.Agitators[a] = at
+				}
+				at.Runs++
+				at.Actions += n
+				for what, k := range d.Effects[a] {
+					at.Effects[what] += k
+				}
+			}
+		}
+	}
+	if c.Step.Tracker == "" {
+		return // selftests, injections: no tracker
+	}
+	tt := s.tracker(c.Step.Tracker)
+	switch c.Step.Kind {
+	case "scenario":
+		tt.Scenarios++
+	case "stress":
+		tt.Stress++
+	case "checkpoint":
+		tt.Checkpoints++
+	case "migrate":
+		tt.Migrations++
+	}
+	tt.Pages += c.Pages
+	if c.Failed {
+		tt.Failures++
+	}
+}
+
+func (s *Summary) op(name string) *OpTotals {
+	o := s.FuzzOps[name]
+	if o == nil {
+		o = &OpTotals{}
+		s.FuzzOps[name] = o
+	}
+	return o
 }
 
 // Summarize replays records: only cells of finished rounds count (a round
@@ -101,7 +221,8 @@ func summarizeDir(dir string, recs []Record) Summary {
 }
 
 func summarize(recs []Record, known map[string]bool) Summary {
-	s := Summary{Table: map[string]map[string]*Cellstat{}, roundsDone: map[int]bool{}}
+	s := Summary{Table: map[string]map[string]*Cellstat{}, roundsDone: map[int]bool{},
+		Trackers: map[string]*TrackerTotals{}, Agitators: map[string]*AgitatorTotals{}, FuzzOps: map[string]*OpTotals{}, VMStat: VMStat{}}
 	type key struct{ session, round int }
 	finished := map[key]bool{}
 	for _, r := range recs {
@@ -136,7 +257,7 @@ func summarize(recs []Record, known map[string]bool) Summary {
 			s.Last = r.Start
 		case "end":
 			if r.End != nil {
-				s.Ended = r.End.Reason
+				s.Ended, s.EndLoad = r.End.Reason, r.End.Load
 			}
 		case "lab-failure":
 			if r.LabFailure != nil {
@@ -149,6 +270,7 @@ func summarize(recs []Record, known map[string]bool) Summary {
 				continue
 			}
 			s.addCell(*c)
+			s.addBreakdown(c)
 			for _, t := range c.Crashes {
 				if !known[t] {
 					crashes++
@@ -177,6 +299,8 @@ func summarize(recs []Record, known map[string]bool) Summary {
 		case "round":
 			s.Rounds++
 			s.roundsDone[r.Round.Round] = true
+			s.RoundRecs = append(s.RoundRecs, *r.Round)
+			s.VMStat.Add(r.Round.VMStat)
 			s.Timeline = append(s.Timeline, Point{Elapsed: el, Rounds: s.Rounds, Pages: s.Pages, Failures: s.Failures, Crashes: crashes})
 		}
 	}
