@@ -159,6 +159,9 @@ type Soak struct {
 	// sample reads the guest's vmstat (sampleVMStat; nil in unit tests:
 	// no deltas).
 	sample func(ctx context.Context, g *guest) (VMStat, error)
+	// dump takes a stuck guest's sysrq-t/w dump (sysrqDump; a fake in
+	// unit tests).
+	dump func(ctx context.Context, g *guest) (string, error)
 
 	mu       sync.Mutex
 	done     map[int]bool
@@ -173,7 +176,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if err != nil {
 		return err
 	}
-	s := &Soak{Dir: dir, O: o, Guest: gopts, Out: out, exec: execStep, sample: sampleVMStat, done: map[int]bool{}, inflight: map[int]bool{}}
+	s := &Soak{Dir: dir, O: o, Guest: gopts, Out: out, exec: execStep, sample: sampleVMStat, dump: sysrqDump, done: map[int]bool{}, inflight: map[int]bool{}}
 	var old []Record
 	if resume {
 		if old, err = Replay(dir); err != nil {
@@ -592,6 +595,11 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		}
 		s.file(o, &c)
 	}
+	var dump []byte
+	if err != nil && stuck(err) {
+		// Before the guest is killed: what every task was doing.
+		dump = s.keepDump(ctx, n, w, st, g, &c)
+	}
 	if err != nil {
 		replace = true
 		c.Error = err.Error()
@@ -613,7 +621,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 			}
 		case errors.As(err, &he):
 			c.Fault = "hang"
-			s.file(Occurrence{Title: "hang: no progress during " + hangWhat(st), Type: "hang", Kind: "hang", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
+			s.file(Occurrence{Title: "hang: no progress during " + hangWhat(st), Type: "hang", Kind: "hang", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log(), Dump: dump}, &c)
 		case errors.As(err, &be):
 			c.Fault = "boot"
 			s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
