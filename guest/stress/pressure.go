@@ -85,8 +85,11 @@ func agMemcg(s *set, r *rand.Rand) (int, error) {
 	// What the squeeze made reclaim do to this cgroup (its own counters).
 	defer func() {
 		st := cgroupStat(filepath.Join(dir, "memory.stat"))
-		s.effect("memcg", "pages swapped out of the cgroup (memory.stat pswpout)", int(st["pswpout"]))
-		s.effect("memcg", "pages swapped back in (memory.stat pswpin)", int(st["pswpin"]))
+		// cgroup v2 has no pswpout: pgsteal is what reclaim took from
+		// the cgroup (its anonymous pages go to swap), pgmajfault the
+		// faults that read pages back.
+		s.effect("memcg", "pages reclaimed from the cgroup (memory.stat pgsteal)", int(st["pgsteal"]))
+		s.effect("memcg", "major faults in the cgroup (swap-ins, memory.stat pgmajfault)", int(st["pgmajfault"]))
 		s.effect("memcg", "memory.high breaches (memory.events high)", int(cgroupStat(filepath.Join(dir, "memory.events"))["high"]))
 	}()
 	return loop(s, time.Millisecond, func() error {
