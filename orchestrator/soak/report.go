@@ -321,6 +321,18 @@ var htmlTmpl = template.Must(template.New("r").Funcs(template.FuncMap{
 	"repr":  reproduced,
 	"base":  filepath.Base,
 	"first": firstLine,
+	// envhtml: an environment line with its `code` spans as <code>, the
+	// rest escaped.
+	"envhtml": func(s string) template.HTML {
+		parts := strings.Split(s, "`")
+		for i := range parts {
+			parts[i] = template.HTMLEscapeString(parts[i])
+			if i%2 == 1 {
+				parts[i] = "<code>" + parts[i] + "</code>"
+			}
+		}
+		return template.HTML(strings.Join(parts, ""))
+	},
 	"bad": func(c string) bool {
 		return strings.Contains(c, "FAIL") || strings.Contains(c, "SKIP") || strings.Contains(c, "NO-TEETH") || strings.Contains(c, "ERROR")
 	},
@@ -334,7 +346,7 @@ th{background:#eee}td.bad{background:#fdd}code{font-size:12px}img{max-width:100%
 <h1>ldtlab soak report</h1>
 <p><code>{{.R.Dir}}</code></p>
 <ul>{{range .R.Head}}<li>{{.}}</li>{{end}}</ul>
-{{if .R.Env}}<h2>What ran</h2><ul>{{range .R.Env}}<li>{{.}}</li>{{end}}</ul>{{end}}
+{{if .R.Env}}<h2>What ran</h2><ul>{{range .R.Env}}<li>{{envhtml .}}</li>{{end}}</ul>{{end}}
 <h2>Crashes ({{.R.S.CrashUnique}} unique, {{.R.S.CrashTotal}} occurrences{{.R.KnownNote}})</h2>
 {{if .R.Crashes}}<table><tr><th>title</th><th>kind</th><th>count</th><th>first seen</th><th>last seen</th><th>reproduced</th><th>reproduction</th><th>directory</th></tr>
 {{range .R.Crashes}}<tr><td>{{.Title}}</td><td>{{.Kind}}</td><td>{{.Count}}</td><td>{{ts .FirstSeen}}</td><td>{{ts .LastSeen}}</td><td>{{repr .}}</td><td><code>{{.Repro}}</code></td><td><code>crashes/{{base .Dir}}</code></td></tr>
