@@ -66,10 +66,11 @@ func TestReportSectionsFromARealJournal(t *testing.T) {
 			"| uring-reg | 40 | 0 |",
 		}, []string{"<tr><td>madvise collapse</td><td>0</td><td>3</td></tr>"}},
 		{"vmstat per round", []string{
-			"| round | worker | cells | pswpin | pswpout | thp\\_fault\\_alloc |",
-			"| 3 | 2 | 2/2 | 2797 | 2805 | 0 | 0 | 0 | 0 | 0 | 0 | 2651 | 0 | 227 | 1 |",
-			"| all |  |  | 12690 | 12799 | 16 | 5 | 24 | 1 | 0 | 0 | 3164 | 0 | 238 | 66 |",
-		}, []string{"<tr><td>3</td><td>2</td><td>2/2</td><td>2797</td><td>2805</td>"}},
+			"| round | worker | steps | cells | pswpin | pswpout | thp\\_fault\\_alloc |",
+			"| 1 | 2 | 4 scenario, fuzz, checkpoint | 6/6 | 6988 | 6988 |",
+			"| 3 | 2 | scenario, stress | 2/2 | 2797 | 2805 | 0 | 0 | 0 | 0 | 0 | 0 | 2651 | 0 | 227 | 1 |",
+			"| all |  |  |  | 12690 | 12799 | 16 | 5 | 24 | 1 | 0 | 0 | 3164 | 0 | 238 | 66 |",
+		}, []string{"<tr><td>3</td><td>2</td><td>scenario, stress</td><td>2/2</td><td>2797</td><td>2805</td>"}},
 		{"every counter that moved", []string{
 			"| pgmigrate\\_success | 3164 | 2 |",
 			"| sys\\_ksm\\_pages\\_sharing | 0 | 2 |",

@@ -94,6 +94,8 @@ type Summary struct {
 	// (journals before they were recorded, runs that failed to start).
 	StressSteps, StressNoDetail int
 	RoundRecs                   []RoundRecord // finished rounds, in journal order
+	// RoundKinds counts a finished round's steps by kind (round → kind → n).
+	RoundKinds map[int]map[string]int
 	VMStat                      VMStat        // summed over the finished rounds
 }
 
@@ -222,7 +224,8 @@ func summarizeDir(dir string, recs []Record) Summary {
 
 func summarize(recs []Record, known map[string]bool) Summary {
 	s := Summary{Table: map[string]map[string]*Cellstat{}, roundsDone: map[int]bool{},
-		Trackers: map[string]*TrackerTotals{}, Agitators: map[string]*AgitatorTotals{}, FuzzOps: map[string]*OpTotals{}, VMStat: VMStat{}}
+		Trackers: map[string]*TrackerTotals{}, Agitators: map[string]*AgitatorTotals{}, FuzzOps: map[string]*OpTotals{}, VMStat: VMStat{},
+		RoundKinds: map[int]map[string]int{}}
 	type key struct{ session, round int }
 	finished := map[key]bool{}
 	for _, r := range recs {
@@ -271,6 +274,10 @@ func summarize(recs []Record, known map[string]bool) Summary {
 			}
 			s.addCell(*c)
 			s.addBreakdown(c)
+			if s.RoundKinds[c.Round] == nil {
+				s.RoundKinds[c.Round] = map[string]int{}
+			}
+			s.RoundKinds[c.Round][c.Step.Kind]++
 			for _, t := range c.Crashes {
 				if !known[t] {
 					crashes++

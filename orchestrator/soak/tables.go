@@ -132,12 +132,12 @@ var vmstatColumns = []string{"pswpin", "pswpout", "thp_fault_alloc", "thp_collap
 
 func vmstatRoundTable(s Summary) table {
 	t := table{Title: "Kernel activity per round (the guest's vmstat deltas)", Note: "Sampled by the soak on the guest before and after every step; a round's delta is the sum of its steps' (cells: steps with both samples / steps).",
-		Head: append([]string{"round", "worker", "cells"}, vmstatColumns...), Empty: "No round has a vmstat sample."}
+		Head: append([]string{"round", "worker", "steps", "cells"}, vmstatColumns...), Empty: "No round has a vmstat sample."}
 	recs := append([]RoundRecord(nil), s.RoundRecs...)
 	sort.SliceStable(recs, func(i, j int) bool { return recs[i].Round < recs[j].Round })
 	any := false
 	for _, r := range recs {
-		row := []string{itoa(r.Round), itoa(r.Worker), fmt.Sprintf("%d/%d", r.VMStatCells, r.Cells)}
+		row := []string{itoa(r.Round), itoa(r.Worker), kindsText(s.RoundKinds[r.Round]), fmt.Sprintf("%d/%d", r.VMStatCells, r.Cells)}
 		for _, k := range vmstatColumns {
 			row = append(row, i64(r.VMStat[k]))
 		}
@@ -148,7 +148,7 @@ func vmstatRoundTable(s Summary) table {
 		t.Rows = nil
 		return t
 	}
-	total := []string{"all", "", ""}
+	total := []string{"all", "", "", ""}
 	for _, k := range vmstatColumns {
 		total = append(total, i64(s.VMStat[k]))
 	}
@@ -173,6 +173,20 @@ func vmstatTotalTable(s Summary) table {
 		t.Rows = append(t.Rows, []string{k, i64(s.VMStat[k]), itoa(moved[k])})
 	}
 	return t
+}
+
+// kindsText is a round's steps: "3 scenario, stress, fuzz".
+func kindsText(m map[string]int) string {
+	var p []string
+	for _, k := range []string{"scenario", "stress", "fuzz", "checkpoint", "migrate", "selftest", "inject"} {
+		switch n := m[k]; {
+		case n == 1:
+			p = append(p, k)
+		case n > 1:
+			p = append(p, fmt.Sprintf("%d %s", n, k))
+		}
+	}
+	return strings.Join(p, ", ")
 }
 
 func itoa(n int) string  { return fmt.Sprint(n) }
