@@ -96,7 +96,7 @@ type Summary struct {
 	RoundRecs                   []RoundRecord // finished rounds, in journal order
 	// RoundKinds counts a finished round's steps by kind (round → kind → n).
 	RoundKinds map[int]map[string]int
-	VMStat                      VMStat        // summed over the finished rounds
+	VMStat     VMStat // summed over the finished rounds
 }
 
 // TrackerTotals is one tracker's share of the soak.
