@@ -47,6 +47,13 @@ func TestReportSectionsFromARealJournal(t *testing.T) {
 			"- accelerator: tcg (tcg: /dev/kvm is PVM-only (kvm\\_pvm loaded",
 			"- host: AMD EPYC, 2 cores, 24 GiB RAM; load average at the start 27.56 20.52 11.26",
 		}, []string{"<li>ldtlab commit: <code>43f28b0d90208e7bbbee6682aada2cda0c716399</code></li>", "<li>QEMU: QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)</li>"}},
+		{"fuzz sequences in the verdict table", []string{
+			"| fuzz |  |  |  |  | 2 PASS |",
+			// ldt 2+1 sequences; naive CAUGHT in one of the first step's
+			// two and in the second's one; softdirty and pagemap-scan N/A
+			// on one sequence each (a sequence they cannot run: ldt-fuzz NotFor).
+			"| fuzz sequences | 3 PASS | 2 CAUGHT, 1 PASS | 1 KNOWN-GAP, 1 N/A, 1 PASS | 1 KNOWN-GAP, 1 N/A, 1 PASS |  |",
+		}, nil},
 		{"per tracker", []string{
 			"| tracker | scenario cells | stress runs | fuzz sequences | checkpoint runs | migrations | pages verified | failures |",
 			"| ldt | 3 | 2 | 3 | 0 | 0 | 335.5k | 1 |",

@@ -196,6 +196,28 @@ func (s *Summary) addBreakdown(c *CellRecord) {
 	}
 }
 
+// FuzzRow is the verdict table's row of fuzz sequences per tracker.
+const FuzzRow = "fuzz sequences"
+
+func (s *Summary) addFuzzVerdicts(d *Detail) {
+	row := s.Table[FuzzRow]
+	if row == nil {
+		row = map[string]*Cellstat{}
+		s.Table[FuzzRow] = row
+	}
+	for t, ft := range d.FuzzTrackers {
+		cs := row[t]
+		if cs == nil {
+			cs = &Cellstat{Verdicts: map[string]int{}}
+			row[t] = cs
+		}
+		for v, n := range ft.Verdicts {
+			cs.Verdicts[v] += n
+		}
+		cs.Pages += ft.Checked
+	}
+}
+
 func (s *Summary) op(name string) *OpTotals {
 	o := s.FuzzOps[name]
 	if o == nil {
@@ -303,6 +325,11 @@ func summarize(recs []Record, known map[string]bool) Summary {
 			cs.Verdicts[c.Verdict]++
 			cs.Pages += c.Pages
 			cs.Took += c.Took
+			if c.Step.Kind == "fuzz" && c.Detail != nil {
+				// The fuzz step's sequences as each tracker was judged on
+				// them (the step's own row is the run as a whole).
+				s.addFuzzVerdicts(c.Detail)
+			}
 		case "round":
 			s.Rounds++
 			s.roundsDone[r.Round.Round] = true
