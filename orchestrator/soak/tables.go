@@ -115,7 +115,7 @@ func effectsText(m map[string]int) string {
 }
 
 func fuzzOpTable(s Summary) table {
-	t := table{Title: "Fuzz operations", Note: "Over every tracker's run of every fuzz sequence: done is what did what it says (an operation with a parenthesis counts its effect: pages merged, pages moved to the target node, hinting faults), refused is what the kernel declined (EBUSY, EINVAL, a collapse it would not make).",
+	t := table{Title: "Fuzz operations", Note: "Over every tracker's run of every fuzz sequence: done is what did what it says (an operation with a parenthesis counts its effect: pages merged, pages moved to the target node, pages not resident right after a pageout, hinting faults), refused is what the kernel declined (EBUSY, EINVAL, a collapse it would not make).",
 		Head: []string{"operation", "done", "refused by the kernel"}, Empty: "No fuzz step gave a summary."}
 	for _, op := range sortedKeys(s.FuzzOps) {
 		x := s.FuzzOps[op]
