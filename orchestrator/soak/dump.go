@@ -69,7 +69,7 @@ func (s *Soak) keepDump(ctx context.Context, n, w int, st Step, g *guest, c *Cel
 		}
 	}
 	c.Dump = filepath.Join("dumps", name)
-	s.progress.event("round %d worker %d: %s stuck: console and sysrq-t/w dump in %s", n, w, st.Name(), d)
+	s.progress.event("round %d worker %d: %s hung or ran out of time: console and sysrq-t/w dump in %s", n, w, st.Name(), d)
 	return []byte(text)
 }
 

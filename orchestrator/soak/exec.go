@@ -195,10 +195,15 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 // execInject fires a labtest trigger: the kernel really WARNs, BUGs or
 // panics (testing aid of the soak itself).
 func execInject(ctx context.Context, g *guest, s Step) (Outcome, error) {
-	tctx, cancel := context.WithTimeout(ctx, g.m.Timeouts.Command)
+	limit, cmd := g.m.Timeouts.Command, "echo "+s.Word+" > /sys/kernel/debug/labtest/trigger"
+	if s.Word == StuckWord {
+		// A step past its time limit: the soak must keep its dump.
+		limit, cmd = 20*time.Second, "sleep 600"
+	}
+	tctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	mark := g.m.ReportMark()
-	_, err := g.m.Run(tctx, "echo "+s.Word+" > /sys/kernel/debug/labtest/trigger")
+	_, err := g.m.Run(tctx, cmd)
 	return Outcome{Verdict: "INJECTED", Reports: g.reportsSince(ctx, mark)}, err
 }
 

@@ -230,6 +230,9 @@ func TestStuckStepKeepsADump(t *testing.T) {
 			assert.Contains(t, string(b), "task:ldt-stress state:D")
 			assert.FileExists(t, filepath.Join(s.Dir, c.Dump, "console.log"))
 			assert.FileExists(t, filepath.Join(s.Dir, c.Dump, "step.json"))
+			// The report lists it whatever the verdict.
+			md := buildReport(s.Dir, summarize([]Record{{Type: "cell", Cell: &c}, {Type: "round", Round: &RoundRecord{Round: c.Round}}}, nil), nil).markdown(nil)
+			assert.Contains(t, md, "| 7 | 2 | stress ldt 0 pages 0s thp=false seed 3 | "+c.Verdict+" | "+mdEsc(c.Dump)+" |")
 			cs, _ := Crashes(s.Dir)
 			if tc.crashDump {
 				require.Len(t, cs, 1)

@@ -96,7 +96,7 @@ func buildReport(dir string, s Summary, crashes []Crash) *reportData {
 		}
 	}
 	r.Env = envLines(s.First, s.Last, s.EndLoad)
-	r.Tables = []table{trackerTable(s), agitatorTable(s), fuzzOpTable(s), vmstatRoundTable(s), vmstatTotalTable(s)}
+	r.Tables = []table{trackerTable(s), agitatorTable(s), fuzzOpTable(s), vmstatRoundTable(s), vmstatTotalTable(s), dumpTable(s)}
 	r.Head = append(r.Head,
 		fmt.Sprintf("state: %s", state),
 		fmt.Sprintf("from %s to %s, %s active", s.StartedAt.Format(time.RFC3339), s.LastAt.Format(time.RFC3339), s.Elapsed.Round(time.Second)),

@@ -94,6 +94,8 @@ type Summary struct {
 	// (journals before they were recorded, runs that failed to start).
 	StressSteps, StressNoDetail int
 	RoundRecs                   []RoundRecord // finished rounds, in journal order
+	// Dumps are the finished cells that kept a console and sysrq dump.
+	Dumps []CellRecord
 	// RoundKinds counts a finished round's steps by kind (round → kind → n).
 	RoundKinds map[int]map[string]int
 	VMStat     VMStat // summed over the finished rounds
@@ -307,6 +309,9 @@ func summarize(recs []Record, known map[string]bool) Summary {
 			}
 			if c.Failed {
 				s.Failed = append(s.Failed, *c)
+			}
+			if c.Dump != "" {
+				s.Dumps = append(s.Dumps, *c)
 			}
 			tr := c.Step.Tracker
 			if tr == "" {

@@ -189,5 +189,16 @@ func kindsText(m map[string]int) string {
 	return strings.Join(p, ", ")
 }
 
+// dumpTable lists the steps that hung or ran out of time, with where
+// their console and sysrq-t/w dump are.
+func dumpTable(s Summary) table {
+	t := table{Title: "Hung or timed-out steps (console and sysrq-t/w dump kept)", Head: []string{"round", "worker", "step", "verdict", "directory"},
+		Empty: "None: no step hung or ran out of its time limit."}
+	for _, c := range s.Dumps {
+		t.Rows = append(t.Rows, []string{itoa(c.Round), itoa(c.Worker), c.Step.String(), c.Verdict, c.Dump})
+	}
+	return t
+}
+
 func itoa(n int) string  { return fmt.Sprint(n) }
 func i64(n int64) string { return fmt.Sprint(n) }

@@ -46,7 +46,7 @@ func init() {
 			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers of the scenario cells (default: ldt, naive, softdirty, pagemap-scan); mutants are judged as labctl check judges them (CAUGHT/SURVIVED)")
 			fs.StringVar(&f.hosts, "hosts", "", "comma-separated libvirt URIs to fan the guests out over (qemu:///system,qemu+ssh://USER@HOST/system); --vms-per-host guests on each (on --resume: the soak's hosts, given again)")
 			fs.IntVar(&f.perHost, "vms-per-host", 1, "with --hosts: guests at once on each host")
-			fs.StringVar(&f.inject, "inject", "", "testing aid: make round R also fire a labtest trigger, e.g. warn@2,panic@4 (the kernel really WARNs/panics)")
+			fs.StringVar(&f.inject, "inject", "", "testing aid: make round R also fire a labtest trigger, e.g. warn@2,panic@4 (the kernel really WARNs/panics), or stuck@R: a step that runs past its 20 s limit (the soak keeps its sysrq dump)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) > 0 {
