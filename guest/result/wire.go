@@ -76,6 +76,11 @@ type Stress struct {
 	Collections int            `json:"collections"`
 	Copied      uint64         `json:"pages_copied"`
 	Agitators   map[string]int `json:"agitators"` // name -> actions done
+	// Effects: what each agitator achieved (name -> effect -> count):
+	// pages migrated, pages swapped out, collapses made, pages merged…
+	// Counted by the agitator where the kernel says so per call (status
+	// arrays, mincore, its own KSM counters); vmstat-based ones say "all causes".
+	Effects map[string]map[string]int `json:"effects,omitempty"`
 	LostPages   int            `json:"lost_pages"`
 	// LostBySource counts lost pages by who wrote the missing words
 	// (a page with several writers counts for each).

@@ -60,6 +60,38 @@ type set struct {
 	base uintptr
 	n    int
 	stop atomic.Bool
+
+	fxMu sync.Mutex
+	fx   map[string]map[string]int
+}
+
+// effect counts n of what agitator achieved (safe from every agitator).
+func (s *set) effect(agitator, what string, n int) {
+	if n == 0 {
+		return
+	}
+	s.fxMu.Lock()
+	defer s.fxMu.Unlock()
+	if s.fx == nil {
+		s.fx = map[string]map[string]int{}
+	}
+	if s.fx[agitator] == nil {
+		s.fx[agitator] = map[string]int{}
+	}
+	s.fx[agitator][what] += n
+}
+
+// maxEffect keeps the largest n seen (a level, such as merged pages).
+func (s *set) maxEffect(agitator, what string, n int) {
+	s.fxMu.Lock()
+	defer s.fxMu.Unlock()
+	if s.fx == nil {
+		s.fx = map[string]map[string]int{}
+	}
+	if s.fx[agitator] == nil {
+		s.fx[agitator] = map[string]int{}
+	}
+	s.fx[agitator][what] = max(s.fx[agitator][what], n)
 }
 
 func (s *set) addr(p int) uintptr { return s.base + uintptr(p)*pg }
@@ -144,6 +176,7 @@ func Run(o Options) (*Result, error) {
 	for e := range o.Epochs {
 		if err := epoch(s, o, e, ags, res, copyReported); err != nil {
 			res.DurationMS = time.Since(start).Milliseconds()
+			res.Effects = s.fx
 			return res, err
 		}
 		// Every page must now be identical: a difference is a write the
@@ -169,6 +202,7 @@ func Run(o Options) (*Result, error) {
 		}
 	}
 	res.DurationMS = time.Since(start).Milliseconds()
+	res.Effects = s.fx
 	names := make([]string, 0, len(ags))
 	for _, a := range ags {
 		names = append(names, a.name)

@@ -80,6 +80,7 @@ type Occurrence struct {
 	Span              string // the report's text (console span) or the failure's description
 	Log               []byte // the guest's console log so far
 	Reproduced        string // correctness: yes | no
+	Dump              []byte // a hang's sysrq-t/w dump (N/sysrq.txt)
 	// Files are kept beside crash.json, once per title (a fuzz finding's
 	// replay.json: the first occurrence's stays, so the reproduction
 	// command that names it keeps working).
@@ -186,7 +187,11 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 		"title": o.Title, "at": o.At, "round": o.Round, "worker": o.Worker, "round_seed": o.Seed,
 		"step": o.Step, "repro": o.Repro, "reproduced": o.Reproduced,
 	}, "", "  ")
-	for name, b := range map[string][]byte{"report.txt": []byte(o.Span), "console.log": log, "occurrence.json": meta} {
+	files := map[string][]byte{"report.txt": []byte(o.Span), "console.log": log, "occurrence.json": meta}
+	if len(o.Dump) > 0 {
+		files["sysrq.txt"] = o.Dump
+	}
+	for name, b := range files {
 		if err := writeAtomic(filepath.Join(od, name), b); err != nil {
 			return c, err
 		}

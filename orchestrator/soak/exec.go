@@ -28,6 +28,8 @@ type Outcome struct {
 	// Findings of a fuzz step (its kernel reports are in Reports), each
 	// filed under its own title.
 	Findings []fuzz.Finding
+	// Detail: what a stress or fuzz step did (agitators, operations).
+	Detail *Detail
 }
 
 // Seen is one kernel report: what the crash store files by title.
@@ -45,6 +47,8 @@ func (s Seen) String() string { return s.Type + ": " + s.Title }
 // guest is one worker's machine.
 type guest struct {
 	m *lab.Machine
+	// vmstat is the guest's last vmstat sample (after the last step).
+	vmstat VMStat
 }
 
 // close stops the guest's machine (nil-safe).
@@ -132,6 +136,7 @@ func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 	case c.Stress != nil:
 		r := c.Stress
 		o.Missed, o.Reason = r.LostPages, strings.TrimSpace(r.Error+" "+r.Known)
+		o.Detail = stressDetail(r)
 		if r.Verdict == result.VFail && o.Reason == "" {
 			o.Reason = fmt.Sprintf("%d pages lost", r.LostPages)
 		}
@@ -191,10 +196,15 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 // execInject fires a labtest trigger: the kernel really WARNs, BUGs or
 // panics (testing aid of the soak itself).
 func execInject(ctx context.Context, g *guest, s Step) (Outcome, error) {
-	tctx, cancel := context.WithTimeout(ctx, g.m.Timeouts.Command)
+	limit, cmd := g.m.Timeouts.Command, "echo "+s.Word+" > /sys/kernel/debug/labtest/trigger"
+	if s.Word == StuckWord {
+		// A step past its time limit: the soak must keep its dump.
+		limit, cmd = 20*time.Second, "sleep 600"
+	}
+	tctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	mark := g.m.ReportMark()
-	_, err := g.m.Run(tctx, "echo "+s.Word+" > /sys/kernel/debug/labtest/trigger")
+	_, err := g.m.Run(tctx, cmd)
 	return Outcome{Verdict: string(result.VInjected), Reports: g.reportsSince(ctx, mark)}, err
 }
 
@@ -219,6 +229,7 @@ func execFuzz(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	}
 	if r.Summary != nil {
 		o.Pages = r.Summary.Checked
+		o.Detail = fuzzDetail(r.Summary)
 		var titles []string
 		for _, f := range r.Findings() {
 			if f.Kind != "kernel" {

@@ -48,11 +48,13 @@ type Start struct {
 	Catalogue []Scenario `json:"catalogue,omitempty"`
 	Resumed   bool       `json:"resumed,omitempty"`
 	Host      string     `json:"host,omitempty"`
+	Env       *Env       `json:"env,omitempty"` // commit, series, QEMU, accelerator, host (journals before it have none)
 }
 
 // End closes a session cleanly (deadline, SIGINT); a killed session has none.
 type End struct {
 	Reason string `json:"reason"`
+	Load   string `json:"load,omitempty"` // the host's load average at the end
 }
 
 // Journal appends records, each synced before Append returns.

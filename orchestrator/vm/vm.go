@@ -152,6 +152,13 @@ type Instance interface {
 	Close() error
 }
 
+// SysRqer is implemented by instances that can type the guest kernel's
+// magic SysRq on its serial console (QEMU: a break, then the key), which
+// works when the guest's user space no longer answers.
+type SysRqer interface {
+	SysRq(ctx context.Context, key byte) error
+}
+
 // Process is implemented by instances that are a local process (QEMU):
 // details for reproduction and diagnosis only.
 type Process interface {

@@ -154,15 +154,19 @@ func Args(cfg vm.Config) []string {
 }
 
 type instance struct {
-	cfg     vm.Config
-	cmd     *exec.Cmd
-	argv    []string
-	mon     *qmp.Monitor
-	done    chan struct{}
-	stderr  *tailBuffer
-	closeMu sync.Mutex
-	closed  bool
-	waitErr error
+	cfg  vm.Config
+	cmd  *exec.Cmd
+	argv []string
+	mon  *qmp.Monitor
+	// serialIn is QEMU's stdin, the serial console's input: what SysRq
+	// types after a break.
+	serialIn *os.File
+	serialMu sync.Mutex
+	done     chan struct{}
+	stderr   *tailBuffer
+	closeMu  sync.Mutex
+	closed   bool
+	waitErr  error
 
 	evMu     sync.Mutex
 	events   chan vm.Event
@@ -204,7 +208,14 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	}
 	in.argv = append([]string{bin}, Args(cfg)...)
 	in.cmd = exec.Command(bin, in.argv[1:]...)
-	in.cmd.Stdin = nil
+	// The serial console reads QEMU's stdin: a pipe only SysRq writes to
+	// (a break then the key is the serial console's magic SysRq).
+	pr, pw, perr := os.Pipe()
+	if perr != nil {
+		return nil, &vm.InfraError{Op: "starting QEMU", Err: fmt.Errorf("console input pipe: %w", perr)}
+	}
+	in.serialIn = pw
+	in.cmd.Stdin = pr
 	in.cmd.Stdout = cfg.Console
 	in.cmd.Stderr = in.stderr
 	// Own process group (a signal to us does not hit it by accident, and
@@ -214,7 +225,10 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	if werr := os.WriteFile(cmdlinePath, []byte(shquote.Join(in.argv)+"\n"), 0o600); werr != nil {
 		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: fileutil.Explain(cmdlinePath, werr)}
 	}
-	if err := in.cmd.Start(); err != nil {
+	err = in.cmd.Start()
+	pr.Close() // QEMU has its own copy
+	if err != nil {
+		pw.Close()
 		return nil, &vm.InfraError{Op: "starting " + bin, Err: err}
 	}
 	go in.wait()
@@ -399,6 +413,22 @@ func (in *instance) Powerdown(ctx context.Context) error {
 	}
 }
 
+// SysRq sends the serial console's magic SysRq: a break (QMP
+// chardev-send-break), then the command key, which the guest's 8250
+// driver hands to the SysRq handler (CONFIG_MAGIC_SYSRQ_SERIAL) even when
+// its user space and agent are stuck.
+func (in *instance) SysRq(ctx context.Context, key byte) error {
+	if _, err := in.mon.Run(ctx, "chardev-send-break", map[string]string{"id": "con"}); err != nil {
+		return fmt.Errorf("sysrq %c: serial break: %w", key, err)
+	}
+	in.serialMu.Lock()
+	defer in.serialMu.Unlock()
+	if _, err := in.serialIn.Write([]byte{key}); err != nil {
+		return fmt.Errorf("sysrq %c: writing to the serial console: %w", key, err)
+	}
+	return nil
+}
+
 func (in *instance) Pause(ctx context.Context) error {
 	_, err := in.mon.Run(ctx, "stop", nil)
 	return err
@@ -433,6 +463,9 @@ func (in *instance) Close() error {
 	}
 	if in.mon != nil {
 		in.mon.Close()
+	}
+	if in.serialIn != nil {
+		in.serialIn.Close()
 	}
 	for _, s := range []string{"qmp.sock", "ctl.sock"} {
 		os.Remove(filepath.Join(in.cfg.Dir, s))
