@@ -80,8 +80,8 @@ type Stress struct {
 	// pages migrated, pages swapped out, collapses made, pages merged…
 	// Counted by the agitator where the kernel says so per call (status
 	// arrays, mincore, its own KSM counters); vmstat-based ones say "all causes".
-	Effects map[string]map[string]int `json:"effects,omitempty"`
-	LostPages   int            `json:"lost_pages"`
+	Effects   map[string]map[string]int `json:"effects,omitempty"`
+	LostPages int                       `json:"lost_pages"`
 	// LostBySource counts lost pages by who wrote the missing words
 	// (a page with several writers counts for each).
 	LostBySource map[string]int `json:"lost_by_source,omitempty"`
