@@ -609,3 +609,56 @@ func TestSanitizeConfig(t *testing.T) {
 	_, err = Key(Options{Repo: repo, Tarball: tarball, Config: "kasan"})
 	assert.ErrorContains(t, err, `unknown kernel config "kasan"`)
 }
+
+// TestDebugInfoKey: --debuginfo is a build of its own (the fragment is
+// merged last and hashed), and it leaves the ordinary kernels' keys alone:
+// adding or editing debuginfo.config must not rebuild them.
+func TestDebugInfoKey(t *testing.T) {
+	needGCC(t)
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, tarball := fakeRepo(t)
+	for _, c := range []struct {
+		name string
+		o    Options
+	}{
+		{"debug", Options{Repo: repo, Tarball: tarball}},
+		{"debug-vanilla", Options{Repo: repo, Tarball: tarball, Vanilla: true}},
+		{"perf", Options{Repo: repo, Tarball: tarball, Config: "perf"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := filepath.Join(repo, "images", "config", "debuginfo.config")
+			os.Remove(cfg)
+			plain, err := Key(c.o)
+			require.NoError(t, err)
+			writeFile(t, cfg, "CONFIG_DEBUG_INFO=y\n")
+			again, err := Key(c.o)
+			require.NoError(t, err)
+			assert.Equal(t, plain, again, "debuginfo.config is not part of the ordinary build")
+
+			d := c.o
+			d.DebugInfo = true
+			p, err := newPlan(d)
+			require.NoError(t, err)
+			assert.Equal(t, "debuginfo.config", filepath.Base(p.fragments[len(p.fragments)-1]), "merged last, so it wins")
+			assert.NotEqual(t, plain, p.key)
+			writeFile(t, cfg, "CONFIG_DEBUG_INFO=y\nCONFIG_GDB_SCRIPTS=y\n")
+			k2, err := Key(d)
+			require.NoError(t, err)
+			assert.NotEqual(t, p.key, k2, "an edit of debuginfo.config rebuilds the debuginfo kernel")
+		})
+	}
+}
+
+// TestDebugInfoFragment: the real fragment asks for DWARF and the gdb
+// scripts, and never for DEBUG_INFO_REDUCED (the lx- commands need the
+// full types).
+func TestDebugInfoFragment(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "config", "debuginfo.config"))
+	require.NoError(t, err)
+	m := ParseConfig(string(b))
+	for k, want := range map[string]string{
+		"CONFIG_DEBUG_INFO": "y", "CONFIG_GDB_SCRIPTS": "y", "CONFIG_DEBUG_INFO_NONE": "n", "CONFIG_DEBUG_INFO_REDUCED": "n",
+	} {
+		assert.Equal(t, want, m[k], k)
+	}
+}
