@@ -201,11 +201,17 @@ func TestDevVMDump(t *testing.T) {
 	assert.LessOrEqual(t, covered, uint64(memMiB+16)<<20)
 	b := readVirt(f, symbol(t, st.Vmlinux, "linux_banner"), len(banner))
 	assert.Equal(t, banner, string(b), "linux_banner at its virtual address")
+	// The host name the guest's init set (vmlinux says "(none)"): the
+	// nodename of init_uts_ns, after the 65-byte sysname.
+	nodename := symbol(t, st.Vmlinux, "init_uts_ns") + 65
+	b = readVirt(f, nodename, len(name)+1)
+	assert.Equal(t, name+"\x00", string(b), "the live utsname at its virtual address")
 	assert.True(t, fileContains(t, core, []byte(marker)), "the guest's memory, not just the kernel image")
 	if _, err := exec.LookPath("gdb"); err == nil {
-		g, err := exec.Command("gdb", "-q", "-batch", "-nx", st.Vmlinux, core, "-ex", "x/s &linux_banner").CombinedOutput()
+		// Not linux_banner: gdb would read that from vmlinux's rodata.
+		g, err := exec.Command("gdb", "-q", "-batch", "-nx", st.Vmlinux, core, "-ex", "x/s (char *)&init_uts_ns + 65").CombinedOutput()
 		require.NoError(t, err, "%s", g)
-		assert.Contains(t, string(g), strings.TrimSuffix(banner, "\n"), "gdb reads the kernel's memory from the vmcore")
+		assert.Contains(t, string(g), `"`+name+`"`, "gdb reads the guest's memory from the vmcore")
 	} else {
 		t.Log("gdb not installed: the gdb check of the vmcore did not run (labctl setup installs it)")
 	}
