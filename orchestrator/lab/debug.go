@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -134,7 +135,7 @@ func Dump(ctx context.Context, dir, path string, o DumpOptions) (int64, error) {
 	cancel()
 	if err != nil {
 		c.Execute(context.Background(), "closefd", map[string]string{"fdname": dumpFD})
-		return 0, fmt.Errorf("starting the dump: %w", err)
+		return 0, fmt.Errorf("starting the dump: %w", busyDump(err))
 	}
 	every := o.Interval
 	if every <= 0 {
@@ -152,7 +153,7 @@ func Dump(ctx context.Context, dir, path string, o DumpOptions) (int64, error) {
 			if ctx.Err() != nil {
 				return 0, fmt.Errorf("dump interrupted (%w): no file written", ctx.Err())
 			}
-			return 0, fmt.Errorf("following the dump: %w", err)
+			return 0, fmt.Errorf("following the dump: %w", busyDump(err))
 		}
 		var q struct {
 			Status    string `json:"status"`
@@ -230,4 +231,14 @@ func publish(f *os.File, named, dst string) error {
 		d.Close()
 	}
 	return nil
+}
+
+// busyDump explains QEMU's refusal while another dump runs (an
+// interrupted one goes on in the background).
+func busyDump(err error) error {
+	var qe *qmp.Error
+	if errors.As(err, &qe) && strings.Contains(qe.Desc, "dump in process") {
+		return fmt.Errorf("%w (QEMU is still writing an earlier dump, perhaps an interrupted one: try again when it is done)", err)
+	}
+	return err
 }
