@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -661,4 +662,43 @@ func TestDebugInfoFragment(t *testing.T) {
 	} {
 		assert.Equal(t, want, m[k], k)
 	}
+}
+
+// TestKeepGDBScripts: the entry gets real copies of vmlinux-gdb.py and
+// scripts/gdb/linux/*.py, which in the object directory are symlinks
+// into the work tree (replaced by the next build), laid out as
+// vmlinux-gdb.py expects: its own directory + "/scripts/gdb".
+func TestKeepGDBScripts(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	src, out, dst := t.TempDir(), t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(src, "scripts", "gdb", "vmlinux-gdb.py"), "import linux.utils\n")
+	writeFile(t, filepath.Join(src, "scripts", "gdb", "linux", "utils.py"), "# utils\n")
+	writeFile(t, filepath.Join(src, "scripts", "gdb", "linux", "dmesg.py"), "# dmesg\n")
+	// What the kernel's scripts_gdb target does with O=: links, plus the
+	// generated constants.py.
+	writeFile(t, filepath.Join(src, "Makefile"), `scripts_gdb:
+	mkdir -p $(O)/scripts/gdb/linux
+	ln -fsn $(CURDIR)/scripts/gdb/vmlinux-gdb.py $(O)/vmlinux-gdb.py
+	for f in $(CURDIR)/scripts/gdb/linux/*.py; do ln -fsn $$f $(O)/scripts/gdb/linux/; done
+	echo 'LX_CONFIG_DEBUG_INFO_REDUCED = 0' > $(O)/scripts/gdb/linux/constants.py
+`)
+	p := &plan{opts: Options{Log: io.Discard}, variant: "debug,debuginfo"}
+	require.NoError(t, p.keepGDBScripts(context.Background(), src, out, dst, io.Discard))
+	for _, f := range []string{"vmlinux-gdb.py", "scripts/gdb/linux/utils.py", "scripts/gdb/linux/dmesg.py", "scripts/gdb/linux/constants.py"} {
+		fi, err := os.Lstat(filepath.Join(dst, f))
+		require.NoError(t, err, f)
+		assert.True(t, fi.Mode().IsRegular(), "%s is a copy, not a link: %v", f, fi.Mode())
+	}
+	os.RemoveAll(src) // the next build replaces the work tree
+	b, err := os.ReadFile(filepath.Join(dst, "scripts", "gdb", "linux", "dmesg.py"))
+	require.NoError(t, err)
+	assert.Equal(t, "# dmesg\n", string(b))
+
+	// Without CONFIG_GDB_SCRIPTS's output, say so.
+	src2 := t.TempDir()
+	writeFile(t, filepath.Join(src2, "Makefile"), "scripts_gdb:\n\ttrue\n")
+	err = p.keepGDBScripts(context.Background(), src2, t.TempDir(), t.TempDir(), io.Discard)
+	assert.ErrorContains(t, err, "CONFIG_GDB_SCRIPTS")
 }
