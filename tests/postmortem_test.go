@@ -273,6 +273,17 @@ func TestDevVMPanicHeld(t *testing.T) {
 	assert.Contains(t, ls, "labtest: deliberate panic")
 	assert.Contains(t, ls, "target remote "+st.GDB)
 
+	// A vmcore of the held guest (physical memory: quick), which stays
+	// paused after.
+	core := filepath.Join(t.TempDir(), "held.vmcore")
+	c.ok("dump", "--physical", name, core)
+	f, err := elf.Open(core)
+	require.NoError(t, err)
+	assert.Equal(t, 2, coreNotes(t, f)["CORE/"+strconv.Itoa(int(elf.NT_PRSTATUS))])
+	f.Close()
+	os.Remove(core)
+	assert.Equal(t, "paused", qemuStatus(t, st), "still held after the dump")
+
 	// Commands say why they cannot run.
 	_, se, code = c.run("run", name, "--", "true")
 	assert.NotEqual(t, 0, code)
