@@ -46,6 +46,11 @@ type Options struct {
 	// (images/config/ldt-off.config instead of ldt.config): `labctl
 	// series-check` proves that every prefix builds both ways.
 	LDTOff bool
+	// DebugInfo merges images/config/debuginfo.config last: DWARF in
+	// vmlinux and the kernel's gdb scripts (lx-dmesg, lx-ps) kept in the
+	// cache entry, for post-mortem debugging. Its own key and work
+	// directory; without it the key is what it always was.
+	DebugInfo bool
 }
 
 // Meta is written as meta.json into every kernel cache entry.
@@ -76,6 +81,9 @@ type Meta struct {
 	// Device is whether the patched tree has mm/ldt.c (/dev/ldt); nil on
 	// entries built before it was recorded (all had it).
 	Device *bool `json:"ldt_device,omitempty"`
+	// DebugInfo: vmlinux has DWARF and the entry holds vmlinux-gdb.py
+	// and scripts/gdb (Build.GDBScripts).
+	DebugInfo bool `json:"debuginfo,omitempty"`
 }
 
 // Build is a complete kernel cache entry.
@@ -83,20 +91,23 @@ type Build struct {
 	Dir     string
 	BzImage string // bzImage
 	Vmlinux string // vmlinux with symbols, for gdb
-	Modules string // root of lib/modules/<release>
+	// GDBScripts is vmlinux-gdb.py next to vmlinux (the lx- commands),
+	// "" when the build has no debug info.
+	GDBScripts string
+	Modules    string // root of lib/modules/<release>
 	// SelftestDir holds the static mm selftests built from the same tree.
 	SelftestDir string
 	Meta        Meta
 }
 
 // Variant names the build for humans: "debug", "perf-vanilla",
-// "debug+0001-0005" (part of the series), "debug+0001-0005,ldt=n".
+// "debug+0001-0005" (part of the series), "debug+0001-0005,ldt=n",
+// "debug,debuginfo".
 func (o Options) Variant() string {
 	v := o.config()
 	if o.Vanilla {
-		return v + "-vanilla"
-	}
-	if o.Patches != "" || o.Without != "" {
+		v += "-vanilla"
+	} else if o.Patches != "" || o.Without != "" {
 		if sel, err := o.Selection(); err == nil && !sel.Full() {
 			v += "+" + sel.Spec()
 		} else if err != nil {
@@ -106,11 +117,14 @@ func (o Options) Variant() string {
 			}
 		}
 	}
-	if o.LDTOff {
+	if o.LDTOff && !o.Vanilla {
 		if !strings.Contains(v, "+") {
 			v += "+all"
 		}
 		v += ",ldt=n"
+	}
+	if o.DebugInfo {
+		v += ",debuginfo"
 	}
 	return v
 }
@@ -125,11 +139,16 @@ func (p *plan) workName() string {
 	v := p.opts.config()
 	switch {
 	case p.opts.Vanilla:
-		return v + "-vanilla"
+		v += "-vanilla"
 	case p.opts.LDTOff:
-		return v + "-ldt-n"
+		v += "-ldt-n"
 	case !p.sel.Full():
-		return v + "-subset"
+		v += "-subset"
+	}
+	if p.opts.DebugInfo {
+		// Apart: DWARF changes every object's flags, so sharing would
+		// rebuild everything at each switch.
+		v += "-debuginfo"
 	}
 	return v
 }
@@ -209,6 +228,10 @@ func newPlan(o Options) (*plan, error) {
 		for _, n := range p.sel.Applied {
 			p.patches = append(p.patches, filepath.Join(o.Repo, "kmod", "patches", n))
 		}
+	}
+	if o.DebugInfo {
+		// Last, so it wins; hashed into the key like every fragment.
+		p.fragments = append(p.fragments, filepath.Join(cfgDir, "debuginfo.config"))
 	}
 	if p.modules, err = moduleDirs(filepath.Join(o.Repo, "kmod")); err != nil {
 		return nil, err
@@ -363,6 +386,9 @@ func load(dir string) (*Build, error) {
 	if err := readJSON(filepath.Join(dir, "meta.json"), &b.Meta); err != nil {
 		return nil, fmt.Errorf("reading kernel build metadata in %s: %w", dir, err)
 	}
+	if b.Meta.DebugInfo {
+		b.GDBScripts = filepath.Join(dir, "vmlinux-gdb.py")
+	}
 	return b, nil
 }
 
@@ -466,6 +492,11 @@ func (p *plan) build(ctx context.Context, dst string) error {
 			modNames = append(modNames, filepath.Base(ko))
 		}
 	}
+	if p.opts.DebugInfo {
+		if err := p.keepGDBScripts(ctx, srcDir, outDir, dst, logFile); err != nil {
+			return fail("installing the gdb scripts", err)
+		}
+	}
 	stBuilt, stFailed, err := p.buildSelftests(ctx, srcDir, outDir, dst, logFile)
 	if err != nil {
 		return fail("building the mm selftests", err)
@@ -488,7 +519,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		KernelRelease: release, Config: p.opts.config(), Vanilla: p.opts.Vanilla,
 		Modules: modNames, Compiler: p.compiler, BuiltAt: time.Now().UTC(),
 		Selftests: stBuilt, SelftestsFail: stFailed, Omitted: p.sel.Omitted,
-		BuildSeconds: time.Since(start).Seconds(), Cold: cold,
+		BuildSeconds: time.Since(start).Seconds(), Cold: cold, DebugInfo: p.opts.DebugInfo,
 	}
 	for _, pt := range p.patches {
 		meta.Patches = append(meta.Patches, filepath.Base(pt))

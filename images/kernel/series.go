@@ -405,6 +405,9 @@ func (o Options) Flags() string {
 	if o.LDTOff {
 		f += " --ldt=n"
 	}
+	if o.DebugInfo {
+		f += " --debuginfo"
+	}
 	return f
 }
 

@@ -40,6 +40,7 @@ type Options struct {
 	Patches   string // only these patches of the series (kernel.Select); "" = all
 	Without   string // and without these
 	LDTOff    bool   // the patched kernel with CONFIG_LDT=n
+	DebugInfo bool   // the kernel built with DWARF and the gdb scripts (--debuginfo)
 	Accel     string // auto (default) | kvm | tcg
 	Backend   string // qemu (default)
 	Connect   string // the backend's host (a libvirt URI); "" = this machine
@@ -89,7 +90,7 @@ func (o *Options) logf(format string, args ...any) {
 
 // KernelOptions is the kernel build o asks for.
 func (o *Options) KernelOptions() kernel.Options {
-	return kernel.Options{Repo: o.Repo, Config: o.Config, Vanilla: o.Vanilla, Patches: o.Patches, Without: o.Without, LDTOff: o.LDTOff, Log: o.Log}
+	return kernel.Options{Repo: o.Repo, Config: o.Config, Vanilla: o.Vanilla, Patches: o.Patches, Without: o.Without, LDTOff: o.LDTOff, DebugInfo: o.DebugInfo, Log: o.Log}
 }
 
 // Machine is a booted guest with a ready channel.

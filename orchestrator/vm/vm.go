@@ -45,6 +45,11 @@ const (
 // (`gdb vmlinux -ex 'target remote PATH'`).
 func GDBSocket(dir string) string { return filepath.Join(dir, "gdb.sock") }
 
+// MonitorSocket is a second QMP monitor of a local QEMU (the lab's own is
+// in use by the supervisor), for `labctl dump`: owner-only like
+// GDBSocket.
+func MonitorSocket(dir string) string { return filepath.Join(dir, "monitor.sock") }
+
 // Artifact is a file the guest boots from (kernel, initramfs), named by
 // the SHA-256 of its content so that a remote backend uploads it once.
 type Artifact struct {

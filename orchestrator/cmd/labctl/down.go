@@ -57,6 +57,7 @@ func cmdDown(name string) error {
 	// be stale, or belong to a racing `up`).
 	procs := lab.Processes(name, dir)
 	if _, serr := os.Stat(dir); serr != nil && len(procs) == 0 {
+		lab.ReleaseName(name) // a lock file left by an older labctl
 		return &lab.NoVMError{Name: name}
 	}
 	if len(procs) > 0 {
@@ -78,6 +79,8 @@ func cmdDown(name string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return &vm.InfraError{Op: "removing " + dir, Err: err}
 	}
+	// Nothing of the name stays in the state directory.
+	lab.ReleaseName(name)
 	fmt.Printf("%s is down\n", name)
 	return nil
 }

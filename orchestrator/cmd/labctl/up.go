@@ -13,7 +13,6 @@ import (
 
 	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
-	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
 )
@@ -30,7 +29,7 @@ func init() {
 		setup: func(fs *flag.FlagSet) {
 			up.register(fs)
 			upShares.register(fs)
-			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub as a unix socket only you can reach (gdb.sock in the VM's private directory) and print the gdb command line (qemu backend)")
+			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub as a unix socket only you can reach (gdb.sock in the VM's private directory), print the gdb command line, and hold a guest that panics paused for gdb instead of stopping it (qemu backend; --debuginfo for types and the lx- commands)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
@@ -63,14 +62,14 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return &vm.InfraError{Op: "creating the state directory", Err: fileutil.Explain(filepath.Dir(dir), err)}
 	}
-	unlock, err := fileutil.TryLock(filepath.Join(filepath.Dir(dir), "."+name+".lock"))
+	unlockName, err := lab.LockName(name)
 	if errors.Is(err, fileutil.ErrLocked) {
 		return fmt.Errorf("VM %q is already booting: another `labctl up %s` is starting it", name, name)
 	}
 	if err != nil {
 		return &vm.InfraError{Op: "locking VM " + name, Err: err}
 	}
-	defer unlock()
+	defer unlockName(false)
 	if _, err := os.Stat(dir); err == nil {
 		st, _ := lab.ReadState(dir)
 		procs := lab.Processes(name, dir)
@@ -151,7 +150,14 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 				if st.GDB != "" {
 					// The socket is this user's alone (0600 in the 0700
 					// VM directory): gdb runs as the same user.
-					fmt.Printf("  gdb %s -ex %s\n", shquote.Word(st.Vmlinux), shquote.Word("target remote "+st.GDB))
+					fmt.Printf("  %s\n", st.GDBCommand())
+					if st.GDBScripts == "" {
+						fmt.Printf("  (this kernel has no debug info: `labctl up --gdb --debuginfo` gives gdb its types and the lx-dmesg, lx-ps… commands)\n")
+					}
+					fmt.Printf("  a panic holds the guest paused for gdb until `labctl down %s`\n", name)
+				}
+				if st.Monitor != "" {
+					fmt.Printf("  labctl dump %s   (its memory as an ELF vmcore)\n", name)
 				}
 				return nil
 			case lab.StatusFailed:

@@ -144,6 +144,11 @@ func Args(cfg vm.Config) []string {
 	for i, f := range cfg.FwCfg {
 		a = append(a, "-fw_cfg", "name="+f.Name+",file="+optEscape(fwCfgPath(cfg, i)))
 	}
+	// A second monitor for the user (`labctl dump`), in the private
+	// directory like the first: QEMU serves one client per monitor, and
+	// the supervisor holds the first one for the VM's whole life.
+	a = append(a, "-chardev", "socket,id=umon,path="+optEscape(vm.MonitorSocket(cfg.Dir))+",server=on,wait=off",
+		"-mon", "chardev=umon,mode=control")
 	if cfg.GDB {
 		// A unix socket in the private directory: only its owner gets
 		// at guest memory (a TCP port, even on loopback, is everyone's).
@@ -249,6 +254,11 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 		return nil, &vm.InfraError{Op: "connecting to QEMU's monitor", Err: fmt.Errorf("%w; qemu stderr: %s", merr, strings.TrimSpace(in.stderr.String()))}
 	}
 	in.mon = mon
+	// Created before the monitor answered, with the umask's mode: the
+	// 0700 directory keeps others out, the mode says so too.
+	if err := os.Chmod(vm.MonitorSocket(cfg.Dir), 0o600); err != nil {
+		return nil, &vm.InfraError{Op: "securing the user monitor socket", Err: err}
+	}
 	if cfg.GDB {
 		// QEMU created it before its monitor, with the umask's mode; the
 		// 0700 directory already keeps others out, this says so too.
@@ -467,7 +477,7 @@ func (in *instance) Close() error {
 	if in.serialIn != nil {
 		in.serialIn.Close()
 	}
-	for _, s := range []string{"qmp.sock", "ctl.sock"} {
+	for _, s := range []string{"qmp.sock", "ctl.sock", filepath.Base(vm.MonitorSocket(in.cfg.Dir))} {
 		os.Remove(filepath.Join(in.cfg.Dir, s))
 	}
 	if in.cfg.GDB {
