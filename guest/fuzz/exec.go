@@ -896,7 +896,9 @@ func (e *executor) madvise(i int, r *region, p, n int, o Op) {
 				st.add(i, "lazyfree")
 			}
 		case "collapse":
-			if r.spec.Shared() && st.pending() {
+			// A write already lost to a zap is the zap's (shared-zap);
+			// only a write still in an entry is the collapse's to keep.
+			if r.spec.Shared() && st.pending() && !st.zapped {
 				st.coll = true
 			}
 		}
