@@ -136,8 +136,8 @@ func Meaning(op string, err error) string {
 }
 
 // defaultBatch is CollectAll's buffer capacity in regions (128 KiB): the
-// kernel's chunk since 0022, so a collection of 256 MiB with every other
-// page dirty takes 4 ioctls (and, since 0022, 4 TLB flushes) instead of 32;
+// kernel's chunk since 0021, so a collection of 256 MiB with every other
+// page dirty takes 4 ioctls (and, since 0021, 4 TLB flushes) instead of 32;
 // small enough to keep per file.
 const defaultBatch = 8192
 

@@ -5,7 +5,7 @@ package main
 // cleared a chunk, copied it out and, on a fault, marked the chunk's
 // addresses dirty again after the mmap lock had been dropped: a page moved
 // away in between kept its cleared state at the new address and its write
-// was never reported. Since 0021 nothing is cleared before the copy-out.
+// was never reported. Since 0020 nothing is cleared before the copy-out.
 
 import (
 	"errors"
