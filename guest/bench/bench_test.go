@@ -74,6 +74,10 @@ func TestWritePagesStep(t *testing.T) {
 	}
 	assert.Equal(t, src[1:8], m.mem[1:8], "full-page writes copied the pattern")
 	assert.Equal(t, byte(9), m.mem[0], "1-byte writes landed")
+	assert.Equal(t, 512, writePagesLoop(m, 7))
+	for p := 0; p < len(m.mem); p += pageSize {
+		require.Equal(t, byte(7), m.mem[p+pageSize-1], "the loop wrote the last byte of page %d", p/pageSize)
+	}
 }
 
 func TestNoneTrackerCollectsNothing(t *testing.T) {
@@ -98,13 +102,13 @@ func skipUnsupported(t *testing.T, tr string, err error) {
 // writes to a populated region take no fault, PAGEMAP_SCAN's take one per
 // page (its write-protection), and the collection counts its ioctls.
 func TestWriteOnceCountsFaults(t *testing.T) {
-	none, err := writeOnce("none", 4, false, 1)
+	none, err := writeOnce("none", 4, false, 1, "")
 	require.NoError(t, err)
 	pages := int64(none.Written)
 	assert.Less(t, none.WriteCounts.Faults, pages/10, "a populated region: writes take no faults")
 	assert.Zero(t, none.Syscalls)
 
-	s, err := writeOnce("pagemap-scan", 4, false, 1)
+	s, err := writeOnce("pagemap-scan", 4, false, 4096, "loop")
 	skipUnsupported(t, "pagemap-scan", err)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, s.WriteCounts.Faults, pages, "one write-protect fault per page")

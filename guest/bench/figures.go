@@ -24,6 +24,10 @@ type Plan struct {
 
 	WriteSizesMiB []int
 	WriteBytes    []int
+	// WriteLoop adds, with THP off, 4096 B writes made by a plain store
+	// loop beside Go's copy: the untracked baseline's speed decides the
+	// ratios of total times, so the figure measures two baselines.
+	WriteLoop bool
 
 	TimelineMiB int
 	// TimelineFor is one run's length from the moment tracking starts;
@@ -51,7 +55,7 @@ var Plans = map[string]func() Plan{"quick": QuickPlan, "reduced": ReducedPlan, "
 func QuickPlan() Plan {
 	return Plan{
 		Name: "quick", Trackers: Trackers, Reps: 1, Seed: 1,
-		WriteSizesMiB: []int{4}, WriteBytes: []int{4096, 1},
+		WriteSizesMiB: []int{4}, WriteBytes: []int{4096, 1}, WriteLoop: true,
 		TimelineMiB: 4, TimelineFor: 2 * time.Second, TimelinePoint: 100 * time.Millisecond,
 		TimelineCheckpoints: []time.Duration{500 * time.Millisecond, time.Second},
 		CollectMiB:          4, CollectPcts: []float64{0.1, 1, 10, 50, 100},
@@ -78,7 +82,7 @@ func FullPlan() Plan {
 		Name: "full", Trackers: Trackers, Reps: 7, Seed: 1,
 		// Up to 512 MiB: the 2 GiB guest holds more without swapping,
 		// but under TCG the next step would double the run.
-		WriteSizesMiB: []int{16, 64, 256, 512}, WriteBytes: []int{4096, 1},
+		WriteSizesMiB: []int{16, 64, 256, 512}, WriteBytes: []int{4096, 1}, WriteLoop: true,
 		TimelineMiB: 64, TimelineFor: 10 * time.Second, TimelinePoint: 100 * time.Millisecond,
 		TimelineCheckpoints: []time.Duration{time.Second, 5 * time.Second},
 		CollectMiB:          512, CollectPcts: []float64{0.1, 1, 10, 50, 100},
@@ -114,17 +118,27 @@ func RunWriteOnly(p Plan, progress io.Writer) (*WriteOnly, error) {
 	defer quiet()()
 	res := &WriteOnly{SizesMiB: p.WriteSizesMiB, Reps: p.Reps, THP: THPSetting()}
 	type cell struct {
-		size int
-		thp  bool
-		wb   int
-		tr   string
+		size  int
+		thp   bool
+		wb    int
+		store string
+		tr    string
 	}
 	var cells []cell
 	for _, size := range p.WriteSizesMiB {
 		for _, thp := range []bool{false, true} {
 			for _, wb := range p.WriteBytes {
-				for _, tr := range p.Trackers {
-					cells = append(cells, cell{size, thp, wb, tr})
+				stores := []string{""}
+				if wb >= pageSize {
+					stores = []string{"copy"}
+					if p.WriteLoop && !thp {
+						stores = append(stores, "loop")
+					}
+				}
+				for _, st := range stores {
+					for _, tr := range p.Trackers {
+						cells = append(cells, cell{size, thp, wb, st, tr})
+					}
 				}
 			}
 		}
@@ -132,9 +146,9 @@ func RunWriteOnly(p Plan, progress io.Writer) (*WriteOnly, error) {
 	for rep := 0; rep < p.Reps; rep++ {
 		for seq, i := range p.order("writeonly", rep, len(cells)) {
 			c := cells[i]
-			s, err := writeOnce(c.tr, c.size, c.thp, c.wb)
+			s, err := writeOnce(c.tr, c.size, c.thp, c.wb, c.store)
 			if err != nil {
-				return nil, fmt.Errorf("write-only %s %d MiB thp=%v %d B: %w", c.tr, c.size, c.thp, c.wb, err)
+				return nil, fmt.Errorf("write-only %s %d MiB thp=%v %d B %s: %w", c.tr, c.size, c.thp, c.wb, c.store, err)
 			}
 			s.Rep, s.Seq = rep, seq
 			res.Samples = append(res.Samples, s)
@@ -144,8 +158,8 @@ func RunWriteOnly(p Plan, progress io.Writer) (*WriteOnly, error) {
 	return res, nil
 }
 
-func writeOnce(tr string, sizeMiB int, thp bool, wb int) (WriteSample, error) {
-	s := WriteSample{Tracker: tr, SizeMiB: sizeMiB, THP: thp, WriteBytes: wb}
+func writeOnce(tr string, sizeMiB int, thp bool, wb int, store string) (WriteSample, error) {
+	s := WriteSample{Tracker: tr, SizeMiB: sizeMiB, THP: thp, WriteBytes: wb, Store: store}
 	m, err := newMapping(sizeMiB<<20, thp)
 	if err != nil {
 		return s, err
@@ -161,7 +175,11 @@ func writeOnce(tr string, sizeMiB int, thp bool, wb int) (WriteSample, error) {
 	}
 	c0 := counters(0)
 	st := time.Now()
-	s.Written = writePages(m, wb, 1, 2)
+	if store == "loop" {
+		s.Written = writePagesLoop(m, 2)
+	} else {
+		s.Written = writePages(m, wb, 1, 2)
+	}
 	s.WriteNS = time.Since(st).Nanoseconds()
 	s.WriteCounts = counters(0).since(c0)
 	c, err := collect(t, m)

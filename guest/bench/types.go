@@ -17,6 +17,10 @@ type WriteSample struct {
 	SizeMiB    int    `json:"size_mib"`
 	THP        bool   `json:"thp"`
 	WriteBytes int    `json:"write_bytes"` // per page: 4096 or 1
+	// Store is how 4096 B are written: "copy" (Go's copy, the runtime's
+	// memmove with wide vector stores) or "loop" (a plain loop of 8-byte
+	// stores, as a C loop compiled without vectorisation); "" for 1 B.
+	Store string `json:"store,omitempty"`
 	Rep        int    `json:"rep"`
 	Seq        int    `json:"seq"` // position in its repetition's random order
 	WriteNS    int64  `json:"write_ns"`

@@ -31,7 +31,7 @@ func Sanity(r *Result) []string {
 			case s.Written != pages:
 				bad("write-only %s %d MiB: wrote %d pages, want %d", s.Tracker, s.SizeMiB, s.Written, pages)
 			case slices.Contains(exact, s.Tracker) && s.Collected != s.Written:
-				bad("write-only %s %d MiB thp=%v %d B: collected %d pages, wrote %d", s.Tracker, s.SizeMiB, s.THP, s.WriteBytes, s.Collected, s.Written)
+				bad("write-only %s %d MiB thp=%v %d B %s: collected %d pages, wrote %d", s.Tracker, s.SizeMiB, s.THP, s.WriteBytes, s.Store, s.Collected, s.Written)
 			case s.Tracker == "none" && s.Collected != 0:
 				bad("write-only none collected %d pages", s.Collected)
 			}
