@@ -153,3 +153,23 @@ func TestTimelineOnceCheckpoints(t *testing.T) {
 	assert.Empty(t, n.Collections)
 	assert.Len(t, n.Ops, 6)
 }
+
+// TestFirstRepNumbersTheRepetition: a host interleaving kernels runs one
+// repetition per call; the samples carry that repetition's number and its
+// order is the one a whole run would have drawn for it.
+func TestFirstRepNumbersTheRepetition(t *testing.T) {
+	p := QuickPlan()
+	p.Trackers = []string{"none", "pagemap-scan"}
+	p.CollectMiB, p.CollectPcts = 2, []float64{10, 100}
+	p.FirstRep, p.Reps = 3, 1
+	res, err := RunCollect(p, nil)
+	skipUnsupported(t, "pagemap-scan", err)
+	require.NoError(t, err)
+	require.Len(t, res.Samples, 2, "one sample per (pct, tracker other than none)")
+	want := p.order("collect", 3, 2)
+	for i, s := range res.Samples {
+		assert.Equal(t, 3, s.Rep)
+		assert.Equal(t, i, s.Seq)
+		assert.Equal(t, []float64{10, 100}[want[i]], s.DirtyPct, "repetition 3's order")
+	}
+}

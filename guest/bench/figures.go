@@ -21,6 +21,10 @@ type Plan struct {
 	Trackers []string
 	Reps     int
 	Seed     uint64
+	// FirstRep numbers the repetitions run FirstRep, FirstRep+1, …: a host
+	// that interleaves several kernels runs one repetition per call, and
+	// each must keep its own number (and so its own random order).
+	FirstRep int
 
 	WriteSizesMiB []int
 	WriteBytes    []int
@@ -46,10 +50,12 @@ type Plan struct {
 	RedisReps      int
 }
 
-// Plans by name: quick (plumbing and sanity, seconds per figure), reduced
+// Plans by name: quick (plumbing and sanity, seconds per figure), short
+// (every claim at ≥ 7 repetitions with the least work per figure that
+// still measures it: what a kernel A/B on a loaded TCG host can afford), reduced
 // (every figure and claim at ≥ 7 repetitions, smaller sizes: what fits a
 // shared TCG host in about an hour) and full.
-var Plans = map[string]func() Plan{"quick": QuickPlan, "reduced": ReducedPlan, "full": FullPlan}
+var Plans = map[string]func() Plan{"quick": QuickPlan, "short": ShortPlan, "reduced": ReducedPlan, "full": FullPlan}
 
 // QuickPlan checks plumbing and sanity only.
 func QuickPlan() Plan {
@@ -71,6 +77,24 @@ func ReducedPlan() Plan {
 	p.WriteSizesMiB = []int{16, 64}
 	p.TimelineFor = 6 * time.Second
 	p.CollectMiB = 128
+	return p
+}
+
+// ShortPlan is the shortest plan that still judges every claim: 7
+// repetitions, write-only at 64 MiB (the claim's cells), the timeline at
+// both checkpoint intervals (1 s, 5 s) for 6 s (the early phase is its
+// first second), collection of 256 MiB (the sizes the collection goal is
+// stated for), Redis with a 1 s checkpointer in 5 s windows (5 rounds; a
+// 5 s interval would give one).
+func ShortPlan() Plan {
+	p := FullPlan()
+	p.Name = "short"
+	p.WriteSizesMiB = []int{64}
+	p.TimelineFor = 6 * time.Second
+	p.CollectMiB = 256
+	p.CollectPcts = []float64{1, 10, 50, 100}
+	p.RedisWindow = 5 * time.Second
+	p.RedisIntervals = []time.Duration{time.Second}
 	return p
 }
 
@@ -143,7 +167,7 @@ func RunWriteOnly(p Plan, progress io.Writer) (*WriteOnly, error) {
 			}
 		}
 	}
-	for rep := 0; rep < p.Reps; rep++ {
+	for rep := p.FirstRep; rep < p.FirstRep+p.Reps; rep++ {
 		for seq, i := range p.order("writeonly", rep, len(cells)) {
 			c := cells[i]
 			s, err := writeOnce(c.tr, c.size, c.thp, c.wb, c.store)
@@ -153,7 +177,7 @@ func RunWriteOnly(p Plan, progress io.Writer) (*WriteOnly, error) {
 			s.Rep, s.Seq = rep, seq
 			res.Samples = append(res.Samples, s)
 		}
-		logf(progress, "write-only: repetition %d of %d done (%d cells in random order)", rep+1, p.Reps, len(cells))
+		logf(progress, "write-only: repetition %d (%d of %d) done (%d cells in random order)", rep, rep-p.FirstRep+1, p.Reps, len(cells))
 	}
 	return res, nil
 }
@@ -217,7 +241,7 @@ func RunTimeline(p Plan, progress io.Writer) (*Timeline, error) {
 			cells = append(cells, cell{tr, cp})
 		}
 	}
-	for rep := 0; rep < p.Reps; rep++ {
+	for rep := p.FirstRep; rep < p.FirstRep+p.Reps; rep++ {
 		for seq, i := range p.order("timeline", rep, len(cells)) {
 			c := cells[i]
 			s, err := timelineOnce(c.tr, c.cp, p, uint64(rep))
@@ -344,7 +368,7 @@ func RunCollect(p Plan, progress io.Writer) (*Collect, error) {
 		return nil, err
 	}
 	defer m.close()
-	for rep := 0; rep < p.Reps; rep++ {
+	for rep := p.FirstRep; rep < p.FirstRep+p.Reps; rep++ {
 		for seq, i := range p.order("collect", rep, len(cells)) {
 			c := cells[i]
 			step := max(1, int(100/c.pct+0.5))
@@ -361,7 +385,7 @@ func RunCollect(p Plan, progress io.Writer) (*Collect, error) {
 			res.Samples = append(res.Samples, CollectSample{Tracker: c.tr, DirtyPct: c.pct, Rep: rep, Seq: seq, NS: got.ns, Dirtied: n,
 				Collected: got.pages, Regions: got.regions, Syscalls: got.syscalls, Counts: got.counts})
 		}
-		logf(progress, "collect %d MiB: repetition %d of %d done (%d cells in random order)", p.CollectMiB, rep+1, p.Reps, len(cells))
+		logf(progress, "collect %d MiB: repetition %d (%d of %d) done (%d cells in random order)", p.CollectMiB, rep, rep-p.FirstRep+1, p.Reps, len(cells))
 	}
 	return res, nil
 }
