@@ -49,7 +49,10 @@ type Analysis struct {
 	Claims []Claim `json:"claims"`
 	AA     []Stat  `json:"aa"`
 	Stats  []Stat  `json:"stats"`
-	idx    map[[4]string]Estimate
+	// Kernels compares the kernels of an A/B run (`--kernels`), each
+	// with the first.
+	Kernels []KernelStat `json:"kernels,omitempty"`
+	idx     map[[4]string]Estimate
 }
 
 // Get is the estimate of a metric; undefined when it was not computed.
@@ -211,6 +214,7 @@ func Analyze(r *Result) *Analysis {
 		a.collect(r.Collect)
 	}
 	a.claims(r)
+	a.kernels(r)
 	return a
 }
 
