@@ -169,8 +169,9 @@ type KernelStat struct {
 	BaseMed Estimate `json:"base_median"`
 	OthMed  Estimate `json:"other_median"`
 	Ratio   Estimate `json:"ratio"`
-	// AA is ldt÷naive of the same cell and metric on the base kernel:
-	// the noise floor a ratio must clear.
+	// AA is ldt÷naive of the same cell and metric on the base kernel
+	// (on the other one when the base is vanilla): the noise floor a
+	// ratio must clear.
 	AA Estimate `json:"aa"`
 }
 
@@ -201,8 +202,8 @@ func abSeries(r *Result) map[abKey]series {
 		for _, s := range w.Samples {
 			c := writeCell(s.SizeMiB, s.THP, kindOf(s))
 			put(abKey{"writeonly", c, s.Tracker, "total_ms"}, s.Rep, float64(s.WriteNS+s.CollectNS)/1e6)
-			put(abKey{"writeonly", c, s.Tracker, "write_ms"}, s.Rep, float64(s.WriteNS)/1e6)
-			if s.Tracker != "none" {
+			if s.Tracker != "none" { // untracked, the total is the write
+				put(abKey{"writeonly", c, s.Tracker, "write_ms"}, s.Rep, float64(s.WriteNS)/1e6)
 				put(abKey{"writeonly", c, s.Tracker, "collect_ms"}, s.Rep, float64(s.CollectNS)/1e6)
 			}
 			put(abKey{"writeonly", c, s.Tracker, "faults"}, s.Rep, float64(s.WriteCounts.Faults+s.CollectCounts.Faults))
@@ -311,9 +312,13 @@ func (a *Analysis) kernels(r *Result) {
 			}
 			st := KernelStat{Base: base.Spec.Name, Other: kr.Spec.Name, Figure: k.figure, Cell: k.cell, Tracker: k.tracker, Metric: k.metric, Unit: unit,
 				BaseMed: BootMedian(bs[k].values()), OthMed: BootMedian(o.values()), Ratio: pairedRatio(o, bs[k])}
-			l, n := bs[abKey{k.figure, k.cell, "ldt", k.metric}], bs[abKey{k.figure, k.cell, "naive", k.metric}]
-			if len(l) > 0 && len(n) > 0 {
-				st.AA = pairedRatio(l, n)
+			// The base kernel's A/A; the other's when the base has no
+			// /dev/ldt (vanilla).
+			for _, src := range []map[abKey]series{bs, oth} {
+				l, n := src[abKey{k.figure, k.cell, "ldt", k.metric}], src[abKey{k.figure, k.cell, "naive", k.metric}]
+				if len(l) > 0 && len(n) > 0 && !st.AA.Defined() {
+					st.AA = pairedRatio(l, n)
+				}
 			}
 			a.Kernels = append(a.Kernels, st)
 		}

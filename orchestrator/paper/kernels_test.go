@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -122,6 +123,18 @@ func TestAnalyzeKernels(t *testing.T) {
 	wo := got[[3]string{"writeonly/" + writeCell(4, false, WriteKind{4096, "copy"}), "none", "total_ms"}]
 	assert.InDelta(t, 1, wo.Ratio.Value, 0.01)
 	assert.Equal(t, 7, wo.Ratio.N)
+
+	// A vanilla base has no /dev/ldt: the A/A comes from the other kernel.
+	v := fake(7)
+	v.Collect.Samples = slices.DeleteFunc(v.Collect.Samples, func(s bench.CollectSample) bool { return s.Tracker == "ldt" || s.Tracker == "naive" })
+	r2 := fake(7)
+	r2.Kernels = []*KernelRun{{Spec: KernelSpec{Name: "vanilla", Vanilla: true}, Collect: v.Collect}, {Spec: KernelSpec{Name: "all"}, Collect: b.Collect}}
+	for _, s := range Analyze(r2).Kernels {
+		if s.Figure == "collect" && s.Metric == "us" {
+			assert.NotEqual(t, "ldt", s.Tracker, "ldt is not on both kernels")
+			assert.True(t, s.AA.Defined(), "%s %s: the other kernel's A/A", s.Cell, s.Tracker)
+		}
+	}
 
 	var md bytes.Buffer
 	Markdown(&md, r)

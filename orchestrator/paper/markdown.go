@@ -157,9 +157,12 @@ func kernelsMD(w io.Writer, r *Result, a *Analysis) {
 		}
 		fmt.Fprintf(w, "| `%s` | %s | `%s` | %s | `%s` | `%s` | %s | %.1f |\n", k.Spec.Name, k.Variant, k.BuildKey, patches, short(k.SeriesSHA256, 16), short(k.KernelConfigSHA256, 16), strings.Join(k.Trackers, ", "), k.BootS)
 	}
-	fmt.Fprintf(w, "\nEvery metric of every cell, each kernel against `%s`: medians [95%%], and the ratio other ÷ `%s` paired over repetitions (the kernels ran each repetition back to back). The A/A column is `ldt ÷ naive` of the same cell and metric on `%s`: a time ratio within it is noise; counts barely vary, so a count that moves is what the kernels changed.\n\n", r.Kernels[0].Spec.Name, r.Kernels[0].Spec.Name, r.Kernels[0].Spec.Name)
+	fmt.Fprintf(w, "\nEvery metric of every cell, each kernel against `%s`: medians [95%%], and the ratio other ÷ `%s` paired over repetitions (the kernels ran each repetition back to back). The A/A column is `ldt ÷ naive` of the same cell and metric on `%s` (on the other kernel when that one has no /dev/ldt): a time ratio within it is noise; counts barely vary, so a count that moves is what the kernels changed.\n\n", r.Kernels[0].Spec.Name, r.Kernels[0].Spec.Name, r.Kernels[0].Spec.Name)
 	fmt.Fprintf(w, "| figure | cell | tracker | metric | `%s` | other kernel | other | other ÷ `%s` [95%%] | A/A ldt÷naive |\n|---|---|---|---|---|---|---|---|---|\n", r.Kernels[0].Spec.Name, r.Kernels[0].Spec.Name)
 	for _, s := range a.Kernels {
+		if !s.Ratio.Defined() {
+			continue // a count that is zero on both
+		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s (%s) | %s | `%s` | %s | %s | %s |\n", s.Figure, s.Cell, s.Tracker, s.Metric, s.Unit, fmtE(s.BaseMed), s.Other, fmtE(s.OthMed), fmtX(s.Ratio), fmtX(s.AA))
 	}
 	fmt.Fprintln(w)
