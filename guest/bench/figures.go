@@ -14,8 +14,10 @@ import (
 
 // Plan sizes every figure. Every figure runs Reps repetitions; within a
 // repetition every cell (tracker × configuration) runs once, in a random
-// order drawn from Seed, so drift of the host hits every tracker alike and
-// the trackers of one repetition can be compared pairwise.
+// order drawn from Seed, so slow drift of the host is not always borne by
+// the same tracker and the trackers of one repetition can be compared
+// pairwise. Short bursts of other work still hit single cells: the A/A
+// (ldt vs naive, the same work) measures how much.
 type Plan struct {
 	Name     string
 	Trackers []string

@@ -97,7 +97,8 @@ type Meta struct {
 	KernelOrder [][]string `json:"kernel_order,omitempty"`
 	// HostLoad is /proc/loadavg at the start and the end; LoadSamples
 	// the 1-minute load average every 30 s in between. Other work on the
-	// host is noise every tracker shares (cells run in random order).
+	// host is noise the random order spreads over the trackers but does
+	// not cancel: the A/A (ldt÷naive) measures what is left.
 	HostLoad    []string  `json:"host_load"`
 	LoadSamples []float64 `json:"load_samples"`
 	Seconds     float64   `json:"seconds"`
@@ -181,8 +182,9 @@ type guest struct {
 // Run boots the guest (one per kernel of an A/B run) and measures every
 // figure. With one kernel every figure runs its repetitions in one call;
 // with several, repetition by repetition, the kernels in a random order
-// per repetition, every kernel's figures back to back, so drift of the
-// host hits the kernels alike and each repetition pairs them.
+// per repetition, every kernel's figures back to back, so slow drift of
+// the host is not always borne by one kernel and each repetition pairs
+// them.
 func Run(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	GuestDefaults(&o.Guest)
