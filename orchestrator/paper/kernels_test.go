@@ -3,6 +3,7 @@ package paper
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -170,4 +171,21 @@ func dropTrackers(ss []bench.TimelineSample, trs ...string) []bench.TimelineSamp
 		}
 	}
 	return out
+}
+
+// TestTHPOffOnly: the short plan measures figure 1 with THP off only; the
+// report, the plots and the sanity checks take that as measured, not as
+// missing.
+func TestTHPOffOnly(t *testing.T) {
+	r := fake(7)
+	r.WriteOnly.Samples = slices.DeleteFunc(r.WriteOnly.Samples, func(s bench.WriteSample) bool { return s.THP })
+	for _, p := range Sanity(r) {
+		assert.NotContains(t, p, "huge page")
+	}
+	dir := t.TempDir()
+	require.NoError(t, Write(r, dir))
+	md, err := os.ReadFile(filepath.Join(dir, "README.md"))
+	require.NoError(t, err)
+	assert.NotContains(t, string(md), "THP on (MADV_HUGEPAGE)")
+	assert.Contains(t, string(md), "THP off (4 KiB pages)")
 }

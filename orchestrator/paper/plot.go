@@ -105,8 +105,16 @@ func Plots(r *Result, dir string) error {
 	}
 	if wo := r.WriteOnly; wo != nil {
 		kinds := WriteKinds(wo, false)
-		grid := [][]*plot.Plot{make([]*plot.Plot, len(kinds)), make([]*plot.Plot, len(kinds))}
-		for i, thp := range []bool{false, true} {
+		// A row per THP setting measured (the short plan has THP off only).
+		var thps []bool
+		for _, thp := range []bool{false, true} {
+			if slices.ContainsFunc(wo.Samples, func(s bench.WriteSample) bool { return s.THP == thp }) {
+				thps = append(thps, thp)
+			}
+		}
+		grid := make([][]*plot.Plot, len(thps))
+		for i, thp := range thps {
+			grid[i] = make([]*plot.Plot, len(kinds))
 			tk := WriteKinds(wo, thp)
 			for j, kind := range kinds {
 				if !slices.Contains(tk, kind) {
@@ -141,7 +149,7 @@ func Plots(r *Result, dir string) error {
 				grid[i][j] = p
 			}
 		}
-		if err := savePNG(filepath.Join(dir, "writeonly.png"), grid, caption, vg.Length(len(kinds))*13*vg.Centimeter, 20*vg.Centimeter); err != nil {
+		if err := savePNG(filepath.Join(dir, "writeonly.png"), grid, caption, vg.Length(len(kinds))*13*vg.Centimeter, vg.Length(len(thps))*10*vg.Centimeter); err != nil {
 			return fmt.Errorf("writeonly.png: %w", err)
 		}
 	}

@@ -28,7 +28,7 @@ func Sanity(r *Result) []string {
 		bad("write-only: no samples")
 	} else if w != nil {
 		seen := map[string]bool{}
-		hugeNone := false
+		hugeNone, anyTHP := false, false
 		for _, s := range w.Samples {
 			seen[s.Tracker] = true
 			pages := s.SizeMiB << 20 / 4096
@@ -42,6 +42,7 @@ func Sanity(r *Result) []string {
 			case s.Tracker == "none" && s.Collected != 0:
 				bad("write-only none collected %d pages", s.Collected)
 			}
+			anyTHP = anyTHP || s.THP
 			if s.Tracker == "none" && s.THP && s.HugeKB > 0 {
 				hugeNone = true
 			}
@@ -66,7 +67,7 @@ func Sanity(r *Result) []string {
 				bad("write-only: no sample for %s", t)
 			}
 		}
-		if !hugeNone {
+		if anyTHP && !hugeNone {
 			bad("write-only: the THP series never got a huge page (thp setting %q)", w.THP)
 		}
 	}
