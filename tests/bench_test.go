@@ -117,3 +117,48 @@ func TestBenchPaperQuick(t *testing.T) {
 		assert.Contains(t, string(md), want)
 	}
 }
+
+// TestBenchPaperKernelsQuick runs `labctl bench paper --kernels
+// vanilla,all` (quick plan, two repetitions, timeline and collection) on
+// the debug kernels the suite builds: both guests measured, repetitions
+// interleaved in a recorded kernel order, the vanilla kernel without the
+// trackers it lacks, and every shared cell compared between the kernels.
+func TestBenchPaperKernelsQuick(t *testing.T) {
+	o := guestOptions(t, "paper-ab")
+	o.Config = "debug"
+	ks, err := paper.ParseKernels(o.Repo, "vanilla,all")
+	require.NoError(t, err)
+	var progress strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	res, err := paper.Run(ctx, paper.Options{Guest: o, Plan: "quick", Reps: 2, Kernels: ks, Figures: []string{"timeline", "collect"}, Progress: &progress})
+	t.Logf("bench paper --kernels vanilla,all:\n%s", progress.String())
+	require.NoError(t, err)
+	assert.Empty(t, res.Problems, "sanity of the samples")
+	assert.Empty(t, res.Reports, "kernel reports")
+	require.Len(t, res.Kernels, 2)
+	assert.Len(t, res.Meta.KernelOrder, 2, "one kernel order per repetition")
+	van, all := res.Kernels[0], res.Kernels[1]
+	assert.Empty(t, van.Patches)
+	assert.NotEmpty(t, all.Patches)
+	assert.NotEqual(t, van.BuildKey, all.BuildKey)
+	assert.Nil(t, van.WriteOnly, "figures not asked for are not run")
+	for _, s := range van.Collect.Samples {
+		assert.NotContains(t, []string{"ldt", "naive"}, s.Tracker, "vanilla has no /dev/ldt")
+	}
+	reps := map[int]bool{}
+	for _, s := range all.Collect.Samples {
+		reps[s.Rep] = true
+	}
+	assert.Equal(t, map[int]bool{0: true, 1: true}, reps, "each repetition keeps its number")
+	assert.Same(t, all.Collect, res.Collect, "the figures are the last kernel's")
+
+	require.NoError(t, paper.Write(res, t.TempDir()))
+	compared := map[string]bool{}
+	for _, s := range res.Analysis.Kernels {
+		assert.Equal(t, "vanilla", s.Base)
+		compared[s.Figure+"/"+s.Tracker] = true
+	}
+	assert.True(t, compared["collect/softdirty"], "soft-dirty's collection compared across kernels")
+	assert.True(t, compared["timeline/none"], "untracked throughput compared across kernels")
+}

@@ -74,6 +74,10 @@ func TestWritePagesStep(t *testing.T) {
 	}
 	assert.Equal(t, src[1:8], m.mem[1:8], "full-page writes copied the pattern")
 	assert.Equal(t, byte(9), m.mem[0], "1-byte writes landed")
+	assert.Equal(t, 512, writePagesLoop(m, 7))
+	for p := 0; p < len(m.mem); p += pageSize {
+		require.Equal(t, byte(7), m.mem[p+pageSize-1], "the loop wrote the last byte of page %d", p/pageSize)
+	}
 }
 
 func TestNoneTrackerCollectsNothing(t *testing.T) {
@@ -98,13 +102,13 @@ func skipUnsupported(t *testing.T, tr string, err error) {
 // writes to a populated region take no fault, PAGEMAP_SCAN's take one per
 // page (its write-protection), and the collection counts its ioctls.
 func TestWriteOnceCountsFaults(t *testing.T) {
-	none, err := writeOnce("none", 4, false, 1)
+	none, err := writeOnce("none", 4, false, 1, "")
 	require.NoError(t, err)
 	pages := int64(none.Written)
 	assert.Less(t, none.WriteCounts.Faults, pages/10, "a populated region: writes take no faults")
 	assert.Zero(t, none.Syscalls)
 
-	s, err := writeOnce("pagemap-scan", 4, false, 1)
+	s, err := writeOnce("pagemap-scan", 4, false, 4096, "loop")
 	skipUnsupported(t, "pagemap-scan", err)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, s.WriteCounts.Faults, pages, "one write-protect fault per page")
@@ -154,4 +158,24 @@ func TestTimelineOnceCheckpoints(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, n.Collections)
 	assert.Len(t, n.Ops, 6)
+}
+
+// TestFirstRepNumbersTheRepetition: a host interleaving kernels runs one
+// repetition per call; the samples carry that repetition's number and its
+// order is the one a whole run would have drawn for it.
+func TestFirstRepNumbersTheRepetition(t *testing.T) {
+	p := QuickPlan()
+	p.Trackers = []string{"none", "pagemap-scan"}
+	p.CollectMiB, p.CollectPcts = 2, []float64{10, 100}
+	p.FirstRep, p.Reps = 3, 1
+	res, err := RunCollect(p, nil)
+	skipUnsupported(t, "pagemap-scan", err)
+	require.NoError(t, err)
+	require.Len(t, res.Samples, 2, "one sample per (pct, tracker other than none)")
+	want := p.order("collect", 3, 2)
+	for i, s := range res.Samples {
+		assert.Equal(t, 3, s.Rep)
+		assert.Equal(t, i, s.Seq)
+		assert.Equal(t, []float64{10, 100}[want[i]], s.DirtyPct, "repetition 3's order")
+	}
 }

@@ -14,16 +14,29 @@ import (
 
 // Plan sizes every figure. Every figure runs Reps repetitions; within a
 // repetition every cell (tracker × configuration) runs once, in a random
-// order drawn from Seed, so drift of the host hits every tracker alike and
-// the trackers of one repetition can be compared pairwise.
+// order drawn from Seed, so slow drift of the host is not always borne by
+// the same tracker and the trackers of one repetition can be compared
+// pairwise. Short bursts of other work still hit single cells: the A/A
+// (ldt vs naive, the same work) measures how much.
 type Plan struct {
 	Name     string
 	Trackers []string
 	Reps     int
 	Seed     uint64
+	// FirstRep numbers the repetitions run FirstRep, FirstRep+1, …: a host
+	// that interleaves several kernels runs one repetition per call, and
+	// each must keep its own number (and so its own random order).
+	FirstRep int
 
 	WriteSizesMiB []int
 	WriteBytes    []int
+	// WriteLoop adds, with THP off, 4096 B writes made by a plain store
+	// loop beside Go's copy: the untracked baseline's speed decides the
+	// ratios of total times, so the figure measures two baselines.
+	WriteLoop bool
+	// WriteTHP are the THP settings of figure 1's regions (nil: off and
+	// on).
+	WriteTHP []bool
 
 	TimelineMiB int
 	// TimelineFor is one run's length from the moment tracking starts;
@@ -42,16 +55,18 @@ type Plan struct {
 	RedisReps      int
 }
 
-// Plans by name: quick (plumbing and sanity, seconds per figure), reduced
+// Plans by name: quick (plumbing and sanity, seconds per figure), short
+// (every claim at ≥ 7 repetitions with the least work per figure that
+// still measures it: what a kernel A/B on a loaded TCG host can afford), reduced
 // (every figure and claim at ≥ 7 repetitions, smaller sizes: what fits a
 // shared TCG host in about an hour) and full.
-var Plans = map[string]func() Plan{"quick": QuickPlan, "reduced": ReducedPlan, "full": FullPlan}
+var Plans = map[string]func() Plan{"quick": QuickPlan, "short": ShortPlan, "reduced": ReducedPlan, "full": FullPlan}
 
 // QuickPlan checks plumbing and sanity only.
 func QuickPlan() Plan {
 	return Plan{
 		Name: "quick", Trackers: Trackers, Reps: 1, Seed: 1,
-		WriteSizesMiB: []int{4}, WriteBytes: []int{4096, 1},
+		WriteSizesMiB: []int{4}, WriteBytes: []int{4096, 1}, WriteLoop: true,
 		TimelineMiB: 4, TimelineFor: 2 * time.Second, TimelinePoint: 100 * time.Millisecond,
 		TimelineCheckpoints: []time.Duration{500 * time.Millisecond, time.Second},
 		CollectMiB:          4, CollectPcts: []float64{0.1, 1, 10, 50, 100},
@@ -70,6 +85,26 @@ func ReducedPlan() Plan {
 	return p
 }
 
+// ShortPlan is the shortest plan that still judges every claim: 7
+// repetitions, write-only at 64 MiB with THP off (the claim's cells; the
+// THP series is no claim's), the timeline at
+// both checkpoint intervals (1 s, 5 s) for 6 s (the early phase is its
+// first second), collection of 256 MiB (the sizes the collection goal is
+// stated for), Redis with a 1 s checkpointer in 5 s windows (5 rounds; a
+// 5 s interval would give one).
+func ShortPlan() Plan {
+	p := FullPlan()
+	p.Name = "short"
+	p.WriteSizesMiB = []int{64}
+	p.WriteTHP = []bool{false}
+	p.TimelineFor = 6 * time.Second
+	p.CollectMiB = 256
+	p.CollectPcts = []float64{1, 10, 50, 100}
+	p.RedisWindow = 5 * time.Second
+	p.RedisIntervals = []time.Duration{time.Second}
+	return p
+}
+
 // FullPlan is the paper's evaluation at ldtlab's sizes. Under TCG on 2
 // shared host cores it runs for hours; with KVM much sooner (the sizes stay
 // the same so runs compare).
@@ -78,7 +113,7 @@ func FullPlan() Plan {
 		Name: "full", Trackers: Trackers, Reps: 7, Seed: 1,
 		// Up to 512 MiB: the 2 GiB guest holds more without swapping,
 		// but under TCG the next step would double the run.
-		WriteSizesMiB: []int{16, 64, 256, 512}, WriteBytes: []int{4096, 1},
+		WriteSizesMiB: []int{16, 64, 256, 512}, WriteBytes: []int{4096, 1}, WriteLoop: true,
 		TimelineMiB: 64, TimelineFor: 10 * time.Second, TimelinePoint: 100 * time.Millisecond,
 		TimelineCheckpoints: []time.Duration{time.Second, 5 * time.Second},
 		CollectMiB:          512, CollectPcts: []float64{0.1, 1, 10, 50, 100},
@@ -114,38 +149,52 @@ func RunWriteOnly(p Plan, progress io.Writer) (*WriteOnly, error) {
 	defer quiet()()
 	res := &WriteOnly{SizesMiB: p.WriteSizesMiB, Reps: p.Reps, THP: THPSetting()}
 	type cell struct {
-		size int
-		thp  bool
-		wb   int
-		tr   string
+		size  int
+		thp   bool
+		wb    int
+		store string
+		tr    string
 	}
 	var cells []cell
+	thps := p.WriteTHP
+	if thps == nil {
+		thps = []bool{false, true}
+	}
 	for _, size := range p.WriteSizesMiB {
-		for _, thp := range []bool{false, true} {
+		for _, thp := range thps {
 			for _, wb := range p.WriteBytes {
-				for _, tr := range p.Trackers {
-					cells = append(cells, cell{size, thp, wb, tr})
+				stores := []string{""}
+				if wb >= pageSize {
+					stores = []string{"copy"}
+					if p.WriteLoop && !thp {
+						stores = append(stores, "loop")
+					}
+				}
+				for _, st := range stores {
+					for _, tr := range p.Trackers {
+						cells = append(cells, cell{size, thp, wb, st, tr})
+					}
 				}
 			}
 		}
 	}
-	for rep := 0; rep < p.Reps; rep++ {
+	for rep := p.FirstRep; rep < p.FirstRep+p.Reps; rep++ {
 		for seq, i := range p.order("writeonly", rep, len(cells)) {
 			c := cells[i]
-			s, err := writeOnce(c.tr, c.size, c.thp, c.wb)
+			s, err := writeOnce(c.tr, c.size, c.thp, c.wb, c.store)
 			if err != nil {
-				return nil, fmt.Errorf("write-only %s %d MiB thp=%v %d B: %w", c.tr, c.size, c.thp, c.wb, err)
+				return nil, fmt.Errorf("write-only %s %d MiB thp=%v %d B %s: %w", c.tr, c.size, c.thp, c.wb, c.store, err)
 			}
 			s.Rep, s.Seq = rep, seq
 			res.Samples = append(res.Samples, s)
 		}
-		logf(progress, "write-only: repetition %d of %d done (%d cells in random order)", rep+1, p.Reps, len(cells))
+		logf(progress, "write-only: repetition %d (%d of %d) done (%d cells in random order)", rep, rep-p.FirstRep+1, p.Reps, len(cells))
 	}
 	return res, nil
 }
 
-func writeOnce(tr string, sizeMiB int, thp bool, wb int) (WriteSample, error) {
-	s := WriteSample{Tracker: tr, SizeMiB: sizeMiB, THP: thp, WriteBytes: wb}
+func writeOnce(tr string, sizeMiB int, thp bool, wb int, store string) (WriteSample, error) {
+	s := WriteSample{Tracker: tr, SizeMiB: sizeMiB, THP: thp, WriteBytes: wb, Store: store}
 	m, err := newMapping(sizeMiB<<20, thp)
 	if err != nil {
 		return s, err
@@ -161,7 +210,11 @@ func writeOnce(tr string, sizeMiB int, thp bool, wb int) (WriteSample, error) {
 	}
 	c0 := counters(0)
 	st := time.Now()
-	s.Written = writePages(m, wb, 1, 2)
+	if store == "loop" {
+		s.Written = writePagesLoop(m, 2)
+	} else {
+		s.Written = writePages(m, wb, 1, 2)
+	}
 	s.WriteNS = time.Since(st).Nanoseconds()
 	s.WriteCounts = counters(0).since(c0)
 	c, err := collect(t, m)
@@ -199,7 +252,7 @@ func RunTimeline(p Plan, progress io.Writer) (*Timeline, error) {
 			cells = append(cells, cell{tr, cp})
 		}
 	}
-	for rep := 0; rep < p.Reps; rep++ {
+	for rep := p.FirstRep; rep < p.FirstRep+p.Reps; rep++ {
 		for seq, i := range p.order("timeline", rep, len(cells)) {
 			c := cells[i]
 			s, err := timelineOnce(c.tr, c.cp, p, uint64(rep))
@@ -326,7 +379,7 @@ func RunCollect(p Plan, progress io.Writer) (*Collect, error) {
 		return nil, err
 	}
 	defer m.close()
-	for rep := 0; rep < p.Reps; rep++ {
+	for rep := p.FirstRep; rep < p.FirstRep+p.Reps; rep++ {
 		for seq, i := range p.order("collect", rep, len(cells)) {
 			c := cells[i]
 			step := max(1, int(100/c.pct+0.5))
@@ -343,7 +396,7 @@ func RunCollect(p Plan, progress io.Writer) (*Collect, error) {
 			res.Samples = append(res.Samples, CollectSample{Tracker: c.tr, DirtyPct: c.pct, Rep: rep, Seq: seq, NS: got.ns, Dirtied: n,
 				Collected: got.pages, Regions: got.regions, Syscalls: got.syscalls, Counts: got.counts})
 		}
-		logf(progress, "collect %d MiB: repetition %d of %d done (%d cells in random order)", p.CollectMiB, rep+1, p.Reps, len(cells))
+		logf(progress, "collect %d MiB: repetition %d (%d of %d) done (%d cells in random order)", p.CollectMiB, rep, rep-p.FirstRep+1, p.Reps, len(cells))
 	}
 	return res, nil
 }

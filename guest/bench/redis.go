@@ -146,7 +146,7 @@ func RunRedis(p Plan, self string, progress io.Writer) (_ *Redis, err error) {
 			}
 		}
 	}
-	for rep := 0; rep < p.RedisReps; rep++ {
+	for rep := p.FirstRep; rep < p.FirstRep+p.RedisReps; rep++ {
 		for seq, i := range p.order("redis", rep, len(cells)) {
 			c := cells[i]
 			s, err := redisWindow(self, pid, c.tracker, c.iv, p.RedisWindow)

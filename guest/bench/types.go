@@ -17,15 +17,19 @@ type WriteSample struct {
 	SizeMiB    int    `json:"size_mib"`
 	THP        bool   `json:"thp"`
 	WriteBytes int    `json:"write_bytes"` // per page: 4096 or 1
-	Rep        int    `json:"rep"`
-	Seq        int    `json:"seq"` // position in its repetition's random order
-	WriteNS    int64  `json:"write_ns"`
-	CollectNS  int64  `json:"collect_ns"`
-	Written    int    `json:"written_pages"`
-	Collected  int    `json:"collected_pages"`
-	Regions    int    `json:"regions"`      // regions the collection returned
-	Syscalls   int64  `json:"syscalls"`     // system calls the collection issued
-	HugeKB     int    `json:"anon_huge_kb"` // AnonHugePages of the region after the run
+	// Store is how 4096 B are written: "copy" (Go's copy, the runtime's
+	// memmove with wide vector stores) or "loop" (a plain loop of 8-byte
+	// stores, as a C loop compiled without vectorisation); "" for 1 B.
+	Store     string `json:"store,omitempty"`
+	Rep       int    `json:"rep"`
+	Seq       int    `json:"seq"` // position in its repetition's random order
+	WriteNS   int64  `json:"write_ns"`
+	CollectNS int64  `json:"collect_ns"`
+	Written   int    `json:"written_pages"`
+	Collected int    `json:"collected_pages"`
+	Regions   int    `json:"regions"`      // regions the collection returned
+	Syscalls  int64  `json:"syscalls"`     // system calls the collection issued
+	HugeKB    int    `json:"anon_huge_kb"` // AnonHugePages of the region after the run
 	// What the kernel did while the pages were written and while they
 	// were collected.
 	WriteCounts   Counts `json:"write_counts"`

@@ -29,11 +29,22 @@ const (
 
 // median of xs[idx...]; xs itself when idx is nil.
 func median(xs []float64, idx []int) float64 {
-	var s []float64
+	return medianBuf(nil, xs, idx)
+}
+
+// medianBuf is median using buf (grown if short) as scratch.
+func medianBuf(buf, xs []float64, idx []int) float64 {
+	n := len(xs)
+	if idx != nil {
+		n = len(idx)
+	}
+	if cap(buf) < n {
+		buf = make([]float64, n)
+	}
+	s := buf[:n]
 	if idx == nil {
-		s = slices.Clone(xs)
+		copy(s, xs)
 	} else {
-		s = make([]float64, len(idx))
 		for i, j := range idx {
 			s[i] = xs[j]
 		}
@@ -94,8 +105,10 @@ func Boot(cols [][]float64, paired bool, f func(med []float64) float64) Estimate
 	}
 	r := rand.New(rand.NewPCG(bootSeed, uint64(len(cols))))
 	idx := make([][]int, len(cols))
+	bufs := make([][]float64, len(cols))
 	for i, c := range cols {
 		idx[i] = make([]int, len(c))
+		bufs[i] = make([]float64, len(c))
 	}
 	vals := make([]float64, 0, BootResamples)
 	for b := 0; b < BootResamples; b++ {
@@ -107,7 +120,7 @@ func Boot(cols [][]float64, paired bool, f func(med []float64) float64) Estimate
 					idx[i][k] = r.IntN(len(c))
 				}
 			}
-			med[i] = median(c, idx[i])
+			med[i] = medianBuf(bufs[i], c, idx[i])
 		}
 		if x := f(med); finite(x) {
 			vals = append(vals, x)

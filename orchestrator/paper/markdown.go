@@ -127,6 +127,7 @@ func Markdown(w io.Writer, r *Result) {
 	fmt.Fprintf(w, "Trackers: `none` (baseline, untracked), `ldt` (/dev/ldt), `softdirty` (clear_refs + /proc/PID/pagemap), `pagemap-scan` (PAGEMAP_SCAN over userfaultfd async write-protect, Linux 6.7+), `naive` (/dev/ldt with LDT_NAIVE: the hardware dirty bit alone).\n\n")
 	fmt.Fprintf(w, "**How to read the numbers.** Every repetition runs every cell of a figure once, in a random order (seeded; `seq` in the samples). A cell is the median over the repetitions with its 95%% bootstrap interval in brackets (%d resamples, percentile, fixed resampling seed). A ratio is of medians, its interval from resampling repetitions jointly (paired: the host's drift between repetitions cancels). **A/A** is `ldt ÷ naive`: in these figures both do the same work (nothing is reclaimed or swapped), so its true value is 1 and its spread is the smallest difference this run can tell from noise; it stands beside every ratio. A claim's verdict comes from its interval, never from a median: the interval is widened by the A/A spread (×/÷ the farther of its ends from 1), then `holds` if it lies at or above the paper's number, `fails` if wholly below it, `unresolved` otherwise or with fewer than %d repetitions.\n\n", BootResamples, MinReps)
 	fmt.Fprintf(w, "**Counts.** `faults`: page faults of the measured process (the benchmark; redis-server in figure 3). `TLB flushes`: the guest's local TLB flushes as the kernel counts them (CONFIG_DEBUG_TLBFLUSH: /proc/vmstat nr_tlb_local_flush_all + nr_tlb_local_flush_one, a ranged flush counting each page it invalidated); `–` when the kernel does not count them. `shootdowns`: TLB shootdown IPIs received (/proc/interrupts). `regions`, `syscalls`: what a collection returned and the system calls it took (LDT_IOC_COLLECT, PAGEMAP_SCAN; pagemap preads and the clear_refs write for soft-dirty). The LDT ioctl does not report the PTEs it visited or changed; a collection walks every PTE of its range (the page count is given with each figure). Per-operation costs: µs per fault = extra write time over untracked ÷ extra faults; ns per collected page = collection time ÷ pages reported; µs per TLB flush = collection time ÷ the flushes it made (an upper bound on one flush).\n\n")
+	kernelsMD(w, r, a)
 	claimsMD(w, a)
 	writeOnlyMD(w, r.WriteOnly, a)
 	timelineMD(w, r.Timeline, a)
@@ -139,6 +140,43 @@ func Markdown(w io.Writer, r *Result) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// kernelsMD is an A/B run's kernels and every compared metric.
+func kernelsMD(w io.Writer, r *Result, a *Analysis) {
+	if len(r.Kernels) < 2 {
+		return
+	}
+	fmt.Fprintf(w, "## Kernels A/B\n\n")
+	fmt.Fprintf(w, "One run, one host: every kernel in its own guest (same configuration, memory and vCPUs), all booted together; each repetition ran every kernel's figures back to back, the kernels in a random order (seeded): %s. The figures, claims and plots further down are the last kernel's (`%s`).\n\n", kernelOrders(r.Meta.KernelOrder), r.Kernels[len(r.Kernels)-1].Spec.Name)
+	fmt.Fprintf(w, "| kernel | variant | build key | patches | series sha256 | .config sha256 | trackers | boot (s, %s) |\n|---|---|---|---|---|---|---|---|\n", r.Meta.Accel)
+	for _, k := range r.Kernels {
+		patches := "none (vanilla)"
+		if n := len(k.Patches); n > 0 {
+			patches = fmt.Sprintf("%d: %s … %s", n, short(k.Patches[0], 4), short(k.Patches[n-1], 4))
+		}
+		fmt.Fprintf(w, "| `%s` | %s | `%s` | %s | `%s` | `%s` | %s | %.1f |\n", k.Spec.Name, k.Variant, k.BuildKey, patches, short(k.SeriesSHA256, 16), short(k.KernelConfigSHA256, 16), strings.Join(k.Trackers, ", "), k.BootS)
+	}
+	fmt.Fprintf(w, "\nEvery metric of every cell, each kernel against `%s`: medians [95%%], and the ratio other ÷ `%s` paired over repetitions (the kernels ran each repetition back to back). The A/A column is `ldt ÷ naive` of the same cell and metric on `%s` (on the other kernel when that one has no /dev/ldt): a time ratio within it is noise; counts barely vary, so a count that moves is what the kernels changed.\n\n", r.Kernels[0].Spec.Name, r.Kernels[0].Spec.Name, r.Kernels[0].Spec.Name)
+	fmt.Fprintf(w, "| figure | cell | tracker | metric | `%s` | other kernel | other | other ÷ `%s` [95%%] | A/A ldt÷naive |\n|---|---|---|---|---|---|---|---|---|\n", r.Kernels[0].Spec.Name, r.Kernels[0].Spec.Name)
+	for _, s := range a.Kernels {
+		if !s.Ratio.Defined() {
+			continue // a count that is zero on both
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s (%s) | %s | `%s` | %s | %s | %s |\n", s.Figure, s.Cell, s.Tracker, s.Metric, s.Unit, fmtE(s.BaseMed), s.Other, fmtE(s.OthMed), fmtX(s.Ratio), fmtX(s.AA))
+	}
+	fmt.Fprintln(w)
+}
+
+func kernelOrders(o [][]string) string {
+	var parts []string
+	for i, names := range o {
+		parts = append(parts, fmt.Sprintf("%d: %s", i+1, strings.Join(names, " → ")))
+	}
+	if len(parts) == 0 {
+		return "none recorded"
+	}
+	return strings.Join(parts, "; ")
 }
 
 var figureNames = map[string]string{"writeonly": "figure 1 (write-only)", "timeline": "figure 2 (timeline)", "redis": "figure 3 (Redis)", "collect": "figure 4 (collection)"}
@@ -167,13 +205,16 @@ func writeOnlyMD(w io.Writer, wo *bench.WriteOnly, a *Analysis) {
 		return
 	}
 	fmt.Fprintf(w, "## Figure 1: write-only\n\n![write-only](writeonly.png)\n\n")
-	fmt.Fprintf(w, "A fresh region, populated first (allocation is not measured), the tracker armed, every page written once (4096 B by `copy`, or 1 B per page), then one collect-and-clear. %d repetitions. Times in ms; the ratios are of the total (write + collect). Faults and TLB counts are of the write and the collection together; a collection walks the whole region (its page count is the size ÷ 4 KiB).\n\n", wo.Reps)
+	fmt.Fprintf(w, "A fresh region, populated first (allocation is not measured), the tracker armed, every page written once (4096 B by Go's `copy`, 4096 B by a plain loop of 8-byte stores — THP off only —, or 1 B per page), then one collect-and-clear. The two 4096 B baselines differ in how fast the untracked write is, and the ratios of total times move with it; µs per fault does not depend on it. %d repetitions. Times in ms; the ratios are of the total (write + collect). Faults and TLB counts are of the write and the collection together; a collection walks the whole region (its page count is the size ÷ 4 KiB).\n\n", wo.Reps)
 	for _, thp := range []bool{false, true} {
-		for _, wb := range []int{4096, 1} {
-			fmt.Fprintf(w, "### %d B per page, THP %s\n\n", wb, map[bool]string{false: "off (4 KiB pages)", true: "on (MADV_HUGEPAGE)"}[thp])
+		if !slices.ContainsFunc(wo.Samples, func(s bench.WriteSample) bool { return s.THP == thp }) {
+			continue // not measured (the short plan has THP off only)
+		}
+		for _, kind := range WriteKinds(wo, thp) {
+			fmt.Fprintf(w, "### %s, THP %s\n\n", kind.Name(), map[bool]string{false: "off (4 KiB pages)", true: "on (MADV_HUGEPAGE)"}[thp])
 			fmt.Fprintf(w, "| working set | tracker | write ms | collect ms | total ms | × none | × softdirty | faults | µs/fault | TLB flushes | shootdowns | syscalls | ns/collected page |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 			for _, size := range wo.SizesMiB {
-				cell := writeCell(size, thp, wb)
+				cell := writeCell(size, thp, kind)
 				g := func(tr, m string) Estimate { return a.Get("writeonly", cell, tr, m) }
 				for _, tr := range bench.Trackers {
 					if !g(tr, "total_ms").Defined() {

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,6 +39,11 @@ type Options struct {
 	Reps     int
 	Seed     uint64
 	Progress io.Writer
+	// Kernels, when set, are the kernels of an A/B run, each in its own
+	// guest (o.Guest with that kernel selected); Figures the figures to
+	// measure (empty: all four).
+	Kernels []KernelSpec
+	Figures []string
 }
 
 func (o Options) plan() string {
@@ -83,9 +89,16 @@ type Meta struct {
 	Quick              bool   `json:"quick"`
 	Reps               int    `json:"reps"`
 	Seed               uint64 `json:"seed"`
+	// Figures and Trackers measured (empty: all of them).
+	Figures  []string `json:"figures,omitempty"`
+	Trackers []string `json:"trackers,omitempty"`
+	// KernelOrder is, in an A/B run, the order the kernels ran in each
+	// repetition.
+	KernelOrder [][]string `json:"kernel_order,omitempty"`
 	// HostLoad is /proc/loadavg at the start and the end; LoadSamples
 	// the 1-minute load average every 30 s in between. Other work on the
-	// host is noise every tracker shares (cells run in random order).
+	// host is noise the random order spreads over the trackers but does
+	// not cancel: the A/A (ldt÷naive) measures what is left.
 	HostLoad    []string  `json:"host_load"`
 	LoadSamples []float64 `json:"load_samples"`
 	Seconds     float64   `json:"seconds"`
@@ -98,6 +111,9 @@ type Result struct {
 	Timeline  *bench.Timeline  `json:"timeline"`
 	Redis     *bench.Redis     `json:"redis"`
 	Collect   *bench.Collect   `json:"collect"`
+	// Kernels are, in an A/B run (`--kernels`), every kernel with its
+	// samples; the figures above are the last one's.
+	Kernels []*KernelRun `json:"kernels,omitempty"`
 	// Analysis is computed from the samples by Write (never read back:
 	// rendering a paper.json again recomputes it).
 	Analysis *Analysis `json:"analysis,omitempty"`
@@ -135,7 +151,40 @@ func (o Options) logf(format string, a ...any) {
 // figures in the order they run; each is one ldt-bench invocation.
 var figures = []string{"writeonly", "timeline", "collect", "redis"}
 
-// Run boots the guest and measures every figure.
+// Figures are the figures a run can measure, in the order they run.
+func Figures() []string { return slices.Clone(figures) }
+
+func (o Options) figures() ([]string, error) {
+	if len(o.Figures) == 0 {
+		return figures, nil
+	}
+	var out []string
+	for _, f := range figures {
+		if slices.Contains(o.Figures, f) {
+			out = append(out, f)
+		}
+	}
+	for _, f := range o.Figures {
+		if !slices.Contains(figures, f) {
+			return nil, fmt.Errorf("unknown figure %q (have %s)", f, strings.Join(figures, ", "))
+		}
+	}
+	return out, nil
+}
+
+// guest is one booted kernel of a run.
+type guest struct {
+	m       *lab.Machine
+	kr      *KernelRun
+	scanned int // console bytes already searched for kernel reports
+}
+
+// Run boots the guest (one per kernel of an A/B run) and measures every
+// figure. With one kernel every figure runs its repetitions in one call;
+// with several, repetition by repetition, the kernels in a random order
+// per repetition, every kernel's figures back to back, so slow drift of
+// the host is not always borne by one kernel and each repetition pairs
+// them.
 func Run(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	GuestDefaults(&o.Guest)
@@ -146,7 +195,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	o.Guest.Extra = append(o.Guest.Extra, files...)
 	mk, ok := bench.Plans[o.plan()]
 	if !ok {
-		return nil, fmt.Errorf("unknown plan %q (want quick, reduced or full)", o.plan())
+		return nil, fmt.Errorf("unknown plan %q (want quick, short, reduced or full)", o.plan())
 	}
 	plan := mk()
 	if o.Reps > 0 {
@@ -155,91 +204,165 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Seed == 0 {
 		o.Seed = uint64(time.Now().UnixNano())
 	}
-	commit := GitCommit(o.Guest.Repo)
-	m, err := lab.Boot(ctx, o.Guest)
+	figs, err := o.figures()
 	if err != nil {
 		return nil, err
 	}
-	defer m.Close()
+	specs := o.Kernels
+	if len(specs) == 0 {
+		specs = []KernelSpec{{}} // the kernel o.Guest selects
+	}
+	commit := GitCommit(o.Guest.Repo)
 	res := &Result{Meta: hostMeta()}
+	var gs []*guest
+	defer func() {
+		for _, g := range gs {
+			g.m.Close()
+		}
+	}()
+	for i, k := range specs {
+		gopt := o.Guest
+		vanilla := gopt.Vanilla
+		if k.Name != "" {
+			gopt = k.apply(gopt)
+			gopt.Name = fmt.Sprintf("%s-k%d", o.Guest.Name, i)
+			vanilla = k.Vanilla
+		}
+		m, err := lab.Boot(ctx, gopt)
+		if err != nil {
+			return nil, fmt.Errorf("booting kernel %q: %w", k.Name, err)
+		}
+		kr := &KernelRun{Spec: k, Kernel: m.Kernel.Meta.KernelRelease, Variant: gopt.KernelOptions().Variant(),
+			BuildKey: m.Kernel.Meta.Key, Patches: m.Kernel.Meta.Patches, Trackers: trackersFor(vanilla || gopt.LDTOff),
+			SeriesSHA256:       SeriesSHA256(filepath.Join(o.Guest.Repo, "kmod", "patches"), m.Kernel.Meta.Patches),
+			KernelConfigSHA256: fileSHA256(filepath.Join(m.Kernel.Dir, "config")), BootS: m.BootTime.Seconds()}
+		if kr.Spec.Name == "" {
+			kr.Spec.Name = kr.Variant
+		}
+		gs = append(gs, &guest{m: m, kr: kr})
+		o.logf("guest %d: kernel %s (%s, build %s), %s, %d MiB, %d vCPUs, booted in %.1fs", i, kr.Kernel, kr.Variant, kr.BuildKey, m.Accel.Kind, gopt.MemoryMiB, gopt.CPUs, m.BootTime.Seconds())
+		// The guest's THP mode decides what the THP series means: madvise
+		// or always both honour MADV_HUGEPAGE; never would make it a 4 KiB
+		// run.
+		r, err := m.Run(ctx, "cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unavailable")
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			res.Meta.THP = strings.TrimSpace(string(r.Stdout))
+		}
+		if strings.Contains(string(r.Stdout), "[never]") {
+			if _, err := m.Run(ctx, "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// The load is sampled from the moment every guest is up.
 	res.Meta.HostLoad = append(res.Meta.HostLoad, LoadAvg())
 	stopLoad := sampleLoad(30*time.Second, &res.Meta.LoadSamples)
 	defer stopLoad()
 	res.Meta.Date = time.Now().UTC().Format("2006-01-02 15:04 UTC")
 	res.Meta.Commit = commit
-	res.Meta.Accel, res.Meta.AccelReason = string(m.Accel.Kind), m.Accel.Reason
-	res.Meta.Kernel = m.Kernel.Meta.KernelRelease
-	res.Meta.Variant = o.Guest.KernelOptions().Variant()
-	res.Meta.Source = m.Kernel.Meta.SourcePackage + " " + m.Kernel.Meta.SourceVersion
-	res.Meta.BuildKey, res.Meta.Patches, res.Meta.KernelConfig = m.Kernel.Meta.Key, m.Kernel.Meta.Patches, m.Kernel.Meta.Config
-	res.Meta.SeriesSHA256 = SeriesSHA256(filepath.Join(o.Guest.Repo, "kmod", "patches"), m.Kernel.Meta.Patches)
-	res.Meta.KernelConfigSHA256 = fileSHA256(filepath.Join(m.Kernel.Dir, "config"))
+	res.Meta.Accel, res.Meta.AccelReason = string(gs[0].m.Accel.Kind), gs[0].m.Accel.Reason
+	res.Meta.Source = gs[0].m.Kernel.Meta.SourcePackage + " " + gs[0].m.Kernel.Meta.SourceVersion
+	res.Meta.KernelConfig = gs[0].m.Kernel.Meta.Config
 	res.Meta.GuestMiB, res.Meta.GuestCPUs = o.Guest.MemoryMiB, o.Guest.CPUs
 	res.Meta.Plan, res.Meta.Quick, res.Meta.Reps, res.Meta.Seed = plan.Name, plan.Name == "quick", plan.Reps, o.Seed
-	o.logf("guest: kernel %s (%s), %s, %d MiB, %d vCPUs, booted in %.1fs", res.Meta.Kernel, res.Meta.Variant, res.Meta.Accel, o.Guest.MemoryMiB, o.Guest.CPUs, m.BootTime.Seconds())
-	// The guest's THP mode decides what the THP series means: madvise or
-	// always both honour MADV_HUGEPAGE; never would make it a 4 KiB run.
-	r, err := m.Run(ctx, "cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unavailable")
-	if err != nil {
-		return nil, err
+	if len(figs) < len(figures) {
+		res.Meta.Figures = figs
 	}
-	res.Meta.THP = strings.TrimSpace(string(r.Stdout))
-	if strings.Contains(res.Meta.THP, "[never]") {
-		if _, err := m.Run(ctx, "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"); err != nil {
-			return nil, err
-		}
-	}
-	scanned := 0
-	for _, fig := range figures {
-		cmd := fmt.Sprintf("ldt-bench -figure %s -plan %s -reps %d -seed %d", fig, plan.Name, plan.Reps, o.Seed)
-		t := time.Now()
+	measure := func(g *guest, fig, reps string) error {
+		cmd := fmt.Sprintf("ldt-bench -figure %s -plan %s %s -seed %d -trackers %s", fig, plan.Name, reps, o.Seed, strings.Join(g.kr.Trackers, ","))
 		var stderr io.Writer = io.Discard
 		if o.Progress != nil {
 			stderr = o.Progress
 		}
 		// Under TCG on a shared host one full figure runs for an hour.
-		fctx, cancel := context.WithTimeout(ctx, map[bool]time.Duration{true: 10 * time.Minute, false: 3 * time.Hour}[plan.Name == "quick"])
-		out, err := m.RunWith(fctx, cmd, channel.RunOptions{Stderr: stderr})
-		cancel()
-		log := m.ConsoleLog()
-		for _, rep := range report.Parse(log[scanned:]) {
-			res.Reports = append(res.Reports, fig+": "+rep.String())
+		limit := 3 * time.Hour
+		if plan.Name == "quick" {
+			limit = 10 * time.Minute
 		}
-		scanned = len(log)
+		fctx, cancel := context.WithTimeout(ctx, limit)
+		out, err := g.m.RunWith(fctx, cmd, channel.RunOptions{Stderr: stderr})
+		cancel()
+		log := g.m.ConsoleLog()
+		for _, rep := range report.Parse(log[g.scanned:]) {
+			res.Reports = append(res.Reports, g.kr.Spec.Name+": "+fig+": "+rep.String())
+		}
+		g.scanned = len(log)
 		if err != nil {
-			return res, fmt.Errorf("figure %s: %w", fig, err)
+			return fmt.Errorf("kernel %s: figure %s: %w", g.kr.Spec.Name, fig, err)
 		}
 		if out.Code != 0 {
-			return res, fmt.Errorf("figure %s: ldt-bench exited %d: %s", fig, out.Code, strings.ReplaceAll(lines.Last(strings.TrimSpace(string(out.Stderr)), 5), "\n", " | "))
+			return fmt.Errorf("kernel %s: figure %s: ldt-bench exited %d: %s", g.kr.Spec.Name, fig, out.Code, strings.ReplaceAll(lines.Last(strings.TrimSpace(string(out.Stderr)), 5), "\n", " | "))
 		}
-		var dst any
-		switch fig {
-		case "writeonly":
-			res.WriteOnly = &bench.WriteOnly{}
-			dst = res.WriteOnly
-		case "timeline":
-			res.Timeline = &bench.Timeline{}
-			dst = res.Timeline
-		case "collect":
-			res.Collect = &bench.Collect{}
-			dst = res.Collect
-		case "redis":
-			res.Redis = &bench.Redis{}
-			dst = res.Redis
+		if err := g.kr.merge(fig, lastJSON(out.Stdout)); err != nil {
+			return fmt.Errorf("kernel %s: figure %s: %w", g.kr.Spec.Name, fig, err)
 		}
-		if err := json.Unmarshal(lastJSON(out.Stdout), dst); err != nil {
-			return res, fmt.Errorf("figure %s: reading ldt-bench's result: %w", fig, err)
-		}
-		o.logf("figure %s measured in %.0fs", fig, time.Since(t).Seconds())
+		return nil
 	}
-	if err := m.Shutdown(ctx); err != nil {
-		o.logf("warning: clean poweroff failed: %v", err)
+	if len(gs) == 1 {
+		for _, fig := range figs {
+			t := time.Now()
+			if err := measure(gs[0], fig, fmt.Sprintf("-reps %d", plan.Reps)); err != nil {
+				return res.finish(gs, start, err)
+			}
+			o.logf("figure %s measured in %.0fs", fig, time.Since(t).Seconds())
+		}
+	} else {
+		for rep := 0; rep < plan.Reps; rep++ {
+			var names []string
+			for _, i := range kernelOrder(o.Seed, rep, len(gs)) {
+				g := gs[i]
+				names = append(names, g.kr.Spec.Name)
+				t := time.Now()
+				for _, fig := range figs {
+					if err := measure(g, fig, fmt.Sprintf("-rep %d", rep)); err != nil {
+						return res.finish(gs, start, err)
+					}
+				}
+				o.logf("repetition %d of %d: kernel %s measured in %.0fs", rep+1, plan.Reps, g.kr.Spec.Name, time.Since(t).Seconds())
+			}
+			res.Meta.KernelOrder = append(res.Meta.KernelOrder, names)
+		}
+	}
+	for _, g := range gs {
+		if err := g.m.Shutdown(ctx); err != nil {
+			o.logf("warning: clean poweroff of kernel %s failed: %v", g.kr.Spec.Name, err)
+		}
 	}
 	stopLoad()
-	res.Meta.Seconds = time.Since(start).Seconds()
-	res.Meta.HostLoad = append(res.Meta.HostLoad, LoadAvg())
-	res.Problems = Sanity(res)
-	return res, nil
+	return res.finish(gs, start, nil)
+}
+
+// finish puts the kernels' samples into r: the figures, claims and plots
+// are the last kernel's (in an A/B, the one the others are compared to
+// last: list it last), every kernel's samples are in Kernels; then the
+// sanity checks, per kernel.
+func (r *Result) finish(gs []*guest, start time.Time, err error) (*Result, error) {
+	r.Meta.Seconds = time.Since(start).Seconds()
+	r.Meta.HostLoad = append(r.Meta.HostLoad, LoadAvg())
+	last := gs[len(gs)-1].kr
+	one := last.result(r.Meta)
+	r.Meta, r.WriteOnly, r.Timeline, r.Redis, r.Collect = one.Meta, one.WriteOnly, one.Timeline, one.Redis, one.Collect
+	if len(gs) > 1 {
+		r.Kernels = nil
+		for _, g := range gs {
+			r.Kernels = append(r.Kernels, g.kr)
+		}
+	}
+	if err != nil {
+		return r, err
+	}
+	for _, g := range gs {
+		for _, p := range Sanity(g.kr.result(r.Meta)) {
+			if len(gs) > 1 {
+				p = g.kr.Spec.Name + ": " + p
+			}
+			r.Problems = append(r.Problems, p)
+		}
+	}
+	return r, nil
 }
 
 func lastJSON(b []byte) []byte { return cell.LastJSON(b) }

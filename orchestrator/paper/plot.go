@@ -5,6 +5,7 @@ import (
 	"image/color"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -103,10 +104,27 @@ func Plots(r *Result, dir string) error {
 		caption += " · TCG: emulated timings (see README)"
 	}
 	if wo := r.WriteOnly; wo != nil {
-		grid := [][]*plot.Plot{make([]*plot.Plot, 2), make([]*plot.Plot, 2)}
-		for i, thp := range []bool{false, true} {
-			for j, wb := range []int{4096, 1} {
-				p := newPlot(fmt.Sprintf("Write-only, %d B per page, THP %s", wb, map[bool]string{false: "off", true: "on"}[thp]),
+		kinds := WriteKinds(wo, false)
+		// A row per THP setting measured (the short plan has THP off only).
+		var thps []bool
+		for _, thp := range []bool{false, true} {
+			if slices.ContainsFunc(wo.Samples, func(s bench.WriteSample) bool { return s.THP == thp }) {
+				thps = append(thps, thp)
+			}
+		}
+		grid := make([][]*plot.Plot, len(thps))
+		for i, thp := range thps {
+			grid[i] = make([]*plot.Plot, len(kinds))
+			tk := WriteKinds(wo, thp)
+			for j, kind := range kinds {
+				if !slices.Contains(tk, kind) {
+					e := plot.New()
+					e.Title.Text = fmt.Sprintf("(%s: THP off only)", kind.Name())
+					e.HideAxes()
+					grid[i][j] = e
+					continue
+				}
+				p := newPlot(fmt.Sprintf("Write-only, %s, THP %s", kind.Name(), map[bool]string{false: "off", true: "on"}[thp]),
 					"working set (MiB, log scale)", "write + collect, ns per page (median, 95% interval)")
 				p.X.Scale = plot.LogScale{}
 				p.X.Tick.Marker = plot.LogTicks{}
@@ -114,7 +132,7 @@ func Plots(r *Result, dir string) error {
 					var xs []float64
 					var ss []Estimate
 					for _, size := range wo.SizesMiB {
-						e := a.Get("writeonly", writeCell(size, thp, wb), tr, "total_ms")
+						e := a.Get("writeonly", writeCell(size, thp, kind), tr, "total_ms")
 						if !e.Defined() {
 							continue
 						}
@@ -131,7 +149,7 @@ func Plots(r *Result, dir string) error {
 				grid[i][j] = p
 			}
 		}
-		if err := savePNG(filepath.Join(dir, "writeonly.png"), grid, caption, 26*vg.Centimeter, 20*vg.Centimeter); err != nil {
+		if err := savePNG(filepath.Join(dir, "writeonly.png"), grid, caption, vg.Length(len(kinds))*13*vg.Centimeter, vg.Length(len(thps))*10*vg.Centimeter); err != nil {
 			return fmt.Errorf("writeonly.png: %w", err)
 		}
 	}

@@ -17,11 +17,18 @@ var exact = []string{"ldt", "softdirty", "pagemap-scan"}
 func Sanity(r *Result) []string {
 	var p []string
 	bad := func(format string, a ...any) { p = append(p, fmt.Sprintf(format, a...)) }
-	if w := r.WriteOnly; w == nil || len(w.Samples) == 0 {
+	// A run of some figures, or with the trackers a kernel has, is
+	// checked for those only.
+	ran := func(fig string) bool { return len(r.Meta.Figures) == 0 || slices.Contains(r.Meta.Figures, fig) }
+	trackers := r.Meta.Trackers
+	if len(trackers) == 0 {
+		trackers = bench.Trackers
+	}
+	if w := r.WriteOnly; (w == nil || len(w.Samples) == 0) && ran("writeonly") {
 		bad("write-only: no samples")
-	} else {
+	} else if w != nil {
 		seen := map[string]bool{}
-		hugeNone := false
+		hugeNone, anyTHP := false, false
 		for _, s := range w.Samples {
 			seen[s.Tracker] = true
 			pages := s.SizeMiB << 20 / 4096
@@ -31,10 +38,11 @@ func Sanity(r *Result) []string {
 			case s.Written != pages:
 				bad("write-only %s %d MiB: wrote %d pages, want %d", s.Tracker, s.SizeMiB, s.Written, pages)
 			case slices.Contains(exact, s.Tracker) && s.Collected != s.Written:
-				bad("write-only %s %d MiB thp=%v %d B: collected %d pages, wrote %d", s.Tracker, s.SizeMiB, s.THP, s.WriteBytes, s.Collected, s.Written)
+				bad("write-only %s %d MiB thp=%v %d B %s: collected %d pages, wrote %d", s.Tracker, s.SizeMiB, s.THP, s.WriteBytes, s.Store, s.Collected, s.Written)
 			case s.Tracker == "none" && s.Collected != 0:
 				bad("write-only none collected %d pages", s.Collected)
 			}
+			anyTHP = anyTHP || s.THP
 			if s.Tracker == "none" && s.THP && s.HugeKB > 0 {
 				hugeNone = true
 			}
@@ -54,18 +62,18 @@ func Sanity(r *Result) []string {
 				}
 			}
 		}
-		for _, t := range bench.Trackers {
+		for _, t := range trackers {
 			if !seen[t] {
 				bad("write-only: no sample for %s", t)
 			}
 		}
-		if !hugeNone {
+		if anyTHP && !hugeNone {
 			bad("write-only: the THP series never got a huge page (thp setting %q)", w.THP)
 		}
 	}
-	if tl := r.Timeline; tl == nil || len(tl.Samples) == 0 {
+	if tl := r.Timeline; (tl == nil || len(tl.Samples) == 0) && ran("timeline") {
 		bad("timeline: no samples")
-	} else {
+	} else if tl != nil {
 		seen := map[string]bool{}
 		pages := tl.SizeMiB << 20 / 4096
 		for _, s := range tl.Samples {
@@ -91,15 +99,15 @@ func Sanity(r *Result) []string {
 				}
 			}
 		}
-		for _, t := range bench.Trackers {
+		for _, t := range trackers {
 			if !seen[t] {
 				bad("timeline: no sample for %s", t)
 			}
 		}
 	}
-	if c := r.Collect; c == nil || len(c.Samples) == 0 {
+	if c := r.Collect; (c == nil || len(c.Samples) == 0) && ran("collect") {
 		bad("collect: no samples")
-	} else {
+	} else if c != nil {
 		if c.ReadBandwidth <= 0 || c.FloorNS <= 0 {
 			bad("collect: no memory bandwidth measured")
 		}
@@ -112,9 +120,9 @@ func Sanity(r *Result) []string {
 			}
 		}
 	}
-	if rd := r.Redis; rd == nil || len(rd.Samples) == 0 {
+	if rd := r.Redis; (rd == nil || len(rd.Samples) == 0) && ran("redis") {
 		bad("redis: no samples")
-	} else {
+	} else if rd != nil {
 		for _, s := range rd.Samples {
 			if s.OpsPerSec <= 0 {
 				bad("redis %s every %d ms: %0.f ops/s", s.Tracker, s.IntervalMS, s.OpsPerSec)

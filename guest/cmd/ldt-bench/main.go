@@ -2,7 +2,7 @@
 // the guest and prints it as one JSON object on stdout (progress on
 // stderr). The host side is `labctl bench paper` (orchestrator/paper).
 //
-//	ldt-bench -figure writeonly|timeline|redis|collect [-plan quick|reduced|full] [-reps N] [-seed N] [-trackers a,b]
+//	ldt-bench -figure writeonly|timeline|redis|collect [-plan quick|short|reduced|full] [-reps N | -rep N] [-seed N] [-trackers a,b]
 //	ldt-bench -checkpointer -tracker NAME -pid PID -interval D   (internal)
 package main
 
@@ -27,10 +27,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	figure := fs.String("figure", "", "writeonly, timeline, redis or collect")
 	quick := fs.Bool("quick", false, "same as -plan quick")
-	plan := fs.String("plan", "full", "quick (plumbing and sanity), reduced (every figure, smaller sizes) or full")
+	plan := fs.String("plan", "full", "quick (plumbing and sanity), short (every claim at 7 repetitions, least work), reduced (every figure, smaller sizes) or full")
 	seed := fs.Uint64("seed", 0, "seed of the random order of the cells in every repetition (0: the plan's)")
 	trackers := fs.String("trackers", "", "comma-separated subset of "+strings.Join(bench.Trackers, ", "))
 	reps := fs.Int("reps", 0, "repetitions (0: the plan's)")
+	rep := fs.Int("rep", -1, "run only this repetition (its number and random order), as a host interleaving kernels does")
 	ckpt := fs.Bool("checkpointer", false, "internal: checkpoint -pid every -interval until killed")
 	trk := fs.String("tracker", "", "checkpointer's tracker")
 	pid := fs.Int("pid", 0, "checkpointer's target")
@@ -57,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	mk, ok := bench.Plans[*plan]
 	if !ok {
-		fmt.Fprintf(stderr, "ldt-bench: -plan must be quick, reduced or full (got %q)\n", *plan)
+		fmt.Fprintf(stderr, "ldt-bench: -plan must be quick, short, reduced or full (got %q)\n", *plan)
 		return 2
 	}
 	p := mk()
@@ -66,6 +67,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *reps > 0 {
 		p.Reps, p.RedisReps = *reps, *reps
+	}
+	if *rep >= 0 {
+		p.FirstRep, p.Reps, p.RedisReps = *rep, 1, 1
 	}
 	if *trackers != "" {
 		p.Trackers = nil

@@ -25,7 +25,7 @@ import (
 func init() {
 	var g guestFlags
 	var n int
-	var out, suite, checkSecs, paperOut, paperFrom, plan string
+	var out, suite, checkSecs, paperOut, paperFrom, plan, kernels, figs string
 	var quick bool
 	var reps int
 	var seed uint64
@@ -40,7 +40,9 @@ func init() {
 			fs.StringVar(&suite, "suite-seconds", "", "measured e2e suite wall time to record (from `time make test`)")
 			fs.StringVar(&checkSecs, "check-seconds", "", "measured full `make check` wall time to record (from `time make check`)")
 			fs.BoolVar(&quick, "quick", false, "paper: same as --plan quick (tiny sizes, one repetition; checks only that every figure is produced and sane)")
-			fs.StringVar(&plan, "plan", "full", "paper: quick, reduced (every figure and claim at 7 repetitions, smaller working sets) or full")
+			fs.StringVar(&plan, "plan", "full", "paper: quick, short (every claim at 7 repetitions, the least work per figure), reduced (every figure and claim at 7 repetitions, smaller working sets) or full")
+			fs.StringVar(&kernels, "kernels", "", "paper: A/B these kernels in one run, one guest each, repetitions interleaved in random kernel order: comma-separated, each vanilla, all, or a selection of kmod/patches/series with + for its comma (0001-0009,0001-0010; vanilla,all); the figures and claims are the last kernel's, every kernel is compared with the first")
+			fs.StringVar(&figs, "figures", "", "paper: only these figures, comma-separated ("+strings.Join(paper.Figures(), ", ")+"); default all")
 			fs.IntVar(&reps, "reps", 0, "paper: repetitions of every figure (0: the plan's; verdicts need 7)")
 			fs.Uint64Var(&seed, "seed", 0, "paper: seed of the random order of cells in every repetition (0: from the clock; recorded in paper.json)")
 			fs.StringVar(&paperOut, "out", "", "paper: output directory (default docs/paper, or the state directory with --quick)")
@@ -65,16 +67,28 @@ func init() {
 				set := map[string]bool{}
 				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 				if _, ok := guestbench.Plans[plan]; !ok {
-					return usageError{fmt.Errorf("--plan must be quick, reduced or full, not %q", plan)}
+					return usageError{fmt.Errorf("--plan must be quick, short, reduced or full, not %q", plan)}
 				}
 				if quick {
 					plan = "quick"
 				}
-				return benchPaper(ctx, g, set, repo, paper.Options{Plan: plan, Reps: reps, Seed: seed}, paperOut)
+				po := paper.Options{Plan: plan, Reps: reps, Seed: seed}
+				if kernels != "" {
+					if set["vanilla"] || set["patches"] || set["without"] || set["ldt"] {
+						return usageError{errors.New("--kernels selects every kernel of the run: drop --vanilla, --patches, --without and --ldt")}
+					}
+					if po.Kernels, err = paper.ParseKernels(repo, kernels); err != nil {
+						return usageError{err}
+					}
+				}
+				if figs != "" {
+					po.Figures = strings.Split(figs, ",")
+				}
+				return benchPaper(ctx, g, set, repo, po, paperOut)
 			case len(args) > 0:
 				return fmt.Errorf("unknown bench %q (want no argument or \"paper\")", strings.Join(args, " "))
-			case quick || paperOut != "" || paperFrom != "" || plan != "full" || reps != 0 || seed != 0:
-				return usageError{errors.New("--quick, --plan, --reps, --seed, --out and --from belong to `labctl bench paper`")}
+			case quick || paperOut != "" || paperFrom != "" || plan != "full" || reps != 0 || seed != 0 || kernels != "" || figs != "":
+				return usageError{errors.New("--quick, --plan, --reps, --seed, --kernels, --figures, --out and --from belong to `labctl bench paper`")}
 			}
 			return bench(ctx, g.options(repo, "bench"), n, repo+"/"+out, suite, checkSecs)
 		},
