@@ -32,7 +32,7 @@ const recipeVersion = "kernel-recipe-4"
 // Options select what to build.
 type Options struct {
 	Repo    string    // repository root (images/config, kmod/)
-	Config  string    // "debug" (default), "perf" or "sanitize"
+	Config  string    // "debug" (default), "perf", "sanitize" or "coverage"
 	Vanilla bool      // build without kmod/patches (A/B comparisons)
 	Jobs    int       // make -j; 0 = CPUs+1
 	Log     io.Writer // progress; nil = os.Stderr
@@ -164,7 +164,7 @@ type plan struct {
 }
 
 // Configs are the kernel configurations the lab builds.
-var Configs = []string{"debug", "perf", "sanitize"}
+var Configs = []string{"debug", "perf", "sanitize", "coverage"}
 
 // CheckConfig says whether name is one of Configs.
 func CheckConfig(name string) error {
@@ -188,8 +188,9 @@ func newPlan(o Options) (*plan, error) {
 	p := &plan{opts: o, src: src}
 	cfgDir := filepath.Join(o.Repo, "images", "config")
 	p.fragments = []string{filepath.Join(cfgDir, "base.config")}
-	if o.config() == "sanitize" {
-		// The sanitizers come on top of every debug assertion.
+	if o.config() == "sanitize" || o.config() == "coverage" {
+		// The sanitizers and the coverage counters come on top of every
+		// debug assertion.
 		p.fragments = append(p.fragments, filepath.Join(cfgDir, "debug.config"))
 	}
 	p.fragments = append(p.fragments, filepath.Join(cfgDir, o.config()+".config"))
@@ -244,6 +245,12 @@ func newPlan(o Options) (*plan, error) {
 		if err := k.AddTree("module/"+filepath.Base(m), m); err != nil {
 			return nil, err
 		}
+	}
+	if p.coverage() {
+		// Which objects get counters is decided by code, not by a
+		// fragment: its version is part of this config's key only, so
+		// the other configs keep theirs.
+		k.AddString("gcov", gcovRecipe)
 	}
 	p.key = k.Sum()[:24]
 	p.variant = o.Variant()
@@ -479,6 +486,11 @@ func (p *plan) build(ctx context.Context, dst string) error {
 			return fail("copying "+name, err)
 		}
 	}
+	if p.coverage() {
+		if err := p.saveGcov(pristine, srcDir, outDir, dst); err != nil {
+			return fail("saving the gcov notes", err)
+		}
+	}
 	logFile.Sync()
 	cache.CopyFile(logPath, filepath.Join(dst, "build.log"), 0o644)
 
@@ -576,6 +588,18 @@ func (p *plan) prepareTree(ctx context.Context, pristine, srcDir, outDir string,
 	sort.Strings(list)
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
+	}
+	if p.coverage() {
+		mk, err := p.profileSeriesObjects(srcDir, list)
+		if err != nil {
+			return fmt.Errorf("turning on gcov for the series' files: %w", err)
+		}
+		for _, f := range mk {
+			if !slices.Contains(list, f) {
+				list = append(list, f)
+			}
+		}
+		sort.Strings(list)
 	}
 	if err := keepUnchangedMtimes(srcDir, filepath.Join(outDir, ".ldtlab-patched"), list, prev); err != nil {
 		return err
