@@ -13,7 +13,7 @@ import (
 
 // gcovRecipe versions how the coverage config picks and saves its
 // profiled objects; it is hashed into that config's key only.
-const gcovRecipe = "gcov-1: GCOV_PROFILE_<obj>.o := y for every .c the series touches; gcov/ holds notes, patched and pristine sources, patches"
+const gcovRecipe = "gcov-2: GCOV_PROFILE_<obj>.o := y and -fno-early-inlining for every .c the series touches; gcov/ holds notes, patched and pristine sources, patches"
 
 // GcovDir is the directory of a coverage kernel's entry that holds what
 // the host needs to map the guest's counters back onto the series.
@@ -59,6 +59,13 @@ func seriesCFiles(touched []string) []string {
 // directory, the per-object switch Kbuild documents (kernel/gcov/Kconfig).
 // An edit of the tree rather than a make variable on the command line: a
 // command-line GCOV_PROFILE_core.o would reach every core.o in the kernel.
+//
+// Those objects are also compiled with -fno-early-inlining: GCC inlines
+// small functions before it instruments, and gcov then credits the
+// inlined copy's lines to nobody (a static helper of mm/memory.c that ran
+// shows as never executed, or as no code at all). Instrumented first, a
+// function keeps its counters when it is inlined later. Only the profiled
+// objects change; always_inline functions are still inlined.
 // It returns the edited files.
 func (p *plan) profileSeriesObjects(srcDir string, touched []string) ([]string, error) {
 	byDir := map[string][]string{}
@@ -79,7 +86,7 @@ func (p *plan) profileSeriesObjects(srcDir string, touched []string) ([]string, 
 		var add strings.Builder
 		add.WriteString("\n# ldtlab coverage config: gcov counters for the files the LDT series touches\n")
 		for _, o := range objs {
-			fmt.Fprintf(&add, "GCOV_PROFILE_%s := y\n", o)
+			fmt.Fprintf(&add, "GCOV_PROFILE_%s := y\nCFLAGS_%s += -fno-early-inlining\n", o, o)
 		}
 		if err := unshare(path); err != nil {
 			return nil, err

@@ -224,7 +224,7 @@ func init() {
 		name:    "build",
 		summary: "build (or find cached) the guest kernel and initramfs",
 		setup: func(fs *flag.FlagSet) {
-			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug, perf or sanitize")
+			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug, perf, sanitize or coverage")
 			fs.BoolVar(&bf.vanilla, "vanilla", false, "build without kmod/patches")
 			bf.sel.register(fs)
 			fs.BoolVar(&bf.all, "all", false, "build every combination (debug, perf) × (ldt, vanilla)")
