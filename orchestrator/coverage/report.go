@@ -40,6 +40,10 @@ type Report struct {
 	NotBuilt   []FileLines `json:"not_built,omitempty"`
 	NoLineData []FileLines `json:"no_line_data,omitempty"`
 	Unexecuted []Line      `json:"unexecuted"`
+	// Unexplained counts the unexecuted lines without a reason.
+	Unexplained int `json:"unexplained"`
+	// StaleReasons are reasons that matched no unexecuted line.
+	StaleReasons []string `json:"stale_reasons,omitempty"`
 	// Problems: a job that failed or a kernel report. The counts stand
 	// (the code ran), but the run is not clean.
 	Problems []string `json:"problems,omitempty"`
@@ -76,6 +80,9 @@ type Line struct {
 	Patch    string `json:"patch"`
 	Function string `json:"function,omitempty"`
 	Count    uint64 `json:"count"`
+	// Reason is why it did not run (docs/coverage.reasons), "" when
+	// nobody has said yet.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Map counts the series lines of origins (SeriesLines) in counts. built
@@ -253,18 +260,33 @@ func Markdown(w io.Writer, r *Report) {
 			fmt.Fprintf(w, "- `%s`: %d changed lines with no code in any profiled object (declarations, macros counted where they expand, or header code only unprofiled objects use)\n", f.File, f.Lines)
 		}
 	}
-	fmt.Fprintf(w, "\n## Unexecuted series lines (%d)\n", len(r.Unexecuted))
-	file, fn := "", "\x00"
+	fmt.Fprintf(w, "\n## Unexecuted series lines (%d; %d without a reason)\n\n", len(r.Unexecuted), r.Unexplained)
+	fmt.Fprintf(w, "Each with file:line, the patch that last touched it, its text, and why it did not run (docs/coverage.reasons).\n")
+	file, fn, why := "", "\x00", "\x00"
 	for _, l := range r.Unexecuted {
 		if l.File != file {
-			file, fn = l.File, "\x00"
+			file, fn, why = l.File, "\x00", "\x00"
 			fmt.Fprintf(w, "\n### %s\n", l.File)
 		}
 		if l.Function != fn {
-			fn = l.Function
-			fmt.Fprintf(w, "\n%s:\n\n", orDash(fn))
+			fn, why = l.Function, "\x00"
+			fmt.Fprintf(w, "\n%s:\n", orDash(fn))
+		}
+		if l.Reason != why {
+			why = l.Reason
+			if why == "" {
+				fmt.Fprintf(w, "\n*No reason yet.*\n\n")
+			} else {
+				fmt.Fprintf(w, "\n*%s*\n\n", mdCell(why))
+			}
 		}
 		fmt.Fprintf(w, "- `%s:%d` (%s) `%s`\n", l.File, l.Line, patchNo(l.Patch), mdCode(l.Text))
+	}
+	if len(r.StaleReasons) > 0 {
+		fmt.Fprintf(w, "\n## Reasons that matched no unexecuted line\n\n")
+		for _, s := range r.StaleReasons {
+			fmt.Fprintf(w, "- %s\n", mdCell(s))
+		}
 	}
 }
 

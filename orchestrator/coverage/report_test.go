@@ -2,9 +2,11 @@ package coverage
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestMap(t *testing.T) {
@@ -45,5 +47,35 @@ func TestMap(t *testing.T) {
 	Markdown(&md, &r)
 	for _, want := range []string{"**2 of 4 executable series lines ran (50.0%).**", "- `mm/memory.c:4` (0002) `ldt_mark();`", "`mm/migrate_device.c`: 1 changed lines, not compiled"} {
 		assert.Contains(t, md.String(), want)
+	}
+}
+
+func TestReasons(t *testing.T) {
+	in := "# comment\n" +
+		"mm/ldt.c:ldt_attach:-EFAULT\tunreachable: a valid pointer\n" +
+		"mm/ldt.c:ldt_attach\tscenario to write: attach twice\n" +
+		"mm/gup.c:*\tnot x86\n" +
+		"mm/rmap.c:gone\tstale\n"
+	reasons, err := ParseReasons(strings.NewReader(in))
+	require.NoError(t, err)
+	require.Len(t, reasons, 4)
+	r := Report{Unexecuted: []Line{
+		{File: "mm/ldt.c", Function: "ldt_attach", Text: "\t\treturn -EFAULT;"},
+		{File: "mm/ldt.c", Function: "ldt_attach", Text: "\t\treturn -EBUSY;"},
+		{File: "mm/gup.c", Function: "x", Text: "y"},
+		{File: "mm/memory.c", Function: "ldt_attach", Text: "-EFAULT"},
+	}}
+	stale := Explain(&r, reasons)
+	want := []string{"unreachable: a valid pointer", "scenario to write: attach twice", "not x86", ""}
+	for i, w := range want {
+		assert.Equal(t, w, r.Unexecuted[i].Reason, "line %d", i)
+	}
+	assert.Equal(t, 1, r.Unexplained)
+	require.Len(t, stale, 1)
+	assert.Equal(t, "gone", stale[0].Function)
+
+	for _, bad := range []string{"mm/ldt.c:f no tab\n", "mm/ldt.c\twhy\n", "mm/ldt.c:f\t \n"} {
+		_, err := ParseReasons(strings.NewReader(bad))
+		assert.Error(t, err, "%q", bad)
 	}
 }

@@ -30,6 +30,7 @@ func init() {
 		out     string
 		seed    uint64
 		analyze string
+		reasons string
 	}
 	register(&command{
 		name:    "coverage",
@@ -44,6 +45,7 @@ func init() {
 			fs.BoolVar(&f.quick, "quick", false, "the short form (about 10 minutes under TCG with the kernel built)")
 			fs.StringVar(&f.out, "out", "", "output directory (default: coverage-<date> in the state directory)")
 			fs.Uint64Var(&f.seed, "seed", uint64(time.Now().Unix()), "seed of the catalogue, stress and fuzz (printed)")
+			fs.StringVar(&f.reasons, "reasons", "", "why lines do not run, `FILE` (default: docs/coverage.reasons of the repository)")
 			fs.StringVar(&f.analyze, "analyze", "", "do not boot: map the counters an earlier run left in `DIR`/gcda again (after a change to the mapping), rewriting DIR's coverage.json and coverage.md")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
@@ -128,6 +130,21 @@ func init() {
 			if f.analyze == "" {
 				r.Seconds = time.Since(start).Seconds()
 			}
+			rf := f.reasons
+			if rf == "" {
+				rf = filepath.Join(repo, "docs", "coverage.reasons")
+			}
+			if b, err := os.ReadFile(rf); err == nil {
+				reasons, err := coverage.ParseReasons(bytes.NewReader(b))
+				if err != nil {
+					return fmt.Errorf("%s: %w", rf, err)
+				}
+				coverage.Explain(r, reasons)
+			} else if f.reasons != "" || !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("--reasons: %w", err)
+			} else {
+				coverage.Explain(r, nil)
+			}
 			if err := cache.WriteJSON(filepath.Join(dir, "coverage.json"), r); err != nil {
 				return err
 			}
@@ -136,8 +153,8 @@ func init() {
 			if err := cache.WriteFileAtomic(filepath.Join(dir, "coverage.md"), md.Bytes(), 0o644); err != nil {
 				return err
 			}
-			fmt.Printf("\ncoverage: %d of %d executable series lines ran (%.1f%%), %d unexecuted listed in %s\n",
-				r.Executed, r.SeriesLines, r.Percent, len(r.Unexecuted), filepath.Join(dir, "coverage.md"))
+			fmt.Printf("\ncoverage: %d of %d executable series lines ran (%.1f%%), %d unexecuted (%d without a reason) listed in %s\n",
+				r.Executed, r.SeriesLines, r.Percent, len(r.Unexecuted), r.Unexplained, filepath.Join(dir, "coverage.md"))
 			for _, p := range r.PerPatch {
 				fmt.Printf("  %-70s %4d / %4d\n", p.Name, p.Executed, p.SeriesLines)
 			}
