@@ -63,7 +63,7 @@ func Collect(ctx context.Context, m *lab.Machine, o Options, dir string) ([]Job,
 	if _, err := m.Kernel.LoadGcovManifest(); err != nil {
 		return nil, nil, err
 	}
-	res, err := m.Run(ctx, "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug; test -w "+gcovRoot+"/reset && echo 0 > "+gcovRoot+"/reset")
+	res, err := m.Run(ctx, "test -w "+gcovRoot+"/reset && echo 0 > "+gcovRoot+"/reset")
 	if err != nil {
 		return nil, nil, fmt.Errorf("resetting the gcov counters: %w", err)
 	}
