@@ -121,18 +121,11 @@ func (o Options) Variant() string {
 // rebuilds only what each step changes and never disturbs the default
 // kernel's objects.
 //
-// The coverage config works in debug's directories: it is the debug
-// config plus gcov counters in the few objects the series touches, so
-// switching between the two rebuilds those objects and the ones that
-// test CONFIG_GCOV_KERNEL, not the kernel (Kbuild tracks commands and
-// config symbols per object). A directory of its own would start with a
-// cold build: 30+ minutes on 2 loaded cores. The work lock serializes
-// the two.
+// The coverage config has its own: sharing debug's (it differs only in
+// the counters of 16 objects) would make every switch between the two
+// wait for, and undo, whatever series another user is building there.
 func (p *plan) workName() string {
 	v := p.opts.config()
-	if v == "coverage" {
-		v = "debug"
-	}
 	switch {
 	case p.opts.Vanilla:
 		return v + "-vanilla"
