@@ -18,6 +18,10 @@ func TestParseGcovJSON(t *testing.T) {
 		return b
 	}
 	noEarly, early := read("gcc12-noearlyinline.json"), read("gcc12-earlyinline.json")
+	// Cut from the real output on mm/gup.gcno of the coverage kernel
+	// before it ever ran (notes only: every count 0): two functions of
+	// mm/gup.c and one of a header, absolute paths under the build tree.
+	kernelNotes := read("kernel-gup-notes-only.json")
 	cases := []struct {
 		name    string
 		in      []byte
@@ -26,7 +30,14 @@ func TestParseGcovJSON(t *testing.T) {
 		// want: file → line → count, as merged by Counts.Add
 		want map[string]map[int]uint64
 		fn   map[string]map[int]string
+		src  string // the tree the compiler saw; default the toy's
 	}{
+		{
+			name: "kernel notes: absolute paths under the tree, headers too",
+			in:   kernelNotes, docs: 1, src: "/root/.cache/ldtlab/work/coverage/src",
+			want: map[string]map[int]uint64{"mm/gup.c": {635: 0, 670: 0}, "include/linux/swapops.h": {74: 0}},
+			fn:   map[string]map[int]string{"mm/gup.c": {635: "gup_ldt_needs_mark", 670: "gup_ldt_mark_written"}, "include/linux/swapops.h": {74: "pte_swp_clear_flags"}},
+		},
 		{
 			name: "instrumented before inlining: every line that ran counts",
 			in:   noEarly, docs: 1,
@@ -62,9 +73,14 @@ func TestParseGcovJSON(t *testing.T) {
 			require.Len(t, docs, tc.docs)
 			assert.Equal(t, "12.2.0", docs[0].GCCVersion)
 			c := Counts{}
-			for i := range docs {
-				c.Add(&docs[i], "/tmp/cov/g") // the compiler's working directory
+			src := tc.src
+			if src == "" {
+				src = "/tmp/cov/g" // where the toy was compiled
 			}
+			for i := range docs {
+				c.Add(&docs[i], src)
+			}
+			assert.Len(t, c, len(tc.want), "files under the tree")
 			for f, lines := range tc.want {
 				for l, n := range lines {
 					require.NotNil(t, c[f][l], "%s:%d has no line data", f, l)
@@ -76,7 +92,9 @@ func TestParseGcovJSON(t *testing.T) {
 					assert.Equal(t, name, c[f][l].Function, "%s:%d", f, l)
 				}
 			}
-			assert.Nil(t, c["t.c"][3], "a brace has no code")
+			if tc.src == "" {
+				assert.Nil(t, c["t.c"][3], "a brace has no code")
+			}
 		})
 	}
 }
