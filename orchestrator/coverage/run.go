@@ -290,3 +290,19 @@ func seriesSHA256(dir string, names []string) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// Snapshot maps the counters of the coverage kernel booted in m as they
+// are now, without resetting them, into a report (the gcda files under
+// dir/gcda): what a long run (the soak) records as it goes, to plot
+// executed series lines over time.
+func Snapshot(ctx context.Context, m *lab.Machine, dir string) (*Report, error) {
+	if _, err := fetchGcda(ctx, m, filepath.Join(dir, "gcda")); err != nil {
+		return nil, err
+	}
+	r := &Report{Started: time.Now().UTC(), KernelKey: m.Kernel.Meta.Key, KernelRelease: m.Kernel.Meta.KernelRelease,
+		KernelConfig: m.Kernel.Meta.Config, Accel: string(m.Accel.Kind)}
+	if err := Analyze(ctx, m.Kernel, filepath.Join(dir, "gcda"), r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
