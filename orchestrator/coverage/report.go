@@ -33,10 +33,11 @@ type Report struct {
 	PerFile     []Group `json:"per_file"`
 	PerFunction []Group `json:"per_function"`
 	// NotBuilt are changed .c files this config does not compile (their
-	// lines cannot run here); NoLineData counts, per file, changed lines
-	// that no profiled object has code for: declarations, comments,
-	// macros (their code is counted where they expand) and header code
-	// only unprofiled objects use.
+	// lines cannot run here); NoLineData counts, per header, changed
+	// lines that no profiled object has code for: declarations, macros
+	// (their code is counted where they expand), code under a config
+	// this kernel lacks (the CONFIG_LDT=n fallbacks) and header code only
+	// unprofiled objects use.
 	NotBuilt   []FileLines `json:"not_built,omitempty"`
 	NoLineData []FileLines `json:"no_line_data,omitempty"`
 	Unexecuted []Line      `json:"unexecuted"`
@@ -257,7 +258,7 @@ func Markdown(w io.Writer, r *Report) {
 			fmt.Fprintf(w, "- `%s`: %d changed lines, not compiled in this config\n", f.File, f.Lines)
 		}
 		for _, f := range r.NoLineData {
-			fmt.Fprintf(w, "- `%s`: %d changed lines with no code in any profiled object (declarations, macros counted where they expand, or header code only unprofiled objects use)\n", f.File, f.Lines)
+			fmt.Fprintf(w, "- `%s`: %d changed lines with no code in any profiled object (declarations; macros, counted where they expand; code under a config this kernel lacks, such as the CONFIG_LDT=n fallbacks; header code only unprofiled objects use)\n", f.File, f.Lines)
 		}
 	}
 	fmt.Fprintf(w, "\n## Unexecuted series lines (%d; %d without a reason)\n\n", len(r.Unexecuted), r.Unexplained)
