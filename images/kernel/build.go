@@ -201,6 +201,9 @@ func newPlan(o Options) (*plan, error) {
 	if p.sel, err = o.Selection(); err != nil {
 		return nil, err
 	}
+	if o.Vanilla && o.config() == "coverage" {
+		return nil, errors.New("--config coverage counts the lines of the series: a vanilla kernel has none")
+	}
 	if o.Vanilla && o.LDTOff {
 		return nil, errors.New("--vanilla has no CONFIG_LDT to turn off")
 	}
