@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -71,18 +70,8 @@ func TestCorrectnessCatalogue(t *testing.T) {
 	// The LDT/soft-dirty comparison ran for every scenario both trackers
 	// run, each with epochs and both runs as expected.
 	require.NotEmpty(t, res.Compare)
-	for _, raw := range res.Compare {
-		var v struct {
-			Scenario string `json:"scenario"`
-			Epochs   []struct {
-				LDT int `json:"ldt"`
-			} `json:"epochs"`
-			Results []struct {
-				Tracker    string `json:"tracker"`
-				AsExpected bool   `json:"as_expected"`
-			} `json:"results"`
-		}
-		require.NoError(t, json.Unmarshal(raw, &v))
+	for _, v := range res.Compare {
+		require.NotNil(t, v)
 		assert.NotEmpty(t, v.Epochs, "comparison of %s has no epochs", v.Scenario)
 		reported := 0
 		for _, e := range v.Epochs {

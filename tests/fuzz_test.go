@@ -10,8 +10,8 @@ import (
 
 	gfuzz "ldtlab/guest/fuzz"
 	"ldtlab/guest/result"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/fuzz"
+	"ldtlab/orchestrator/preset"
 )
 
 // TestFuzzShort is the short ldt-fuzz run of `make test` (`make
@@ -28,7 +28,7 @@ import (
 // fuzz-teeth` proves the fuzzer finds them on 0001-0010).
 func TestFuzzShort(t *testing.T) {
 	o := guestOptions(t, "fuzz")
-	check.GuestDefaults(&o)
+	preset.Pressure(&o)
 	m := boot(t, o)
 	seed, runs := fuzzSeed(t, 4, 2)
 	t.Logf("seed %d: runs expected per tracker %v", seed, runs)

@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"ldtlab/orchestrator/preset"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,8 +11,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"ldtlab/orchestrator/check"
 )
 
 // TestCaptureGoldenLogs provokes each failure the parser must title in a
@@ -165,7 +164,7 @@ func TestCaptureBusyCleanLogs(t *testing.T) {
 		t.Run(config, func(t *testing.T) {
 			o := guestOptions(t, "busy-"+config)
 			o.Config = config
-			check.GuestDefaults(&o)
+			preset.Pressure(&o)
 			m := boot(t, o)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 			defer cancel()

@@ -33,7 +33,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // guestOptions is the plain guest `labctl up` boots: sizes left to the
-// lab (and to check.GuestDefaults, for the catalogue's guests), as the
+// lab (and to preset.Pressure, for the catalogue's guests), as the
 // labctl verbs leave them when no flag is given.
 func guestOptions(t testing.TB, name string) lab.Options {
 	return lab.Options{
@@ -223,7 +223,7 @@ func TestInjectedPanicIsDetected(t *testing.T) {
 				assert.Equal(t, "panic", ce.Type)
 				assert.Contains(t, strings.ToLower(ce.Title), tc.title)
 				t.Logf("panic detected (%s) in %s: %s", be.name, time.Since(start), ce.Title)
-				assert.True(t, lab.IsGuestFault(err))
+				assert.True(t, vm.IsGuestFault(err))
 				assert.NotContains(t, strings.ToLower(err.Error()), "panic: kernel panic", "the type is not repeated before the title")
 				// The whole report reached the console (the guest was let run on).
 				assert.Contains(t, string(m.ConsoleLog()), "---[ end Kernel panic")
@@ -344,7 +344,7 @@ func TestAgentRestartReconnects(t *testing.T) {
 
 	_, err := m.Run(context.Background(), `kill -9 $(`+agentPids+`)`)
 	require.Error(t, err, "the agent died under the command")
-	assert.False(t, lab.IsGuestFault(err), "the kernel is fine: %v", err)
+	assert.False(t, vm.IsGuestFault(err), "the kernel is fine: %v", err)
 	var res lab.Result
 	require.Eventually(t, func() bool {
 		res, err = m.Run(context.Background(), "echo back")
@@ -353,4 +353,29 @@ func TestAgentRestartReconnects(t *testing.T) {
 	assert.Equal(t, "back\n", string(res.Stdout))
 	assert.Equal(t, 1, m.Reconnects())
 	assert.Empty(t, m.Reports())
+}
+
+// The soak's dump of a stuck guest: magic SysRq typed on the serial
+// console (a QMP break, then the key) makes the kernel print every task
+// (t) and the blocked ones (w), with a task stuck in D state among the
+// latter, and the lab files none of it as a kernel report.
+func TestSysrqDump(t *testing.T) {
+	m := boot(t, guestOptions(t, "sysrq"))
+	_, serial := m.Instance().(vm.SysRqer)
+	require.True(t, serial, "the QEMU backend types SysRq on the serial console")
+	trigger(t, m, "hung") // labtest-hung: a kthread in TASK_UNINTERRUPTIBLE
+	mark := m.ReportMark()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dump, err := m.SysrqDump(ctx, "tw", 5*time.Second, 2*time.Minute)
+	require.NoError(t, err)
+	all, blocked, ok := strings.Cut(dump, "Show Blocked State")
+	require.True(t, ok, "sysrq-w ran: %.2000s", dump)
+	// (The dumps are long: say what is missing, not the whole text.)
+	assert.True(t, strings.Contains(all, "sysrq: Show State"), "sysrq-t ran")
+	assert.True(t, strings.Contains(all, "task:kthreadd") && strings.Contains(all, "task:init"), "sysrq-t lists every task, kernel threads and user space")
+	assert.True(t, strings.Contains(blocked, "task:labtest-hung") && strings.Contains(blocked, "state:D"), "sysrq-w lists the task stuck in D state: %.1500s", blocked)
+	for _, r := range m.ReportsSince(ctx, mark) {
+		assert.Equal(t, report.Type("hung-task"), r.Type, "a SysRq dump is not a kernel report: %s", r.String())
+	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/internal/fileutil"
 	"ldtlab/orchestrator/lab"
 )
 
@@ -429,7 +430,7 @@ func TestLabctlCorruptCacheEntry(t *testing.T) {
 				return nil
 			}
 		}
-		return cache.CopyFile(p, dst, 0o644)
+		return fileutil.CopyFile(p, dst, 0o644)
 	})
 	require.NoError(t, err)
 	t.Setenv("LDTLAB_CACHE", priv)

@@ -10,8 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"ldtlab/guest/result"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/migrate"
+	"ldtlab/orchestrator/preset"
 )
 
 // TestMigrateShort is the short migration of `make check` (issue 21): redis
@@ -27,7 +27,7 @@ func TestMigrateShort(t *testing.T) {
 	defer cancel()
 	res, err := migrate.Run(ctx, migrate.Options{
 		Guest: guestOptions(t, "migrate"), Trackers: []string{"ldt", "softdirty", "naive"},
-		Migrate: check.MigrateShort, Progress: testWriter{t},
+		Migrate: preset.MigrateShort, Progress: testWriter{t},
 	})
 	require.NoError(t, err)
 	var sum strings.Builder
@@ -43,7 +43,7 @@ func TestMigrateShort(t *testing.T) {
 		if mg.Tracker != "naive" {
 			assert.NotEmpty(t, mg.DigestBefore)
 			assert.Equal(t, mg.DigestBefore, mg.DigestAfter, "%s: the restored data set", mg.Tracker)
-			assert.Greater(t, mg.KeysBefore, check.MigrateShort.Keys/2, "redis-benchmark filled most of the key range")
+			assert.Greater(t, mg.KeysBefore, preset.MigrateShort.Keys/2, "redis-benchmark filled most of the key range")
 			assert.Equal(t, mg.KeysBefore, mg.KeysAfter)
 			assert.True(t, mg.Served && mg.Benchmark, "%s: the restored server serves", mg.Tracker)
 			assert.Zero(t, mg.Differ+mg.Mismatched+mg.Absent, "%s: pages", mg.Tracker)
@@ -55,7 +55,7 @@ func TestMigrateShort(t *testing.T) {
 	// A real migration: the image crosses the host to a second guest.
 	o := guestOptions(t, "migrate2")
 	res, err = migrate.Run(ctx, migrate.Options{
-		Guest: o, Trackers: []string{"ldt"}, Migrate: check.MigrateShort, ToGuest: true, Progress: testWriter{t},
+		Guest: o, Trackers: []string{"ldt"}, Migrate: preset.MigrateShort, ToGuest: true, Progress: testWriter{t},
 	})
 	require.NoError(t, err)
 	require.Len(t, res.Runs, 1)

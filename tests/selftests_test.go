@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"ldtlab/images/kernel"
-	"ldtlab/orchestrator/mmtests"
+	"ldtlab/orchestrator/mmselftests"
 )
 
 // TestSelftestsLDTvsVanilla runs the kernel's own mm selftests on the LDT
@@ -21,7 +21,7 @@ func TestSelftestsLDTvsVanilla(t *testing.T) {
 	var progress strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
-	c, err := mmtests.CompareKernels(ctx, o, kernel.Selftests, 0, &progress)
+	c, err := mmselftests.CompareKernels(ctx, o, kernel.Selftests, 0, &progress)
 	t.Logf("selftests:\n%s", progress.String())
 	require.NoError(t, err)
 	for _, name := range []string{"ldt", "vanilla"} {

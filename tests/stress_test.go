@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"ldtlab/guest/result"
-	"ldtlab/orchestrator/check"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/stress"
 )
 
@@ -21,7 +21,7 @@ import (
 // teeth.
 func TestStressShort(t *testing.T) {
 	o := guestOptions(t, "stress")
-	check.GuestDefaults(&o) // the guest `labctl stress` boots
+	preset.Pressure(&o) // the guest `labctl stress` boots
 	m := boot(t, o)
 	runs, err := stress.Job(context.Background(), m, stress.Options{
 		Duration: 8 * time.Second, Pages: 8192, THP: true, Seed: 7,

@@ -127,18 +127,24 @@ func TestTimelineOnceCheckpoints(t *testing.T) {
 	require.Len(t, s.PointNS, 6)
 	require.Len(t, s.Counts, 6)
 	require.Len(t, s.Collections, 3)
+	// A 100 ms point can pass without the writer being scheduled on a
+	// loaded host (go test runs packages side by side on 2 cores): the
+	// work is asserted over the run, the schedule per point.
+	var pages, ops int64
 	for i, c := range s.Collections {
 		assert.Equal(t, 2*i+1, c.Point, "collections end points 1, 3, 5")
-		assert.Positive(t, c.Pages, "the writer dirtied pages between checkpoints")
 		assert.Positive(t, c.Syscalls)
+		pages += int64(c.Pages)
 	}
+	assert.Positive(t, pages, "the writer dirtied pages between checkpoints")
 	var faults, ns int64
 	for i, c := range s.Counts {
-		assert.Positive(t, s.Ops[i], "point %d did work", i)
+		ops += int64(s.Ops[i])
 		assert.Positive(t, s.PointNS[i])
 		faults += c.Faults
 		ns += s.PointNS[i]
 	}
+	assert.Positive(t, ops, "the writer did work")
 	// Points keep to the schedule from the start of tracking: one
 	// stretched by a collection makes the next shorter.
 	assert.GreaterOrEqual(t, ns, int64(600*time.Millisecond))

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/pagemap"
+	"ldtlab/guest/result"
 	"ldtlab/guest/tracker"
 )
 
@@ -43,37 +44,8 @@ type Options struct {
 	Strict bool
 }
 
-// Result is what ldt-check prints for a checkpoint run.
-type Result struct {
-	Mode       string `json:"mode"`
-	Tracker    string `json:"tracker"`
-	Pid        int    `json:"pid"`
-	Rounds     int    `json:"rounds"`
-	Outcome    string `json:"outcome"`
-	AsExpected bool   `json:"as_expected"`
-	Reason     string `json:"reason"`
-	// Missed counts pages whose final content differs from the image.
-	Missed int `json:"missed"`
-	// Zeroed counts differing pages the target discarded (they read as
-	// zeros and are not mapped: MADV_DONTNEED, reclaimed MADV_FREE): a
-	// content change no dirty tracker reports, shown, not failed.
-	Zeroed     int      `json:"zeroed"`
-	Compared   int      `json:"compared_pages"`
-	ImagePages int      `json:"image_pages"`
-	Reported   []int    `json:"reported"`
-	StoppedMS  []int64  `json:"stopped_ms"`
-	Samples    []string `json:"samples,omitempty"`
-	Notes      []string `json:"notes,omitempty"`
-	// Unreadable counts page reads /proc/PID/mem refused (EOF, EIO).
-	Unreadable    int      `json:"unreadable_pages"`
-	DurationMS    int64    `json:"duration_ms"`
-	SwappedAtEnd  int      `json:"swapped_pages_at_end"`
-	RegionsAtEnd  int      `json:"regions_at_end"`
-	TargetExited  bool     `json:"target_exited,omitempty"`
-	FirstCopyPgs  int      `json:"initial_copy_pages"`
-	NewRegionPgs  int      `json:"new_region_pages"`
-	MissedRegions []string `json:"missed_regions,omitempty"`
-}
+// Result is result.Checkpoint: the wire type is shared with the host.
+type Result = result.Checkpoint
 
 // region is one writable private mapping of the target.
 type region struct {

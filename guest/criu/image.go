@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"ldtlab/guest/result"
 	"os"
 	"path/filepath"
 	"sort"
@@ -252,31 +253,8 @@ type Source struct {
 	Settled func(addr uint64) bool
 }
 
-// Stats says what Replace did, per image directory.
-type Stats struct {
-	// Pagemaps are the task pagemap images rewritten (pagemap-PID.img).
-	Pagemaps []string `json:"pagemaps"`
-	// Pages is every page CRIU stored (the frozen process's private memory).
-	Pages int `json:"pages"`
-	// Same pages: the replacement equals what CRIU read from the frozen
-	// process. Differ: it does not (a write the image lacks). Absent: the
-	// source had no copy and zeros were written (counted in Differ too
-	// when CRIU's page was not all zeros).
-	Same   int `json:"same"`
-	Differ int `json:"differ"`
-	Absent int `json:"absent"`
-	// ChangedAfter counts pages that differ although Settled vouches for
-	// the replacement (the memory changed after the freeze).
-	ChangedAfter int `json:"changed_after"`
-	// Samples name the first differing pages; DifferAt lists the first
-	// 64 differing pages' addresses (for the caller to name their
-	// mappings).
-	Samples  []string `json:"samples,omitempty"`
-	DifferAt []uint64 `json:"differ_at,omitempty"`
-	// ShmemPagemaps are shared-memory page images, which Replace leaves
-	// as CRIU wrote them (listed so a caller can refuse them).
-	ShmemPagemaps []string `json:"shmem_pagemaps,omitempty"`
-}
+// Stats is result.CRIUReplace: the wire type is shared with the host.
+type Stats = result.CRIUReplace
 
 // Replace overwrites, in every task pagemap of dir, each page CRIU stored
 // with src's copy (zeros where src has none), and counts how the two

@@ -896,13 +896,28 @@ func (e *executor) madvise(i int, r *region, p, n int, o Op) {
 				st.add(i, "lazyfree")
 			}
 		case "collapse":
-			if r.spec.Shared() && st.pending() {
+			// A write already lost to a zap is the zap's (shared-zap);
+			// only a write still in an entry is the collapse's to keep.
+			if r.spec.Shared() && st.pending() && !st.zapped {
 				st.coll = true
 			}
 		}
 	}
 	if o.Arg == "collapse" {
 		e.res.fact("collapse r%d [%d+%d] succeeded", r.idx, p, n)
+	}
+	if o.Arg == "pageout" {
+		// What reclaim did: pages no longer resident right after (swapped
+		// out, or written back and dropped from the page cache). mincore
+		// faults nothing in.
+		vec := make([]byte, n)
+		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); errno == 0 {
+			out := 0
+			for _, v := range vec {
+				out += int(1 - v&1)
+			}
+			e.res.OpsDone["madvise pageout (pages not resident right after)"] += out
+		}
 	}
 }
 

@@ -135,6 +135,16 @@ func gapFor(tracker string, spec RegionSpec, st *pageState, srcs []string) strin
 		}
 		return true
 	}
+	// A collapse over a write no zap had taken (coll is only set then)
+	// and no zap since decides alone: the series keeps such writes
+	// (0014), so for ldt that loss is a finding, not the shared-zap gap.
+	// A zap after the collapse may have lost it: that stays excused.
+	if spec.Shared() && st.coll && !st.zapped {
+		if result.FuzzGap(GapShmemCollapse, tracker) != "" {
+			return GapShmemCollapse
+		}
+		return ""
+	}
 	for _, c := range []struct {
 		class string
 		holds bool

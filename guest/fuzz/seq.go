@@ -9,7 +9,7 @@
 // each collection the reported pages are copied into a shadow, and the
 // shadow must equal memory wherever the model says the page is stable;
 // memory must equal the model wherever the model knows the content. A
-// failure is minimized (minimize.go) and saved as a replay file.
+// failure is minimized (Minimize, driver.go) and saved as a replay file.
 package fuzz
 
 import (

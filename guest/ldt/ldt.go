@@ -135,9 +135,11 @@ func Meaning(op string, err error) string {
 	return ""
 }
 
-// defaultBatch is CollectAll's buffer capacity in regions (16 KiB): large
-// enough that one ioctl usually suffices, small enough to keep per file.
-const defaultBatch = 1024
+// defaultBatch is CollectAll's buffer capacity in regions (128 KiB): the
+// kernel's chunk since 0021, so a collection of 256 MiB with every other
+// page dirty takes 4 ioctls (and, since 0021, 4 TLB flushes) instead of 32;
+// small enough to keep per file.
+const defaultBatch = 8192
 
 // File is an open /dev/ldt. Collect may be called concurrently; CollectAll
 // serialises on its reusable buffer.

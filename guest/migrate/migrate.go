@@ -38,6 +38,7 @@ import (
 	"ldtlab/guest/checkpoint"
 	"ldtlab/guest/criu"
 	"ldtlab/guest/pagemap"
+	"ldtlab/guest/result"
 	"ldtlab/guest/tracker"
 )
 
@@ -71,70 +72,14 @@ type Options struct {
 	Progress io.Writer
 }
 
-// Round is what one round copied.
-type Round struct {
-	Round int `json:"round"`
-	// Kind: initial (everything), precopy, final (target frozen).
-	Kind string `json:"kind"`
-	// Reported is the number of pages the tracker reported written.
-	Reported int `json:"reported_pages"`
-	// NewArea is the number of populated pages of mappings that did not
-	// exist at the previous round, copied whole.
-	NewArea int `json:"new_area_pages"`
-	// Copied is the number of distinct pages copied: the transfer.
-	Copied int `json:"copied_pages"`
-	// Unreadable pages (unmapped meanwhile) could not be copied.
-	Unreadable int `json:"unreadable_pages,omitempty"`
-	// Swapped is how many of the target's private pages were in swap.
-	Swapped   int     `json:"swapped_pages"`
-	StoppedMS float64 `json:"stopped_ms"`
-	MS        float64 `json:"ms"`
-}
+// Round is result.MigrationRound: the wire type is shared with the host.
+type Round = result.MigrationRound
 
-// Result is what ldt-migrate prints for the source side.
-type Result struct {
-	Mode    string  `json:"mode"`
-	Tracker string  `json:"tracker"`
-	Pid     int     `json:"pid"`
-	Rounds  []Round `json:"rounds"`
-	// Outcome: pass (dumped and replaced; the host judges the restore),
-	// fail (the migration itself failed: Reason), skip (the tracker
-	// cannot track this target: Reason).
-	Outcome string `json:"outcome"`
-	Reason  string `json:"reason,omitempty"`
-	// QuiesceOutput is the quiesce hook's stdout (the digest).
-	QuiesceOutput string `json:"quiesce_output,omitempty"`
-	ImagePages    int    `json:"image_pages"`
-	// The first oracle: the image against the frozen process's memory
-	// (/proc/PID/mem), every private page CRIU dumps.
-	Compared   int      `json:"compared_pages"`
-	Mismatched int      `json:"mismatched_pages"`
-	Samples    []string `json:"samples,omitempty"`
-	// CRIU's dump and the replacement of its pages (the second oracle:
-	// the image against CRIU's reading of the frozen process).
-	DumpMS  float64     `json:"dump_ms"`
-	Replace *criu.Stats `json:"replace,omitempty"`
-	// FromFile counts pages CRIU stored that were their file's at the
-	// freeze (given the file's content; FromFileAreas names them).
-	FromFile int `json:"from_file_pages,omitempty"`
-	// DifferAreas name the mappings of pages CRIU stored that differ
-	// from the image.
-	DifferAreas   []string     `json:"differ_areas,omitempty"`
-	FromFileAreas []string     `json:"from_file_areas,omitempty"`
-	DumpLog       string       `json:"dump_log,omitempty"`
-	Frozen        float64      `json:"frozen_ms"`
-	Took          float64      `json:"took_ms"`
-	Notes         []string     `json:"notes,omitempty"`
-	Dir           string       `json:"dir"`
-	Areas         []AreaReport `json:"areas,omitempty"`
-}
+// Result is result.Migration: the wire type is shared with the host.
+type Result = result.Migration
 
-// AreaReport names a mapping where the image and the frozen process
-// differ.
-type AreaReport struct {
-	Area       string `json:"area"`
-	Mismatched int    `json:"mismatched_pages"`
-}
+// AreaReport is result.MigrationArea: the wire type is shared with the host.
+type AreaReport = result.MigrationArea
 
 // area is one private mapping of the target.
 type area struct {

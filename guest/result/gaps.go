@@ -4,6 +4,8 @@ package result
 // tracker's, or one LDT declares out of scope in kmod/README): the cell is
 // shown, with its counts, and does not fail the run. It excuses missed
 // pages only, never corruption. Each names the kernel code responsible.
+// Scenario is what it applies to: a catalogue scenario (Gaps), a fuzz
+// class (FuzzGaps), a stress write source or stack frame (stressgaps.go).
 type Gap struct {
 	Scenario, Tracker, Why string
 }

@@ -15,6 +15,25 @@ func IsMutant(t string) bool {
 	return false
 }
 
+// Negative is the negative control: the tracker that reads the hardware
+// D bit only, so it must lose what LDT keeps wherever a check has teeth.
+const Negative = "naive"
+
+// JudgeNegative is the verdict of a negative-control run that produced a
+// result: CAUGHT when it lost pages or data, as it must; otherwise
+// NO-TEETH (a failure: the check could not have caught LDT either) where
+// teeth are required, NOT-CAUGHT (informational) where they are not (a
+// redis checkpoint, a migration without pressure).
+func JudgeNegative(lost, required bool) Verdict {
+	switch {
+	case lost:
+		return VCaught
+	case required:
+		return VNoTeeth
+	}
+	return VNotCaught
+}
+
 // Judge sets c.Verdict from the guest's outcome and the kernel reports the
 // host saw during the cell. vanilla says the kernel has no /dev/ldt (the
 // LDT trackers' skips there are N/A, not failures).
@@ -23,7 +42,7 @@ func Judge(c *Cell, vanilla bool) {
 	if IsMutant(c.Tracker) {
 		c.Verdict = judgeMutant(c)
 	}
-	if c.Verdict == VSkip && vanilla && (c.Tracker == "ldt" || c.Tracker == "naive" || IsMutant(c.Tracker)) {
+	if c.Verdict == VSkip && vanilla && (c.Tracker == "ldt" || c.Tracker == Negative || IsMutant(c.Tracker)) {
 		c.Verdict, c.Reason = VNA, "the vanilla kernel has no /dev/ldt"
 	}
 }
@@ -35,7 +54,7 @@ func judge(c *Cell, gap string) Verdict {
 	switch {
 	case c.Outcome == Skip:
 		return VSkip
-	case c.Tracker == "naive":
+	case c.Tracker == Negative:
 		if c.NaiveExpectation == Nothing {
 			// Behaving like ldt means passing, not failing some other way
 			// (an error, over-reporting).
@@ -44,10 +63,7 @@ func judge(c *Cell, gap string) Verdict {
 			}
 			return VFail
 		}
-		if c.AsExpected && (c.Missed > 0 || c.Corrupted > 0) {
-			return VCaught
-		}
-		return VNoTeeth
+		return JudgeNegative(c.AsExpected && (c.Missed > 0 || c.Corrupted > 0), true)
 	default:
 		if c.Missed == 0 && c.Corrupted == 0 && c.Outcome == Pass {
 			return VPass
@@ -75,4 +91,49 @@ func judgeMutant(c *Cell) Verdict {
 		return VCaught
 	}
 	return VSurvived
+}
+
+// JudgeCheckpoint judges a run of the incremental checkpoint oracle from
+// what ldt-check printed and whether a kernel report appeared; reason is
+// r.Reason, completed where the verdict needs a word. The synthetic
+// writer carries the negative control; how much redis rewrites between
+// rounds is not the lab's to control, so naive missing nothing there is
+// informational.
+func JudgeCheckpoint(tracker, target string, r *Checkpoint, reports bool) (v Verdict, reason string) {
+	reason = r.Reason
+	switch {
+	case reports:
+		return VFail, reason
+	case r.Outcome == Skip:
+		// Nothing compared, reported or swapped: not a pass, whoever ran.
+		return VSkip, reason
+	case tracker == Negative:
+		v = JudgeNegative(r.Missed > 0, target != "redis")
+		switch v {
+		case VNotCaught:
+			reason = "naive missed nothing on this redis run (informational)"
+		case VNoTeeth:
+			reason = "the negative control missed nothing: " + reason
+		}
+		return v, reason
+	case r.Outcome != Pass || r.Missed > 0:
+		return VFail, reason
+	}
+	return VPass, reason
+}
+
+// JudgeStress maps ldt-stress's exit status (0 nothing lost, 1 lost
+// pages, 2 the run failed) and its lost pages to a verdict: the negative
+// control must lose writes, every real tracker must lose none. Known
+// gaps and kernel reports are the host's to add (orchestrator/stress).
+func JudgeStress(tracker string, code, lost int) Verdict {
+	switch {
+	case code == 2 || (code == 1) != (lost > 0):
+		return VError
+	case tracker == Negative:
+		return JudgeNegative(lost > 0, true)
+	case lost > 0:
+		return VFail
+	}
+	return VPass
 }

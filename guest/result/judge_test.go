@@ -75,3 +75,66 @@ func TestJudgeVanilla(t *testing.T) {
 	Judge(&c, false)
 	assert.Equal(t, VKnownGap, c.Verdict, "the table of known gaps is consulted")
 }
+
+func TestJudgeNegative(t *testing.T) {
+	for _, c := range []struct {
+		lost, required bool
+		want           Verdict
+	}{
+		{true, true, VCaught},
+		{true, false, VCaught},
+		{false, true, VNoTeeth},
+		{false, false, VNotCaught},
+	} {
+		assert.Equal(t, c.want, JudgeNegative(c.lost, c.required), "lost=%v required=%v", c.lost, c.required)
+	}
+}
+
+// Every verdict of the vocabulary has its one answer to Failed.
+func TestVerdictFailed(t *testing.T) {
+	failed := map[Verdict]bool{VFail: true, VNoTeeth: true, VSkip: true, VError: true}
+	assert.Len(t, Verdicts, 13)
+	for _, v := range Verdicts {
+		assert.Equal(t, failed[v], v.Failed(), "%s", v)
+	}
+}
+
+func TestJudgeCheckpoint(t *testing.T) {
+	for _, c := range []struct {
+		name, tracker, target string
+		r                     Checkpoint
+		reports               bool
+		want                  Verdict
+	}{
+		{"ldt clean", "ldt", "synthetic", Checkpoint{Outcome: Pass}, false, VPass},
+		{"ldt missed", "ldt", "redis", Checkpoint{Outcome: Fail, Missed: 2}, false, VFail},
+		{"a report fails a clean run", "ldt", "redis", Checkpoint{Outcome: Pass}, true, VFail},
+		{"skip", "softdirty", "redis", Checkpoint{Outcome: Skip}, false, VSkip},
+		{"naive caught", "naive", "synthetic", Checkpoint{Outcome: Fail, Missed: 9}, false, VCaught},
+		{"naive no teeth on the synthetic writer", "naive", "synthetic", Checkpoint{Outcome: Pass}, false, VNoTeeth},
+		{"naive informational on redis", "naive", "redis", Checkpoint{Outcome: Pass}, false, VNotCaught},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v, _ := JudgeCheckpoint(c.tracker, c.target, &c.r, c.reports)
+			assert.Equal(t, c.want, v)
+		})
+	}
+}
+
+func TestJudgeStress(t *testing.T) {
+	for _, c := range []struct {
+		tracker    string
+		code, lost int
+		want       Verdict
+	}{
+		{"ldt", 0, 0, VPass},
+		{"ldt", 1, 3, VFail},
+		{"ldt", 2, 0, VError},
+		{"ldt", 1, 0, VError},
+		{"ldt", 0, 3, VError},
+		{"naive", 1, 5, VCaught},
+		{"naive", 0, 0, VNoTeeth},
+	} {
+		assert.Equal(t, c.want, JudgeStress(c.tracker, c.code, c.lost), "%+v", c)
+	}
+}

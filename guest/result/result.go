@@ -1,8 +1,13 @@
-// Package result is the one result type of a catalogue cell (scenario ×
-// tracker): ldt-check fills the guest's half, the host adds what it saw
-// (kernel reports, errors, the verdict). Both sides also share the verdict
-// names, the host's judgement and the table of known kernel gaps, so a
-// verdict means the same in `labctl check`, the soak and the tests.
+// Package result is the one contract between host and guest: the wire
+// type of every guest program's result (a catalogue cell, ldt-check's
+// comparison and checkpoint run, ldt-stress, ldt-migrate: wire.go), the
+// one verdict vocabulary, and the judges that turn a result into a
+// verdict (judge.go: the negative control must be CAUGHT, a known kernel
+// gap excuses missed pages only, Verdict.Failed is the one definition of
+// a failure), with the tables of known kernel gaps (gaps.go,
+// fuzzgaps.go). ldt-check, ldt-stress and ldt-migrate fill the guest's
+// half; the host (orchestrator/cell, stress, check, soak, the tests)
+// reads the same types and adds what it saw.
 package result
 
 // Outcomes the guest gives a cell.
@@ -13,7 +18,10 @@ const (
 	NA   = "n/a"
 )
 
-// Verdict is the host's judgement of a cell.
+// Verdict is the host's judgement of a cell, and of every other step the
+// lab judges (a comparison, a checkpoint run, a stress run, a migration,
+// a soak step): the one vocabulary of check, stress, migrate, soak and the
+// tests.
 type Verdict string
 
 // Verdicts. Failed tells which of them fail a run.
@@ -28,9 +36,19 @@ const (
 	VSurvived  Verdict = "SURVIVED"   // a mutant passed this cell (informational)
 	VNotCaught Verdict = "NOT-CAUGHT" // informational negative control (redis checkpoint)
 	VError     Verdict = "ERROR"      // the run did not produce a result
+	// The soak's steps that are not cells.
+	VInfo     Verdict = "INFO"     // ran, not judged here (an mm selftest: labctl selftests compares it with vanilla)
+	VInjected Verdict = "INJECTED" // a kernel fault the soak fired on purpose: its reports are filed, not failed
+	VLab      Verdict = "LAB"      // the lab failed under the step: filed as a lab failure, not a failed cell
 )
 
-// Failed tells whether a verdict is an unexpected outcome.
+// Verdicts is the whole vocabulary, in the order tables list it.
+var Verdicts = []Verdict{VPass, VCaught, VKnownGap, VNA, VSurvived, VNotCaught, VInfo, VInjected, VFail, VNoTeeth, VSkip, VError, VLab}
+
+// Failed tells whether a verdict is an unexpected outcome: the one
+// definition every judge, table and exit status uses. A lab failure is
+// not the kernel's: it is counted apart (labctl's exit status 3, the
+// soak's lab-failures/).
 func (v Verdict) Failed() bool {
 	switch v {
 	case VFail, VNoTeeth, VSkip, VError:

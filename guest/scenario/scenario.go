@@ -1,7 +1,8 @@
 // Package scenario is the catalogue of deterministic dirty-tracking
 // scenarios of issue 4 and their oracle. Each scenario is a seeded program
-// that drives one family of kernel paths from
-// shared/research/dirty-bit-paths.md, collects with the tracker under test
+// that drives one family of the kernel paths that read or clear the dirty
+// bit (reclaim, swap, MADV_FREE, migration, THP, KSM, fork, GUP…; the
+// catalogue in README.md and kmod/README.md), collects with the tracker under test
 // after every epoch and judges the report against ground truth: missed
 // pages (written, not reported), extra pages (reported, not written:
 // counted and classified, never failed) and corrupted pages (content that

@@ -159,6 +159,7 @@ func agMadvFree(s *set, r *rand.Rand) (int, error) {
 		for p := first; p < first+n; p++ {
 			s.store(p, r.IntN(pg), tagMadvFree<<56|uint64(r.Uint32()))
 		}
+		s.effect("madvfree", "pages lazily freed, then rewritten", n)
 		return nil
 	})
 }
@@ -169,6 +170,10 @@ func agPageout(s *set, r *rand.Rand) (int, error) {
 		if err := unix.Madvise(s.bytes(first, n), unix.MADV_PAGEOUT); err != nil {
 			return fmt.Errorf("MADV_PAGEOUT: %w", err)
 		}
+		s.effect("pageout", "pages advised out", n)
+		// mincore right after: a page reclaim wrote out and freed is not
+		// resident (the writers may fault it back in at once).
+		s.effect("pageout", "pages not resident right after (swapped out)", n-resident(s.bytes(first, n)))
 		return nil
 	})
 }
@@ -186,11 +191,23 @@ func agMigrate(s *set, r *rand.Rand) (int, error) {
 			dst[i] = node
 		}
 		const mpolMFMove = 1 << 1
+		// Where the pages are first (nodes NULL: query only), so that a
+		// page already on the target node is not counted as migrated.
+		was := make([]int32, n)
+		unix.Syscall6(unix.SYS_MOVE_PAGES, 0, uintptr(n), uintptr(unsafe.Pointer(&addrs[0])), 0, uintptr(unsafe.Pointer(&was[0])), 0)
 		_, _, e := unix.Syscall6(unix.SYS_MOVE_PAGES, 0, uintptr(n), uintptr(unsafe.Pointer(&addrs[0])),
 			uintptr(unsafe.Pointer(&dst[0])), uintptr(unsafe.Pointer(&status[0])), mpolMFMove)
 		if e != 0 && e != unix.ENOENT && e != unix.EBUSY {
 			return fmt.Errorf("move_pages: %w", e)
 		}
+		moved := 0
+		for i := range status {
+			if status[i] == node && was[i] >= 0 && was[i] != node {
+				moved++
+			}
+		}
+		s.effect("migrate", "pages asked to move", n)
+		s.effect("migrate", "pages migrated to the other node", moved)
 		return nil
 	})
 }
@@ -199,6 +216,12 @@ func agTHPSplit(s *set, r *rand.Rand) (int, error) {
 	return loop(s, 5*time.Millisecond, func() error {
 		first, n := s.run(r, 8)
 		b := s.bytes(first, n)
+		if _, fl, err := pagemap.Self(s.addr(first)); err == nil && fl&pagemap.KPFTHP != 0 {
+			// A PMD-mapped THP splits there (vmstat thp_split_pmd says
+			// how often; a PTE-mapped one is in a THP folio too).
+			s.effect("thp-split", "mprotect pairs on pages of a THP folio", 1)
+		}
+		s.effect("thp-split", "mprotect RW->RWX->RW pairs", 1)
 		// Writers never fault: the range stays writable throughout.
 		if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC); err != nil {
 			return fmt.Errorf("mprotect RWX: %w", err)
@@ -226,6 +249,9 @@ func agTHPCollapse(s *set, r *rand.Rand) (int, error) {
 		// returns for swapped-out PTEs and a VMA changed meanwhile.
 		if unix.Madvise(s.bytes(first, 512), madvCollapse) == nil {
 			done++
+			s.effect("thp-collapse", "2 MiB ranges collapsed", 1)
+		} else {
+			s.effect("thp-collapse", "collapses the kernel declined", 1)
 		}
 		return nil
 	})
@@ -242,6 +268,7 @@ func agGUPWrite(s *set, r *rand.Rand) (int, error) {
 		if _, err := unix.ProcessVMWritev(pid, local, remote, 0); err != nil {
 			return fmt.Errorf("process_vm_writev: %w", err)
 		}
+		s.effect("gup-write", "pages written through process_vm_writev", 1)
 		return nil
 	})
 }
@@ -270,6 +297,7 @@ func agODirect(s *set, r *rand.Rand) (int, error) {
 		if _, err := unix.Pread(fd, s.bytes(first, n), off); err != nil {
 			return fmt.Errorf("O_DIRECT pread: %w", err)
 		}
+		s.effect("odirect", "pinned pages written by the device (O_DIRECT)", n)
 		return nil
 	})
 }
@@ -287,6 +315,7 @@ func agProcMem(s *set, r *rand.Rand) (int, error) {
 		if _, err := f.WriteAt(b[:], int64(s.addr(p))+int64(r.IntN(pg/8)*8)); err != nil {
 			return fmt.Errorf("pwrite /proc/self/mem: %w", err)
 		}
+		s.effect("procmem", "pages written through /proc/self/mem", 1)
 		return nil
 	})
 }
@@ -331,12 +360,29 @@ func agUffdWP(s *set, r *rand.Rand) (int, error) {
 		first, n := s.run(r, 64)
 		for _, mode := range []uint64{uffdWPModeWP, 0} {
 			wp := [3]uint64{uint64(s.addr(first)), uint64(n * pg), mode}
-			if err := uffdIoctl(int(fd), 0x06, 24, unsafe.Pointer(&wp)); err != nil && !errors.Is(err, unix.EAGAIN) {
+			err := uffdIoctl(int(fd), 0x06, 24, unsafe.Pointer(&wp))
+			if err != nil && !errors.Is(err, unix.EAGAIN) {
 				return fmt.Errorf("UFFDIO_WRITEPROTECT: %w", err)
+			}
+			if err == nil && mode == uffdWPModeWP {
+				s.effect("uffd-wp", "pages write-protected, then unprotected", n)
 			}
 		}
 		return nil
 	})
+}
+
+// resident counts the resident pages of b (mincore).
+func resident(b []byte) int {
+	vec := make([]byte, (len(b)+pg-1)/pg)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		return len(vec) // unknown: count none as paged out
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }
 
 // pageState describes the page at addr for a lost-write report.

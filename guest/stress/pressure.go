@@ -82,6 +82,16 @@ func agMemcg(s *set, r *rand.Rand) (int, error) {
 	high := filepath.Join(dir, "memory.high")
 	defer os.WriteFile(high, []byte("max"), 0)
 	squeeze := strconv.Itoa(max(s.n*pg/4, 4<<20))
+	// What the squeeze made reclaim do to this cgroup (its own counters).
+	defer func() {
+		st := cgroupStat(filepath.Join(dir, "memory.stat"))
+		// cgroup v2 has no pswpout: pgsteal is what reclaim took from
+		// the cgroup (its anonymous pages go to swap), pgmajfault the
+		// faults that read pages back.
+		s.effect("memcg", "pages reclaimed from the cgroup (memory.stat pgsteal)", int(st["pgsteal"]))
+		s.effect("memcg", "major faults in the cgroup (swap-ins, memory.stat pgmajfault)", int(st["pgmajfault"]))
+		s.effect("memcg", "memory.high breaches (memory.events high)", int(cgroupStat(filepath.Join(dir, "memory.events"))["high"]))
+	}()
 	return loop(s, time.Millisecond, func() error {
 		if err := os.WriteFile(high, []byte(squeeze), 0); err != nil {
 			return fmt.Errorf("memcg: memory.high: %w", err)
@@ -110,6 +120,7 @@ func agFork(s *set, r *rand.Rand) (int, error) {
 			unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
 			unix.RawSyscall(unix.SYS_EXIT_GROUP, 0, 0, 0)
 		}
+		s.effect("fork", "forks (the set shared copy-on-write)", 1)
 		var ws unix.WaitStatus
 		for {
 			_, err := unix.Wait4(int(pid), &ws, 0, nil)
@@ -146,6 +157,13 @@ func agKSM(s *set, r *rand.Rand) (int, error) {
 		src := s.bytes(first, 1)
 		for p := first + 1; p < first+n; p++ {
 			copy(s.bytes(p, 1), src)
+		}
+		s.effect("ksm", "pages made identical", n-1)
+		// ksmd's merges into this process (a level: the largest seen).
+		if b, err := os.ReadFile("/proc/self/ksm_merging_pages"); err == nil {
+			if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				s.maxEffect("ksm", "pages merged by ksmd (most at once, /proc/self/ksm_merging_pages)", v)
+			}
 		}
 		return nil
 	})
@@ -187,10 +205,11 @@ func agNUMABalancing(s *set, r *rand.Rand) (int, error) {
 		return 0, fmt.Errorf("numa-balancing: %w", err)
 	}
 	defer restore()
-	before := vmstat("numa_hint_faults")
+	before, migBefore := vmstat("numa_hint_faults"), vmstat("numa_pages_migrated")
 	for !s.stop.Load() {
 		time.Sleep(10 * time.Millisecond)
 	}
+	s.effect("numa-balancing", "pages migrated by NUMA balancing (vmstat numa_pages_migrated, all causes)", int(vmstat("numa_pages_migrated")-migBefore))
 	return int(vmstat("numa_hint_faults") - before), nil
 }
 
@@ -205,6 +224,19 @@ func vmstat(name string) int64 {
 	return 0
 }
 
+// cgroupStat reads a cgroup's "key value" file (memory.stat, memory.events).
+func cgroupStat(path string) map[string]int64 {
+	out := map[string]int64{}
+	b, _ := os.ReadFile(path)
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 2 {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			out[f[0]] = v
+		}
+	}
+	return out
+}
+
 func needCompaction(o Options) string {
 	if _, err := os.Stat("/proc/sys/vm/compact_memory"); err != nil {
 		return "kernel without CONFIG_COMPACTION"
@@ -215,7 +247,11 @@ func needCompaction(o Options) string {
 // agCompact's actions are the pages compaction isolated to migrate or to
 // migrate into meanwhile (vmstat compact_isolated), not its writes.
 func agCompact(s *set, r *rand.Rand) (int, error) {
-	before := vmstat("compact_isolated")
+	before, migBefore := vmstat("compact_isolated"), vmstat("compact_migrate_scanned")
+	defer func() {
+		s.effect("compact", "pages isolated (vmstat compact_isolated, all causes)", int(vmstat("compact_isolated")-before))
+		s.effect("compact", "pages scanned to migrate (vmstat compact_migrate_scanned, all causes)", int(vmstat("compact_migrate_scanned")-migBefore))
+	}()
 	_, err := loop(s, 100*time.Millisecond, func() error {
 		if err := os.WriteFile("/proc/sys/vm/compact_memory", []byte("1"), 0); err != nil {
 			return fmt.Errorf("compact: %w", err)

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"ldtlab/guest/result"
 	"ldtlab/guest/tracker"
 )
 
@@ -47,43 +48,11 @@ type Options struct {
 	Open func(start, end uintptr) (tracker.Tracker, error)
 }
 
-// Lost is one page whose memory differs from the shadow at the end.
-type Lost struct {
-	Addr    uintptr  `json:"addr"`
-	Epoch   int      `json:"epoch"`
-	State   string   `json:"state"`   // pagemap/kpageflags/NUMA facts
-	Sources []string `json:"sources"` // who wrote the words the shadow lacks
-}
+// Lost is result.StressLost: the wire type is shared with the host.
+type Lost = result.StressLost
 
-// Result is the outcome of a run.
-type Result struct {
-	Tracker     string         `json:"tracker"`
-	Seed        uint64         `json:"seed"`
-	Pages       int            `json:"pages"`
-	Writers     int            `json:"writers"`
-	Epochs      int            `json:"epochs"`
-	DurationMS  int64          `json:"duration_ms"`
-	Writes      uint64         `json:"writes"`
-	Collections int            `json:"collections"`
-	Copied      uint64         `json:"pages_copied"`
-	Agitators   map[string]int `json:"agitators"` // name -> actions done
-	LostPages   int            `json:"lost_pages"`
-	// LostBySource counts lost pages by who wrote the missing words
-	// (a page with several writers counts for each).
-	LostBySource map[string]int `json:"lost_by_source,omitempty"`
-	Lost         []Lost         `json:"lost,omitempty"` // the first few
-	// LostPerEpoch lists the epoch of every lost page (for the soak).
-	LostPerEpoch []int    `json:"lost_epochs,omitempty"`
-	Notes        []string `json:"notes,omitempty"`
-}
-
-// Verdict is "pass" when nothing was lost.
-func (r *Result) Verdict() string {
-	if r.LostPages == 0 {
-		return "pass"
-	}
-	return "fail"
-}
+// Result is result.Stress: the wire type is shared with the host.
+type Result = result.Stress
 
 // set is the working set shared by writers, collector and agitators.
 type set struct {
@@ -91,6 +60,38 @@ type set struct {
 	base uintptr
 	n    int
 	stop atomic.Bool
+
+	fxMu sync.Mutex
+	fx   map[string]map[string]int
+}
+
+// effect counts n of what agitator achieved (safe from every agitator).
+func (s *set) effect(agitator, what string, n int) {
+	if n == 0 {
+		return
+	}
+	s.fxMu.Lock()
+	defer s.fxMu.Unlock()
+	if s.fx == nil {
+		s.fx = map[string]map[string]int{}
+	}
+	if s.fx[agitator] == nil {
+		s.fx[agitator] = map[string]int{}
+	}
+	s.fx[agitator][what] += n
+}
+
+// maxEffect keeps the largest n seen (a level, such as merged pages).
+func (s *set) maxEffect(agitator, what string, n int) {
+	s.fxMu.Lock()
+	defer s.fxMu.Unlock()
+	if s.fx == nil {
+		s.fx = map[string]map[string]int{}
+	}
+	if s.fx[agitator] == nil {
+		s.fx[agitator] = map[string]int{}
+	}
+	s.fx[agitator][what] = max(s.fx[agitator][what], n)
 }
 
 func (s *set) addr(p int) uintptr { return s.base + uintptr(p)*pg }
@@ -175,6 +176,7 @@ func Run(o Options) (*Result, error) {
 	for e := range o.Epochs {
 		if err := epoch(s, o, e, ags, res, copyReported); err != nil {
 			res.DurationMS = time.Since(start).Milliseconds()
+			res.Effects = s.fx
 			return res, err
 		}
 		// Every page must now be identical: a difference is a write the
@@ -200,6 +202,7 @@ func Run(o Options) (*Result, error) {
 		}
 	}
 	res.DurationMS = time.Since(start).Milliseconds()
+	res.Effects = s.fx
 	names := make([]string, 0, len(ags))
 	for _, a := range ags {
 		names = append(names, a.name)

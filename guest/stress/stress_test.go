@@ -76,3 +76,36 @@ func TestSources(t *testing.T) {
 	assert.Equal(t, []string{"zeroed"}, sources(word(7), zero))
 	assert.Empty(t, sources(zero, zero))
 }
+
+// Agitators count what they achieved, not only how often they ran: each
+// effect an agitator that runs anywhere (no swap, no NUMA needed) reports
+// must be there after a short run, and match its actions where one
+// action is one effect.
+func TestEffectsCounted(t *testing.T) {
+	cases := []struct {
+		agitator, effect string
+		perAction        bool // one effect per action
+	}{
+		{"madvfree", "pages lazily freed, then rewritten", false},
+		{"gup-write", "pages written through process_vm_writev", true},
+		{"procmem", "pages written through /proc/self/mem", true},
+	}
+	for _, c := range cases {
+		t.Run(c.agitator, func(t *testing.T) {
+			res, err := Run(Options{
+				Tracker: "fake", Pages: 64, Writers: 1, Duration: 200 * time.Millisecond, Epochs: 1,
+				Agitators: []string{c.agitator}, Seed: 2,
+				Open: func(start, end uintptr) (tracker.Tracker, error) { return &fake{start, end, true}, nil },
+			})
+			require.NoError(t, err)
+			require.Greater(t, res.Agitators[c.agitator], 0)
+			got := res.Effects[c.agitator][c.effect]
+			assert.Greater(t, got, 0, "effects: %v", res.Effects)
+			if c.perAction {
+				assert.Equal(t, res.Agitators[c.agitator], got)
+			} else {
+				assert.GreaterOrEqual(t, got, res.Agitators[c.agitator], "each action frees at least one page")
+			}
+		})
+	}
+}

@@ -20,9 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 )
 
@@ -239,7 +237,7 @@ func (s *Store) Check(key string) (string, error) {
 		// Written before manifests existed: record one now (once), so
 		// that later damage is caught.
 		if m, err = makeManifest(p); err == nil {
-			WriteJSON(filepath.Join(p, manifestFile), m)
+			fileutil.WriteJSON(filepath.Join(p, manifestFile), m)
 		}
 		return p, nil
 	}
@@ -440,7 +438,7 @@ func (s *Store) BuildContext(ctx context.Context, key string, fill func(dir stri
 	s.removeStale(key)
 	tmp, err := os.MkdirTemp(s.Root, key+".tmp-")
 	if err != nil {
-		return "", false, fmt.Errorf("creating cache entry: %w", Explain(s.Root, err))
+		return "", false, fmt.Errorf("creating cache entry: %w", fileutil.Explain(s.Root, err))
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		os.RemoveAll(tmp)
@@ -453,14 +451,14 @@ func (s *Store) BuildContext(ctx context.Context, key string, fill func(dir stri
 	if s.Verify {
 		m, err := makeManifest(tmp)
 		if err == nil {
-			err = WriteJSON(filepath.Join(tmp, manifestFile), m)
+			err = fileutil.WriteJSON(filepath.Join(tmp, manifestFile), m)
 		}
 		if err != nil {
 			os.RemoveAll(tmp)
 			return "", false, fmt.Errorf("recording the manifest of cache entry %s: %w", key, err)
 		}
 	}
-	if err := WriteFileAtomic(filepath.Join(tmp, completeMarker), []byte(key+"\n"), 0o644); err != nil {
+	if err := fileutil.WriteFileAtomic(filepath.Join(tmp, completeMarker), []byte(key+"\n"), 0o644); err != nil {
 		os.RemoveAll(tmp)
 		return "", false, err
 	}
@@ -496,8 +494,8 @@ func syncDir(dir string) {
 func Lock(ctx context.Context, path string) (func(), error) {
 	said := false
 	for {
-		unlock, err := TryLock(path)
-		if !errors.Is(err, ErrLocked) {
+		unlock, err := fileutil.TryLock(path)
+		if !errors.Is(err, fileutil.ErrLocked) {
 			return unlock, err
 		}
 		if !said {
@@ -510,107 +508,4 @@ func Lock(ctx context.Context, path string) (func(), error) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// TryLock takes an exclusive flock on path without waiting: it fails at
-// once when another process holds it.
-func TryLock(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("opening lock %s: %w", path, Explain(path, err))
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, ErrLocked
-		}
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	return func() {
-		unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		f.Close()
-	}, nil
-}
-
-// ErrLocked: another process holds the lock.
-var ErrLocked = errors.New("held by another process")
-
-// WriteJSON writes v as indented JSON to path atomically.
-func WriteJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return WriteFileAtomic(path, append(b, '\n'), 0o644)
-}
-
-// WriteFileAtomic is atomicfile.WriteFile (temporary file, fsync, rename,
-// fsync of the directory: a reader sees the old content or the new, never
-// a torn file, even after a crash) with errors that name path and say
-// when the disk is full.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	err := atomicfile.WriteFile(path, data, mode)
-	if err != nil {
-		return Explain(path, err)
-	}
-	return nil
-}
-
-// Explain rewrites a write error on path so that a full disk reads
-// "no space left on <path>" (the error is still errors.Is ENOSPC).
-func Explain(path string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		return fmt.Errorf("no space left on %s (%s): %w", path, mountHint(path), err)
-	}
-	var pe *fs.PathError
-	if errors.As(err, &pe) && pe.Path == path {
-		return err
-	}
-	return fmt.Errorf("writing %s: %w", path, err)
-}
-
-// SpaceHint is "; no space left on DIR (...)" when the filesystem holding
-// dir has less than min bytes free, else "". For errors whose cause may be
-// a full disk that could not even be recorded (a build log, a state file).
-func SpaceHint(dir string, min uint64) string {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return ""
-	}
-	free := st.Bavail * uint64(st.Bsize)
-	if free >= min {
-		return ""
-	}
-	return fmt.Sprintf("; no space left on %s: its filesystem has %d KiB free", dir, free>>10)
-}
-
-// mountHint names the directory whose filesystem is full.
-func mountHint(path string) string {
-	dir := filepath.Dir(path)
-	var st unix.Statfs_t
-	if unix.Statfs(dir, &st) == nil {
-		return fmt.Sprintf("its filesystem has %d KiB free", st.Bavail*uint64(st.Bsize)/1024)
-	}
-	return "its filesystem is full"
-}
-
-// CopyFile copies src to dst with mode.
-func CopyFile(src, dst string, mode os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return Explain(dst, err)
-	}
-	return Explain(dst, out.Close())
 }

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"ldtlab/internal/fileutil"
 )
 
 func writeFile(t *testing.T, path, content string) {
@@ -356,68 +357,11 @@ func TestLockBadPath(t *testing.T) {
 	assert.Contains(t, err.Error(), "x.lock")
 }
 
-func TestWriteFileAtomic(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "f")
-	require.NoError(t, WriteFileAtomic(path, []byte("one"), 0o600))
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	assert.Equal(t, "one", string(b))
-	st, err := os.Stat(path)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
-
-	require.NoError(t, WriteFileAtomic(path, []byte("two"), 0o644))
-	b, err = os.ReadFile(path)
-	require.NoError(t, err)
-	assert.Equal(t, "two", string(b))
-	st, err = os.Stat(path)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o644), st.Mode().Perm())
-
-	assert.Equal(t, []string{"f"}, entries(t, dir), "no temporary file left behind")
-
-	assert.Error(t, WriteFileAtomic(filepath.Join(dir, "missing", "f"), []byte("x"), 0o644))
-}
-
-func TestWriteJSON(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "m.json")
-	type meta struct {
-		Key  string   `json:"key"`
-		List []string `json:"list"`
-	}
-	require.NoError(t, WriteJSON(path, meta{Key: "k", List: []string{"a", "b"}}))
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	assert.Equal(t, "{\n  \"key\": \"k\",\n  \"list\": [\n    \"a\",\n    \"b\"\n  ]\n}\n", string(b))
-	var m meta
-	require.NoError(t, json.Unmarshal(b, &m))
-	assert.Equal(t, "k", m.Key)
-
-	assert.Error(t, WriteJSON(path, make(chan int)), "unencodable value")
-	b2, _ := os.ReadFile(path)
-	assert.Equal(t, b, b2, "a failed write leaves the old file")
-}
-
-func TestCopyFile(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src")
-	writeFile(t, src, "data")
-	dst := filepath.Join(dir, "dst")
-	require.NoError(t, CopyFile(src, dst, 0o755))
-	b, err := os.ReadFile(dst)
-	require.NoError(t, err)
-	assert.Equal(t, "data", string(b))
-	st, _ := os.Stat(dst)
-	assert.Equal(t, os.FileMode(0o755), st.Mode().Perm())
-	assert.Error(t, CopyFile(filepath.Join(dir, "nope"), dst, 0o644))
-}
-
 // ^C while someone else holds the lock returns at once, not when they
 // are done.
 func TestLockGivesUpWithContext(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.lock")
-	unlock, err := TryLock(path)
+	unlock, err := fileutil.TryLock(path)
 	require.NoError(t, err)
 	defer unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)

@@ -21,6 +21,7 @@ import (
 
 	"ldtlab/images/cache"
 	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
 	"ldtlab/internal/procutil"
 )
@@ -45,6 +46,11 @@ type Options struct {
 	// (images/config/ldt-off.config instead of ldt.config): `labctl
 	// series-check` proves that every prefix builds both ways.
 	LDTOff bool
+	// DebugInfo merges images/config/debuginfo.config last: DWARF in
+	// vmlinux and the kernel's gdb scripts (lx-dmesg, lx-ps) kept in the
+	// cache entry, for post-mortem debugging. Its own key and work
+	// directory; without it the key is what it always was.
+	DebugInfo bool
 }
 
 // Meta is written as meta.json into every kernel cache entry.
@@ -75,6 +81,9 @@ type Meta struct {
 	// Device is whether the patched tree has mm/ldt.c (/dev/ldt); nil on
 	// entries built before it was recorded (all had it).
 	Device *bool `json:"ldt_device,omitempty"`
+	// DebugInfo: vmlinux has DWARF and the entry holds vmlinux-gdb.py
+	// and scripts/gdb (Build.GDBScripts).
+	DebugInfo bool `json:"debuginfo,omitempty"`
 }
 
 // Build is a complete kernel cache entry.
@@ -82,20 +91,23 @@ type Build struct {
 	Dir     string
 	BzImage string // bzImage
 	Vmlinux string // vmlinux with symbols, for gdb
-	Modules string // root of lib/modules/<release>
+	// GDBScripts is vmlinux-gdb.py next to vmlinux (the lx- commands),
+	// "" when the build has no debug info.
+	GDBScripts string
+	Modules    string // root of lib/modules/<release>
 	// SelftestDir holds the static mm selftests built from the same tree.
 	SelftestDir string
 	Meta        Meta
 }
 
 // Variant names the build for humans: "debug", "perf-vanilla",
-// "debug+0001-0005" (part of the series), "debug+0001-0005,ldt=n".
+// "debug+0001-0005" (part of the series), "debug+0001-0005,ldt=n",
+// "debug,debuginfo".
 func (o Options) Variant() string {
 	v := o.config()
 	if o.Vanilla {
-		return v + "-vanilla"
-	}
-	if o.Patches != "" || o.Without != "" {
+		v += "-vanilla"
+	} else if o.Patches != "" || o.Without != "" {
 		if sel, err := o.Selection(); err == nil && !sel.Full() {
 			v += "+" + sel.Spec()
 		} else if err != nil {
@@ -105,11 +117,14 @@ func (o Options) Variant() string {
 			}
 		}
 	}
-	if o.LDTOff {
+	if o.LDTOff && !o.Vanilla {
 		if !strings.Contains(v, "+") {
 			v += "+all"
 		}
 		v += ",ldt=n"
+	}
+	if o.DebugInfo {
+		v += ",debuginfo"
 	}
 	return v
 }
@@ -128,11 +143,16 @@ func (p *plan) workName() string {
 	v := p.opts.config()
 	switch {
 	case p.opts.Vanilla:
-		return v + "-vanilla"
+		v += "-vanilla"
 	case p.opts.LDTOff:
-		return v + "-ldt-n"
+		v += "-ldt-n"
 	case !p.sel.Full():
-		return v + "-subset"
+		v += "-subset"
+	}
+	if p.opts.DebugInfo {
+		// Apart: DWARF changes every object's flags, so sharing would
+		// rebuild everything at each switch.
+		v += "-debuginfo"
 	}
 	return v
 }
@@ -216,6 +236,10 @@ func newPlan(o Options) (*plan, error) {
 		for _, n := range p.sel.Applied {
 			p.patches = append(p.patches, filepath.Join(o.Repo, "kmod", "patches", n))
 		}
+	}
+	if o.DebugInfo {
+		// Last, so it wins; hashed into the key like every fragment.
+		p.fragments = append(p.fragments, filepath.Join(cfgDir, "debuginfo.config"))
 	}
 	if p.modules, err = moduleDirs(filepath.Join(o.Repo, "kmod")); err != nil {
 		return nil, err
@@ -376,6 +400,9 @@ func load(dir string) (*Build, error) {
 	if err := readJSON(filepath.Join(dir, "meta.json"), &b.Meta); err != nil {
 		return nil, fmt.Errorf("reading kernel build metadata in %s: %w", dir, err)
 	}
+	if b.Meta.DebugInfo {
+		b.GDBScripts = filepath.Join(dir, "vmlinux-gdb.py")
+	}
 	return b, nil
 }
 
@@ -424,9 +451,9 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		keep := filepath.Join(root, "logs", p.key+".log")
 		cache.MkdirPrivate(filepath.Dir(keep))
 		logFile.Sync()
-		cache.CopyFile(logPath, keep, 0o644)
+		fileutil.CopyFile(logPath, keep, 0o644)
 		b, _ := os.ReadFile(logPath)
-		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.variant, what, err, cache.SpaceHint(work, 256<<20), keep, lines.Last(string(b), 30))
+		return fmt.Errorf("kernel build (%s) failed while %s: %w%s\n--- last lines of %s ---\n%s", p.variant, what, err, fileutil.SpaceHint(work, 256<<20), keep, lines.Last(string(b), 30))
 	}
 
 	srcDir := filepath.Join(work, "src")
@@ -473,10 +500,15 @@ func (p *plan) build(ctx context.Context, dst string) error {
 			return err
 		}
 		for _, ko := range kos {
-			if err := cache.CopyFile(ko, filepath.Join(extra, filepath.Base(ko)), 0o644); err != nil {
+			if err := fileutil.CopyFile(ko, filepath.Join(extra, filepath.Base(ko)), 0o644); err != nil {
 				return err
 			}
 			modNames = append(modNames, filepath.Base(ko))
+		}
+	}
+	if p.opts.DebugInfo {
+		if err := p.keepGDBScripts(ctx, srcDir, outDir, dst, logFile); err != nil {
+			return fail("installing the gdb scripts", err)
 		}
 	}
 	stBuilt, stFailed, err := p.buildSelftests(ctx, srcDir, outDir, dst, logFile)
@@ -489,7 +521,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		filepath.Join(outDir, ".config"):               "config",
 		filepath.Join(outDir, "System.map"):            "System.map",
 	} {
-		if err := cache.CopyFile(src, filepath.Join(dst, name), 0o644); err != nil {
+		if err := fileutil.CopyFile(src, filepath.Join(dst, name), 0o644); err != nil {
 			return fail("copying "+name, err)
 		}
 	}
@@ -499,14 +531,14 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		}
 	}
 	logFile.Sync()
-	cache.CopyFile(logPath, filepath.Join(dst, "build.log"), 0o644)
+	fileutil.CopyFile(logPath, filepath.Join(dst, "build.log"), 0o644)
 
 	meta := Meta{
 		Key: p.key, SourcePackage: SourcePackage, SourceVersion: p.src.Version,
 		KernelRelease: release, Config: p.opts.config(), Vanilla: p.opts.Vanilla,
 		Modules: modNames, Compiler: p.compiler, BuiltAt: time.Now().UTC(),
 		Selftests: stBuilt, SelftestsFail: stFailed, Omitted: p.sel.Omitted,
-		BuildSeconds: time.Since(start).Seconds(), Cold: cold,
+		BuildSeconds: time.Since(start).Seconds(), Cold: cold, DebugInfo: p.opts.DebugInfo,
 	}
 	for _, pt := range p.patches {
 		meta.Patches = append(meta.Patches, filepath.Base(pt))
@@ -523,7 +555,7 @@ func (p *plan) build(ctx context.Context, dst string) error {
 		}
 	}
 	p.logf("built %s in %s", release, time.Since(start).Round(time.Second))
-	return cache.WriteJSON(filepath.Join(dst, "meta.json"), meta)
+	return fileutil.WriteJSON(filepath.Join(dst, "meta.json"), meta)
 }
 
 // prepareTree makes srcDir a hard-link farm of the pristine tree with the
@@ -861,6 +893,6 @@ func copyTree(src, dst string) error {
 		if !info.Mode().IsRegular() {
 			return nil
 		}
-		return cache.CopyFile(path, target, info.Mode().Perm())
+		return fileutil.CopyFile(path, target, info.Mode().Perm())
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -608,4 +609,96 @@ func TestSanitizeConfig(t *testing.T) {
 
 	_, err = Key(Options{Repo: repo, Tarball: tarball, Config: "kasan"})
 	assert.ErrorContains(t, err, `unknown kernel config "kasan"`)
+}
+
+// TestDebugInfoKey: --debuginfo is a build of its own (the fragment is
+// merged last and hashed), and it leaves the ordinary kernels' keys alone:
+// adding or editing debuginfo.config must not rebuild them.
+func TestDebugInfoKey(t *testing.T) {
+	needGCC(t)
+	t.Setenv("LDTLAB_CACHE", t.TempDir())
+	repo, tarball := fakeRepo(t)
+	for _, c := range []struct {
+		name string
+		o    Options
+	}{
+		{"debug", Options{Repo: repo, Tarball: tarball}},
+		{"debug-vanilla", Options{Repo: repo, Tarball: tarball, Vanilla: true}},
+		{"perf", Options{Repo: repo, Tarball: tarball, Config: "perf"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := filepath.Join(repo, "images", "config", "debuginfo.config")
+			os.Remove(cfg)
+			plain, err := Key(c.o)
+			require.NoError(t, err)
+			writeFile(t, cfg, "CONFIG_DEBUG_INFO=y\n")
+			again, err := Key(c.o)
+			require.NoError(t, err)
+			assert.Equal(t, plain, again, "debuginfo.config is not part of the ordinary build")
+
+			d := c.o
+			d.DebugInfo = true
+			p, err := newPlan(d)
+			require.NoError(t, err)
+			assert.Equal(t, "debuginfo.config", filepath.Base(p.fragments[len(p.fragments)-1]), "merged last, so it wins")
+			assert.NotEqual(t, plain, p.key)
+			writeFile(t, cfg, "CONFIG_DEBUG_INFO=y\nCONFIG_GDB_SCRIPTS=y\n")
+			k2, err := Key(d)
+			require.NoError(t, err)
+			assert.NotEqual(t, p.key, k2, "an edit of debuginfo.config rebuilds the debuginfo kernel")
+		})
+	}
+}
+
+// TestDebugInfoFragment: the real fragment asks for DWARF and the gdb
+// scripts, and never for DEBUG_INFO_REDUCED (the lx- commands need the
+// full types).
+func TestDebugInfoFragment(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "config", "debuginfo.config"))
+	require.NoError(t, err)
+	m := ParseConfig(string(b))
+	for k, want := range map[string]string{
+		"CONFIG_DEBUG_INFO": "y", "CONFIG_GDB_SCRIPTS": "y", "CONFIG_DEBUG_INFO_NONE": "n", "CONFIG_DEBUG_INFO_REDUCED": "n",
+	} {
+		assert.Equal(t, want, m[k], k)
+	}
+}
+
+// TestKeepGDBScripts: the entry gets real copies of vmlinux-gdb.py and
+// scripts/gdb/linux/*.py, which in the object directory are symlinks
+// into the work tree (replaced by the next build), laid out as
+// vmlinux-gdb.py expects: its own directory + "/scripts/gdb".
+func TestKeepGDBScripts(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	src, out, dst := t.TempDir(), t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(src, "scripts", "gdb", "vmlinux-gdb.py"), "import linux.utils\n")
+	writeFile(t, filepath.Join(src, "scripts", "gdb", "linux", "utils.py"), "# utils\n")
+	writeFile(t, filepath.Join(src, "scripts", "gdb", "linux", "dmesg.py"), "# dmesg\n")
+	// What the kernel's scripts_gdb target does with O=: links, plus the
+	// generated constants.py.
+	writeFile(t, filepath.Join(src, "Makefile"), `scripts_gdb:
+	mkdir -p $(O)/scripts/gdb/linux
+	ln -fsn $(CURDIR)/scripts/gdb/vmlinux-gdb.py $(O)/vmlinux-gdb.py
+	for f in $(CURDIR)/scripts/gdb/linux/*.py; do ln -fsn $$f $(O)/scripts/gdb/linux/; done
+	echo 'LX_CONFIG_DEBUG_INFO_REDUCED = 0' > $(O)/scripts/gdb/linux/constants.py
+`)
+	p := &plan{opts: Options{Log: io.Discard}, variant: "debug,debuginfo"}
+	require.NoError(t, p.keepGDBScripts(context.Background(), src, out, dst, io.Discard))
+	for _, f := range []string{"vmlinux-gdb.py", "scripts/gdb/linux/utils.py", "scripts/gdb/linux/dmesg.py", "scripts/gdb/linux/constants.py"} {
+		fi, err := os.Lstat(filepath.Join(dst, f))
+		require.NoError(t, err, f)
+		assert.True(t, fi.Mode().IsRegular(), "%s is a copy, not a link: %v", f, fi.Mode())
+	}
+	os.RemoveAll(src) // the next build replaces the work tree
+	b, err := os.ReadFile(filepath.Join(dst, "scripts", "gdb", "linux", "dmesg.py"))
+	require.NoError(t, err)
+	assert.Equal(t, "# dmesg\n", string(b))
+
+	// Without CONFIG_GDB_SCRIPTS's output, say so.
+	src2 := t.TempDir()
+	writeFile(t, filepath.Join(src2, "Makefile"), "scripts_gdb:\n\ttrue\n")
+	err = p.keepGDBScripts(context.Background(), src2, t.TempDir(), t.TempDir(), io.Discard)
+	assert.ErrorContains(t, err, "CONFIG_GDB_SCRIPTS")
 }

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 )
 
 // Selftests are the kernel's own mm selftests the lab runs on both the LDT
@@ -53,7 +53,7 @@ func (p *plan) buildSelftests(ctx context.Context, srcDir, outDir, dst string, l
 			failed = append(failed, t)
 			continue
 		}
-		if err := cache.CopyFile(target, filepath.Join(dstDir, t), 0o755); err != nil {
+		if err := fileutil.CopyFile(target, filepath.Join(dstDir, t), 0o755); err != nil {
 			return nil, nil, err
 		}
 		built = append(built, t)

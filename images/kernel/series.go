@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
 	"ldtlab/internal/shquote"
 )
@@ -291,7 +291,7 @@ func (p *plan) trialApply(ctx context.Context, pristine string) error {
 			if err := os.MkdirAll(filepath.Dir(filepath.Join(tmp, f)), 0o755); err != nil {
 				return err
 			}
-			if err := cache.CopyFile(filepath.Join(pristine, f), filepath.Join(tmp, f), 0o644); err != nil {
+			if err := fileutil.CopyFile(filepath.Join(pristine, f), filepath.Join(tmp, f), 0o644); err != nil {
 				return err
 			}
 		}
@@ -404,6 +404,9 @@ func (o Options) Flags() string {
 	}
 	if o.LDTOff {
 		f += " --ldt=n"
+	}
+	if o.DebugInfo {
+		f += " --debuginfo"
 	}
 	return f
 }

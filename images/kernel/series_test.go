@@ -244,6 +244,8 @@ func TestVariantAndFlags(t *testing.T) {
 		{Options{Repo: repo, LDTOff: true}, "debug+all,ldt=n", " --ldt=n"},
 		{Options{Repo: repo, Patches: "0001-0003", LDTOff: true}, "debug+0001-0003,ldt=n", " --patches 0001-0003 --ldt=n"},
 		{Options{Repo: repo, Vanilla: true, Config: "perf"}, "perf-vanilla", " --config perf --vanilla"},
+		{Options{Repo: repo, DebugInfo: true}, "debug,debuginfo", " --debuginfo"},
+		{Options{Repo: repo, Vanilla: true, DebugInfo: true}, "debug-vanilla,debuginfo", " --vanilla --debuginfo"},
 	} {
 		assert.Equal(t, c.variant, c.o.Variant(), "%+v", c.o)
 		assert.Equal(t, c.flags, c.o.Flags(), "%+v", c.o)
@@ -255,13 +257,16 @@ func TestVariantAndFlags(t *testing.T) {
 func TestWorkName(t *testing.T) {
 	repo, _ := seriesRepo(t, 10)
 	for o, want := range map[*Options]string{
-		{Repo: repo}:                                  "debug",
-		{Repo: repo, Patches: "0001-0010"}:            "debug",
-		{Repo: repo, Patches: "0001-0005"}:            "debug-subset",
-		{Repo: repo, Without: "0003", Config: "perf"}: "perf-subset",
-		{Repo: repo, LDTOff: true}:                    "debug-ldt-n",
-		{Repo: repo, Patches: "1-3", LDTOff: true}:    "debug-ldt-n",
-		{Repo: repo, Vanilla: true}:                   "debug-vanilla",
+		{Repo: repo}:                                      "debug",
+		{Repo: repo, Patches: "0001-0010"}:                "debug",
+		{Repo: repo, Patches: "0001-0005"}:                "debug-subset",
+		{Repo: repo, Without: "0003", Config: "perf"}:     "perf-subset",
+		{Repo: repo, LDTOff: true}:                        "debug-ldt-n",
+		{Repo: repo, Patches: "1-3", LDTOff: true}:        "debug-ldt-n",
+		{Repo: repo, Vanilla: true}:                       "debug-vanilla",
+		{Repo: repo, DebugInfo: true}:                     "debug-debuginfo",
+		{Repo: repo, Config: "sanitize", DebugInfo: true}: "sanitize-debuginfo",
+		{Repo: repo, Vanilla: true, DebugInfo: true}:      "debug-vanilla-debuginfo",
 	} {
 		sel, err := o.Selection()
 		require.NoError(t, err)

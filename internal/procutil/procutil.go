@@ -37,25 +37,37 @@ func Terminate[T any](pid int, grace time.Duration, exited <-chan T) (killed boo
 const reap = 2 * time.Second
 
 // Stop ends processes that are not children of this one (a VM found
-// by its pid file), so there is no exit to wait on: it sends SIGTERM
-// to term, polls until every process of all is gone or grace has passed,
-// then sends SIGKILL to what of all is still alive and polls up to two
+// by its pid file), so there is no exit to wait on: TermWait(term, all,
+// grace), then SIGKILL to what of all is still alive, polling up to two
 // seconds more. It returns the pids still alive at the end.
 func Stop(term, all []int, grace time.Duration) []int {
+	left := TermWait(term, all, grace)
+	if len(left) == 0 {
+		return nil
+	}
+	for _, pid := range left {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	WaitGone(left, reap)
+	return stillAlive(left)
+}
+
+// TermWait sends SIGTERM to term and polls until every process of all
+// is gone or grace has passed, without killing: for a daemon that must
+// not be cut short (Stop kills). It returns the pids still alive.
+func TermWait(term, all []int, grace time.Duration) []int {
 	for _, pid := range term {
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
 	if WaitGone(all, grace) {
 		return nil
 	}
-	for _, pid := range all {
-		if Alive(pid) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-	WaitGone(all, reap)
+	return stillAlive(all)
+}
+
+func stillAlive(pids []int) []int {
 	var left []int
-	for _, pid := range all {
+	for _, pid := range pids {
 		if Alive(pid) {
 			left = append(left, pid)
 		}

@@ -75,6 +75,18 @@ func TestStop(t *testing.T) {
 	assert.False(t, Alive(all[1]))
 }
 
+// TermWait never kills: a process that ignores SIGTERM is still there,
+// and named.
+func TestTermWait(t *testing.T) {
+	stubborn, _ := start(t, "trap '' TERM; while :; do sleep 0.05; done")
+	polite, _ := start(t, "sleep 30")
+	all := []int{stubborn.Process.Pid, polite.Process.Pid}
+	left := TermWait(all, all, 300*time.Millisecond)
+	assert.Equal(t, all[:1], left)
+	assert.True(t, Alive(all[0]))
+	assert.False(t, Alive(all[1]))
+}
+
 func TestAlive(t *testing.T) {
 	assert.True(t, Alive(syscall.Getpid()))
 	assert.False(t, Alive(1<<30), "no such pid")

@@ -33,16 +33,9 @@ const (
 	KindMigrate    Kind = "migrate"
 )
 
-// Guest is what the executor needs from a booted guest (*lab.Machine; a
-// fake in unit tests).
-type Guest interface {
-	Run(ctx context.Context, cmd string) (lab.Result, error)
-	// ReportMark and ReportsSince attribute kernel reports to the cell
-	// during which they began; ReportsSince waits for a report still
-	// being printed.
-	ReportMark() int
-	ReportsSince(ctx context.Context, mark int) []report.Report
-}
+// Guest is what the executor needs from a booted guest (lab.Guest:
+// *lab.Machine, a fake in unit tests).
+type Guest = lab.Guest
 
 // Scenario is one entry of `ldt-check -list`.
 type Scenario = result.Entry
@@ -111,15 +104,15 @@ func (s Spec) scenario() string {
 // Cell is the executor's record of one cell: the kind's own result, the
 // verdict and the kernel reports that began while it ran.
 type Cell struct {
-	Name       string          `json:"name"`
-	Kind       Kind            `json:"kind"`
-	Verdict    result.Verdict  `json:"verdict"`
-	Scenario   *result.Cell    `json:"cell,omitempty"`
-	Compare    json.RawMessage `json:"compare,omitempty"`
-	Checkpoint *Checkpoint     `json:"checkpoint,omitempty"`
-	Stress     *stress.Run     `json:"stress,omitempty"`
-	Migrate    *Migrate        `json:"migrate,omitempty"`
-	Reports    []report.Report `json:"-"`
+	Name       string             `json:"name"`
+	Kind       Kind               `json:"kind"`
+	Verdict    result.Verdict     `json:"verdict"`
+	Scenario   *result.Cell       `json:"cell,omitempty"`
+	Compare    *result.Comparison `json:"compare,omitempty"`
+	Checkpoint *Checkpoint        `json:"checkpoint,omitempty"`
+	Stress     *stress.Run        `json:"stress,omitempty"`
+	Migrate    *Migrate           `json:"migrate,omitempty"`
+	Reports    []report.Report    `json:"-"`
 	// Titles of Reports ("TYPE: title"), for JSON.
 	ReportTitles []string `json:"kernel_reports,omitempty"`
 	Error        string   `json:"error,omitempty"`
@@ -134,7 +127,7 @@ func (c *Cell) Failed() bool { return c.Verdict.Failed() }
 
 // RunCell runs one cell in g and judges it. The returned Cell is always
 // filled in; the error is non-nil when the guest failed (a crash, a hang,
-// a death: the typed errors of package vm, lab.IsGuestFault) or the lab
+// a death: the typed errors of package vm, vm.IsGuestFault) or the lab
 // did, and the cell's verdict is then FAIL or ERROR.
 func RunCell(ctx context.Context, g Guest, s Spec) (*Cell, error) {
 	c := &Cell{Name: s.Name(), Kind: s.Kind}
@@ -151,10 +144,7 @@ func RunCell(ctx context.Context, g Guest, s Spec) (*Cell, error) {
 	case KindCheckpoint:
 		err = runCheckpoint(ctx, g, s, c, reports)
 	case KindStress:
-		o := s.Stress
-		if o.Seed == 0 {
-			o.Seed = s.Seed
-		}
+		o := s.stressOptions()
 		var r stress.Run
 		// RunOne attributes and judges its own reports (it knows the
 		// reference trackers' known kernel bugs).
@@ -213,11 +203,7 @@ func runScenario(ctx context.Context, g Guest, s Spec, c *Cell, reports func() [
 		c.Verdict = rc.Verdict
 		return nil
 	}
-	cmd := fmt.Sprintf("ldt-check -q -scenario %s -tracker %s -seed %d", sc.Name, s.Tracker, s.Seed)
-	if s.Epochs > 0 {
-		cmd += fmt.Sprintf(" -epochs %d", s.Epochs)
-	}
-	res, err := g.Run(ctx, cmd)
+	res, err := g.Run(ctx, s.Command())
 	c.addReports(reports())
 	rc.KernelReport = c.ReportTitles
 	if err != nil {
@@ -243,28 +229,14 @@ func runScenario(ctx context.Context, g Guest, s Spec, c *Cell, reports func() [
 
 func runCompare(ctx context.Context, g Guest, s Spec, c *Cell) error {
 	sc := s.Scenario
-	cmd := fmt.Sprintf("ldt-check -q -compare -scenario %s -seed %d", sc.Name, s.Seed)
-	if s.Epochs > 0 {
-		cmd += fmt.Sprintf(" -epochs %d", s.Epochs)
-	}
-	res, err := g.Run(ctx, cmd)
+	res, err := g.Run(ctx, s.Command())
 	if err != nil {
 		c.Verdict = result.VFail
 		return err
 	}
-	raw := LastJSON(res.Stdout)
-	var v struct {
-		Results []struct {
-			Tracker    string `json:"tracker"`
-			Outcome    string `json:"outcome"`
-			AsExpected bool   `json:"as_expected"`
-			Reason     string `json:"reason"`
-		} `json:"results"`
-		Epochs []json.RawMessage `json:"epochs"`
-		Note   string            `json:"note"`
-	}
+	var v result.Comparison
 	c.Verdict = result.VFail
-	if err := json.Unmarshal(raw, &v); err != nil {
+	if err := json.Unmarshal(LastJSON(res.Stdout), &v); err != nil {
 		c.Error = fmt.Sprintf("no JSON from ldt-check -compare (%v): %s", err, FirstLine(string(res.Stderr)))
 		return nil
 	}
@@ -279,7 +251,7 @@ func runCompare(ctx context.Context, g Guest, s Spec, c *Cell) error {
 		c.Error = "the comparison has no epochs: " + v.Note
 		return nil
 	}
-	c.Compare, c.Verdict = raw, result.VPass
+	c.Compare, c.Verdict = &v, result.VPass
 	return nil
 }
 

@@ -27,9 +27,7 @@ type Checkpoint struct {
 
 // Failed tells whether the run is an unexpected outcome (naive's
 // NOT-CAUGHT on redis is informational).
-func (cp *Checkpoint) Failed() bool {
-	return cp.Verdict != result.VPass && cp.Verdict != result.VCaught && cp.Verdict != result.VNotCaught
-}
+func (cp *Checkpoint) Failed() bool { return cp.Verdict.Failed() }
 
 // redisSetup starts redis-server in a memory cgroup far below its data set
 // (so it swaps), loads it with redis-benchmark in the background, and
@@ -61,7 +59,7 @@ func runCheckpoint(ctx context.Context, g Guest, s Spec, c *Cell, reports func()
 	var cmd string
 	switch s.Target {
 	case "synthetic":
-		cmd = fmt.Sprintf("ldt-check -q -checkpoint-synthetic -tracker %s -rounds 5 -mb 48 -seed %d", s.Tracker, s.Seed)
+		cmd = s.Command()
 	case "redis":
 		res, err := g.Run(ctx, redisSetup)
 		if err != nil {
@@ -77,7 +75,7 @@ func runCheckpoint(ctx context.Context, g Guest, s Spec, c *Cell, reports func()
 			fail("redis-server is not running")
 			return nil
 		}
-		cmd = fmt.Sprintf("ldt-check -q -checkpoint -tracker %s -pid %s -rounds 5 -interval 1s; pkill redis-benchmark; redis-cli -p 6379 shutdown nosave >/dev/null 2>&1; true", s.Tracker, pid[0])
+		cmd = fmt.Sprintf("PID=%s; %s; pkill redis-benchmark; redis-cli -p 6379 shutdown nosave >/dev/null 2>&1; true", pid[0], s.Command())
 	default:
 		fail("unknown checkpoint target %q (synthetic, redis)", s.Target)
 		return nil
@@ -90,43 +88,14 @@ func runCheckpoint(ctx context.Context, g Guest, s Spec, c *Cell, reports func()
 		return err
 	}
 	raw := LastJSON(res.Stdout)
-	var v struct {
-		Outcome  string `json:"outcome"`
-		Missed   int    `json:"missed"`
-		Compared int    `json:"compared_pages"`
-		Swapped  int    `json:"swapped_pages_at_end"`
-		Reason   string `json:"reason"`
-	}
+	var v result.Checkpoint
 	if err := json.Unmarshal(raw, &v); err != nil {
 		fail("no checkpoint result: %s", FirstLine(string(res.Stderr)))
 		return nil
 	}
-	cp.Raw, cp.Missed, cp.Compared, cp.Swapped, cp.Reason = raw, v.Missed, v.Compared, v.Swapped, v.Reason
-	cp.Verdict = judgeCheckpoint(cp, v.Outcome)
+	cp.Raw, cp.Missed, cp.Compared, cp.Swapped = raw, v.Missed, v.Compared, v.SwappedAtEnd
+	cp.Verdict, cp.Reason = result.JudgeCheckpoint(cp.Tracker, cp.Target, &v, len(cp.Reports) > 0)
 	c.Verdict = cp.Verdict
 	c.Pages = uint64(v.Compared)
 	return nil
-}
-
-func judgeCheckpoint(cp *Checkpoint, outcome string) result.Verdict {
-	switch {
-	case len(cp.Reports) > 0:
-		return result.VFail
-	case outcome == result.Skip:
-		// Nothing compared, reported or swapped: not a pass, whoever ran.
-		return result.VSkip
-	case cp.Tracker == "naive" && cp.Missed > 0:
-		return result.VCaught
-	case cp.Tracker == "naive" && cp.Target == "redis":
-		// Informational: how much redis rewrites between rounds is not ours
-		// to control, so the synthetic writer carries the negative control.
-		cp.Reason = "naive missed nothing on this redis run (informational)"
-		return result.VNotCaught
-	case cp.Tracker == "naive":
-		cp.Reason = "the negative control missed nothing: " + cp.Reason
-		return result.VNoTeeth
-	case outcome != result.Pass || cp.Missed > 0:
-		return result.VFail
-	}
-	return result.VPass
 }

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"ldtlab/guest/migrate"
 	"ldtlab/guest/result"
 	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/report"
@@ -30,6 +29,19 @@ type MigrateOptions struct {
 	Pressure bool `json:"pressure"`
 	// Keys is the size of the data set in 4 KiB values; 0 = 16000.
 	Keys int `json:"keys,omitempty"`
+}
+
+// Repro is the `labctl migrate` command line that reruns these options
+// under tracker.
+func (o MigrateOptions) Repro(tracker string) string {
+	cmd := fmt.Sprintf("labctl migrate --tracker %s --rounds %d --keys %d", shquote.Word(tracker), o.Rounds, o.Keys)
+	if o.Interval > 0 {
+		cmd += fmt.Sprintf(" --interval %s", o.Interval)
+	}
+	if o.Pressure {
+		cmd += " --pressure"
+	}
+	return cmd
 }
 
 func (o MigrateOptions) withDefaults() MigrateOptions {
@@ -335,7 +347,7 @@ func RunMigrate(ctx context.Context, src, dst Guest, s Spec, c *Cell) error {
 		return err
 	}
 	raw := LastJSON(res.Stdout)
-	var sr migrate.Result
+	var sr result.Migration
 	if jerr := json.Unmarshal(raw, &sr); jerr != nil {
 		reports()
 		fail("ldt-migrate exited %d without a result (%v): %s", res.Code, jerr, FirstLine(string(res.Stderr)))
@@ -390,11 +402,7 @@ func RunMigrate(ctx context.Context, src, dst Guest, s Spec, c *Cell) error {
 		return err
 	}
 	mg.Restore = LastJSON(res.Stdout)
-	var rr struct {
-		Outcome string `json:"outcome"`
-		Reason  string `json:"reason"`
-		Log     string `json:"log"`
-	}
+	var rr result.MigrationRestore
 	if jerr := json.Unmarshal(mg.Restore, &rr); jerr != nil {
 		reports()
 		fail("ldt-migrate -restore exited %d without a result (%v): %s", res.Code, jerr, FirstLine(string(res.Stderr)))
@@ -456,13 +464,18 @@ func judgeMigrate(mg *Migrate, died bool) {
 		// Under pressure nothing was in swap: the path naive loses
 		// pages on was not reached.
 		mg.Verdict, mg.Reason = result.VSkip, "precondition not met: no page of redis was in swap at any round"
-	case mg.Tracker == "naive" && len(caught) > 0:
-		mg.Verdict, mg.Reason = result.VCaught, "the negative control lost pages: "+strings.Join(caught, ", ")
-	case mg.Tracker == "naive" && mg.Pressure:
-		mg.Verdict, mg.Reason = result.VNoTeeth, "the negative control lost nothing under pressure"
-	case mg.Tracker == "naive":
-		// Without swap the hardware D bit alone may well be enough.
-		mg.Verdict, mg.Reason = result.VNotCaught, "naive lost nothing without memory pressure (informational)"
+	case mg.Tracker == result.Negative:
+		// Without swap the hardware D bit alone may well be enough:
+		// teeth are required under pressure only.
+		mg.Verdict = result.JudgeNegative(len(caught) > 0, mg.Pressure)
+		switch mg.Verdict {
+		case result.VCaught:
+			mg.Reason = "the negative control lost pages: " + strings.Join(caught, ", ")
+		case result.VNoTeeth:
+			mg.Reason = "the negative control lost nothing under pressure"
+		default:
+			mg.Reason = "naive lost nothing without memory pressure (informational)"
+		}
 	case len(caught) > 0:
 		mg.Verdict, mg.Reason = result.VFail, strings.Join(caught, ", ")
 	default:

@@ -74,6 +74,11 @@ func GenerateKeys(dir string) (*Keys, error) {
 			return nil, fmt.Errorf("writing %s: %w", f.name, err)
 		}
 	}
+	// Each file's rename is synced in dir; the key directory's own entry
+	// (MkdirAll above) must survive a crash too.
+	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
+		return nil, fmt.Errorf("writing keys: %w", err)
+	}
 	signer, err := ssh.NewSignerFromKey(clientPriv)
 	if err != nil {
 		return nil, err

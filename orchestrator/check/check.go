@@ -7,7 +7,6 @@ package check
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -16,13 +15,12 @@ import (
 	"time"
 
 	"ldtlab/guest/result"
-	"ldtlab/images/rootfs"
-	"ldtlab/internal/cmdline"
-	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/stress"
+	"ldtlab/orchestrator/vm"
 )
 
 // Trackers in display order.
@@ -59,80 +57,24 @@ type Options struct {
 
 // Result is the whole run, written as JSON.
 type Result struct {
-	Started    time.Time         `json:"started"`
-	Kernel     string            `json:"kernel"`
-	Variant    string            `json:"variant"`
-	Patches    []string          `json:"patches,omitempty"`         // the series' patches the kernel has
-	Omitted    []string          `json:"omitted_patches,omitempty"` // those it was built without (--patches/--without)
-	Accel      string            `json:"accel"`
-	Seed       uint64            `json:"seed"`
-	Cells      []*Cell           `json:"cells"`
-	Compare    []json.RawMessage `json:"compare,omitempty"`
-	Checkpoint []*Checkpoint     `json:"checkpoint,omitempty"`
-	Migrate    []*cell.Migrate   `json:"migrate,omitempty"`
-	Stress     []stress.Run      `json:"stress,omitempty"`
-	Reports    []string          `json:"kernel_reports,omitempty"`
+	Started    time.Time            `json:"started"`
+	Kernel     string               `json:"kernel"`
+	Variant    string               `json:"variant"`
+	Patches    []string             `json:"patches,omitempty"`         // the series' patches the kernel has
+	Omitted    []string             `json:"omitted_patches,omitempty"` // those it was built without (--patches/--without)
+	Accel      string               `json:"accel"`
+	Seed       uint64               `json:"seed"`
+	Cells      []*Cell              `json:"cells"`
+	Compare    []*result.Comparison `json:"compare,omitempty"`
+	Checkpoint []*Checkpoint        `json:"checkpoint,omitempty"`
+	Migrate    []*cell.Migrate      `json:"migrate,omitempty"`
+	Stress     []stress.Run         `json:"stress,omitempty"`
+	Reports    []string             `json:"kernel_reports,omitempty"`
 	// Problems are failures outside the cells: a comparison that did not
 	// run, a kernel report between phases, a mutant no cell caught.
 	Problems []string `json:"problems,omitempty"`
 	Seconds  float64  `json:"seconds"`
 	Failures int      `json:"failures"`
-}
-
-// GuestDefaults sizes the guest for real pressure: little RAM, zram and a
-// disk swap device, a data disk for writeback, two fake NUMA nodes for
-// migration, 2 vCPUs for the concurrency scenario.
-func GuestDefaults(o *lab.Options) {
-	if o.MemoryMiB == 0 {
-		o.MemoryMiB = 768
-	}
-	if o.CPUs < 2 {
-		o.CPUs = 2
-	}
-	if o.SwapMiB == 0 {
-		o.SwapMiB = 1024
-	}
-	if o.DataMiB <= 0 {
-		o.DataMiB = 256
-	}
-	o.Cmdline = cmdline.FakeNUMA(o.Cmdline, 2)
-	if o.Name == "" {
-		o.Name = "check"
-	}
-}
-
-// RedisFiles are shipped into the image for the checkpoint and migration
-// oracles: Debian's redis-server, redis-benchmark and redis-cli with the
-// shared libraries they link, and CRIU (rootfs.CriuFiles: Debian's criu
-// behind a small shim for the lab's kernel).
-func RedisFiles() ([]rootfs.File, error) {
-	var files []rootfs.File
-	for _, p := range []struct{ path, pkg string }{
-		{"/usr/bin/redis-server", "redis-server"},
-		{"/usr/bin/redis-benchmark", "redis-tools"},
-		{"/usr/bin/redis-cli", "redis-tools"},
-	} {
-		fs, err := rootfs.HostProgram(p.path, p.pkg)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, fs...)
-	}
-	criu, err := rootfs.CriuFiles()
-	if err != nil {
-		return nil, err
-	}
-	files = append(files, criu...)
-	// Deduplicate shared libraries.
-	seen := map[string]bool{}
-	var out []rootfs.File
-	for _, f := range files {
-		if !seen[f.Path] {
-			seen[f.Path] = true
-			out = append(out, f)
-		}
-	}
-	return out, nil
 }
 
 type runner struct {
@@ -154,9 +96,9 @@ func (r *runner) logf(format string, args ...any) {
 // The returned error is for failures of the lab itself; unexpected
 // outcomes are counted in Result.Failures.
 func Run(ctx context.Context, o Options) (*Result, error) {
-	GuestDefaults(&o.Guest)
+	preset.Pressure(&o.Guest)
 	if o.Checkpoint || o.Migrate {
-		files, err := RedisFiles()
+		files, err := preset.RedisFiles()
 		if err != nil {
 			return nil, err
 		}
@@ -202,7 +144,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		for _, t := range trackers {
 			n++
 			c, err := r.run(ctx, cell.Spec{Kind: cell.KindScenario, Scenario: s, Tracker: t, Seed: o.Seed, Epochs: o.Epochs, Vanilla: noDevice})
-			if err != nil && !lab.IsGuestFault(err) {
+			if err != nil && !vm.IsGuestFault(err) {
 				return nil, err
 			}
 			sc := c.Scenario
@@ -221,7 +163,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 				continue
 			}
 			c, err := r.run(ctx, cell.Spec{Kind: cell.KindCompare, Scenario: s, Seed: o.Seed, Epochs: o.Epochs})
-			if err != nil && !lab.IsGuestFault(err) {
+			if err != nil && !vm.IsGuestFault(err) {
 				return nil, err
 			}
 			r.res.Reports = append(r.res.Reports, c.ReportTitles...)
@@ -245,7 +187,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 					continue
 				}
 				c, err := r.run(ctx, cell.Spec{Kind: cell.KindCheckpoint, Target: target, Tracker: t, Seed: o.Seed})
-				if err != nil && !lab.IsGuestFault(err) {
+				if err != nil && !vm.IsGuestFault(err) {
 					return nil, err
 				}
 				cp := c.Checkpoint
@@ -260,8 +202,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			if len(o.Trackers) > 0 && !slices.Contains(o.Trackers, t) {
 				continue
 			}
-			c, err := r.run(ctx, cell.Spec{Kind: cell.KindMigrate, Tracker: t, Seed: o.Seed, Migrate: MigrateShort})
-			if err != nil && !lab.IsGuestFault(err) {
+			c, err := r.run(ctx, cell.Spec{Kind: cell.KindMigrate, Tracker: t, Seed: o.Seed, Migrate: preset.MigrateShort})
+			if err != nil && !vm.IsGuestFault(err) {
 				return nil, err
 			}
 			r.res.Migrate = append(r.res.Migrate, c.Migrate)
@@ -278,41 +220,48 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		r.res.Reports = append(r.res.Reports, rep.String())
 		r.res.Problems = append(r.res.Problems, "kernel report after the last phase: "+rep.String())
 	}
+	r.res.tally(trackers)
+	r.res.Seconds = time.Since(r.start).Seconds()
+	return r.res, nil
+}
+
+// tally adds the run's own problems (a mutant among trackers that no cell
+// CAUGHT) and counts the failures: every problem, and every cell,
+// checkpoint run, stress run and migration whose verdict failed.
+func (res *Result) tally(trackers []string) {
 	for _, m := range Mutants {
 		if !slices.Contains(trackers, m) {
 			continue
 		}
 		caught := false
-		for _, c := range r.res.Cells {
+		for _, c := range res.Cells {
 			caught = caught || (c.Tracker == m && c.Verdict == result.VCaught)
 		}
 		if !caught {
-			r.res.Problems = append(r.res.Problems, fmt.Sprintf("mutant %s survived: no cell of the catalogue failed it", m))
+			res.Problems = append(res.Problems, fmt.Sprintf("mutant %s survived: no cell of the catalogue failed it", m))
 		}
 	}
-	r.res.Failures += len(r.res.Problems)
-	for _, c := range r.res.Cells {
+	res.Failures += len(res.Problems)
+	for _, c := range res.Cells {
 		if c.Failed() {
-			r.res.Failures++
+			res.Failures++
 		}
 	}
-	for _, cp := range r.res.Checkpoint {
+	for _, cp := range res.Checkpoint {
 		if cp.Failed() {
-			r.res.Failures++
+			res.Failures++
 		}
 	}
-	for _, sr := range r.res.Stress {
+	for _, sr := range res.Stress {
 		if sr.Failed() {
-			r.res.Failures++
+			res.Failures++
 		}
 	}
-	for _, mg := range r.res.Migrate {
+	for _, mg := range res.Migrate {
 		if mg.Failed() {
-			r.res.Failures++
+			res.Failures++
 		}
 	}
-	r.res.Seconds = time.Since(r.start).Seconds()
-	return r.res, nil
 }
 
 // run is the policy around one cell: the cell's error is kept in the cell;
@@ -324,7 +273,7 @@ func (r *runner) run(ctx context.Context, s cell.Spec) (*cell.Cell, error) {
 	if ctx.Err() != nil {
 		return c, ctx.Err()
 	}
-	if err != nil && lab.IsGuestFault(err) {
+	if err != nil && vm.IsGuestFault(err) {
 		if berr := r.boot(ctx); berr != nil {
 			return c, fmt.Errorf("booting a fresh guest after %s failed (%v): %w", s.Name(), firstLine(err.Error()), berr)
 		}
@@ -378,47 +327,33 @@ func (r *runner) boot(ctx context.Context) error {
 // (softdirty is N/A there; mutants are judged by the catalogue).
 func (r *runner) stress(ctx context.Context, trackers []string) error {
 	o := stress.Options{Duration: r.o.Stress, Pages: 8192, THP: true, Seed: r.o.Seed}
-	for _, t := range []string{"ldt", "pagemap-scan", "naive"} {
-		if !slices.Contains(trackers, t) {
-			continue
+	for _, t := range stress.DefaultTrackers {
+		if slices.Contains(trackers, t) {
+			o.Trackers = append(o.Trackers, t)
 		}
-		for _, thp := range []bool{false, true} {
-			if thp && t != "ldt" {
-				continue
-			}
-			if r.o.Progress != nil {
-				fmt.Fprintf(r.o.Progress, "[stress] %s\n", stress.Command(t, thp, o))
-			}
-			c, err := r.run(ctx, cell.Spec{Kind: cell.KindStress, Tracker: t, THP: thp, Stress: o, Seed: r.o.Seed})
-			if err != nil && !lab.IsGuestFault(err) {
-				return err
-			}
-			sr := *c.Stress
-			r.res.Stress = append(r.res.Stress, sr)
-			r.logf("[stress] %s thp=%v: %s (lost %d, %d writes, %d collections)\n", t, thp, sr.Verdict, sr.LostPages, sr.Writes, sr.Collections)
+	}
+	if len(o.Trackers) == 0 {
+		return nil
+	}
+	for _, p := range stress.Plan(o) {
+		if r.o.Progress != nil {
+			fmt.Fprintf(r.o.Progress, "[stress] %s\n", stress.Command(p.Tracker, p.THP, o))
 		}
+		c, err := r.run(ctx, cell.Spec{Kind: cell.KindStress, Tracker: p.Tracker, THP: p.THP, Stress: o, Seed: r.o.Seed})
+		if err != nil && !vm.IsGuestFault(err) {
+			return err
+		}
+		sr := *c.Stress
+		r.res.Stress = append(r.res.Stress, sr)
+		r.logf("[stress] %s thp=%v: %s (lost %d, %d writes, %d collections)\n", p.Tracker, p.THP, sr.Verdict, sr.LostPages, sr.Writes, sr.Collections)
 	}
 	return nil
 }
 
-// MigrateShort is the short form of `labctl migrate` that check (and the
-// soak) run: three pre-copy rounds under memory pressure, half the
-// default data set.
-var MigrateShort = cell.MigrateOptions{Rounds: 3, Pressure: true, Keys: 8000}
-
-// MigrateRepro is the command that reruns a short migration.
-func MigrateRepro(tracker string) string {
-	return fmt.Sprintf("labctl migrate --tracker %s --rounds %d --keys %d --pressure", tracker, MigrateShort.Rounds, MigrateShort.Keys)
-}
-
-// Repro is the command that reruns one cell.
+// repro is the command that reruns one cell.
 func (r *runner) repro(scenario, tracker string) string {
-	// The scenario names come from the guest's catalogue: quoted.
-	cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d", shquote.Word(scenario), shquote.Word(tracker), r.o.Seed)
-	if r.o.Epochs > 0 {
-		cmd += fmt.Sprintf(" --epochs %d", r.o.Epochs)
-	}
-	return cmd + r.o.Guest.KernelOptions().Flags()
+	sp := cell.Spec{Kind: cell.KindScenario, Scenario: &cell.Scenario{Name: scenario}, Tracker: tracker, Seed: r.o.Seed, Epochs: r.o.Epochs}
+	return sp.Repro() + r.o.Guest.KernelOptions().Flags()
 }
 
 // Table renders the scenario × tracker matrix.
@@ -439,15 +374,10 @@ func Table(w io.Writer, res *Result) {
 	}
 	if len(res.Compare) > 0 {
 		fmt.Fprintf(w, "\nLDT vs soft-dirty (pages reported per epoch; ldt∖sd and sd∖ldt)\n")
-		for _, raw := range res.Compare {
-			var v struct {
-				Scenario string           `json:"scenario"`
-				Raw      []map[string]any `json:"epochs"`
-			}
-			json.Unmarshal(raw, &v)
+		for _, v := range res.Compare {
 			var parts []string
-			for _, e := range v.Raw {
-				parts = append(parts, fmt.Sprintf("%v/%v (+%v/-%v)", e["ldt"], e["softdirty"], e["ldt_minus_softdirty"], e["softdirty_minus_ldt"]))
+			for _, e := range v.Epochs {
+				parts = append(parts, fmt.Sprintf("%d/%d (+%d/-%d)", e.LDT, e.SoftDirty, e.LDTOnly, e.SoftDirtyOnl))
 			}
 			fmt.Fprintf(w, "  %-20s %s\n", v.Scenario, strings.Join(parts, "  "))
 		}
@@ -463,7 +393,7 @@ func Table(w io.Writer, res *Result) {
 		for _, mg := range res.Migrate {
 			fmt.Fprintf(w, "  %s\n", mg.Line())
 			if mg.Failed() {
-				fmt.Fprintf(w, "    reproduce: %s\n", MigrateRepro(mg.Tracker))
+				fmt.Fprintf(w, "    reproduce: %s\n", preset.MigrateShort.Repro(mg.Tracker))
 			}
 		}
 	}

@@ -263,7 +263,7 @@ func TestFakeCrashIsTypedAndTitled(t *testing.T) {
 	assert.Equal(t, "kernel panic: sysrq triggered crash", ce.Title)
 	reps := m.ReportsSince(context.Background(), mark)
 	require.Len(t, reps, 1, "the report is attributed to the cell it began in")
-	assert.True(t, IsGuestFault(err))
+	assert.True(t, vm.IsGuestFault(err))
 }
 
 func TestFakeHangIsDetected(t *testing.T) {
@@ -275,7 +275,7 @@ func TestFakeHangIsDetected(t *testing.T) {
 	err := m.Ping(context.Background())
 	var he *vm.HangError
 	require.ErrorAs(t, err, &he, "got %v", err)
-	assert.True(t, IsGuestFault(err))
+	assert.True(t, vm.IsGuestFault(err))
 }
 
 // The agent killed inside the guest (the OOM killer) is restarted by init;

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 	"ldtlab/orchestrator/vm"
 )
@@ -113,6 +113,14 @@ type State struct {
 	Started       time.Time `json:"started"`
 	BootSeconds   float64   `json:"boot_seconds,omitempty"`
 	Shares        []string  `json:"shares,omitempty"` // Share.Describe of each
+	// GDBScripts is the kernel's vmlinux-gdb.py (--debuginfo builds).
+	GDBScripts string `json:"gdb_scripts,omitempty"`
+	// Monitor is QEMU's monitor socket for labctl (dump); qemu backend.
+	Monitor string `json:"monitor,omitempty"`
+	// Held: the guest panicked and is kept for gdb (`up --gdb`), its
+	// CPUs paused (HeldPaused) where the panic left them.
+	Held       bool `json:"held,omitempty"`
+	HeldPaused bool `json:"held_paused,omitempty"`
 }
 
 // ReadState reads a VM's state.
@@ -129,7 +137,7 @@ func ReadState(dir string) (*State, error) {
 }
 
 func writeState(dir string, s *State) error {
-	return cache.WriteJSON(filepath.Join(dir, "state.json"), s)
+	return fileutil.WriteJSON(filepath.Join(dir, "state.json"), s)
 }
 
 // Alive reports whether the VM's supervisor still runs.
@@ -191,7 +199,7 @@ func List() ([]string, error) {
 func Supervise(ctx context.Context, o Options) error {
 	o.defaults()
 	// One supervisor per directory, whatever raced to start it.
-	unlock, err := cache.TryLock(filepath.Join(o.Dir, "supervisor.lock"))
+	unlock, err := fileutil.TryLock(filepath.Join(o.Dir, "supervisor.lock"))
 	if err != nil {
 		return fmt.Errorf("VM %q already has a supervisor: %w", o.Name, err)
 	}
@@ -234,7 +242,10 @@ func Supervise(ctx context.Context, o Options) error {
 	}
 	st.Kernel = m.Kernel.Meta.KernelRelease
 	st.KernelVariant = o.KernelOptions().Variant()
-	st.Vmlinux = m.Kernel.Vmlinux
+	st.Vmlinux, st.GDBScripts = m.Kernel.Vmlinux, m.Kernel.GDBScripts
+	if _, err := os.Stat(vm.MonitorSocket(o.Dir)); err == nil {
+		st.Monitor = vm.MonitorSocket(o.Dir)
+	}
 	st.Accel = string(m.Accel.Kind)
 	st.BootSeconds = m.BootTime.Seconds()
 	for _, s := range o.Shares {
@@ -264,8 +275,12 @@ func Supervise(ctx context.Context, o Options) error {
 			}
 			continue
 		case <-m.Panicked():
-			// A panicked guest is of no use: keep its console, stop it.
+			// A panicked guest is of no use: keep its console, stop it;
+			// with a gdbstub, first hold it for gdb until `down`.
 			st.Status, st.Error, st.ErrorKind = StatusFailed, m.CrashError().Error(), "guest"
+			if o.GDB {
+				m.holdPanicked(ctx, o, st)
+			}
 		case <-m.Done():
 			// Nobody asked QEMU to stop: it died, or the guest ended.
 			st.Status, st.ErrorKind = StatusFailed, "guest"
@@ -286,7 +301,7 @@ func Supervise(ctx context.Context, o Options) error {
 }
 
 func errorKind(err error) string {
-	if IsGuestFault(err) {
+	if vm.IsGuestFault(err) {
 		return "guest"
 	}
 	return "lab"
@@ -318,6 +333,9 @@ func Socket(name string) (string, *State, error) {
 		}
 		return "", st, fmt.Errorf("VM %q is not running (status %s%s): `labctl logs %s` shows its console, `labctl down %s` cleans it up", name, st.Status, errSuffix(st.Error), name, name)
 	}
+	if st.Held {
+		return "", st, fmt.Errorf("VM %q panicked%s and is held for gdb: `labctl ls` shows the gdb command, `labctl dump %s` saves its memory, `labctl down %s` ends it", name, errSuffix(st.Error), name, name)
+	}
 	if st.Status != StatusRunning {
 		return "", st, fmt.Errorf("VM %q is %s, not running yet", name, st.Status)
 	}
@@ -327,7 +345,7 @@ func Socket(name string) (string, *State, error) {
 // DiskHint is "; no space left on DIR (...)" when the filesystem holding
 // a VM directory is (nearly) full, else "": a supervisor that hit a full
 // disk may not have been able to record anything, so readers check.
-func DiskHint(dir string) string { return cache.SpaceHint(dir, 1<<20) }
+func DiskHint(dir string) string { return fileutil.SpaceHint(dir, 1<<20) }
 
 func errSuffix(e string) string {
 	if e == "" {

@@ -22,8 +22,9 @@ import (
 
 	"ldtlab/guest/result"
 	"ldtlab/orchestrator/cell"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
+	"ldtlab/orchestrator/vm"
 )
 
 // Trackers are the default trackers, in display order: pagemap-scan
@@ -119,11 +120,11 @@ func (r *runner) boot(ctx context.Context) error {
 // Run migrates redis once per tracker. The error is for failures of the
 // lab itself; unexpected outcomes are counted in Result.Failures.
 func Run(ctx context.Context, o Options) (*Result, error) {
-	check.GuestDefaults(&o.Guest)
+	preset.Pressure(&o.Guest)
 	if o.Guest.Name == "check" {
 		o.Guest.Name = "migrate"
 	}
-	files, err := check.RedisFiles()
+	files, err := preset.RedisFiles()
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +165,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
 		}
-		if err != nil && !lab.IsGuestFault(err) {
+		if err != nil && !vm.IsGuestFault(err) {
 			return res, err
 		}
 		if err != nil {

@@ -23,8 +23,8 @@ import (
 	"ldtlab/internal/lines"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/channel"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/report"
 )
 
@@ -139,7 +139,7 @@ var figures = []string{"writeonly", "timeline", "collect", "redis"}
 func Run(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	GuestDefaults(&o.Guest)
-	files, err := check.RedisFiles()
+	files, err := preset.RedisFiles()
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +172,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	res.Meta.Variant = o.Guest.KernelOptions().Variant()
 	res.Meta.Source = m.Kernel.Meta.SourcePackage + " " + m.Kernel.Meta.SourceVersion
 	res.Meta.BuildKey, res.Meta.Patches, res.Meta.KernelConfig = m.Kernel.Meta.Key, m.Kernel.Meta.Patches, m.Kernel.Meta.Config
-	res.Meta.SeriesSHA256 = seriesSHA256(filepath.Join(o.Guest.Repo, "kmod", "patches"), m.Kernel.Meta.Patches)
+	res.Meta.SeriesSHA256 = SeriesSHA256(filepath.Join(o.Guest.Repo, "kmod", "patches"), m.Kernel.Meta.Patches)
 	res.Meta.KernelConfigSHA256 = fileSHA256(filepath.Join(m.Kernel.Dir, "config"))
 	res.Meta.GuestMiB, res.Meta.GuestCPUs = o.Guest.MemoryMiB, o.Guest.CPUs
 	res.Meta.Plan, res.Meta.Quick, res.Meta.Reps, res.Meta.Seed = plan.Name, plan.Name == "quick", plan.Reps, o.Seed

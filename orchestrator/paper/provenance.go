@@ -26,10 +26,10 @@ func GitCommit(repo string) string {
 	return c
 }
 
-// seriesSHA256 is the sha256 of the named patches of dir concatenated in
+// SeriesSHA256 is the sha256 of the named patches of dir concatenated in
 // order: `cat $(cat series) | sha256sum` in kmod/patches. Empty for no
 // patches (a vanilla kernel) and "unreadable" when one cannot be read.
-func seriesSHA256(dir string, names []string) string {
+func SeriesSHA256(dir string, names []string) string {
 	if len(names) == 0 {
 		return ""
 	}

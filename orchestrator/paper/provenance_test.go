@@ -17,10 +17,10 @@ func TestSeriesSHA256(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "0001-a.patch"), []byte("a\n"), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "0002-b.patch"), []byte("b\n"), 0o644))
 	// printf 'a\nb\n' | sha256sum: the patches concatenated in series order.
-	assert.Equal(t, "911169ddaaf146aff539f58c26c489af3b892dff0fe283c1c264c65ae5aa59a2", seriesSHA256(dir, []string{"0001-a.patch", "0002-b.patch"}))
-	assert.NotEqual(t, seriesSHA256(dir, []string{"0001-a.patch", "0002-b.patch"}), seriesSHA256(dir, []string{"0002-b.patch", "0001-a.patch"}), "order matters")
-	assert.Equal(t, "", seriesSHA256(dir, nil), "vanilla: no series")
-	assert.Equal(t, "unreadable", seriesSHA256(dir, []string{"0003-missing.patch"}))
+	assert.Equal(t, "911169ddaaf146aff539f58c26c489af3b892dff0fe283c1c264c65ae5aa59a2", SeriesSHA256(dir, []string{"0001-a.patch", "0002-b.patch"}))
+	assert.NotEqual(t, SeriesSHA256(dir, []string{"0001-a.patch", "0002-b.patch"}), SeriesSHA256(dir, []string{"0002-b.patch", "0001-a.patch"}), "order matters")
+	assert.Equal(t, "", SeriesSHA256(dir, nil), "vanilla: no series")
+	assert.Equal(t, "unreadable", SeriesSHA256(dir, []string{"0003-missing.patch"}))
 }
 
 func TestGitCommit(t *testing.T) {

@@ -13,7 +13,9 @@ import (
 	"syscall"
 	"time"
 
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
+	"ldtlab/internal/procutil"
 )
 
 // LibvirtPackages is what a local libvirt backend needs on top of Required.
@@ -162,7 +164,7 @@ func Libvirt(log io.Writer) error {
 				libvirtdConf, strings.Join(dropped, ", "))
 		}
 		fmt.Fprintf(log, "[setup] %s: libvirtd's unix sockets for root and group %s only\n", libvirtdConf, libvirtGroup)
-		if err := writeFileAtomic(libvirtdConf, []byte(conf), 0o644); err != nil {
+		if err := fileutil.WriteFileAtomic(libvirtdConf, []byte(conf), 0o644); err != nil {
 			return fmt.Errorf("configuring libvirtd: %w", err)
 		}
 		changed = true
@@ -239,7 +241,7 @@ func startSystemd(log io.Writer, changed bool) error {
 		if err := os.MkdirAll(filepath.Dir(roSocketDrop), 0o755); err != nil {
 			return fmt.Errorf("configuring libvirtd-ro.socket: %w", err)
 		}
-		if err := writeFileAtomic(roSocketDrop, []byte(drop), 0o644); err != nil {
+		if err := fileutil.WriteFileAtomic(roSocketDrop, []byte(drop), 0o644); err != nil {
 			return fmt.Errorf("configuring libvirtd-ro.socket: %w", err)
 		}
 		changed = true
@@ -340,19 +342,15 @@ func readPid(pidfile string) int {
 
 func stopPidfile(pidfile string, wait time.Duration) error {
 	pid := readPid(pidfile)
-	p, err := os.FindProcess(pid)
-	if err != nil || pid <= 0 {
+	if pid <= 0 {
 		return nil
 	}
-	p.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		if p.Signal(syscall.Signal(0)) != nil {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
+	// No SIGKILL: a libvirtd that does not stop is reported, not killed
+	// in the middle of writing its state.
+	if left := procutil.TermWait([]int{pid}, []int{pid}, wait); len(left) > 0 {
+		return fmt.Errorf("libvirtd (pid %d) did not stop within %s", pid, wait)
 	}
-	return fmt.Errorf("libvirtd (pid %d) did not stop within %s", pid, wait)
+	return nil
 }
 
 // reachable checks that libvirtd answers on its unix socket.
@@ -388,16 +386,4 @@ func runLogged(log io.Writer, args ...string) error {
 func isDir(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.IsDir()
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".ldtlab-tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
 }

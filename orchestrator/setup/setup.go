@@ -42,6 +42,7 @@ var Required = []Package{
 	{"criu", "dump and restore of redis in the migration oracle (labctl migrate)"},
 	{"openssh-client", "ssh(1) through `labctl ssh-config`"},
 	{"tmux", "the e2e test that drives `labctl shell` through a real terminal"},
+	{"gdb", "labctl up --gdb and vmcores from labctl dump (the kernel's lx- scripts need its Python)"},
 }
 
 // Missing returns the required packages that are not installed.

@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
 	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 )
 
@@ -80,6 +80,7 @@ type Occurrence struct {
 	Span              string // the report's text (console span) or the failure's description
 	Log               []byte // the guest's console log so far
 	Reproduced        string // correctness: yes | no
+	Dump              []byte // a hang's sysrq-t/w dump (N/sysrq.txt)
 	// Files are kept beside crash.json, once per title (a fuzz finding's
 	// replay.json: the first occurrence's stays, so the reproduction
 	// command that names it keeps working).
@@ -98,7 +99,7 @@ type Store struct {
 func OpenStore(dir string) (*Store, error) {
 	d := filepath.Join(dir, "crashes")
 	if err := secfs.Mkdir(d, 0o755); err != nil {
-		return nil, fmt.Errorf("creating the crash store: %w", cache.Explain(d, err))
+		return nil, fmt.Errorf("creating the crash store: %w", fileutil.Explain(d, err))
 	}
 	ents, err := os.ReadDir(d)
 	if err != nil {
@@ -141,7 +142,7 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 			s.titles++
 		}
 		if err := secfs.Mkdir(d, 0o755); err != nil {
-			return c, fmt.Errorf("recording crash %q: %w", o.Title, cache.Explain(d, err))
+			return c, fmt.Errorf("recording crash %q: %w", o.Title, fileutil.Explain(d, err))
 		}
 		if err := atomicfile.SyncDir(s.dir); err != nil {
 			return c, err
@@ -176,7 +177,7 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 	n := c.Count
 	od := filepath.Join(d, strconv.Itoa(n))
 	if err := secfs.Mkdir(od, 0o755); err != nil {
-		return c, fmt.Errorf("recording crash %q: %w", o.Title, cache.Explain(od, err))
+		return c, fmt.Errorf("recording crash %q: %w", o.Title, fileutil.Explain(od, err))
 	}
 	log := o.Log
 	if len(log) > maxLog {
@@ -186,7 +187,11 @@ func (s *Store) Record(o Occurrence) (Crash, error) {
 		"title": o.Title, "at": o.At, "round": o.Round, "worker": o.Worker, "round_seed": o.Seed,
 		"step": o.Step, "repro": o.Repro, "reproduced": o.Reproduced,
 	}, "", "  ")
-	for name, b := range map[string][]byte{"report.txt": []byte(o.Span), "console.log": log, "occurrence.json": meta} {
+	files := map[string][]byte{"report.txt": []byte(o.Span), "console.log": log, "occurrence.json": meta}
+	if len(o.Dump) > 0 {
+		files["sysrq.txt"] = o.Dump
+	}
+	for name, b := range files {
 		if err := writeAtomic(filepath.Join(od, name), b); err != nil {
 			return c, err
 		}
@@ -269,7 +274,7 @@ func Crashes(dir string) ([]Crash, error) {
 // writeAtomic: temp file, fsync, rename, fsync of the directory
 // (internal/atomicfile, with the cache's "no space left on" wording).
 func writeAtomic(path string, b []byte) error {
-	if err := cache.WriteFileAtomic(path, b, 0o644); err != nil {
+	if err := fileutil.WriteFileAtomic(path, b, 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil

@@ -8,12 +8,13 @@ import (
 
 	"ldtlab/guest/result"
 	"ldtlab/orchestrator/cell"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/lab"
-	"ldtlab/orchestrator/mmtests"
+	"ldtlab/orchestrator/mmselftests"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/report"
 	"ldtlab/orchestrator/stress"
+	"ldtlab/orchestrator/vm"
 )
 
 // Outcome is a step as judged, with the kernel reports seen during it.
@@ -27,6 +28,8 @@ type Outcome struct {
 	// Findings of a fuzz step (its kernel reports are in Reports), each
 	// filed under its own title.
 	Findings []fuzz.Finding
+	// Detail: what a stress or fuzz step did (agitators, operations).
+	Detail *Detail
 }
 
 // Seen is one kernel report: what the crash store files by title.
@@ -44,6 +47,8 @@ func (s Seen) String() string { return s.Type + ": " + s.Title }
 // guest is one worker's machine.
 type guest struct {
 	m *lab.Machine
+	// vmstat is the guest's last vmstat sample (after the last step).
+	vmstat VMStat
 }
 
 // close stops the guest's machine (nil-safe).
@@ -73,7 +78,7 @@ func (g *guest) reportsSince(ctx context.Context, mark int) []Seen {
 // execStep runs one step. Scenario, stress and checkpoint steps are
 // cells of the lab's executor (orchestrator/cell), judged exactly as
 // `labctl check` judges them; it never reboots: a guest fault comes back
-// as the error (lab.IsGuestFault) and the soak decides.
+// as the error (vm.IsGuestFault) and the soak decides.
 func execStep(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, error) {
 	switch s.Kind {
 	case "scenario", "stress", "checkpoint", "migrate":
@@ -104,7 +109,7 @@ func spec(s Step, cat []Scenario) (cell.Spec, error) {
 	case "stress":
 		sp.Stress = stress.Options{Duration: s.Duration, Pages: s.Pages, Seed: s.Seed, MTHP: s.MTHP, Agitators: s.Agitators}
 	case "migrate":
-		sp.Migrate = check.MigrateShort
+		sp.Migrate = preset.MigrateShort
 	}
 	return sp, nil
 }
@@ -131,6 +136,7 @@ func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 	case c.Stress != nil:
 		r := c.Stress
 		o.Missed, o.Reason = r.LostPages, strings.TrimSpace(r.Error+" "+r.Known)
+		o.Detail = stressDetail(r)
 		if r.Verdict == result.VFail && o.Reason == "" {
 			o.Reason = fmt.Sprintf("%d pages lost", r.LostPages)
 		}
@@ -153,7 +159,7 @@ func execCell(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, e
 // kernel bug of the tracker's (whatever else went wrong in the run: a
 // timed-out run keeps its known reports known).
 func knownStressReport(tracker string, sn Seen) string {
-	probe := stress.Run{Tracker: tracker, Verdict: result.VPass}
+	probe := stress.Run{Stress: result.Stress{Tracker: tracker}, Verdict: result.VPass}
 	stress.AddReports(&probe, []report.Report{{Type: report.Type(sn.Type), Title: sn.Title, Text: sn.Text}})
 	if probe.Verdict == result.VKnownGap {
 		return probe.Known
@@ -168,13 +174,13 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	tctx, cancel := context.WithTimeout(ctx, time.Duration(float64(180*time.Second)*float64(g.m.Timeouts.Command)/float64(120*time.Second)))
 	defer cancel()
 	mark := g.m.ReportMark()
-	res, err := g.m.Run(tctx, fmt.Sprintf("mkdir -p /tmp/mmtests && cd /tmp/mmtests && %s/%s 2>&1", mmtests.Dir, s.Test))
-	o := Outcome{Reports: g.reportsSince(ctx, mark), Verdict: "INFO"}
-	if err != nil && lab.IsGuestFault(err) {
+	res, err := g.m.Run(tctx, fmt.Sprintf("mkdir -p /tmp/mmtests && cd /tmp/mmtests && %s/%s 2>&1", mmselftests.Dir, s.Test))
+	o := Outcome{Reports: g.reportsSince(ctx, mark), Verdict: string(result.VInfo)}
+	if err != nil && vm.IsGuestFault(err) {
 		return o, err
 	}
 	n := map[string]int{}
-	for _, v := range mmtests.ParseTAP(string(res.Stdout)) {
+	for _, v := range mmselftests.ParseTAP(string(res.Stdout)) {
 		n[v]++
 	}
 	o.Reason = fmt.Sprintf("exit %d: %d ok, %d not ok, %d skip (compared with vanilla by labctl selftests, not here)", res.Code, n["ok"], n["not ok"], n["skip"])
@@ -182,7 +188,7 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 		o.Reason += "; " + firstLine(err.Error())
 	}
 	if len(o.Reports) > 0 {
-		o.Verdict = "FAIL"
+		o.Verdict = string(result.VFail)
 	}
 	return o, nil
 }
@@ -190,11 +196,16 @@ func execSelftest(ctx context.Context, g *guest, s Step) (Outcome, error) {
 // execInject fires a labtest trigger: the kernel really WARNs, BUGs or
 // panics (testing aid of the soak itself).
 func execInject(ctx context.Context, g *guest, s Step) (Outcome, error) {
-	tctx, cancel := context.WithTimeout(ctx, g.m.Timeouts.Command)
+	limit, cmd := g.m.Timeouts.Command, "echo "+s.Word+" > /sys/kernel/debug/labtest/trigger"
+	if s.Word == StuckWord {
+		// A step past its time limit: the soak must keep its dump.
+		limit, cmd = 20*time.Second, "sleep 600"
+	}
+	tctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	mark := g.m.ReportMark()
-	_, err := g.m.Run(tctx, "echo "+s.Word+" > /sys/kernel/debug/labtest/trigger")
-	return Outcome{Verdict: "INJECTED", Reports: g.reportsSince(ctx, mark)}, err
+	_, err := g.m.Run(tctx, cmd)
+	return Outcome{Verdict: string(result.VInjected), Reports: g.reportsSince(ctx, mark)}, err
 }
 
 func firstLine(s string) string {
@@ -218,6 +229,7 @@ func execFuzz(ctx context.Context, g *guest, s Step) (Outcome, error) {
 	}
 	if r.Summary != nil {
 		o.Pages = r.Summary.Checked
+		o.Detail = fuzzDetail(r.Summary)
 		var titles []string
 		for _, f := range r.Findings() {
 			if f.Kind != "kernel" {

@@ -253,3 +253,28 @@ func TestMarkdownEscapesGuestText(t *testing.T) {
 	assert.Contains(t, md, "`` x ` y ``")
 	assert.NotContains(t, md, "[l](http://x)", "no link from guest text")
 }
+
+// The breakdown tables carry names the guest chose (agitators, their
+// effects, fuzz operations, vmstat counters): escaped like the rest, in
+// both renderings.
+func TestBreakdownTablesEscapeGuestText(t *testing.T) {
+	evil := "<script>x</script>|\n| injected | row |"
+	recs := []Record{
+		{Type: "start", Start: &Start{Options: Options{Seed: 1}, Env: &Env{Commit: "abc`def", QEMU: "<b>qemu</b>"}}},
+		{Type: "cell", Cell: &CellRecord{Round: 1, Step: Step{Kind: "stress", Tracker: "ldt"}, Verdict: "PASS",
+			Detail: &Detail{Agitators: map[string]int{evil: 1}, Effects: map[string]map[string]int{evil: {evil: 2}}}}},
+		{Type: "cell", Cell: &CellRecord{Round: 1, Step: Step{Kind: "fuzz"}, Verdict: "PASS",
+			Detail: &Detail{FuzzTrackers: map[string]*FuzzTracker{evil: {Sequences: 1}}, OpsDone: map[string]int{evil: 3}}}},
+		{Type: "round", Round: &RoundRecord{Round: 1, Cells: 2, VMStat: VMStat{evil: 5}, VMStatCells: 2}},
+	}
+	r := buildReport("/s", summarize(recs, nil), nil)
+	md := r.markdown(nil)
+	for _, raw := range []string{"<script", "<b>", "\n| injected"} {
+		assert.NotContains(t, md, raw)
+	}
+	h, err := r.html(nil)
+	require.NoError(t, err)
+	for _, raw := range []string{"<script", "<b>qemu"} {
+		assert.NotContains(t, string(h), raw)
+	}
+}

@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ldtlab/images/cache"
 	"ldtlab/internal/atomicfile"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 )
 
@@ -48,11 +48,13 @@ type Start struct {
 	Catalogue []Scenario `json:"catalogue,omitempty"`
 	Resumed   bool       `json:"resumed,omitempty"`
 	Host      string     `json:"host,omitempty"`
+	Env       *Env       `json:"env,omitempty"` // commit, series, QEMU, accelerator, host (journals before it have none)
 }
 
 // End closes a session cleanly (deadline, SIGINT); a killed session has none.
 type End struct {
 	Reason string `json:"reason"`
+	Load   string `json:"load,omitempty"` // the host's load average at the end
 }
 
 // Journal appends records, each synced before Append returns.
@@ -94,7 +96,7 @@ func OpenJournal(dir string) (*Journal, error) {
 	f, err := secfs.OpenIn(dir, JournalName, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		lf.Close()
-		return nil, fmt.Errorf("opening the journal: %w", cache.Explain(path, err))
+		return nil, fmt.Errorf("opening the journal: %w", fileutil.Explain(path, err))
 	}
 	if err := ownedByUs(f); err != nil {
 		f.Close()
@@ -150,7 +152,7 @@ func dropTornTail(f *os.File, dir string) error {
 	}
 	if b[0] != '\n' {
 		if _, err := f.Write([]byte("\n")); err != nil {
-			return fmt.Errorf("closing a torn journal line: %w", cache.Explain(path, err))
+			return fmt.Errorf("closing a torn journal line: %w", fileutil.Explain(path, err))
 		}
 		return f.Sync()
 	}
@@ -170,10 +172,10 @@ func (j *Journal) Append(r Record) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if _, err := j.f.Write(b); err != nil {
-		return fmt.Errorf("appending to the journal: %w", cache.Explain(j.path, err))
+		return fmt.Errorf("appending to the journal: %w", fileutil.Explain(j.path, err))
 	}
 	if err := j.f.Sync(); err != nil {
-		return fmt.Errorf("syncing the journal: %w", cache.Explain(j.path, err))
+		return fmt.Errorf("syncing the journal: %w", fileutil.Explain(j.path, err))
 	}
 	return nil
 }

@@ -81,6 +81,9 @@ func (s Step) String() string {
 	case "selftest":
 		return "selftest " + s.Test
 	case "inject":
+		if s.Word == StuckWord {
+			return "inject a step past its time limit (stuck)"
+		}
 		return "inject labtest " + s.Word
 	}
 	return s.Kind
@@ -99,7 +102,7 @@ type Mix struct {
 // negative control: CAUGHT is its pass).
 var Trackers = []string{"ldt", "naive", "softdirty", "pagemap-scan"}
 
-// cheapSelftests take seconds under TCG (orchestrator/mmtests runs them all).
+// cheapSelftests take seconds under TCG (orchestrator/mmselftests runs them all).
 var cheapSelftests = []string{"mkdirty", "madv_populate", "soft-dirty", "mremap_dontunmap"}
 
 // RoundSeed derives round n's seed from the soak's base seed, so any
@@ -244,13 +247,18 @@ func ParseInject(s string) ([]Injection, error) {
 		if _, err := fmt.Sscanf(part[at+1:], "%d", &inj.Round); err != nil || inj.Round < 1 {
 			return nil, fmt.Errorf("--inject %q: the round must be a number ≥ 1", part)
 		}
-		if !slices.Contains([]string{"warn", "bug", "panic", "list", "vmbug"}, inj.Word) {
-			return nil, fmt.Errorf("--inject %q: labtest word must be warn, bug, panic, list or vmbug", part)
+		if !slices.Contains([]string{"warn", "bug", "panic", "list", "vmbug", StuckWord}, inj.Word) {
+			return nil, fmt.Errorf("--inject %q: the word must be a labtest trigger (warn, bug, panic, list, vmbug) or %s", part, StuckWord)
 		}
 		out = append(out, inj)
 	}
 	return out, nil
 }
+
+// StuckWord injects a step that runs out of its time limit (a guest
+// command that sleeps past it), so a soak's dump of a stuck step can be
+// tested on a real guest; it is no labtest trigger.
+const StuckWord = "stuck"
 
 // withInjections inserts round n's injections after its first step, so
 // the kernel reports in the middle of the round.

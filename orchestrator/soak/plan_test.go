@@ -96,7 +96,8 @@ func TestParseInject(t *testing.T) {
 		{"warn@2, panic@4", []Injection{{"warn", 2}, {"panic", 4}}, ""},
 		{"warn", nil, "WORD@ROUND"},
 		{"warn@0", nil, "≥ 1"},
-		{"rm -rf@1", nil, "labtest word"},
+		{"rm -rf@1", nil, "labtest trigger"},
+		{"stuck@3", []Injection{{"stuck", 3}}, ""},
 	} {
 		got, err := ParseInject(tc.in)
 		if tc.err != "" {

@@ -3,6 +3,7 @@ package soak
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -183,4 +184,93 @@ func TestPlanDrawsFuzz(t *testing.T) {
 	}
 	assert.Greater(t, n, 30)
 	assert.Less(t, n, 100)
+}
+
+// A step that hangs or runs out of time keeps the guest's console and a
+// sysrq-t/w dump, taken before the guest is killed or reused, in
+// DIR/dumps (and a hang's crash occurrence has it as sysrq.txt); other
+// failures take none.
+func TestStuckStepKeepsADump(t *testing.T) {
+	cases := []struct {
+		name      string
+		err       error
+		dumped    bool
+		crashDump bool // in the crash store too (a hang)
+	}{
+		{"hang", &vm.HangError{Phase: "command"}, true, true},
+		{"time limit in a live guest", fmt.Errorf("stress ldt: guest command: %w (the remote process was killed)", context.DeadlineExceeded), true, false},
+		{"another error", errors.New("ldt-check exited 2"), false, false},
+		{"pass", nil, false, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := fakeSoak(t, func() (Outcome, error) {
+				if tc.err == nil {
+					return Outcome{Verdict: "PASS"}, nil
+				}
+				return Outcome{Verdict: "ERROR"}, tc.err
+			})
+			calls := 0
+			s.dump = func(context.Context, *guest) (string, error) {
+				calls++
+				return "sysrq: Show State\ntask:ldt-stress state:D\n", nil
+			}
+			g := &guest{}
+			c := s.step(context.Background(), 2, 7, 1, Step{Kind: "stress", Tracker: "ldt", Seed: 3}, &g)
+			if !tc.dumped {
+				assert.Zero(t, calls)
+				assert.Empty(t, c.Dump)
+				assert.NoDirExists(t, filepath.Join(s.Dir, "dumps"))
+				return
+			}
+			assert.Equal(t, 1, calls)
+			require.NotEmpty(t, c.Dump)
+			b, err := os.ReadFile(filepath.Join(s.Dir, c.Dump, "sysrq.txt"))
+			require.NoError(t, err)
+			assert.Contains(t, string(b), "task:ldt-stress state:D")
+			assert.FileExists(t, filepath.Join(s.Dir, c.Dump, "console.log"))
+			assert.FileExists(t, filepath.Join(s.Dir, c.Dump, "step.json"))
+			// The report lists it whatever the verdict.
+			md := buildReport(s.Dir, summarize([]Record{{Type: "cell", Cell: &c}, {Type: "round", Round: &RoundRecord{Round: c.Round}}}, nil), nil).markdown(nil)
+			assert.Contains(t, md, "| 7 | 2 | stress ldt 0 pages 0s thp=false seed 3 | "+c.Verdict+" | "+mdEsc(c.Dump)+" |")
+			cs, _ := Crashes(s.Dir)
+			if tc.crashDump {
+				require.Len(t, cs, 1)
+				assert.FileExists(t, filepath.Join(cs[0].Dir, "1", "sysrq.txt"))
+			} else {
+				assert.Empty(t, cs)
+			}
+		})
+	}
+}
+
+// Each step's vmstat delta is the sample after it minus the one after
+// the step before on the same guest (the guest's first sample is taken
+// before its first step); a guest that cannot be sampled after a step
+// gives that step no delta and the next step samples afresh.
+func TestStepVMStatDeltas(t *testing.T) {
+	samples := []VMStat{
+		{"pswpout": 10, "thp_split_pmd": 1},
+		{"pswpout": 25, "thp_split_pmd": 1},
+		{"pswpout": 40, "thp_split_pmd": 4},
+		nil, // the guest did not answer
+		{"pswpout": 100, "thp_split_pmd": 9},
+		{"pswpout": 101, "thp_split_pmd": 9},
+	}
+	s := fakeSoak(t, pass, pass, pass, pass)
+	i := 0
+	s.sample = func(context.Context, *guest) (VMStat, error) {
+		i++
+		if samples[i-1] == nil {
+			return nil, errors.New("no answer")
+		}
+		return samples[i-1], nil
+	}
+	g := &guest{}
+	var got []VMStat
+	for range 4 {
+		got = append(got, s.step(context.Background(), 1, 1, 1, ldtKsm, &g).VMStat)
+	}
+	assert.Equal(t, []VMStat{{"pswpout": 15}, {"pswpout": 15, "thp_split_pmd": 3}, nil, {"pswpout": 1}}, got)
+	assert.Equal(t, len(samples), i)
 }

@@ -67,8 +67,10 @@ type reportData struct {
 	S        Summary
 	Crashes  []Crash
 	Head     []string // "key: value" lines
+	Env      []string // what the run was: commit, series, QEMU, accelerator, host
 	Steps    []string
 	Trackers []string
+	Tables   []table // per tracker, agitator, fuzz operation, vmstat
 }
 
 func buildReport(dir string, s Summary, crashes []Crash) *reportData {
@@ -93,6 +95,8 @@ func buildReport(dir string, s Summary, crashes []Crash) *reportData {
 			r.Head = append(r.Head, "injected (testing aid): "+strings.Join(in, ", "))
 		}
 	}
+	r.Env = envLines(s.First, s.Last, s.EndLoad)
+	r.Tables = []table{trackerTable(s), agitatorTable(s), fuzzOpTable(s), vmstatRoundTable(s), vmstatTotalTable(s), dumpTable(s)}
 	r.Head = append(r.Head,
 		fmt.Sprintf("state: %s", state),
 		fmt.Sprintf("from %s to %s, %s active", s.StartedAt.Format(time.RFC3339), s.LastAt.Format(time.RFC3339), s.Elapsed.Round(time.Second)),
@@ -141,6 +145,12 @@ func (r *reportData) markdown(figs []figure) string {
 	for _, h := range r.Head {
 		fmt.Fprintf(&b, "- %s\n", h)
 	}
+	if len(r.Env) > 0 {
+		b.WriteString("\n## What ran\n\n")
+		for _, e := range r.Env {
+			fmt.Fprintf(&b, "- %s\n", mdEnv(e))
+		}
+	}
 	fmt.Fprintf(&b, "\n## Crashes (%d unique, %d occurrences%s)\n\n", r.S.CrashUnique, r.S.CrashTotal, r.KnownNote())
 	if len(r.Crashes) == 0 {
 		b.WriteString("None.\n")
@@ -164,13 +174,20 @@ func (r *reportData) markdown(figs []figure) string {
 		}
 		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 	}
+	for _, t := range r.Tables {
+		b.WriteString(t.markdown())
+	}
 	fmt.Fprintf(&b, "\n## Failures (%d)\n\n", len(r.S.Failed))
 	for i, c := range r.S.Failed {
 		if i == 50 {
 			fmt.Fprintf(&b, "- … %d more in journal.jsonl\n", len(r.S.Failed)-50)
 			break
 		}
-		fmt.Fprintf(&b, "- round %d, %s: %s %s — %s\n", c.Round, mdEsc(c.Step.String()), mdEsc(c.Verdict), mdEsc(firstLine(c.Reason+" "+c.Error)), mdCode(c.Repro, false))
+		dump := ""
+		if c.Dump != "" {
+			dump = " (console and sysrq-t/w dump: " + mdCode(c.Dump, false) + ")"
+		}
+		fmt.Fprintf(&b, "- round %d, %s: %s %s — %s%s\n", c.Round, mdEsc(c.Step.String()), mdEsc(c.Verdict), mdEsc(firstLine(c.Reason+" "+c.Error)), mdCode(c.Repro, false), dump)
 	}
 	fmt.Fprintf(&b, "\n## Lab failures (%d; not kernel bugs: DIR/lab-failures/)\n\n", len(r.S.LabFail))
 	for _, l := range r.S.LabFail {
@@ -181,6 +198,46 @@ func (r *reportData) markdown(figs []figure) string {
 		fmt.Fprintf(&b, "![%s](%s)\n\n%s\n\n", f.caption, f.file, f.caption)
 	}
 	return b.String()
+}
+
+// markdown renders t; every cell is escaped (names come from the guest).
+func (t table) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n## %s\n\n", mdEsc(t.Title))
+	if t.Note != "" {
+		fmt.Fprintf(&b, "%s\n\n", mdEsc(t.Note))
+	}
+	if len(t.Rows) == 0 {
+		fmt.Fprintf(&b, "%s\n", mdEsc(t.Empty))
+		return b.String()
+	}
+	var head []string
+	for _, h := range t.Head {
+		head = append(head, mdEsc(h))
+	}
+	b.WriteString("| " + strings.Join(head, " | ") + " |\n|" + strings.Repeat("---|", len(t.Head)) + "\n")
+	for _, row := range t.Rows {
+		var cells []string
+		for _, c := range row {
+			cells = append(cells, mdEsc(c))
+		}
+		b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
+	}
+	return b.String()
+}
+
+// mdEnv escapes an environment line but keeps its code spans (commit,
+// hashes) as code.
+func mdEnv(s string) string {
+	parts := strings.Split(s, "`")
+	for i := range parts {
+		if i%2 == 1 {
+			parts[i] = mdCode(parts[i], false)
+		} else {
+			parts[i] = mdEsc(parts[i])
+		}
+	}
+	return strings.Join(parts, "")
 }
 
 // knownNote counts the filed known kernel bugs outside LDT, which the
@@ -264,6 +321,18 @@ var htmlTmpl = template.Must(template.New("r").Funcs(template.FuncMap{
 	"repr":  reproduced,
 	"base":  filepath.Base,
 	"first": firstLine,
+	// envhtml: an environment line with its `code` spans as <code>, the
+	// rest escaped.
+	"envhtml": func(s string) template.HTML {
+		parts := strings.Split(s, "`")
+		for i := range parts {
+			parts[i] = template.HTMLEscapeString(parts[i])
+			if i%2 == 1 {
+				parts[i] = "<code>" + parts[i] + "</code>"
+			}
+		}
+		return template.HTML(strings.Join(parts, ""))
+	},
 	"bad": func(c string) bool {
 		return strings.Contains(c, "FAIL") || strings.Contains(c, "SKIP") || strings.Contains(c, "NO-TEETH") || strings.Contains(c, "ERROR")
 	},
@@ -277,6 +346,7 @@ th{background:#eee}td.bad{background:#fdd}code{font-size:12px}img{max-width:100%
 <h1>ldtlab soak report</h1>
 <p><code>{{.R.Dir}}</code></p>
 <ul>{{range .R.Head}}<li>{{.}}</li>{{end}}</ul>
+{{if .R.Env}}<h2>What ran</h2><ul>{{range .R.Env}}<li>{{envhtml .}}</li>{{end}}</ul>{{end}}
 <h2>Crashes ({{.R.S.CrashUnique}} unique, {{.R.S.CrashTotal}} occurrences{{.R.KnownNote}})</h2>
 {{if .R.Crashes}}<table><tr><th>title</th><th>kind</th><th>count</th><th>first seen</th><th>last seen</th><th>reproduced</th><th>reproduction</th><th>directory</th></tr>
 {{range .R.Crashes}}<tr><td>{{.Title}}</td><td>{{.Kind}}</td><td>{{.Count}}</td><td>{{ts .FirstSeen}}</td><td>{{ts .LastSeen}}</td><td>{{repr .}}</td><td><code>{{.Repro}}</code></td><td><code>crashes/{{base .Dir}}</code></td></tr>
@@ -285,8 +355,13 @@ th{background:#eee}td.bad{background:#fdd}code{font-size:12px}img{max-width:100%
 <table><tr><th>step</th>{{range .R.Trackers}}<th>{{.}}</th>{{end}}</tr>
 {{range $s := .R.Steps}}<tr><td>{{$s}}</td>{{range $t := $.R.Trackers}}{{$c := cell $.R $s $t}}<td{{if bad $c}} class="bad"{{end}}>{{$c}}</td>{{end}}</tr>
 {{end}}</table>
+{{range .R.Tables}}<h2>{{.Title}}</h2>{{if .Note}}<p>{{.Note}}</p>{{end}}
+{{if .Rows}}<table><tr>{{range .Head}}<th>{{.}}</th>{{end}}</tr>
+{{range .Rows}}<tr>{{range .}}<td>{{.}}</td>{{end}}</tr>
+{{end}}</table>{{else}}<p>{{.Empty}}</p>{{end}}
+{{end}}
 <h2>Failures ({{len .R.S.Failed}})</h2><ul>
-{{range $i, $c := .R.S.Failed}}{{if lt $i 50}}<li>round {{$c.Round}}, {{$c.Step}}: <b>{{$c.Verdict}}</b> {{first (print $c.Reason " " $c.Error)}}<br><code>{{$c.Repro}}</code></li>{{end}}{{end}}</ul>
+{{range $i, $c := .R.S.Failed}}{{if lt $i 50}}<li>round {{$c.Round}}, {{$c.Step}}: <b>{{$c.Verdict}}</b> {{first (print $c.Reason " " $c.Error)}}<br><code>{{$c.Repro}}</code>{{if $c.Dump}}<br>console and sysrq-t/w dump: <code>{{$c.Dump}}</code>{{end}}</li>{{end}}{{end}}</ul>
 <h2>Lab failures ({{len .R.S.LabFail}})</h2><p>Failures of QEMU, the channel or the host disk: kept in <code>lab-failures/</code>, never counted as kernel bugs.</p><ul>
 {{range .R.S.LabFail}}<li>round {{.Round}} worker {{.Worker}} ({{.Phase}}): {{first .Error}}</li>{{end}}</ul>
 <h2>Figures</h2>

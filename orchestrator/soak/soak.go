@@ -26,8 +26,9 @@ import (
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/paper"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -92,6 +93,15 @@ type CellRecord struct {
 	Reproduced string   `json:"reproduced,omitempty"`
 	Took       float64  `json:"took_s"`
 	Repro      string   `json:"repro,omitempty"`
+	// Detail: what a stress or fuzz step did (agitators, operations, per
+	// tracker).
+	Detail *Detail `json:"detail,omitempty"`
+	// VMStat: the guest's vmstat counters that moved during the step
+	// (nil when the guest could not be sampled after it).
+	VMStat VMStat `json:"vmstat,omitempty"`
+	// Dump: where the console and the sysrq-t/w dump of a step that
+	// timed out or hung are kept (relative to the soak's directory).
+	Dump string `json:"dump,omitempty"`
 }
 
 // RoundRecord closes a round: its cells are in the journal before it.
@@ -105,6 +115,21 @@ type RoundRecord struct {
 	Pages    int64     `json:"pages"`
 	Boots    int       `json:"boots"` // fresh guests booted during it
 	Cut      bool      `json:"cut,omitempty"`
+	// VMStat sums its cells' vmstat deltas; VMStatCells says how many
+	// cells had one (a cell whose guest died has none).
+	VMStat      VMStat `json:"vmstat,omitempty"`
+	VMStatCells int    `json:"vmstat_cells,omitempty"`
+	// Coverage is the hook for kernel line coverage over time (the
+	// coverage kernel's collection fills it; nil until then).
+	Coverage *CoveragePoint `json:"coverage,omitempty"`
+}
+
+// CoveragePoint is the series' line coverage reached by the end of a
+// round: a hook for the coverage collection (issue 20's coverage part),
+// which the soak does not fill itself.
+type CoveragePoint struct {
+	SeriesLines int `json:"series_lines"`
+	Executed    int `json:"executed"`
 }
 
 // failedVerdict: the unexpected outcomes, as check counts them.
@@ -131,6 +156,12 @@ type Soak struct {
 
 	// exec runs a step (execStep; a fake in unit tests).
 	exec func(ctx context.Context, g *guest, s Step, cat []Scenario) (Outcome, error)
+	// sample reads the guest's vmstat (sampleVMStat; nil in unit tests:
+	// no deltas).
+	sample func(ctx context.Context, g *guest) (VMStat, error)
+	// dump takes a stuck guest's sysrq-t/w dump (sysrqDump; a fake in
+	// unit tests).
+	dump func(ctx context.Context, g *guest) (string, error)
 
 	mu       sync.Mutex
 	done     map[int]bool
@@ -145,7 +176,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if err != nil {
 		return err
 	}
-	s := &Soak{Dir: dir, O: o, Guest: gopts, Out: out, exec: execStep, done: map[int]bool{}, inflight: map[int]bool{}}
+	s := &Soak{Dir: dir, O: o, Guest: gopts, Out: out, exec: execStep, sample: sampleVMStat, dump: sysrqDump, done: map[int]bool{}, inflight: map[int]bool{}}
 	var old []Record
 	if resume {
 		if old, err = Replay(dir); err != nil {
@@ -181,7 +212,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	// The QEMUs of this soak are named after its directory (the leak check
 	// of the tests and --resume find them by it).
 	if s.O.MemoryMiB == 0 {
-		s.O.MemoryMiB = 768 // check.GuestDefaults' size: room for pressure
+		s.O.MemoryMiB = 768 // preset.Pressure' size: room for pressure
 	}
 	if len(s.O.Hosts) > 0 {
 		s.O.VMs = len(s.O.Hosts) * max(1, s.O.VMsPerHost)
@@ -197,12 +228,12 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if s.O.Accel != "" {
 		s.Guest.Accel = s.O.Accel
 	}
-	check.GuestDefaults(&s.Guest)
+	preset.Pressure(&s.Guest)
 	s.Guest.Log = s.logFile
 	// Guests live for hours: their console logs rotate.
 	s.Guest.ConsoleMaxMiB = 64
 	if !s.O.Light {
-		files, err := check.RedisFiles()
+		files, err := preset.RedisFiles()
 		if err != nil {
 			return fmt.Errorf("the soak's checkpoint and migration oracles need redis and criu: %w", err)
 		}
@@ -222,8 +253,13 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	}
 	s.kernel, s.kernelKey, s.accel = first.m.Kernel.Meta.KernelRelease, first.m.Kernel.Meta.Key, string(first.m.Accel.Kind)
 	host, _ := os.Hostname()
+	backend := s.Guest.Backend
+	if len(s.O.Hosts) > 0 {
+		backend = "libvirt" // QEMU runs on those hosts: its version is theirs
+	}
 	if err := s.j.Append(Record{Type: "start", Session: s.session, Start: &Start{
 		Options: s.O, Kernel: s.kernel, KernelKey: s.kernelKey, Accel: s.accel, Catalogue: s.cat, Resumed: resume, Host: host,
+		Env: collectEnv(s.Guest.Repo, first.m, backend),
 	}}); err != nil {
 		first.m.Close()
 		return err
@@ -254,7 +290,7 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	case s.O.Only > 0 || s.O.Rounds > 0:
 		reason = "rounds done"
 	}
-	s.j.Append(Record{Type: "end", Session: s.session, End: &End{Reason: reason}})
+	s.j.Append(Record{Type: "end", Session: s.session, End: &End{Reason: reason, Load: paper.LoadAvg()}})
 	st := s.snapshot()
 	fmt.Fprintf(out, "soak %s: %s after %s: %s\n", dir, reason, (s.prev + time.Since(s.start)).Round(time.Second), st.Line())
 	fmt.Fprintf(out, "report: labctl soak report %s\n", dir)
@@ -498,6 +534,13 @@ func (s *Soak) round(ctx context.Context, w, n int, gp **guest, backoff *time.Du
 		}
 		rr.Cells++
 		rr.Pages += c.Pages
+		if c.VMStat != nil {
+			if rr.VMStat == nil {
+				rr.VMStat = VMStat{}
+			}
+			rr.VMStat.Add(c.VMStat)
+			rr.VMStatCells++
+		}
 		if c.Failed {
 			rr.Failures++
 		}
@@ -519,10 +562,12 @@ func (s *Soak) round(ctx context.Context, w, n int, gp **guest, backoff *time.Du
 // a kernel report or fault.
 func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **guest) CellRecord {
 	g := *gp
+	s.sampleBefore(ctx, g)
 	t := time.Now()
 	out, err := s.exec(ctx, g, st, s.cat)
 	c := CellRecord{Round: n, Worker: w, Step: st, Verdict: out.Verdict, Pages: out.Pages, Missed: out.Missed,
-		Corrupted: out.Corrupted, Reason: out.Reason, Reports: out.Reports, Took: time.Since(t).Seconds(), Repro: s.repro(n, st)}
+		Corrupted: out.Corrupted, Reason: out.Reason, Reports: out.Reports, Took: time.Since(t).Seconds(), Repro: s.repro(n, st),
+		Detail: out.Detail}
 	if ctx.Err() != nil {
 		return c
 	}
@@ -550,6 +595,11 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		}
 		s.file(o, &c)
 	}
+	var dump []byte
+	if err != nil && stuck(err) {
+		// Before the guest is killed: what every task was doing.
+		dump = s.keepDump(ctx, n, w, st, g, &c)
+	}
 	if err != nil {
 		replace = true
 		c.Error = err.Error()
@@ -571,23 +621,23 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 			}
 		case errors.As(err, &he):
 			c.Fault = "hang"
-			s.file(Occurrence{Title: "hang: no progress during " + hangWhat(st), Type: "hang", Kind: "hang", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
+			s.file(Occurrence{Title: "hang: no progress during " + hangWhat(st), Type: "hang", Kind: "hang", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log(), Dump: dump}, &c)
 		case errors.As(err, &be):
 			c.Fault = "boot"
 			s.file(Occurrence{Title: "boot: " + firstLine(be.Reason), Type: "boot", Kind: "boot", Round: n, Worker: w, Seed: seed, Step: st, Span: err.Error(), Log: g.log()}, &c)
-		case lab.IsGuestFault(err):
+		case vm.IsGuestFault(err):
 			// DiedError: QEMU went away without a kernel report.
-			c.Fault, c.Verdict = "died", "LAB"
+			c.Fault, c.Verdict = "died", string(result.VLab)
 			s.labFailure(n, w, &st, "step", err, g.log())
 		default:
 			var ie *vm.InfraError
 			if errors.As(err, &ie) {
-				c.Fault, c.Verdict = "lab", "LAB"
+				c.Fault, c.Verdict = "lab", string(result.VLab)
 				s.labFailure(n, w, &st, "step", err, g.log())
 			} else {
 				// The step's own error (a command that timed out but the
 				// guest answers): a failed cell, the guest is kept.
-				c.Verdict, replace = "ERROR", false
+				c.Verdict, replace = string(result.VError), false
 			}
 		}
 	}
@@ -597,7 +647,12 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 	}
 	if st.Kind == "inject" {
 		// The reports it provokes are filed; the step did what it was asked.
-		c.Verdict, c.Failed = "INJECTED", false
+		c.Verdict, c.Failed = string(result.VInjected), false
+	}
+	if err == nil || !replace {
+		// The guest still answers: the sample after this step is the one
+		// before the next.
+		c.VMStat = s.sampleAfter(ctx, g)
 	}
 	if replace {
 		s.logf("worker %d: round %d: replacing the guest after %s", w, n, firstLine(c.Verdict+" "+c.Error+" "+strings.Join(c.Crashes, "; ")))
@@ -605,7 +660,7 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		*gp = nil
 	}
 	// A correctness failure is re-run once from its seed.
-	if c.Verdict == "FAIL" && err == nil && len(out.Reports) == 0 && (out.Missed > 0 || out.Corrupted > 0) && st.Kind != "inject" {
+	if c.Verdict == string(result.VFail) && err == nil && len(out.Reports) == 0 && (out.Missed > 0 || out.Corrupted > 0) && st.Kind != "inject" {
 		c.Reproduced = s.rerun(ctx, w, st, gp)
 		what := "lost pages"
 		if out.Corrupted > 0 {
@@ -640,17 +695,57 @@ func (s *Soak) rerun(ctx context.Context, w int, st Step, gp **guest) string {
 		*gp = g
 	}
 	out, err := s.exec(ctx, *gp, st, s.cat)
+	(*gp).vmstat = nil // the re-run moved the counters: sample again before the next step
 	if err != nil || len(out.Reports) > 0 {
-		if err != nil && lab.IsGuestFault(err) {
+		if err != nil && vm.IsGuestFault(err) {
 			(*gp).close()
 			*gp = nil
 		}
 		return "not-rerun"
 	}
-	if out.Verdict == "FAIL" && (out.Missed > 0 || out.Corrupted > 0) {
+	if out.Verdict == string(result.VFail) && (out.Missed > 0 || out.Corrupted > 0) {
 		return "yes"
 	}
 	return "no"
+}
+
+// sampleBefore makes sure g has a vmstat sample from before the step (a
+// fresh guest has none yet).
+func (s *Soak) sampleBefore(ctx context.Context, g *guest) {
+	if s.sample == nil || g == nil || g.vmstat != nil {
+		return
+	}
+	v, err := s.sample(ctx, g)
+	if err != nil {
+		s.logf("vmstat before a step: %v", err)
+		return
+	}
+	g.vmstat = v
+}
+
+// sampleAfter samples g after a step and returns the step's delta (nil
+// without both samples).
+func (s *Soak) sampleAfter(ctx context.Context, g *guest) VMStat {
+	if s.sample == nil || g == nil {
+		return nil
+	}
+	before := g.vmstat
+	g.vmstat = nil
+	after, err := s.sample(ctx, g)
+	if err != nil {
+		s.logf("vmstat after a step: %v", err)
+		return nil
+	}
+	g.vmstat = after
+	if before == nil {
+		return nil
+	}
+	d, err := Delta(before, after)
+	if err != nil {
+		s.logf("%v", err)
+		return nil
+	}
+	return d
 }
 
 func hangWhat(st Step) string {
@@ -749,13 +844,10 @@ func (s *Soak) repro(n int, st Step) string {
 	case "fuzz":
 		return fmt.Sprintf("labctl fuzz --seed %d --for %s --mem %d%s", st.Seed, st.Duration, s.O.MemoryMiB, cfg)
 	case "scenario":
-		cmd := fmt.Sprintf("labctl check --scenario %s --tracker %s --seed %d --no-compare --no-checkpoint --no-migrate --stress 0%s", q(st.Scenario), q(st.Tracker), st.Seed, cfg)
-		if st.Epochs > 0 {
-			cmd += fmt.Sprintf(" --epochs %d", st.Epochs)
-		}
-		return cmd
+		sp, _ := spec(st, []Scenario{{Name: st.Scenario}})
+		return sp.Repro() + " --no-compare --no-checkpoint --no-migrate --stress 0" + cfg
 	case "migrate":
-		cmd := check.MigrateRepro(st.Tracker) + cfg
+		cmd := preset.MigrateShort.Repro(st.Tracker) + cfg
 		if s.O.MemoryMiB > 0 {
 			cmd += fmt.Sprintf(" --mem %d", s.O.MemoryMiB)
 		}
@@ -764,14 +856,8 @@ func (s *Soak) repro(n int, st Step) string {
 		if st.THP && st.Tracker != "ldt" {
 			break // labctl stress runs THP for ldt only: replay the round
 		}
-		cmd := fmt.Sprintf("labctl stress --tracker %s --seed %d --for %s --pages %d --thp=%v --mem %d%s", q(st.Tracker), st.Seed, st.Duration, st.Pages, st.THP, s.O.MemoryMiB, cfg)
-		if st.MTHP != "" {
-			cmd += " --mthp " + q(st.MTHP)
-		}
-		if st.Agitators != nil {
-			cmd += " --agitators " + q(strings.Join(st.Agitators, ","))
-		}
-		return cmd
+		sp, _ := spec(st, nil)
+		return sp.Repro() + fmt.Sprintf(" --mem %d", s.O.MemoryMiB) + cfg
 	}
 	// Everything that shapes the round's plan goes along: its mix, its
 	// trackers, the guest size, and the injections it fired.

@@ -74,6 +74,7 @@ type Summary struct {
 	Sessions    int
 	Elapsed     time.Duration // active time over all sessions
 	Ended       string        // the last session's end reason ("" if killed or running)
+	EndLoad     string        // the host's load average at the last end record
 	StartedAt   time.Time
 	LastAt      time.Time
 	Timeline    []Point
@@ -81,6 +82,151 @@ type Summary struct {
 	Failed      []CellRecord
 	LabFail     []LabFailure
 	roundsDone  map[int]bool
+
+	// What the report breaks the totals down by (finished rounds only).
+	Trackers  map[string]*TrackerTotals  // tracker → its cells, runs, sequences, pages
+	Agitators map[string]*AgitatorTotals // stress agitator → runs, actions, effects
+	FuzzOps   map[string]*OpTotals       // fuzz operation (or effect) → done, refused
+	// FuzzSteps counts fuzz steps; FuzzNoSummary those that gave no
+	// summary (an error, a hang): nothing of theirs is in the tables.
+	FuzzSteps, FuzzNoSummary int
+	// StressNoDetail counts stress runs whose agitators are not known
+	// (journals before they were recorded, runs that failed to start).
+	StressSteps, StressNoDetail int
+	RoundRecs                   []RoundRecord // finished rounds, in journal order
+	// Dumps are the finished cells that kept a console and sysrq dump.
+	Dumps []CellRecord
+	// RoundKinds counts a finished round's steps by kind (round → kind → n).
+	RoundKinds map[int]map[string]int
+	VMStat     VMStat // summed over the finished rounds
+}
+
+// TrackerTotals is one tracker's share of the soak.
+type TrackerTotals struct {
+	Scenarios   int   `json:"scenario_cells"`
+	Stress      int   `json:"stress_runs"`
+	FuzzSeqs    int   `json:"fuzz_sequences"`
+	Checkpoints int   `json:"checkpoint_runs"`
+	Migrations  int   `json:"migrations"`
+	Pages       int64 `json:"pages_verified"`
+	Failures    int   `json:"failures"`
+}
+
+// AgitatorTotals is one stress agitator over the soak.
+type AgitatorTotals struct {
+	Runs    int            `json:"runs"`    // stress runs it took part in
+	Actions int            `json:"actions"` // what it did, as often
+	Effects map[string]int `json:"effects"` // what it achieved
+}
+
+// OpTotals is one fuzz operation over the soak.
+type OpTotals struct{ Done, Failed int }
+
+func (s *Summary) tracker(t string) *TrackerTotals {
+	tt := s.Trackers[t]
+	if tt == nil {
+		tt = &TrackerTotals{}
+		s.Trackers[t] = tt
+	}
+	return tt
+}
+
+// addBreakdown counts a finished cell per tracker, agitator and fuzz
+// operation.
+func (s *Summary) addBreakdown(c *CellRecord) {
+	d := c.Detail
+	switch c.Step.Kind {
+	case "fuzz":
+		s.FuzzSteps++
+		if d == nil || d.FuzzTrackers == nil {
+			s.FuzzNoSummary++
+			return
+		}
+		for t, ft := range d.FuzzTrackers {
+			tt := s.tracker(t)
+			tt.FuzzSeqs += ft.Sequences
+			tt.Pages += ft.Checked
+			for v, n := range ft.Verdicts {
+				if failedVerdict(v) {
+					tt.Failures += n
+				}
+			}
+		}
+		for op, n := range d.OpsDone {
+			s.op(op).Done += n
+		}
+		for op, n := range d.OpsFailed {
+			s.op(op).Failed += n
+		}
+		return
+	case "stress":
+		s.StressSteps++
+		if d == nil || d.Agitators == nil {
+			s.StressNoDetail++
+		} else {
+			for a, n := range d.Agitators {
+				at := s.Agitators[a]
+				if at == nil {
+					at = &AgitatorTotals{Effects: map[string]int{}}
+					s.Agitators[a] = at
+				}
+				at.Runs++
+				at.Actions += n
+				for what, k := range d.Effects[a] {
+					at.Effects[what] += k
+				}
+			}
+		}
+	}
+	if c.Step.Tracker == "" {
+		return // selftests, injections: no tracker
+	}
+	tt := s.tracker(c.Step.Tracker)
+	switch c.Step.Kind {
+	case "scenario":
+		tt.Scenarios++
+	case "stress":
+		tt.Stress++
+	case "checkpoint":
+		tt.Checkpoints++
+	case "migrate":
+		tt.Migrations++
+	}
+	tt.Pages += c.Pages
+	if c.Failed {
+		tt.Failures++
+	}
+}
+
+// FuzzRow is the verdict table's row of fuzz sequences per tracker.
+const FuzzRow = "fuzz sequences"
+
+func (s *Summary) addFuzzVerdicts(d *Detail) {
+	row := s.Table[FuzzRow]
+	if row == nil {
+		row = map[string]*Cellstat{}
+		s.Table[FuzzRow] = row
+	}
+	for t, ft := range d.FuzzTrackers {
+		cs := row[t]
+		if cs == nil {
+			cs = &Cellstat{Verdicts: map[string]int{}}
+			row[t] = cs
+		}
+		for v, n := range ft.Verdicts {
+			cs.Verdicts[v] += n
+		}
+		cs.Pages += ft.Checked
+	}
+}
+
+func (s *Summary) op(name string) *OpTotals {
+	o := s.FuzzOps[name]
+	if o == nil {
+		o = &OpTotals{}
+		s.FuzzOps[name] = o
+	}
+	return o
 }
 
 // Summarize replays records: only cells of finished rounds count (a round
@@ -101,7 +247,9 @@ func summarizeDir(dir string, recs []Record) Summary {
 }
 
 func summarize(recs []Record, known map[string]bool) Summary {
-	s := Summary{Table: map[string]map[string]*Cellstat{}, roundsDone: map[int]bool{}}
+	s := Summary{Table: map[string]map[string]*Cellstat{}, roundsDone: map[int]bool{},
+		Trackers: map[string]*TrackerTotals{}, Agitators: map[string]*AgitatorTotals{}, FuzzOps: map[string]*OpTotals{}, VMStat: VMStat{},
+		RoundKinds: map[int]map[string]int{}}
 	type key struct{ session, round int }
 	finished := map[key]bool{}
 	for _, r := range recs {
@@ -136,7 +284,7 @@ func summarize(recs []Record, known map[string]bool) Summary {
 			s.Last = r.Start
 		case "end":
 			if r.End != nil {
-				s.Ended = r.End.Reason
+				s.Ended, s.EndLoad = r.End.Reason, r.End.Load
 			}
 		case "lab-failure":
 			if r.LabFailure != nil {
@@ -149,6 +297,11 @@ func summarize(recs []Record, known map[string]bool) Summary {
 				continue
 			}
 			s.addCell(*c)
+			s.addBreakdown(c)
+			if s.RoundKinds[c.Round] == nil {
+				s.RoundKinds[c.Round] = map[string]int{}
+			}
+			s.RoundKinds[c.Round][c.Step.Kind]++
 			for _, t := range c.Crashes {
 				if !known[t] {
 					crashes++
@@ -156,6 +309,9 @@ func summarize(recs []Record, known map[string]bool) Summary {
 			}
 			if c.Failed {
 				s.Failed = append(s.Failed, *c)
+			}
+			if c.Dump != "" {
+				s.Dumps = append(s.Dumps, *c)
 			}
 			tr := c.Step.Tracker
 			if tr == "" {
@@ -174,9 +330,16 @@ func summarize(recs []Record, known map[string]bool) Summary {
 			cs.Verdicts[c.Verdict]++
 			cs.Pages += c.Pages
 			cs.Took += c.Took
+			if c.Step.Kind == "fuzz" && c.Detail != nil {
+				// The fuzz step's sequences as each tracker was judged on
+				// them (the step's own row is the run as a whole).
+				s.addFuzzVerdicts(c.Detail)
+			}
 		case "round":
 			s.Rounds++
 			s.roundsDone[r.Round.Round] = true
+			s.RoundRecs = append(s.RoundRecs, *r.Round)
+			s.VMStat.Add(r.Round.VMStat)
 			s.Timeline = append(s.Timeline, Point{Elapsed: el, Rounds: s.Rounds, Pages: s.Pages, Failures: s.Failures, Crashes: crashes})
 		}
 	}

@@ -30,96 +30,63 @@ type Options struct {
 	Seed      uint64
 }
 
-// Run is one tracker's run as ldt-stress reported it.
+// Run is one tracker's run: what ldt-stress printed (result.Stress) and
+// the host's judgement of it.
 type Run struct {
-	Tracker   string         `json:"tracker"`
-	THP       bool           `json:"thp"`
-	Verdict   result.Verdict `json:"verdict"` // PASS, CAUGHT, KNOWN-GAP, FAIL, NO-TEETH, ERROR
-	LostPages int            `json:"lost_pages"`
-	// LostBySource: whose writes were lost (cpu, gup-write, odirect…).
-	LostBySource map[string]int `json:"lost_by_source,omitempty"`
-	Writes       uint64         `json:"writes"`
-	Collections  int            `json:"collections"`
-	Copied       uint64         `json:"pages_copied"`
-	Agitators    map[string]int `json:"agitators"`
-	Lost         []any          `json:"lost,omitempty"`
-	Error        string         `json:"error,omitempty"`
+	result.Stress
+	THP     bool           `json:"thp"`
+	Verdict result.Verdict `json:"verdict"` // PASS, CAUGHT, KNOWN-GAP, FAIL, NO-TEETH, ERROR
+	Error   string         `json:"error,omitempty"`
 	// Reports are the kernel reports that appeared during this run.
 	Reports []string `json:"kernel_reports,omitempty"`
 	Known   string   `json:"known,omitempty"` // why a report here is a known kernel bug
 	Command string   `json:"command"`
 }
 
-// knownReports are kernel bugs outside LDT that a reference tracker's run
-// can hit: shown as KNOWN-GAP, never excused for ldt.
-var knownReports = []struct {
-	tracker, frame, why string
-}{
-	{"pagemap-scan", "make_uffd_wp_pte", "vanilla 6.12 bug, not LDT: PAGEMAP_SCAN's write-protect marks a writable migration entry uffd-wp (make_uffd_wp_pte), which page_table_check warns about; the vanilla kernel shows it too"},
-}
-
-// knownLoss are documented limits of a reference tracker: writes of one
-// source it cannot see. Shown as KNOWN-GAP when every lost page has only
-// that source; never for ldt.
-var knownLoss = []struct{ tracker, source, why string }{
-	{"pagemap-scan", "odirect", "write-protection cannot see a device writing into a page pinned before the write-protect (O_DIRECT, DMA): the write takes no fault; LDT reports pinned pages instead"},
-}
-
-func knownLost(tracker string, bySource map[string]int) string {
-	for _, k := range knownLoss {
-		if k.tracker != tracker {
-			continue
-		}
-		only := len(bySource) > 0
-		for src := range bySource {
-			only = only && src == k.source
-		}
-		if only {
-			return k.why
-		}
-	}
-	return ""
-}
-
-func known(tracker, text string) string {
-	for _, k := range knownReports {
-		if k.tracker == tracker && strings.Contains(text, k.frame) {
-			return k.why
-		}
-	}
-	return ""
-}
-
 // Failed says whether the run is a failure of the job.
-func (r Run) Failed() bool {
-	return r.Verdict != result.VPass && r.Verdict != result.VCaught && r.Verdict != result.VKnownGap
+func (r Run) Failed() bool { return r.Verdict.Failed() }
+
+// Guest is what a stress run needs from a booted guest.
+type Guest = lab.Guest
+
+// DefaultTrackers are the trackers a job runs when Options.Trackers is
+// empty: the one under test, the reference, the negative control.
+var DefaultTrackers = []string{"ldt", "pagemap-scan", "naive"}
+
+// Planned is one run of a job.
+type Planned struct {
+	Tracker string
+	THP     bool
 }
 
-// Guest is what a stress run needs from a booted guest (*lab.Machine).
-type Guest interface {
-	Run(ctx context.Context, cmd string) (lab.Result, error)
-	ReportMark() int
-	ReportsSince(ctx context.Context, mark int) []report.Report
+// Plan lists a job's runs in order: each tracker, and ldt once more with
+// transparent huge pages when o.THP. The policy of `labctl stress` and
+// of check's stress phase alike.
+func Plan(o Options) []Planned {
+	trackers := o.Trackers
+	if len(trackers) == 0 {
+		trackers = DefaultTrackers
+	}
+	var out []Planned
+	for _, t := range trackers {
+		out = append(out, Planned{t, false})
+		if o.THP && t == "ldt" {
+			out = append(out, Planned{t, true})
+		}
+	}
+	return out
 }
 
 // Job runs the stress runs in g, one after another. Each kernel report is
 // attributed to the run during which it appeared.
 func Job(ctx context.Context, g Guest, o Options, log io.Writer) ([]Run, error) {
-	if len(o.Trackers) == 0 {
-		o.Trackers = []string{"ldt", "pagemap-scan", "naive"}
-	}
 	var runs []Run
-	for _, t := range o.Trackers {
-		for _, thp := range []bool{false, true} {
-			if thp && (!o.THP || t != "ldt") {
-				continue
-			}
-			r, err := RunOne(ctx, g, t, thp, o, log)
-			if err != nil {
-				return runs, err
-			}
-			runs = append(runs, r)
+	for _, p := range Plan(o) {
+		r, err := RunOne(ctx, g, p.Tracker, p.THP, o, log)
+		if err != nil {
+			return runs, err
 		}
+		runs = append(runs, r)
 	}
 	return runs, nil
 }
@@ -159,7 +126,7 @@ func RunOne(ctx context.Context, g Guest, tracker string, thp bool, o Options, l
 	if log != nil {
 		fmt.Fprintf(log, "[stress] %s\n", cmd)
 	}
-	r := Run{Tracker: tracker, THP: thp, Command: cmd}
+	r := Run{Stress: result.Stress{Tracker: tracker}, THP: thp, Command: cmd}
 	mark := g.ReportMark()
 	// The guest's own clock runs the duration; allow TCG's slowness on
 	// top for setup and the last epoch's comparison.
@@ -180,8 +147,8 @@ func RunOne(ctx context.Context, g Guest, tracker string, thp bool, o Options, l
 		r.Error = fmt.Sprintf("unreadable result (%v): %s", jerr, res.Stdout)
 	}
 	r.Tracker, r.THP = tracker, thp
-	r.Verdict = judge(tracker, res.Code, r.LostPages)
-	if why := knownLost(tracker, r.LostBySource); r.Verdict == result.VFail && why != "" {
+	r.Verdict = result.JudgeStress(tracker, res.Code, r.LostPages)
+	if why := result.StressGap(tracker, r.LostBySource); r.Verdict == result.VFail && why != "" {
 		r.Verdict, r.Known = result.VKnownGap, why
 	}
 	if r.Verdict == result.VError && r.Error == "" {
@@ -200,7 +167,7 @@ func AddReports(r *Run, reps []report.Report) {
 	for _, rep := range reps {
 		text := rep.String() + "\n" + rep.Text
 		r.Reports = append(r.Reports, text)
-		why := known(r.Tracker, text)
+		why := result.KnownStressReport(r.Tracker, text)
 		switch {
 		case why != "" && !r.Failed():
 			r.Verdict, r.Known = result.VKnownGap, why
@@ -208,20 +175,4 @@ func AddReports(r *Run, reps []report.Report) {
 			r.Verdict, r.Error = result.VFail, "kernel report: "+rep.String()
 		}
 	}
-}
-
-// judge maps ldt-stress's exit status to a verdict: the negative control
-// must lose writes, every real tracker must lose none.
-func judge(tracker string, code, lost int) result.Verdict {
-	switch {
-	case code == 2 || (code == 1) != (lost > 0):
-		return result.VError
-	case tracker == "naive" && lost > 0:
-		return result.VCaught
-	case tracker == "naive":
-		return result.VNoTeeth
-	case lost > 0:
-		return result.VFail
-	}
-	return result.VPass
 }

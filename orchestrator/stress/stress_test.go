@@ -33,7 +33,7 @@ func TestJudge(t *testing.T) {
 		{"ldt", 1, 0, "ERROR"}, // exit status and count disagree
 		{"ldt", 0, 2, "ERROR"},
 	} {
-		got := judge(c.tracker, c.code, c.lost)
+		got := result.JudgeStress(c.tracker, c.code, c.lost)
 		assert.Equal(t, c.want, got, "%+v", c)
 		assert.Equal(t, c.want != "PASS" && c.want != "CAUGHT", Run{Verdict: got}.Failed())
 	}
@@ -41,15 +41,29 @@ func TestJudge(t *testing.T) {
 
 func TestKnown(t *testing.T) {
 	text := "WARNING in __page_table_check_ptes_set\n make_uffd_wp_pte.isra.0+0xdb/0x100\n"
-	assert.NotEmpty(t, known("pagemap-scan", text))
-	assert.Empty(t, known("ldt", text), "never excused for ldt")
-	assert.Empty(t, known("pagemap-scan", "WARNING in something_else"))
+	assert.NotEmpty(t, result.KnownStressReport("pagemap-scan", text))
+	assert.Empty(t, result.KnownStressReport("ldt", text), "never excused for ldt")
+	assert.Empty(t, result.KnownStressReport("pagemap-scan", "WARNING in something_else"))
 	assert.False(t, Run{Verdict: "KNOWN-GAP"}.Failed())
 }
 
 func TestKnownLost(t *testing.T) {
-	assert.NotEmpty(t, knownLost("pagemap-scan", map[string]int{"odirect": 3}))
-	assert.Empty(t, knownLost("pagemap-scan", map[string]int{"odirect": 3, "cpu": 1}), "a CPU write lost is a failure")
-	assert.Empty(t, knownLost("ldt", map[string]int{"odirect": 3}), "never excused for ldt")
-	assert.Empty(t, knownLost("pagemap-scan", nil))
+	assert.NotEmpty(t, result.StressGap("pagemap-scan", map[string]int{"odirect": 3}))
+	assert.Empty(t, result.StressGap("pagemap-scan", map[string]int{"odirect": 3, "cpu": 1}), "a CPU write lost is a failure")
+	assert.Empty(t, result.StressGap("ldt", map[string]int{"odirect": 3}), "never excused for ldt")
+	assert.Empty(t, result.StressGap("pagemap-scan", nil))
+}
+
+func TestPlan(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		o    Options
+		want []Planned
+	}{
+		{"defaults", Options{}, []Planned{{"ldt", false}, {"pagemap-scan", false}, {"naive", false}}},
+		{"thp: ldt twice", Options{THP: true}, []Planned{{"ldt", false}, {"ldt", true}, {"pagemap-scan", false}, {"naive", false}}},
+		{"no ldt, no thp run", Options{Trackers: []string{"naive"}, THP: true}, []Planned{{"naive", false}}},
+	} {
+		t.Run(c.name, func(t *testing.T) { assert.Equal(t, c.want, Plan(c.o)) })
+	}
 }

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -76,4 +77,14 @@ func tailSuffix(t string) string {
 		return "\n--- console: (no output) ---"
 	}
 	return "\n--- console tail ---\n" + strings.TrimRight(t, "\n")
+}
+
+// IsGuestFault tells kernel-side failures (the guest did not boot,
+// crashed, hung or died) from lab failures and usage errors.
+func IsGuestFault(err error) bool {
+	var be *BootError
+	var ce *CrashError
+	var he *HangError
+	var de *DiedError
+	return errors.As(err, &be) || errors.As(err, &ce) || errors.As(err, &he) || errors.As(err, &de)
 }

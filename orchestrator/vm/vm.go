@@ -1,5 +1,5 @@
 // Package vm is the small interface between the lab and a VM backend
-// (QEMU today): what to boot, what a running instance offers, the timeouts
+// (vm/qemu, vm/libvirt): what to boot, what a running instance offers, the timeouts
 // every layer uses, and the typed errors that separate "the kernel failed"
 // from "the lab failed". Backends know nothing about kernel reports or the
 // guest agent; the monitoring layer in package lab does.
@@ -25,7 +25,11 @@ const ControlPort = "ldtlab.ctl"
 // BaseCmdline is what every lab guest boots with, before Config.Cmdline.
 // panic=0 keeps a panicked guest alive (pvpanic has already told us) so
 // the whole report reaches the console before the lab stops it.
-const BaseCmdline = "console=ttyS0 panic=0 no_hash_pointers printk.devkmsg=on rdinit=/init"
+// no_timer_check: on a loaded host a TCG vCPU can miss the IO-APIC timer
+// check's few ticks and the kernel panics "IO-APIC + timer doesn't work!"
+// at boot (seen with 20+ runnable host threads on 2 cores); the check
+// tests the (virtual) board, not the kernel under test.
+const BaseCmdline = "console=ttyS0 panic=0 no_hash_pointers printk.devkmsg=on no_timer_check rdinit=/init"
 
 // Names of the fw_cfg entries the guest agent reads its keys from
 // (/sys/firmware/qemu_fw_cfg/by_name/<name>/raw).
@@ -40,6 +44,11 @@ const (
 // GDBSocket is where a VM's gdbstub listens when Config.GDB is set
 // (`gdb vmlinux -ex 'target remote PATH'`).
 func GDBSocket(dir string) string { return filepath.Join(dir, "gdb.sock") }
+
+// MonitorSocket is a second QMP monitor of a local QEMU (the lab's own is
+// in use by the supervisor), for `labctl dump`: owner-only like
+// GDBSocket.
+func MonitorSocket(dir string) string { return filepath.Join(dir, "monitor.sock") }
 
 // Artifact is a file the guest boots from (kernel, initramfs), named by
 // the SHA-256 of its content so that a remote backend uploads it once.
@@ -148,6 +157,13 @@ type Instance interface {
 	Close() error
 }
 
+// SysRqer is implemented by instances that can type the guest kernel's
+// magic SysRq on its serial console (QEMU: a break, then the key), which
+// works when the guest's user space no longer answers.
+type SysRqer interface {
+	SysRq(ctx context.Context, key byte) error
+}
+
 // Process is implemented by instances that are a local process (QEMU):
 // details for reproduction and diagnosis only.
 type Process interface {
@@ -202,10 +218,17 @@ type Backend interface {
 	Close() error
 }
 
-// Sweeper is implemented by backends that can find and remove guests
-// whose orchestrator died without cleaning up (a SIGKILL).
+// Sweeper is implemented by backends whose guests can outlive the
+// orchestrator that started them (a libvirt domain does; a QEMU child
+// dies with its parent): it finds and removes them.
 type Sweeper interface {
+	// Sweep removes every guest on the backend's host whose
+	// orchestrator died without cleaning up (a SIGKILL).
 	Sweep(ctx context.Context) error
+	// SweepDir removes the guest started with Config.Dir == dir if it
+	// still runs (`labctl down` of a VM whose supervisor was killed);
+	// no guest is no error.
+	SweepDir(ctx context.Context, dir string) error
 }
 
 // BackendConfig configures a backend.

@@ -245,3 +245,21 @@ func TestSlower(t *testing.T) {
 	fixed := Scaled(accel.TCG)
 	assert.Equal(t, fixed, fixed.Slower(4), "an explicit scale is final")
 }
+
+func TestIsGuestFault(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"boot", &BootError{Reason: "no agent"}, true},
+		{"crash, wrapped", fmt.Errorf("cell: %w", &CrashError{Title: "BUG: x"}), true},
+		{"hang", &HangError{Phase: "command"}, true},
+		{"died", &DiedError{}, true},
+		{"lab", &InfraError{Op: "starting QEMU", Err: errors.New("no binary")}, false},
+		{"plain", errors.New("usage"), false},
+		{"nil", nil, false},
+	} {
+		t.Run(c.name, func(t *testing.T) { assert.Equal(t, c.want, IsGuestFault(c.err)) })
+	}
+}

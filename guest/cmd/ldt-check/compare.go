@@ -3,6 +3,7 @@ package main
 import (
 	"slices"
 
+	"ldtlab/guest/result"
 	"ldtlab/guest/scenario"
 	"ldtlab/guest/tracker"
 )
@@ -12,29 +13,10 @@ import (
 // other did not (as page offsets in the working set, which the seed keeps
 // identical between the two runs).
 
-type epochDiff struct {
-	Epoch        int   `json:"epoch"`
-	LDT          int   `json:"ldt"`
-	SoftDirty    int   `json:"softdirty"`
-	LDTOnly      int   `json:"ldt_minus_softdirty"`
-	SoftDirtyOnl int   `json:"softdirty_minus_ldt"`
-	LDTOnlyPgs   []int `json:"ldt_minus_softdirty_pages,omitempty"`
-	SDOnlyPgs    []int `json:"softdirty_minus_ldt_pages,omitempty"`
-}
-
-type comparison struct {
-	Mode     string             `json:"mode"`
-	Scenario string             `json:"scenario"`
-	Seed     uint64             `json:"seed"`
-	Epochs   []epochDiff        `json:"epochs"`
-	Results  []*scenario.Result `json:"results"`
-	Note     string             `json:"note,omitempty"`
-}
-
 const maxListed = 32
 
-func compareRun(s *scenario.Scenario, cfg scenario.Config) *comparison {
-	cmp := &comparison{Mode: "compare", Scenario: s.Name, Seed: cfg.Seed}
+func compareRun(s *scenario.Scenario, cfg scenario.Config) *result.Comparison {
+	cmp := &result.Comparison{Mode: "compare", Scenario: s.Name, Seed: cfg.Seed}
 	var sets [2][][]int
 	for i, t := range []string{"ldt", "softdirty"} {
 		c := cfg
@@ -51,7 +33,7 @@ func compareRun(s *scenario.Scenario, cfg scenario.Config) *comparison {
 	for e := range sets[0] {
 		a, b := offSet(sets[0][e]), offSet(sets[1][e])
 		ao, bo := a.Minus(b).Sorted(), b.Minus(a).Sorted()
-		d := epochDiff{Epoch: e + 1, LDT: a.Len(), SoftDirty: b.Len(), LDTOnly: len(ao), SoftDirtyOnl: len(bo)}
+		d := result.EpochDiff{Epoch: e + 1, LDT: a.Len(), SoftDirty: b.Len(), LDTOnly: len(ao), SoftDirtyOnl: len(bo)}
 		d.LDTOnlyPgs = pageList(ao)
 		d.SDOnlyPgs = pageList(bo)
 		cmp.Epochs = append(cmp.Epochs, d)

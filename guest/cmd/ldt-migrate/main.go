@@ -36,20 +36,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/migrate"
+	"ldtlab/guest/result"
 	"ldtlab/guest/tracker"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
-
-// RestoreResult is what -restore prints.
-type RestoreResult struct {
-	Mode    string  `json:"mode"`
-	Outcome string  `json:"outcome"`
-	Reason  string  `json:"reason,omitempty"`
-	Pid     int     `json:"pid"`
-	MS      float64 `json:"ms"`
-	Log     string  `json:"log,omitempty"`
-}
 
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ldt-migrate", flag.ContinueOnError)
@@ -116,8 +107,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // doRestore restores dir and continues the restored task (CRIU restores a
 // task stopped at dump time stopped), then checks that it still lives.
-func doRestore(criuBin, dir string, pid int, timeout time.Duration) *RestoreResult {
-	res := &RestoreResult{Mode: "migrate-restore"}
+func doRestore(criuBin, dir string, pid int, timeout time.Duration) *result.MigrationRestore {
+	res := &result.MigrationRestore{Mode: "migrate-restore"}
 	if st := migrate.State(pid); pid > 0 && st != "" {
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		res.Outcome, res.Reason = "fail", fmt.Sprintf("pid %d of the migrated process is taken here (by %s, state %s): CRIU restores a process under its own pid", pid, strings.TrimSpace(string(comm)), st)

@@ -55,7 +55,7 @@ func main() {
 		os.Exit(2)
 	}
 	fmt.Fprintf(os.Stderr, "ldt-stress: %s: tracker %s, %d pages, %d writers, %d ms, %d writes, %d collections, %d pages copied, lost %d, agitators %v\n",
-		res.Verdict(), res.Tracker, res.Pages, res.Writers, res.DurationMS, res.Writes, res.Collections, res.Copied, res.LostPages, res.Agitators)
+		res.Outcome(), res.Tracker, res.Pages, res.Writers, res.DurationMS, res.Writes, res.Collections, res.Copied, res.LostPages, res.Agitators)
 	if res.LostPages > 0 {
 		os.Exit(1)
 	}

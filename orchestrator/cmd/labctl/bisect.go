@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/bisect"
 	"ldtlab/orchestrator/lab"
@@ -78,7 +78,7 @@ func init() {
 					}
 					out = filepath.Join(state, "bisect-last.json")
 				}
-				if werr := cache.WriteJSON(out, map[string]any{
+				if werr := fileutil.WriteJSON(out, map[string]any{
 					"command": t.cmd, "series": series, "kernel_flags": base.KernelOptions().Flags(),
 					"result": res, "error": errString(err), "reproduce": again(res.Bad),
 				}); werr != nil {

@@ -12,8 +12,8 @@ import (
 	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
 	"ldtlab/images/rootfs"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/setup"
 	"ldtlab/orchestrator/vm"
 	"ldtlab/orchestrator/vm/libvirt"
@@ -77,6 +77,7 @@ func (g *guestFlags) validate() error {
 type kernelSelection struct {
 	patches, without string
 	ldt              string
+	debuginfo        bool
 	repo             string // where validate found the series; "" = repoRoot()
 }
 
@@ -84,6 +85,7 @@ func (k *kernelSelection) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.patches, "patches", "", "apply only these patches of kmod/patches/series: numbers or file names, ranges and comma lists (0001-0005, 1-5,7, 0003-); default all")
 	fs.StringVar(&k.without, "without", "", "leave these patches out (same syntax as --patches), e.g. --without 0010")
 	fs.StringVar(&k.ldt, "ldt", "y", "CONFIG_LDT of the patched kernel: y, or n (the series must build and boot without the tracker too)")
+	fs.BoolVar(&k.debuginfo, "debuginfo", false, "the kernel with DWARF debug info and the kernel's gdb scripts (lx-dmesg, lx-ps), cached apart from the ordinary one (a full build the first time)")
 }
 
 // validate resolves the selection against the series, so that an unknown
@@ -111,7 +113,7 @@ func (k *kernelSelection) validate(vanilla bool) error {
 }
 
 func (k *kernelSelection) apply(o *kernel.Options) {
-	o.Patches, o.Without, o.LDTOff = k.patches, k.without, k.ldt == "n"
+	o.Patches, o.Without, o.LDTOff, o.DebugInfo = k.patches, k.without, k.ldt == "n", k.debuginfo
 }
 
 // args are the flags that pass the selection on (to the supervisor).
@@ -125,6 +127,9 @@ func (k *kernelSelection) args() []string {
 	}
 	if k.ldt == "n" {
 		a = append(a, "-ldt", "n")
+	}
+	if k.debuginfo {
+		a = append(a, "-debuginfo")
 	}
 	return a
 }
@@ -174,14 +179,14 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 	o := lab.Options{
 		Repo: repo, Name: name, Config: g.config, Vanilla: g.vanilla, Accel: g.accel,
 		MemoryMiB: g.mem, CPUs: g.cpus, Cmdline: g.cmdline, SwapMiB: g.swap.lab(), NoBuild: g.noBuild,
-		Patches: g.patches, Without: g.without, LDTOff: g.ldt == "n",
+		Patches: g.patches, Without: g.without, LDTOff: g.ldt == "n", DebugInfo: g.debuginfo,
 	}
 	o.Backend = g.backend
 	if g.backend == "libvirt" {
 		o.Connect = g.connect
 	}
 	if g.redis {
-		files, err := check.RedisFiles()
+		files, err := preset.RedisFiles()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "labctl: --redis: %v\n", err)
 			os.Exit(1)
@@ -243,8 +248,8 @@ func init() {
 			bf.sel.apply(&one)
 			vs := []kernel.Options{one}
 			if bf.all {
-				if bf.sel.patches != "" || bf.sel.without != "" || bf.sel.ldt != "y" {
-					return usageError{errors.New("--all builds the default variants: it takes no --patches, --without or --ldt")}
+				if bf.sel.patches != "" || bf.sel.without != "" || bf.sel.ldt != "y" || bf.sel.debuginfo {
+					return usageError{errors.New("--all builds the default variants: it takes no --patches, --without, --ldt or --debuginfo")}
 				}
 				vs = []kernel.Options{{Repo: repo, Config: "debug"}, {Repo: repo, Config: "debug", Vanilla: true},
 					{Repo: repo, Config: "perf"}, {Repo: repo, Config: "perf", Vanilla: true}}
@@ -257,13 +262,16 @@ func init() {
 				}
 				t := time.Now()
 				kb, img, err := lab.Prepare(ctx, lab.Options{Repo: repo, Config: v.Config, Vanilla: v.Vanilla,
-					Patches: v.Patches, Without: v.Without, LDTOff: v.LDTOff})
+					Patches: v.Patches, Without: v.Without, LDTOff: v.LDTOff, DebugInfo: v.DebugInfo})
 				if err != nil {
 					return err
 				}
 				fmt.Printf("%s\n  kernel   %s (%s, source %s %s)\n  patches  %s\n  vmlinux  %s\n  image    %s\n  took     %s\n",
 					v.Variant(), kb.BzImage, kb.Meta.KernelRelease, kb.Meta.SourcePackage, kb.Meta.SourceVersion,
 					kb.Meta.PatchSummary(), kb.Vmlinux, img.Initramfs, time.Since(t).Round(time.Millisecond))
+				if kb.GDBScripts != "" {
+					fmt.Printf("  gdb      %s\n", kb.GDBScripts)
+				}
 			}
 			return nil
 		},

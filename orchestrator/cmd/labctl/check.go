@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
@@ -72,7 +72,7 @@ func init() {
 				out = filepath.Join(state, "check-last.json")
 			}
 			b, _ := json.MarshalIndent(res, "", "  ")
-			if err := cache.WriteFileAtomic(out, b, 0o644); err != nil {
+			if err := fileutil.WriteFileAtomic(out, b, 0o644); err != nil {
 				return &vm.InfraError{Op: "writing the check result", Err: err}
 			}
 			fmt.Printf("full result: %s\n", out)

@@ -10,7 +10,6 @@ import (
 
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
-	"ldtlab/orchestrator/vm/libvirt"
 )
 
 // The down verb powers guests off and removes their directories.
@@ -58,6 +57,7 @@ func cmdDown(name string) error {
 	// be stale, or belong to a racing `up`).
 	procs := lab.Processes(name, dir)
 	if _, serr := os.Stat(dir); serr != nil && len(procs) == 0 {
+		lab.ReleaseName(name) // a lock file left by an older labctl
 		return &lab.NoVMError{Name: name}
 	}
 	if len(procs) > 0 {
@@ -68,16 +68,19 @@ func cmdDown(name string) error {
 	if left := lab.Processes(name, dir); len(left) > 0 {
 		return &vm.InfraError{Op: "stopping " + name, Err: fmt.Errorf("processes still running after SIGKILL: %v", left)}
 	}
-	// A libvirt domain outlives a killed supervisor: destroy it too.
+	// A guest may outlive a killed supervisor (a libvirt domain does):
+	// its backend removes it.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := libvirt.DestroyLeftover(ctx, dir); err != nil {
-		return &vm.InfraError{Op: "destroying the libvirt domain of " + name, Err: err}
+	if err := lab.SweepLeftover(ctx, dir); err != nil {
+		return &vm.InfraError{Op: "removing what the guest of " + name + " left on its backend", Err: err}
 	}
 	keepCrashed(name, dir)
 	if err := os.RemoveAll(dir); err != nil {
 		return &vm.InfraError{Op: "removing " + dir, Err: err}
 	}
+	// Nothing of the name stays in the state directory.
+	lab.ReleaseName(name)
 	fmt.Printf("%s is down\n", name)
 	return nil
 }

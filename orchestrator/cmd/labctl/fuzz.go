@@ -15,14 +15,14 @@ import (
 
 	gfuzz "ldtlab/guest/fuzz"
 	"ldtlab/guest/result"
-	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/soak"
 	"ldtlab/orchestrator/vm"
 )
@@ -97,7 +97,7 @@ func init() {
 				return err
 			}
 			lo := g.options(repo, "fuzz")
-			check.GuestDefaults(&lo)
+			preset.Pressure(&lo)
 			lo.Name = "fuzz"
 			dir := f.out
 			if dir == "" {
@@ -165,7 +165,7 @@ func init() {
 			}
 			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "kernel": m.Kernel.Meta.KernelRelease,
 				"kernel_key": m.Kernel.Meta.Key, "variant": lo.KernelOptions().Variant(), "run": run, "findings": titles}, "", "  ")
-			if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
+			if werr := fileutil.WriteFileAtomic(out, b, 0o644); werr != nil {
 				return &vm.InfraError{Op: "writing the fuzz result", Err: werr}
 			}
 			fmt.Printf("full result: %s\n", out)

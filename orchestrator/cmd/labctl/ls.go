@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -35,6 +36,17 @@ func init() {
 				if !st.Alive() && (status == lab.StatusRunning || status == lab.StatusBooting) {
 					status = "dead"
 				}
+				if st.Held && st.Alive() {
+					// Panicked, kept for gdb (up --gdb): say how to get at it.
+					status = "held"
+					// A gdb that detaches or continues resumes the CPUs
+					// (QEMU's gdbstub does): they spin in panic() again.
+					how := "paused where it panicked until gdb resumes it"
+					if !st.HeldPaused {
+						how = "not paused: spinning in panic()"
+					}
+					reasons = append(reasons, fmt.Sprintf("%s held for gdb (%s): %s\n  %s\n  labctl dump %s   (its memory)\n  labctl down %s   (ends it)", n, how, firstLine(st.Error), st.GDBCommand(), n, n))
+				}
 				upFor := "-"
 				if st.Alive() {
 					upFor = time.Since(st.Started).Round(time.Second).String()
@@ -53,4 +65,11 @@ func init() {
 			return nil
 		},
 	})
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"ldtlab/guest/tracker"
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/migrate"
@@ -77,7 +77,7 @@ func init() {
 					out = filepath.Join(state, "migrate-last.json")
 				}
 				b, _ := json.MarshalIndent(res, "", "  ")
-				if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
+				if werr := fileutil.WriteFileAtomic(out, b, 0o644); werr != nil {
 					return &vm.InfraError{Op: "writing the migrate result", Err: werr}
 				}
 				fmt.Printf("full result: %s\n", out)

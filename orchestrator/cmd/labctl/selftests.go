@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"ldtlab/images/kernel"
-	"ldtlab/orchestrator/mmtests"
+	"ldtlab/orchestrator/mmselftests"
 )
 
 func init() {
@@ -31,7 +31,7 @@ func init() {
 			if err != nil {
 				return err
 			}
-			c, err := mmtests.CompareKernels(ctx, g.options(repo, "selftests"), strings.Split(only, ","), perTest, os.Stdout)
+			c, err := mmselftests.CompareKernels(ctx, g.options(repo, "selftests"), strings.Split(only, ","), perTest, os.Stdout)
 			if err != nil {
 				return err
 			}

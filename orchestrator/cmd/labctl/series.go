@@ -13,8 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/internal/fileutil"
 	"ldtlab/orchestrator/bisect"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
@@ -100,7 +100,7 @@ func init() {
 			}
 			sc := seriesCheck{Machine: machineName(), CPUs: runtime.NumCPU(), Started: time.Now().UTC(), Config: f.config}
 			save := func() error {
-				if err := cache.WriteJSON(out, sc); err != nil {
+				if err := fileutil.WriteJSON(out, sc); err != nil {
 					return &vm.InfraError{Op: "writing the series-check result", Err: err}
 				}
 				return nil
@@ -309,7 +309,7 @@ func seriesStep(ctx context.Context, repo string, series []string, k int, config
 	st.BootSecs, st.Accel = m.BootTime.Seconds(), string(m.Accel.Kind)
 	r, err := m.Run(ctx, "true")
 	switch {
-	case err != nil && lab.IsGuestFault(err):
+	case err != nil && vm.IsGuestFault(err):
 		st.BootErr = "`true`: " + firstLineOf(err.Error())
 	case err != nil:
 		st.Infra = firstLineOf(err.Error())

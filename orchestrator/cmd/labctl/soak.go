@@ -29,8 +29,9 @@ func init() {
 	register(&command{
 		name: "soak",
 		args: "| soak --resume DIR | soak report DIR | soak status DIR",
-		summary: "the overnight job: random rounds of scenarios, stress, checkpoint oracle and selftests on N reused guests until --for; " +
-			"crashes filed by title under DIR/crashes, a journal that survives kill -9 (--resume), and a report. " +
+		summary: "the overnight job: random rounds of scenarios, stress, ldt-fuzz, checkpoint oracle, redis migration and selftests on N reused guests until --for; " +
+			"crashes filed by title under DIR/crashes, a hung or timed-out step's console and sysrq-t/w dump under DIR/dumps, a journal that survives kill -9 (--resume), " +
+			"and a report (what ran, per tracker, per agitator and fuzz operation, the guest's vmstat per round). " +
 			"Guests have 768 MiB unless --mem says otherwise (as for check).",
 		setup: func(fs *flag.FlagSet) {
 			g.register(fs)
@@ -45,7 +46,7 @@ func init() {
 			fs.StringVar(&f.trackers, "tracker", "", "comma-separated trackers of the scenario cells (default: ldt, naive, softdirty, pagemap-scan); mutants are judged as labctl check judges them (CAUGHT/SURVIVED)")
 			fs.StringVar(&f.hosts, "hosts", "", "comma-separated libvirt URIs to fan the guests out over (qemu:///system,qemu+ssh://USER@HOST/system); --vms-per-host guests on each (on --resume: the soak's hosts, given again)")
 			fs.IntVar(&f.perHost, "vms-per-host", 1, "with --hosts: guests at once on each host")
-			fs.StringVar(&f.inject, "inject", "", "testing aid: make round R also fire a labtest trigger, e.g. warn@2,panic@4 (the kernel really WARNs/panics)")
+			fs.StringVar(&f.inject, "inject", "", "testing aid: make round R also fire a labtest trigger, e.g. warn@2,panic@4 (the kernel really WARNs/panics), or stuck@R: a step that runs past its 20 s limit (the soak keeps its sysrq dump)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) > 0 {
@@ -80,7 +81,7 @@ func init() {
 			if err != nil {
 				return usageError{err}
 			}
-			mem := g.mem // 0: 768 (check.GuestDefaults)
+			mem := g.mem // 0: 768 (preset.Pressure)
 			so := soak.Options{For: f.dur, VMs: f.vms, Config: g.config, Accel: g.accel, MemoryMiB: mem, Seed: f.seed,
 				Patches: g.patches, Without: g.without, LDTOff: g.ldt == "n",
 				Light: f.light, Inject: injs, Trackers: splitList(f.trackers), Rounds: f.rounds, Only: f.round,

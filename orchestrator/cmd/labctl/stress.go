@@ -10,9 +10,10 @@ import (
 	"strings"
 	"time"
 
-	"ldtlab/images/cache"
-	"ldtlab/orchestrator/check"
+	"ldtlab/internal/fileutil"
+	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/stress"
 	"ldtlab/orchestrator/vm"
 )
@@ -47,7 +48,7 @@ func init() {
 				return err
 			}
 			o := g.options(repo, "stress")
-			check.GuestDefaults(&o)
+			preset.Pressure(&o)
 			o.Name = "stress"
 			m, err := lab.Boot(ctx, o)
 			if err != nil {
@@ -70,7 +71,7 @@ func init() {
 			b, _ := json.MarshalIndent(map[string]any{"seed": f.seed, "accel": m.Accel.Kind, "runs": runs,
 				"kernel": m.Kernel.Meta.KernelRelease, "variant": o.KernelOptions().Variant(), "kernel_key": m.Kernel.Meta.Key,
 				"patches": m.Kernel.Meta.Patches, "omitted_patches": m.Kernel.Meta.Omitted}, "", "  ")
-			if werr := cache.WriteFileAtomic(out, b, 0o644); werr != nil {
+			if werr := fileutil.WriteFileAtomic(out, b, 0o644); werr != nil {
 				return &vm.InfraError{Op: "writing the stress result", Err: werr}
 			}
 			fmt.Printf("full result: %s\n", out)
@@ -84,7 +85,9 @@ func init() {
 				}
 				if r.Failed() {
 					bad++
-					fmt.Printf("  %s thp=%v: %s %s\n    reproduce: labctl stress --tracker %s --seed %d --for %s --pages %d%s\n", r.Tracker, r.THP, r.Verdict, r.Error, r.Tracker, f.seed, f.dur, f.pages, o.KernelOptions().Flags())
+					sp := cell.Spec{Kind: cell.KindStress, Tracker: r.Tracker, THP: r.THP, Seed: f.seed,
+						Stress: stress.Options{Duration: f.dur, Pages: f.pages, MTHP: f.mthp, Agitators: agitatorList(f.agitators)}}
+					fmt.Printf("  %s thp=%v: %s %s\n    reproduce: %s%s\n", r.Tracker, r.THP, r.Verdict, r.Error, sp.Repro(), o.KernelOptions().Flags())
 				}
 				for _, t := range r.Reports {
 					title, _, _ := strings.Cut(t, "\n")

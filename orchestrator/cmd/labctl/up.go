@@ -11,9 +11,8 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
-	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/vm"
 )
@@ -30,7 +29,7 @@ func init() {
 		setup: func(fs *flag.FlagSet) {
 			up.register(fs)
 			upShares.register(fs)
-			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub as a unix socket only you can reach (gdb.sock in the VM's private directory) and print the gdb command line (qemu backend)")
+			fs.BoolVar(&upGDB, "gdb", false, "expose QEMU's gdbstub as a unix socket only you can reach (gdb.sock in the VM's private directory), print the gdb command line, and hold a guest that panics paused for gdb instead of stopping it (qemu backend; --debuginfo for types and the lx- commands)")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
@@ -61,16 +60,16 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 	// else is told it is already booting. It is held until the guest is
 	// up or has failed.
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return &vm.InfraError{Op: "creating the state directory", Err: cache.Explain(filepath.Dir(dir), err)}
+		return &vm.InfraError{Op: "creating the state directory", Err: fileutil.Explain(filepath.Dir(dir), err)}
 	}
-	unlock, err := cache.TryLock(filepath.Join(filepath.Dir(dir), "."+name+".lock"))
-	if errors.Is(err, cache.ErrLocked) {
+	unlockName, err := lab.LockName(name)
+	if errors.Is(err, fileutil.ErrLocked) {
 		return fmt.Errorf("VM %q is already booting: another `labctl up %s` is starting it", name, name)
 	}
 	if err != nil {
 		return &vm.InfraError{Op: "locking VM " + name, Err: err}
 	}
-	defer unlock()
+	defer unlockName(false)
 	if _, err := os.Stat(dir); err == nil {
 		st, _ := lab.ReadState(dir)
 		procs := lab.Processes(name, dir)
@@ -97,7 +96,7 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("VM %q already exists (stop it with `labctl down %s`)", name, name)
 		}
-		return &vm.InfraError{Op: "creating the VM directory", Err: cache.Explain(dir, err)}
+		return &vm.InfraError{Op: "creating the VM directory", Err: fileutil.Explain(dir, err)}
 	}
 	args := []string{"supervise", "-dir", dir, "-config", g.config, "-accel", g.accel,
 		"-mem", fmt.Sprint(g.mem), "-cpus", fmt.Sprint(g.cpus), "-cmdline", g.cmdline,
@@ -123,7 +122,7 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		return &vm.InfraError{Op: "creating the supervisor log", Err: cache.Explain(filepath.Join(dir, "supervisor.log"), err)}
+		return &vm.InfraError{Op: "creating the supervisor log", Err: fileutil.Explain(filepath.Join(dir, "supervisor.log"), err)}
 	}
 	defer logf.Close()
 	cmd := exec.Command(exe, args...)
@@ -151,7 +150,14 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 				if st.GDB != "" {
 					// The socket is this user's alone (0600 in the 0700
 					// VM directory): gdb runs as the same user.
-					fmt.Printf("  gdb %s -ex %s\n", shquote.Word(st.Vmlinux), shquote.Word("target remote "+st.GDB))
+					fmt.Printf("  %s\n", st.GDBCommand())
+					if st.GDBScripts == "" {
+						fmt.Printf("  (this kernel has no debug info: `labctl up --gdb --debuginfo` gives gdb its types and the lx-dmesg, lx-ps… commands)\n")
+					}
+					fmt.Printf("  a panic holds the guest paused for gdb until `labctl down %s`\n", name)
+				}
+				if st.Monitor != "" {
+					fmt.Printf("  labctl dump %s   (its memory as an ELF vmcore)\n", name)
 				}
 				return nil
 			case lab.StatusFailed:

@@ -30,6 +30,9 @@ func explainVM(name string, err error) error {
 		}
 		if st.Status == lab.StatusFailed || st.Status == lab.StatusStopped {
 			e := fmt.Errorf("VM %s went away during the command: %s\n(%v; `labctl logs %s` shows the console, `labctl down %s` removes it)", name, dash(st.Error), err, name, name)
+			if st.Held {
+				e = fmt.Errorf("VM %s panicked during the command: %s\n(held for gdb: %s\n `labctl dump %s` saves its memory, `labctl down %s` ends it)", name, dash(st.Error), st.GDBCommand(), name, name)
+			}
 			if st.ErrorKind == "lab" {
 				return &vm.InfraError{Op: "running a command in " + name, Err: e}
 			}

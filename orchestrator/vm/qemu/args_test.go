@@ -108,6 +108,9 @@ func TestArgsFull(t *testing.T) {
 
 	// The gdbstub: a unix socket in the private directory, no port.
 	assert.Equal(t, "chardev:gdb0", value(t, a, "-gdb"))
+	// The user's monitor (labctl dump): a unix socket in the VM directory.
+	assert.Contains(t, values(a, "-chardev"), "socket,id=umon,path=/state/vms/alpha/monitor.sock,server=on,wait=off")
+	assert.Equal(t, "chardev=umon,mode=control", value(t, a, "-mon"))
 	assert.Contains(t, values(a, "-chardev"), "socket,id=gdb0,path=/state/vms/alpha/gdb.sock,server=on,wait=off")
 	assert.NotContains(t, strings.Join(a, " "), "tcp:", "nothing of the VM listens on TCP")
 

@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/procutil"
 	"ldtlab/internal/shquote"
 	"ldtlab/orchestrator/accel"
@@ -144,6 +144,11 @@ func Args(cfg vm.Config) []string {
 	for i, f := range cfg.FwCfg {
 		a = append(a, "-fw_cfg", "name="+f.Name+",file="+optEscape(fwCfgPath(cfg, i)))
 	}
+	// A second monitor for the user (`labctl dump`), in the private
+	// directory like the first: QEMU serves one client per monitor, and
+	// the supervisor holds the first one for the VM's whole life.
+	a = append(a, "-chardev", "socket,id=umon,path="+optEscape(vm.MonitorSocket(cfg.Dir))+",server=on,wait=off",
+		"-mon", "chardev=umon,mode=control")
 	if cfg.GDB {
 		// A unix socket in the private directory: only its owner gets
 		// at guest memory (a TCP port, even on loopback, is everyone's).
@@ -154,15 +159,19 @@ func Args(cfg vm.Config) []string {
 }
 
 type instance struct {
-	cfg     vm.Config
-	cmd     *exec.Cmd
-	argv    []string
-	mon     *qmp.Monitor
-	done    chan struct{}
-	stderr  *tailBuffer
-	closeMu sync.Mutex
-	closed  bool
-	waitErr error
+	cfg  vm.Config
+	cmd  *exec.Cmd
+	argv []string
+	mon  *qmp.Monitor
+	// serialIn is QEMU's stdin, the serial console's input: what SysRq
+	// types after a break.
+	serialIn *os.File
+	serialMu sync.Mutex
+	done     chan struct{}
+	stderr   *tailBuffer
+	closeMu  sync.Mutex
+	closed   bool
+	waitErr  error
 
 	evMu     sync.Mutex
 	events   chan vm.Event
@@ -204,7 +213,14 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	}
 	in.argv = append([]string{bin}, Args(cfg)...)
 	in.cmd = exec.Command(bin, in.argv[1:]...)
-	in.cmd.Stdin = nil
+	// The serial console reads QEMU's stdin: a pipe only SysRq writes to
+	// (a break then the key is the serial console's magic SysRq).
+	pr, pw, perr := os.Pipe()
+	if perr != nil {
+		return nil, &vm.InfraError{Op: "starting QEMU", Err: fmt.Errorf("console input pipe: %w", perr)}
+	}
+	in.serialIn = pw
+	in.cmd.Stdin = pr
 	in.cmd.Stdout = cfg.Console
 	in.cmd.Stderr = in.stderr
 	// Own process group (a signal to us does not hit it by accident, and
@@ -212,9 +228,12 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmdlinePath := filepath.Join(cfg.Dir, "qemu.cmdline")
 	if werr := os.WriteFile(cmdlinePath, []byte(shquote.Join(in.argv)+"\n"), 0o600); werr != nil {
-		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: cache.Explain(cmdlinePath, werr)}
+		return nil, &vm.InfraError{Op: "recording the QEMU command line", Err: fileutil.Explain(cmdlinePath, werr)}
 	}
-	if err := in.cmd.Start(); err != nil {
+	err = in.cmd.Start()
+	pr.Close() // QEMU has its own copy
+	if err != nil {
+		pw.Close()
 		return nil, &vm.InfraError{Op: "starting " + bin, Err: err}
 	}
 	go in.wait()
@@ -235,6 +254,11 @@ func (backend) Start(ctx context.Context, cfg vm.Config) (_ vm.Instance, err err
 		return nil, &vm.InfraError{Op: "connecting to QEMU's monitor", Err: fmt.Errorf("%w; qemu stderr: %s", merr, strings.TrimSpace(in.stderr.String()))}
 	}
 	in.mon = mon
+	// Created before the monitor answered, with the umask's mode: the
+	// 0700 directory keeps others out, the mode says so too.
+	if err := os.Chmod(vm.MonitorSocket(cfg.Dir), 0o600); err != nil {
+		return nil, &vm.InfraError{Op: "securing the user monitor socket", Err: err}
+	}
 	if cfg.GDB {
 		// QEMU created it before its monitor, with the umask's mode; the
 		// 0700 directory already keeps others out, this says so too.
@@ -252,18 +276,20 @@ func prepareFiles(cfg vm.Config) error {
 		p := diskPath(cfg, i)
 		f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
 		if err != nil {
-			return &vm.InfraError{Op: "creating disk image", Err: cache.Explain(p, err)}
+			return &vm.InfraError{Op: "creating disk image", Err: fileutil.Explain(p, err)}
 		}
 		err = f.Truncate(int64(d.SizeMiB) << 20)
 		f.Close()
 		if err != nil {
-			return &vm.InfraError{Op: "sizing disk image", Err: cache.Explain(p, err)}
+			return &vm.InfraError{Op: "sizing disk image", Err: fileutil.Explain(p, err)}
 		}
 	}
 	for i, fc := range cfg.FwCfg {
 		p := fwCfgPath(cfg, i)
-		if err := os.WriteFile(p, fc.Data, 0o600); err != nil {
-			return &vm.InfraError{Op: "writing fw_cfg " + fc.Name, Err: cache.Explain(p, err)}
+		// Atomic and synced like the keys they copy: QEMU never reads
+		// a torn key, and a full disk is named.
+		if err := fileutil.WriteFileAtomic(p, fc.Data, 0o600); err != nil {
+			return &vm.InfraError{Op: "writing fw_cfg " + fc.Name, Err: err}
 		}
 	}
 	return nil
@@ -397,6 +423,22 @@ func (in *instance) Powerdown(ctx context.Context) error {
 	}
 }
 
+// SysRq sends the serial console's magic SysRq: a break (QMP
+// chardev-send-break), then the command key, which the guest's 8250
+// driver hands to the SysRq handler (CONFIG_MAGIC_SYSRQ_SERIAL) even when
+// its user space and agent are stuck.
+func (in *instance) SysRq(ctx context.Context, key byte) error {
+	if _, err := in.mon.Run(ctx, "chardev-send-break", map[string]string{"id": "con"}); err != nil {
+		return fmt.Errorf("sysrq %c: serial break: %w", key, err)
+	}
+	in.serialMu.Lock()
+	defer in.serialMu.Unlock()
+	if _, err := in.serialIn.Write([]byte{key}); err != nil {
+		return fmt.Errorf("sysrq %c: writing to the serial console: %w", key, err)
+	}
+	return nil
+}
+
 func (in *instance) Pause(ctx context.Context) error {
 	_, err := in.mon.Run(ctx, "stop", nil)
 	return err
@@ -432,7 +474,10 @@ func (in *instance) Close() error {
 	if in.mon != nil {
 		in.mon.Close()
 	}
-	for _, s := range []string{"qmp.sock", "ctl.sock"} {
+	if in.serialIn != nil {
+		in.serialIn.Close()
+	}
+	for _, s := range []string{"qmp.sock", "ctl.sock", filepath.Base(vm.MonitorSocket(in.cfg.Dir))} {
 		os.Remove(filepath.Join(in.cfg.Dir, s))
 	}
 	if in.cfg.GDB {

@@ -33,12 +33,12 @@ struct ldt_collect {
 
 /*
  * LDT_IOC_COLLECT returns the number of regions written to vec. Regions are
- * gathered and cleared in chunks; a chunk is cleared only after its part of
- * vec was checked, and walk_end is updated after every chunk copied out. If
- * a fault still stops the call part-way (vec or the argument unmapped or made
- * read-only), what was cleared and not returned is marked written again: the
- * call returns the regions already copied out (a short count; walk_end says
- * where they end) or -EFAULT when there are none. No fault loses a page.
+ * gathered in chunks: a chunk is found without changing anything, copied out
+ * with walk_end, and only then, with LDT_CLEAR, are the entries inside the
+ * regions copied out cleared. If a fault stops the call part-way (vec or the
+ * argument unmapped or made read-only), nothing that was not returned was
+ * cleared: the call returns the regions copied out (a short count; walk_end
+ * says where they end) or -EFAULT when there are none. No fault loses a page.
  *
  * A mapping the kernel writes through its own mapping of the pages (the
  * io_uring SQ/CQ and provided-buffer rings, the AIO completion ring,

@@ -1,8 +1,11 @@
-// Package mmtests runs the kernel's own mm selftests (built from the same
+// Package mmselftests runs the kernel's own mm selftests (built from the same
 // tree as the guest kernel and packed into the image) inside a guest, parses
 // their TAP output, and compares two kernels' results test case by test
-// case: the LDT kernel must behave exactly like the vanilla one.
-package mmtests
+// case: the LDT kernel must behave exactly like the vanilla one. It is the
+// host side of `labctl selftests`; not to be confused with ldt-selftest,
+// the lab's own checks of the /dev/ldt ABI (guest/cmd/ldt-selftest), nor
+// with the MMTests benchmark suite.
+package mmselftests
 
 import (
 	"bufio"
@@ -16,6 +19,7 @@ import (
 
 	"ldtlab/internal/cmdline"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/vm"
 )
 
 // Dir is where the image keeps the selftests.
@@ -108,7 +112,7 @@ func runOne(ctx context.Context, m *lab.Machine, t string, perTest time.Duration
 	cancel()
 	res := Result{Test: t, Exit: r.Code, Output: string(r.Stdout), Took: time.Since(start)}
 	if err != nil {
-		if lab.IsGuestFault(err) {
+		if vm.IsGuestFault(err) {
 			res.Error = err.Error()
 			return res, err
 		}

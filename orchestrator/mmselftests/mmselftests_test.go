@@ -1,4 +1,4 @@
-package mmtests
+package mmselftests
 
 import (
 	"testing"

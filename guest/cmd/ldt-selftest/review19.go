@@ -1,0 +1,309 @@
+package main
+
+// Checks for the second review of the series (issue 19, findings 5 and 9):
+// each failed on 0001-0014 and passes with the patch that fixed it.
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/ldt"
+	"ldtlab/guest/pagemap"
+)
+
+var issue19Checks = []check{
+	{"device-private-mprotect", checkDevicePrivateMprotect},
+	{"device-private-fork", checkDevicePrivateFork},
+	{"swapin-mthp-mixed-ldt", checkSwapinMTHP},
+	{"thp-clear-refs-stays-collected", checkTHPClearRefs},
+}
+
+func init() { checks = append(checks, issue19Checks...) }
+
+// lib/test_hmm (lib/test_hmm_uapi.h): a pseudo device whose "device
+// memory" is device-private ZONE_DEVICE pages. The debug kernel has it
+// built in (images/config/debug.config).
+const hmmDevice = "/dev/hmm_dmirror0"
+
+type hmmCmd struct{ Addr, Ptr, Npages, Cpages, Faults uint64 }
+
+var iocHmmMigrateToDev = ldt.IOWR('H', 0x02, unsafe.Sizeof(hmmCmd{}))
+
+// hmmMigrateToDevice moves the n present anonymous pages at addr to the
+// device: their PTEs become device-private swap entries, which carry the
+// pages' LDT state in the swap bit (0002).
+func hmmMigrateToDevice(addr uintptr, n int) error {
+	fd, err := unix.Open(hmmDevice, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("needs lib/test_hmm (CONFIG_TEST_HMM): %w", err)
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, n*pg) // the driver copies the migrated data back here
+	cmd := hmmCmd{Addr: uint64(addr), Ptr: uint64(uintptr(unsafe.Pointer(&buf[0]))), Npages: uint64(n)}
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), iocHmmMigrateToDev, uintptr(unsafe.Pointer(&cmd)))
+	runtime.KeepAlive(buf)
+	if e != 0 {
+		return fmt.Errorf("HMM_DMIRROR_MIGRATE_TO_DEV: %w", e)
+	}
+	if cmd.Cpages != uint64(n) {
+		return fmt.Errorf("HMM_DMIRROR_MIGRATE_TO_DEV moved %d of %d pages", cmd.Cpages, n)
+	}
+	// The mapping keeps the device-private entries after the file is closed.
+	for p := range n {
+		e, _, err := pagemap.Self(addr + uintptr(p)*pg)
+		if err != nil {
+			return err
+		}
+		if e.Present() || !e.Swapped() {
+			return fmt.Errorf("page %d is not a device-private entry after the migration (pagemap %#x)", p, uint64(e))
+		}
+	}
+	return nil
+}
+
+// withDevicePrivate: n pages written after the initial clear (so LDT owes
+// them all), then migrated to the device; the check runs with the
+// tracker and the mapping.
+func withDevicePrivate(n int, check func(f *ldt.File, m *mapping) error) error {
+	return withSelf(n, func(f *ldt.File, m *mapping) error {
+		for p := range n {
+			m.write(p)
+		}
+		if err := hmmMigrateToDevice(m.base, n); err != nil {
+			return err
+		}
+		return check(f, m)
+	})
+}
+
+// checkDevicePrivateMprotect: mprotect(PROT_READ) rewrites a writable
+// device-private entry as a readable one (change_pte_range()); the write
+// made before the migration is still reported (0015).
+func checkDevicePrivateMprotect() error {
+	const n = 4 // p0-1 made read-only, p2-3 left alone as the control
+	return withDevicePrivate(n, func(f *ldt.File, m *mapping) error {
+		if err := unix.Mprotect(m.mem[:2*pg], unix.PROT_READ); err != nil {
+			return fmt.Errorf("mprotect: %w", err)
+		}
+		if err := expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "after mprotect(PROT_READ) of p0-1"); err != nil {
+			return err
+		}
+		return expect(f, m.base, m.end(), 0, nil, "after the clear")
+	})
+}
+
+// checkDevicePrivateFork: fork() makes the parent's writable device-private
+// entries of a private mapping readable (copy_nonpresent_pte()); the
+// parent's writes are still reported (0015).
+func checkDevicePrivateFork() error {
+	const n = 4
+	return withDevicePrivate(n, func(f *ldt.File, m *mapping) error {
+		pid, err := forkExitingChild()
+		if err != nil {
+			return err
+		}
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+			return fmt.Errorf("wait for the forked child: %w", err)
+		}
+		if !ws.Exited() || ws.ExitStatus() != 0 {
+			return fmt.Errorf("forked child: status %v", ws)
+		}
+		if err := expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "parent after fork"); err != nil {
+			return err
+		}
+		return expect(f, m.base, m.end(), 0, nil, "after the clear")
+	})
+}
+
+// forkExitingChild forks this process (a real fork: the child gets a copy
+// of the page tables, which os.StartProcess's vfork does not) and the
+// child exits at once without running any Go code.
+func forkExitingChild() (int, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	pid, e := rawForkExit()
+	if e != 0 {
+		return 0, fmt.Errorf("fork: %w", e)
+	}
+	return pid, nil
+}
+
+//go:nosplit
+func rawForkExit() (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	if r == 0 {
+		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 0, 0, 0)
+	}
+	return int(r), 0
+}
+
+// withMTHP64K turns 64 KiB anonymous mTHP on for the duration of fn.
+func withMTHP64K(fn func() error) error {
+	const knob = "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled"
+	old, err := os.ReadFile(knob)
+	if err != nil {
+		return fmt.Errorf("needs 64 KiB mTHP: %w", err)
+	}
+	if err := os.WriteFile(knob, []byte("always"), 0); err != nil {
+		return fmt.Errorf("enable 64 KiB mTHP: %w", err)
+	}
+	defer func() {
+		// The file shows "always [inherit] madvise never": keep the choice.
+		s := string(old)
+		if i, j := strings.IndexByte(s, '['), strings.IndexByte(s, ']'); i >= 0 && j > i {
+			os.WriteFile(knob, []byte(s[i+1:j]), 0)
+		}
+	}()
+	return fn()
+}
+
+// checkSwapinMTHP: a 64 KiB folio swapped out after a collection, of which
+// one page was written again, has swap entries that differ only in LDT's
+// bit. It swaps back in as one folio (as a control whose pages were all
+// written does, and as without LDT), and only the written page is reported
+// (0016). Needs a synchronous swap device (the guest's zram, which has the
+// highest priority): only those swap large folios in.
+func checkSwapinMTHP() error {
+	const n = 16
+	return withMTHP64K(func() error {
+		f, err := ldt.Open()
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := f.Attach(0); err != nil {
+			return err
+		}
+		all, err := unix.Mmap(-1, 0, 4*n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return err
+		}
+		defer unix.Munmap(all)
+		off := int((n*pg - uintptr(unsafe.Pointer(&all[0]))%(n*pg)) % (n * pg))
+		mem := all[off : off+3*n*pg]
+		ctl, mixed := mem[:n*pg], mem[2*n*pg:3*n*pg] // a folio apart
+		base := uintptr(unsafe.Pointer(&mem[0]))
+		addrOf := func(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
+		for _, b := range [][]byte{ctl, mixed} {
+			b[0] = 1 // one write fault maps the whole mTHP
+			for p := range n {
+				b[p*pg+1] = 1 // no page is all zeros (those are not written to swap)
+			}
+			if ok, err := largeFolio(addrOf(b), n); err != nil || !ok {
+				return fmt.Errorf("setup: no 64 KiB folio after the first write (large=%v, err=%v)", ok, err)
+			}
+		}
+		if _, err := f.CollectAll(base, base+uintptr(len(mem)), ldt.Clear); err != nil {
+			return err
+		}
+		for p := range n {
+			ctl[p*pg+2] = 2 // every swap entry will carry the bit
+		}
+		mixed[3*pg+2] = 2 // only p3's will
+		for _, b := range [][]byte{ctl, mixed} {
+			if err := unix.Madvise(b, unix.MADV_PAGEOUT); err != nil {
+				return fmt.Errorf("MADV_PAGEOUT: %w", err)
+			}
+			for p := range n {
+				e, _, err := pagemap.Self(addrOf(b) + uintptr(p)*pg)
+				if err != nil {
+					return err
+				}
+				if !e.Swapped() {
+					return fmt.Errorf("setup: page %d not swapped out by MADV_PAGEOUT (pagemap %#x)", p, uint64(e))
+				}
+			}
+		}
+		sink += ctl[0] + mixed[0] // read faults: swap-in
+		if ok, err := largeFolio(addrOf(ctl), n); err != nil || !ok {
+			return fmt.Errorf("setup: the control (all 16 pages written) did not swap in as one 64 KiB folio (large=%v, err=%v): no large swap-in here (zram swap, mTHP swap-out)", ok, err)
+		}
+		if ok, err := largeFolio(addrOf(mixed), n); err != nil || !ok {
+			return fmt.Errorf("the 64 KiB folio whose swap entries differ only in LDT's bit swapped in as small pages (large=%v, err=%v)", ok, err)
+		}
+		want := []ldt.Region{
+			{Start: uint64(addrOf(ctl)), End: uint64(addrOf(ctl)) + n*pg},
+			{Start: uint64(addrOf(mixed)) + 3*pg, End: uint64(addrOf(mixed)) + 4*pg},
+		}
+		return expect(f, base, base+uintptr(len(mem)), ldt.Clear, want, "after the swap-in")
+	})
+}
+
+// checkTHPClearRefs: soft-dirty's clear_refs write-protects a THP the
+// tracker has already collected; the next collection reports nothing
+// (before 0018 the whole 2 MiB again), and a write after it is reported.
+func checkTHPClearRefs() error {
+	mem, release, err := alignedTHP()
+	if err != nil {
+		return err
+	}
+	defer release()
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	end := base + hpage
+	f, err := ldt.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Attach(0); err != nil {
+		return err
+	}
+	whole := []ldt.Region{{Start: uint64(base), End: uint64(end)}}
+	if err := expect(f, base, end, ldt.Clear, whole, "first collect of the written THP"); err != nil {
+		return err
+	}
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("4"), 0); err != nil {
+		return fmt.Errorf("clear_refs 4: %w", err)
+	}
+	if kb, err := anonHugeKB(base); err != nil || kb < 2048 {
+		return fmt.Errorf("setup: clear_refs split the THP (AnonHugePages %d kB, %v)", kb, err)
+	}
+	if err := expect(f, base, end, ldt.Clear, nil, "after clear_refs, nothing written"); err != nil {
+		return err
+	}
+	mem[5*pg] = 7
+	return expect(f, base, end, ldt.Clear, whole, "a write after clear_refs")
+}
+
+// alignedTHP maps one 2 MiB-aligned anonymous region backed by a THP,
+// every page written.
+func alignedTHP() ([]byte, func(), error) {
+	all, err := unix.Mmap(-1, 0, 2*hpage, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, nil, err
+	}
+	release := func() { unix.Munmap(all) }
+	start := uintptr(unsafe.Pointer(&all[0]))
+	off := int((start+hpage-1)&^(hpage-1) - start)
+	mem := all[off : off+hpage]
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+		release()
+		return nil, nil, err
+	}
+	if err := unix.Madvise(mem, unix.MADV_HUGEPAGE); err != nil {
+		release()
+		return nil, nil, fmt.Errorf("MADV_HUGEPAGE: %w (THP enabled: %s)", err, thpSetting())
+	}
+	for i := 0; i < hpage; i += pg {
+		mem[i] = 1
+	}
+	if kb, _ := anonHugeKB(base); kb < 2048 {
+		cerr := unix.Madvise(mem, unix.MADV_COLLAPSE)
+		if kb, err := anonHugeKB(base); err != nil || kb < 2048 {
+			release()
+			return nil, nil, fmt.Errorf("no THP backing the aligned 2 MiB region (AnonHugePages %d kB, %v; MADV_COLLAPSE: %v, THP enabled: %s)", kb, err, cerr, thpSetting())
+		}
+	}
+	return mem, release, nil
+}
