@@ -11,8 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"ldtlab/images/kernel"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/coverage"
+	"ldtlab/orchestrator/preset"
 )
 
 // TestCoverageQuick boots the coverage kernel and measures two jobs on
@@ -37,7 +37,7 @@ func TestCoverageQuick(t *testing.T) {
 	}
 	o := guestOptions(t, "coverage")
 	o.Config = "coverage"
-	check.GuestDefaults(&o)
+	preset.Pressure(&o)
 	m := boot(t, o)
 	ctx := context.Background()
 	measure := func(job string) *coverage.Report {

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 )
 
 // gcovRecipe versions how the coverage config picks and saves its
@@ -124,7 +124,7 @@ func (p *plan) saveGcov(pristine, srcDir, outDir, dst string) error {
 		if _, err := os.Stat(filepath.Join(outDir, obj)); err != nil {
 			continue // not built in this config
 		}
-		if err := cache.CopyFile(filepath.Join(outDir, gcno), filepath.Join(g, "notes", gcno), 0o644); err != nil {
+		if err := fileutil.CopyFile(filepath.Join(outDir, gcno), filepath.Join(g, "notes", gcno), 0o644); err != nil {
 			return fmt.Errorf("%s was built without gcov notes: %w", obj, err)
 		}
 		m.Objects = append(m.Objects, obj)
@@ -148,7 +148,7 @@ func (p *plan) saveGcov(pristine, srcDir, outDir, dst string) error {
 		}
 	}
 	p.logf("saved gcov notes of %d objects in %s", len(m.Objects), g)
-	return cache.WriteJSON(filepath.Join(g, "manifest.json"), m)
+	return fileutil.WriteJSON(filepath.Join(g, "manifest.json"), m)
 }
 
 // seriesTouches says whether a patch of the series (not the gcov edit)
@@ -173,7 +173,7 @@ func copyIfExists(src, dst string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	return cache.CopyFile(src, dst, st.Mode().Perm())
+	return fileutil.CopyFile(src, dst, st.Mode().Perm())
 }
 
 // LoadGcovManifest reads a coverage kernel's gcov/manifest.json.

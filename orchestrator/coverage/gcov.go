@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"ldtlab/images/cache"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/lines"
 )
 
@@ -80,10 +80,10 @@ func RunGcov(ctx context.Context, notes, data string) (*GcovDoc, error) {
 	}
 	defer os.RemoveAll(dir)
 	base := strings.TrimSuffix(filepath.Base(notes), ".gcno")
-	if err := cache.CopyFile(notes, filepath.Join(dir, base+".gcno"), 0o600); err != nil {
+	if err := fileutil.CopyFile(notes, filepath.Join(dir, base+".gcno"), 0o600); err != nil {
 		return nil, err
 	}
-	if err := cache.CopyFile(data, filepath.Join(dir, base+".gcda"), 0o600); err != nil {
+	if err := fileutil.CopyFile(data, filepath.Join(dir, base+".gcda"), 0o600); err != nil {
 		return nil, err
 	}
 	// --json-format with --stdout needs no source: the counts and line

@@ -18,6 +18,7 @@ import (
 	"ldtlab/orchestrator/fuzz"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/stress"
+	"ldtlab/orchestrator/vm"
 )
 
 // Jobs are the jobs a run knows, in the default order. "sh:CMD" runs CMD
@@ -83,7 +84,7 @@ func Collect(ctx context.Context, m *lab.Machine, o Options, dir string) ([]Job,
 			problems = append(problems, fmt.Sprintf("job %s: %s %s", name, j.Verdict, j.Detail))
 		}
 		if err != nil {
-			if lab.IsGuestFault(err) {
+			if vm.IsGuestFault(err) {
 				// The guest is gone: its counters with it.
 				return jobs, problems, fmt.Errorf("job %s: %w", name, err)
 			}

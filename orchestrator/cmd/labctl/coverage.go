@@ -12,14 +12,14 @@ import (
 	"runtime"
 	"time"
 
-	"ldtlab/images/cache"
 	"ldtlab/images/kernel"
+	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 	"ldtlab/internal/termsafe"
-	"ldtlab/orchestrator/check"
 	"ldtlab/orchestrator/coverage"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/paper"
+	"ldtlab/orchestrator/preset"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -65,7 +65,7 @@ func init() {
 				return err
 			}
 			lo := g.options(repo, "coverage")
-			check.GuestDefaults(&lo)
+			preset.Pressure(&lo)
 			lo.Name = "coverage"
 			start := time.Now()
 			r := &coverage.Report{Started: start.UTC(), Quick: f.quick, Commit: paper.GitCommit(repo),
@@ -145,12 +145,12 @@ func init() {
 			} else {
 				coverage.Explain(r, nil)
 			}
-			if err := cache.WriteJSON(filepath.Join(dir, "coverage.json"), r); err != nil {
+			if err := fileutil.WriteJSON(filepath.Join(dir, "coverage.json"), r); err != nil {
 				return err
 			}
 			var md bytes.Buffer
 			coverage.Markdown(&md, r)
-			if err := cache.WriteFileAtomic(filepath.Join(dir, "coverage.md"), md.Bytes(), 0o644); err != nil {
+			if err := fileutil.WriteFileAtomic(filepath.Join(dir, "coverage.md"), md.Bytes(), 0o644); err != nil {
 				return err
 			}
 			fmt.Printf("\ncoverage: %d of %d executable series lines ran (%.1f%%), %d unexecuted (%d without a reason) listed in %s\n",
