@@ -5,7 +5,7 @@ export GOFLAGS := -buildvcs=false
 # A cold run builds two kernels (LDT and vanilla) on top of the tests.
 TEST_TIMEOUT ?= 85m
 
-.PHONY: all labctl setup build check stress soak fuzz fuzz-teeth test unit e2e bench bench-paper vet clean checkpatch series-check
+.PHONY: all labctl setup build check stress soak fuzz fuzz-teeth coverage coverage-e2e test unit e2e bench bench-paper vet clean checkpatch series-check
 
 all: labctl
 
@@ -44,6 +44,18 @@ FUZZ_TEETH_SEED ?= 1
 fuzz-teeth: labctl
 	@$(LABCTL) setup
 	@$(LABCTL) fuzz --patches $(FUZZ_TEETH_PATCHES) --for 30m --seed $(FUZZ_TEETH_SEED) --expect pinned-thp,shared-pin,shmem-collapse,ring
+
+# Line coverage of the series (not part of `make test`: the coverage
+# kernel is a cold build of 30+ minutes here). COVERAGE_ARGS=--quick for
+# the short form (15 minutes warm); the output directory is printed.
+COVERAGE_ARGS ?=
+coverage: labctl
+	@$(LABCTL) setup
+	@$(LABCTL) coverage $(COVERAGE_ARGS)
+
+# Its end-to-end test, building the coverage kernel if needed.
+coverage-e2e: setup
+	LDTLAB_COVERAGE_BUILD=1 $(GO) test -count=1 -timeout 90m -v -run 'TestCoverageQuick$$' ./tests
 
 # The overnight job: rounds until SOAK_FOR on as many guests as the machine
 # allows; `labctl soak report DIR` in the morning (DIR is printed).

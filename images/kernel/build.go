@@ -33,7 +33,7 @@ const recipeVersion = "kernel-recipe-4"
 // Options select what to build.
 type Options struct {
 	Repo    string    // repository root (images/config, kmod/)
-	Config  string    // "debug" (default), "perf" or "sanitize"
+	Config  string    // "debug" (default), "perf", "sanitize" or "coverage"
 	Vanilla bool      // build without kmod/patches (A/B comparisons)
 	Jobs    int       // make -j; 0 = CPUs+1
 	Log     io.Writer // progress; nil = os.Stderr
@@ -135,6 +135,10 @@ func (o Options) Variant() string {
 // CONFIG_LDT=n "debug-ldt-n"), so walking the prefixes of the series
 // rebuilds only what each step changes and never disturbs the default
 // kernel's objects.
+//
+// The coverage config has its own: sharing debug's (it differs only in
+// the counters of 16 objects) would make every switch between the two
+// wait for, and undo, whatever series another user is building there.
 func (p *plan) workName() string {
 	v := p.opts.config()
 	switch {
@@ -184,7 +188,7 @@ type plan struct {
 }
 
 // Configs are the kernel configurations the lab builds.
-var Configs = []string{"debug", "perf", "sanitize"}
+var Configs = []string{"debug", "perf", "sanitize", "coverage"}
 
 // CheckConfig says whether name is one of Configs.
 func CheckConfig(name string) error {
@@ -208,13 +212,17 @@ func newPlan(o Options) (*plan, error) {
 	p := &plan{opts: o, src: src}
 	cfgDir := filepath.Join(o.Repo, "images", "config")
 	p.fragments = []string{filepath.Join(cfgDir, "base.config")}
-	if o.config() == "sanitize" {
-		// The sanitizers come on top of every debug assertion.
+	if o.config() == "sanitize" || o.config() == "coverage" {
+		// The sanitizers and the coverage counters come on top of every
+		// debug assertion.
 		p.fragments = append(p.fragments, filepath.Join(cfgDir, "debug.config"))
 	}
 	p.fragments = append(p.fragments, filepath.Join(cfgDir, o.config()+".config"))
 	if p.sel, err = o.Selection(); err != nil {
 		return nil, err
+	}
+	if o.Vanilla && o.config() == "coverage" {
+		return nil, errors.New("--config coverage counts the lines of the series: a vanilla kernel has none")
 	}
 	if o.Vanilla && o.LDTOff {
 		return nil, errors.New("--vanilla has no CONFIG_LDT to turn off")
@@ -268,6 +276,12 @@ func newPlan(o Options) (*plan, error) {
 		if err := k.AddTree("module/"+filepath.Base(m), m); err != nil {
 			return nil, err
 		}
+	}
+	if p.coverage() {
+		// Which objects get counters is decided by code, not by a
+		// fragment: its version is part of this config's key only, so
+		// the other configs keep theirs.
+		k.AddString("gcov", gcovRecipe)
 	}
 	p.key = k.Sum()[:24]
 	p.variant = o.Variant()
@@ -511,6 +525,11 @@ func (p *plan) build(ctx context.Context, dst string) error {
 			return fail("copying "+name, err)
 		}
 	}
+	if p.coverage() {
+		if err := p.saveGcov(pristine, srcDir, outDir, dst); err != nil {
+			return fail("saving the gcov notes", err)
+		}
+	}
 	logFile.Sync()
 	fileutil.CopyFile(logPath, filepath.Join(dst, "build.log"), 0o644)
 
@@ -608,6 +627,18 @@ func (p *plan) prepareTree(ctx context.Context, pristine, srcDir, outDir string,
 	sort.Strings(list)
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
+	}
+	if p.coverage() {
+		mk, err := p.profileSeriesObjects(srcDir, list)
+		if err != nil {
+			return fmt.Errorf("turning on gcov for the series' files: %w", err)
+		}
+		for _, f := range mk {
+			if !slices.Contains(list, f) {
+				list = append(list, f)
+			}
+		}
+		sort.Strings(list)
 	}
 	if err := keepUnchangedMtimes(srcDir, filepath.Join(outDir, ".ldtlab-patched"), list, prev); err != nil {
 		return err

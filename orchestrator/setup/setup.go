@@ -26,7 +26,7 @@ var Required = []Package{
 	{"qemu-system-x86", "runs the guests (qemu-system-x86_64)"},
 	{"busybox-static", "the guest's userland"},
 	{"linux-source-6.12", "the kernel source tarball"},
-	{"build-essential", "gcc and make for the kernel"},
+	{"build-essential", "gcc and make for the kernel; its gcov maps the coverage kernel's counters (labctl coverage)"},
 	{"bc", "kernel build"},
 	{"bison", "kernel build (kconfig)"},
 	{"flex", "kernel build (kconfig)"},

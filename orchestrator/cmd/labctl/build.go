@@ -36,7 +36,7 @@ type guestFlags struct {
 }
 
 func (g *guestFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.config, "config", "debug", "kernel configuration: debug (assertions on), perf (no debug options) or sanitize (debug plus KASAN, KFENCE, UBSAN, lockdep, kmemleak)")
+	fs.StringVar(&g.config, "config", "debug", "kernel configuration: debug (assertions on), perf (no debug options), sanitize (debug plus KASAN, KFENCE, UBSAN, lockdep, kmemleak) or coverage (debug plus gcov counters in the files the series touches)")
 	fs.BoolVar(&g.vanilla, "vanilla", false, "use the kernel built without kmod/patches (A/B comparisons)")
 	g.kernelSelection.register(fs)
 	fs.StringVar(&g.accel, "accel", "auto", "accelerator: auto, kvm or tcg (auto uses KVM only where hardware virtualization works)")
@@ -229,7 +229,7 @@ func init() {
 		name:    "build",
 		summary: "build (or find cached) the guest kernel and initramfs",
 		setup: func(fs *flag.FlagSet) {
-			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug, perf or sanitize")
+			fs.StringVar(&bf.config, "config", "debug", "kernel configuration: debug, perf, sanitize or coverage")
 			fs.BoolVar(&bf.vanilla, "vanilla", false, "build without kmod/patches")
 			bf.sel.register(fs)
 			fs.BoolVar(&bf.all, "all", false, "build every combination (debug, perf) × (ldt, vanilla)")
