@@ -135,6 +135,9 @@ func Dump(ctx context.Context, dir, path string, o DumpOptions) (int64, error) {
 	cancel()
 	if err != nil {
 		c.Execute(context.Background(), "closefd", map[string]string{"fdname": dumpFD})
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("dump interrupted while starting (%w): no file written", ctx.Err())
+		}
 		return 0, fmt.Errorf("starting the dump: %w", busyDump(err))
 	}
 	every := o.Interval
