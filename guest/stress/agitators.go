@@ -273,17 +273,37 @@ func agGUPWrite(s *set, r *rand.Rand) (int, error) {
 	})
 }
 
-func agODirect(s *set, r *rand.Rand) (int, error) {
-	const size = 4 << 20
-	path := DataDir + "/ldt-stress.dat"
-	data := make([]byte, size)
-	for i := 0; i < size; i += 8 {
+// odirectFile is where agODirect reads from. The file is written once,
+// before the first epoch (prepareODirect): written inside an epoch, the
+// 4 MiB of page cache raced compaction, reclaim and the memcg squeeze of
+// the other agitators and often never finished in time (odirect acted 0
+// times in an 8 s run with every agitator, 150 alone).
+func odirectFile() string { return DataDir + "/ldt-stress.dat" }
+
+const odirectSize = 4 << 20
+
+// prepareODirect writes the file of tagged words the O_DIRECT reads copy
+// into the set; the caller removes it.
+func prepareODirect(r *rand.Rand) error {
+	data := make([]byte, odirectSize)
+	for i := 0; i < odirectSize; i += 8 {
 		*(*uint64)(unsafe.Pointer(&data[i])) = tagODirect<<56 | r.Uint64()>>8
 	}
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return 0, fmt.Errorf("write %s: %w", path, err)
+	if err := os.WriteFile(odirectFile(), data, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", odirectFile(), err)
 	}
-	defer os.Remove(path)
+	// On disk before the reads: O_DIRECT must not find dirty page cache.
+	f, err := os.Open(odirectFile())
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func agODirect(s *set, r *rand.Rand) (int, error) {
+	const size = odirectSize
+	path := odirectFile()
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("open %s O_DIRECT: %w", path, err)

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -171,6 +172,14 @@ func Run(o Options) (*Result, error) {
 			res.Copied += uint64(rg.Pages())
 		}
 		return nil
+	}
+	for _, a := range ags {
+		if a.name == "odirect" {
+			if err := prepareODirect(rand.New(rand.NewPCG(o.Seed, 0x6f64))); err != nil {
+				return nil, fmt.Errorf("stress: odirect: %w", err)
+			}
+			defer os.Remove(odirectFile())
+		}
 	}
 	start := time.Now()
 	for e := range o.Epochs {
