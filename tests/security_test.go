@@ -62,7 +62,7 @@ func TestUnprivilegedUserReachesNothing(t *testing.T) {
 		})
 		out := c.ok("up", "--gdb", "--no-build", name)
 		t.Logf("labctl up --gdb:\n%s", out)
-		m := regexp.MustCompile(`gdb (\S+) -ex 'target remote ([^']+)'`).FindStringSubmatch(out)
+		m := regexp.MustCompile(`gdb (?:-q )?(\S+) -ex 'target remote ([^']+)'`).FindStringSubmatch(out)
 		require.NotNil(t, m, "labctl up --gdb prints the gdb command line")
 		gdbAddr := m[2]
 		// The owner debugs the guest with exactly what was printed.
