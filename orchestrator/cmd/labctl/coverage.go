@@ -20,7 +20,6 @@ import (
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/paper"
 	"ldtlab/orchestrator/preset"
-	"ldtlab/orchestrator/vm"
 )
 
 func init() {
@@ -90,18 +89,8 @@ func init() {
 				}
 				kb = b
 			} else {
-				if dir == "" {
-					state, err := lab.EnsureStateDir()
-					if err != nil {
-						return &vm.InfraError{Op: "creating the coverage directory", Err: err}
-					}
-					dir = filepath.Join(state, "coverage-"+time.Now().Format("20060102-150405"))
-				}
-				if dir, err = filepath.Abs(dir); err != nil {
+				if dir, err = runDir(dir, "coverage"); err != nil {
 					return err
-				}
-				if err := secfs.MkdirPrivate(dir, 0o700); err != nil {
-					return &vm.InfraError{Op: "creating " + dir, Err: err}
 				}
 				m, err := lab.Boot(ctx, lo)
 				if err != nil {

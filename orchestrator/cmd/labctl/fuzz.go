@@ -100,18 +100,8 @@ func init() {
 			preset.Pressure(&lo)
 			lo.Name = "fuzz"
 			dir := f.out
-			if dir == "" {
-				state, err := lab.EnsureStateDir()
-				if err != nil {
-					return &vm.InfraError{Op: "creating the fuzz directory", Err: err}
-				}
-				dir = filepath.Join(state, "fuzz-"+time.Now().Format("20060102-150405"))
-			}
-			if dir, err = filepath.Abs(dir); err != nil {
+			if dir, err = runDir(dir, "fuzz"); err != nil {
 				return err
-			}
-			if err := secfs.MkdirPrivate(dir, 0o700); err != nil {
-				return &vm.InfraError{Op: "creating " + dir, Err: err}
 			}
 			store, err := soak.OpenStore(dir)
 			if err != nil {
