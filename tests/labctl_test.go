@@ -179,6 +179,33 @@ func TestLabctlLifecycle(t *testing.T) {
 		assert.Equal(t, 4, ee.ExitCode(), "stderr: %s", ee.Stderr)
 		assert.NotContains(t, string(ee.Stderr), "interrupted", "the proxy ends quietly when ssh hangs up")
 		assert.Equal(t, uname, strings.TrimSpace(string(out)))
+
+		// rsync and legacy scp run their own binary in the guest: both are
+		// shipped into developer VMs.
+		src := filepath.Join(t.TempDir(), "tree")
+		require.NoError(t, os.MkdirAll(filepath.Join(src, "d"), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(src, "d", "f"), []byte("via rsync\n"), 0o644))
+		require.NoError(t, os.Symlink("d/f", filepath.Join(src, "link")))
+		ssh := "ssh -F " + cfg + " -o BatchMode=yes"
+		for _, tc := range []struct {
+			name string
+			argv []string
+			path string
+		}{
+			{"rsync", []string{"rsync", "-a", "-e", ssh, src + "/", "ldtlab-" + name + ":/tmp/rs/"}, "/tmp/rs/link"},
+			{"scp -O", []string{"scp", "-O", "-r", "-F", cfg, "-o", "BatchMode=yes", src, "ldtlab-" + name + ":/tmp/scpO"}, "/tmp/scpO/d/f"},
+		} {
+			if _, err := exec.LookPath(tc.argv[0]); err != nil {
+				t.Logf("%s not installed on the host; not exercised", tc.argv[0])
+				continue
+			}
+			cmd := exec.Command(tc.argv[0], tc.argv[1:]...)
+			cmd.Env = append(os.Environ(), "LDTLAB_REPO="+repo)
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "%s into the guest: %s", tc.name, out)
+			assert.Equal(t, "via rsync", strings.TrimSpace(c.ok("run", name, "--", "cat", tc.path)), tc.name)
+		}
+		assert.Equal(t, "d/f", strings.TrimSpace(c.ok("run", name, "--", "readlink", "/tmp/rs/link")), "rsync -a keeps the relative link")
 	} else {
 		t.Log("ssh(1) not installed; OpenSSH interop not exercised")
 	}

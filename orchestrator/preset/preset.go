@@ -72,3 +72,28 @@ func RedisFiles() ([]rootfs.File, error) {
 // soak) run: three pre-copy rounds under memory pressure, half the
 // default data set.
 var MigrateShort = cell.MigrateOptions{Rounds: 3, Pressure: true, Keys: 8000}
+
+// DevTools are shipped into developer VMs (up, and run/shell's throwaway
+// guests) so that the tools a kernel engineer points at a guest through
+// `labctl ssh-config` work: rsync and `scp -O` run their own binary on the
+// far side (the agent's SFTP server only serves plain scp and sftp).
+func DevTools() ([]rootfs.File, error) {
+	var files []rootfs.File
+	seen := map[string]bool{}
+	for _, p := range []struct{ path, pkg string }{
+		{"/usr/bin/rsync", "rsync"},
+		{"/usr/bin/scp", "openssh-client"},
+	} {
+		fs, err := rootfs.HostProgram(p.path, p.pkg)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range fs {
+			if !seen[f.Path] {
+				seen[f.Path] = true
+				files = append(files, f)
+			}
+		}
+	}
+	return files, nil
+}

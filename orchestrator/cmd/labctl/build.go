@@ -196,6 +196,28 @@ func (g *guestFlags) options(repo, name string) lab.Options {
 	return o
 }
 
+// devOptions are the options of a developer VM: the guest's, plus the
+// tools ssh-config users run against it (rsync, scp -O).
+func (g *guestFlags) devOptions(repo, name string) lab.Options {
+	o := g.options(repo, name)
+	files, err := preset.DevTools()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "labctl: developer tools for the guest: %v\n", err)
+		os.Exit(1)
+	}
+	// --redis ships some of the same libraries: the image refuses a path twice.
+	have := map[string]bool{}
+	for _, f := range o.Extra {
+		have[f.Path] = true
+	}
+	for _, f := range files {
+		if !have[f.Path] {
+			o.Extra = append(o.Extra, f)
+		}
+	}
+	return o
+}
+
 func init() {
 	var sf struct{ backend string }
 	register(&command{

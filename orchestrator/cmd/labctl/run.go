@@ -52,7 +52,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				o := g.options(repo, "run")
+				o := g.devOptions(repo, "run")
 				code, reps, err := throwawayRun(ctx, o, copies, remoteCommand(cmd), timeout, runIO{stdout: os.Stdout, stderr: os.Stderr, stdin: pipedStdin()})
 				if err != nil {
 					return err

@@ -50,7 +50,7 @@ func init() {
 				if err := shShares.check(&sh); err != nil {
 					return err
 				}
-				o := sh.options(repo, "throwaway")
+				o := sh.devOptions(repo, "throwaway")
 				o.Shares = shShares.shares
 				m, err := lab.Boot(ctx, o)
 				if err != nil {

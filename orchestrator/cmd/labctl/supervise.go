@@ -29,7 +29,7 @@ func init() {
 			if err != nil {
 				return err
 			}
-			o := sup.options(repo, args[0])
+			o := sup.devOptions(repo, args[0])
 			o.Dir, o.GDB, o.NoBuild = supDir, supGDB, true
 			o.Shares = supShares.shares
 			return lab.Supervise(context.Background(), o)

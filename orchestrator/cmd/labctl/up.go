@@ -87,7 +87,7 @@ func cmdUp(ctx context.Context, g *guestFlags, shares *shareFlags, gdb bool, nam
 	if err != nil {
 		return err
 	}
-	o := g.options(repo, name)
+	o := g.devOptions(repo, name)
 	// Build in the foreground, where progress and errors are visible.
 	if _, _, err := lab.Prepare(ctx, o); err != nil {
 		return err
