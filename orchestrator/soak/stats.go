@@ -99,6 +99,9 @@ type Summary struct {
 	// RoundKinds counts a finished round's steps by kind (round → kind → n).
 	RoundKinds map[int]map[string]int
 	VMStat     VMStat // summed over the finished rounds
+	// Coverage: the coverage curve's points, in journal order (none
+	// unless the soak ran the coverage kernel).
+	Coverage []CoveragePoint
 }
 
 // TrackerTotals is one tracker's share of the soak.
@@ -285,6 +288,10 @@ func summarize(recs []Record, known map[string]bool) Summary {
 		case "end":
 			if r.End != nil {
 				s.Ended, s.EndLoad = r.End.Reason, r.End.Load
+			}
+		case "coverage":
+			if r.Coverage != nil {
+				s.Coverage = append(s.Coverage, *r.Coverage)
 			}
 		case "lab-failure":
 			if r.LabFailure != nil {
