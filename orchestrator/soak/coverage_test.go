@@ -270,3 +270,45 @@ func TestCoverageSorted(t *testing.T) {
 	got := sortedCoverage([]CoveragePoint{{Elapsed: 600, Executed: 7}, {Elapsed: 300, Executed: 4}})
 	assert.Equal(t, []int{4, 7}, []int{got[0].Executed, got[1].Executed})
 }
+
+// The wiring: a worker's round snapshots its guest after the first step
+// (due: the guest ran for longer than coverageEvery), not after the next
+// ones (too soon), and once more when the soak ends with the guest up.
+func TestCoverageInRounds(t *testing.T) {
+	cat := testCat
+	o := Options{Seed: 11, Light: true, Rounds: 1, MemoryMiB: 768}
+	steps := PlanRound(RoundSeed(o.Seed, 1), cat, Mix{Light: true, GuestMiB: 768})
+	require.GreaterOrEqual(t, len(steps), 2)
+	var outs []func() (Outcome, error)
+	for range steps {
+		outs = append(outs, pass)
+	}
+	s := fakeSoak(t, outs...)
+	s.O, s.cat, s.start, s.deadline = o, cat, time.Now(), time.Now().Add(time.Hour)
+	calls := 0
+	s.snap = func(context.Context, *guest, string) (*coverage.Report, error) {
+		calls++
+		if calls == 1 {
+			return snapReport("mm/memory.c:3"), nil
+		}
+		return snapReport("mm/memory.c:3", "mm/ldt.c:10"), nil
+	}
+	s.worker(context.Background(), 1, &guest{covAt: time.Now().Add(-2 * coverageEvery)})
+	assert.Equal(t, 2, calls, "after the first step, and at the end")
+	recs, err := Replay(s.Dir)
+	require.NoError(t, err)
+	var types []string
+	for _, r := range recs {
+		if len(types) == 0 || types[len(types)-1] != r.Type {
+			types = append(types, r.Type)
+		}
+	}
+	assert.Equal(t, []string{"cell", "coverage", "cell", "round", "coverage"}, types)
+	pts := Summarize(recs).Coverage
+	require.Len(t, pts, 2)
+	assert.Equal(t, []int{1, 2}, []int{pts[0].Executed, pts[1].Executed})
+	assert.Equal(t, []int{1, 1}, []int{pts[0].Round, pts[1].Round})
+	u, err := loadCoverageUnion(s.Dir)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"mm/memory.c:3": "0001-a", "mm/ldt.c:10": "0002-b"}, u.Lines)
+}

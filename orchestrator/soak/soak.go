@@ -482,7 +482,7 @@ func (s *Soak) worker(ctx context.Context, w int, g *guest) {
 			// What the guest ran since its last snapshot would be lost
 			// with it (an interrupt skips this: ctx is done).
 			s.coverageSnapshot(ctx, w, last, g, true)
-			g.m.Close()
+			g.close()
 		}
 	}()
 	backoff := 5 * time.Second
