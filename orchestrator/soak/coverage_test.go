@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -244,7 +245,10 @@ func TestReportCoverage(t *testing.T) {
 			hb, err := os.ReadFile(html)
 			require.NoError(t, err)
 			_, statErr := os.Stat(filepath.Join(dir, "report-coverage.png"))
+			var st bytes.Buffer
+			require.NoError(t, Status(&st, dir))
 			if len(tc.pts) == 0 {
+				assert.NotContains(t, st.String(), "series lines")
 				// (The test's directory name holds "Coverage": look for
 				// the section and the figure.)
 				for _, no := range []string{"Coverage of the series", "Executed series lines", "report-coverage.png"} {
@@ -261,6 +265,7 @@ func TestReportCoverage(t *testing.T) {
 			assert.Contains(t, string(hb), "<td>0001-ldt-core</td><td>120</td><td>100</td><td>83.3</td>")
 			assert.Contains(t, string(hb), "Executed series lines over the soak&#39;s active time")
 			assert.NoError(t, statErr, "the coverage figure")
+			assert.Contains(t, st.String(), "  coverage: 150 of 200 series lines executed (75.0%) after 2h0m0s\n")
 		})
 	}
 }

@@ -255,6 +255,14 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 		}
 	}
 	s.kernel, s.kernelKey, s.accel = first.m.Kernel.Meta.KernelRelease, first.m.Kernel.Meta.Key, string(first.m.Accel.Kind)
+	if s.snap != nil {
+		if _, err := first.m.Kernel.LoadGcovManifest(); err != nil {
+			// A kernel without counters (--vanilla): every snapshot would
+			// fail; say so once instead of a lab failure every 5 minutes.
+			fmt.Fprintf(out, "soak %s: no coverage curve: %v\n", dir, err)
+			s.snap = nil
+		}
+	}
 	host, _ := os.Hostname()
 	backend := s.Guest.Backend
 	if len(s.O.Hosts) > 0 {

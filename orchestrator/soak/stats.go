@@ -466,6 +466,10 @@ func Status(w io.Writer, dir string) error {
 	}
 	fmt.Fprintf(w, "  active %s, last record %s\n", s.Elapsed.Round(time.Second), s.LastAt.Format(time.RFC3339))
 	fmt.Fprintf(w, "  %s\n", s.Stats.Line())
+	if pts := sortedCoverage(s.Coverage); len(pts) > 0 {
+		p := pts[len(pts)-1]
+		fmt.Fprintf(w, "  coverage: %d of %d series lines executed (%.1f%%) after %s\n", p.Executed, p.SeriesLines, p.Percent(), (time.Duration(p.Elapsed) * time.Second).Round(time.Minute))
+	}
 	if len(crashes) > 0 {
 		fmt.Fprintf(w, "  crashes:\n")
 		for _, c := range crashes {
