@@ -41,6 +41,10 @@ type Report struct {
 	NotBuilt   []FileLines `json:"not_built,omitempty"`
 	NoLineData []FileLines `json:"no_line_data,omitempty"`
 	Unexecuted []Line      `json:"unexecuted"`
+	// Ran are the series lines that ran (file, line, patch, function;
+	// no text): what the soak unions across snapshots and reboots. Not
+	// in coverage.json, which counts them already.
+	Ran []Line `json:"-"`
 	// Unexplained counts the unexecuted lines without a reason.
 	Unexplained int `json:"unexplained"`
 	// StaleReasons are reasons that matched no unexecuted line.
@@ -105,7 +109,7 @@ func Map(r *Report, origins map[string]*Origin, counts Counts, built map[string]
 		}
 	}
 	r.SeriesLines, r.Executed = 0, 0
-	r.Unexecuted, r.NotBuilt, r.NoLineData = nil, nil, nil
+	r.Unexecuted, r.Ran, r.NotBuilt, r.NoLineData = nil, nil, nil, nil
 	for _, f := range Sorted(origins) {
 		o := origins[f]
 		notBuilt, noData := 0, 0
@@ -143,6 +147,8 @@ func Map(r *Report, origins map[string]*Origin, counts Counts, built map[string]
 			add(funcs, f+":"+fn, ran)
 			if !ran {
 				r.Unexecuted = append(r.Unexecuted, Line{File: f, Line: i + 1, Text: o.Lines[i], Patch: p, Function: lc.Function})
+			} else {
+				r.Ran = append(r.Ran, Line{File: f, Line: i + 1, Patch: p, Function: lc.Function, Count: lc.Count})
 			}
 		}
 		if notBuilt > 0 {

@@ -39,6 +39,11 @@ func TestMap(t *testing.T) {
 		{File: "include/linux/mm.h", Line: 4, Text: "\treturn x;", Patch: "0001-a", Function: "ldt"},
 		{File: "mm/memory.c", Line: 4, Text: "\t\tldt_mark();", Patch: "0002-b", Function: "f"},
 	}, r.Unexecuted)
+	// What ran, for the soak's union (keyed by file and line).
+	assert.Equal(t, []Line{
+		{File: "mm/memory.c", Line: 3, Patch: "0002-b", Function: "f", Count: 1},
+		{File: "mm/memory.c", Line: 5, Patch: "0001-a", Function: "f", Count: 1},
+	}, r.Ran)
 	assert.Equal(t, []FileLines{{"mm/migrate_device.c", 1}}, r.NotBuilt)
 	// The declaration lines of the header have no code anywhere.
 	assert.Equal(t, []FileLines{{"include/linux/mm.h", 2}}, r.NoLineData)

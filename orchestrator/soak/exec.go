@@ -49,6 +49,10 @@ type guest struct {
 	m *lab.Machine
 	// vmstat is the guest's last vmstat sample (after the last step).
 	vmstat VMStat
+	// covAt is when the guest's coverage was last snapshot (or when it
+	// booted); covDirty says a step ran since.
+	covAt    time.Time
+	covDirty bool
 }
 
 // close stops the guest's machine (nil-safe).

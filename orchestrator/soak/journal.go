@@ -27,7 +27,7 @@ const JournalName = "journal.jsonl"
 // Record is one line of the journal. Exactly one of the pointers is set,
 // named by Type.
 type Record struct {
-	Type    string    `json:"type"` // start | cell | round | lab-failure | end
+	Type    string    `json:"type"` // start | cell | round | lab-failure | coverage | end
 	At      time.Time `json:"at"`
 	Session int       `json:"session"`
 
@@ -36,6 +36,9 @@ type Record struct {
 	Round      *RoundRecord `json:"round,omitempty"`
 	LabFailure *LabFailure  `json:"lab_failure,omitempty"`
 	End        *End         `json:"end,omitempty"`
+	// Coverage: a point of the coverage curve (--config coverage only;
+	// journals before it have none).
+	Coverage *CoveragePoint `json:"coverage,omitempty"`
 }
 
 // Start opens a session: the first one fixes the soak's options, a

@@ -97,6 +97,9 @@ func buildReport(dir string, s Summary, crashes []Crash) *reportData {
 	}
 	r.Env = envLines(s.First, s.Last, s.EndLoad)
 	r.Tables = []table{trackerTable(s), agitatorTable(s), fuzzOpTable(s), vmstatRoundTable(s), vmstatTotalTable(s), dumpTable(s)}
+	if len(s.Coverage) > 0 {
+		r.Tables = append(r.Tables, coverageTable(s))
+	}
 	r.Head = append(r.Head,
 		fmt.Sprintf("state: %s", state),
 		fmt.Sprintf("from %s to %s, %s active", s.StartedAt.Format(time.RFC3339), s.LastAt.Format(time.RFC3339), s.Elapsed.Round(time.Second)),
@@ -420,7 +423,80 @@ func figures(s Summary) ([]figure, error) {
 		}
 		out = append(out, figure{file: f.file, caption: f.title + " (" + caption + ")", png: png})
 	}
+	if len(s.Coverage) > 0 {
+		png, err := renderPNG([][]*plot.Plot{{coveragePlot(s.Coverage)}}, caption, 16*vg.Centimeter, 9*vg.Centimeter)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, figure{file: "report-coverage.png", caption: "Executed series lines over the soak's active time (" + caption + ")", png: png})
+	}
 	return out, nil
+}
+
+// coveragePlot is the coverage curve as syzkaller's dashboard draws it:
+// the union of executed series lines against hours of soak, under a
+// dashed line at the series' executable lines.
+func coveragePlot(pts []CoveragePoint) *plot.Plot {
+	pts = sortedCoverage(pts)
+	total := 0
+	xy := plotter.XYs{{X: 0, Y: 0}}
+	for _, p := range pts {
+		xy = append(xy, plotter.XY{X: p.Elapsed / 3600, Y: float64(p.Executed)})
+		total = max(total, p.SeriesLines)
+	}
+	end := xy[len(xy)-1].X
+	if end == 0 {
+		end = 1.0 / 60
+	}
+	p := plot.New()
+	p.Title.Text = "Executed series lines over time"
+	p.X.Label.Text = "soak (hours, active)"
+	p.Y.Label.Text = "series lines executed (union)"
+	p.X.Min, p.Y.Min = 0, 0
+	p.Y.Max = float64(max(total, 1)) * 1.3 // room for the legend above the total
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Add(plotter.NewGrid())
+	if l, err := plotter.NewLine(xy); err == nil {
+		l.Color = plotutil.Color(0)
+		l.Width = vg.Points(1.5)
+		// The union holds until the next snapshot.
+		l.StepStyle = plotter.PostStep
+		p.Add(l)
+		p.Legend.Add("executed", l)
+	}
+	if l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: float64(total)}, {X: end, Y: float64(total)}}); err == nil {
+		l.Color = plotutil.Color(2)
+		l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		p.Add(l)
+		p.Legend.Add(fmt.Sprintf("series lines (%d)", total), l)
+	}
+	return p
+}
+
+// sortedCoverage orders points by active time (two workers' snapshots
+// can reach the journal in the other order).
+func sortedCoverage(pts []CoveragePoint) []CoveragePoint {
+	out := append([]CoveragePoint(nil), pts...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Elapsed < out[j].Elapsed })
+	return out
+}
+
+// coverageTable is the curve's final numbers: the union at the last
+// snapshot, per patch.
+func coverageTable(s Summary) table {
+	pts := sortedCoverage(s.Coverage)
+	last := pts[len(pts)-1]
+	t := table{
+		Title: "Coverage of the series' lines",
+		Note: fmt.Sprintf("%d of %d executable series lines executed (%.1f%%) after %s of soak: the union over %d snapshot(s) of the guests' gcov counters, across guests and reboots (kept in %s).",
+			last.Executed, last.SeriesLines, last.Percent(), (time.Duration(last.Elapsed) * time.Second).Round(time.Minute), len(pts), CoverageUnionName),
+		Head:  []string{"patch", "series lines", "executed", "%"},
+		Empty: "No per-patch counts.",
+	}
+	for _, g := range last.PerPatch {
+		t.Rows = append(t.Rows, []string{g.Name, fmt.Sprint(g.SeriesLines), fmt.Sprint(g.Executed), fmt.Sprintf("%.1f", g.Percent)})
+	}
+	return t
 }
 
 type series struct {

@@ -26,6 +26,7 @@ import (
 	"ldtlab/internal/shquote"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/cell"
+	"ldtlab/orchestrator/coverage"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/paper"
 	"ldtlab/orchestrator/preset"
@@ -119,17 +120,6 @@ type RoundRecord struct {
 	// cells had one (a cell whose guest died has none).
 	VMStat      VMStat `json:"vmstat,omitempty"`
 	VMStatCells int    `json:"vmstat_cells,omitempty"`
-	// Coverage is the hook for kernel line coverage over time (the
-	// coverage kernel's collection fills it; nil until then).
-	Coverage *CoveragePoint `json:"coverage,omitempty"`
-}
-
-// CoveragePoint is the series' line coverage reached by the end of a
-// round: a hook for the coverage collection (issue 20's coverage part),
-// which the soak does not fill itself.
-type CoveragePoint struct {
-	SeriesLines int `json:"series_lines"`
-	Executed    int `json:"executed"`
 }
 
 // failedVerdict: the unexpected outcomes, as check counts them.
@@ -162,12 +152,16 @@ type Soak struct {
 	// dump takes a stuck guest's sysrq-t/w dump (sysrqDump; a fake in
 	// unit tests).
 	dump func(ctx context.Context, g *guest) (string, error)
+	// snap takes a coverage snapshot of a guest into dir (snapshotGuest
+	// with --config coverage, a fake in unit tests, nil otherwise).
+	snap func(ctx context.Context, g *guest, dir string) (*coverage.Report, error)
 
 	mu       sync.Mutex
 	done     map[int]bool
 	inflight map[int]bool
 	stats    Stats
 	progress *progress
+	cov      *coverageUnion // executed series lines so far (under mu)
 }
 
 // Run starts a new soak in dir, or resumes the one there.
@@ -203,6 +197,15 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 		}
 		fmt.Fprintf(out, "soak %s: resuming with the options its journal recorded: %s\n", dir, s.O.describe())
 		s.killLeftovers()
+	}
+	if s.O.Config == "coverage" {
+		s.snap = snapshotGuest
+		if s.cov, err = loadCoverageUnion(dir); err != nil {
+			// Coverage is not worth the soak: start the union afresh.
+			fmt.Fprintf(out, "soak %s: %v: the coverage union starts again from zero\n", dir, err)
+		} else if resume && len(s.cov.Lines) == 0 && journalHasCoverage(old) {
+			fmt.Fprintf(out, "soak %s: %s is missing: the coverage union starts again from zero\n", dir, CoverageUnionName)
+		}
 	}
 	s.start = time.Now()
 	s.deadline = s.start.Add(s.O.For - s.prev)
@@ -252,6 +255,14 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 		}
 	}
 	s.kernel, s.kernelKey, s.accel = first.m.Kernel.Meta.KernelRelease, first.m.Kernel.Meta.Key, string(first.m.Accel.Kind)
+	if s.snap != nil {
+		if _, err := first.m.Kernel.LoadGcovManifest(); err != nil {
+			// A kernel without counters (--vanilla): every snapshot would
+			// fail; say so once instead of a lab failure every 5 minutes.
+			fmt.Fprintf(out, "soak %s: no coverage curve: %v\n", dir, err)
+			s.snap = nil
+		}
+	}
 	host, _ := os.Hostname()
 	backend := s.Guest.Backend
 	if len(s.O.Hosts) > 0 {
@@ -439,7 +450,9 @@ func (s *Soak) boot(ctx context.Context, w int) (*guest, error) {
 		return nil, err
 	}
 	s.logf("worker %d: booted %s%s in %s", w, m.Name, where, m.BootTime.Round(time.Millisecond))
-	return &guest{m: m}, nil
+	// Its counters start at zero now: the first snapshot is due after
+	// coverageEvery.
+	return &guest{m: m, covAt: time.Now()}, nil
 }
 
 // next hands out the lowest round not done and not running: rounds a
@@ -471,9 +484,13 @@ func (s *Soak) over(ctx context.Context) bool {
 
 // worker runs rounds on its guest, replacing the guest after a fault.
 func (s *Soak) worker(ctx context.Context, w int, g *guest) {
+	last := 0
 	defer func() {
 		if g != nil {
-			g.m.Close()
+			// What the guest ran since its last snapshot would be lost
+			// with it (an interrupt skips this: ctx is done).
+			s.coverageSnapshot(ctx, w, last, g, true)
+			g.close()
 		}
 	}()
 	backoff := 5 * time.Second
@@ -482,6 +499,7 @@ func (s *Soak) worker(ctx context.Context, w int, g *guest) {
 		if !ok {
 			return
 		}
+		last = n
 		finished := s.round(ctx, w, n, &g, &backoff)
 		s.mu.Lock()
 		delete(s.inflight, n)
@@ -548,6 +566,10 @@ func (s *Soak) round(ctx context.Context, w, n int, gp **guest, backoff *time.Du
 		s.mu.Lock()
 		s.stats.addCell(c)
 		s.mu.Unlock()
+		if g := *gp; g != nil {
+			g.covDirty = true
+			s.coverageSnapshot(ctx, w, n, g, false)
+		}
 	}
 	if err := s.j.Append(Record{Type: "round", Session: s.session, Round: &rr}); err != nil {
 		s.progress.event("journal: %v", err)

@@ -99,6 +99,9 @@ type Summary struct {
 	// RoundKinds counts a finished round's steps by kind (round → kind → n).
 	RoundKinds map[int]map[string]int
 	VMStat     VMStat // summed over the finished rounds
+	// Coverage: the coverage curve's points, in journal order (none
+	// unless the soak ran the coverage kernel).
+	Coverage []CoveragePoint
 }
 
 // TrackerTotals is one tracker's share of the soak.
@@ -286,6 +289,10 @@ func summarize(recs []Record, known map[string]bool) Summary {
 			if r.End != nil {
 				s.Ended, s.EndLoad = r.End.Reason, r.End.Load
 			}
+		case "coverage":
+			if r.Coverage != nil {
+				s.Coverage = append(s.Coverage, *r.Coverage)
+			}
 		case "lab-failure":
 			if r.LabFailure != nil {
 				s.LabFailures++
@@ -459,6 +466,10 @@ func Status(w io.Writer, dir string) error {
 	}
 	fmt.Fprintf(w, "  active %s, last record %s\n", s.Elapsed.Round(time.Second), s.LastAt.Format(time.RFC3339))
 	fmt.Fprintf(w, "  %s\n", s.Stats.Line())
+	if pts := sortedCoverage(s.Coverage); len(pts) > 0 {
+		p := pts[len(pts)-1]
+		fmt.Fprintf(w, "  coverage: %d of %d series lines executed (%.1f%%) after %s\n", p.Executed, p.SeriesLines, p.Percent(), (time.Duration(p.Elapsed) * time.Second).Round(time.Minute))
+	}
 	if len(crashes) > 0 {
 		fmt.Fprintf(w, "  crashes:\n")
 		for _, c := range crashes {

@@ -31,7 +31,7 @@ func init() {
 		args: "| soak --resume DIR | soak report DIR | soak status DIR",
 		summary: "the overnight job: random rounds of scenarios, stress, ldt-fuzz, checkpoint oracle, redis migration and selftests on N reused guests until --for; " +
 			"crashes filed by title under DIR/crashes, a hung or timed-out step's console and sysrq-t/w dump under DIR/dumps, a journal that survives kill -9 (--resume), " +
-			"and a report (what ran, per tracker, per agitator and fuzz operation, the guest's vmstat per round). " +
+			"and a report (what ran, per tracker, per agitator and fuzz operation, the guest's vmstat per round; with --config coverage, the series lines executed over time). " +
 			"Guests have 768 MiB unless --mem says otherwise (as for check).",
 		setup: func(fs *flag.FlagSet) {
 			g.register(fs)
