@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -184,6 +185,9 @@ func (s *Soak) coverageSnapshot(ctx context.Context, w, n int, g *guest, final b
 	p := s.cov.point()
 	// Saved under the lock: two workers' saves never interleave.
 	saveErr := s.cov.save(s.Dir)
+	if saveErr == nil {
+		saveErr = writeUnionReport(s.Dir, r, s.cov, s.reasonsFile())
+	}
 	s.mu.Unlock()
 	if saveErr != nil {
 		s.progress.event("coverage: %v", saveErr)
@@ -204,4 +208,78 @@ func journalHasCoverage(recs []Record) bool {
 		}
 	}
 	return false
+}
+
+// CoverageReportName is the union's coverage report in the soak directory
+// (as labctl coverage writes its own: coverage.json, coverage.md), so the
+// lines no guest ever ran are listed with their text and reasons.
+const CoverageReportName = "coverage.json"
+
+// writeUnionReport turns a snapshot's report into the union's (the lines
+// any guest ran count as executed) and writes DIR/coverage.json and
+// DIR/coverage.md, explained by reasonsFile ("" or missing: none).
+func writeUnionReport(dir string, r *coverage.Report, u *coverageUnion, reasonsFile string) error {
+	ran := make(map[string]bool, len(u.Lines))
+	for k := range u.Lines {
+		ran[k] = true
+	}
+	ur := *r
+	ur.Ran = append([]coverage.Line(nil), r.Ran...)
+	ur.Unexecuted = append([]coverage.Line(nil), r.Unexecuted...)
+	ur.Union(ran)
+	ur.Jobs = []coverage.Job{{Name: "soak", Detail: "the union of every guest's counters since the soak began", Verdict: "ran"}}
+	return explainCoverage(dir, &ur, reasonsFile)
+}
+
+// ExplainCoverage re-reads DIR/coverage.json and rewrites it and
+// DIR/coverage.md with the reasons of reasonsFile: after the reasons
+// change, without another soak. No coverage.json: nothing to do.
+func ExplainCoverage(dir, reasonsFile string) error {
+	b, err := secfs.ReadFileIn(dir, CoverageReportName, 64<<20)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var r coverage.Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("%s: %w", filepath.Join(dir, CoverageReportName), err)
+	}
+	return explainCoverage(dir, &r, reasonsFile)
+}
+
+func explainCoverage(dir string, r *coverage.Report, reasonsFile string) error {
+	var reasons []coverage.Reason
+	if reasonsFile != "" {
+		b, err := os.ReadFile(reasonsFile)
+		switch {
+		case err == nil:
+			if reasons, err = coverage.ParseReasons(bytes.NewReader(b)); err != nil {
+				return fmt.Errorf("%s: %w", reasonsFile, err)
+			}
+		case !os.IsNotExist(err):
+			return err
+		}
+	}
+	coverage.Explain(r, reasons)
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(filepath.Join(dir, CoverageReportName), append(b, '\n')); err != nil {
+		return err
+	}
+	var md bytes.Buffer
+	coverage.Markdown(&md, r)
+	return writeAtomic(filepath.Join(dir, "coverage.md"), md.Bytes())
+}
+
+// reasonsFile is the repository's docs/coverage.reasons ("" without a
+// repository, as in unit tests).
+func (s *Soak) reasonsFile() string {
+	if s.Guest.Repo == "" {
+		return ""
+	}
+	return filepath.Join(s.Guest.Repo, "docs", "coverage.reasons")
 }

@@ -317,3 +317,37 @@ func TestCoverageInRounds(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{"mm/memory.c:3": "0001-a", "mm/ldt.c:10": "0002-b"}, u.Lines)
 }
+
+// The soak keeps the union's coverage.md: a line another guest ran is not
+// listed as unexecuted, reasons from the file explain the rest, and
+// ExplainCoverage applies changed reasons without a soak.
+func TestCoverageUnionReport(t *testing.T) {
+	withUnexec := func(ran []string, unexec ...string) *coverage.Report {
+		r := snapReport(ran...)
+		for _, k := range unexec {
+			f, l, _ := strings.Cut(k, ":")
+			n, _ := strconv.Atoi(l)
+			r.Unexecuted = append(r.Unexecuted, coverage.Line{File: f, Line: n, Patch: "0002-b", Function: "ldt_collect", Text: "line " + k})
+		}
+		return r
+	}
+	s := covSoak(t,
+		snapOf(withUnexec([]string{"mm/ldt.c:10"}, "mm/ldt.c:11", "mm/ldt.c:12")),
+		snapOf(withUnexec([]string{"mm/ldt.c:11"}, "mm/ldt.c:10", "mm/ldt.c:12")), // rebooted: 10 ran before
+	)
+	s.coverageSnapshot(context.Background(), 1, 1, &guest{covDirty: true}, false)
+	s.coverageSnapshot(context.Background(), 1, 2, &guest{covDirty: true}, false)
+	md, err := os.ReadFile(filepath.Join(s.Dir, "coverage.md"))
+	require.NoError(t, err)
+	assert.Contains(t, string(md), "mm/ldt.c:12")
+	assert.NotContains(t, string(md), "line mm/ldt.c:10", "ran on the guest before the reboot")
+	assert.NotContains(t, string(md), "line mm/ldt.c:11")
+
+	reasons := filepath.Join(t.TempDir(), "reasons")
+	require.NoError(t, os.WriteFile(reasons, []byte("mm/ldt.c:ldt_collect:line mm/ldt.c:12\tscenario to write: the test's\n"), 0o644))
+	require.NoError(t, ExplainCoverage(s.Dir, reasons))
+	md, err = os.ReadFile(filepath.Join(s.Dir, "coverage.md"))
+	require.NoError(t, err)
+	assert.Contains(t, string(md), "scenario to write: the test's")
+	require.NoError(t, ExplainCoverage(t.TempDir(), reasons), "no coverage.json: nothing to do")
+}

@@ -677,6 +677,12 @@ func (s *Soak) step(ctx context.Context, w, n int, seed uint64, st Step, gp **gu
 		c.VMStat = s.sampleAfter(ctx, g)
 	}
 	if replace {
+		if err == nil {
+			// It still answers (a report, a KNOWN-GAP): keep what it ran
+			// before its counters go with it.
+			g.covDirty = true
+			s.coverageSnapshot(ctx, w, n, g, true)
+		}
 		s.logf("worker %d: round %d: replacing the guest after %s", w, n, firstLine(c.Verdict+" "+c.Error+" "+strings.Join(c.Crashes, "; ")))
 		g.close()
 		*gp = nil

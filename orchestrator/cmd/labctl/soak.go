@@ -56,6 +56,12 @@ func init() {
 				if args[0] == "status" {
 					return soak.Status(os.Stdout, args[1])
 				}
+				if repo, err := repoRoot(); err == nil {
+					// The union's unexecuted lines, with today's reasons.
+					if err := soak.ExplainCoverage(args[1], filepath.Join(repo, "docs", "coverage.reasons")); err != nil {
+						return err
+					}
+				}
 				md, html, err := soak.WriteReport(args[1])
 				if err != nil {
 					return err
