@@ -186,6 +186,10 @@ func (s *Soak) coverageSnapshot(ctx context.Context, w, n int, g *guest, final b
 	// Saved under the lock: two workers' saves never interleave.
 	saveErr := s.cov.save(s.Dir)
 	if saveErr == nil {
+		r.Host, r.Seconds = s.host, (s.prev + time.Since(s.start)).Seconds()
+		if s.env != nil {
+			r.Commit = s.env.Commit
+		}
 		saveErr = writeUnionReport(s.Dir, r, s.cov, s.reasonsFile())
 	}
 	s.mu.Unlock()

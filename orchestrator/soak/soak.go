@@ -162,6 +162,8 @@ type Soak struct {
 	stats    Stats
 	progress *progress
 	cov      *coverageUnion // executed series lines so far (under mu)
+	env      *Env           // this session's provenance (nil in unit tests)
+	host     string
 }
 
 // Run starts a new soak in dir, or resumes the one there.
@@ -268,9 +270,11 @@ func Run(ctx context.Context, dir string, o Options, gopts lab.Options, resume b
 	if len(s.O.Hosts) > 0 {
 		backend = "libvirt" // QEMU runs on those hosts: its version is theirs
 	}
+	s.env = collectEnv(s.Guest.Repo, first.m, backend)
+	s.host = host
 	if err := s.j.Append(Record{Type: "start", Session: s.session, Start: &Start{
 		Options: s.O, Kernel: s.kernel, KernelKey: s.kernelKey, Accel: s.accel, Catalogue: s.cat, Resumed: resume, Host: host,
-		Env: collectEnv(s.Guest.Repo, first.m, backend),
+		Env: s.env,
 	}}); err != nil {
 		first.m.Close()
 		return err
