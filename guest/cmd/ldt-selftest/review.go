@@ -261,60 +261,33 @@ func largeFolio(addr uintptr, n int) (bool, error) {
 // whole (as the vanilla kernel does: its batch ignores Dirty) instead of
 // splitting it; and the write is still reported.
 func checkMTHPBatch() error {
-	const knob = "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled"
 	const n = 16
-	old, err := os.ReadFile(knob)
-	if err != nil {
-		return fmt.Errorf("needs 64 KiB mTHP: %w", err)
-	}
-	if err := os.WriteFile(knob, []byte("always"), 0); err != nil {
-		return fmt.Errorf("enable 64 KiB mTHP: %w", err)
-	}
-	defer func() {
-		// The file shows "always [inherit] madvise never": keep the choice.
-		s := string(old)
-		if i, j := strings.IndexByte(s, '['), strings.IndexByte(s, ']'); i >= 0 && j > i {
-			os.WriteFile(knob, []byte(s[i+1:j]), 0)
+	return mthp64K(1, func(mem []byte) error {
+		f, err := ldt.Open()
+		if err != nil {
+			return err
 		}
-	}()
-	f, err := ldt.Open()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
-	all, err := unix.Mmap(-1, 0, 2*n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		return err
-	}
-	defer unix.Munmap(all)
-	off := int((n*pg - uintptr(unsafe.Pointer(&all[0]))%(n*pg)) % (n * pg))
-	mem := all[off : off+n*pg]
-	base := uintptr(unsafe.Pointer(&mem[0]))
-	mem[0] = 1 // one write fault maps the whole mTHP
-	for p := range n {
-		mem[p*pg+1] = 1
-	}
-	if ok, err := largeFolio(base, n); err != nil || !ok {
-		return fmt.Errorf("setup: no 64 KiB folio after the first write (large=%v, err=%v)", ok, err)
-	}
-	if _, err := f.CollectAll(base, base+n*pg, ldt.Clear); err != nil {
-		return err
-	}
-	mem[5*pg] = 2 // one entry Dirty, the others OS-backup only
-	if err := unix.Madvise(mem, unix.MADV_COLD); err != nil {
-		return fmt.Errorf("MADV_COLD: %w", err)
-	}
-	ok, err := largeFolio(base, n)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("MADV_COLD split the 64 KiB folio: its entries differed only in LDT state")
-	}
-	return expect(f, base, base+n*pg, ldt.Clear, pageRegions(uint64(base), 5, 6), "after MADV_COLD")
+		defer f.Close()
+		if err := f.Attach(0); err != nil {
+			return err
+		}
+		base := uintptr(unsafe.Pointer(&mem[0]))
+		if _, err := f.CollectAll(base, base+n*pg, ldt.Clear); err != nil {
+			return err
+		}
+		mem[5*pg] = 2 // one entry Dirty, the others OS-backup only
+		if err := unix.Madvise(mem, unix.MADV_COLD); err != nil {
+			return fmt.Errorf("MADV_COLD: %w", err)
+		}
+		ok, err := largeFolio(base, n)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("MADV_COLD split the 64 KiB folio: its entries differed only in LDT state")
+		}
+		return expect(f, base, base+n*pg, ldt.Clear, pageRegions(uint64(base), 5, 6), "after MADV_COLD")
+	})
 }
 
 // checkNaiveNeedsCap: the negative control makes the kernel lose data, so

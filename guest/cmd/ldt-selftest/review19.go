@@ -147,9 +147,13 @@ func rawForkExit() (int, syscall.Errno) {
 	return int(r), 0
 }
 
-// withMTHP64K turns 64 KiB anonymous mTHP on for the duration of fn.
-func withMTHP64K(fn func() error) error {
+// mthp64K runs fn on `folios` 64 KiB-aligned 64 KiB folios of private
+// anonymous memory, each mapped whole by one write fault and with no page
+// left all zeros (those are not written to swap), under 64 KiB mTHP
+// "always" (restored after). mem spans the folios back to back.
+func mthp64K(folios int, fn func(mem []byte) error) error {
 	const knob = "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled"
+	const n = 16
 	old, err := os.ReadFile(knob)
 	if err != nil {
 		return fmt.Errorf("needs 64 KiB mTHP: %w", err)
@@ -164,7 +168,24 @@ func withMTHP64K(fn func() error) error {
 			os.WriteFile(knob, []byte(s[i+1:j]), 0)
 		}
 	}()
-	return fn()
+	all, err := unix.Mmap(-1, 0, (folios+1)*n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(all)
+	off := int((n*pg - uintptr(unsafe.Pointer(&all[0]))%(n*pg)) % (n * pg))
+	mem := all[off : off+folios*n*pg]
+	for i := range folios {
+		b := mem[i*n*pg : (i+1)*n*pg]
+		b[0] = 1 // one write fault maps the whole mTHP
+		for p := range n {
+			b[p*pg+1] = 1
+		}
+		if ok, err := largeFolio(uintptr(unsafe.Pointer(&b[0])), n); err != nil || !ok {
+			return fmt.Errorf("setup: no 64 KiB folio after the first write (large=%v, err=%v)", ok, err)
+		}
+	}
+	return fn(mem)
 }
 
 // checkSwapinMTHP: a 64 KiB folio swapped out after a collection, of which
@@ -175,7 +196,7 @@ func withMTHP64K(fn func() error) error {
 // highest priority): only those swap large folios in.
 func checkSwapinMTHP() error {
 	const n = 16
-	return withMTHP64K(func() error {
+	return mthp64K(3, func(mem []byte) error {
 		f, err := ldt.Open()
 		if err != nil {
 			return err
@@ -184,25 +205,9 @@ func checkSwapinMTHP() error {
 		if err := f.Attach(0); err != nil {
 			return err
 		}
-		all, err := unix.Mmap(-1, 0, 4*n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-		if err != nil {
-			return err
-		}
-		defer unix.Munmap(all)
-		off := int((n*pg - uintptr(unsafe.Pointer(&all[0]))%(n*pg)) % (n * pg))
-		mem := all[off : off+3*n*pg]
 		ctl, mixed := mem[:n*pg], mem[2*n*pg:3*n*pg] // a folio apart
 		base := uintptr(unsafe.Pointer(&mem[0]))
 		addrOf := func(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
-		for _, b := range [][]byte{ctl, mixed} {
-			b[0] = 1 // one write fault maps the whole mTHP
-			for p := range n {
-				b[p*pg+1] = 1 // no page is all zeros (those are not written to swap)
-			}
-			if ok, err := largeFolio(addrOf(b), n); err != nil || !ok {
-				return fmt.Errorf("setup: no 64 KiB folio after the first write (large=%v, err=%v)", ok, err)
-			}
-		}
 		if _, err := f.CollectAll(base, base+uintptr(len(mem)), ldt.Clear); err != nil {
 			return err
 		}
