@@ -135,29 +135,32 @@ func gapFor(tracker string, spec RegionSpec, st *pageState, srcs []string) strin
 		}
 		return true
 	}
-	// A collapse over a write no zap had taken (coll is only set then)
-	// and no zap since decides alone: the series keeps such writes
-	// (0014), so for ldt that loss is a finding, not the shared-zap gap.
-	// A zap after the collapse may have lost it: that stays excused.
-	if spec.Shared() && st.coll && !st.zapped {
-		if result.FuzzGap(GapShmemCollapse, tracker) != "" {
-			return GapShmemCollapse
-		}
-		return ""
-	}
 	for _, c := range []struct {
 		class string
 		holds bool
+		// alone: when it holds, this class decides and no later one is
+		// asked. A collapse over a write no zap had taken (coll is only
+		// set then) and no zap since: the series keeps such writes (0014),
+		// so for ldt that loss is a finding, not the shared-zap gap. A zap
+		// after the collapse may have lost it: that stays excused below.
+		alone bool
 	}{
-		{GapSharedZap, spec.Shared() && st.zapped},
-		{GapPinReadOnly, all(classPin) && st.pinRO},
-		{GapKSM, st.ksm},
-		{GapPinWrite, all(classPin)},
-		{GapRing, all(classRing)},
-		{GapShmemCollapse, spec.Shared() && st.coll},
+		{GapShmemCollapse, spec.Shared() && st.coll && !st.zapped, true},
+		{GapSharedZap, spec.Shared() && st.zapped, false},
+		{GapPinReadOnly, all(classPin) && st.pinRO, false},
+		{GapKSM, st.ksm, false},
+		{GapPinWrite, all(classPin), false},
+		{GapRing, all(classRing), false},
+		{GapShmemCollapse, spec.Shared() && st.coll, false},
 	} {
-		if c.holds && result.FuzzGap(c.class, tracker) != "" {
+		if !c.holds {
+			continue
+		}
+		if result.FuzzGap(c.class, tracker) != "" {
 			return c.class
+		}
+		if c.alone {
+			return ""
 		}
 	}
 	return ""
