@@ -1,59 +1,89 @@
 package coverage
 
-import "strconv"
+import (
+	"fmt"
+	"strconv"
+)
 
 // Key names a series line in a union of runs: "file:line".
 func Key(l Line) string { return l.File + ":" + strconv.Itoa(l.Line) }
 
 // Union marks as executed every unexecuted line of r that ran elsewhere
 // (ran holds Keys): a long run's guests reboot and restart their counters,
-// so what the run covered is the union, not one guest's snapshot. Counts
-// and groups are recomputed from the lines; reasons are not touched (call
-// Explain after).
+// and two runs of one kernel cover what either ran, so the coverage is a
+// union, not one snapshot. The groups are adjusted line by line, so this
+// works on a report read back from coverage.json (which has no Ran).
+// Reasons are not touched (call Explain after).
 func (r *Report) Union(ran map[string]bool) {
+	bump := func(gs []Group, name string) {
+		for i := range gs {
+			if gs[i].Name == name {
+				gs[i].Executed++
+				return
+			}
+		}
+	}
 	var still []Line
 	for _, l := range r.Unexecuted {
-		if ran[Key(l)] {
-			l.Text, l.Reason = "", ""
-			r.Ran = append(r.Ran, l)
+		if !ran[Key(l)] {
+			still = append(still, l)
 			continue
 		}
-		still = append(still, l)
+		fn := l.Function
+		if fn == "" {
+			fn = "(outside any function)"
+		}
+		bump(r.PerPatch, l.Patch)
+		bump(r.PerFile, l.File)
+		bump(r.PerFunction, l.File+":"+fn)
+		r.Executed++
+		l.Text, l.Reason = "", ""
+		r.Ran = append(r.Ran, l)
 	}
 	r.Unexecuted = still
-	patches, files, funcs := map[string]*Group{}, map[string]*Group{}, map[string]*Group{}
-	add := func(m map[string]*Group, name string, ran bool) {
-		g := m[name]
-		if g == nil {
-			g = &Group{Name: name}
-			m[name] = g
-		}
-		g.SeriesLines++
-		if ran {
-			g.Executed++
-		}
-	}
-	// Patches with no executable line keep their (empty) row.
-	for _, g := range r.PerPatch {
-		patches[g.Name] = &Group{Name: g.Name}
-	}
-	for i, ls := range [][]Line{r.Ran, r.Unexecuted} {
-		for _, l := range ls {
-			fn := l.Function
-			if fn == "" {
-				fn = "(outside any function)"
-			}
-			add(patches, l.Patch, i == 0)
-			add(files, l.File, i == 0)
-			add(funcs, l.File+":"+fn, i == 0)
-		}
-	}
-	r.SeriesLines, r.Executed = len(r.Ran)+len(r.Unexecuted), len(r.Ran)
 	r.Percent = pct(r.Executed, r.SeriesLines)
-	r.PerPatch, r.PerFile, r.PerFunction = groups(patches), groups(files), groups(funcs)
 	for _, gs := range [][]Group{r.PerPatch, r.PerFile, r.PerFunction} {
 		for i := range gs {
 			gs[i].Percent = pct(gs[i].Executed, gs[i].SeriesLines)
 		}
 	}
+}
+
+// Merge is the union of reports of the same kernel (same key and series
+// lines): a line ran if it ran in any of them. Jobs and problems are
+// concatenated, times summed; the first report's provenance is kept.
+func Merge(rs []*Report) (*Report, error) {
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("nothing to merge")
+	}
+	out := *rs[0]
+	out.Ran = append([]Line(nil), rs[0].Ran...)
+	out.Unexecuted = append([]Line(nil), rs[0].Unexecuted...)
+	out.PerPatch = append([]Group(nil), rs[0].PerPatch...)
+	out.PerFile = append([]Group(nil), rs[0].PerFile...)
+	out.PerFunction = append([]Group(nil), rs[0].PerFunction...)
+	out.Jobs = append([]Job(nil), rs[0].Jobs...)
+	out.Problems = append([]string(nil), rs[0].Problems...)
+	for _, r := range rs[1:] {
+		if r.KernelKey != out.KernelKey || r.SeriesLines != out.SeriesLines {
+			return nil, fmt.Errorf("cannot merge coverage of kernel %s (%d series lines) with kernel %s (%d): different builds",
+				r.KernelKey, r.SeriesLines, out.KernelKey, out.SeriesLines)
+		}
+		missed := map[string]bool{}
+		for _, l := range r.Unexecuted {
+			missed[Key(l)] = true
+		}
+		ran := map[string]bool{}
+		for _, l := range out.Unexecuted {
+			if !missed[Key(l)] {
+				ran[Key(l)] = true
+			}
+		}
+		out.Union(ran)
+		out.Jobs = append(out.Jobs, r.Jobs...)
+		out.Problems = append(out.Problems, r.Problems...)
+		out.Seconds += r.Seconds
+		out.Quick = out.Quick && r.Quick
+	}
+	return &out, nil
 }

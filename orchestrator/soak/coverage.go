@@ -230,6 +230,9 @@ func writeUnionReport(dir string, r *coverage.Report, u *coverageUnion, reasonsF
 	ur := *r
 	ur.Ran = append([]coverage.Line(nil), r.Ran...)
 	ur.Unexecuted = append([]coverage.Line(nil), r.Unexecuted...)
+	ur.PerPatch = append([]coverage.Group(nil), r.PerPatch...)
+	ur.PerFile = append([]coverage.Group(nil), r.PerFile...)
+	ur.PerFunction = append([]coverage.Group(nil), r.PerFunction...)
 	ur.Union(ran)
 	ur.Jobs = []coverage.Job{{Name: "soak", Detail: "the union of every guest's counters since the soak began", Verdict: "ran"}}
 	return explainCoverage(dir, &ur, reasonsFile)

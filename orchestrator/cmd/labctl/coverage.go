@@ -30,6 +30,7 @@ func init() {
 		seed    uint64
 		analyze string
 		reasons string
+		merge   string
 	}
 	register(&command{
 		name:    "coverage",
@@ -45,6 +46,7 @@ func init() {
 			fs.StringVar(&f.out, "out", "", "output directory (default: coverage-<date> in the state directory)")
 			fs.Uint64Var(&f.seed, "seed", uint64(time.Now().Unix()), "seed of the catalogue, stress and fuzz (printed)")
 			fs.StringVar(&f.reasons, "reasons", "", "why lines do not run, `FILE` (default: docs/coverage.reasons of the repository)")
+			fs.StringVar(&f.merge, "merge", "", "do not boot: the union of earlier runs of the same kernel (`DIRS`, comma-separated: labctl coverage output or soak directories), written to --out as coverage.json and coverage.md")
 			fs.StringVar(&f.analyze, "analyze", "", "do not boot: map the counters an earlier run left in `DIR`/gcda again (after a change to the mapping), rewriting DIR's coverage.json and coverage.md")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
@@ -62,6 +64,29 @@ func init() {
 			repo, err := repoRoot()
 			if err != nil {
 				return err
+			}
+			if f.merge != "" {
+				var rs []*coverage.Report
+				for _, d := range splitList(f.merge) {
+					b, err := secfs.ReadFile(filepath.Join(d, "coverage.json"), 64<<20)
+					if err != nil {
+						return usageError{fmt.Errorf("--merge: %w", err)}
+					}
+					var r coverage.Report
+					if err := json.Unmarshal(b, &r); err != nil {
+						return fmt.Errorf("--merge: reading %s/coverage.json: %w", d, err)
+					}
+					rs = append(rs, &r)
+				}
+				r, err := coverage.Merge(rs)
+				if err != nil {
+					return fmt.Errorf("--merge: %w", err)
+				}
+				dir, err := runDir(f.out, "coverage")
+				if err != nil {
+					return err
+				}
+				return finishCoverage(dir, r, f.reasons, repo)
 			}
 			lo := g.options(repo, "coverage")
 			preset.Pressure(&lo)
@@ -119,41 +144,48 @@ func init() {
 			if f.analyze == "" {
 				r.Seconds = time.Since(start).Seconds()
 			}
-			rf := f.reasons
-			if rf == "" {
-				rf = filepath.Join(repo, "docs", "coverage.reasons")
-			}
-			if b, err := os.ReadFile(rf); err == nil {
-				reasons, err := coverage.ParseReasons(bytes.NewReader(b))
-				if err != nil {
-					return fmt.Errorf("%s: %w", rf, err)
-				}
-				coverage.Explain(r, reasons)
-			} else if f.reasons != "" || !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("--reasons: %w", err)
-			} else {
-				coverage.Explain(r, nil)
-			}
-			if err := fileutil.WriteJSON(filepath.Join(dir, "coverage.json"), r); err != nil {
-				return err
-			}
-			var md bytes.Buffer
-			coverage.Markdown(&md, r)
-			if err := fileutil.WriteFileAtomic(filepath.Join(dir, "coverage.md"), md.Bytes(), 0o644); err != nil {
-				return err
-			}
-			fmt.Printf("\ncoverage: %d of %d executable series lines ran (%.1f%%), %d unexecuted (%d without a reason) listed in %s\n",
-				r.Executed, r.SeriesLines, r.Percent, len(r.Unexecuted), r.Unexplained, filepath.Join(dir, "coverage.md"))
-			for _, p := range r.PerPatch {
-				fmt.Printf("  %-70s %4d / %4d\n", p.Name, p.Executed, p.SeriesLines)
-			}
-			if len(r.Problems) > 0 {
-				for _, p := range r.Problems {
-					fmt.Printf("PROBLEM: %s\n", termsafe.Line(p))
-				}
-				return exitError{1}
-			}
-			return nil
+			return finishCoverage(dir, r, f.reasons, repo)
 		},
 	})
+}
+
+// finishCoverage explains r's unexecuted lines (reasonsFlag, else the
+// repository's docs/coverage.reasons), writes DIR/coverage.json and
+// coverage.md and prints the summary; exit 1 when the run had problems.
+func finishCoverage(dir string, r *coverage.Report, reasonsFlag, repo string) error {
+	rf := reasonsFlag
+	if rf == "" {
+		rf = filepath.Join(repo, "docs", "coverage.reasons")
+	}
+	if b, err := os.ReadFile(rf); err == nil {
+		reasons, err := coverage.ParseReasons(bytes.NewReader(b))
+		if err != nil {
+			return fmt.Errorf("%s: %w", rf, err)
+		}
+		coverage.Explain(r, reasons)
+	} else if reasonsFlag != "" || !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("--reasons: %w", err)
+	} else {
+		coverage.Explain(r, nil)
+	}
+	if err := fileutil.WriteJSON(filepath.Join(dir, "coverage.json"), r); err != nil {
+		return err
+	}
+	var md bytes.Buffer
+	coverage.Markdown(&md, r)
+	if err := fileutil.WriteFileAtomic(filepath.Join(dir, "coverage.md"), md.Bytes(), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("\ncoverage: %d of %d executable series lines ran (%.1f%%), %d unexecuted (%d without a reason) listed in %s\n",
+		r.Executed, r.SeriesLines, r.Percent, len(r.Unexecuted), r.Unexplained, filepath.Join(dir, "coverage.md"))
+	for _, p := range r.PerPatch {
+		fmt.Printf("  %-70s %4d / %4d\n", p.Name, p.Executed, p.SeriesLines)
+	}
+	if len(r.Problems) > 0 {
+		for _, p := range r.Problems {
+			fmt.Printf("PROBLEM: %s\n", termsafe.Line(p))
+		}
+		return exitError{1}
+	}
+	return nil
 }
