@@ -787,6 +787,13 @@ func (e *executor) fileRead(i int, r *region, p, n int, o Op) {
 	}
 	if err != nil {
 		e.failed(o.Op, err)
+		if errors.Is(err, unix.EFAULT) {
+			// The buffer could not be reached (a PROT_NONE page): nothing
+			// was written (a fault after some progress is a short count,
+			// not an error). Blaming the read would make a change another
+			// writer made (a fork child on shared memory) a lost write.
+			return
+		}
 		// A failed read may still have written part: adopt what is there.
 		for q := p; q < p+n; q++ {
 			r.st[q].known = false
