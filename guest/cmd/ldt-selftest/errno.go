@@ -117,3 +117,30 @@ func checkEbusy() error {
 	}
 	return wantErrno(f.Attach(0), unix.EBUSY, "second attach")
 }
+
+// checkAttachNoMM: a task without an address space cannot be tracked — a
+// kernel thread (kthreadd, pid 2) and a zombie (exited, not yet reaped)
+// both give ESRCH (the `!mm` branch of ldt_attach(), which the coverage
+// run showed no job reached).
+func checkAttachNoMM() error {
+	f, err := ldt.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := wantErrno(f.Attach(2), unix.ESRCH, "attach to kthreadd (pid 2)"); err != nil {
+		return err
+	}
+	pid, err := forkExitingChild()
+	if err != nil {
+		return err
+	}
+	defer unix.Wait4(pid, nil, 0, nil)
+	// Wait for its exit without reaping it: a zombie, whose mm is gone
+	// and whose pid is not.
+	var si unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, pid, &si, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		return fmt.Errorf("waitid: %w", err)
+	}
+	return wantErrno(f.Attach(pid), unix.ESRCH, fmt.Sprintf("attach to zombie pid %d", pid))
+}

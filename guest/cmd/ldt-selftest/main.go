@@ -49,6 +49,7 @@ var checks = []check{
 	{"ebusy-attach-twice", checkEbusy},
 	{"esrch-no-such-pid", checkEsrchNoPid},
 	{"esrch-target-exited", checkEsrchExited},
+	{"esrch-no-mm", checkAttachNoMM},
 	{"eperm-unprivileged", checkEperm},
 	{"exit-while-attached", checkExitWhileAttached},
 	{"thp-pmd", checkTHP},
