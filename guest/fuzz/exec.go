@@ -787,17 +787,16 @@ func (e *executor) fileRead(i int, r *region, p, n int, o Op) {
 	}
 	if err != nil {
 		e.failed(o.Op, err)
-		if errors.Is(err, unix.EFAULT) {
-			// The buffer could not be reached (a PROT_NONE page): nothing
-			// was written (a fault after some progress is a short count,
-			// not an error). Blaming the read would make a change another
-			// writer made (a fork child on shared memory) a lost write.
-			return
-		}
-		// A failed read may still have written part: adopt what is there.
+		// A failed read may still have written part (O_DIRECT can fail
+		// with EFAULT after some of its bios landed): adopt what is
+		// there, and owe a report for it — unless another writer (a fork
+		// child on shared memory) changed the page since the last report:
+		// then a change cannot be blamed on the read.
 		for q := p; q < p+n; q++ {
 			r.st[q].known = false
-			r.st[q].add(i, o.Op)
+			if !r.st[q].external() {
+				r.st[q].add(i, o.Op)
+			}
 		}
 		return
 	}

@@ -68,6 +68,17 @@ func (s *pageState) pending() bool {
 	return false
 }
 
+// external: a writer outside the tracked mm changed the page since it
+// was last reported.
+func (s *pageState) external() bool {
+	for _, e := range s.events {
+		if sourceClass[e.Src] == classExternal && e.Src != "lazyfree" {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *pageState) reset() {
 	s.events = nil
 	s.zapped, s.ksm, s.pinRO, s.coll = false, false, false, false
