@@ -30,3 +30,23 @@ func TestGapFor(t *testing.T) {
 		})
 	}
 }
+
+// A failed read is blamed for a change only when no writer outside the
+// tracked mm could have made it (fileRead).
+func TestPageStateExternal(t *testing.T) {
+	for _, tc := range []struct {
+		srcs []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"cpu"}, false},
+		{[]string{"lazyfree"}, false}, // a discard: the read is still blamed
+		{[]string{"cpu", "fork-child"}, true},
+	} {
+		var st pageState
+		for i, s := range tc.srcs {
+			st.add(i, s)
+		}
+		assert.Equal(t, tc.want, st.external(), "%v", tc.srcs)
+	}
+}
