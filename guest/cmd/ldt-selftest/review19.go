@@ -22,6 +22,7 @@ var issue19Checks = []check{
 	{"device-private-fork", checkDevicePrivateFork},
 	{"swapin-mthp-mixed-ldt", checkSwapinMTHP},
 	{"thp-clear-refs-stays-collected", checkTHPClearRefs},
+	{"fork-mthp-batch", checkForkMTHP},
 }
 
 func init() { checks = append(checks, issue19Checks...) }
@@ -311,4 +312,41 @@ func alignedTHP() ([]byte, func(), error) {
 		}
 	}
 	return mem, release, nil
+}
+
+// checkForkMTHP: fork copies a 64 KiB mTHP's 16 entries as one batch
+// with one value. After a collection only page 5 is written again, so the
+// batch's first entry is not LDT-dirty and a later one is: the copied
+// value is made LDT-dirty (0007; the child may report extra pages, never
+// miss one), and the parent, whose entries fork write-protects, still
+// reports exactly page 5.
+func checkForkMTHP() error {
+	const n = 16
+	return mthp64K(1, func(mem []byte) error {
+		f, err := ldt.Open()
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := f.Attach(0); err != nil {
+			return err
+		}
+		base := uintptr(unsafe.Pointer(&mem[0]))
+		if _, err := f.CollectAll(base, base+n*pg, ldt.Clear); err != nil {
+			return err
+		}
+		mem[5*pg+8] = 3
+		if ok, err := largeFolio(base, n); err != nil || !ok {
+			return fmt.Errorf("setup: the 64 KiB folio was split before the fork (large=%v, err=%v)", ok, err)
+		}
+		pid, err := forkExitingChild()
+		if err != nil {
+			return err
+		}
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+			return fmt.Errorf("wait for the forked child: %w", err)
+		}
+		return expect(f, base, base+n*pg, ldt.Clear, pageRegions(uint64(base), 5, 6), "parent after fork")
+	})
 }
