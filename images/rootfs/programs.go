@@ -48,3 +48,19 @@ func HostProgram(path, pkg string) ([]File, error) {
 	}
 	return res, nil
 }
+
+// AddFiles appends to files those of more whose image path is not there
+// yet: programs share libraries, and the image refuses a path twice.
+func AddFiles(files []File, more ...File) []File {
+	have := make(map[string]bool, len(files))
+	for _, f := range files {
+		have[f.Path] = true
+	}
+	for _, f := range more {
+		if !have[f.Path] {
+			have[f.Path] = true
+			files = append(files, f)
+		}
+	}
+	return files
+}

@@ -318,3 +318,12 @@ func TestHostProgramMissing(t *testing.T) {
 	assert.Contains(t, err.Error(), "some-package")
 	assert.Contains(t, err.Error(), "no-such-tool")
 }
+
+func TestAddFiles(t *testing.T) {
+	a := File{Path: "/lib/libc.so.6", Host: "/a"}
+	b := File{Path: "/usr/bin/rsync", Host: "/b"}
+	got := AddFiles([]File{a}, b, File{Path: a.Path, Host: "/other"}, b)
+	if len(got) != 2 || got[0] != a || got[1] != b {
+		t.Fatalf("AddFiles: %v, want [a b] (the first of each path)", got)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"ldtlab/guest/result"
+	"ldtlab/images/rootfs"
 	"ldtlab/orchestrator/cell"
 	"ldtlab/orchestrator/lab"
 	"ldtlab/orchestrator/preset"
@@ -128,15 +129,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	have := map[string]bool{}
-	for _, f := range o.Guest.Extra {
-		have[f.Path] = true
-	}
-	for _, f := range files {
-		if !have[f.Path] {
-			o.Guest.Extra = append(o.Guest.Extra, f)
-		}
-	}
+	o.Guest.Extra = rootfs.AddFiles(o.Guest.Extra, files...)
 	trackers := o.Trackers
 	if len(trackers) == 0 {
 		trackers = Trackers

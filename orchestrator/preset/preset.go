@@ -49,23 +49,13 @@ func RedisFiles() ([]rootfs.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		files = append(files, fs...)
+		files = rootfs.AddFiles(files, fs...)
 	}
 	criu, err := rootfs.CriuFiles()
 	if err != nil {
 		return nil, err
 	}
-	files = append(files, criu...)
-	// Deduplicate shared libraries.
-	seen := map[string]bool{}
-	var out []rootfs.File
-	for _, f := range files {
-		if !seen[f.Path] {
-			seen[f.Path] = true
-			out = append(out, f)
-		}
-	}
-	return out, nil
+	return rootfs.AddFiles(files, criu...), nil
 }
 
 // MigrateShort is the short form of `labctl migrate` that check (and the
@@ -79,7 +69,6 @@ var MigrateShort = cell.MigrateOptions{Rounds: 3, Pressure: true, Keys: 8000}
 // far side (the agent's SFTP server only serves plain scp and sftp).
 func DevTools() ([]rootfs.File, error) {
 	var files []rootfs.File
-	seen := map[string]bool{}
 	for _, p := range []struct{ path, pkg string }{
 		{"/usr/bin/rsync", "rsync"},
 		{"/usr/bin/scp", "openssh-client"},
@@ -88,12 +77,7 @@ func DevTools() ([]rootfs.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, f := range fs {
-			if !seen[f.Path] {
-				seen[f.Path] = true
-				files = append(files, f)
-			}
-		}
+		files = rootfs.AddFiles(files, fs...)
 	}
 	return files, nil
 }

@@ -205,16 +205,7 @@ func (g *guestFlags) devOptions(repo, name string) lab.Options {
 		fmt.Fprintf(os.Stderr, "labctl: developer tools for the guest: %v\n", err)
 		os.Exit(1)
 	}
-	// --redis ships some of the same libraries: the image refuses a path twice.
-	have := map[string]bool{}
-	for _, f := range o.Extra {
-		have[f.Path] = true
-	}
-	for _, f := range files {
-		if !have[f.Path] {
-			o.Extra = append(o.Extra, f)
-		}
-	}
+	o.Extra = rootfs.AddFiles(o.Extra, files...) // --redis ships some of the same libraries
 	return o
 }
 
