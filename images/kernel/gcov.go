@@ -124,13 +124,12 @@ func (p *plan) saveGcov(pristine, srcDir, outDir, dst string) error {
 		if _, err := os.Stat(filepath.Join(outDir, obj)); err != nil {
 			continue // not built in this config
 		}
-		if _, err := os.Stat(filepath.Join(outDir, gcno)); err != nil {
-			return fmt.Errorf("%s was built without gcov notes: %w", obj, err)
+		// CopyFile makes no parents, and nothing above made notes/<dir>.
+		if err := os.MkdirAll(filepath.Join(g, "notes", filepath.Dir(gcno)), 0o755); err != nil {
+			return err
 		}
-		// notes/<dir> exists only if a touched file of that directory
-		// was copied above: fs/aio.c's was not (CopyFile makes no parents).
-		if err := copyIfExists(filepath.Join(outDir, gcno), filepath.Join(g, "notes", gcno)); err != nil {
-			return fmt.Errorf("saving the gcov notes of %s: %w", obj, err)
+		if err := fileutil.CopyFile(filepath.Join(outDir, gcno), filepath.Join(g, "notes", gcno), 0o644); err != nil {
+			return fmt.Errorf("%s was built without gcov notes: %w", obj, err)
 		}
 		m.Objects = append(m.Objects, obj)
 	}
