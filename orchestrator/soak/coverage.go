@@ -1,14 +1,12 @@
 package soak
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"time"
 
 	"ldtlab/internal/secfs"
@@ -84,7 +82,7 @@ func (u *coverageUnion) add(r *coverage.Report) int {
 	}
 	n := 0
 	for _, l := range r.Ran {
-		k := l.File + ":" + strconv.Itoa(l.Line)
+		k := coverage.Key(l)
 		if _, ok := u.Lines[k]; !ok {
 			u.Lines[k] = l.Patch
 			n++
@@ -259,27 +257,12 @@ func ExplainCoverage(dir, reasonsFile string) error {
 func explainCoverage(dir string, r *coverage.Report, reasonsFile string) error {
 	var reasons []coverage.Reason
 	if reasonsFile != "" {
-		b, err := os.ReadFile(reasonsFile)
-		switch {
-		case err == nil:
-			if reasons, err = coverage.ParseReasons(bytes.NewReader(b)); err != nil {
-				return fmt.Errorf("%s: %w", reasonsFile, err)
-			}
-		case !os.IsNotExist(err):
+		var err error
+		if reasons, err = coverage.LoadReasons(reasonsFile, false); err != nil {
 			return err
 		}
 	}
-	coverage.Explain(r, reasons)
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := writeAtomic(filepath.Join(dir, CoverageReportName), append(b, '\n')); err != nil {
-		return err
-	}
-	var md bytes.Buffer
-	coverage.Markdown(&md, r)
-	return writeAtomic(filepath.Join(dir, "coverage.md"), md.Bytes())
+	return coverage.WriteReport(dir, r, reasons)
 }
 
 // reasonsFile is the repository's docs/coverage.reasons ("" without a

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"ldtlab/images/kernel"
-	"ldtlab/internal/fileutil"
 	"ldtlab/internal/secfs"
 	"ldtlab/internal/termsafe"
 	"ldtlab/orchestrator/coverage"
@@ -157,23 +155,11 @@ func finishCoverage(dir string, r *coverage.Report, reasonsFlag, repo string) er
 	if rf == "" {
 		rf = filepath.Join(repo, "docs", "coverage.reasons")
 	}
-	if b, err := os.ReadFile(rf); err == nil {
-		reasons, err := coverage.ParseReasons(bytes.NewReader(b))
-		if err != nil {
-			return fmt.Errorf("%s: %w", rf, err)
-		}
-		coverage.Explain(r, reasons)
-	} else if reasonsFlag != "" || !errors.Is(err, os.ErrNotExist) {
+	reasons, err := coverage.LoadReasons(rf, reasonsFlag != "")
+	if err != nil {
 		return fmt.Errorf("--reasons: %w", err)
-	} else {
-		coverage.Explain(r, nil)
 	}
-	if err := fileutil.WriteJSON(filepath.Join(dir, "coverage.json"), r); err != nil {
-		return err
-	}
-	var md bytes.Buffer
-	coverage.Markdown(&md, r)
-	if err := fileutil.WriteFileAtomic(filepath.Join(dir, "coverage.md"), md.Bytes(), 0o644); err != nil {
+	if err := coverage.WriteReport(dir, r, reasons); err != nil {
 		return err
 	}
 	fmt.Printf("\ncoverage: %d of %d executable series lines ran (%.1f%%), %d unexecuted (%d without a reason) listed in %s\n",
