@@ -262,15 +262,7 @@ func largeFolio(addr uintptr, n int) (bool, error) {
 // splitting it; and the write is still reported.
 func checkMTHPBatch() error {
 	const n = 16
-	return mthp64K(1, func(mem []byte) error {
-		f, err := ldt.Open()
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := f.Attach(0); err != nil {
-			return err
-		}
+	return mthp64K(1, func(f *ldt.File, mem []byte) error {
 		base := uintptr(unsafe.Pointer(&mem[0]))
 		if _, err := f.CollectAll(base, base+n*pg, ldt.Clear); err != nil {
 			return err

@@ -105,22 +105,32 @@ func checkDevicePrivateMprotect() error {
 func checkDevicePrivateFork() error {
 	const n = 4
 	return withDevicePrivate(n, func(f *ldt.File, m *mapping) error {
-		pid, err := forkExitingChild()
-		if err != nil {
+		if err := forkAndReap(); err != nil {
 			return err
-		}
-		var ws unix.WaitStatus
-		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
-			return fmt.Errorf("wait for the forked child: %w", err)
-		}
-		if !ws.Exited() || ws.ExitStatus() != 0 {
-			return fmt.Errorf("forked child: status %v", ws)
 		}
 		if err := expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "parent after fork"); err != nil {
 			return err
 		}
 		return expect(f, m.base, m.end(), 0, nil, "after the clear")
 	})
+}
+
+// forkAndReap forks a child that exits at once (forkExitingChild) and
+// reaps it: what the fork did to this process's page tables is all a
+// check wants.
+func forkAndReap() error {
+	pid, err := forkExitingChild()
+	if err != nil {
+		return err
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+		return fmt.Errorf("wait for the forked child: %w", err)
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		return fmt.Errorf("forked child: status %v", ws)
+	}
+	return nil
 }
 
 // forkExitingChild forks this process (a real fork: the child gets a copy
@@ -148,11 +158,12 @@ func rawForkExit() (int, syscall.Errno) {
 	return int(r), 0
 }
 
-// mthp64K runs fn on `folios` 64 KiB-aligned 64 KiB folios of private
-// anonymous memory, each mapped whole by one write fault and with no page
-// left all zeros (those are not written to swap), under 64 KiB mTHP
-// "always" (restored after). mem spans the folios back to back.
-func mthp64K(folios int, fn func(mem []byte) error) error {
+// mthp64K runs fn with /dev/ldt attached to this process on `folios`
+// 64 KiB-aligned 64 KiB folios of private anonymous memory, each mapped
+// whole by one write fault and with no page left all zeros (those are not
+// written to swap), under 64 KiB mTHP "always" (restored after). mem spans
+// the folios back to back; nothing is collected yet.
+func mthp64K(folios int, fn func(f *ldt.File, mem []byte) error) error {
 	const knob = "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled"
 	const n = 16
 	old, err := os.ReadFile(knob)
@@ -186,7 +197,15 @@ func mthp64K(folios int, fn func(mem []byte) error) error {
 			return fmt.Errorf("setup: no 64 KiB folio after the first write (large=%v, err=%v)", ok, err)
 		}
 	}
-	return fn(mem)
+	f, err := ldt.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Attach(0); err != nil {
+		return err
+	}
+	return fn(f, mem)
 }
 
 // checkSwapinMTHP: a 64 KiB folio swapped out after a collection, of which
@@ -197,15 +216,7 @@ func mthp64K(folios int, fn func(mem []byte) error) error {
 // highest priority): only those swap large folios in.
 func checkSwapinMTHP() error {
 	const n = 16
-	return mthp64K(3, func(mem []byte) error {
-		f, err := ldt.Open()
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := f.Attach(0); err != nil {
-			return err
-		}
+	return mthp64K(3, func(f *ldt.File, mem []byte) error {
 		ctl, mixed := mem[:n*pg], mem[2*n*pg:3*n*pg] // a folio apart
 		base := uintptr(unsafe.Pointer(&mem[0]))
 		addrOf := func(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
@@ -322,15 +333,7 @@ func alignedTHP() ([]byte, func(), error) {
 // reports exactly page 5.
 func checkForkMTHP() error {
 	const n = 16
-	return mthp64K(1, func(mem []byte) error {
-		f, err := ldt.Open()
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := f.Attach(0); err != nil {
-			return err
-		}
+	return mthp64K(1, func(f *ldt.File, mem []byte) error {
 		base := uintptr(unsafe.Pointer(&mem[0]))
 		if _, err := f.CollectAll(base, base+n*pg, ldt.Clear); err != nil {
 			return err
@@ -339,13 +342,8 @@ func checkForkMTHP() error {
 		if ok, err := largeFolio(base, n); err != nil || !ok {
 			return fmt.Errorf("setup: the 64 KiB folio was split before the fork (large=%v, err=%v)", ok, err)
 		}
-		pid, err := forkExitingChild()
-		if err != nil {
+		if err := forkAndReap(); err != nil {
 			return err
-		}
-		var ws unix.WaitStatus
-		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
-			return fmt.Errorf("wait for the forked child: %w", err)
 		}
 		return expect(f, base, base+n*pg, ldt.Clear, pageRegions(uint64(base), 5, 6), "parent after fork")
 	})
