@@ -45,7 +45,7 @@ func init() {
 			fs.StringVar(&figs, "figures", "", "paper: only these figures, comma-separated ("+strings.Join(paper.Figures(), ", ")+"); default all")
 			fs.IntVar(&reps, "reps", 0, "paper: repetitions of every figure (0: the plan's; verdicts need 7)")
 			fs.Uint64Var(&seed, "seed", 0, "paper: seed of the random order of cells in every repetition (0: from the clock; recorded in paper.json)")
-			fs.StringVar(&paperOut, "out", "", "paper: output directory (default docs/paper, or the state directory with --quick)")
+			fs.StringVar(&paperOut, "out", "", "paper: output directory (default docs/paper for the full report; a quick, reduced, --figures or --kernels run goes to the state directory)")
 			fs.StringVar(&paperFrom, "from", "", "paper: render the tables and plots again from this paper.json, measuring nothing")
 		},
 		run: func(ctx context.Context, fs *flag.FlagSet, args []string) error {
@@ -218,6 +218,33 @@ func bench(ctx context.Context, o lab.Options, n int, out, suite, checkSecs stri
 	return nil
 }
 
+// paperOutDir is where a run writes without --out: docs/paper only for
+// the full report (plan full, every figure, one kernel), which it
+// replaces; a quick, reduced, figure-limited or A/B run goes to the state
+// directory, so that it never overwrites the committed report with part
+// of one.
+func paperOutDir(repo string, po paper.Options) (string, error) {
+	plan := po.Plan
+	if plan == "" {
+		plan = "full"
+	}
+	if plan == "full" && len(po.Figures) == 0 && len(po.Kernels) == 0 {
+		return filepath.Join(repo, "docs", "paper"), nil
+	}
+	state, err := lab.EnsureStateDir()
+	if err != nil {
+		return "", err
+	}
+	name := "bench-paper-" + plan
+	if len(po.Kernels) > 0 {
+		name += "-ab"
+	}
+	if len(po.Figures) > 0 {
+		name += "-" + strings.Join(po.Figures, "+")
+	}
+	return filepath.Join(state, name), nil
+}
+
 // benchPaper runs `labctl bench paper`: the figures are reported, never
 // judged by their times; insane samples or kernel reports fail the run.
 func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo string, po paper.Options, out string) error {
@@ -228,13 +255,9 @@ func benchPaper(ctx context.Context, g guestFlags, set map[string]bool, repo str
 		o.Config = ""
 	}
 	if out == "" {
-		out = filepath.Join(repo, "docs", "paper")
-		if po.Plan == "quick" {
-			state, err := lab.EnsureStateDir()
-			if err != nil {
-				return err
-			}
-			out = filepath.Join(state, "bench-paper-quick")
+		var err error
+		if out, err = paperOutDir(repo, po); err != nil {
+			return err
 		}
 	}
 	po.Guest, po.Progress = o, os.Stderr

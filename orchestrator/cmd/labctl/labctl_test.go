@@ -20,6 +20,7 @@ import (
 
 	"ldtlab/orchestrator/channel"
 	"ldtlab/orchestrator/lab"
+	"ldtlab/orchestrator/paper"
 	"ldtlab/orchestrator/vm"
 )
 
@@ -342,4 +343,29 @@ func TestUpGDBNeedsQEMUBackend(t *testing.T) {
 	require.ErrorAs(t, err, &u, "a usage error (exit status 2)")
 	assert.Contains(t, err.Error(), "--gdb needs --backend qemu")
 	assert.NoDirExists(t, filepath.Join(state, "vms"))
+}
+
+// TestPaperOutDir: only the full report goes to docs/paper without --out;
+// a partial run must not overwrite it (one once did).
+func TestPaperOutDir(t *testing.T) {
+	state := t.TempDir()
+	t.Setenv("LDTLAB_STATE", state)
+	for _, c := range []struct {
+		name string
+		po   paper.Options
+		want string
+	}{
+		{"default plan", paper.Options{}, "/repo/docs/paper"},
+		{"full", paper.Options{Plan: "full"}, "/repo/docs/paper"},
+		{"quick", paper.Options{Plan: "quick"}, filepath.Join(state, "bench-paper-quick")},
+		{"reduced", paper.Options{Plan: "reduced"}, filepath.Join(state, "bench-paper-reduced")},
+		{"figures", paper.Options{Figures: []string{"collect"}}, filepath.Join(state, "bench-paper-full-collect")},
+		{"a/b", paper.Options{Kernels: []paper.KernelSpec{{}, {}}}, filepath.Join(state, "bench-paper-full-ab")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := paperOutDir("/repo", c.po)
+			require.NoError(t, err)
+			assert.Equal(t, c.want, got)
+		})
+	}
 }
