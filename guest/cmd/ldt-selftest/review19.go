@@ -38,31 +38,46 @@ var iocHmmMigrateToDev = ldt.IOWR('H', 0x02, unsafe.Sizeof(hmmCmd{}))
 
 // hmmMigrateToDevice moves the n present anonymous pages at addr to the
 // device: their PTEs become device-private swap entries, which carry the
-// pages' LDT state in the swap bit (0002).
-func hmmMigrateToDevice(addr uintptr, n int) error {
+// pages' LDT state in the swap bit (0002). The pages stay on the device
+// only while the returned file is open: test_hmm's release evicts every
+// chunk back to system memory (dmirror_fops_release()), which once made
+// these checks pass without the fix they test.
+func hmmMigrateToDevice(addr uintptr, n int) (*os.File, error) {
 	fd, err := unix.Open(hmmDevice, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("needs lib/test_hmm (CONFIG_TEST_HMM): %w", err)
+		return nil, fmt.Errorf("needs lib/test_hmm (CONFIG_TEST_HMM): %w", err)
 	}
-	defer unix.Close(fd)
+	dev := os.NewFile(uintptr(fd), hmmDevice)
 	buf := make([]byte, n*pg) // the driver copies the migrated data back here
 	cmd := hmmCmd{Addr: uint64(addr), Ptr: uint64(uintptr(unsafe.Pointer(&buf[0]))), Npages: uint64(n)}
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), iocHmmMigrateToDev, uintptr(unsafe.Pointer(&cmd)))
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, dev.Fd(), iocHmmMigrateToDev, uintptr(unsafe.Pointer(&cmd)))
 	runtime.KeepAlive(buf)
 	if e != 0 {
-		return fmt.Errorf("HMM_DMIRROR_MIGRATE_TO_DEV: %w", e)
+		dev.Close()
+		return nil, fmt.Errorf("HMM_DMIRROR_MIGRATE_TO_DEV: %w", e)
 	}
 	if cmd.Cpages != uint64(n) {
-		return fmt.Errorf("HMM_DMIRROR_MIGRATE_TO_DEV moved %d of %d pages", cmd.Cpages, n)
+		dev.Close()
+		return nil, fmt.Errorf("HMM_DMIRROR_MIGRATE_TO_DEV moved %d of %d pages", cmd.Cpages, n)
 	}
-	// The mapping keeps the device-private entries after the file is closed.
+	if err := onDevice(addr, n, "after the migration"); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return dev, nil
+}
+
+// onDevice: are the n pages at addr device-private (swap-like) entries?
+// Checked right before the rewrite under test, so that a check cannot pass
+// on entries that are no longer device-private.
+func onDevice(addr uintptr, n int, when string) error {
 	for p := range n {
 		e, _, err := pagemap.Self(addr + uintptr(p)*pg)
 		if err != nil {
 			return err
 		}
 		if e.Present() || !e.Swapped() {
-			return fmt.Errorf("page %d is not a device-private entry after the migration (pagemap %#x)", p, uint64(e))
+			return fmt.Errorf("page %d is not a device-private entry %s (pagemap %#x)", p, when, uint64(e))
 		}
 	}
 	return nil
@@ -70,15 +85,17 @@ func hmmMigrateToDevice(addr uintptr, n int) error {
 
 // withDevicePrivate: n pages written after the initial clear (so LDT owes
 // them all), then migrated to the device; the check runs with the
-// tracker and the mapping.
+// tracker and the mapping while the device holds the pages.
 func withDevicePrivate(n int, check func(f *ldt.File, m *mapping) error) error {
 	return withSelf(n, func(f *ldt.File, m *mapping) error {
 		for p := range n {
 			m.write(p)
 		}
-		if err := hmmMigrateToDevice(m.base, n); err != nil {
+		dev, err := hmmMigrateToDevice(m.base, n)
+		if err != nil {
 			return err
 		}
+		defer dev.Close()
 		return check(f, m)
 	})
 }
@@ -89,6 +106,9 @@ func withDevicePrivate(n int, check func(f *ldt.File, m *mapping) error) error {
 func checkDevicePrivateMprotect() error {
 	const n = 4 // p0-1 made read-only, p2-3 left alone as the control
 	return withDevicePrivate(n, func(f *ldt.File, m *mapping) error {
+		if err := onDevice(m.base, n, "before mprotect"); err != nil {
+			return err
+		}
 		if err := unix.Mprotect(m.mem[:2*pg], unix.PROT_READ); err != nil {
 			return fmt.Errorf("mprotect: %w", err)
 		}
@@ -105,6 +125,9 @@ func checkDevicePrivateMprotect() error {
 func checkDevicePrivateFork() error {
 	const n = 4
 	return withDevicePrivate(n, func(f *ldt.File, m *mapping) error {
+		if err := onDevice(m.base, n, "before fork"); err != nil {
+			return err
+		}
 		if err := forkAndReap(); err != nil {
 			return err
 		}
