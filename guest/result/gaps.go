@@ -24,6 +24,8 @@ var Gaps = []Gap{
 	{"pinned-thp-wrprotect", "pagemap-scan", "PAGEMAP_SCAN write-protects pinned pages too (fs/proc/task_mmu.c make_uffd_wp_pte()/make_uffd_wp_pmd()), and writes through the pin never fault: all are lost (its O_DIRECT gap under ldt-stress, with io_uring fixed buffers)"},
 	{"shared-pin-elsewhere", "softdirty", "soft-dirty sees the writes that fault through this process's page tables; another process writing through its pin of the shared memory never touches them"},
 	{"shared-pin-elsewhere", "pagemap-scan", "the same: userfaultfd write-protection sees only this process's faults, and a write through another process's pin takes none"},
+	{"shared-pin-between-collections", "softdirty", "as in shared-pin-elsewhere: another process's writes through its pin never fault through this process's page tables"},
+	{"shared-pin-between-collections", "pagemap-scan", "as in shared-pin-elsewhere: a write through another process's pin takes no userfaultfd write-protect fault here"},
 	{"kernel-rings", "softdirty", "the kernel writes the io_uring CQ ring and the AIO ring through its own mapping of the pages (io_uring vm_insert_pages(), fs/aio.c aio_complete() via folio_address()): this process's PTEs never see those writes"},
 	{"shmem-collapse", "softdirty", "collapse_file() unmaps the small folios (mm/rmap.c try_to_unmap(): the PTEs become none) and MADV_COLLAPSE installs a PMD without the soft-dirty bit once clear_refs cleared VM_SOFTDIRTY: writes not yet collected are lost"},
 }

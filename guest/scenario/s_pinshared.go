@@ -229,3 +229,152 @@ func runSharedPinElsewhere(e *Scene) error {
 	ws.Hint(0, n, "pinned-once-more-after-unpin")
 	return e.Quiet(ws, t)
 }
+
+func init() {
+	register(&Scenario{
+		Name:  "shared-pin-between-collections",
+		Paths: "23 (pins through another mm, no collection while pinned)",
+		Doc: "shared-pin-elsewhere's memfd, but the other process's pin is one no collection overlaps, or that " +
+			"overlaps one while its writes come after: each epoch (a) a new process pins pages, writes them " +
+			"through the pin and unpins, all between two collections; (b) the same after this process zapped " +
+			"its entries of the pages (MADV_DONTNEED: only the page cache holds them); (c) a pin held across " +
+			"the collection is written through and dropped before the next. Nothing in this mm's entries sees " +
+			"any of these writes: the pin itself must be recorded.",
+		Naive: MissPages,
+		Run:   staged(runSharedPinBetween),
+	})
+}
+
+// pinWrite has a fresh helper pin the whole memfd, write ids through the
+// pin and unpin; src is the helper's content source (see startPinHelper).
+func pinWrite(ws *Workset, fd, src, n int, ids []int) error {
+	h, err := startPinHelper(fd, src, n)
+	if err != nil {
+		return err
+	}
+	if err := writeThroughPin(ws, h, src, ids); err != nil {
+		h.close()
+		return err
+	}
+	if err := h.do("unpin"); err != nil {
+		h.close()
+		return err
+	}
+	return h.close()
+}
+
+func writeThroughPin(ws *Workset, h *pinHelper, src int, ids []int) error {
+	for _, id := range ids {
+		err := ws.WriteWith(id, func(_ uintptr, data []byte) error {
+			if _, err := unix.Pwrite(src, data, int64(id)*PageSize); err != nil {
+				return err
+			}
+			return h.do("read %d", id)
+		})
+		if err != nil {
+			return fmt.Errorf("write page %d through the other process's pin: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func runSharedPinBetween(e *Scene) error {
+	if _, err := os.Stat(shmemEnabled); err == nil {
+		if err := e.Set(shmemEnabled, "never"); err != nil {
+			return err
+		}
+	}
+	const n = 48
+	fd, err := memfdOf("ldtlab-shared-pin-between", n)
+	if err != nil {
+		return err
+	}
+	ws, err := e.Workset(n)
+	if err != nil {
+		unix.Close(fd)
+		return err
+	}
+	if _, err := ws.Map("shmem", File, 0, n, fd); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	for id := range n {
+		ws.Write(id)
+	}
+	src, err := memfdOf("ldtlab-pin-between-src", n)
+	if err != nil {
+		return err
+	}
+	e.closeAtEnd(func() error { return unix.Close(src) })
+	t, err := e.StartTracking(ws)
+	if err != nil {
+		return err
+	}
+	var held *pinHelper // (c): pinned across the last collection
+	e.closeAtEnd(func() error {
+		if held != nil {
+			held.close()
+		}
+		return nil
+	})
+	var between, zapped, straddled int
+	for range e.Epochs {
+		ids := Pick(e.Rand, 0, n, n/3)
+		third := len(ids) / 3
+		a, b, c := ids[:third], ids[third:2*third], ids[2*third:]
+		if held != nil {
+			if err := writeThroughPin(ws, held, src, c); err != nil {
+				return err
+			}
+			if err := held.do("unpin"); err != nil {
+				return err
+			}
+			h := held
+			held = nil
+			if err := h.close(); err != nil {
+				return fmt.Errorf("pin helper: %w", err)
+			}
+			straddled += len(c)
+		}
+		if err := pinWrite(ws, fd, src, n, a); err != nil {
+			if errors.Is(err, unix.ENOSYS) {
+				return Skipf("no io_uring: %v", err)
+			}
+			return err
+		}
+		between += len(a)
+		for _, id := range b {
+			if err := unix.Madvise(ws.Page(id), unix.MADV_DONTNEED); err != nil {
+				return fmt.Errorf("MADV_DONTNEED page %d: %w", id, err)
+			}
+		}
+		if err := pinWrite(ws, fd, src, n, b); err != nil {
+			return err
+		}
+		zapped += len(b)
+		if held, err = startPinHelper(fd, src, n); err != nil {
+			return err
+		}
+		// Pinned pages may be reported at every collection while pinned.
+		ws.Hint(0, n, "pinned-elsewhere")
+		if _, err := e.Collect(ws, t); err != nil {
+			return err
+		}
+		if err := e.Verify(ws); err != nil {
+			return err
+		}
+	}
+	if held != nil {
+		if err := held.do("unpin"); err != nil {
+			return err
+		}
+		h := held
+		held = nil
+		if err := h.close(); err != nil {
+			return fmt.Errorf("pin helper: %w", err)
+		}
+	}
+	e.Note("written through pins: %d between collections, %d after a zap, %d after a collection saw the pin", between, zapped, straddled)
+	ws.Hint(0, n, "pinned-once-more-after-unpin")
+	return e.Quiet(ws, t)
+}

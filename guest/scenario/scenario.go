@@ -293,6 +293,7 @@ var order = []string{
 	"ksm", "migration", "thp-split-collapse", "fork", "mprotect", "mremap", "kernel-writes",
 	"coexistence", "concurrency", "lifecycle", "shmem-thp-split",
 	"pinned-thp-wrprotect", "shared-pin-elsewhere", "kernel-rings", "shmem-collapse",
+	"shared-pin-between-collections",
 }
 
 // Catalogue is every scenario, in the order.
