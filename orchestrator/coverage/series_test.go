@@ -176,7 +176,11 @@ func TestSeriesLines(t *testing.T) {
 
 // TestSeriesLinesRealSeries runs the mapping over the whole series and
 // the cached pristine source: the lines it attributes to some patch must
-// be exactly those a plain diff of pristine against final marks as added.
+// be those a plain diff of pristine against final marks as added. Where
+// identical lines repeat ("\t\treturn 0;" and a blank one, twice within a
+// few lines of mm/gup.c since 0022), the diff may align the pristine copy
+// elsewhere than the hunks did: the texts must then match exactly, and
+// nearly all positions.
 func TestSeriesLinesRealSeries(t *testing.T) {
 	home, _ := os.UserHomeDir()
 	tops, _ := filepath.Glob(filepath.Join(home, ".cache", "ldtlab", "src", "*", "linux-source-6.12"))
@@ -199,16 +203,25 @@ func TestSeriesLinesRealSeries(t *testing.T) {
 		old, _ := os.ReadFile(filepath.Join(pristine, f))
 		ops, err := lineDiff(context.Background(), old, []byte(strings.Join(o.Lines, "\n")+"\n"))
 		require.NoError(t, err)
-		i := 0
+		var added, attributed []string
+		i, disagree := 0, 0
 		for _, op := range ops {
-			switch op {
-			case '+':
-				assert.NotEmpty(t, o.Patch[i], "%s:%d %q is new but has no patch", f, i+1, o.Lines[i])
-				i++
-			case '=':
-				assert.Empty(t, o.Patch[i], "%s:%d %q is pristine but attributed", f, i+1, o.Lines[i])
-				i++
+			if op != '+' && op != '=' {
+				continue
 			}
+			if op == '+' {
+				added = append(added, o.Lines[i])
+			}
+			if o.Patch[i] != "" {
+				attributed = append(attributed, o.Lines[i])
+			}
+			if (op == '+') != (o.Patch[i] != "") {
+				disagree++
+				t.Logf("%s:%d %q: diff says %c, attributed to %q", f, i+1, o.Lines[i], op, o.Patch[i])
+			}
+			i++
 		}
+		assert.ElementsMatch(t, added, attributed, "%s: the lines attributed to a patch are not the lines the series added", f)
+		assert.LessOrEqual(t, disagree*100, 5*len(added), "%s: %d of %d added lines attributed elsewhere than the diff puts them", f, disagree, len(added))
 	}
 }
