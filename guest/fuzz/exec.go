@@ -49,8 +49,11 @@ type ExecResult struct {
 	Losses  []Loss `json:"losses,omitempty"`
 	// Quiet: pages reported by the last collection, made right after
 	// another with nothing written in between (must be 0).
-	Quiet       int            `json:"quiet_reported"`
-	QuietSample string         `json:"quiet_sample,omitempty"`
+	Quiet       int    `json:"quiet_reported"`
+	QuietSample string `json:"quiet_sample,omitempty"`
+	// QuietPinLag: pages the quiet collection reported that a direct
+	// read targeted (see region.dio): counted, not a finding.
+	QuietPinLag int            `json:"quiet_pin_lag,omitempty"`
 	Collections int            `json:"collections"`
 	Checked     int            `json:"pages_checked"`
 	Reported    int            `json:"pages_reported"`
@@ -96,6 +99,12 @@ type region struct {
 	st     []pageState
 	uffd   bool // registered with the co-tracker's uffd
 	noUffd bool // registration refused
+	// dio: pages a direct read (O_DIRECT, AIO or io_uring with O_DIRECT)
+	// targeted. The block layer may drop its pins after the completion
+	// the program waited for (bio_check_pages_dirty() defers the unpin
+	// of pages it must dirty to a workqueue), so a tracker's pin rule may
+	// report them once more as late as the quiet collection.
+	dio map[int]bool
 }
 
 func (r *region) end() uintptr { return r.base + uintptr(r.n)*pg }
@@ -766,6 +775,12 @@ func (e *executor) fileRead(i int, r *region, p, n int, o Op) {
 	fd := e.dataFd
 	if o.Op == OpODirect || o.Arg == "direct" {
 		fd = e.dataDio
+		if r.dio == nil {
+			r.dio = map[int]bool{}
+		}
+		for q := p; q < p+n; q++ {
+			r.dio[q] = true
+		}
 	}
 	off := int64(o.Off%(dataPages-n+1)) * pg
 	addr := r.base + uintptr(p)*pg
@@ -1446,9 +1461,18 @@ func (e *executor) final() error {
 			if e.collapsedBlock(r, rg) {
 				continue
 			}
-			e.res.Quiet += rg.Pages()
-			if e.res.QuietSample == "" {
-				e.res.QuietSample = fmt.Sprintf("r%d (%s) pages [%d,%d)", r.idx, r.spec.Name(), (rg.Start-r.base)/pg, (rg.End-r.base)/pg)
+			first, end := int((rg.Start-r.base)/pg), int((rg.End-r.base)/pg)
+			quiet := 0
+			for q := first; q < end; q++ {
+				if r.dio[q] {
+					e.res.QuietPinLag++
+				} else {
+					quiet++
+				}
+			}
+			e.res.Quiet += quiet
+			if quiet > 0 && e.res.QuietSample == "" {
+				e.res.QuietSample = fmt.Sprintf("r%d (%s) pages [%d,%d)", r.idx, r.spec.Name(), first, end)
 			}
 		}
 	}
