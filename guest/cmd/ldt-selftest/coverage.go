@@ -7,7 +7,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -24,6 +30,10 @@ var coverageChecks = []check{
 	{"uffd-move-zeropage", checkUffdMoveZeropage},
 	{"small-vec-ring", checkSmallVecRing},
 	{"small-vec-thp", checkSmallVecTHP},
+	{"perf-ring-reported", checkPerfRingReported},
+	{"small-vec-kept", checkSmallVecKept},
+	{"swapoff-unuse", checkSwapoffUnuse},
+	{"collapse-retract", checkCollapseRetract},
 }
 
 func init() { checks = append(checks, coverageChecks...) }
@@ -436,4 +446,604 @@ func checkSmallVecTHP() error {
 		return err
 	}
 	return expect(f, lo, end, 0, nil, "after both calls")
+}
+
+// setKnob writes v to a sysfs knob; the function returned writes the old
+// value back (the bracketed choice of a "always [never]" knob).
+func setKnob(path, v string) (func(), error) {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	prev := strings.TrimSpace(string(old))
+	if i, j := strings.IndexByte(prev, '['), strings.IndexByte(prev, ']'); i >= 0 && j > i {
+		prev = prev[i+1 : j]
+	}
+	if err := os.WriteFile(path, []byte(v), 0); err != nil {
+		return nil, fmt.Errorf("write %q to %s: %w", v, path, err)
+	}
+	return func() { os.WriteFile(path, []byte(prev), 0) }, nil
+}
+
+const (
+	shmemEnabledKnob = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+	khugepagedSleep  = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs"
+)
+
+// memfdOf is a memfd of size bytes.
+func memfdOf(name string, size int) (int, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("memfd_create: %w", err)
+	}
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("ftruncate memfd: %w", err)
+	}
+	return fd, nil
+}
+
+// The perf ring: the user page and 2^2 data pages.
+const perfRingPages = 1 + 4
+
+// checkPerfRingReported: a software perf event of this thread (cpu-clock,
+// sampling every 100 us) with its ring buffer mapped between two untouched
+// anonymous pages. perf_mmap() (kernel/events/core.c) marks the mapping
+// VM_LDT_KWRITE: the kernel writes the samples and the user page through
+// its own mapping of the ring pages, so no user PTE sees them. Every
+// collection, clearing or not, reports the whole ring mapping
+// (ldt_vma_kwrite() in ldt_test_walk(), mm/ldt.c) and leaves its entries
+// alone (ldt_clear_test_walk()); the negative control walks the ring's
+// entries, which the CPU never wrote, and reports nothing. Without the
+// flag a collection after the samples reports nothing ("after the
+// samples" fails); the neighbours are reported only once written.
+func checkPerfRingReported() error {
+	f, err := ldt.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Attach(0); err != nil {
+		return err
+	}
+	// below | ring | above, carved out of one reservation.
+	all, err := unix.Mmap(-1, 0, (perfRingPages+2)*pg, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(all)
+	lo := uintptr(unsafe.Pointer(&all[0]))
+	hi := lo + uintptr(len(all))
+	below, above := all[:pg], all[(perfRingPages+1)*pg:]
+	for _, b := range [][]byte{below, above} {
+		if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+			return fmt.Errorf("mprotect: %w", err)
+		}
+	}
+	// The event counts the thread that opens it: keep this goroutine on it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	attr := unix.PerfEventAttr{
+		Type:        unix.PERF_TYPE_SOFTWARE,
+		Config:      unix.PERF_COUNT_SW_CPU_CLOCK,
+		Sample:      100000, // ns of CPU time per sample
+		Sample_type: unix.PERF_SAMPLE_IP | unix.PERF_SAMPLE_TID,
+	}
+	attr.Size = uint32(unsafe.Sizeof(attr))
+	fd, err := unix.PerfEventOpen(&attr, 0, -1, -1, unix.PERF_FLAG_FD_CLOEXEC)
+	if err != nil {
+		paranoid, _ := os.ReadFile("/proc/sys/kernel/perf_event_paranoid")
+		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("perf_event_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, this thread): %w: not allowed or no software events (/proc/sys/kernel/perf_event_paranoid = %s; the check runs as root)", err, strings.TrimSpace(string(paranoid)))
+		}
+		return fmt.Errorf("perf_event_open: %w", err)
+	}
+	defer unix.Close(fd)
+	ringAt := unsafe.Pointer(&all[pg])
+	p, err := unix.MmapPtr(fd, 0, ringAt, perfRingPages*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_FIXED)
+	if err != nil {
+		return fmt.Errorf("mmap the perf ring (%d pages): %w", perfRingPages, err)
+	}
+	if p != ringAt {
+		return fmt.Errorf("setup: the perf ring mapped at %p, not %p", p, ringAt)
+	}
+	info("perf-ring-reported: below %#x, ring [%#x,%#x), above %#x", lo, lo+pg, lo+(perfRingPages+1)*pg, lo+(perfRingPages+1)*pg)
+	b := uint64(lo)
+	ring := pageRegions(b, 1, 1+perfRingPages)
+	if err := expect(f, lo, hi, ldt.Clear, ring, "first collection"); err != nil {
+		return err
+	}
+	// Burn CPU until the kernel has written samples (data_head moves).
+	up := (*unix.PerfEventMmapPage)(p)
+	spin := 0
+	for deadline := time.Now().Add(5 * time.Second); atomic.LoadUint64(&up.Data_head) == 0; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("setup: no perf sample in the ring after 5 s (data_head 0)")
+		}
+		for i := 0; i < 100000; i++ {
+			spin += i
+		}
+	}
+	sink += byte(spin)
+	head := atomic.LoadUint64(&up.Data_head)
+	if err := unix.IoctlSetInt(fd, unix.PERF_EVENT_IOC_DISABLE, 0); err != nil {
+		return fmt.Errorf("PERF_EVENT_IOC_DISABLE: %w", err)
+	}
+	info("perf-ring-reported: %d bytes of samples in the ring", head)
+	// The negative control: the ring's own entries never saw a write.
+	if err := expect(f, lo, hi, ldt.Naive, nil, "LDT_NAIVE after the samples"); err != nil {
+		return err
+	}
+	if err := expect(f, lo, hi, ldt.Clear, ring, "after the samples"); err != nil {
+		return err
+	}
+	sink += below[0] // a read is not a write
+	above[0] = 1
+	if err := expect(f, lo, hi, ldt.Clear, pageRegions(b, 1, 2+perfRingPages), "the page above the ring written"); err != nil {
+		return err
+	}
+	if err := expect(f, lo, hi, 0, ring, "a collection without LDT_CLEAR"); err != nil {
+		return err
+	}
+	return expect(f, lo, hi, ldt.Clear, ring, "one more collection")
+}
+
+// checkSmallVecKept: a memfd of six small folios (shmem_enabled=never)
+// mapped MAP_SHARED twice: A alone in a 2 MiB-aligned block (its page
+// table freed first, never touched after: no page table under it), and B,
+// whose pages 0, 2 and 4 are registered as io_uring fixed buffers, then
+// unregistered. The pin (pin_user_pages_fast() FOLL_WRITE ->
+// gup_ldt_write_pinned() -> ldt_pages_write_pinned(), mm/ldt.c, 0022)
+// walks the rmap of each pinned folio and keeps its page in every tracked
+// shared mapping, A's unmapped ones included (ldt_pin_keep_one() ->
+// ldt_entry_lost()): A keeps p0, p2, p4 and nothing else. A is then
+// collected with vec_len 1 from walk_end: its PMD is none, so the walk
+// calls ldt_pte_hole() -> ldt_lost_emit(), which emits the first kept
+// page, finds the next one and stops with the vec full ("w->stop = next;
+// return 1;"): walk_end is that next kept page; the call that emits p4
+// walks on to the end. (Kept pages are kept apart by unpinned ones:
+// adjacent pages would merge into one region in ldt_emit() and the vec
+// would never be full.) The clear walk forgets each page reported (its
+// folio is no longer pinned, ldt_lost_reported()), so the next collection
+// reports nothing. Without 0022's keep nothing is reported; a full vec
+// that skipped a page or stopped elsewhere fails too.
+func checkSmallVecKept() error {
+	const n = 6
+	restore, err := setKnob(shmemEnabledKnob, "never")
+	if err != nil {
+		return fmt.Errorf("needs shmem THP control: %w", err)
+	}
+	defer restore()
+	f, err := ldt.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Attach(0); err != nil {
+		return err
+	}
+	fd, err := memfdOf("ldt-selftest-kept", n*pg)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	res, err := unix.Mmap(-1, 0, 3*hpage, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(res) // everything mapped below lies inside it
+	first := uintptr(unsafe.Pointer(&res[0]))
+	off := int((first+hpage-1)&^(hpage-1) - first)
+	a := first + uintptr(off)
+	// Unmapping the aligned block whole frees any page table under it
+	// (free_pgtables() with the reservation's parts as floor and ceiling).
+	if err := unix.MunmapPtr(unsafe.Pointer(&res[off]), hpage); err != nil {
+		return fmt.Errorf("munmap: %w", err)
+	}
+	if p, err := unix.MmapPtr(fd, 0, unsafe.Pointer(&res[off]), n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_FIXED_NOREPLACE); err != nil || uintptr(p) != a {
+		return fmt.Errorf("setup: map A at %#x: %p, %v", a, p, err)
+	}
+	if p, err := unix.MmapPtr(-1, 0, unsafe.Pointer(&res[off+n*pg]), hpage-n*pg, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE|unix.MAP_FIXED_NOREPLACE); err != nil || uintptr(p) != a+n*pg {
+		return fmt.Errorf("setup: fill the rest of A's block: %p, %v", p, err)
+	}
+	mb, err := unix.Mmap(fd, 0, n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map B: %w", err)
+	}
+	defer unix.Munmap(mb)
+	r, err := kio.NewRing(4)
+	if err != nil {
+		return fmt.Errorf("no io_uring: %w", err)
+	}
+	defer r.Close()
+	pinned := []int{0, 2, 4}
+	var bufs [][]byte
+	for _, p := range pinned {
+		bufs = append(bufs, mb[p*pg:(p+1)*pg])
+	}
+	if err := r.Register(bufs); err != nil {
+		return err
+	}
+	bAddr := uintptr(unsafe.Pointer(&mb[0]))
+	for _, p := range pinned {
+		_, flags, err := pageFlags(bAddr + uintptr(p)*pg)
+		if err != nil {
+			r.Unregister()
+			return fmt.Errorf("setup: B page %d after the registration: %w", p, err)
+		}
+		if flags&(pagemap.KPFCompoundHead|pagemap.KPFCompoundTail) != 0 {
+			r.Unregister()
+			return fmt.Errorf("setup: B page %d is part of a large folio (kpageflags %#x) with shmem_enabled=never", p, flags)
+		}
+	}
+	if err := r.Unregister(); err != nil {
+		return err
+	}
+	es, err := pagemap.Read(0, a, n)
+	if err != nil {
+		return err
+	}
+	for p, e := range es {
+		if e.Present() || e.Swapped() {
+			return fmt.Errorf("setup: A page %d is mapped (pagemap %#x): A must stay untouched", p, uint64(e))
+		}
+	}
+	end := a + n*pg
+	info("small-vec-kept: A [%#x,%#x), B %#x", a, end, bAddr)
+	if err := expect(f, a, end, 0, pageRegions(uint64(a), 0, 1, 2, 3, 4, 5), "A after the unregistration"); err != nil {
+		return err
+	}
+	for i, p := range pinned {
+		at, walkEnd := a+uintptr(p)*pg, end
+		if i+1 < len(pinned) {
+			walkEnd = a + uintptr(pinned[i+1])*pg
+		}
+		if err := collectOne(f, at, end, ldt.Region{Start: uint64(at), End: uint64(at + pg)}, walkEnd, fmt.Sprintf("vec_len 1 call %d, from walk_end", i)); err != nil {
+			return err
+		}
+	}
+	return expect(f, a, end, 0, nil, "after the kept pages were reported")
+}
+
+// swapDev is an active swap device of /proc/swaps.
+type swapDev struct {
+	name string
+	prio int
+}
+
+func activeSwaps() ([]swapDev, error) {
+	b, err := os.ReadFile("/proc/swaps")
+	if err != nil {
+		return nil, err
+	}
+	var out []swapDev
+	for i, l := range strings.Split(string(b), "\n") {
+		fs := strings.Fields(l)
+		if i == 0 || len(fs) < 5 {
+			continue
+		}
+		prio, err := strconv.Atoi(fs[4])
+		if err != nil {
+			return nil, fmt.Errorf("/proc/swaps: %q: %w", l, err)
+		}
+		out = append(out, swapDev{fs[0], prio})
+	}
+	return out, nil
+}
+
+func swapSyscall(nr uintptr, name string, flags int) error {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return err
+	}
+	if _, _, e := unix.Syscall(nr, uintptr(unsafe.Pointer(p)), uintptr(flags), 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// swapOn enables d as it was: SWAP_FLAG_PREFER | prio for a priority
+// given at swapon, none for a negative one (the kernel's own, which it
+// hands out in decreasing order).
+func swapOn(d swapDev) error {
+	flags := 0
+	if d.prio >= 0 {
+		flags = 0x8000 | d.prio&0x7fff
+	}
+	if err := swapSyscall(unix.SYS_SWAPON, d.name, flags); err != nil {
+		return fmt.Errorf("swapon %s (priority %d): %w", d.name, d.prio, err)
+	}
+	return nil
+}
+
+// swapCycle swaps every device of devs off, then on again with its
+// priority, also when a swapoff fails; it checks /proc/swaps after.
+func swapCycle(devs []swapDev) (err error) {
+	var off []swapDev
+	defer func() {
+		sort.SliceStable(off, func(i, j int) bool { return off[i].prio > off[j].prio })
+		for _, d := range off {
+			if e := swapOn(d); e != nil && err == nil {
+				err = e
+			}
+		}
+		if err != nil {
+			return
+		}
+		now, e := activeSwaps()
+		if e != nil {
+			err = e
+			return
+		}
+		want := map[swapDev]bool{}
+		for _, d := range devs {
+			want[d] = true
+		}
+		for _, d := range now {
+			delete(want, d)
+		}
+		if len(want) > 0 || len(now) != len(devs) {
+			err = fmt.Errorf("swap not restored: /proc/swaps has %v, had %v", now, devs)
+		}
+	}()
+	for _, d := range devs {
+		if err := swapSyscall(unix.SYS_SWAPOFF, d.name, 0); err != nil {
+			return fmt.Errorf("swapoff %s: %w", d.name, err)
+		}
+		off = append(off, d)
+	}
+	return nil
+}
+
+// pageOut swaps the pages of mem out with MADV_PAGEOUT, from every CPU in
+// turn (a folio still in another CPU's LRU batch cannot be isolated), and
+// fails unless every one is a swap entry.
+func pageOut(mem []byte) error {
+	addr, n := uintptr(unsafe.Pointer(&mem[0])), len(mem)/pg
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return err
+	}
+	defer unix.SchedSetaffinity(0, &old)
+	var es []pagemap.Entry
+	for try := range 4 {
+		for cpu := range runtime.NumCPU() {
+			var set unix.CPUSet
+			set.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				return fmt.Errorf("sched_setaffinity %d: %w", cpu, err)
+			}
+			if err := unix.Madvise(mem, unix.MADV_PAGEOUT); err != nil {
+				return fmt.Errorf("MADV_PAGEOUT: %w", err)
+			}
+		}
+		var err error
+		if es, err = pagemap.Read(0, addr, n); err != nil {
+			return err
+		}
+		swapped := 0
+		for _, e := range es {
+			if e.Swapped() && !e.Present() {
+				swapped++
+			}
+		}
+		if swapped == n {
+			return nil
+		}
+		time.Sleep(time.Duration(10*(try+1)) * time.Millisecond)
+	}
+	for p, e := range es {
+		if !e.Swapped() || e.Present() {
+			return fmt.Errorf("setup: page %d not swapped out by MADV_PAGEOUT (pagemap %#x)", p, uint64(e))
+		}
+	}
+	return nil
+}
+
+// checkSwapoffUnuse: eight anonymous pages written and collected, p1 and
+// p4-5 written again, all swapped out (their swap entries carry LDT's bit
+// for p1, p4, p5 only), then every active swap device swapped off, which
+// maps each page back (unuse_pte(), mm/swapfile.c "if
+// (pte_swp_ldt_dirty(old_pte)) new_pte = pte_mkldt_dirty(new_pte)"), and
+// on again as it was. unuse_pte() makes a clean, old, read-only entry:
+// only the carried bit says p1, p4, p5 were written. Dropping it fails
+// "after swapoff" with them missing; setting it on every entry fails with
+// the others. The negative control sees nothing: no hardware Dirty bit.
+func checkSwapoffUnuse() error {
+	devs, err := activeSwaps()
+	if err != nil {
+		return err
+	}
+	if len(devs) == 0 {
+		return fmt.Errorf("no active swap device (/proc/swaps is empty): swapoff-unuse needs one (the lab guest has zram)")
+	}
+	const n = 8
+	return withSelf(n, func(f *ldt.File, m *mapping) error {
+		b := uint64(m.base)
+		for p := range n {
+			m.write(p) // no page left all zeros
+		}
+		if err := expect(f, m.base, m.end(), ldt.Clear, pageRegions(b, 0, n), "written before the pageout"); err != nil {
+			return err
+		}
+		m.write(1, 4, 5)
+		if err := pageOut(m.mem); err != nil {
+			return err
+		}
+		info("swapoff-unuse: swapping off and on %v", devs)
+		if err := swapCycle(devs); err != nil {
+			return err
+		}
+		if err := presentAgain(m.base, n, "after swapoff"); err != nil {
+			return err
+		}
+		if err := expect(f, m.base, m.end(), ldt.Naive, nil, "LDT_NAIVE after swapoff"); err != nil {
+			return err
+		}
+		if err := expect(f, m.base, m.end(), ldt.Clear, pageRegions(b, 1, 2, 4, 6), "after swapoff"); err != nil {
+			return err
+		}
+		if err := expect(f, m.base, m.end(), 0, nil, "after the clear"); err != nil {
+			return err
+		}
+		for p := range n {
+			want := byte(1)
+			if p == 1 || p == 4 || p == 5 {
+				want = 2
+			}
+			if got := m.mem[p*pg+p%pg]; got != want {
+				return fmt.Errorf("page %d holds %d after swapoff, want %d", p, got, want)
+			}
+		}
+		return nil
+	})
+}
+
+// checkCollapseRetract: a memfd whose page cache holds one PMD-size THP
+// (shmem_enabled=always), mapped MAP_SHARED at a 2 MiB boundary and
+// written whole (a PMD mapping), then mprotect of its first page
+// PROT_READ, which zaps the PMD (a file THP splits by unmapping), every
+// page read while the VMA is split (PTEs: the VMA no longer covers the 2
+// MiB), and mprotect back: the THP is mapped by 512 PTEs. After a
+// collection p5 is written and MADV_COLLAPSE retracts the page table
+// (hpage_collapse_scan_file() finds the THP: SCAN_PTE_MAPPED_HUGEPAGE ->
+// collapse_pte_mapped_thp(mm, addr, true), mm/khugepaged.c): step 2 clears
+// every PTE and sets ldt_dirty ("if (pte_ldt_dirty(ptent) ||
+// pte_write(ptent))"), step 5 installs a clean PMD (set_huge_pmd(), no
+// write fault) and collapse_ldt_mark_pmd() sets LDT's bit on it. The code
+// owes the whole 2 MiB, not p5 alone: the new PMD has one bit, and any
+// writable PTE counts as written (it may be written through a stale TLB
+// entry until the flush), which every PTE of a writable shared shmem
+// mapping is. So the collection after the collapse reports exactly the 2
+// MiB; without the mark it reports nothing (p5's write lost with its PTE)
+// and the negative control, which ignores LDT's bit, does. khugepaged is
+// paused meanwhile: its own retract would race the check.
+func checkCollapseRetract() error {
+	restoreShmem, err := setKnob(shmemEnabledKnob, "always")
+	if err != nil {
+		return fmt.Errorf("needs shmem THP: %w", err)
+	}
+	defer restoreShmem()
+	restoreKh, err := setKnob(khugepagedSleep, "3600000")
+	if err != nil {
+		return fmt.Errorf("pause khugepaged: %w", err)
+	}
+	defer restoreKh()
+	// The write wakes khugepaged for one pass: let it end first.
+	time.Sleep(100 * time.Millisecond)
+	mem, pfn0, release, err := pteMappedShmemTHP()
+	if err != nil {
+		return err
+	}
+	defer release()
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	pmdKB := func() int { kb, _ := smapsKB(base, "ShmemPmdMapped"); return kb }
+	f, err := ldt.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Attach(0); err != nil {
+		return err
+	}
+	end := base + hpage
+	b := uint64(base)
+	if err := expect(f, base, end, ldt.Clear, nil, "first collection (PTEs mapped by reads)"); err != nil {
+		return err
+	}
+	mem[5*pg+1] = 7
+	if err := expect(f, base, end, 0, pageRegions(b, 5, 6), "p5 written, PTE-mapped"); err != nil {
+		return err
+	}
+	if err := unix.Madvise(mem, unix.MADV_COLLAPSE); err != nil {
+		return fmt.Errorf("MADV_COLLAPSE: %w", err)
+	}
+	if kb := pmdKB(); kb != 2048 {
+		return fmt.Errorf("MADV_COLLAPSE did not map the THP by a PMD (ShmemPmdMapped %d kB)", kb)
+	}
+	if pfn, _, err := pageFlags(base); err != nil || pfn != pfn0 {
+		return fmt.Errorf("setup: after MADV_COLLAPSE page 0 is pfn %#x (%v), the THP was %#x: not the retract path", pfn, err, pfn0)
+	}
+	if err := expect(f, base, end, ldt.Naive, nil, "LDT_NAIVE after the collapse"); err != nil {
+		return err
+	}
+	whole := []ldt.Region{{Start: b, End: uint64(end)}}
+	if err := expect(f, base, end, ldt.Clear, whole, "after MADV_COLLAPSE"); err != nil {
+		return err
+	}
+	if err := expect(f, base, end, 0, nil, "after the clear"); err != nil {
+		return err
+	}
+	if mem[5*pg+1] != 7 {
+		return fmt.Errorf("p5 holds %d after the collapse, want 7", mem[5*pg+1])
+	}
+	mem[9*pg] = 2
+	return expect(f, base, end, ldt.Clear, whole, "a write to the PMD-mapped THP")
+}
+
+// pteMappedShmemTHP maps a memfd whose page cache holds one PMD-size THP
+// (the caller sets shmem_enabled=always) at a 2 MiB boundary, MAP_SHARED,
+// every page written, and leaves the THP mapped by 512 PTEs: mprotect of
+// its first page PROT_READ zaps the PMD (a file THP splits by unmapping),
+// every page is read while the VMA is split (PTEs: no VMA covers the 2 MiB)
+// and the mprotect is undone. It returns the mapping, the THP's first
+// frame and what unmaps it.
+func pteMappedShmemTHP() ([]byte, uint64, func(), error) {
+	const n = hpage / pg
+	fd, err := memfdOf("ldt-selftest-retract", hpage)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	res, err := unix.Mmap(-1, 0, 2*hpage, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		unix.Close(fd)
+		return nil, 0, nil, err
+	}
+	release := func() {
+		unix.Munmap(res)
+		unix.Close(fd)
+	}
+	fail := func(err error) ([]byte, uint64, func(), error) {
+		release()
+		return nil, 0, nil, err
+	}
+	first := uintptr(unsafe.Pointer(&res[0]))
+	off := int((first+hpage-1)&^(hpage-1) - first)
+	base := first + uintptr(off)
+	if p, err := unix.MmapPtr(fd, 0, unsafe.Pointer(&res[off]), hpage, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_FIXED); err != nil || uintptr(p) != base {
+		return fail(fmt.Errorf("setup: map the memfd at %#x: %p, %v", base, p, err))
+	}
+	mem := res[off : off+hpage]
+	for p := range n {
+		mem[p*pg] = 1
+	}
+	pmdKB := func() int { kb, _ := smapsKB(base, "ShmemPmdMapped"); return kb }
+	if pmdKB() < 2048 {
+		cerr := unix.Madvise(mem, unix.MADV_COLLAPSE)
+		if kb := pmdKB(); kb < 2048 {
+			return fail(fmt.Errorf("setup: no PMD-mapped shmem THP (ShmemPmdMapped %d kB, MADV_COLLAPSE: %v)", kb, cerr))
+		}
+	}
+	if err := unix.Mprotect(mem[:pg], unix.PROT_READ); err != nil {
+		return fail(fmt.Errorf("mprotect PROT_READ: %w", err))
+	}
+	for p := range n {
+		sink += mem[p*pg] // read faults map PTEs: no VMA covers the 2 MiB now
+	}
+	if err := unix.Mprotect(mem[:pg], unix.PROT_READ|unix.PROT_WRITE); err != nil {
+		return fail(fmt.Errorf("mprotect back: %w", err))
+	}
+	pfn0, flags, err := pageFlags(base)
+	if err != nil {
+		return fail(err)
+	}
+	if kb := pmdKB(); kb != 0 {
+		return fail(fmt.Errorf("setup: the THP is still PMD-mapped after the mprotect split (ShmemPmdMapped %d kB)", kb))
+	}
+	if ok, err := largeFolio(base, n); err != nil || !ok || flags&pagemap.KPFTHP == 0 {
+		return fail(fmt.Errorf("setup: the 512 PTEs do not map one THP (large=%v, kpageflags %#x, %v)", ok, flags, err))
+	}
+	return mem, pfn0, release, nil
 }

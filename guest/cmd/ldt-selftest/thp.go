@@ -17,7 +17,11 @@ import (
 const hpage = 2 << 20
 
 // anonHugeKB returns AnonHugePages of the VMA containing addr.
-func anonHugeKB(addr uintptr) (int, error) {
+func anonHugeKB(addr uintptr) (int, error) { return smapsKB(addr, "AnonHugePages") }
+
+// smapsKB returns the field of /proc/self/smaps ("AnonHugePages",
+// "ShmemPmdMapped"...), in kB, of the VMA containing addr.
+func smapsKB(addr uintptr, field string) (int, error) {
 	data, err := os.ReadFile("/proc/self/smaps")
 	if err != nil {
 		return 0, err
@@ -33,7 +37,7 @@ func anonHugeKB(addr uintptr) (int, error) {
 				continue
 			}
 		}
-		if v, ok := strings.CutPrefix(line, "AnonHugePages:"); in && ok {
+		if v, ok := strings.CutPrefix(line, field+":"); in && ok {
 			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 		}
 	}
