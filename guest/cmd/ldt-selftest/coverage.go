@@ -335,14 +335,11 @@ func collectOne(f *ldt.File, start, end uintptr, want ldt.Region, wantEnd uintpt
 // the next call from there returns the ring. A walk that skipped the ring
 // or ended elsewhere fails.
 func checkSmallVecRing() error {
-	f, err := ldt.Open()
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
 	const below = 3
 	var r *kio.Ring
 	var low unsafe.Pointer
@@ -422,14 +419,11 @@ func checkSmallVecTHP() error {
 		}
 	}
 	small[0] = 1
-	f, err := ldt.Open()
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
 	lo, end := base-2*pg, base+hpage
 	thpRegion := ldt.Region{Start: uint64(base), End: uint64(end)}
 	if err := collectOne(f, lo, end, ldt.Region{Start: uint64(lo), End: uint64(lo + pg)}, base, "first vec_len 1 call"); err != nil {
@@ -498,14 +492,11 @@ const perfRingPages = 1 + 4
 // flag a collection after the samples reports nothing ("after the
 // samples" fails); the neighbours are reported only once written.
 func checkPerfRingReported() error {
-	f, err := ldt.Open()
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
 	// below | ring | above, carved out of one reservation.
 	all, err := unix.Mmap(-1, 0, (perfRingPages+2)*pg, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
@@ -614,14 +605,11 @@ func checkSmallVecKept() error {
 		return fmt.Errorf("needs shmem THP control: %w", err)
 	}
 	defer restore()
-	f, err := ldt.Open()
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
 	fd, err := memfdOf("ldt-selftest-kept", n*pg)
 	if err != nil {
 		return err
@@ -921,6 +909,43 @@ func checkSwapoffUnuse() error {
 // and the negative control, which ignores LDT's bit, does. khugepaged is
 // paused meanwhile: its own retract would race the check.
 func checkCollapseRetract() error {
+	return withP5OnPTEMappedShmemTHP(func(f *ldt.File, mem []byte, pfn0 uint64) error {
+		base := uintptr(unsafe.Pointer(&mem[0]))
+		end := base + hpage
+		b := uint64(base)
+		if err := unix.Madvise(mem, unix.MADV_COLLAPSE); err != nil {
+			return fmt.Errorf("MADV_COLLAPSE: %w", err)
+		}
+		if kb, _ := smapsKB(base, "ShmemPmdMapped"); kb != 2048 {
+			return fmt.Errorf("MADV_COLLAPSE did not map the THP by a PMD (ShmemPmdMapped %d kB)", kb)
+		}
+		if pfn, _, err := pageFlags(base); err != nil || pfn != pfn0 {
+			return fmt.Errorf("setup: after MADV_COLLAPSE page 0 is pfn %#x (%v), the THP was %#x: not the retract path", pfn, err, pfn0)
+		}
+		if err := expect(f, base, end, ldt.Naive, nil, "LDT_NAIVE after the collapse"); err != nil {
+			return err
+		}
+		whole := []ldt.Region{{Start: b, End: uint64(end)}}
+		if err := expect(f, base, end, ldt.Clear, whole, "after MADV_COLLAPSE"); err != nil {
+			return err
+		}
+		if err := expect(f, base, end, 0, nil, "after the clear"); err != nil {
+			return err
+		}
+		if mem[5*pg+1] != 7 {
+			return fmt.Errorf("p5 holds %d after the collapse, want 7", mem[5*pg+1])
+		}
+		mem[9*pg] = 2
+		return expect(f, base, end, ldt.Clear, whole, "a write to the PMD-mapped THP")
+	})
+}
+
+// withP5OnPTEMappedShmemTHP is the retract checks' setup: shmem_enabled
+// always and khugepaged paused (the write wakes it for one pass: let that
+// end first), a PTE-mapped shmem THP (pteMappedShmemTHP) under a tracker
+// of this process, collected and cleared, then p5 written and reported
+// alone. check gets the tracker, the mapping and the THP's first frame.
+func withP5OnPTEMappedShmemTHP(check func(f *ldt.File, mem []byte, pfn0 uint64) error) error {
 	restoreShmem, err := setKnob(shmemEnabledKnob, "always")
 	if err != nil {
 		return fmt.Errorf("needs shmem THP: %w", err)
@@ -931,7 +956,6 @@ func checkCollapseRetract() error {
 		return fmt.Errorf("pause khugepaged: %w", err)
 	}
 	defer restoreKh()
-	// The write wakes khugepaged for one pass: let it end first.
 	time.Sleep(100 * time.Millisecond)
 	mem, pfn0, release, err := pteMappedShmemTHP()
 	if err != nil {
@@ -939,48 +963,20 @@ func checkCollapseRetract() error {
 	}
 	defer release()
 	base := uintptr(unsafe.Pointer(&mem[0]))
-	pmdKB := func() int { kb, _ := smapsKB(base, "ShmemPmdMapped"); return kb }
-	f, err := ldt.Open()
+	end := base + hpage
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
-	end := base + hpage
-	b := uint64(base)
 	if err := expect(f, base, end, ldt.Clear, nil, "first collection (PTEs mapped by reads)"); err != nil {
 		return err
 	}
 	mem[5*pg+1] = 7
-	if err := expect(f, base, end, 0, pageRegions(b, 5, 6), "p5 written, PTE-mapped"); err != nil {
+	if err := expect(f, base, end, 0, pageRegions(uint64(base), 5, 6), "p5 written, PTE-mapped"); err != nil {
 		return err
 	}
-	if err := unix.Madvise(mem, unix.MADV_COLLAPSE); err != nil {
-		return fmt.Errorf("MADV_COLLAPSE: %w", err)
-	}
-	if kb := pmdKB(); kb != 2048 {
-		return fmt.Errorf("MADV_COLLAPSE did not map the THP by a PMD (ShmemPmdMapped %d kB)", kb)
-	}
-	if pfn, _, err := pageFlags(base); err != nil || pfn != pfn0 {
-		return fmt.Errorf("setup: after MADV_COLLAPSE page 0 is pfn %#x (%v), the THP was %#x: not the retract path", pfn, err, pfn0)
-	}
-	if err := expect(f, base, end, ldt.Naive, nil, "LDT_NAIVE after the collapse"); err != nil {
-		return err
-	}
-	whole := []ldt.Region{{Start: b, End: uint64(end)}}
-	if err := expect(f, base, end, ldt.Clear, whole, "after MADV_COLLAPSE"); err != nil {
-		return err
-	}
-	if err := expect(f, base, end, 0, nil, "after the clear"); err != nil {
-		return err
-	}
-	if mem[5*pg+1] != 7 {
-		return fmt.Errorf("p5 holds %d after the collapse, want 7", mem[5*pg+1])
-	}
-	mem[9*pg] = 2
-	return expect(f, base, end, ldt.Clear, whole, "a write to the PMD-mapped THP")
+	return check(f, mem, pfn0)
 }
 
 // pteMappedShmemTHP maps a memfd whose page cache holds one PMD-size THP

@@ -25,82 +25,57 @@ func init() { checks = append(checks, check{"khugepaged-retract", checkKhugepage
 // table: the next collection must report the 2 MiB range (the cleared
 // entries were writable, so the kernel counts them all as written: a
 // bounded extra report), the one after it nothing, and a write after the
-// retract its page alone.
+// retract its page alone, or the 2 MiB if the folio refaulted PMD-mapped.
 func checkKhugepagedRetract() error {
-	restoreShmem, err := setKnob(shmemEnabledKnob, "always")
-	if err != nil {
-		return err
-	}
-	defer restoreShmem()
-	restoreKh, err := setKnob(khugepagedSleep, "3600000")
-	if err != nil {
-		return err
-	}
-	defer restoreKh()
-	time.Sleep(100 * time.Millisecond)
-	mem, _, release, err := pteMappedShmemTHP()
-	if err != nil {
-		return err
-	}
-	defer release()
-	base := uintptr(unsafe.Pointer(&mem[0]))
-	end := base + hpage
-	f, err := ldt.Open()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
-	if err := expect(f, base, end, ldt.Clear, nil, "first collection"); err != nil {
-		return err
-	}
-	mem[5*pg+1] = 7
-	if err := expect(f, base, end, 0, pageRegions(uint64(base), 5, 6), "p5 written, PTE-mapped"); err != nil {
-		return err
-	}
-	restorePages, err := setKnob("/sys/kernel/mm/transparent_hugepage/khugepaged/pages_to_scan", "65536")
-	if err != nil {
-		return err
-	}
-	defer restorePages()
-	fs0, _ := os.ReadFile("/sys/kernel/mm/transparent_hugepage/khugepaged/full_scans")
-	if _, err := setKnob(khugepagedSleep, "10"); err != nil {
-		return err
-	}
-	t0 := time.Now()
-	retracted := false
-	for time.Since(t0) < 60*time.Second {
-		es, err := pagemap.Read(0, base, 8)
+	return withP5OnPTEMappedShmemTHP(func(f *ldt.File, mem []byte, _ uint64) error {
+		base := uintptr(unsafe.Pointer(&mem[0]))
+		end := base + hpage
+		restorePages, err := setKnob("/sys/kernel/mm/transparent_hugepage/khugepaged/pages_to_scan", "65536")
 		if err != nil {
 			return err
 		}
-		if !es[5].Present() {
-			retracted = true
-			break
+		defer restorePages()
+		fullScans := func() string {
+			b, _ := os.ReadFile("/sys/kernel/mm/transparent_hugepage/khugepaged/full_scans")
+			return strings.TrimSpace(string(b))
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	setKnob(khugepagedSleep, "3600000")
-	fs1, _ := os.ReadFile("/sys/kernel/mm/transparent_hugepage/khugepaged/full_scans")
-	info("khugepaged-retract: retracted=%v after %v (full_scans %s -> %s), ShmemPmdMapped now %v", retracted, time.Since(t0).Round(time.Millisecond),
-		strings.TrimSpace(string(fs0)), strings.TrimSpace(string(fs1)), func() int { kb, _ := smapsKB(base, "ShmemPmdMapped"); return kb }())
-	if !retracted {
-		return fmt.Errorf("khugepaged did not retract the page table in 60 s: the check cannot judge (full_scans %s -> %s)", strings.TrimSpace(string(fs0)), strings.TrimSpace(string(fs1)))
-	}
-	if err := expect(f, base, end, ldt.Clear, pageRegions(uint64(base), 0, hpage/pg), "after khugepaged's retract (p5 written, not collected)"); err != nil {
-		return fmt.Errorf("%w (collapse_pte_mapped_thp with install_pmd=false)", err)
-	}
-	if err := expect(f, base, end, ldt.Clear, nil, "after the clear"); err != nil {
-		return err
-	}
-	mem[7*pg+1] = 9
-	// The folio refaults PMD-mapped when it can (filemap_map_pmd()): one
-	// Dirty bit for the 2 MiB; PTE-mapped, p7 alone.
-	want := pageRegions(uint64(base), 7, 8)
-	if kb, err := smapsKB(base, "ShmemPmdMapped"); err == nil && kb >= hpage>>10 {
-		want = pageRegions(uint64(base), 0, hpage/pg)
-	}
-	return expect(f, base, end, ldt.Clear, want, "p7 written after the retract")
+		fs0 := fullScans()
+		if _, err := setKnob(khugepagedSleep, "10"); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		retracted := false
+		for time.Since(t0) < 60*time.Second {
+			es, err := pagemap.Read(0, base, 8)
+			if err != nil {
+				return err
+			}
+			if !es[5].Present() {
+				retracted = true
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		setKnob(khugepagedSleep, "3600000")
+		fs1 := fullScans()
+		kb, _ := smapsKB(base, "ShmemPmdMapped")
+		info("khugepaged-retract: retracted=%v after %v (full_scans %s -> %s), ShmemPmdMapped now %v", retracted, time.Since(t0).Round(time.Millisecond), fs0, fs1, kb)
+		if !retracted {
+			return fmt.Errorf("khugepaged did not retract the page table in 60 s: the check cannot judge (full_scans %s -> %s)", fs0, fs1)
+		}
+		if err := expect(f, base, end, ldt.Clear, pageRegions(uint64(base), 0, hpage/pg), "after khugepaged's retract (p5 written, not collected)"); err != nil {
+			return fmt.Errorf("%w (collapse_pte_mapped_thp with install_pmd=false)", err)
+		}
+		if err := expect(f, base, end, ldt.Clear, nil, "after the clear"); err != nil {
+			return err
+		}
+		mem[7*pg+1] = 9
+		// The folio refaults PMD-mapped when it can (filemap_map_pmd()): one
+		// Dirty bit for the 2 MiB; PTE-mapped, p7 alone.
+		want := pageRegions(uint64(base), 7, 8)
+		if kb, err := smapsKB(base, "ShmemPmdMapped"); err == nil && kb >= hpage>>10 {
+			want = pageRegions(uint64(base), 0, hpage/pg)
+		}
+		return expect(f, base, end, ldt.Clear, want, "p7 written after the retract")
+	})
 }

@@ -118,15 +118,24 @@ func withSelf(pages int, check func(f *ldt.File, m *mapping) error) error {
 	return check(f, m)
 }
 
-// selfAttached opens /dev/ldt attached to this process plus a fresh
-// mapping whose state is already cleared.
-func selfAttached(pages int) (*ldt.File, *mapping, error) {
+// attachedSelf opens /dev/ldt attached to this process.
+func attachedSelf() (*ldt.File, error) {
 	f, err := ldt.Open()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := f.Attach(0); err != nil {
 		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// selfAttached opens /dev/ldt attached to this process plus a fresh
+// mapping whose state is already cleared.
+func selfAttached(pages int) (*ldt.File, *mapping, error) {
+	f, err := attachedSelf()
+	if err != nil {
 		return nil, nil, err
 	}
 	m, err := newMapping(pages)

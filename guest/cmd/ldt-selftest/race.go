@@ -119,14 +119,11 @@ type raceOutcome struct {
 // clear_user()). Every written page must then be reported by a later
 // collection, at the address it has now.
 func checkEfaultMoveRace() error {
-	f, err := ldt.Open()
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
 	delays := []time.Duration{0, 100 * time.Microsecond, 500 * time.Microsecond, 2 * time.Millisecond, 8 * time.Millisecond, 30 * time.Millisecond}
 	var rounds, struck, efault int
 	for _, strike := range []int{1, 2} {

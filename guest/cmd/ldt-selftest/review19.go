@@ -220,14 +220,11 @@ func mthp64K(folios int, fn func(f *ldt.File, mem []byte) error) error {
 			return fmt.Errorf("setup: no 64 KiB folio after the first write (large=%v, err=%v)", ok, err)
 		}
 	}
-	f, err := ldt.Open()
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
 	return fn(f, mem)
 }
 
@@ -290,14 +287,11 @@ func checkTHPClearRefs() error {
 	defer release()
 	base := uintptr(unsafe.Pointer(&mem[0]))
 	end := base + hpage
-	f, err := ldt.Open()
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
 	whole := []ldt.Region{{Start: uint64(base), End: uint64(end)}}
 	if err := expect(f, base, end, ldt.Clear, whole, "first collect of the written THP"); err != nil {
 		return err

@@ -87,14 +87,11 @@ func checkTHP() error {
 	}
 	info("thp-pmd: region %#x is a PMD-mapped THP", base)
 
-	f, err := ldt.Open()
+	f, err := attachedSelf()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := f.Attach(0); err != nil {
-		return err
-	}
 	end := base + hpage
 	whole := []ldt.Region{{Start: uint64(base), End: uint64(end)}}
 	if err := expect(f, base, end, ldt.Clear, whole, "first collect of the written THP"); err != nil {
