@@ -94,6 +94,18 @@ func (h *pinHelper) close() error {
 	return h.cmd.Wait()
 }
 
+// unpin drops the helper's pin and waits for it to exit.
+func (h *pinHelper) unpin() error {
+	if err := h.do("unpin"); err != nil {
+		h.close()
+		return err
+	}
+	if err := h.close(); err != nil {
+		return fmt.Errorf("pin helper: %w", err)
+	}
+	return nil
+}
+
 // pinHelperMain is the helper: it maps fd 3 (n pages) shared, registers
 // the mapping as an io_uring fixed buffer on "pin" and answers
 // "read PAGE" (READ_FIXED of fd 4's page PAGE into its page PAGE, through
@@ -144,34 +156,42 @@ func pinHelperMain(args []string) int {
 	return 0
 }
 
-func runSharedPinElsewhere(e *Scene) error {
+// sharedPinSet is the pin scenarios' working set: a memfd of n small
+// folios (shmem_enabled=never) mapped MAP_SHARED, every page written, and
+// a second memfd as the pin helper's content source (see startPinHelper).
+func sharedPinSet(e *Scene, name string, n int) (ws *Workset, fd, src int, err error) {
 	if _, err := os.Stat(shmemEnabled); err == nil {
 		if err := e.Set(shmemEnabled, "never"); err != nil {
-			return err
+			return nil, -1, -1, err
 		}
 	}
-	const n = 32
-	fd, err := memfdOf("ldtlab-shared-pin", n)
-	if err != nil {
-		return err
+	if fd, err = memfdOf(name, n); err != nil {
+		return nil, -1, -1, err
 	}
-	ws, err := e.Workset(n)
-	if err != nil {
+	if ws, err = e.Workset(n); err != nil {
 		unix.Close(fd)
-		return err
+		return nil, -1, -1, err
 	}
 	if _, err := ws.Map("shmem", File, 0, n, fd); err != nil {
 		unix.Close(fd)
-		return err // ws.Close closes a mapped segment's fd only
+		return nil, -1, -1, err // ws.Close closes a mapped segment's fd only
 	}
 	for id := range n {
 		ws.Write(id)
 	}
-	src, err := memfdOf("ldtlab-pin-src", n)
+	if src, err = memfdOf(name+"-src", n); err != nil {
+		return nil, -1, -1, err
+	}
+	e.closeAtEnd(func() error { return unix.Close(src) })
+	return ws, fd, src, nil
+}
+
+func runSharedPinElsewhere(e *Scene) error {
+	const n = 32
+	ws, fd, src, err := sharedPinSet(e, "ldtlab-shared-pin", n)
 	if err != nil {
 		return err
 	}
-	e.closeAtEnd(func() error { return unix.Close(src) })
 	h, err := startPinHelper(fd, src, n)
 	if err != nil {
 		if errors.Is(err, unix.ENOSYS) {
@@ -198,14 +218,8 @@ func runSharedPinElsewhere(e *Scene) error {
 				ws.Write(id)
 				continue
 			}
-			err := ws.WriteWith(id, func(_ uintptr, data []byte) error {
-				if _, err := unix.Pwrite(src, data, int64(id)*PageSize); err != nil {
-					return err
-				}
-				return h.do("read %d", id)
-			})
-			if err != nil {
-				return fmt.Errorf("write page %d through the other process's pin: %w", id, err)
+			if err := writeThroughPin(ws, h, src, []int{id}); err != nil {
+				return err
 			}
 			through++
 		}
@@ -218,12 +232,9 @@ func runSharedPinElsewhere(e *Scene) error {
 			return err
 		}
 	}
-	if err := h.do("unpin"); err != nil {
-		return err
-	}
 	helperDone = true
-	if err := h.close(); err != nil {
-		return fmt.Errorf("pin helper: %w", err)
+	if err := h.unpin(); err != nil {
+		return err
 	}
 	e.Note("the other process wrote %d pages through its pin", through)
 	ws.Hint(0, n, "pinned-once-more-after-unpin")
@@ -256,11 +267,7 @@ func pinWrite(ws *Workset, fd, src, n int, ids []int) error {
 		h.close()
 		return err
 	}
-	if err := h.do("unpin"); err != nil {
-		h.close()
-		return err
-	}
-	return h.close()
+	return h.unpin()
 }
 
 func writeThroughPin(ws *Workset, h *pinHelper, src int, ids []int) error {
@@ -279,33 +286,11 @@ func writeThroughPin(ws *Workset, h *pinHelper, src int, ids []int) error {
 }
 
 func runSharedPinBetween(e *Scene) error {
-	if _, err := os.Stat(shmemEnabled); err == nil {
-		if err := e.Set(shmemEnabled, "never"); err != nil {
-			return err
-		}
-	}
 	const n = 48
-	fd, err := memfdOf("ldtlab-shared-pin-between", n)
+	ws, fd, src, err := sharedPinSet(e, "ldtlab-shared-pin-between", n)
 	if err != nil {
 		return err
 	}
-	ws, err := e.Workset(n)
-	if err != nil {
-		unix.Close(fd)
-		return err
-	}
-	if _, err := ws.Map("shmem", File, 0, n, fd); err != nil {
-		unix.Close(fd)
-		return err
-	}
-	for id := range n {
-		ws.Write(id)
-	}
-	src, err := memfdOf("ldtlab-pin-between-src", n)
-	if err != nil {
-		return err
-	}
-	e.closeAtEnd(func() error { return unix.Close(src) })
 	t, err := e.StartTracking(ws)
 	if err != nil {
 		return err
@@ -326,13 +311,10 @@ func runSharedPinBetween(e *Scene) error {
 			if err := writeThroughPin(ws, held, src, c); err != nil {
 				return err
 			}
-			if err := held.do("unpin"); err != nil {
-				return err
-			}
 			h := held
 			held = nil
-			if err := h.close(); err != nil {
-				return fmt.Errorf("pin helper: %w", err)
+			if err := h.unpin(); err != nil {
+				return err
 			}
 			straddled += len(c)
 		}
@@ -365,13 +347,10 @@ func runSharedPinBetween(e *Scene) error {
 		}
 	}
 	if held != nil {
-		if err := held.do("unpin"); err != nil {
-			return err
-		}
 		h := held
 		held = nil
-		if err := h.close(); err != nil {
-			return fmt.Errorf("pin helper: %w", err)
+		if err := h.unpin(); err != nil {
+			return err
 		}
 	}
 	e.Note("written through pins: %d between collections, %d after a zap, %d after a collection saw the pin", between, zapped, straddled)
