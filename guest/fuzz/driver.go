@@ -190,7 +190,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 
 // Classes are the finding classes (issue 19's lost writes) --until and
 // --expect name; "ring" is either ring.
-var Classes = []string{"pinned-thp", "shared-pin", "shmem-collapse", "ring", "ring-uring", "ring-aio", "pinned-wp"}
+var Classes = []string{"pinned-thp", "shared-pin", "shmem-collapse", "ring", "ring-uring", "ring-aio", "pinned-wp", "khugepaged-retract"}
 
 // ClassMatches tells whether a finding of class got answers want.
 func ClassMatches(got, want string) bool {
@@ -702,6 +702,9 @@ func Classify(f *Finding) string {
 		return "pinned-wp"
 	case (strings.HasPrefix(rkind, KMemfd) || strings.HasPrefix(rkind, KSharedAnon)) && has(OpMadvise, "collapse"):
 		return "shmem-collapse"
+	case (strings.HasPrefix(rkind, KMemfd) || strings.HasPrefix(rkind, KSharedAnon)) && has(OpKhugepaged, ""):
+		// khugepaged's retract of a PTE-mapped shmem THP (0023).
+		return "khugepaged-retract"
 	}
 	return ""
 }

@@ -551,6 +551,9 @@ func (e *executor) do(i int, o Op) error {
 			e.done(o.Op)
 		}
 		return nil
+	case OpKhugepaged:
+		e.khugepaged()
+		return nil
 	case OpSleep:
 		time.Sleep(time.Duration(min(o.N, 2000)) * time.Millisecond)
 		return nil
@@ -616,7 +619,7 @@ func (e *executor) do(i int, o Op) error {
 				sink += m[q*pg]
 			}
 		}
-		_ = sink
+		readSink = sink
 		e.done(o.Op)
 	case OpPVM, OpProcMem:
 		e.gupWrite(i, r, p, n, o)
@@ -626,6 +629,8 @@ func (e *executor) do(i int, o Op) error {
 		e.madvise(i, r, p, n, o)
 	case OpMprotect:
 		e.mprotect(r, p, n, o)
+	case OpPTEMap:
+		e.pteMap(r, p, n)
 	case OpMremap:
 		return e.mremap(r, o)
 	case OpRemap:
@@ -1159,7 +1164,7 @@ func (e *executor) spin(d time.Duration) {
 			}
 		}
 	}
-	_ = sink
+	readSink = sink
 	if d := vmstat("numa_hint_faults") - before; d > 0 {
 		e.res.OpsDone["spin (NUMA hinting faults)"] += int(d)
 	}

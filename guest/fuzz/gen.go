@@ -2,6 +2,7 @@ package fuzz
 
 import (
 	"math/rand/v2"
+	"slices"
 )
 
 // Families group the vocabulary. Each sequence enables a random subset of
@@ -91,7 +92,34 @@ func Generate(seed uint64) *Sequence {
 		}
 		g.draw(op)
 	}
+	g.khugepaged(seed)
 	return s
+}
+
+// khugepaged adds, to a third of the sequences with a PMD THP region,
+// khugepaged's own passes (collapse, and the retract of a PTE-mapped
+// shmem THP: collapse_pte_mapped_thp without a PMD), each after a
+// pte-map that leaves a THP mapped by PTEs and, half the time, a write
+// into it. These draws come from a stream of their own: every sequence
+// the generator drew before they existed stays the same apart from them.
+func (g *gen) khugepaged(seed uint64) {
+	r := rand.New(rand.NewPCG(seed^0x6b68_7567_6570, seed))
+	huge := g.memoryRegions(func(s RegionSpec) bool { return s.THP == "pmd" })
+	if len(huge) == 0 || r.IntN(3) != 0 {
+		return
+	}
+	for k := 1 + r.IntN(2); k > 0; k-- {
+		i := huge[r.IntN(len(huge))]
+		block := 512 * r.IntN(g.s.Regions[i].Pages/512)
+		ops := []Op{{Op: OpPTEMap, R: i, P: block, N: 512}}
+		if r.IntN(2) == 0 {
+			ops = append(ops, Op{Op: OpWrite, R: i, P: block + r.IntN(512), N: 1, V: r.Uint64(), Arg: "word"})
+		}
+		at := r.IntN(len(g.s.Ops) + 1)
+		g.s.Ops = slices.Insert(g.s.Ops, at, ops...)
+		then := at + len(ops) + r.IntN(len(g.s.Ops)-at-len(ops)+1)
+		g.s.Ops = slices.Insert(g.s.Ops, then, Op{Op: OpKhugepaged, R: -1})
+	}
 }
 
 type gen struct {

@@ -108,3 +108,41 @@ func TestGeneratorReachesKnownRecipes(t *testing.T) {
 		}
 	}
 }
+
+// khugepaged's retract (0023's fix) needs a shared THP region mapped by
+// PTEs, a write into it, and a khugepaged pass before a clearing
+// collection: the generator must draw that order on its own.
+func TestGeneratorReachesRetract(t *testing.T) {
+	N, hits, passes := 4000, 0, 0
+	for i := 0; i < N; i++ {
+		s := Generate(SeqSeed(7, i))
+		mapped, written := map[int]bool{}, map[int]bool{}
+		hit := false
+		for _, o := range s.Ops {
+			switch {
+			case o.Op == OpKhugepaged:
+				passes++
+				for r := range written {
+					if mapped[r] {
+						hit = true
+					}
+				}
+			case o.Op == OpPTEMap && s.Regions[o.R].Shared():
+				mapped[o.R] = true
+			case o.Op == OpWrite && mapped[o.R]:
+				written[o.R] = true
+			case o.Op == OpCollect && o.Clear:
+				written = map[int]bool{}
+			case o.Op == OpRemap || o.Op == OpMremap:
+				delete(mapped, o.R)
+			}
+		}
+		if hit {
+			hits++
+		}
+	}
+	t.Logf("of %d: %d khugepaged passes, %d retract recipes", N, passes, hits)
+	if hits < N/400 {
+		t.Errorf("retract recipe in %d of %d sequences, want at least %d", hits, N, N/400)
+	}
+}

@@ -36,6 +36,7 @@ func current(s string) string {
 func Knobs() []string {
 	k := []string{
 		"/sys/kernel/mm/transparent_hugepage/shmem_enabled",
+		khugepagedKnob + "scan_sleep_millisecs", khugepagedKnob + "pages_to_scan",
 		"/sys/kernel/mm/ksm/run", "/sys/kernel/mm/ksm/pages_to_scan", "/sys/kernel/mm/ksm/sleep_millisecs",
 		"/proc/sys/kernel/numa_balancing",
 		"/sys/kernel/debug/sched/numa_balancing/scan_delay_ms",
@@ -82,3 +83,8 @@ func ptrAt(addr uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Point
 
 // bytesAt is the n bytes at addr (a mapping of this program's).
 func bytesAt(addr uintptr, n int) []byte { return unsafe.Slice((*byte)(ptrAt(addr)), n) }
+
+// readSink takes the sum of every read that is there to fault a page in:
+// a load whose value goes nowhere is dead code to the compiler, and the
+// page would stay unmapped.
+var readSink byte

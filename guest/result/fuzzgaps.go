@@ -13,7 +13,7 @@ var FuzzGaps = []Gap{
 	{"pin-write", "pagemap-scan", "written through a long-term pin taken before the write-protection: the write takes no fault, so PAGEMAP_SCAN cannot see it (LDT reports pinned pages instead)"},
 	{"ksm", "softdirty", "KSM replaces a merged PTE with one that has no soft-dirty bit (mm/ksm.c replace_page), so writes made before the merge are lost to soft-dirty"},
 	{"ring", "softdirty", "the kernel writes io_uring CQ and AIO ring pages through its own mapping (io_uring_mmap_pages, aio_complete): no fault, no soft-dirty bit (kmod/README row 21)"},
-	{"shmem-collapse", "softdirty", "collapse_file unmaps a shmem range's small folios (try_to_unmap: the PTEs become none) before installing the huge PMD: soft-dirty loses uncollected writes as on any shmem zap (row 24)"},
+	{"shmem-collapse", "softdirty", "collapse_file unmaps a shmem range's small folios (try_to_unmap: the PTEs become none) before installing the huge PMD, and khugepaged's retract of a PTE-mapped shmem THP clears its PTEs without installing one (collapse_pte_mapped_thp): soft-dirty loses uncollected writes as on any shmem zap (row 24)"},
 }
 
 // FuzzGap is why tracker may lose pages of class, or "".

@@ -40,7 +40,7 @@ func main() {
 		replay   = flag.String("replay", "", "run this replay file (- = stdin) instead of drawing")
 		minimize = flag.Bool("minimize", true, "minimize failures (with -replay: minimize it)")
 		minFor   = flag.Duration("minimize-for", 4*time.Minute, "time allowed to minimize one failure")
-		until    = flag.String("until", "", "stop once findings of every class named are in (pinned-thp, shared-pin, shmem-collapse, ring)")
+		until    = flag.String("until", "", "stop once findings of every class named are in ("+strings.Join(fuzz.Classes, ", ")+")")
 		maxSeqs  = flag.Int("max-seqs", 0, "stop after this many sequences (0: until -for)")
 		print    = flag.Uint64("print", 0, "print the sequence this seed draws and exit")
 		timeout  = flag.Duration("exec-timeout", 2*time.Minute, "time allowed for one run of one sequence")

@@ -46,7 +46,7 @@ func init() {
 			fs.DurationVar(&f.dur, "for", 5*time.Minute, "draw sequences for this long (the guest's clock; minimizing what was found comes on top)")
 			fs.Uint64Var(&f.seed, "seed", uint64(time.Now().Unix()), "base seed (printed; the same seed draws the same sequences)")
 			fs.StringVar(&f.trackers, "trackers", strings.Join(gfuzz.DefaultTrackers, ","), "comma-separated trackers (naive is the negative control: it must be CAUGHT)")
-			fs.StringVar(&f.until, "until", "", "stop once findings of every class named are in: pinned-thp, shared-pin, shmem-collapse, ring (the teeth test)")
+			fs.StringVar(&f.until, "until", "", "stop once findings of every class named are in: "+strings.Join(gfuzz.Classes, ", ")+" (the teeth test)")
 			fs.StringVar(&f.expect, "expect", "", "the teeth test: stop once a finding of every class named is in, and exit 0 only if all were found (each with its minimized reproducer); classes as for --until")
 			fs.IntVar(&f.maxSeqs, "max-seqs", 0, "stop after this many sequences (0: until --for)")
 			fs.BoolVar(&f.minimize, "minimize", true, "minimize each finding (drop operations while it still fails)")
