@@ -36,14 +36,14 @@ fuzz: labctl
 	@$(LABCTL) fuzz --for $(FUZZ_FOR)
 
 # The fuzzer's teeth: on the series before issue 19's fixes (0001-0010)
-# it must find the pinned-THP, shared-pin and shmem-collapse losses and
-# the ring-page omission on its own within 30 minutes of TCG, each
-# minimized.
+# it must find the pinned-THP, shared-pin and shmem-collapse losses, the
+# ring-page omission and khugepaged's retract (0023) on its own within 30
+# minutes of TCG, each minimized.
 FUZZ_TEETH_PATCHES ?= 0001-0010
 FUZZ_TEETH_SEED ?= 1
 fuzz-teeth: labctl
 	@$(LABCTL) setup
-	@$(LABCTL) fuzz --patches $(FUZZ_TEETH_PATCHES) --for 30m --seed $(FUZZ_TEETH_SEED) --expect pinned-thp,shared-pin,shmem-collapse,ring
+	@$(LABCTL) fuzz --patches $(FUZZ_TEETH_PATCHES) --for 30m --seed $(FUZZ_TEETH_SEED) --expect pinned-thp,shared-pin,shmem-collapse,ring,khugepaged-retract
 
 # Line coverage of the series (not part of `make test`: the coverage
 # kernel is a cold build of 30+ minutes here). COVERAGE_ARGS=--quick for

@@ -190,7 +190,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 
 // Classes are the finding classes (issue 19's lost writes) --until and
 // --expect name; "ring" is either ring.
-var Classes = []string{"pinned-thp", "shared-pin", "shmem-collapse", "ring", "ring-uring", "ring-aio", "pinned-wp", "khugepaged-retract"}
+var Classes = []string{"pinned-thp", "shared-pin", "shmem-collapse", "ring", "ring-uring", "ring-aio", "pinned-wp", "khugepaged-retract", "pin-before-attach"}
 
 // ClassMatches tells whether a finding of class got answers want.
 func ClassMatches(got, want string) bool {
@@ -691,6 +691,9 @@ func Classify(f *Finding) string {
 		return "ring-uring"
 	case strings.HasPrefix(rkind, KAIORing):
 		return "ring-aio"
+	case src == OpXWrite && has(OpDetach, ""):
+		// Another process's pin taken while no tracker was attached.
+		return "pin-before-attach"
 	case src == OpXWrite:
 		return "shared-pin"
 	case src == OpUReadFix && (has(OpClearRef, "") || has(OpNUMA, "on") || has(OpPMScan, "") || has(OpUffdWP, "on")):

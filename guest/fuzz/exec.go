@@ -554,6 +554,11 @@ func (e *executor) do(i int, o Op) error {
 	case OpKhugepaged:
 		e.khugepaged()
 		return nil
+	case OpDetach:
+		e.detach()
+		return nil
+	case OpAttach:
+		return e.attach()
 	case OpSleep:
 		time.Sleep(time.Duration(min(o.N, 2000)) * time.Millisecond)
 		return nil
@@ -1237,6 +1242,10 @@ func selfKSM() int {
 
 // collect runs the tracker under test and checks what it reported.
 func (e *executor) collect(i int, o Op) error {
+	if e.under == nil {
+		e.done(o.Op + " (detached: nothing to collect)")
+		return nil
+	}
 	rs := e.regions
 	if o.R >= 0 && !(e.under.name == "softdirty" && o.Clear) {
 		// (soft-dirty's clear is process-wide: it collects every region.)
@@ -1437,6 +1446,11 @@ func (e *executor) final() error {
 		e.restore[k]()
 	}
 	e.restore = nil
+	// A run that ends detached attaches again: the end's checks need a
+	// tracker.
+	if err := e.attach(); err != nil {
+		return err
+	}
 	n := len(e.seq.Ops)
 	if err := e.collectCheck(n, true); err != nil {
 		return err

@@ -93,7 +93,29 @@ func Generate(seed uint64) *Sequence {
 		g.draw(op)
 	}
 	g.khugepaged(seed)
+	g.reattach(seed)
 	return s
+}
+
+// reattach stops and restarts the tracker in a fifth of the sequences: a
+// checkpointer that attaches to a running process meets pins, mappings
+// and zapped pages made while nobody tracked it. Half the time the
+// detach comes right before the sequence's first pin by another
+// process. From a stream of its own, as khugepaged.
+func (g *gen) reattach(seed uint64) {
+	r := rand.New(rand.NewPCG(seed^0x6174_7461_6368, seed))
+	if len(g.s.Ops) == 0 || r.IntN(5) != 0 {
+		return
+	}
+	at := r.IntN(len(g.s.Ops))
+	if r.IntN(2) == 0 {
+		if i := slices.IndexFunc(g.s.Ops, func(o Op) bool { return o.Op == OpXPin }); i >= 0 {
+			at = i
+		}
+	}
+	g.s.Ops = slices.Insert(g.s.Ops, at, Op{Op: OpDetach, R: -1})
+	then := at + 1 + r.IntN(len(g.s.Ops)-at)
+	g.s.Ops = slices.Insert(g.s.Ops, then, Op{Op: OpAttach, R: -1})
 }
 
 // khugepaged adds, to a third of the sequences with a PMD THP region,

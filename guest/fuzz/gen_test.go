@@ -1,6 +1,7 @@
 package fuzz
 
 import (
+	"slices"
 	"testing"
 )
 
@@ -144,5 +145,29 @@ func TestGeneratorReachesRetract(t *testing.T) {
 	t.Logf("of %d: %d khugepaged passes, %d retract recipes", N, passes, hits)
 	if hits < N/400 {
 		t.Errorf("retract recipe in %d of %d sequences, want at least %d", hits, N, N/400)
+	}
+}
+
+// A detach always comes before its attach, in about a fifth of the
+// sequences, and half of those detach right before another process's pin.
+func TestGeneratorReattach(t *testing.T) {
+	N, with, beforePin := 2000, 0, 0
+	for i := 0; i < N; i++ {
+		s := Generate(SeqSeed(5, i))
+		d := slices.IndexFunc(s.Ops, func(o Op) bool { return o.Op == OpDetach })
+		a := slices.IndexFunc(s.Ops, func(o Op) bool { return o.Op == OpAttach })
+		if (d < 0) != (a < 0) || a >= 0 && a <= d {
+			t.Fatalf("sequence %d: detach at %d, attach at %d", i, d, a)
+		}
+		if d >= 0 {
+			with++
+			if s.Ops[d+1].Op == OpXPin {
+				beforePin++
+			}
+		}
+	}
+	t.Logf("of %d: %d reattach, %d of them right before an xpin", N, with, beforePin)
+	if with < N/8 || with > N/3 || beforePin < with/8 {
+		t.Errorf("%d of %d sequences reattach (%d before a pin), want about a fifth", with, N, beforePin)
 	}
 }

@@ -107,20 +107,25 @@ const (
 	// khugepaged: let khugepaged scan every mm twice, fast (collapse of
 	// PTE-mapped THPs, retract of a shmem THP's page table).
 	OpKhugepaged = "khugepaged"
-	OpSleep      = "sleep" // N ms
-	OpClearRef   = "clear-refs"
-	OpUffdWP     = "uffd-wp" // Arg on | off: UFFDIO_WRITEPROTECT [P,P+N) with a co-tracker's async uffd
-	OpPMScan     = "pm-scan" // PAGEMAP_SCAN WP_MATCHING over the region with the co-tracker's uffd
-	OpUNop       = "uring-nop"
-	OpURead      = "uring-read"       // IORING_OP_READ into [P,P+N) (Arg direct: O_DIRECT)
-	OpUReg       = "uring-reg"        // register the region as fixed buffer 0 (FOLL_PIN|FOLL_LONGTERM)
-	OpUReadFix   = "uring-read-fixed" // IORING_OP_READ_FIXED into buffer 0 at page P
-	OpUUnreg     = "uring-unreg"
-	OpAIORead    = "aio-read" // io_submit PREAD into [P,P+N) (Arg direct), io_getevents
-	OpXPin       = "xpin"     // another process maps the region's object and registers it as its fixed buffer
-	OpXWrite     = "xwrite"   // that process's READ_FIXED into page P (written through its pin)
-	OpXUnpin     = "xunpin"
-	OpCollect    = "collect" // the tracker under test; Clear: collect+clear
+	// detach closes the tracker under test; attach opens a new one, which
+	// starts from a full copy (a checkpointer that stops, then starts
+	// tracking the running process again).
+	OpDetach   = "detach"
+	OpAttach   = "attach"
+	OpSleep    = "sleep" // N ms
+	OpClearRef = "clear-refs"
+	OpUffdWP   = "uffd-wp" // Arg on | off: UFFDIO_WRITEPROTECT [P,P+N) with a co-tracker's async uffd
+	OpPMScan   = "pm-scan" // PAGEMAP_SCAN WP_MATCHING over the region with the co-tracker's uffd
+	OpUNop     = "uring-nop"
+	OpURead    = "uring-read"       // IORING_OP_READ into [P,P+N) (Arg direct: O_DIRECT)
+	OpUReg     = "uring-reg"        // register the region as fixed buffer 0 (FOLL_PIN|FOLL_LONGTERM)
+	OpUReadFix = "uring-read-fixed" // IORING_OP_READ_FIXED into buffer 0 at page P
+	OpUUnreg   = "uring-unreg"
+	OpAIORead  = "aio-read" // io_submit PREAD into [P,P+N) (Arg direct), io_getevents
+	OpXPin     = "xpin"     // another process maps the region's object and registers it as its fixed buffer
+	OpXWrite   = "xwrite"   // that process's READ_FIXED into page P (written through its pin)
+	OpXUnpin   = "xunpin"
+	OpCollect  = "collect" // the tracker under test; Clear: collect+clear
 )
 
 // Sequence is what ldt-fuzz draws, runs under every tracker and saves as a
@@ -215,7 +220,7 @@ func (o Op) Short() string {
 			parts = append(parts, "+clear")
 		}
 		return strings.Join(parts, " ")
-	case OpNUMA, OpClearRef, OpCompact, OpKhugepaged, OpUNop, OpUUnreg, OpXUnpin, OpForkExit, OpSleep, OpSpin:
+	case OpNUMA, OpClearRef, OpCompact, OpKhugepaged, OpDetach, OpAttach, OpUNop, OpUUnreg, OpXUnpin, OpForkExit, OpSleep, OpSpin:
 		if o.Arg != "" {
 			parts = append(parts, o.Arg)
 		}
