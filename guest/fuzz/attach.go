@@ -13,6 +13,13 @@ func (e *executor) detach() {
 	if e.under == nil {
 		return
 	}
+	if e.child != nil {
+		// The forked child holds the tracker's file too (a raw fork copies
+		// the descriptors): closing ours would not detach, and the attach
+		// would find the address space still tracked (EBUSY).
+		e.failed(OpDetach, fmt.Errorf("a forked child holds the tracker open"))
+		return
+	}
 	e.under.close()
 	e.under = nil
 	e.done(OpDetach)
