@@ -17,16 +17,25 @@ func TestGapFor(t *testing.T) {
 		spec    RegionSpec
 		st      pageState
 		want    string
+		srcs    []string
 	}{
-		{"collapse, no zap: ldt keeps it", "ldt", shm, pageState{coll: true}, ""},
-		{"collapse, no zap: soft-dirty's gap", "softdirty", shm, pageState{coll: true}, GapShmemCollapse},
-		{"zap after the collapse: the zap excuses ldt", "ldt", shm, pageState{coll: true, zapped: true}, GapSharedZap},
-		{"zap alone", "ldt", shm, pageState{zapped: true}, GapSharedZap},
-		{"a zap on private memory is no excuse", "ldt", anon, pageState{zapped: true}, ""},
-		{"nothing happened", "softdirty", shm, pageState{}, ""},
+		{"collapse, no zap: ldt keeps it", "ldt", shm, pageState{coll: true}, "", nil},
+		{"collapse, no zap: soft-dirty's gap", "softdirty", shm, pageState{coll: true}, GapShmemCollapse, nil},
+		{"zap after the collapse: the zap excuses ldt", "ldt", shm, pageState{coll: true, zapped: true}, GapSharedZap, nil},
+		{"zap alone", "ldt", shm, pageState{zapped: true}, GapSharedZap, nil},
+		{"a zap on private memory is no excuse", "ldt", anon, pageState{zapped: true}, "", nil},
+		{"nothing happened", "softdirty", shm, pageState{}, "", nil},
+		// A retract over a page another process wrote through its pin
+		// (fuzz seed 3 on 0001-0024: xpin, xwrite, khugepaged).
+		{"collapse over a pin write: PAGEMAP_SCAN's pin gap", "pagemap-scan", shm, pageState{coll: true}, GapPinWrite, []string{OpXWrite}},
+		{"collapse over a pin write: ldt has no excuse", "ldt", shm, pageState{coll: true}, "", []string{OpXWrite}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, tc.want, gapFor(tc.tracker, tc.spec, &tc.st, []string{"cpu"}))
+			srcs := tc.srcs
+			if srcs == nil {
+				srcs = []string{"cpu"}
+			}
+			assert.Equal(t, tc.want, gapFor(tc.tracker, tc.spec, &tc.st, srcs))
 		})
 	}
 }

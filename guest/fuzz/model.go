@@ -156,7 +156,9 @@ func gapFor(tracker string, spec RegionSpec, st *pageState, srcs []string) strin
 		// after the collapse may have lost it: that stays excused below.
 		alone bool
 	}{
-		{GapShmemCollapse, spec.Shared() && st.coll && !st.zapped, true},
+		// (Writes through a pin alone are the pin classes' to judge: a
+		// tracker that never sees them loses them, collapse or not.)
+		{GapShmemCollapse, spec.Shared() && st.coll && !st.zapped && !all(classPin), true},
 		{GapSharedZap, spec.Shared() && st.zapped, false},
 		{GapPinReadOnly, all(classPin) && st.pinRO, false},
 		{GapKSM, st.ksm, false},
