@@ -678,6 +678,7 @@ func Classify(f *Finding) string {
 	}
 	parts := strings.SplitN(f.Key, "|", 4)
 	rkind, src := parts[2], parts[3]
+	shmem := strings.HasPrefix(rkind, KMemfd) || strings.HasPrefix(rkind, KSharedAnon)
 	has := func(op, arg string) bool {
 		for _, o := range f.Replay.Ops {
 			if o.Op == op && (arg == "" || o.Arg == arg) {
@@ -703,9 +704,9 @@ func Classify(f *Finding) string {
 			return "pinned-thp"
 		}
 		return "pinned-wp"
-	case (strings.HasPrefix(rkind, KMemfd) || strings.HasPrefix(rkind, KSharedAnon)) && has(OpMadvise, "collapse"):
+	case shmem && has(OpMadvise, "collapse"):
 		return "shmem-collapse"
-	case (strings.HasPrefix(rkind, KMemfd) || strings.HasPrefix(rkind, KSharedAnon)) && has(OpKhugepaged, ""):
+	case shmem && has(OpKhugepaged, ""):
 		// khugepaged's retract of a PTE-mapped shmem THP (0023).
 		return "khugepaged-retract"
 	}

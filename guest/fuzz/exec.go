@@ -115,6 +115,20 @@ func (r *region) page(p int) []byte { return r.mem()[p*pg : (p+1)*pg] }
 
 func (r *region) writable(p int) bool { return r.prot[p]&unix.PROT_WRITE != 0 }
 
+// touch loads a byte of every readable page of [p,p+n): a read fault
+// where a page is not mapped. The sum goes to readSink, or the compiler
+// drops the loads.
+func (r *region) touch(p, n int) {
+	m := r.mem()
+	var sink byte
+	for q := p; q < p+n; q++ {
+		if r.prot[q]&unix.PROT_READ != 0 {
+			sink += m[q*pg]
+		}
+	}
+	readSink += sink
+}
+
 // executor runs one sequence under one tracker in this process.
 type executor struct {
 	cfg     ExecConfig
@@ -617,14 +631,7 @@ func (e *executor) do(i int, o Op) error {
 	case OpWrite:
 		e.write(i, r, p, n, o)
 	case OpRead:
-		m := r.mem()
-		var sink byte
-		for q := p; q < p+n; q++ {
-			if r.prot[q]&unix.PROT_READ != 0 {
-				sink += m[q*pg]
-			}
-		}
-		readSink = sink
+		r.touch(p, n)
 		e.done(o.Op)
 	case OpPVM, OpProcMem:
 		e.gupWrite(i, r, p, n, o)
@@ -1155,21 +1162,13 @@ func (e *executor) numa(on bool) {
 // scans (task_numa_work) and hinting faults happen meanwhile.
 func (e *executor) spin(d time.Duration) {
 	before := vmstat("numa_hint_faults")
-	var sink byte
 	for t0 := time.Now(); time.Since(t0) < d; {
 		for _, r := range e.regions {
-			if r.spec.Ring() {
-				continue
-			}
-			m := r.mem()
-			for q := 0; q < r.n; q++ {
-				if r.prot[q]&unix.PROT_READ != 0 {
-					sink += m[q*pg]
-				}
+			if !r.spec.Ring() {
+				r.touch(0, r.n)
 			}
 		}
 	}
-	readSink = sink
 	if d := vmstat("numa_hint_faults") - before; d > 0 {
 		e.res.OpsDone["spin (NUMA hinting faults)"] += int(d)
 	}

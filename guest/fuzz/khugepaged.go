@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/pagemap"
 )
 
 const khugepagedKnob = "/sys/kernel/mm/transparent_hugepage/khugepaged/"
@@ -24,13 +26,8 @@ func (e *executor) pteMap(r *region, p, n int) {
 		e.failed(OpPTEMap, err)
 		return
 	}
-	var sink byte
-	for q := p; q < p+n; q++ {
-		if q == p || r.prot[q]&unix.PROT_READ != 0 {
-			sink += m[q*pg]
-		}
-	}
-	readSink = sink
+	readSink += m[p*pg] // read-only now, whatever the model had
+	r.touch(p+1, n-1)
 	if err := unix.Mprotect(first, r.prot[p]); err != nil {
 		// The page stays read-only: say so in the model.
 		r.prot[p] = unix.PROT_READ
@@ -73,22 +70,22 @@ func (e *executor) khugepaged() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	restoreSleep()
-	if fs := scans(); fs < fs0+2 {
-		e.failed(OpKhugepaged, fmt.Errorf("%d full scans in 10 s, want 2", fs-fs0))
+	done := scans() - fs0
+	if done < 2 {
+		e.failed(OpKhugepaged, fmt.Errorf("%d full scans in 10 s, want 2", done))
 	} else {
 		e.done(OpKhugepaged)
 	}
 	for _, r := range e.regions {
-		if r.spec.THP == "pmd" {
-			e.res.fact("khugepaged: r%d (%s) %s after %d full scans", r.idx, r.spec.Name(), e.mapping(r), scans()-fs0)
-		}
-	}
-	// A retract zaps a shared region's PTEs the way a collapse does
-	// (soft-dirty's shmem-collapse gap); LDT keeps the writes (0023).
-	for _, r := range e.regions {
-		if !r.spec.Shared() || r.spec.THP != "pmd" {
+		if r.spec.THP != "pmd" {
 			continue
 		}
+		e.res.fact("khugepaged: r%d (%s) %s after %d full scans", r.idx, r.spec.Name(), e.mapping(r), done)
+		if !r.spec.Shared() {
+			continue
+		}
+		// A retract zaps a shared region's PTEs the way a collapse does
+		// (soft-dirty's shmem-collapse gap); LDT keeps the writes (0023).
 		for q := range r.st {
 			if st := &r.st[q]; st.pending() && !st.zapped {
 				st.coll = true
@@ -115,22 +112,14 @@ func (e *executor) mapping(r *region) string {
 // pmdMapped is smaps' AnonHugePages / ShmemPmdMapped / FilePmdMapped of
 // the mapping at addr.
 func pmdMapped(addr uintptr) string {
-	b, err := os.ReadFile("/proc/self/smaps")
+	f, err := pagemap.Smaps(addr)
 	if err != nil {
 		return "smaps: " + err.Error()
 	}
-	in := false
 	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 0 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
-			lo, _, _ := strings.Cut(f[0], "-")
-			a, _ := strconv.ParseUint(lo, 16, 64)
-			in = uintptr(a) == addr
-			continue
-		}
-		if in && len(f) >= 2 && (f[0] == "AnonHugePages:" || f[0] == "ShmemPmdMapped:" || f[0] == "FilePmdMapped:") && f[1] != "0" {
-			out = append(out, strings.TrimSuffix(f[0], ":")+" "+f[1]+" kB")
+	for _, k := range []string{"AnonHugePages", "ShmemPmdMapped", "FilePmdMapped"} {
+		if f[k] != 0 {
+			out = append(out, fmt.Sprintf("%s %d kB", k, f[k]))
 		}
 	}
 	if len(out) == 0 {

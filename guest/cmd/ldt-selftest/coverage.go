@@ -916,7 +916,7 @@ func checkCollapseRetract() error {
 		if err := unix.Madvise(mem, unix.MADV_COLLAPSE); err != nil {
 			return fmt.Errorf("MADV_COLLAPSE: %w", err)
 		}
-		if kb, _ := smapsKB(base, "ShmemPmdMapped"); kb != 2048 {
+		if kb, _ := pagemap.SmapsKB(base, "ShmemPmdMapped"); kb != 2048 {
 			return fmt.Errorf("MADV_COLLAPSE did not map the THP by a PMD (ShmemPmdMapped %d kB)", kb)
 		}
 		if pfn, _, err := pageFlags(base); err != nil || pfn != pfn0 {
@@ -1015,7 +1015,7 @@ func pteMappedShmemTHP() ([]byte, uint64, func(), error) {
 	for p := range n {
 		mem[p*pg] = 1
 	}
-	pmdKB := func() int { kb, _ := smapsKB(base, "ShmemPmdMapped"); return kb }
+	pmdKB := func() int { kb, _ := pagemap.SmapsKB(base, "ShmemPmdMapped"); return kb }
 	if pmdKB() < 2048 {
 		cerr := unix.Madvise(mem, unix.MADV_COLLAPSE)
 		if kb := pmdKB(); kb < 2048 {

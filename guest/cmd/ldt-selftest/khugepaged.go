@@ -58,7 +58,7 @@ func checkKhugepagedRetract() error {
 		}
 		setKnob(khugepagedSleep, "3600000")
 		fs1 := fullScans()
-		kb, _ := smapsKB(base, "ShmemPmdMapped")
+		kb, _ := pagemap.SmapsKB(base, "ShmemPmdMapped")
 		info("khugepaged-retract: retracted=%v after %v (full_scans %s -> %s), ShmemPmdMapped now %v", retracted, time.Since(t0).Round(time.Millisecond), fs0, fs1, kb)
 		if !retracted {
 			return fmt.Errorf("khugepaged did not retract the page table in 60 s: the check cannot judge (full_scans %s -> %s)", fs0, fs1)
@@ -73,7 +73,7 @@ func checkKhugepagedRetract() error {
 		// The folio refaults PMD-mapped when it can (filemap_map_pmd()): one
 		// Dirty bit for the 2 MiB; PTE-mapped, p7 alone.
 		want := pageRegions(uint64(base), 7, 8)
-		if kb, err := smapsKB(base, "ShmemPmdMapped"); err == nil && kb >= hpage>>10 {
+		if kb, err := pagemap.SmapsKB(base, "ShmemPmdMapped"); err == nil && kb >= hpage>>10 {
 			want = pageRegions(uint64(base), 0, hpage/pg)
 		}
 		return expect(f, base, end, ldt.Clear, want, "p7 written after the retract")

@@ -3,13 +3,13 @@ package main
 import (
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/ldt"
+	"ldtlab/guest/pagemap"
 )
 
 // Transparent huge pages: a PMD-mapped page is reported page by page.
@@ -17,32 +17,7 @@ import (
 const hpage = 2 << 20
 
 // anonHugeKB returns AnonHugePages of the VMA containing addr.
-func anonHugeKB(addr uintptr) (int, error) { return smapsKB(addr, "AnonHugePages") }
-
-// smapsKB returns the field of /proc/self/smaps ("AnonHugePages",
-// "ShmemPmdMapped"...), in kB, of the VMA containing addr.
-func smapsKB(addr uintptr, field string) (int, error) {
-	data, err := os.ReadFile("/proc/self/smaps")
-	if err != nil {
-		return 0, err
-	}
-	in := false
-	for _, line := range strings.Split(string(data), "\n") {
-		if lo, rest, ok := strings.Cut(line, "-"); ok && !strings.Contains(lo, ":") && !strings.HasSuffix(lo, " ") {
-			hi, _, _ := strings.Cut(rest, " ")
-			l, err1 := strconv.ParseUint(lo, 16, 64)
-			h, err2 := strconv.ParseUint(hi, 16, 64)
-			if err1 == nil && err2 == nil {
-				in = uint64(addr) >= l && uint64(addr) < h
-				continue
-			}
-		}
-		if v, ok := strings.CutPrefix(line, field+":"); in && ok {
-			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-		}
-	}
-	return 0, fmt.Errorf("no VMA at %#x in smaps", addr)
-}
+func anonHugeKB(addr uintptr) (int, error) { return pagemap.SmapsKB(addr, "AnonHugePages") }
 
 func thpSetting() string {
 	b, _ := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
