@@ -61,7 +61,8 @@ func TestFuzzShort(t *testing.T) {
 
 	// The findings committed under guest/fuzz/testdata/findings are
 	// regressions the series must now hold: each replayed under ldt alone
-	// in the same guest (each failed on 0001-0021, before 0022).
+	// in the same guest (each failed on the series before its fix:
+	// docs/fuzz.md names the prefixes).
 	files, err := filepath.Glob("../guest/fuzz/testdata/findings/*.json")
 	require.NoError(t, err)
 	require.NotEmpty(t, files, "no committed findings to replay")
