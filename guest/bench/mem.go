@@ -173,6 +173,7 @@ type collected struct {
 	pages, regions int
 	ns             int64
 	syscalls       int64
+	syscallNS      int64 // inside those system calls (-1: not known)
 	counts         Counts
 }
 
@@ -184,9 +185,13 @@ func collect(t tracker.Tracker, m *mapping) (collected, error) {
 		return c, nil
 	}
 	cc, _ := t.(tracker.CallCounter)
-	var calls int64
+	ct, _ := t.(tracker.CallTimer)
+	var calls, callNS int64
 	if cc != nil {
 		calls = cc.Calls()
+	}
+	if ct != nil {
+		callNS = ct.CallNS()
 	}
 	c0 := counters(0)
 	st := time.Now()
@@ -195,6 +200,10 @@ func collect(t tracker.Tracker, m *mapping) (collected, error) {
 	c.counts = counters(0).since(c0)
 	if cc != nil {
 		c.syscalls = cc.Calls() - calls
+	}
+	c.syscallNS = -1
+	if ct != nil {
+		c.syscallNS = ct.CallNS() - callNS
 	}
 	if err != nil {
 		return c, err

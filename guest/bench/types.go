@@ -123,7 +123,12 @@ type CollectSample struct {
 	Collected int     `json:"collected_pages"`
 	Regions   int     `json:"regions"`
 	Syscalls  int64   `json:"syscalls"`
-	Counts    Counts  `json:"counts"`
+	// SyscallNS is the part of NS spent inside those system calls: the
+	// kernel's share, the rest is user space handling what they
+	// returned. 0 in runs from before it was recorded, -1 when the
+	// tracker does not time its calls.
+	SyscallNS int64  `json:"syscall_ns,omitempty"`
+	Counts    Counts `json:"counts"`
 }
 
 // Collect is figure 4.

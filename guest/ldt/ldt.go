@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -154,6 +155,7 @@ type File struct {
 	// calls counts ioctls issued, failed ones included (benchmarks report
 	// the system calls a collection needs).
 	calls atomic.Int64
+	ns    atomic.Int64 // inside the ioctls
 
 	// ioctlHook replaces the system call in tests of the loops.
 	ioctlHook func(req uintptr, arg unsafe.Pointer) (uintptr, error)
@@ -212,6 +214,9 @@ func (f *File) Close() error {
 // Calls is the number of ioctls issued on f so far.
 func (f *File) Calls() int64 { return f.calls.Load() }
 
+// CallNS is the wall time spent inside those ioctls so far.
+func (f *File) CallNS() int64 { return f.ns.Load() }
+
 func (f *File) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	f.calls.Add(1)
 	if f.ioctlHook != nil {
@@ -220,7 +225,9 @@ func (f *File) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	var r uintptr
 	var errno unix.Errno
 	err := f.rc.Control(func(fd uintptr) {
+		t0 := time.Now()
 		r, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, req, uintptr(arg))
+		f.ns.Add(time.Since(t0).Nanoseconds())
 	})
 	if err != nil {
 		// Control fails only when the file is closed.
@@ -287,30 +294,41 @@ func (f *File) CollectRaw(arg *CollectArg) (int, error) {
 // a resumption point are merged, so the result is what one call with an
 // unbounded vec would return.
 func (f *File) CollectAll(start, end uintptr, flags Flags) ([]Region, error) {
+	var out []Region
+	err := f.CollectEach(start, end, flags, func(r Region) {
+		if k := len(out); k > 0 && out[k-1].End == r.Start {
+			out[k-1].End = r.End
+			return
+		}
+		out = append(out, r)
+	})
+	return out, err
+}
+
+// CollectEach is CollectAll handing each region to fn as the kernel
+// returned it, for a caller that keeps regions in its own type: regions
+// that touch across a resumption point come as two and are the caller's
+// to merge. fn runs with f's lock held.
+func (f *File) CollectEach(start, end uintptr, flags Flags, fn func(Region)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.buf == nil {
 		f.buf = make([]Region, f.batch)
 	}
-	var out []Region
 	for cur := start; cur < end; {
 		n, we, err := f.Collect(cur, end, flags, f.buf)
 		if err != nil {
-			return out, err
+			return err
 		}
 		for _, r := range f.buf[:n] {
-			if k := len(out); k > 0 && out[k-1].End == r.Start {
-				out[k-1].End = r.End
-				continue
-			}
-			out = append(out, r)
+			fn(r)
 		}
 		// A walk_end that does not advance would loop forever; it can
 		// only come from a kernel bug, which the checks want to see.
 		if we <= cur || we > end {
-			return out, &Error{Op: "collect", Err: fmt.Errorf("walk_end %#x outside (%#x, %#x] after %d regions", we, cur, end, n)}
+			return &Error{Op: "collect", Err: fmt.Errorf("walk_end %#x outside (%#x, %#x] after %d regions", we, cur, end, n)}
 		}
 		cur = we
 	}
-	return out, nil
+	return nil
 }

@@ -22,6 +22,8 @@ var Gaps = []Gap{
 	// LDT fixed each (kmod/patches 0011-0014).
 	{"pinned-thp-wrprotect", "softdirty", "clear_refs write-protects the pinned THP (fs/proc/task_mmu.c clear_soft_dirty_pmd() has no pinned-folio check; its PTE twin skips pinned pages, pte_is_pinned()), and writes through the pin never fault: those into the THP are lost (the 4 KiB control's are kept)"},
 	{"pinned-thp-wrprotect", "pagemap-scan", "PAGEMAP_SCAN write-protects pinned pages too (fs/proc/task_mmu.c make_uffd_wp_pte()/make_uffd_wp_pmd()), and writes through the pin never fault: all are lost (its O_DIRECT gap under ldt-stress, with io_uring fixed buffers)"},
+	{"pinned-thp-numa-hint", "softdirty", "soft-dirty's own collection (clear_refs) write-protects the pinned THP as in pinned-thp-wrprotect, and writes through the pin never fault: those into the THP are lost"},
+	{"pinned-thp-numa-hint", "pagemap-scan", "as in pinned-thp-wrprotect: PAGEMAP_SCAN write-protects pinned pages, and writes through the pin never fault"},
 	{"shared-pin-elsewhere", "softdirty", "soft-dirty sees the writes that fault through this process's page tables; another process writing through its pin of the shared memory never touches them"},
 	{"shared-pin-elsewhere", "pagemap-scan", "the same: userfaultfd write-protection sees only this process's faults, and a write through another process's pin takes none"},
 	{"shared-pin-between-collections", "softdirty", "as in shared-pin-elsewhere: another process's writes through its pin never fault through this process's page tables"},

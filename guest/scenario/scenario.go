@@ -292,7 +292,7 @@ var order = []string{
 	"stale-swap-cache", "lazyfree", "lazyfree-thp", "swap-roundtrip", "memory-pressure", "writeback",
 	"ksm", "migration", "thp-split-collapse", "fork", "mprotect", "mremap", "kernel-writes",
 	"coexistence", "concurrency", "lifecycle", "shmem-thp-split",
-	"pinned-thp-wrprotect", "shared-pin-elsewhere", "kernel-rings", "shmem-collapse",
+	"pinned-thp-wrprotect", "pinned-thp-numa-hint", "shared-pin-elsewhere", "kernel-rings", "shmem-collapse",
 	"shared-pin-between-collections",
 }
 

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -90,7 +91,9 @@ type pagemapScan struct {
 	start, end uintptr
 	mu         sync.Mutex
 	buf        []pageRegion
+	last       int          // regions of the last collection (under mu), as in ldt
 	calls      atomic.Int64 // PAGEMAP_SCAN ioctls
+	ns         atomic.Int64 // inside them
 }
 
 func ioctlPtr(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
@@ -209,7 +212,8 @@ func (t *pagemapScan) Collect(start, end uintptr, clear bool) ([]Region, error) 
 	if clear {
 		flags |= pmScanWPMatching
 	}
-	var out []Region
+	out := make([]Region, 0, t.last)
+	defer func() { t.last = len(out) }()
 	for cur := start; cur < end; {
 		arg := pmScanArg{
 			Size:         sizeofPmScanArg,
@@ -230,7 +234,9 @@ func (t *pagemapScan) Collect(start, end uintptr, clear bool) ([]Region, error) 
 				return err
 			}
 			return rc.Control(func(fd uintptr) {
+				t0 := time.Now()
 				r, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, iocPagemapScan, uintptr(unsafe.Pointer(&arg)))
+				t.ns.Add(time.Since(t0).Nanoseconds())
 			})
 		}()
 		runtime.KeepAlive(t.buf)
@@ -263,6 +269,9 @@ func (t *pagemapScan) Collect(start, end uintptr, clear bool) ([]Region, error) 
 
 // Calls counts PAGEMAP_SCAN ioctls (UFFDIO_* setup calls are not collections).
 func (t *pagemapScan) Calls() int64 { return t.calls.Load() }
+
+// CallNS is the time spent inside those ioctls.
+func (t *pagemapScan) CallNS() int64 { return t.ns.Load() }
 
 func (t *pagemapScan) Close() error {
 	var errs []error

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -44,7 +45,9 @@ type softDirty struct {
 	clearRefs *os.File
 	mu        sync.Mutex
 	buf       []byte
+	last      int          // regions of the last collection (under mu), as in ldt
 	calls     atomic.Int64 // preads of pagemap and writes of clear_refs
+	ns        atomic.Int64 // inside them
 }
 
 // softDirtyWorks reports whether this kernel maintains soft-dirty
@@ -103,9 +106,15 @@ func (t *softDirty) Name() string { return "softdirty" }
 // Calls counts pagemap preads and clear_refs writes.
 func (t *softDirty) Calls() int64 { return t.calls.Load() }
 
+// CallNS is the time spent inside those preads and writes.
+func (t *softDirty) CallNS() int64 { return t.ns.Load() }
+
 func (t *softDirty) clear() error {
 	t.calls.Add(1)
-	if _, err := t.clearRefs.Write([]byte("4")); err != nil {
+	t0 := time.Now()
+	_, err := t.clearRefs.Write([]byte("4"))
+	t.ns.Add(time.Since(t0).Nanoseconds())
+	if err != nil {
 		return fmt.Errorf("tracker softdirty: clear_refs: %w", err)
 	}
 	return nil
@@ -117,7 +126,8 @@ func (t *softDirty) Collect(start, end uintptr, clear bool) ([]Region, error) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var out []Region
+	out := make([]Region, 0, t.last)
+	defer func() { t.last = len(out) }()
 	for cur := start; cur < end; {
 		n := min(int((end-cur)/PageSize), softDirtyBatch)
 		if cap(t.buf) < n*pmEntrySize {
@@ -125,7 +135,9 @@ func (t *softDirty) Collect(start, end uintptr, clear bool) ([]Region, error) {
 		}
 		b := t.buf[:n*pmEntrySize]
 		t.calls.Add(1)
+		t0 := time.Now()
 		got, err := t.pagemap.ReadRaw(b, cur)
+		t.ns.Add(time.Since(t0).Nanoseconds())
 		if got < len(b) {
 			// pagemap returns 0 once the address space is gone (the
 			// target exited): report that like ldt's ESRCH.

@@ -47,6 +47,12 @@ type Tracker interface {
 // Benchmarks report it per collection.
 type CallCounter interface{ Calls() int64 }
 
+// CallTimer is implemented by the trackers of Names(): CallNS is the wall
+// time spent inside the system calls Calls counts, so that a benchmark can
+// tell the kernel's share of a collection from the user-space handling of
+// what it returned.
+type CallTimer interface{ CallNS() int64 }
+
 // ErrUnsupported is wrapped by Open when the running kernel or the
 // tracker's mechanics cannot track the request (no /dev/ldt, no soft-dirty,
 // PAGEMAP_SCAN for another process...). Tests skip on it; checks report it.

@@ -523,7 +523,7 @@ func (a *Analysis) collect(c *bench.Collect) {
 		tracker string
 		pct     float64
 	}
-	names := []string{"us", "regions", "syscalls", "tlb_flushes", "tlb_shootdowns", "ns_per_collected_page", "ns_per_region", "us_per_tlb_flush"}
+	names := []string{"us", "syscall_us", "user_us", "regions", "syscalls", "tlb_flushes", "tlb_shootdowns", "ns_per_collected_page", "ns_per_region", "us_per_tlb_flush"}
 	data := map[key]map[string]series{}
 	for _, s := range c.Samples {
 		k := key{s.Tracker, s.DirtyPct}
@@ -535,6 +535,10 @@ func (a *Analysis) collect(c *bench.Collect) {
 		}
 		d := data[k]
 		d["us"][s.Rep] = float64(s.NS) / 1e3
+		if s.SyscallNS > 0 {
+			d["syscall_us"][s.Rep] = float64(s.SyscallNS) / 1e3
+			d["user_us"][s.Rep] = float64(s.NS-s.SyscallNS) / 1e3
+		}
 		d["regions"][s.Rep] = float64(s.Regions)
 		d["syscalls"][s.Rep] = float64(s.Syscalls)
 		if s.Counts.TLBFlushes >= 0 {
@@ -551,7 +555,7 @@ func (a *Analysis) collect(c *bench.Collect) {
 			d["ns_per_region"][s.Rep] = float64(s.NS) / float64(s.Regions)
 		}
 	}
-	units := map[string]string{"us": "µs", "regions": "count", "syscalls": "count", "tlb_flushes": "count", "tlb_shootdowns": "count",
+	units := map[string]string{"us": "µs", "syscall_us": "µs", "user_us": "µs", "regions": "count", "syscalls": "count", "tlb_flushes": "count", "tlb_shootdowns": "count",
 		"ns_per_collected_page": "ns", "ns_per_region": "ns", "us_per_tlb_flush": "µs"}
 	for _, pct := range c.Pcts {
 		cell := collectCell(pct)
@@ -573,9 +577,20 @@ func (a *Analysis) collect(c *bench.Collect) {
 			if sd := data[key{"softdirty", pct}]; sd != nil {
 				a.add("collect", cell, tr, "x_softdirty", "×", pairedRatio(d["us"], sd["us"]))
 			}
+			// Issue 27's goal compares LDT with PAGEMAP_SCAN, in total
+			// and in the kernel alone.
+			if pm := data[key{"pagemap-scan", pct}]; pm != nil {
+				a.add("collect", cell, tr, "x_pagemap_scan", "×", pairedRatio(d["us"], pm["us"]))
+				if len(d["syscall_us"]) > 0 && len(pm["syscall_us"]) > 0 {
+					a.add("collect", cell, tr, "syscall_x_pagemap_scan", "×", pairedRatio(d["syscall_us"], pm["syscall_us"]))
+				}
+			}
 		}
 		if l, n := data[key{"ldt", pct}], data[key{"naive", pct}]; l != nil && n != nil {
 			a.add("collect", cell, AA, "us", "×", pairedRatio(l["us"], n["us"]))
+			if len(l["syscall_us"]) > 0 && len(n["syscall_us"]) > 0 {
+				a.add("collect", cell, AA, "syscall_us", "×", pairedRatio(l["syscall_us"], n["syscall_us"]))
+			}
 		}
 	}
 }

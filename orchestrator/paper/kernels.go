@@ -180,7 +180,7 @@ type KernelStat struct {
 var abMetrics = map[string][][2]string{
 	"writeonly": {{"total_ms", "ms"}, {"write_ms", "ms"}, {"collect_ms", "ms"}, {"faults", "count"}, {"tlb_flushes", "count"}},
 	"timeline":  {{"ops_early", "ops/s"}, {"ops_run", "ops/s"}, {"collect_ms", "ms"}, {"faults_run", "count"}, {"tlb_flushes_per_collection", "count"}},
-	"collect":   {{"us", "µs"}, {"tlb_flushes", "count"}, {"regions", "count"}, {"syscalls", "count"}},
+	"collect":   {{"us", "µs"}, {"syscall_us", "µs"}, {"tlb_flushes", "count"}, {"regions", "count"}, {"syscalls", "count"}},
 	"redis":     {{"ops_s", "ops/s"}, {"faults", "count"}},
 }
 
@@ -251,6 +251,9 @@ func abSeries(r *Result) map[abKey]series {
 		for _, s := range c.Samples {
 			cl := collectCell(s.DirtyPct)
 			put(abKey{"collect", cl, s.Tracker, "us"}, s.Rep, float64(s.NS)/1e3)
+			if s.SyscallNS > 0 {
+				put(abKey{"collect", cl, s.Tracker, "syscall_us"}, s.Rep, float64(s.SyscallNS)/1e3)
+			}
 			if s.Counts.TLBFlushes >= 0 {
 				put(abKey{"collect", cl, s.Tracker, "tlb_flushes"}, s.Rep, float64(s.Counts.TLBFlushes))
 			}
