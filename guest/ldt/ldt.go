@@ -295,21 +295,23 @@ func (f *File) CollectRaw(arg *CollectArg) (int, error) {
 // unbounded vec would return.
 func (f *File) CollectAll(start, end uintptr, flags Flags) ([]Region, error) {
 	var out []Region
-	err := f.CollectEach(start, end, flags, func(r Region) {
-		if k := len(out); k > 0 && out[k-1].End == r.Start {
-			out[k-1].End = r.End
-			return
+	err := f.CollectEach(start, end, flags, func(rs []Region) {
+		for _, r := range rs {
+			if k := len(out); k > 0 && out[k-1].End == r.Start {
+				out[k-1].End = r.End
+				continue
+			}
+			out = append(out, r)
 		}
-		out = append(out, r)
 	})
 	return out, err
 }
 
-// CollectEach is CollectAll handing each region to fn as the kernel
-// returned it, for a caller that keeps regions in its own type: regions
-// that touch across a resumption point come as two and are the caller's
-// to merge. fn runs with f's lock held.
-func (f *File) CollectEach(start, end uintptr, flags Flags, fn func(Region)) error {
+// CollectEach is CollectAll handing each call's regions to fn as the
+// kernel returned them, for a caller that keeps regions in its own type:
+// regions that touch across a resumption point come in two calls and are
+// the caller's to merge. fn runs with f's lock held and must not keep rs.
+func (f *File) CollectEach(start, end uintptr, flags Flags, fn func(rs []Region)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.buf == nil {
@@ -320,9 +322,7 @@ func (f *File) CollectEach(start, end uintptr, flags Flags, fn func(Region)) err
 		if err != nil {
 			return err
 		}
-		for _, r := range f.buf[:n] {
-			fn(r)
-		}
+		fn(f.buf[:n])
 		// A walk_end that does not advance would loop forever; it can
 		// only come from a kernel bug, which the checks want to see.
 		if we <= cur || we > end {

@@ -58,12 +58,14 @@ func (t *ldtTracker) Collect(start, end uintptr, clear bool) ([]Region, error) {
 	// result: a collection of many small regions is otherwise dominated
 	// by growing and copying slices in user space.
 	out := make([]Region, 0, t.last.Load())
-	err := t.f.CollectEach(start, end, flags, func(r ldt.Region) {
-		if k := len(out); k > 0 && out[k-1].End == uintptr(r.Start) {
-			out[k-1].End = uintptr(r.End)
-			return
+	err := t.f.CollectEach(start, end, flags, func(rs []ldt.Region) {
+		for _, r := range rs {
+			if k := len(out); k > 0 && out[k-1].End == uintptr(r.Start) {
+				out[k-1].End = uintptr(r.End)
+				continue
+			}
+			out = append(out, Region{uintptr(r.Start), uintptr(r.End)})
 		}
-		out = append(out, Region{uintptr(r.Start), uintptr(r.End)})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tracker %s: %w", t.name, err)
