@@ -49,6 +49,9 @@ type Plan struct {
 	CollectMiB  int
 	CollectPcts []float64
 
+	// GUPMiB is the region the GUP figure pins after each collection.
+	GUPMiB int
+
 	RedisKeys      int
 	RedisWindow    time.Duration
 	RedisIntervals []time.Duration
@@ -70,6 +73,7 @@ func QuickPlan() Plan {
 		TimelineMiB: 4, TimelineFor: 2 * time.Second, TimelinePoint: 100 * time.Millisecond,
 		TimelineCheckpoints: []time.Duration{500 * time.Millisecond, time.Second},
 		CollectMiB:          4, CollectPcts: []float64{0.1, 1, 10, 50, 100},
+		GUPMiB:    4,
 		RedisKeys: 512, RedisWindow: 2500 * time.Millisecond, RedisIntervals: []time.Duration{time.Second}, RedisReps: 1,
 	}
 }
@@ -117,6 +121,7 @@ func FullPlan() Plan {
 		TimelineMiB: 64, TimelineFor: 10 * time.Second, TimelinePoint: 100 * time.Millisecond,
 		TimelineCheckpoints: []time.Duration{time.Second, 5 * time.Second},
 		CollectMiB:          512, CollectPcts: []float64{0.1, 1, 10, 50, 100},
+		GUPMiB:    64,
 		RedisKeys: 8192, RedisWindow: 10 * time.Second, RedisIntervals: []time.Duration{time.Second, 5 * time.Second}, RedisReps: 7,
 	}
 }

@@ -111,6 +111,25 @@ type Redis struct {
 	Samples     []RedisSample     `json:"samples"`
 }
 
+// GUPSample is one registration of a just-collected region as an io_uring
+// fixed buffer (see RunGUP).
+type GUPSample struct {
+	Tracker string `json:"tracker"`
+	Rep     int    `json:"rep"`
+	Seq     int    `json:"seq"`
+	NS      int64  `json:"ns"` // IORING_REGISTER_BUFFERS of the whole region
+	Pages   int    `json:"pages"`
+	Counts  Counts `json:"counts"` // of the registration alone
+}
+
+// GUP is the GUP figure.
+type GUP struct {
+	SizeMiB int         `json:"size_mib"`
+	Pages   int         `json:"pages"`
+	Reps    int         `json:"reps"`
+	Samples []GUPSample `json:"samples"`
+}
+
 // CollectSample is one collect-and-clear of a region with a fraction of
 // its pages written.
 type CollectSample struct {

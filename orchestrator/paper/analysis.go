@@ -213,6 +213,9 @@ func Analyze(r *Result) *Analysis {
 	if r.Collect != nil {
 		a.collect(r.Collect)
 	}
+	if r.GUP != nil {
+		a.gup(r.GUP)
+	}
 	a.claims(r)
 	a.kernels(r)
 	return a
@@ -586,12 +589,61 @@ func (a *Analysis) collect(c *bench.Collect) {
 				}
 			}
 		}
+		// Issue 27's goals as ratios over LDT, for claims(): another
+		// tracker's time ÷ LDT's, and LDT's time per reported page
+		// against its own at 10% dirty.
+		if l := data[key{"ldt", pct}]; l != nil {
+			for _, o := range []string{"pagemap-scan", "softdirty"} {
+				if d := data[key{o, pct}]; d != nil {
+					a.add("collect", cell, "ldt", "over_ldt_"+o, "×", pairedRatio(d["us"], l["us"]))
+				}
+			}
+			if ten := data[key{"ldt", 10}]; ten != nil && pct > 10 {
+				a.add("collect", cell, "ldt", "ns_per_page_x_10pct", "×", pairedRatio(l["ns_per_collected_page"], ten["ns_per_collected_page"]))
+			}
+		}
 		if l, n := data[key{"ldt", pct}], data[key{"naive", pct}]; l != nil && n != nil {
 			a.add("collect", cell, AA, "us", "×", pairedRatio(l["us"], n["us"]))
 			if len(l["syscall_us"]) > 0 && len(n["syscall_us"]) > 0 {
 				a.add("collect", cell, AA, "syscall_us", "×", pairedRatio(l["syscall_us"], n["syscall_us"]))
 			}
 		}
+	}
+}
+
+// gupCell names the GUP figure's one cell.
+func gupCell(g *bench.GUP) string { return fmt.Sprintf("%d MiB after a collection", g.SizeMiB) }
+
+// gup: the registration's time, per page and against untracked, and its
+// faults.
+func (a *Analysis) gup(g *bench.GUP) {
+	cell := gupCell(g)
+	data := map[string]map[string]series{}
+	for _, s := range g.Samples {
+		d := data[s.Tracker]
+		if d == nil {
+			d = map[string]series{"us": {}, "ns_per_page": {}, "faults": {}}
+			data[s.Tracker] = d
+		}
+		d["us"][s.Rep] = float64(s.NS) / 1e3
+		d["ns_per_page"][s.Rep] = float64(s.NS) / float64(max(1, s.Pages))
+		d["faults"][s.Rep] = float64(s.Counts.Faults)
+	}
+	units := map[string]string{"us": "µs", "ns_per_page": "ns", "faults": "count"}
+	for _, tr := range bench.Trackers {
+		d := data[tr]
+		if d == nil {
+			continue
+		}
+		for _, m := range []string{"us", "ns_per_page", "faults"} {
+			a.add("gup", cell, tr, m, units[m], BootMedian(d[m].values()))
+		}
+		if none := data["none"]; none != nil && tr != "none" {
+			a.add("gup", cell, tr, "x_none", "×", pairedRatio(d["us"], none["us"]))
+		}
+	}
+	if l, n := data["ldt"], data["naive"]; l != nil && n != nil {
+		a.add("gup", cell, AA, "us", "×", pairedRatio(l["us"], n["us"]))
 	}
 }
 
@@ -624,6 +676,32 @@ func (a *Analysis) claims(r *Result) {
 				ReadAs: fmt.Sprintf("LDT ÷ soft-dirty operations/s over the first %d ms after tracking starts ≥ %.3g", EarlyPoints(tl)*tl.PointMS, approx*3),
 				Figure: "timeline", Cell: cell, Target: approx * 3},
 				a.Get("timeline", cell, "ldt", "ops_early_x_softdirty"), a.Get("timeline", cell, AA, "ops_early"))
+		}
+	}
+	if c := r.Collect; c != nil {
+		for _, pct := range c.Pcts {
+			cell := collectCell(pct)
+			aa := a.Get("collect", cell, AA, "us")
+			goal := func(c Claim, metric string) {
+				if e := a.Get("collect", cell, "ldt", metric); e.Defined() {
+					c.Figure, c.Cell = "collect", cell
+					add(c, e, aa)
+				}
+			}
+			goal(Claim{Claim: "issue 27 goal: LDT collect+clear never slower than PAGEMAP_SCAN",
+				ReadAs: "PAGEMAP_SCAN ÷ LDT collection time ≥ 1", Target: 1}, "over_ldt_pagemap-scan")
+			switch {
+			case pct <= 10:
+				goal(Claim{Claim: "issue 27 goal: at least 2× faster than pagemap read + clear_refs up to 10% dirty",
+					ReadAs: "soft-dirty ÷ LDT collection time ≥ 2", Target: 2}, "over_ldt_softdirty")
+			case pct == 100:
+				goal(Claim{Claim: "issue 27 goal: at least 1.3× faster than pagemap read + clear_refs at 100% dirty",
+					ReadAs: "soft-dirty ÷ LDT collection time ≥ 1.3", Target: 1.3}, "over_ldt_softdirty")
+			}
+			if pct > 10 {
+				goal(Claim{Claim: "issue 27 goal: time per dirty page flat from 10% to 100% dirty",
+					ReadAs: "LDT's ns per reported page here ÷ at 10% dirty ≥ 0.8 (at most a fifth cheaper per page)", Target: 0.8}, "ns_per_page_x_10pct")
+			}
 		}
 	}
 	if rd := r.Redis; rd != nil {

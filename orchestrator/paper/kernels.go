@@ -89,6 +89,7 @@ type KernelRun struct {
 	Timeline           *bench.Timeline  `json:"timeline,omitempty"`
 	Redis              *bench.Redis     `json:"redis,omitempty"`
 	Collect            *bench.Collect   `json:"collect,omitempty"`
+	GUP                *bench.GUP       `json:"gup,omitempty"`
 }
 
 // merge adds one ldt-bench result of figure fig (one or more
@@ -124,6 +125,15 @@ func (kr *KernelRun) merge(fig string, out []byte) error {
 				kr.Collect.Samples, kr.Collect.Reps = append(kr.Collect.Samples, x.Samples...), kr.Collect.Reps+x.Reps
 			}
 		}
+	case "gup":
+		var x bench.GUP
+		if err = json.Unmarshal(out, &x); err == nil {
+			if kr.GUP == nil {
+				kr.GUP = &x
+			} else {
+				kr.GUP.Samples, kr.GUP.Reps = append(kr.GUP.Samples, x.Samples...), kr.GUP.Reps+x.Reps
+			}
+		}
 	case "redis":
 		var x bench.Redis
 		if err = json.Unmarshal(out, &x); err == nil {
@@ -147,7 +157,7 @@ func (kr *KernelRun) merge(fig string, out []byte) error {
 func (kr *KernelRun) result(m Meta) *Result {
 	m.Kernel, m.Variant, m.BuildKey, m.Patches, m.SeriesSHA256, m.KernelConfigSHA256 = kr.Kernel, kr.Variant, kr.BuildKey, kr.Patches, kr.SeriesSHA256, kr.KernelConfigSHA256
 	m.Trackers = kr.Trackers
-	return &Result{Meta: m, WriteOnly: kr.WriteOnly, Timeline: kr.Timeline, Redis: kr.Redis, Collect: kr.Collect}
+	return &Result{Meta: m, WriteOnly: kr.WriteOnly, Timeline: kr.Timeline, Redis: kr.Redis, Collect: kr.Collect, GUP: kr.GUP}
 }
 
 // kernelOrder is repetition rep's random order of n kernels.
@@ -181,6 +191,7 @@ var abMetrics = map[string][][2]string{
 	"writeonly": {{"total_ms", "ms"}, {"write_ms", "ms"}, {"collect_ms", "ms"}, {"faults", "count"}, {"tlb_flushes", "count"}},
 	"timeline":  {{"ops_early", "ops/s"}, {"ops_run", "ops/s"}, {"collect_ms", "ms"}, {"faults_run", "count"}, {"tlb_flushes_per_collection", "count"}},
 	"collect":   {{"us", "µs"}, {"syscall_us", "µs"}, {"tlb_flushes", "count"}, {"regions", "count"}, {"syscalls", "count"}},
+	"gup":       {{"us", "µs"}, {"faults", "count"}},
 	"redis":     {{"ops_s", "ops/s"}, {"faults", "count"}},
 }
 
@@ -261,6 +272,12 @@ func abSeries(r *Result) map[abKey]series {
 			put(abKey{"collect", cl, s.Tracker, "syscalls"}, s.Rep, float64(s.Syscalls))
 		}
 	}
+	if g := r.GUP; g != nil {
+		for _, s := range g.Samples {
+			put(abKey{"gup", gupCell(g), s.Tracker, "us"}, s.Rep, float64(s.NS)/1e3)
+			put(abKey{"gup", gupCell(g), s.Tracker, "faults"}, s.Rep, float64(s.Counts.Faults))
+		}
+	}
 	if rd := r.Redis; rd != nil {
 		for _, s := range rd.Samples {
 			cl := intervalCell(s.IntervalMS)
@@ -283,7 +300,7 @@ func (a *Analysis) kernels(r *Result) {
 	for k := range bs {
 		keys = append(keys, k)
 	}
-	figOrder := map[string]int{"writeonly": 0, "timeline": 1, "collect": 2, "redis": 3}
+	figOrder := map[string]int{"writeonly": 0, "timeline": 1, "collect": 2, "gup": 3, "redis": 4}
 	trOrder := func(t string) int { return slices.Index(bench.Trackers, t) }
 	metOrder := func(f, m string) int {
 		return slices.IndexFunc(abMetrics[f], func(x [2]string) bool { return x[0] == m })

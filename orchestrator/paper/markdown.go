@@ -133,6 +133,7 @@ func Markdown(w io.Writer, r *Result) {
 	timelineMD(w, r.Timeline, a)
 	redisMD(w, r.Redis, a)
 	collectMD(w, r.Collect, a)
+	gupMD(w, r.GUP, a)
 	if len(r.Problems)+len(r.Reports) > 0 {
 		fmt.Fprintf(w, "## Problems\n\n")
 		for _, p := range append(slices.Clone(r.Problems), r.Reports...) {
@@ -294,6 +295,28 @@ func redisMD(w io.Writer, rd *bench.Redis, a *Analysis) {
 	}
 	for _, tr := range sortedKeys(rd.Unsupported) {
 		fmt.Fprintf(w, "\n`%s` is not in this figure: %s.\n", tr, rd.Unsupported[tr])
+	}
+	fmt.Fprintln(w)
+}
+
+func gupMD(w io.Writer, g *bench.GUP, a *Analysis) {
+	if g == nil {
+		return
+	}
+	cell := gupCell(g)
+	fmt.Fprintf(w, "## GUP after a collection\n\n")
+	fmt.Fprintf(w, "A %d MiB region (%d pages, THP off) written whole, collected and cleared by the tracker, then registered as an io_uring fixed buffer: one `pin_user_pages_fast(FOLL_WRITE|FOLL_LONGTERM)` of every page, the pin an O_DIRECT read or a DMA buffer takes; %d repetitions. After a collection soft-dirty and PAGEMAP_SCAN leave the entries write-protected, so GUP faults every page in; LDT leaves them writable but clean, so GUP-fast falls back to the slow path, which sets LDT-backup under the page table lock (0004; only in a tracked mm since 0017). `none` is untracked: GUP-fast pins every page, and a kernel A/B of vanilla against the series on it shows what the series costs a process nobody tracks. Faults are the registering process's.\n\n",
+		g.SizeMiB, g.Pages, g.Reps)
+	fmt.Fprintf(w, "| tracker | µs | ns/page | × none | faults |\n|---|---|---|---|---|\n")
+	for _, tr := range bench.Trackers {
+		gt := func(m string) Estimate { return a.Get("gup", cell, tr, m) }
+		if !gt("us").Defined() {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", tr, fmtE(gt("us")), fmtE(gt("ns_per_page")), fmtX(gt("x_none")), fmtE(gt("faults")))
+	}
+	if e := a.Get("gup", cell, AA, "us"); e.Defined() {
+		fmt.Fprintf(w, "| *A/A ldt÷naive* | %s | | | |\n", fmtX(e))
 	}
 	fmt.Fprintln(w)
 }

@@ -1,6 +1,6 @@
 // Package paper is the host side of `labctl bench paper`: it boots a
 // perf-config LDT guest, runs the four figures of the LDT paper's
-// evaluation with guest/cmd/ldt-bench (every tracker interleaved and
+// evaluation and a GUP figure of the lab's own with guest/cmd/ldt-bench (every tracker interleaved and
 // repeated), checks that the samples are sane, and writes every sample as
 // JSON, Markdown tables with ratios to the baseline and to soft-dirty, and
 // plots. It reports figures; it never asserts times.
@@ -111,6 +111,7 @@ type Result struct {
 	Timeline  *bench.Timeline  `json:"timeline"`
 	Redis     *bench.Redis     `json:"redis"`
 	Collect   *bench.Collect   `json:"collect"`
+	GUP       *bench.GUP       `json:"gup,omitempty"`
 	// Kernels are, in an A/B run (`--kernels`), every kernel with its
 	// samples; the figures above are the last one's.
 	Kernels []*KernelRun `json:"kernels,omitempty"`
@@ -149,7 +150,7 @@ func (o Options) logf(format string, a ...any) {
 }
 
 // figures in the order they run; each is one ldt-bench invocation.
-var figures = []string{"writeonly", "timeline", "collect", "redis"}
+var figures = []string{"writeonly", "timeline", "collect", "gup", "redis"}
 
 // Figures are the figures a run can measure, in the order they run.
 func Figures() []string { return slices.Clone(figures) }
@@ -344,7 +345,7 @@ func (r *Result) finish(gs []*guest, start time.Time, err error) (*Result, error
 	r.Meta.HostLoad = append(r.Meta.HostLoad, LoadAvg())
 	last := gs[len(gs)-1].kr
 	one := last.result(r.Meta)
-	r.Meta, r.WriteOnly, r.Timeline, r.Redis, r.Collect = one.Meta, one.WriteOnly, one.Timeline, one.Redis, one.Collect
+	r.Meta, r.WriteOnly, r.Timeline, r.Redis, r.Collect, r.GUP = one.Meta, one.WriteOnly, one.Timeline, one.Redis, one.Collect, one.GUP
 	if len(gs) > 1 {
 		r.Kernels = nil
 		for _, g := range gs {
@@ -422,7 +423,7 @@ func Load(path string) (*Result, error) {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
 	r.Analysis = nil // recomputed from the samples
-	if r.WriteOnly == nil && r.Timeline == nil && r.Redis == nil && r.Collect == nil {
+	if r.WriteOnly == nil && r.Timeline == nil && r.Redis == nil && r.Collect == nil && r.GUP == nil {
 		return nil, fmt.Errorf("%s holds no figure of `labctl bench paper`", path)
 	}
 	return r, nil

@@ -105,6 +105,21 @@ func fake(reps int) *Result {
 				Counts: bench.Counts{Faults: 10, TLBFlushes: 4, Shootdowns: 2}})
 		}
 	}
+	// GUP: 1 µs per page untracked, 3 through LDT's slow path, 5 with a
+	// fault per page for the write-protecting trackers.
+	r.GUP = &bench.GUP{SizeMiB: 4, Pages: 1024, Reps: reps}
+	for rep := 0; rep < reps; rep++ {
+		for _, tr := range bench.Trackers {
+			per, faults := 1000, int64(0)
+			switch tr {
+			case "ldt", "naive":
+				per = 3000
+			case "softdirty", "pagemap-scan":
+				per, faults = 5000, 1024
+			}
+			r.GUP.Samples = append(r.GUP.Samples, bench.GUPSample{Tracker: tr, Rep: rep, NS: int64(per*1024 + rep), Pages: 1024, Counts: bench.Counts{Faults: faults}})
+		}
+	}
 	return r
 }
 
@@ -173,7 +188,13 @@ func TestAnalyzeCountsAndCosts(t *testing.T) {
 		figs[s.Figure] = true
 		assert.Equal(t, AA, s.Tracker)
 	}
-	assert.Equal(t, map[string]bool{"writeonly": true, "timeline": true, "redis": true, "collect": true}, figs)
+	assert.Equal(t, map[string]bool{"writeonly": true, "timeline": true, "redis": true, "collect": true, "gup": true}, figs)
+
+	gc := gupCell(&bench.GUP{SizeMiB: 4})
+	assert.Equal(t, 1024.0, a.Get("gup", gc, "softdirty", "faults").Value)
+	assert.Zero(t, a.Get("gup", gc, "ldt", "faults").Value)
+	assert.InDelta(t, 3, a.Get("gup", gc, "ldt", "x_none").Value, 0.01)
+	assert.InDelta(t, 5000, a.Get("gup", gc, "pagemap-scan", "ns_per_page").Value, 1)
 }
 
 // TestAnalyzeUncountedTLB: a kernel without CONFIG_DEBUG_TLBFLUSH gives
@@ -206,6 +227,7 @@ func TestSanity(t *testing.T) {
 	}{
 		{"ldt misses a page", func(r *Result) { r.WriteOnly.Samples[1].Collected-- }, "collected"},
 		{"figure missing", func(r *Result) { r.Timeline = nil }, "timeline: no samples"},
+		{"gup missing", func(r *Result) { r.GUP = nil }, "gup: no samples"},
 		{"tracker missing", func(r *Result) {
 			var keep []bench.TimelineSample
 			for _, s := range r.Timeline.Samples {

@@ -120,6 +120,15 @@ func Sanity(r *Result) []string {
 			}
 		}
 	}
+	if g := r.GUP; (g == nil || len(g.Samples) == 0) && ran("gup") {
+		bad("gup: no samples")
+	} else if g != nil {
+		for _, s := range g.Samples {
+			if s.NS <= 0 || s.Pages <= 0 {
+				bad("gup %s rep %d: %d ns, %d pages", s.Tracker, s.Rep, s.NS, s.Pages)
+			}
+		}
+	}
 	if rd := r.Redis; (rd == nil || len(rd.Samples) == 0) && ran("redis") {
 		bad("redis: no samples")
 	} else if rd != nil {

@@ -2,7 +2,7 @@
 // the guest and prints it as one JSON object on stdout (progress on
 // stderr). The host side is `labctl bench paper` (orchestrator/paper).
 //
-//	ldt-bench -figure writeonly|timeline|redis|collect [-plan quick|short|reduced|full] [-reps N | -rep N] [-seed N] [-trackers a,b]
+//	ldt-bench -figure writeonly|timeline|redis|collect|gup [-plan quick|short|reduced|full] [-reps N | -rep N] [-seed N] [-trackers a,b]
 //	ldt-bench -checkpointer -tracker NAME -pid PID -interval D   (internal)
 package main
 
@@ -25,7 +25,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ldt-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	figure := fs.String("figure", "", "writeonly, timeline, redis or collect")
+	figure := fs.String("figure", "", "writeonly, timeline, redis, collect or gup")
 	quick := fs.Bool("quick", false, "same as -plan quick")
 	plan := fs.String("plan", "full", "quick (plumbing and sanity), short (every claim at 7 repetitions, least work), reduced (every figure, smaller sizes) or full")
 	seed := fs.Uint64("seed", 0, "seed of the random order of the cells in every repetition (0: the plan's)")
@@ -90,6 +90,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		res, err = bench.RunTimeline(p, stderr)
 	case "collect":
 		res, err = bench.RunCollect(p, stderr)
+	case "gup":
+		res, err = bench.RunGUP(p, stderr)
 	case "redis":
 		self, serr := os.Executable()
 		if serr != nil {
@@ -98,7 +100,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		res, err = bench.RunRedis(p, self, stderr)
 	default:
-		fmt.Fprintf(stderr, "ldt-bench: -figure must be writeonly, timeline, redis or collect (got %q)\n", *figure)
+		fmt.Fprintf(stderr, "ldt-bench: -figure must be writeonly, timeline, redis, collect or gup (got %q)\n", *figure)
 		return 2
 	}
 	if err != nil {

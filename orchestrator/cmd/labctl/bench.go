@@ -32,7 +32,7 @@ func init() {
 	register(&command{
 		name:    "bench",
 		args:    "[paper]",
-		summary: "measure build, image and boot times (docs/benchmarks.md); `bench paper`: the LDT paper's four figures for every tracker (docs/paper/)",
+		summary: "measure build, image and boot times (docs/benchmarks.md); `bench paper`: the LDT paper's four figures and a GUP figure for every tracker (docs/paper/)",
 		setup: func(fs *flag.FlagSet) {
 			g.register(fs)
 			fs.IntVar(&n, "n", 5, "boots to measure")
