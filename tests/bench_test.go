@@ -83,6 +83,23 @@ func TestBenchPaperQuick(t *testing.T) {
 		assert.GreaterOrEqual(t, s.WriteCounts.Faults, int64(0))
 		assert.GreaterOrEqual(t, s.CollectCounts.Shootdowns, int64(0))
 	}
+	// GUP after a collection: every tracker registered the region; the
+	// write-protecting trackers made GUP fault every page in, LDT's
+	// clean-but-writable entries took the slow path without a fault.
+	require.NotNil(t, res.GUP)
+	gupSeen := map[string]bool{}
+	for _, s := range res.GUP.Samples {
+		gupSeen[s.Tracker] = true
+		switch s.Tracker {
+		case "softdirty", "pagemap-scan":
+			assert.GreaterOrEqual(t, s.Counts.Faults, int64(s.Pages), "gup %s: a fault per write-protected page", s.Tracker)
+		case "ldt", "none":
+			assert.Less(t, s.Counts.Faults, int64(s.Pages/4), "gup %s: no fault per page", s.Tracker)
+		}
+	}
+	for _, tr := range bench.Trackers {
+		assert.True(t, gupSeen[tr], "gup has samples of %s", tr)
+	}
 	// The timeline starts with tracking and collects at every checkpoint.
 	for _, s := range res.Timeline.Samples {
 		assert.Len(t, s.Ops, res.Timeline.Points, "timeline %s every %d ms", s.Tracker, s.CheckpointMS)
