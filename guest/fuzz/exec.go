@@ -827,7 +827,7 @@ func (e *executor) fileRead(i int, r *region, p, n int, o Op) {
 		for q := p; q < p+n; q++ {
 			r.st[q].known = false
 			if !r.st[q].external() {
-				r.st[q].add(i, o.Op)
+				r.st[q].add(i, o.Op+"-failed")
 			}
 		}
 		return

@@ -29,6 +29,13 @@ func TestGapFor(t *testing.T) {
 		// (fuzz seed 3 on 0001-0024: xpin, xwrite, khugepaged).
 		{"collapse over a pin write: PAGEMAP_SCAN's pin gap", "pagemap-scan", shm, pageState{coll: true}, GapPinWrite, []string{OpXWrite}},
 		{"collapse over a pin write: ldt has no excuse", "ldt", shm, pageState{coll: true}, "", []string{OpXWrite}},
+		// A failed O_DIRECT read over the range before a write through
+		// the process's own fixed buffer (fuzz seed 5 on 0001-0025:
+		// uring-reg, collect, mprotect r, odirect, uring-read-fixed).
+		{"failed read beside a pin write: soft-dirty's pin gap", "softdirty", anon, pageState{}, GapPinWrite, []string{"odirect-failed", OpUReadFix}},
+		{"failed read beside a pin write: ldt has no excuse", "ldt", anon, pageState{}, "", []string{"odirect-failed", OpUReadFix}},
+		{"a failed read alone is owed a report", "softdirty", anon, pageState{}, "", []string{"odirect-failed"}},
+		{"a failed read beside a CPU write excuses nothing", "softdirty", anon, pageState{}, "", []string{"cpu", "odirect-failed", OpUReadFix}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srcs := tc.srcs
