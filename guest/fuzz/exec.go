@@ -150,6 +150,9 @@ type executor struct {
 	numaOn  bool
 	moves   int
 	regIdx  int // the region registered as io_uring fixed buffer 0
+	// regGone: the registered region was mapped anew (remap of anonymous
+	// memory): the buffer pins pages no mapping of the process shows.
+	regGone bool
 	buf     []byte
 }
 
@@ -670,7 +673,7 @@ func (e *executor) do(i int, o Op) error {
 			e.failed(o.Op, err)
 			return nil
 		}
-		e.regIdx = r.idx
+		e.regIdx, e.regGone = r.idx, false
 		e.done(o.Op)
 	case OpXPin:
 		return e.xpin(r)
@@ -867,6 +870,11 @@ func (e *executor) readFixed(i int, o Op) error {
 	e.ringEvent(i, KUringRing)
 	if err != nil {
 		e.failed(o.Op, err)
+		return nil
+	}
+	if e.regGone {
+		// Written into pages the process no longer maps: not its data.
+		e.done(o.Op + " (into pages no longer mapped)")
 		return nil
 	}
 	e.pinWrite(i, r, p, (got+pg-1)/pg, o.Op)
@@ -1075,6 +1083,12 @@ func (e *executor) remap(r *region) error {
 		clear(r.model)
 		for q := range r.st {
 			r.st[q].known = true
+		}
+		// New anonymous memory: a fixed buffer registered over the old
+		// mapping still pins its pages, which nothing maps any more.
+		// (A file or memfd maps the same page cache again.)
+		if e.regIdx == r.idx {
+			e.regGone = true
 		}
 	}
 	if err := e.readAll(r, r.shadow); err != nil {
