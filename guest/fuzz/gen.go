@@ -101,33 +101,19 @@ func Generate(seed uint64) *Sequence {
 // checkpointer that attaches to a running process meets pins, mappings
 // and zapped pages made while nobody tracked it. Half the time the
 // detach comes right before the sequence's first pin by another
-// process, and half of those zap the pinned region before attaching
-// again. From a stream of its own, as khugepaged.
+// process. From a stream of its own, as khugepaged.
 func (g *gen) reattach(seed uint64) {
 	r := rand.New(rand.NewPCG(seed^0x6174_7461_6368, seed))
 	if len(g.s.Ops) == 0 || r.IntN(5) != 0 {
 		return
 	}
 	at := r.IntN(len(g.s.Ops))
-	zap := false
 	if r.IntN(2) == 0 {
 		if i := slices.IndexFunc(g.s.Ops, func(o Op) bool { return o.Op == OpXPin }); i >= 0 {
 			at = i
-			zap = r.IntN(2) == 0
 		}
 	}
 	g.s.Ops = slices.Insert(g.s.Ops, at, Op{Op: OpDetach, R: -1})
-	if zap {
-		// Half of those zap the pinned region while nobody tracks it
-		// and attach right after: the tracker then meets a pin on pages
-		// the mm does not map, which a random attach point reaches too
-		// rarely to find (0024's case).
-		x := g.s.Ops[at+1]
-		g.s.Ops = slices.Insert(g.s.Ops, at+2,
-			Op{Op: OpMadvise, R: x.R, P: 0, N: g.s.Regions[x.R].Pages, Arg: "dontneed"},
-			Op{Op: OpAttach, R: -1})
-		return
-	}
 	then := at + 1 + r.IntN(len(g.s.Ops)-at)
 	g.s.Ops = slices.Insert(g.s.Ops, then, Op{Op: OpAttach, R: -1})
 }
