@@ -85,6 +85,8 @@ func TestKnownFlake(t *testing.T) {
 		{"same message, passed", Result{Test: "uffd-unit-tests", Exit: 0, Output: hint}, false},
 		{"same message, another test", Result{Test: "cow", Exit: 1, Output: hint}, false},
 		{"another failure", Result{Test: "uffd-unit-tests", Exit: 1, Output: "Testing move on anon... ERROR: unexpected page content\n"}, false},
+		{"mremap preamble placed over a mapping", Result{Test: "mremap_test", Exit: 1, Output: "# Failed to map dest preamble region: File exists\nnot ok 15 5MB mremap - Source 1MB-aligned, Dest 1MB-aligned with 40MB Preamble\n"}, true},
+		{"mremap data mismatch", Result{Test: "mremap_test", Exit: 1, Output: "# Preamble data after remap doesn't match at offset 4096\nnot ok 15 5MB mremap\n"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
