@@ -60,11 +60,7 @@ func (t *ldtTracker) Collect(start, end uintptr, clear bool) ([]Region, error) {
 	out := make([]Region, 0, t.last.Load())
 	err := t.f.CollectEach(start, end, flags, func(rs []ldt.Region) {
 		for _, r := range rs {
-			if k := len(out); k > 0 && out[k-1].End == uintptr(r.Start) {
-				out[k-1].End = uintptr(r.End)
-				continue
-			}
-			out = append(out, Region{uintptr(r.Start), uintptr(r.End)})
+			out = appendMerged(out, Region{uintptr(r.Start), uintptr(r.End)})
 		}
 	})
 	if err != nil {

@@ -251,12 +251,7 @@ func (t *pagemapScan) Collect(start, end uintptr, clear bool) ([]Region, error) 
 			return nil, fmt.Errorf("tracker pagemap-scan: kernel reported %d regions for a vec of %d", n, len(t.buf))
 		}
 		for _, pr := range t.buf[:n] {
-			rg := Region{uintptr(pr.Start), uintptr(pr.End)}
-			if k := len(out); k > 0 && out[k-1].End == rg.Start {
-				out[k-1].End = rg.End
-				continue
-			}
-			out = append(out, rg)
+			out = appendMerged(out, Region{uintptr(pr.Start), uintptr(pr.End)})
 		}
 		we := uintptr(arg.WalkEnd)
 		if we <= cur || we > end {

@@ -165,11 +165,7 @@ func appendSoftDirty(out []Region, entries []byte, base uintptr) []Region {
 			continue
 		}
 		p := base + uintptr(i/pmEntrySize)*PageSize
-		if k := len(out); k > 0 && out[k-1].End == p {
-			out[k-1].End = p + PageSize
-			continue
-		}
-		out = append(out, Region{p, p + PageSize})
+		out = appendMerged(out, Region{p, p + PageSize})
 	}
 	return out
 }

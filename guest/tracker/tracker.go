@@ -209,13 +209,19 @@ func (s Set) Sorted() []uintptr {
 func (s Set) Regions() []Region {
 	var out []Region
 	for _, p := range s.Sorted() {
-		if k := len(out); k > 0 && out[k-1].End == p {
-			out[k-1].End = p + PageSize
-			continue
-		}
-		out = append(out, Region{p, p + PageSize})
+		out = appendMerged(out, Region{p, p + PageSize})
 	}
 	return out
+}
+
+// appendMerged appends r to out, extending out's last region instead when
+// r starts where it ends.
+func appendMerged(out []Region, r Region) []Region {
+	if k := len(out); k > 0 && out[k-1].End == r.Start {
+		out[k-1].End = r.End
+		return out
+	}
+	return append(out, r)
 }
 
 // Diff compares reported pages with ground truth: missed were written but

@@ -98,56 +98,46 @@ func (kr *KernelRun) merge(fig string, out []byte) error {
 	var err error
 	switch fig {
 	case "writeonly":
-		var x bench.WriteOnly
-		if err = json.Unmarshal(out, &x); err == nil {
-			if kr.WriteOnly == nil {
-				kr.WriteOnly = &x
-			} else {
-				kr.WriteOnly.Samples, kr.WriteOnly.Reps = append(kr.WriteOnly.Samples, x.Samples...), kr.WriteOnly.Reps+x.Reps
-			}
-		}
+		err = mergeInto(&kr.WriteOnly, out, func(a, x *bench.WriteOnly) {
+			a.Samples, a.Reps = append(a.Samples, x.Samples...), a.Reps+x.Reps
+		})
 	case "timeline":
-		var x bench.Timeline
-		if err = json.Unmarshal(out, &x); err == nil {
-			if kr.Timeline == nil {
-				kr.Timeline = &x
-			} else {
-				kr.Timeline.Samples, kr.Timeline.Reps = append(kr.Timeline.Samples, x.Samples...), kr.Timeline.Reps+x.Reps
-			}
-		}
+		err = mergeInto(&kr.Timeline, out, func(a, x *bench.Timeline) {
+			a.Samples, a.Reps = append(a.Samples, x.Samples...), a.Reps+x.Reps
+		})
 	case "collect":
 		// The memory bandwidth (the floor) is the first call's.
-		var x bench.Collect
-		if err = json.Unmarshal(out, &x); err == nil {
-			if kr.Collect == nil {
-				kr.Collect = &x
-			} else {
-				kr.Collect.Samples, kr.Collect.Reps = append(kr.Collect.Samples, x.Samples...), kr.Collect.Reps+x.Reps
-			}
-		}
+		err = mergeInto(&kr.Collect, out, func(a, x *bench.Collect) {
+			a.Samples, a.Reps = append(a.Samples, x.Samples...), a.Reps+x.Reps
+		})
 	case "gup":
-		var x bench.GUP
-		if err = json.Unmarshal(out, &x); err == nil {
-			if kr.GUP == nil {
-				kr.GUP = &x
-			} else {
-				kr.GUP.Samples, kr.GUP.Reps = append(kr.GUP.Samples, x.Samples...), kr.GUP.Reps+x.Reps
-			}
-		}
+		err = mergeInto(&kr.GUP, out, func(a, x *bench.GUP) {
+			a.Samples, a.Reps = append(a.Samples, x.Samples...), a.Reps+x.Reps
+		})
 	case "redis":
-		var x bench.Redis
-		if err = json.Unmarshal(out, &x); err == nil {
-			if kr.Redis == nil {
-				kr.Redis = &x
-			} else {
-				kr.Redis.Samples, kr.Redis.Reps = append(kr.Redis.Samples, x.Samples...), kr.Redis.Reps+x.Reps
-			}
-		}
+		err = mergeInto(&kr.Redis, out, func(a, x *bench.Redis) {
+			a.Samples, a.Reps = append(a.Samples, x.Samples...), a.Reps+x.Reps
+		})
 	default:
 		return fmt.Errorf("unknown figure %q", fig)
 	}
 	if err != nil {
 		return fmt.Errorf("reading ldt-bench's result: %w", err)
+	}
+	return nil
+}
+
+// mergeInto decodes one ldt-bench result into *dst, or, when *dst holds
+// earlier repetitions, adds the new ones with add.
+func mergeInto[T any](dst **T, out []byte, add func(into, x *T)) error {
+	var x T
+	if err := json.Unmarshal(out, &x); err != nil {
+		return err
+	}
+	if *dst == nil {
+		*dst = &x
+	} else {
+		add(*dst, &x)
 	}
 	return nil
 }
