@@ -34,6 +34,7 @@ var coverageChecks = []check{
 	{"small-vec-kept", checkSmallVecKept},
 	{"swapoff-unuse", checkSwapoffUnuse},
 	{"collapse-retract", checkCollapseRetract},
+	{"split-zeropage", checkSplitZeropage},
 }
 
 func init() { checks = append(checks, coverageChecks...) }
@@ -405,18 +406,9 @@ func checkSmallVecTHP() error {
 	if err := unix.Madvise(small, unix.MADV_NOHUGEPAGE); err != nil {
 		return fmt.Errorf("madvise: %w", err)
 	}
-	if err := unix.Madvise(thp, unix.MADV_HUGEPAGE); err != nil {
-		return fmt.Errorf("MADV_HUGEPAGE: %w (THP enabled: %s)", err, thpSetting())
-	}
-	base := uintptr(unsafe.Pointer(&thp[0]))
-	for i := 0; i < hpage; i += pg {
-		thp[i] = 1
-	}
-	if kb, _ := anonHugeKB(base); kb < 2048 {
-		cerr := unix.Madvise(thp, unix.MADV_COLLAPSE)
-		if kb, err := anonHugeKB(base); err != nil || kb < 2048 {
-			return fmt.Errorf("no THP backing the aligned 2 MiB region (AnonHugePages %d kB, %v; MADV_COLLAPSE: %v, THP enabled: %s)", kb, err, cerr, thpSetting())
-		}
+	base, err := backTHP(thp)
+	if err != nil {
+		return err
 	}
 	small[0] = 1
 	f, err := attachedSelf()
@@ -440,6 +432,108 @@ func checkSmallVecTHP() error {
 		return err
 	}
 	return expect(f, lo, end, 0, nil, "after both calls")
+}
+
+// backTHP makes the 2 MiB-aligned, 2 MiB long, read-write thp one PMD THP,
+// every page of it holding 1 at its first byte; it returns its address.
+func backTHP(thp []byte) (uintptr, error) {
+	if err := unix.Madvise(thp, unix.MADV_HUGEPAGE); err != nil {
+		return 0, fmt.Errorf("MADV_HUGEPAGE: %w (THP enabled: %s)", err, thpSetting())
+	}
+	base := uintptr(unsafe.Pointer(&thp[0]))
+	for i := 0; i < hpage; i += pg {
+		thp[i] = 1
+	}
+	if kb, _ := anonHugeKB(base); kb < 2048 {
+		cerr := unix.Madvise(thp, unix.MADV_COLLAPSE)
+		if kb, err := anonHugeKB(base); err != nil || kb < 2048 {
+			return 0, fmt.Errorf("no THP backing the aligned 2 MiB region (AnonHugePages %d kB, %v; MADV_COLLAPSE: %v, THP enabled: %s)", kb, err, cerr, thpSetting())
+		}
+	}
+	return base, nil
+}
+
+// checkSplitZeropage: a PMD THP, collected, then one of its pages written
+// with zeroes and the folio split (debugfs split_huge_pages). The split
+// maps the zero-filled page to the shared zero page and gives it
+// LDT-backup from its migration entry (mm/migrate.c
+// try_to_map_unused_to_zeropage(), row 5). The collection must report it
+// through ldt_present()'s zero-page branch (mm/ldt.c "*newval = val &
+// ~_PAGE_LDT_DIRTY") and clear it there: reported once, then not again.
+// Dropping the LDT-backup at the remap misses the write; not clearing it
+// reports the zero page forever.
+func checkSplitZeropage() error {
+	all, err := unix.Mmap(-1, 0, 2*hpage, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(all)
+	first := uintptr(unsafe.Pointer(&all[0]))
+	off := int((first+hpage-1)&^(hpage-1) - first)
+	thp := all[off : off+hpage]
+	base, err := backTHP(thp)
+	if err != nil {
+		return err
+	}
+	end := base + hpage
+	f, err := attachedSelf()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	whole := []ldt.Region{{Start: uint64(base), End: uint64(end)}}
+	if err := expect(f, base, end, ldt.Clear, whole, "the THP written before the attach"); err != nil {
+		return err
+	}
+	const zp = 5
+	thp[zp*pg] = 0
+	if err := splitFolio(base, end); err != nil {
+		return err
+	}
+	if kb, err := anonHugeKB(base); err != nil || kb != 0 {
+		return fmt.Errorf("setup: the THP is not split (AnonHugePages %d kB, %v)", kb, err)
+	}
+	zeroPFN, err := zeroPagePFN()
+	if err != nil {
+		return fmt.Errorf("setup: the zero page: %w", err)
+	}
+	if got, _, err := pageFlags(base + zp*pg); err != nil || got != zeroPFN {
+		return fmt.Errorf("setup: page %d is pfn %#x (%v) after the split, want the zero page's %#x", zp, got, err, zeroPFN)
+	}
+	// The PMD was dirty: every page of the folio is reported, p5 through
+	// the zero page's LDT-backup alone.
+	if err := expect(f, base, end, ldt.Clear, whole, "after the split"); err != nil {
+		return err
+	}
+	if err := expect(f, base, end, 0, nil, "the collection after"); err != nil {
+		return err
+	}
+	thp[zp*pg] = 1
+	return expect(f, base, end, 0, pageRegions(uint64(base), zp, zp+1), "the zero page written again")
+}
+
+// zeroPagePFN is the shared zero page's pfn: what a read of a page never
+// written maps.
+func zeroPagePFN() (uint64, error) {
+	b, err := unix.Mmap(-1, 0, pg, unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Munmap(b)
+	sink += b[0]
+	pfn, _, err := pageFlags(uintptr(unsafe.Pointer(&b[0])))
+	return pfn, err
+}
+
+// splitFolio splits the THPs of this process in [start,end) to small
+// folios through debugfs (mm/huge_memory.c split_huge_pages_pid()).
+func splitFolio(start, end uintptr) error {
+	const knob = "/sys/kernel/debug/split_huge_pages"
+	arg := fmt.Sprintf("%d,%#x,%#x", os.Getpid(), start, end)
+	if err := os.WriteFile(knob, []byte(arg), 0); err != nil {
+		return fmt.Errorf("setup: write %q to %s: %w", arg, knob, err)
+	}
+	return nil
 }
 
 // setKnob writes v to a sysfs knob; the function returned writes the old
