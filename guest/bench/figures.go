@@ -399,7 +399,8 @@ func RunCollect(p Plan, progress io.Writer) (*Collect, error) {
 				return nil, fmt.Errorf("collect %s %.1f%%: %w", c.tr, c.pct, err)
 			}
 			res.Samples = append(res.Samples, CollectSample{Tracker: c.tr, DirtyPct: c.pct, Rep: rep, Seq: seq, NS: got.ns, Dirtied: n,
-				Collected: got.pages, Regions: got.regions, Syscalls: got.syscalls, SyscallNS: got.syscallNS, Counts: got.counts})
+				Collected: got.pages, Regions: got.regions, Syscalls: got.syscalls, SyscallNS: got.syscallNS,
+				PTEsVisited: got.visited, PTEsChanged: got.changed, Counts: got.counts})
 		}
 		logf(progress, "collect %d MiB: repetition %d (%d of %d) done (%d cells in random order)", p.CollectMiB, rep, rep-p.FirstRep+1, p.Reps, len(cells))
 	}

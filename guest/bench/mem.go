@@ -174,7 +174,10 @@ type collected struct {
 	ns             int64
 	syscalls       int64
 	syscallNS      int64 // inside those system calls (-1: not known)
-	counts         Counts
+	// visited and changed are the page table entries the kernel decided on
+	// and rewrote (-1: the tracker or kernel does not count them).
+	visited, changed int64
+	counts           Counts
 }
 
 // collect collects and clears m, timed, with the kernel's counters and the
@@ -186,9 +189,13 @@ func collect(t tracker.Tracker, m *mapping) (collected, error) {
 	}
 	cc, _ := t.(tracker.CallCounter)
 	ct, _ := t.(tracker.CallTimer)
-	var calls, callNS int64
+	ec, _ := t.(tracker.EntryCounter)
+	var calls, callNS, visited, changed int64
 	if cc != nil {
 		calls = cc.Calls()
+	}
+	if ec != nil {
+		visited, changed, _ = ec.Entries()
 	}
 	if ct != nil {
 		callNS = ct.CallNS()
@@ -204,6 +211,12 @@ func collect(t tracker.Tracker, m *mapping) (collected, error) {
 	c.syscallNS = -1
 	if ct != nil {
 		c.syscallNS = ct.CallNS() - callNS
+	}
+	c.visited, c.changed = -1, -1
+	if ec != nil {
+		if v, ch, ok := ec.Entries(); ok {
+			c.visited, c.changed = v-visited, ch-changed
+		}
 	}
 	if err != nil {
 		return c, err

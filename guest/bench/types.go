@@ -146,8 +146,15 @@ type CollectSample struct {
 	// kernel's share, the rest is user space handling what they
 	// returned. 0 in runs from before it was recorded, -1 when the
 	// tracker does not time its calls.
-	SyscallNS int64  `json:"syscall_ns,omitempty"`
-	Counts    Counts `json:"counts"`
+	SyscallNS int64 `json:"syscall_ns,omitempty"`
+	// PTEsVisited and PTEsChanged are the page table entries the kernel
+	// decided on and rewrote (LDT's ioctl counts them since 0026; a PMD
+	// leaf is one): absent in runs from before, -1 for a tracker or kernel
+	// that does not count them. A collection of a populated region always
+	// visits some, so PTEsVisited > 0 says both were counted.
+	PTEsVisited int64  `json:"ptes_visited,omitempty"`
+	PTEsChanged int64  `json:"ptes_changed,omitempty"`
+	Counts      Counts `json:"counts"`
 }
 
 // Collect is figure 4.

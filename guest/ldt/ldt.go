@@ -38,7 +38,9 @@ type Region struct {
 	End   uint64
 }
 
-// CollectArg is struct ldt_collect, 7 x u64 = 56 bytes, field for field.
+// CollectArg is struct ldt_collect, 9 x u64 = 72 bytes, field for field.
+// A kernel before 0026 knows only the first 56 bytes (SizeofCollectArgVer0):
+// it has no counts.
 type CollectArg struct {
 	Size    uint64 // in: sizeof(struct ldt_collect)
 	Flags   uint64 // in: Clear | Naive
@@ -47,13 +49,16 @@ type CollectArg struct {
 	WalkEnd uint64 // out: first address not walked; == End when done
 	Vec     uint64 // in: user pointer to Region[VecLen]
 	VecLen  uint64 // in: capacity of Vec, in regions
+	Visited uint64 // out: entries the walks decided on (0026)
+	Changed uint64 // out: entries Clear rewrote (0026)
 }
 
 // Sizes of the C structs; the blank arrays fail to compile if the Go
 // layout ever drifts from them.
 const (
-	SizeofRegion     = 16
-	SizeofCollectArg = 56
+	SizeofRegion         = 16
+	SizeofCollectArg     = 72
+	SizeofCollectArgVer0 = 56 // LDT_COLLECT_SIZE_VER0: up to VecLen
 )
 
 var (
@@ -66,11 +71,13 @@ var (
 // IocMagic is LDT_IOC_MAGIC.
 const IocMagic = 'L'
 
-// Request numbers: LDT_IOC_ATTACH = _IOW('L', 0x40, __s32) and
-// LDT_IOC_COLLECT = _IOWR('L', 0x41, struct ldt_collect).
+// Request numbers: LDT_IOC_ATTACH = _IOW('L', 0x40, __s32),
+// LDT_IOC_COLLECT = _IOWR('L', 0x41, struct ldt_collect) and
+// LDT_IOC_COLLECT_VER0, the same call with the 56-byte struct.
 var (
-	IocAttach  = IOW(IocMagic, 0x40, 4)
-	IocCollect = IOWR(IocMagic, 0x41, SizeofCollectArg)
+	IocAttach      = IOW(IocMagic, 0x40, 4)
+	IocCollect     = IOWR(IocMagic, 0x41, SizeofCollectArg)
+	IocCollectVer0 = IOWR(IocMagic, 0x41, SizeofCollectArgVer0)
 )
 
 // Error is a failed /dev/ldt operation. It unwraps to the underlying error
@@ -157,6 +164,10 @@ type File struct {
 	calls atomic.Int64
 	ns    atomic.Int64 // inside the ioctls
 
+	// visited and changed sum the kernel's counts over every collection.
+	visited, changed atomic.Int64
+	argSize          atomic.Uint64 // ArgSize's answer; 0: not asked yet
+
 	// ioctlHook replaces the system call in tests of the loops.
 	ioctlHook func(req uintptr, arg unsafe.Pointer) (uintptr, error)
 }
@@ -217,6 +228,13 @@ func (f *File) Calls() int64 { return f.calls.Load() }
 // CallNS is the wall time spent inside those ioctls so far.
 func (f *File) CallNS() int64 { return f.ns.Load() }
 
+// Entries returns the page table entries the kernel's collections on f
+// decided on and rewrote so far, and false when the kernel does not count
+// them (a series before 0026).
+func (f *File) Entries() (visited, changed int64, ok bool) {
+	return f.visited.Load(), f.changed.Load(), f.ArgSize() == SizeofCollectArg
+}
+
 func (f *File) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	f.calls.Add(1)
 	if f.ioctlHook != nil {
@@ -259,7 +277,7 @@ func (f *File) Attach(pid int) error {
 // as the ABI says.
 func (f *File) Collect(start, end uintptr, flags Flags, vec []Region) (n int, walkEnd uintptr, err error) {
 	arg := CollectArg{
-		Size:   SizeofCollectArg,
+		Size:   f.ArgSize(),
 		Flags:  uint64(flags),
 		Start:  uint64(start),
 		End:    uint64(end),
@@ -279,14 +297,56 @@ func (f *File) Collect(start, end uintptr, flags Flags, vec []Region) (n int, wa
 }
 
 // CollectRaw issues LDT_IOC_COLLECT with arg exactly as given, for tests
-// that need malformed arguments. The caller keeps the memory Vec points to
-// alive and mapped.
+// that need malformed arguments: the command for a Size of
+// SizeofCollectArgVer0 is LDT_IOC_COLLECT_VER0, for any other size but
+// SizeofCollectArg the one the kernel takes (ArgSize). The caller keeps
+// the memory Vec points to alive and mapped.
 func (f *File) CollectRaw(arg *CollectArg) (int, error) {
-	r, err := f.ioctl(IocCollect, unsafe.Pointer(arg))
+	req := IocCollect
+	if arg.Size == SizeofCollectArgVer0 || (arg.Size != SizeofCollectArg && f.ArgSize() == SizeofCollectArgVer0) {
+		req = IocCollectVer0
+	}
+	r, err := f.ioctl(req, unsafe.Pointer(arg))
 	if err != nil {
 		return 0, &Error{Op: "collect", Err: err}
 	}
+	if req == IocCollect {
+		f.visited.Add(int64(arg.Visited))
+		f.changed.Add(int64(arg.Changed))
+	}
 	return int(r), nil
+}
+
+// ArgSize is the size of struct ldt_collect the running kernel takes:
+// SizeofCollectArg, or SizeofCollectArgVer0 for a series before 0026, which
+// has no counts. A size of 0 is refused with EINVAL before anything else
+// by a command the kernel knows, with ENOTTY by one it does not; the probe
+// is not counted among the calls.
+func (f *File) ArgSize() uint64 {
+	if n := f.argSize.Load(); n != 0 {
+		return n
+	}
+	for _, c := range []struct {
+		req  uintptr
+		size uint64
+	}{{IocCollect, SizeofCollectArg}, {IocCollectVer0, SizeofCollectArgVer0}} {
+		var probe CollectArg
+		var errno unix.Errno
+		if f.ioctlHook != nil {
+			_, err := f.ioctlHook(c.req, unsafe.Pointer(&probe))
+			errors.As(err, &errno)
+		} else if f.rc.Control(func(fd uintptr) {
+			_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, c.req, uintptr(unsafe.Pointer(&probe)))
+		}) != nil {
+			break
+		}
+		if errno == unix.EINVAL {
+			f.argSize.Store(c.size)
+			return c.size
+		}
+	}
+	// Not /dev/ldt, or closed: the call itself will say so.
+	return SizeofCollectArg
 }
 
 // CollectAll walks all of [start, end), resuming at walk_end whenever the

@@ -22,16 +22,20 @@ import (
 // Derived by hand from asm-generic/ioctl.h:
 //
 //	_IOW('L', 0x40, __s32)  = 1<<30 | 4<<16  | 0x4c<<8 | 0x40 = 0x40044c40
-//	_IOWR('L', 0x41, 56 B)  = 3<<30 | 56<<16 | 0x4c<<8 | 0x41 = 0xc0384c41
+//	_IOWR('L', 0x41, 72 B)  = 3<<30 | 72<<16 | 0x4c<<8 | 0x41 = 0xc0484c41
+//	_IOWR('L', 0x41, 56 B)  = 3<<30 | 56<<16 | 0x4c<<8 | 0x41 = 0xc0384c41 (VER0)
 const (
-	handAttach  = 0x40044c40
-	handCollect = 0xc0384c41
+	handAttach      = 0x40044c40
+	handCollect     = 0xc0484c41
+	handCollectVer0 = 0xc0384c41
 )
 
 func TestRequestNumbersByHand(t *testing.T) {
 	assert.Equal(t, uintptr(handAttach), IocAttach)
 	assert.Equal(t, uintptr(handCollect), IocCollect)
-	assert.Equal(t, uintptr(56), unsafe.Sizeof(CollectArg{}))
+	assert.Equal(t, uintptr(handCollectVer0), IocCollectVer0)
+	assert.Equal(t, uintptr(72), unsafe.Sizeof(CollectArg{}))
+	assert.Equal(t, uintptr(SizeofCollectArgVer0), unsafe.Offsetof(CollectArg{}.Visited))
 	assert.Equal(t, uintptr(16), unsafe.Sizeof(Region{}))
 	assert.Equal(t, uintptr(32), unsafe.Offsetof(CollectArg{}.WalkEnd))
 	assert.Equal(t, uintptr(48), unsafe.Offsetof(CollectArg{}.VecLen))
@@ -43,27 +47,18 @@ func TestRequestNumbersByHand(t *testing.T) {
 	assert.Panics(t, func() { IOC(IOCRead, 'x', 1, 1<<14) })
 }
 
-// cProgram prints what the C compiler makes of the ABI. It uses the
-// project's header when it exists and a verbatim copy of the issue's
-// definitions otherwise, so the test is useful before the kernel side lands.
+// cProgram prints what the C compiler makes of the ABI in the project's
+// header.
 const cProgram = `#include <stdio.h>
 #include <stddef.h>
 #include <linux/types.h>
 #include <linux/ioctl.h>
-#ifdef HAVE_LDT_H
 #include <linux/ldt.h>
-#else
-struct ldt_region { __u64 start; __u64 end; };
-struct ldt_collect { __u64 size, flags, start, end, walk_end, vec, vec_len; };
-#define LDT_CLEAR (1ULL << 0)
-#define LDT_NAIVE (1ULL << 1)
-#define LDT_IOC_MAGIC 'L'
-#define LDT_IOC_ATTACH _IOW(LDT_IOC_MAGIC, 0x40, __s32)
-#define LDT_IOC_COLLECT _IOWR(LDT_IOC_MAGIC, 0x41, struct ldt_collect)
-#endif
 int main(void) {
 	printf("attach %lu\n", (unsigned long)LDT_IOC_ATTACH);
 	printf("collect %lu\n", (unsigned long)LDT_IOC_COLLECT);
+	printf("collect_ver0 %lu\n", (unsigned long)LDT_IOC_COLLECT_VER0);
+	printf("size_ver0 %lu\n", (unsigned long)LDT_COLLECT_SIZE_VER0);
 	printf("sizeof_collect %zu\n", sizeof(struct ldt_collect));
 	printf("sizeof_region %zu\n", sizeof(struct ldt_region));
 	printf("off_size %zu\n", offsetof(struct ldt_collect, size));
@@ -73,6 +68,8 @@ int main(void) {
 	printf("off_walk_end %zu\n", offsetof(struct ldt_collect, walk_end));
 	printf("off_vec %zu\n", offsetof(struct ldt_collect, vec));
 	printf("off_vec_len %zu\n", offsetof(struct ldt_collect, vec_len));
+	printf("off_visited %zu\n", offsetof(struct ldt_collect, visited));
+	printf("off_changed %zu\n", offsetof(struct ldt_collect, changed));
 	printf("off_region_end %zu\n", offsetof(struct ldt_region, end));
 	printf("clear %llu\n", (unsigned long long)LDT_CLEAR);
 	printf("naive %llu\n", (unsigned long long)LDT_NAIVE);
@@ -88,13 +85,7 @@ func TestRequestNumbersAgainstGCC(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "abi.c")
 	require.NoError(t, os.WriteFile(src, []byte(cProgram), 0o644))
-	args := []string{"-o", filepath.Join(dir, "abi"), src}
-	if _, err := os.Stat("../../kmod/include/uapi/linux/ldt.h"); err == nil {
-		args = append(args, "-DHAVE_LDT_H", "-I", "../../kmod/include/uapi")
-		t.Log("checking against kmod/include/uapi/linux/ldt.h")
-	} else {
-		t.Log("kmod/include/uapi/linux/ldt.h not there yet: checking the issue's definitions")
-	}
+	args := []string{"-o", filepath.Join(dir, "abi"), src, "-I", "../../kmod/include/uapi"}
 	out, err := exec.Command(gcc, args...).CombinedOutput()
 	require.NoError(t, err, "gcc: %s", out)
 	out, err = exec.Command(filepath.Join(dir, "abi")).Output()
@@ -111,6 +102,10 @@ func TestRequestNumbersAgainstGCC(t *testing.T) {
 	want := map[string]uint64{
 		"attach":         uint64(IocAttach),
 		"collect":        uint64(IocCollect),
+		"collect_ver0":   uint64(IocCollectVer0),
+		"size_ver0":      SizeofCollectArgVer0,
+		"off_visited":    uint64(unsafe.Offsetof(c.Visited)),
+		"off_changed":    uint64(unsafe.Offsetof(c.Changed)),
 		"sizeof_collect": uint64(unsafe.Sizeof(c)),
 		"sizeof_region":  uint64(unsafe.Sizeof(Region{})),
 		"off_size":       uint64(unsafe.Offsetof(c.Size)),
@@ -207,15 +202,23 @@ type fakeKernel struct {
 	splitRuns bool
 	calls     int
 	stuck     bool // report walk_end == start: a kernel bug
+	old       bool // a series before 0026: no counts, only the 56-byte call
 }
 
 func (k *fakeKernel) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
-	if req != IocCollect {
+	size := uint64(SizeofCollectArg)
+	switch {
+	case req == IocCollectVer0:
+		size = SizeofCollectArgVer0
+	case req != IocCollect || k.old:
 		return 0, unix.ENOTTY
 	}
-	k.calls++
 	a := (*CollectArg)(arg)
-	if a.Size != SizeofCollectArg || a.VecLen == 0 || a.Start > a.End || a.Start%pg != 0 || a.End%pg != 0 {
+	if a.Size == 0 {
+		return 0, unix.EINVAL // ArgSize's probe
+	}
+	k.calls++
+	if a.Size != size || a.VecLen == 0 || a.Start > a.End || a.Start%pg != 0 || a.End%pg != 0 {
 		return 0, unix.EINVAL
 	}
 	if k.stuck {
@@ -226,7 +229,14 @@ func (k *fakeKernel) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	// is alive for the duration of the call.
 	vec := unsafe.Slice((*Region)(*(*unsafe.Pointer)(unsafe.Pointer(&a.Vec))), a.VecLen)
 	n, run := 0, 0
+	var visited, changed uint64
+	defer func() {
+		if size == SizeofCollectArg {
+			a.Visited, a.Changed = visited, changed
+		}
+	}()
 	for p := a.Start; p < a.End; p += pg {
+		visited++
 		if !k.dirty[p] {
 			run = 0
 			continue
@@ -245,6 +255,7 @@ func (k *fakeKernel) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
 		}
 		if a.Flags&uint64(Clear) != 0 {
 			delete(k.dirty, p)
+			changed++
 		}
 	}
 	a.WalkEnd = a.End
@@ -283,6 +294,29 @@ func TestCollectAllResumes(t *testing.T) {
 			got, err = f.CollectAll(0x10000, 0x10000+4096*pg, 0)
 			require.NoError(t, err)
 			assert.Empty(t, got)
+		})
+	}
+}
+
+// The counts of 0026 are summed per file; a kernel without them still
+// collects through the 56-byte call and says it has no counts.
+func TestEntriesAndOlderKernels(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		t.Run(fmt.Sprintf("old=%v", old), func(t *testing.T) {
+			k := &fakeKernel{dirty: map[uint64]bool{2 * pg: true, 3 * pg: true, 9 * pg: true}, old: old}
+			f := fakeFile(k)
+			got, err := f.CollectAll(0, 16*pg, Clear)
+			require.NoError(t, err)
+			assert.Equal(t, []Region{{2 * pg, 4 * pg}, {9 * pg, 10 * pg}}, got)
+			visited, changed, ok := f.Entries()
+			assert.Equal(t, !old, ok)
+			if old {
+				assert.Equal(t, uint64(SizeofCollectArgVer0), f.ArgSize())
+				assert.Zero(t, visited+changed)
+			} else {
+				assert.Equal(t, []int64{16, 3}, []int64{visited, changed})
+			}
+			assert.Equal(t, int64(1), f.Calls(), "the probe is not counted")
 		})
 	}
 }

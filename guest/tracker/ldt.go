@@ -76,4 +76,8 @@ func (t *ldtTracker) Calls() int64 { return t.f.Calls() }
 // CallNS is the time spent inside those ioctls.
 func (t *ldtTracker) CallNS() int64 { return t.f.CallNS() }
 
+// Entries are the kernel's counts of the entries its collections decided
+// on and rewrote.
+func (t *ldtTracker) Entries() (visited, changed int64, ok bool) { return t.f.Entries() }
+
 func (t *ldtTracker) Close() error { return t.f.Close() }

@@ -53,6 +53,14 @@ type CallCounter interface{ Calls() int64 }
 // what it returned.
 type CallTimer interface{ CallNS() int64 }
 
+// EntryCounter is implemented by the trackers whose kernel counts the page
+// table entries its collections decided on and rewrote (ldt and naive on a
+// series with 0026; ok is false before it): work that does not depend on
+// how fast the machine is.
+type EntryCounter interface {
+	Entries() (visited, changed int64, ok bool)
+}
+
 // ErrUnsupported is wrapped by Open when the running kernel or the
 // tracker's mechanics cannot track the request (no /dev/ldt, no soft-dirty,
 // PAGEMAP_SCAN for another process...). Tests skip on it; checks report it.

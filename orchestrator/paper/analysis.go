@@ -526,7 +526,8 @@ func (a *Analysis) collect(c *bench.Collect) {
 		tracker string
 		pct     float64
 	}
-	names := []string{"us", "syscall_us", "user_us", "regions", "syscalls", "tlb_flushes", "tlb_shootdowns", "ns_per_collected_page", "ns_per_region", "us_per_tlb_flush"}
+	names := []string{"us", "syscall_us", "user_us", "regions", "syscalls", "tlb_flushes", "tlb_shootdowns", "ns_per_collected_page", "ns_per_region", "us_per_tlb_flush",
+		"ptes_visited", "ptes_changed", "syscall_ns_per_pte"}
 	data := map[key]map[string]series{}
 	for _, s := range c.Samples {
 		k := key{s.Tracker, s.DirtyPct}
@@ -544,6 +545,14 @@ func (a *Analysis) collect(c *bench.Collect) {
 		}
 		d["regions"][s.Rep] = float64(s.Regions)
 		d["syscalls"][s.Rep] = float64(s.Syscalls)
+		if s.PTEsVisited > 0 {
+			d["ptes_visited"][s.Rep] = float64(s.PTEsVisited)
+			d["ptes_changed"][s.Rep] = float64(s.PTEsChanged)
+			if s.SyscallNS > 0 {
+				// The kernel's time per entry it decided on.
+				d["syscall_ns_per_pte"][s.Rep] = float64(s.SyscallNS) / float64(s.PTEsVisited)
+			}
+		}
 		if s.Counts.TLBFlushes >= 0 {
 			d["tlb_flushes"][s.Rep] = float64(s.Counts.TLBFlushes)
 			if s.Counts.TLBFlushes > 0 {
@@ -559,7 +568,8 @@ func (a *Analysis) collect(c *bench.Collect) {
 		}
 	}
 	units := map[string]string{"us": "µs", "syscall_us": "µs", "user_us": "µs", "regions": "count", "syscalls": "count", "tlb_flushes": "count", "tlb_shootdowns": "count",
-		"ns_per_collected_page": "ns", "ns_per_region": "ns", "us_per_tlb_flush": "µs"}
+		"ns_per_collected_page": "ns", "ns_per_region": "ns", "us_per_tlb_flush": "µs",
+		"ptes_visited": "count", "ptes_changed": "count", "syscall_ns_per_pte": "ns"}
 	for _, pct := range c.Pcts {
 		cell := collectCell(pct)
 		for _, tr := range bench.Trackers[1:] {

@@ -180,7 +180,7 @@ type KernelStat struct {
 var abMetrics = map[string][][2]string{
 	"writeonly": {{"total_ms", "ms"}, {"write_ms", "ms"}, {"collect_ms", "ms"}, {"faults", "count"}, {"tlb_flushes", "count"}},
 	"timeline":  {{"ops_early", "ops/s"}, {"ops_run", "ops/s"}, {"collect_ms", "ms"}, {"faults_run", "count"}, {"tlb_flushes_per_collection", "count"}},
-	"collect":   {{"us", "µs"}, {"syscall_us", "µs"}, {"tlb_flushes", "count"}, {"regions", "count"}, {"syscalls", "count"}},
+	"collect":   {{"us", "µs"}, {"syscall_us", "µs"}, {"tlb_flushes", "count"}, {"regions", "count"}, {"syscalls", "count"}, {"ptes_visited", "count"}, {"ptes_changed", "count"}},
 	"gup":       {{"us", "µs"}, {"faults", "count"}},
 	"redis":     {{"ops_s", "ops/s"}, {"faults", "count"}},
 }
@@ -260,6 +260,10 @@ func abSeries(r *Result) map[abKey]series {
 			}
 			put(abKey{"collect", cl, s.Tracker, "regions"}, s.Rep, float64(s.Regions))
 			put(abKey{"collect", cl, s.Tracker, "syscalls"}, s.Rep, float64(s.Syscalls))
+			if s.PTEsVisited > 0 {
+				put(abKey{"collect", cl, s.Tracker, "ptes_visited"}, s.Rep, float64(s.PTEsVisited))
+				put(abKey{"collect", cl, s.Tracker, "ptes_changed"}, s.Rep, float64(s.PTEsChanged))
+			}
 		}
 	}
 	if g := r.GUP; g != nil {

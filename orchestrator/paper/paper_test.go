@@ -243,6 +243,10 @@ func TestSanity(t *testing.T) {
 			}
 		}, "never got a huge page"},
 		{"collect wrong count", func(r *Result) { r.Collect.Samples[0].Collected = 0 }, "collect ldt"},
+		{"collect PTEs miscounted", func(r *Result) {
+			s := &r.Collect.Samples[0]
+			s.PTEsVisited, s.PTEsChanged = int64(r.Collect.Pages)-1, int64(s.Collected)
+		}, "visited"},
 		{"redis no rounds", func(r *Result) { r.Redis.Samples[1].Rounds, r.Redis.Samples[1].Pages = 0, nil }, "0 rounds"},
 		{"soft-dirty did not fault", func(r *Result) {
 			for i, s := range r.WriteOnly.Samples {

@@ -118,6 +118,11 @@ func Sanity(r *Result) []string {
 			if slices.Contains(exact, s.Tracker) && s.Collected != s.Dirtied {
 				bad("collect %s %.1f%%: collected %d pages, dirtied %d", s.Tracker, s.DirtyPct, s.Collected, s.Dirtied)
 			}
+			// The region is populated with THP off: the walk decides on each
+			// of its PTEs once and the clear rewrites each page reported.
+			if s.PTEsVisited > 0 && (s.PTEsVisited != int64(c.Pages) || s.PTEsChanged != int64(s.Collected)) {
+				bad("collect %s %.1f%%: the kernel visited %d PTEs and changed %d, want %d and %d", s.Tracker, s.DirtyPct, s.PTEsVisited, s.PTEsChanged, c.Pages, s.Collected)
+			}
 		}
 	}
 	if g := r.GUP; (g == nil || len(g.Samples) == 0) && ran("gup") {

@@ -92,3 +92,53 @@ func checkWalkEnd() error {
 		return expect(f, m.base, m.end(), 0, nil, "after the resumed clear")
 	})
 }
+
+// checkCollectCounts: the entries a collection decided on and rewrote
+// (struct ldt_collect visited and changed, 0026). The walk decides on every
+// entry of the range whose page table exists, a PMD leaf being one; Clear
+// rewrites exactly the entries it reported; a call that a full vec stopped
+// has not decided on the entry it stopped at.
+func checkCollectCounts() error {
+	const n = 16
+	return withSelf(n, func(f *ldt.File, m *mapping) error {
+		if _, _, ok := f.Entries(); !ok {
+			return fmt.Errorf("the kernel reports no counts (a series before 0026)")
+		}
+		m.write(1, 2, 7)
+		for _, step := range []struct {
+			flags            ldt.Flags
+			vecLen           int
+			visited, changed []int64 // per call
+			what             string
+		}{
+			{0, n, []int64{n}, []int64{0}, "collect"},
+			{ldt.Clear, n, []int64{n}, []int64{3}, "collect+clear"},
+			{ldt.Clear, n, []int64{n}, []int64{0}, "collect+clear, nothing written"},
+			// p1-2 fill the vec; p7 stops the first call there.
+			{ldt.Clear, 1, []int64{7, 9}, []int64{2, 1}, "collect+clear, vec_len 1"},
+		} {
+			if step.vecLen == 1 {
+				m.write(1, 2, 7)
+			}
+			vec := make([]ldt.Region, step.vecLen)
+			var visited, changed []int64
+			for cur := m.base; cur < m.end(); {
+				v0, c0, _ := f.Entries()
+				_, we, err := f.Collect(cur, m.end(), step.flags, vec)
+				if err != nil {
+					return fmt.Errorf("%s: %w", step.what, err)
+				}
+				v1, c1, _ := f.Entries()
+				visited, changed = append(visited, v1-v0), append(changed, c1-c0)
+				if we <= cur || len(visited) > 4 {
+					return fmt.Errorf("%s: walk_end %#x from %#x", step.what, we, cur)
+				}
+				cur = we
+			}
+			if fmt.Sprint(visited, changed) != fmt.Sprint(step.visited, step.changed) {
+				return fmt.Errorf("%s: visited %v changed %v per call, want %v and %v", step.what, visited, changed, step.visited, step.changed)
+			}
+		}
+		return nil
+	})
+}

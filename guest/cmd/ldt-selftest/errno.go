@@ -80,7 +80,7 @@ func checkEfaultVec() error {
 		}
 		m.write(1) // something to report, so the kernel has to write vec
 		for _, vec := range []uint64{bad, 0xffff800000000000} {
-			arg := ldt.CollectArg{Size: ldt.SizeofCollectArg, Start: uint64(m.base), End: uint64(m.end()), Vec: vec, VecLen: 4}
+			arg := ldt.CollectArg{Size: f.ArgSize(), Start: uint64(m.base), End: uint64(m.end()), Vec: vec, VecLen: 4}
 			_, err := f.CollectRaw(&arg)
 			if err := wantErrno(err, unix.EFAULT, fmt.Sprintf("vec %#x", vec)); err != nil {
 				return err

@@ -39,6 +39,7 @@ var checks = []check{
 	{"basic", checkBasic},
 	{"merge", checkMerge},
 	{"walk-end", checkWalkEnd},
+	{"collect-counts", checkCollectCounts},
 	{"einval-unaligned", checkEinvalUnaligned},
 	{"einval-inverted", checkEinvalInverted},
 	{"einval-flags", checkEinvalFlags},

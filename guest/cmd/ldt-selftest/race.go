@@ -214,7 +214,7 @@ func raceRound(f *ldt.File, strike int, delay time.Duration) (raceOutcome, error
 		err error
 	}
 	done := make(chan result, 1)
-	arg := ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
+	arg := ldt.CollectArg{Size: f.ArgSize(), Flags: uint64(ldt.Clear), Start: uint64(m.base),
 		End: uint64(m.end()), Vec: uint64(vecBase), VecLen: raceVecRegions}
 	go func() {
 		runtime.LockOSThread()

@@ -158,7 +158,7 @@ func checkEfaultPartialVec() error {
 		for p := 0; p < 2*regions; p += 2 {
 			m.write(p)
 		}
-		arg := ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
+		arg := ldt.CollectArg{Size: f.ArgSize(), Flags: uint64(ldt.Clear), Start: uint64(m.base),
 			End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: regions}
 		got, err := f.CollectRaw(&arg)
 		var first []ldt.Region
@@ -206,7 +206,7 @@ func checkEfaultReadonlyArg() error {
 		defer unix.Munmap(page)
 		vec := make([]ldt.Region, n)
 		arg := (*ldt.CollectArg)(unsafe.Pointer(&page[0]))
-		*arg = ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
+		*arg = ldt.CollectArg{Size: f.ArgSize(), Flags: uint64(ldt.Clear), Start: uint64(m.base),
 			End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: n}
 		if err := unix.Mprotect(page, unix.PROT_READ); err != nil {
 			return err

@@ -26,7 +26,12 @@ struct ldt_collect {
 	__u64 walk_end;         /* out: first address not walked; == end when done */
 	__u64 vec;              /* in: user pointer to struct ldt_region[vec_len] */
 	__u64 vec_len;          /* in: capacity of vec, in regions */
+	/* What the call did, for benchmarks (not in LDT_COLLECT_SIZE_VER0): */
+	__u64 visited;          /* out: entries the walks decided on */
+	__u64 changed;          /* out: entries LDT_CLEAR rewrote */
 };
+
+#define LDT_COLLECT_SIZE_VER0	56	/* without visited and changed */
 
 #define LDT_CLEAR	(1ULL << 0)	/* reset the state of every page reported */
 #define LDT_NAIVE	(1ULL << 1)	/* negative control: see below */
@@ -47,6 +52,12 @@ struct ldt_collect {
  * writes never reach a user page table entry, so the consumer must copy it
  * every time. LDT_NAIVE does not.
  *
+ * visited counts the page table entries the call decided on (a PMD leaf is
+ * one; page tables that do not exist and mappings reported whole are not
+ * walked), changed the entries LDT_CLEAR rewrote: the per-entry work a
+ * collection did, which does not depend on how fast the machine is. A
+ * caller built before them uses LDT_IOC_COLLECT_VER0 and size 56.
+ *
  * One tracker per address space: LDT_IOC_ATTACH to a process that another
  * open /dev/ldt file is attached to fails with EBUSY.
  *
@@ -60,5 +71,8 @@ struct ldt_collect {
 #define LDT_IOC_MAGIC	'L'
 #define LDT_IOC_ATTACH	_IOW(LDT_IOC_MAGIC, 0x40, __s32)	/* pid, 0 = caller */
 #define LDT_IOC_COLLECT	_IOWR(LDT_IOC_MAGIC, 0x41, struct ldt_collect)
+/* The same call for a caller whose struct ends at vec_len. */
+#define LDT_IOC_COLLECT_VER0	_IOC(_IOC_READ | _IOC_WRITE, LDT_IOC_MAGIC, \
+				     0x41, LDT_COLLECT_SIZE_VER0)
 
 #endif /* _UAPI_LINUX_LDT_H */
