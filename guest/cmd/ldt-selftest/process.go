@@ -121,6 +121,10 @@ func childMain(mode string, args []string) int {
 	switch mode {
 	case "exit":
 		return 0
+	case "locker":
+		return lockerChild(atoi(0, 4))
+	case "attacher":
+		return attacherChild(atoi(0, 0))
 	case "naive-unpriv":
 		return naiveUnprivChild()
 	case "eperm":
