@@ -9,6 +9,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -85,7 +86,10 @@ func main() {
 		if !re.MatchString(c.name) {
 			continue
 		}
-		if err := runCheck(c.fn); err != nil {
+		var skip skipError
+		if err := runCheck(c.fn); errors.As(err, &skip) {
+			fmt.Printf("skip %s: %s\n", c.name, skip.reason)
+		} else if err != nil {
 			failed++
 			fmt.Printf("FAIL %s: %s\n", c.name, strings.ReplaceAll(err.Error(), "\n", "; "))
 		} else {
@@ -107,3 +111,11 @@ func runCheck(fn func() error) (err error) {
 	}()
 	return fn()
 }
+
+// skipError is a check that could not run here (a missing kernel feature
+// or machine property): printed as "skip NAME: reason", neither ok nor FAIL.
+type skipError struct{ reason string }
+
+func (e skipError) Error() string { return "skip: " + e.reason }
+
+func skipf(format string, args ...any) error { return skipError{fmt.Sprintf(format, args...)} }

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"fmt"
+	"math/rand"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/ldt"
+)
+
+// A PMD THP migrated back and forth between two NUMA nodes for a few
+// seconds while this process forks, mprotects it whole and in part,
+// writes it (CPU, /proc/self/mem, process_vm_writev) and collects it. Each of those
+// meets, now and then, the PMD while it is a migration entry: the lines
+// of the series that only such a race runs (docs/coverage.reasons, "race
+// window": copy_huge_pmd(), change_huge_pmd(), __split_huge_pmd_locked(),
+// ldt_pmd_entry() and ldt_clear_pmd_entry() on a PMD migration entry,
+// gup_ldt_mark_written() after the page moved). Every page written since
+// a collection must be in the next one, and every page must hold what was
+// last written to it.
+
+func init() {
+	checks = append(checks, check{"thp-migration-race", checkTHPMigrationRace})
+}
+
+const thpRaceFor = 3 * time.Second
+
+// onlineNodes counts the online NUMA nodes.
+func onlineNodes() int {
+	b, err := os.ReadFile("/sys/devices/system/node/online")
+	if err != nil {
+		return 1
+	}
+	n := 0
+	for _, part := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		lo, hi, ok := strings.Cut(part, "-")
+		a, _ := strconv.Atoi(lo)
+		c := a
+		if ok {
+			c, _ = strconv.Atoi(hi)
+		}
+		n += c - a + 1
+	}
+	return n
+}
+
+// moveTo asks the kernel to move the page at addr (its whole folio) to node.
+func moveTo(addr uintptr, node int) {
+	nodes, status := []int32{int32(node)}, []int32{0}
+	unix.Syscall6(unix.SYS_MOVE_PAGES, 0, 1, uintptr(unsafe.Pointer(&addr)),
+		uintptr(unsafe.Pointer(&nodes[0])), uintptr(unsafe.Pointer(&status[0])), unix.MPOL_MF_MOVE)
+}
+
+func checkTHPMigrationRace() error {
+	if n := onlineNodes(); n < 2 {
+		return skipf("one NUMA node: nothing to migrate to (boot with numa=fake=2)")
+	}
+	all, err := unix.Mmap(-1, 0, 2*hpage, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(all)
+	first := uintptr(unsafe.Pointer(&all[0]))
+	off := int((first+hpage-1)&^(hpage-1) - first)
+	thp := all[off : off+hpage]
+	base, err := backTHP(thp)
+	if err != nil {
+		return err
+	}
+	end := base + hpage
+	f, err := attachedSelf()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.CollectAll(base, end, ldt.Clear); err != nil {
+		return err
+	}
+
+	mem, err := os.OpenFile("/proc/self/mem", os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer mem.Close()
+
+	// The mover pauses while the THP is made again after a split.
+	var stop, pause atomic.Bool
+	var moves, paused atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for node := 0; !stop.Load(); node ^= 1 {
+			if pause.Load() {
+				paused.Store(moves.Load() + 1)
+				time.Sleep(100 * time.Microsecond)
+				continue
+			}
+			paused.Store(0)
+			moveTo(base, node)
+			moves.Add(1)
+		}
+	}()
+	defer func() {
+		stop.Store(true)
+		<-done
+	}()
+
+	const n = hpage / pg
+	want := make([]byte, n) // the first byte of every page
+	for p := range want {
+		want[p] = thp[p*pg]
+	}
+	written := map[int]bool{}
+	rnd := rand.New(rand.NewSource(1))
+	counts := map[string]int{}
+	pid := os.Getpid()
+	huge := func() bool { kb, _ := anonHugeKB(base); return kb >= 2048 }
+	deadline := time.Now().Add(thpRaceFor)
+	for i := 0; time.Now().Before(deadline); i++ {
+		p := rnd.Intn(n)
+		v := byte(rnd.Intn(255) + 1)
+		switch op := i % 6; op {
+		case 0:
+			thp[p*pg] = v
+		case 1:
+			// GUP writes; /proc/self/mem re-marks the entry after its copy
+			// (gup_ldt_mark_written()), which may meet the page moved.
+			if i%12 == 1 {
+				if _, err := mem.WriteAt([]byte{v}, int64(base)+int64(p)*pg); err != nil {
+					return fmt.Errorf("/proc/self/mem: %w", err)
+				}
+			} else if err := vmWrite(pid, base+uintptr(p)*pg, []byte{v}); err != nil {
+				return err
+			}
+		case 2:
+			cpid, err := forkExitingChild()
+			if err != nil {
+				return err
+			}
+			var ws unix.WaitStatus
+			unix.Wait4(cpid, &ws, 0, nil)
+		case 3:
+			if err := unix.Mprotect(thp, unix.PROT_READ); err != nil {
+				return err
+			}
+			if err := unix.Mprotect(thp, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+				return err
+			}
+		case 4:
+			// Part of the THP, now and then: the PMD is split (maybe
+			// while it is a migration entry), then the THP made again
+			// with the mover paused.
+			if i%60 == 4 {
+				half := thp[:hpage/2]
+				if err := unix.Mprotect(half, unix.PROT_READ); err != nil {
+					return err
+				}
+				if err := unix.Mprotect(half, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+					return err
+				}
+				counts["split"]++
+			}
+			// Look with the mover paused: AnonHugePages does not count a
+			// THP while it is a migration entry.
+			pause.Store(true)
+			for paused.Load() == 0 {
+				time.Sleep(100 * time.Microsecond)
+			}
+			counts["looks"]++
+			if huge() {
+				counts["huge"]++
+			} else {
+				// A new THP by fault in a fresh mapping (MADV_COLLAPSE
+				// refuses a range split after a fork, and a page table
+				// left in place refaults 4 KiB pages). Its pages are
+				// written again, so all of them are owed.
+				if err := remapTHP(thp); err != nil {
+					return err
+				}
+				for q := range want {
+					thp[q*pg], want[q], written[q] = byte(i), byte(i), true
+				}
+				counts["refault"]++
+			}
+			pause.Store(false)
+		case 5:
+			got, err := f.CollectAll(base, end, ldt.Clear)
+			if err != nil {
+				return err
+			}
+			if missed := notIn(written, got, uint64(base)); len(missed) > 0 {
+				return fmt.Errorf("collection %d missed pages %v written since the last one (%d moves so far)", counts["collect"], missed, moves.Load())
+			}
+			clear(written)
+			counts["collect"]++
+		}
+		if op := i % 6; op < 2 {
+			want[p] = v
+			written[p] = true
+		}
+		if i%6 == 2 || i%6 == 3 {
+			runtime.Gosched()
+		}
+	}
+	stop.Store(true)
+	<-done
+	got, err := f.CollectAll(base, end, ldt.Clear)
+	if err != nil {
+		return err
+	}
+	if missed := notIn(written, got, uint64(base)); len(missed) > 0 {
+		return fmt.Errorf("the last collection missed pages %v", missed)
+	}
+	for p := range want {
+		if thp[p*pg] != want[p] {
+			return fmt.Errorf("page %d holds %d, last written %d", p, thp[p*pg], want[p])
+		}
+	}
+	info("%d THP moves, %d collections, %d splits, %d THPs made again; a PMD THP in %d of %d looks", moves.Load(), counts["collect"], counts["split"], counts["refault"], counts["huge"], counts["looks"])
+	if moves.Load() < 10 || counts["huge"] < counts["looks"]/2 {
+		return fmt.Errorf("setup: %d moves, a PMD THP in %d of %d looks", moves.Load(), counts["huge"], counts["looks"])
+	}
+	return nil
+}
+
+// notIn lists the pages of set (numbered from base) that no region holds.
+func notIn(set map[int]bool, rs []ldt.Region, base uint64) []int {
+	var out []int
+	for p := range set {
+		a := base + uint64(p)*pg
+		found := false
+		for _, r := range rs {
+			if r.Start <= a && a < r.End {
+				found = true
+				break
+			}
+		}
+		if !found {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// remapTHP replaces the 2 MiB-aligned thp with a fresh anonymous mapping
+// that faults in as a PMD THP.
+func remapTHP(thp []byte) error {
+	addr := uintptr(unsafe.Pointer(&thp[0]))
+	// MAP_FIXED replaces the old mapping, page table and all.
+	_, _, e := unix.Syscall6(unix.SYS_MMAP, addr, hpage, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED, ^uintptr(0), 0)
+	if e != 0 {
+		return fmt.Errorf("mmap MAP_FIXED: %w", e)
+	}
+	if err := unix.Madvise(thp, unix.MADV_HUGEPAGE); err != nil {
+		return err
+	}
+	return nil
+}
