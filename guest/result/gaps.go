@@ -28,6 +28,8 @@ var Gaps = []Gap{
 	{"shared-pin-elsewhere", "pagemap-scan", "the same: userfaultfd write-protection sees only this process's faults, and a write through another process's pin takes none"},
 	{"shared-pin-between-collections", "softdirty", "as in shared-pin-elsewhere: another process's writes through its pin never fault through this process's page tables"},
 	{"shared-pin-between-collections", "pagemap-scan", "as in shared-pin-elsewhere: a write through another process's pin takes no userfaultfd write-protect fault here"},
+	{"shared-pin-udmabuf", "softdirty", "a write through a udmabuf's own mapping (drivers/dma-buf/udmabuf.c, VM_PFNMAP) never touches the memfd mapping's page table entries, where soft-dirty looks"},
+	{"shared-pin-udmabuf", "pagemap-scan", "the same: userfaultfd write-protection of the memfd mapping sees no write made through the udmabuf's mapping"},
 	{"kernel-rings", "softdirty", "the kernel writes the io_uring CQ ring and the AIO ring through its own mapping of the pages (io_uring vm_insert_pages(), fs/aio.c aio_complete() via folio_address()): this process's PTEs never see those writes"},
 	{"shmem-collapse", "softdirty", "collapse_file() unmaps the small folios (mm/rmap.c try_to_unmap(): the PTEs become none) and MADV_COLLAPSE installs a PMD without the soft-dirty bit once clear_refs cleared VM_SOFTDIRTY: writes not yet collected are lost"},
 }

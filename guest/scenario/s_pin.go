@@ -37,7 +37,8 @@ func clearRefs() error {
 
 // memfdOf creates a memfd of n pages.
 func memfdOf(name string, n int) (int, error) {
-	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	// Sealable: shared-pin-udmabuf seals it against shrinking.
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return -1, fmt.Errorf("memfd_create: %w", err)
 	}

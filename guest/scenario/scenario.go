@@ -293,7 +293,7 @@ var order = []string{
 	"ksm", "migration", "thp-split-collapse", "fork", "mprotect", "mremap", "kernel-writes",
 	"coexistence", "concurrency", "lifecycle", "shmem-thp-split",
 	"pinned-thp-wrprotect", "pinned-thp-numa-hint", "shared-pin-elsewhere", "kernel-rings", "shmem-collapse",
-	"shared-pin-between-collections",
+	"shared-pin-between-collections", "shared-pin-udmabuf",
 }
 
 // Catalogue is every scenario, in the order.

@@ -1,0 +1,143 @@
+package scenario
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	register(&Scenario{
+		Name:  "shared-pin-udmabuf",
+		Paths: "23 (memfd_pin_folios)",
+		Doc: "shared-pin-elsewhere's memfd (sealed against shrinking) made into udmabufs: /dev/udmabuf pins the " +
+			"folios with memfd_pin_folios(), which walks no mm (nothing has MMF_HAS_PINNED), and pages are written " +
+			"through the dma-buf's own mapping (VM_PFNMAP: no entry of the memfd mapping sees them). Each epoch " +
+			"(a) a udmabuf is made, written through and closed between two collections, (b) another is written " +
+			"through and held across the collection (closed after it), while (c) this process writes other pages " +
+			"with the CPU. All must be reported.",
+		Naive: MissPages,
+		Run:   staged(runSharedPinUdmabuf),
+	})
+}
+
+// udmabufCreate is struct udmabuf_create (include/uapi/linux/udmabuf.h).
+type udmabufCreate struct {
+	memfd, flags uint32
+	offset, size uint64
+}
+
+// udmabufCreateIoctl is UDMABUF_CREATE, _IOW('u', 0x42, struct
+// udmabuf_create): 1<<30 | 24<<16 | 'u'<<8 | 0x42.
+const udmabufCreateIoctl = 0x40187542
+
+// newUdmabuf makes a dma-buf of the first n pages of memfd fd (which must
+// be sealed against shrinking) and maps it shared: its pages are pinned
+// until both are gone.
+func newUdmabuf(fd, n int) (dmabuf int, mem []byte, err error) {
+	dev, err := unix.Open("/dev/udmabuf", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return -1, nil, Skipf("no /dev/udmabuf (CONFIG_UDMABUF, the debug config's)")
+	}
+	if err != nil {
+		return -1, nil, fmt.Errorf("open /dev/udmabuf: %w", err)
+	}
+	defer unix.Close(dev)
+	arg := udmabufCreate{memfd: uint32(fd), flags: 1 /* UDMABUF_FLAGS_CLOEXEC */, size: uint64(n) * PageSize}
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), udmabufCreateIoctl, uintptr(unsafe.Pointer(&arg)))
+	if e != 0 {
+		return -1, nil, fmt.Errorf("UDMABUF_CREATE: %w", e)
+	}
+	dmabuf = int(r)
+	mem, err = unix.Mmap(dmabuf, 0, n*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(dmabuf)
+		return -1, nil, fmt.Errorf("mmap the udmabuf: %w", err)
+	}
+	return dmabuf, mem, nil
+}
+
+// closeUdmabuf unmaps and closes a udmabuf: its pages are unpinned.
+func closeUdmabuf(dmabuf int, mem []byte) error {
+	if err := unix.Munmap(mem); err != nil {
+		return err
+	}
+	return unix.Close(dmabuf)
+}
+
+// writeUdmabuf writes the next generation of pages ids through mem, a
+// udmabuf's mapping of the workset's memfd.
+func writeUdmabuf(ws *Workset, mem []byte, ids []int) error {
+	for _, id := range ids {
+		err := ws.WriteWith(id, func(_ uintptr, data []byte) error {
+			copy(mem[id*PageSize:(id+1)*PageSize], data)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runSharedPinUdmabuf(e *Scene) error {
+	const n = 48
+	ws, fd, _, err := sharedPinSet(e, "ldtlab-udmabuf", n)
+	if err != nil {
+		return err
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+		return fmt.Errorf("seal the memfd against shrinking: %w", err)
+	}
+	t, err := e.StartTracking(ws)
+	if err != nil {
+		return err
+	}
+	var between, held int
+	for range e.Epochs {
+		ids := Pick(e.Rand, 0, n, n/3)
+		third := len(ids) / 3
+		a, b, c := ids[:third], ids[third:2*third], ids[2*third:]
+		// (a) made, written through and closed between two collections:
+		// only the pin itself can tell this mm.
+		dmabuf, mem, err := newUdmabuf(fd, n)
+		if err != nil {
+			return err
+		}
+		if err := writeUdmabuf(ws, mem, a); err != nil {
+			return err
+		}
+		if err := closeUdmabuf(dmabuf, mem); err != nil {
+			return err
+		}
+		between += len(a)
+		// (b) held across the collection, beside (c) CPU writes.
+		if dmabuf, mem, err = newUdmabuf(fd, n); err != nil {
+			return err
+		}
+		if err := writeUdmabuf(ws, mem, b); err != nil {
+			return err
+		}
+		held += len(b)
+		for _, id := range c {
+			ws.Write(id)
+		}
+		// Pinned pages may be reported at every collection while pinned,
+		// and once more after the unpin.
+		ws.Hint(0, n, "pinned-elsewhere")
+		if _, err := e.Collect(ws, t); err != nil {
+			return err
+		}
+		if err := e.Verify(ws); err != nil {
+			return err
+		}
+		if err := closeUdmabuf(dmabuf, mem); err != nil {
+			return err
+		}
+		ws.Hint(0, n, "pinned-once-more-after-unpin")
+	}
+	e.Note("written through a udmabuf's mapping: %d pages between collections, %d while a collection saw the pin", between, held)
+	return e.Quiet(ws, t)
+}
