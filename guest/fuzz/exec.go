@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"ldtlab/guest/numa"
 	"ldtlab/guest/pagemap"
 	"ldtlab/guest/tracker"
 )
@@ -1099,48 +1100,29 @@ func (e *executor) remap(r *region) error {
 }
 
 func (e *executor) migrate(r *region, p, n int, o Op) {
-	nodes := numaNodes()
+	nodes := numa.Nodes()
 	if nodes < 2 {
 		e.failed(o.Op, fmt.Errorf("one NUMA node"))
 		return
 	}
 	addrs := make([]uintptr, n)
-	dst := make([]int32, n)
-	status := make([]int32, n)
-	node := int32(o.V % uint64(nodes))
 	for k := range addrs {
 		addrs[k] = r.base + uintptr(p+k)*pg
-		dst[k] = node
 	}
-	const mpolMFMove = 1 << 1
-	_, _, errno := unix.Syscall6(unix.SYS_MOVE_PAGES, 0, uintptr(n), uintptr(unsafe.Pointer(&addrs[0])),
-		uintptr(unsafe.Pointer(&dst[0])), uintptr(unsafe.Pointer(&status[0])), mpolMFMove)
-	if errno != 0 {
-		e.failed(o.Op, errno)
+	node := int(o.V % uint64(nodes))
+	status, err := numa.Move(addrs, node)
+	if err != nil {
+		e.failed(o.Op, err)
 		return
 	}
 	moved := 0
 	for _, s := range status {
-		if s == node {
+		if int(s) == node {
 			moved++
 		}
 	}
 	e.res.OpsDone["migrate (pages now on the target node)"] += moved
 	e.done(o.Op)
-}
-
-func numaNodes() int {
-	ents, err := os.ReadDir("/sys/devices/system/node")
-	if err != nil {
-		return 1
-	}
-	n := 0
-	for _, en := range ents {
-		if _, err := strconv.Atoi(strings.TrimPrefix(en.Name(), "node")); err == nil && strings.HasPrefix(en.Name(), "node") {
-			n++
-		}
-	}
-	return n
 }
 
 func (e *executor) numa(on bool) {

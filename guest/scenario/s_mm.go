@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"ldtlab/guest/numa"
 	"ldtlab/guest/pagemap"
 	"ldtlab/guest/tracker"
 )
@@ -174,18 +175,13 @@ func pfns(b []byte) ([]uint64, error) {
 }
 
 func movePages(b []byte, node int) (moved int, err error) {
-	n := len(b) / PageSize
-	addrs := make([]uintptr, n)
-	nodes := make([]int32, n)
-	status := make([]int32, n)
-	for i := range n {
+	addrs := make([]uintptr, len(b)/PageSize)
+	for i := range addrs {
 		addrs[i] = uintptr(unsafe.Pointer(&b[i*PageSize]))
-		nodes[i] = int32(node)
 	}
-	_, _, e := unix.Syscall6(unix.SYS_MOVE_PAGES, 0, uintptr(n), uintptr(unsafe.Pointer(&addrs[0])),
-		uintptr(unsafe.Pointer(&nodes[0])), uintptr(unsafe.Pointer(&status[0])), unix.MPOL_MF_MOVE)
-	if e != 0 {
-		return 0, fmt.Errorf("move_pages: %w", e)
+	status, err := numa.Move(addrs, node)
+	if err != nil {
+		return 0, err
 	}
 	for _, s := range status {
 		if int(s) == node {
@@ -247,7 +243,7 @@ func runMigration(e *Scene) error {
 	if err != nil {
 		return err
 	}
-	nodes := numaNodes()
+	nodes := numa.Nodes()
 	if nodes < 2 {
 		e.Note("one NUMA node: move_pages part skipped (boot with numa=fake=2); compaction only")
 	}

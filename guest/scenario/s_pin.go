@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/kio"
+	"ldtlab/guest/numa"
 	"ldtlab/guest/pagemap"
 	"ldtlab/guest/tracker"
 )
@@ -220,7 +221,7 @@ func (e *Scene) numaScanFast() error {
 	if _, err := os.Stat("/proc/sys/kernel/numa_balancing"); err != nil {
 		return Skipf("no NUMA balancing in this kernel: %v", err)
 	}
-	if numaNodes() < 2 {
+	if numa.Nodes() < 2 {
 		return Skipf("one NUMA node: NUMA balancing does not scan (boot with numa=fake=2)")
 	}
 	for _, k := range [][2]string{{"scan_delay_ms", "0"}, {"scan_period_min_ms", "10"}, {"scan_period_max_ms", "100"}} {

@@ -243,26 +243,6 @@ func anonHugeKB(start, end uintptr) (int, error) {
 	return total, sc.Err()
 }
 
-// numaNodes counts the online NUMA nodes.
-func numaNodes() int {
-	b, err := os.ReadFile("/sys/devices/system/node/online")
-	if err != nil {
-		return 1
-	}
-	n := 0
-	for _, part := range strings.Split(strings.TrimSpace(string(b)), ",") {
-		lo, hi, ok := strings.Cut(part, "-")
-		a, _ := strconv.Atoi(lo)
-		if !ok {
-			n++
-			continue
-		}
-		c, _ := strconv.Atoi(hi)
-		n += c - a + 1
-	}
-	return n
-}
-
 const khugepagedSleep = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs"
 
 // pauseKhugepaged keeps khugepaged from collapsing the scenario's THP

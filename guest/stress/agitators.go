@@ -6,13 +6,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"ldtlab/guest/numa"
 	"ldtlab/guest/pagemap"
 )
 
@@ -84,7 +84,7 @@ func needSwap(Options) string {
 }
 
 func needNodes(Options) string {
-	if numaNodes() < 2 {
+	if numa.Nodes() < 2 {
 		return "fewer than 2 NUMA nodes"
 	}
 	return ""
@@ -110,20 +110,6 @@ func needTHP(o Options) string {
 		return "THP off for this run"
 	}
 	return ""
-}
-
-func numaNodes() int {
-	ents, err := os.ReadDir("/sys/devices/system/node")
-	if err != nil {
-		return 1
-	}
-	n := 0
-	for _, e := range ents {
-		if _, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "node")); err == nil && strings.HasPrefix(e.Name(), "node") {
-			n++
-		}
-	}
-	return n
 }
 
 // run picks a random run of up to max pages.
@@ -179,30 +165,24 @@ func agPageout(s *set, r *rand.Rand) (int, error) {
 }
 
 func agMigrate(s *set, r *rand.Rand) (int, error) {
-	nodes := numaNodes()
+	nodes := numa.Nodes()
 	return loop(s, 5*time.Millisecond, func() error {
 		first, n := s.run(r, 64)
 		addrs := make([]uintptr, n)
-		dst := make([]int32, n)
-		status := make([]int32, n)
-		node := int32(r.IntN(nodes))
 		for i := range addrs {
 			addrs[i] = s.addr(first + i)
-			dst[i] = node
 		}
-		const mpolMFMove = 1 << 1
-		// Where the pages are first (nodes NULL: query only), so that a
-		// page already on the target node is not counted as migrated.
-		was := make([]int32, n)
-		unix.Syscall6(unix.SYS_MOVE_PAGES, 0, uintptr(n), uintptr(unsafe.Pointer(&addrs[0])), 0, uintptr(unsafe.Pointer(&was[0])), 0)
-		_, _, e := unix.Syscall6(unix.SYS_MOVE_PAGES, 0, uintptr(n), uintptr(unsafe.Pointer(&addrs[0])),
-			uintptr(unsafe.Pointer(&dst[0])), uintptr(unsafe.Pointer(&status[0])), mpolMFMove)
-		if e != 0 && e != unix.ENOENT && e != unix.EBUSY {
-			return fmt.Errorf("move_pages: %w", e)
+		node := r.IntN(nodes)
+		// Where the pages are first, so that a page already on the target
+		// node is not counted as migrated.
+		was, _ := numa.Where(addrs)
+		status, err := numa.Move(addrs, node)
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBUSY) {
+			return err
 		}
 		moved := 0
 		for i := range status {
-			if status[i] == node && was[i] >= 0 && was[i] != node {
+			if int(status[i]) == node && was[i] >= 0 && int(was[i]) != node {
 				moved++
 			}
 		}
@@ -424,10 +404,8 @@ func pageState(addr uintptr) string {
 			parts = append(parts, "not-mapped")
 		}
 	}
-	var status int32 = -1
-	a := addr
-	if _, _, e := unix.Syscall6(unix.SYS_MOVE_PAGES, 0, 1, uintptr(unsafe.Pointer(&a)), 0, uintptr(unsafe.Pointer(&status)), 0); e == 0 && status >= 0 {
-		parts = append(parts, fmt.Sprintf("node%d", status))
+	if st, err := numa.Where([]uintptr{addr}); err == nil && st[0] >= 0 {
+		parts = append(parts, fmt.Sprintf("node%d", st[0]))
 	}
 	return strings.Join(parts, ",")
 }

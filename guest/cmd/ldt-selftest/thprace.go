@@ -5,8 +5,6 @@ import (
 	"math/rand"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -14,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ldtlab/guest/ldt"
+	"ldtlab/guest/numa"
 )
 
 // A PMD THP migrated back and forth between two NUMA nodes for a few
@@ -33,34 +32,8 @@ func init() {
 
 const thpRaceFor = 3 * time.Second
 
-// onlineNodes counts the online NUMA nodes.
-func onlineNodes() int {
-	b, err := os.ReadFile("/sys/devices/system/node/online")
-	if err != nil {
-		return 1
-	}
-	n := 0
-	for _, part := range strings.Split(strings.TrimSpace(string(b)), ",") {
-		lo, hi, ok := strings.Cut(part, "-")
-		a, _ := strconv.Atoi(lo)
-		c := a
-		if ok {
-			c, _ = strconv.Atoi(hi)
-		}
-		n += c - a + 1
-	}
-	return n
-}
-
-// moveTo asks the kernel to move the page at addr (its whole folio) to node.
-func moveTo(addr uintptr, node int) {
-	nodes, status := []int32{int32(node)}, []int32{0}
-	unix.Syscall6(unix.SYS_MOVE_PAGES, 0, 1, uintptr(unsafe.Pointer(&addr)),
-		uintptr(unsafe.Pointer(&nodes[0])), uintptr(unsafe.Pointer(&status[0])), unix.MPOL_MF_MOVE)
-}
-
 func checkTHPMigrationRace() error {
-	if n := onlineNodes(); n < 2 {
+	if numa.Nodes() < 2 {
 		return skipf("one NUMA node: nothing to migrate to (boot with numa=fake=2)")
 	}
 	all, err := unix.Mmap(-1, 0, 2*hpage, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
@@ -104,7 +77,7 @@ func checkTHPMigrationRace() error {
 				continue
 			}
 			paused.Store(0)
-			moveTo(base, node)
+			numa.Move([]uintptr{base}, node)
 			moves.Add(1)
 		}
 	}()
