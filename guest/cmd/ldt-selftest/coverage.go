@@ -453,6 +453,23 @@ func backTHP(thp []byte) (uintptr, error) {
 	return base, nil
 }
 
+// newTHP maps 4 MiB and makes its 2 MiB-aligned part thp one PMD THP
+// (backTHP) at base; the caller unmaps all.
+func newTHP() (all, thp []byte, base uintptr, err error) {
+	all, err = unix.Mmap(-1, 0, 2*hpage, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	first := uintptr(unsafe.Pointer(&all[0]))
+	off := int((first+hpage-1)&^(hpage-1) - first)
+	thp = all[off : off+hpage]
+	if base, err = backTHP(thp); err != nil {
+		unix.Munmap(all)
+		return nil, nil, 0, err
+	}
+	return all, thp, base, nil
+}
+
 // checkSplitZeropage: a PMD THP, collected, then one of its pages written
 // with zeroes and the folio split (debugfs split_huge_pages). The split
 // maps the zero-filled page to the shared zero page and gives it
@@ -463,18 +480,11 @@ func backTHP(thp []byte) (uintptr, error) {
 // Dropping the LDT-backup at the remap misses the write; not clearing it
 // reports the zero page forever.
 func checkSplitZeropage() error {
-	all, err := unix.Mmap(-1, 0, 2*hpage, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	all, thp, base, err := newTHP()
 	if err != nil {
 		return err
 	}
 	defer unix.Munmap(all)
-	first := uintptr(unsafe.Pointer(&all[0]))
-	off := int((first+hpage-1)&^(hpage-1) - first)
-	thp := all[off : off+hpage]
-	base, err := backTHP(thp)
-	if err != nil {
-		return err
-	}
 	end := base + hpage
 	f, err := attachedSelf()
 	if err != nil {
