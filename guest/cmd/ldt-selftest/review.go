@@ -21,6 +21,7 @@ var reviewChecks = []check{
 	{"uffd-move-keeps-state", checkUffdMove},
 	{"efault-partial-vec", checkEfaultPartialVec},
 	{"efault-readonly-arg", checkEfaultReadonlyArg},
+	{"efault-readonly-counts", checkEfaultReadonlyCounts},
 	{"mthp-batch-ignores-ldt", checkMTHPBatch},
 	{"naive-needs-cap-sys-admin", checkNaiveNeedsCap},
 	{"ebusy-second-tracker", checkSecondTracker},
@@ -216,6 +217,41 @@ func checkEfaultReadonlyArg() error {
 		}
 		_, err = f.CollectRaw(arg)
 		if err := wantErrno(err, unix.EFAULT, "collect with a read-only argument"); err != nil {
+			return err
+		}
+		return expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "after the EFAULT")
+	})
+}
+
+// checkEfaultReadonlyCounts: struct ldt_collect across a page boundary,
+// walk_end in a writable page and the counts (visited, changed: 0026) in
+// a read-only one. The kernel zeroes the counts before any walk (mm/ldt.c
+// ldt_collect(), "put_user(0, &argp->visited)"): it must fail there with
+// EFAULT and clear nothing.
+func checkEfaultReadonlyCounts() error {
+	const n = 16
+	return withSelf(n, func(f *ldt.File, m *mapping) error {
+		if f.ArgSize() != ldt.SizeofCollectArg {
+			return skipf("the kernel has no counts (a series before 0026)")
+		}
+		two, err := unix.Mmap(-1, 0, 2*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return err
+		}
+		defer unix.Munmap(two)
+		vec := make([]ldt.Region, n)
+		off := pg - int(unsafe.Offsetof(ldt.CollectArg{}.Visited))
+		arg := (*ldt.CollectArg)(unsafe.Pointer(&two[off]))
+		*arg = ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
+			End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: n}
+		if err := unix.Mprotect(two[pg:], unix.PROT_READ); err != nil {
+			return err
+		}
+		for p := range n {
+			m.write(p)
+		}
+		_, err = f.CollectRaw(arg)
+		if err := wantErrno(err, unix.EFAULT, "collect with read-only counts"); err != nil {
 			return err
 		}
 		return expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "after the EFAULT")
