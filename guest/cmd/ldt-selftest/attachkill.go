@@ -67,30 +67,13 @@ func lockerChild(pages int) int {
 		}
 	}()
 	fmt.Printf("addr %#x\n", m.base)
-	sc := bufio.NewScanner(os.Stdin)
-	for sc.Scan() {
-		cmd, arg, _ := strings.Cut(sc.Text(), " ")
-		switch cmd {
-		case "w":
-			p, err := strconv.Atoi(arg)
-			if err != nil || p < 0 || p >= m.n {
-				fmt.Println("bad page")
-				continue
-			}
-			m.write(p)
-			fmt.Println("ok")
-		case "stop":
-			close(stop)
-			if err := <-stopped; err != nil {
-				fmt.Println(err)
-				continue
-			}
-			fmt.Println("ok")
-		case "exit":
-			return 0
+	return serveTarget(m, map[string]func() string{"stop": func() string {
+		close(stop)
+		if err := <-stopped; err != nil {
+			return err.Error()
 		}
-	}
-	return 0
+		return "ok"
+	}})
 }
 
 // attacherChild opens /dev/ldt, says so, and attaches to pid.

@@ -453,23 +453,6 @@ func backTHP(thp []byte) (uintptr, error) {
 	return base, nil
 }
 
-// newTHP maps 4 MiB and makes its 2 MiB-aligned part thp one PMD THP
-// (backTHP) at base; the caller unmaps all.
-func newTHP() (all, thp []byte, base uintptr, err error) {
-	all, err = unix.Mmap(-1, 0, 2*hpage, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	first := uintptr(unsafe.Pointer(&all[0]))
-	off := int((first+hpage-1)&^(hpage-1) - first)
-	thp = all[off : off+hpage]
-	if base, err = backTHP(thp); err != nil {
-		unix.Munmap(all)
-		return nil, nil, 0, err
-	}
-	return all, thp, base, nil
-}
-
 // checkSplitZeropage: a PMD THP, collected, then one of its pages written
 // with zeroes and the folio split (debugfs split_huge_pages). The split
 // maps the zero-filled page to the shared zero page and gives it
@@ -480,46 +463,37 @@ func newTHP() (all, thp []byte, base uintptr, err error) {
 // Dropping the LDT-backup at the remap misses the write; not clearing it
 // reports the zero page forever.
 func checkSplitZeropage() error {
-	all, thp, base, err := newTHP()
-	if err != nil {
-		return err
-	}
-	defer unix.Munmap(all)
-	end := base + hpage
-	f, err := attachedSelf()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	whole := []ldt.Region{{Start: uint64(base), End: uint64(end)}}
-	if err := expect(f, base, end, ldt.Clear, whole, "the THP written before the attach"); err != nil {
-		return err
-	}
-	const zp = 5
-	thp[zp*pg] = 0
-	if err := splitFolio(base, end); err != nil {
-		return err
-	}
-	if kb, err := anonHugeKB(base); err != nil || kb != 0 {
-		return fmt.Errorf("setup: the THP is not split (AnonHugePages %d kB, %v)", kb, err)
-	}
-	zeroPFN, err := zeroPagePFN()
-	if err != nil {
-		return fmt.Errorf("setup: the zero page: %w", err)
-	}
-	if got, _, err := pageFlags(base + zp*pg); err != nil || got != zeroPFN {
-		return fmt.Errorf("setup: page %d is pfn %#x (%v) after the split, want the zero page's %#x", zp, got, err, zeroPFN)
-	}
-	// The PMD was dirty: every page of the folio is reported, p5 through
-	// the zero page's LDT-backup alone.
-	if err := expect(f, base, end, ldt.Clear, whole, "after the split"); err != nil {
-		return err
-	}
-	if err := expect(f, base, end, 0, nil, "the collection after"); err != nil {
-		return err
-	}
-	thp[zp*pg] = 1
-	return expect(f, base, end, 0, pageRegions(uint64(base), zp, zp+1), "the zero page written again")
+	return withTHP(func(f *ldt.File, thp []byte, base, end uintptr) error {
+		whole := []ldt.Region{{Start: uint64(base), End: uint64(end)}}
+		if err := expect(f, base, end, ldt.Clear, whole, "the THP written before the attach"); err != nil {
+			return err
+		}
+		const zp = 5
+		thp[zp*pg] = 0
+		if err := splitFolio(base, end); err != nil {
+			return err
+		}
+		if kb, err := anonHugeKB(base); err != nil || kb != 0 {
+			return fmt.Errorf("setup: the THP is not split (AnonHugePages %d kB, %v)", kb, err)
+		}
+		zeroPFN, err := zeroPagePFN()
+		if err != nil {
+			return fmt.Errorf("setup: the zero page: %w", err)
+		}
+		if got, _, err := pageFlags(base + zp*pg); err != nil || got != zeroPFN {
+			return fmt.Errorf("setup: page %d is pfn %#x (%v) after the split, want the zero page's %#x", zp, got, err, zeroPFN)
+		}
+		// The PMD was dirty: every page of the folio is reported, p5 through
+		// the zero page's LDT-backup alone.
+		if err := expect(f, base, end, ldt.Clear, whole, "after the split"); err != nil {
+			return err
+		}
+		if err := expect(f, base, end, 0, nil, "the collection after"); err != nil {
+			return err
+		}
+		thp[zp*pg] = 1
+		return expect(f, base, end, 0, pageRegions(uint64(base), zp, zp+1), "the zero page written again")
+	})
 }
 
 // zeroPagePFN is the shared zero page's pfn: what a read of a page never

@@ -168,26 +168,35 @@ func childMain(mode string, args []string) int {
 			}
 			return 0
 		}
-		sc := bufio.NewScanner(os.Stdin)
-		for sc.Scan() {
-			cmd, arg, _ := strings.Cut(sc.Text(), " ")
-			switch cmd {
-			case "w":
-				p, err := strconv.Atoi(arg)
-				if err != nil || p < 0 || p >= m.n {
-					fmt.Println("bad page")
-					continue
-				}
-				m.write(p)
-				fmt.Println("ok")
-			case "exit":
-				return 0
-			}
-		}
-		return 0
+		return serveTarget(m, nil)
 	}
 	fmt.Fprintln(os.Stderr, "unknown child mode", mode)
 	return 2
+}
+
+// serveTarget answers a target's commands on stdin until "exit" or EOF:
+// "w P" writes page P of m; extra holds other commands, each answered
+// with the line it returns.
+func serveTarget(m *mapping, extra map[string]func() string) int {
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		cmd, arg, _ := strings.Cut(sc.Text(), " ")
+		switch {
+		case cmd == "w":
+			p, err := strconv.Atoi(arg)
+			if err != nil || p < 0 || p >= m.n {
+				fmt.Println("bad page")
+				continue
+			}
+			m.write(p)
+			fmt.Println("ok")
+		case cmd == "exit":
+			return 0
+		case extra[cmd] != nil:
+			fmt.Println(extra[cmd]())
+		}
+	}
+	return 0
 }
 
 // runUnprivileged runs a helper process as uid/gid 65534 and returns its

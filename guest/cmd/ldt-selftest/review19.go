@@ -280,37 +280,27 @@ func checkSwapinMTHP() error {
 // tracker has already collected; the next collection reports nothing
 // (before 0018 the whole 2 MiB again), and a write after it is reported.
 func checkTHPClearRefs() error {
-	mem, release, err := alignedTHP()
-	if err != nil {
-		return err
-	}
-	defer release()
-	base := uintptr(unsafe.Pointer(&mem[0]))
-	end := base + hpage
-	f, err := attachedSelf()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	whole := []ldt.Region{{Start: uint64(base), End: uint64(end)}}
-	if err := expect(f, base, end, ldt.Clear, whole, "first collect of the written THP"); err != nil {
-		return err
-	}
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("4"), 0); err != nil {
-		return fmt.Errorf("clear_refs 4: %w", err)
-	}
-	if kb, err := anonHugeKB(base); err != nil || kb < 2048 {
-		return fmt.Errorf("setup: clear_refs split the THP (AnonHugePages %d kB, %v)", kb, err)
-	}
-	if err := expect(f, base, end, ldt.Clear, nil, "after clear_refs, nothing written"); err != nil {
-		return err
-	}
-	mem[5*pg] = 7
-	return expect(f, base, end, ldt.Clear, whole, "a write after clear_refs")
+	return withTHP(func(f *ldt.File, mem []byte, base, end uintptr) error {
+		whole := []ldt.Region{{Start: uint64(base), End: uint64(end)}}
+		if err := expect(f, base, end, ldt.Clear, whole, "first collect of the written THP"); err != nil {
+			return err
+		}
+		if err := os.WriteFile("/proc/self/clear_refs", []byte("4"), 0); err != nil {
+			return fmt.Errorf("clear_refs 4: %w", err)
+		}
+		if kb, err := anonHugeKB(base); err != nil || kb < 2048 {
+			return fmt.Errorf("setup: clear_refs split the THP (AnonHugePages %d kB, %v)", kb, err)
+		}
+		if err := expect(f, base, end, ldt.Clear, nil, "after clear_refs, nothing written"); err != nil {
+			return err
+		}
+		mem[5*pg] = 7
+		return expect(f, base, end, ldt.Clear, whole, "a write after clear_refs")
+	})
 }
 
 // alignedTHP maps one 2 MiB-aligned anonymous region backed by a THP,
-// every page written.
+// every page written (backTHP).
 func alignedTHP() ([]byte, func(), error) {
 	all, err := unix.Mmap(-1, 0, 2*hpage, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
@@ -320,26 +310,32 @@ func alignedTHP() ([]byte, func(), error) {
 	start := uintptr(unsafe.Pointer(&all[0]))
 	off := int((start+hpage-1)&^(hpage-1) - start)
 	mem := all[off : off+hpage]
-	base := uintptr(unsafe.Pointer(&mem[0]))
 	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE); err != nil {
 		release()
 		return nil, nil, err
 	}
-	if err := unix.Madvise(mem, unix.MADV_HUGEPAGE); err != nil {
+	if _, err := backTHP(mem); err != nil {
 		release()
-		return nil, nil, fmt.Errorf("MADV_HUGEPAGE: %w (THP enabled: %s)", err, thpSetting())
-	}
-	for i := 0; i < hpage; i += pg {
-		mem[i] = 1
-	}
-	if kb, _ := anonHugeKB(base); kb < 2048 {
-		cerr := unix.Madvise(mem, unix.MADV_COLLAPSE)
-		if kb, err := anonHugeKB(base); err != nil || kb < 2048 {
-			release()
-			return nil, nil, fmt.Errorf("no THP backing the aligned 2 MiB region (AnonHugePages %d kB, %v; MADV_COLLAPSE: %v, THP enabled: %s)", kb, err, cerr, thpSetting())
-		}
+		return nil, nil, err
 	}
 	return mem, release, nil
+}
+
+// withTHP runs check with /dev/ldt attached to this process and an
+// aligned THP (alignedTHP) at [base, end), not collected yet.
+func withTHP(check func(f *ldt.File, thp []byte, base, end uintptr) error) error {
+	thp, release, err := alignedTHP()
+	if err != nil {
+		return err
+	}
+	defer release()
+	f, err := attachedSelf()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	base := uintptr(unsafe.Pointer(&thp[0]))
+	return check(f, thp, base, base+hpage)
 }
 
 // checkForkMTHP: fork copies a 64 KiB mTHP's 16 entries as one batch
