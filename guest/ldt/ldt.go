@@ -235,26 +235,37 @@ func (f *File) Entries() (visited, changed int64, ok bool) {
 	return f.visited.Load(), f.changed.Load(), f.ArgSize() == SizeofCollectArg
 }
 
+// ioctl is a counted and timed system call (Calls, CallNS).
 func (f *File) ioctl(req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	f.calls.Add(1)
+	r, ns, err := f.rawIoctl(req, arg)
+	f.ns.Add(ns)
+	return r, err
+}
+
+// rawIoctl issues one ioctl (or the test hook) and returns the time spent
+// inside the system call.
+func (f *File) rawIoctl(req uintptr, arg unsafe.Pointer) (uintptr, int64, error) {
 	if f.ioctlHook != nil {
-		return f.ioctlHook(req, arg)
+		r, err := f.ioctlHook(req, arg)
+		return r, 0, err
 	}
 	var r uintptr
+	var ns int64
 	var errno unix.Errno
 	err := f.rc.Control(func(fd uintptr) {
 		t0 := time.Now()
 		r, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, req, uintptr(arg))
-		f.ns.Add(time.Since(t0).Nanoseconds())
+		ns = time.Since(t0).Nanoseconds()
 	})
 	if err != nil {
 		// Control fails only when the file is closed.
-		return 0, os.ErrClosed
+		return 0, 0, os.ErrClosed
 	}
 	if errno != 0 {
-		return 0, errno
+		return 0, ns, errno
 	}
-	return r, nil
+	return r, ns, nil
 }
 
 // Attach binds the file to pid's address space (0 = the caller). The ABI
@@ -331,16 +342,11 @@ func (f *File) ArgSize() uint64 {
 		size uint64
 	}{{IocCollect, SizeofCollectArg}, {IocCollectVer0, SizeofCollectArgVer0}} {
 		var probe CollectArg
-		var errno unix.Errno
-		if f.ioctlHook != nil {
-			_, err := f.ioctlHook(c.req, unsafe.Pointer(&probe))
-			errors.As(err, &errno)
-		} else if f.rc.Control(func(fd uintptr) {
-			_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, c.req, uintptr(unsafe.Pointer(&probe)))
-		}) != nil {
+		_, _, err := f.rawIoctl(c.req, unsafe.Pointer(&probe))
+		if errors.Is(err, os.ErrClosed) {
 			break
 		}
-		if errno == unix.EINVAL {
+		if errors.Is(err, unix.EINVAL) {
 			f.argSize.Store(c.size)
 			return c.size
 		}

@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"ldtlab/guest/ldt"
 )
 
 func init() {
@@ -30,8 +32,8 @@ type udmabufCreate struct {
 }
 
 // udmabufCreateIoctl is UDMABUF_CREATE, _IOW('u', 0x42, struct
-// udmabuf_create): 1<<30 | 24<<16 | 'u'<<8 | 0x42.
-const udmabufCreateIoctl = 0x40187542
+// udmabuf_create).
+var udmabufCreateIoctl = ldt.IOW('u', 0x42, unsafe.Sizeof(udmabufCreate{}))
 
 // newUdmabuf makes a dma-buf of the first n pages of memfd fd (which must
 // be sealed against shrinking) and maps it shared: its pages are pinned
