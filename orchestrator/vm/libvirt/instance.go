@@ -392,13 +392,18 @@ func (in *Instance) Close() error {
 				err = fmt.Errorf("deleting volume %s: %w", v.Name, derr)
 			}
 		}
-		if in.stopEvents != nil {
-			in.stopEvents()
-		}
 		in.exit("closed")
 		in.cMu.Lock()
 		in.c.close()
 		in.cMu.Unlock()
+		// Only now: cancelling earlier sends the event deregistration
+		// concurrently with the connection's close, and libvirtd 9.0
+		// frees a client's callbacks on close without its lock — it
+		// segfaulted in CI. libvirtd drops a closed client's callbacks
+		// itself; after the close this only ends go-libvirt's goroutine.
+		if in.stopEvents != nil {
+			in.stopEvents()
+		}
 	})
 	return err
 }
