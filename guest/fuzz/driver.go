@@ -695,7 +695,7 @@ func Classify(f *Finding) string {
 	case src == OpXWrite && has(OpDetach, ""):
 		// Another process's pin taken while no tracker was attached.
 		return "pin-before-attach"
-	case src == OpXWrite:
+	case src == OpXWrite, src == OpUdmabuf:
 		return "shared-pin"
 	case src == OpUReadFix && (has(OpClearRef, "") || has(OpNUMA, "on") || has(OpPMScan, "") || has(OpUffdWP, "on")):
 		// A pinned entry write-protected (clear_refs, NUMA hinting,

@@ -21,6 +21,7 @@ import (
 	"ldtlab/guest/numa"
 	"ldtlab/guest/pagemap"
 	"ldtlab/guest/tracker"
+	"ldtlab/guest/udmabuf"
 )
 
 // Arena layout: regions live in 4 MiB slots of one PROT_NONE reservation
@@ -145,6 +146,7 @@ type executor struct {
 	procMem *os.File
 	pm      *pagemap.File
 	helper  *xhelper
+	dmabufs []*udmabuf.Buf // udmabuf holds: closed after the next collection
 	child   *forkChild
 	uffd    int
 	restore []func()
@@ -385,7 +387,8 @@ func (e *executor) mapRegion(r *region, first bool) error {
 		if first {
 			var err error
 			if r.spec.Kind == KMemfd {
-				r.fd, err = unix.MemfdCreate(fmt.Sprintf("ldt-fuzz-r%d", r.idx), unix.MFD_CLOEXEC)
+				// Sealable: a udmabuf needs F_SEAL_SHRINK (below).
+				r.fd, err = unix.MemfdCreate(fmt.Sprintf("ldt-fuzz-r%d", r.idx), unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 			} else {
 				r.path = filepath.Join(e.cfg.DataDir, fmt.Sprintf("ldt-fuzz-%d-r%d", os.Getpid(), r.idx))
 				r.fd, err = unix.Open(r.path, unix.O_RDWR|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o600)
@@ -395,6 +398,11 @@ func (e *executor) mapRegion(r *region, first bool) error {
 			}
 			if err := unix.Ftruncate(r.fd, int64(r.n)*pg); err != nil {
 				return err
+			}
+			if r.spec.Kind == KMemfd {
+				if _, err := unix.FcntlInt(uintptr(r.fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+					return fmt.Errorf("sealing the memfd against shrinking: %w", err)
+				}
 			}
 		}
 		flags |= unix.MAP_SHARED
@@ -678,6 +686,8 @@ func (e *executor) do(i int, o Op) error {
 		e.done(o.Op)
 	case OpXPin:
 		return e.xpin(r)
+	case OpUdmabuf:
+		e.udmabufWrite(i, r, p, n, o)
 	default:
 		return fmt.Errorf("unknown operation %q", o.Op)
 	}
@@ -1262,6 +1272,7 @@ func (e *executor) collect(i int, o Op) error {
 			return err
 		}
 	}
+	e.dropUdmabufs()
 	return nil
 }
 
@@ -1450,6 +1461,7 @@ func (e *executor) final() error {
 	if err := e.collectCheck(n, true); err != nil {
 		return err
 	}
+	e.dropUdmabufs()
 	if e.helper != nil {
 		e.helper.stop()
 		e.helper = nil
@@ -1528,6 +1540,7 @@ func (e *executor) teardown() {
 	if e.child != nil {
 		e.child.stop()
 	}
+	e.dropUdmabufs()
 	if e.helper != nil {
 		e.helper.stop()
 	}

@@ -93,8 +93,32 @@ func Generate(seed uint64) *Sequence {
 		g.draw(op)
 	}
 	g.khugepaged(seed)
+	g.udmabufs(seed)
 	g.reattach(seed)
 	return s
+}
+
+// udmabufs adds, to a third of the sequences with a memfd region, one to
+// three udmabuf writes (pins no mm holds, issue 19 finding 2's udmabuf
+// case), half of them held across the next collection. From a stream of
+// its own, as khugepaged: the sequences drawn before it stay the same
+// apart from these.
+func (g *gen) udmabufs(seed uint64) {
+	r := rand.New(rand.NewPCG(seed^0x7564_6d61_6266, seed))
+	memfds := g.memoryRegions(func(s RegionSpec) bool { return s.Kind == KMemfd })
+	if len(memfds) == 0 || r.IntN(3) != 0 {
+		return
+	}
+	for k := 1 + r.IntN(3); k > 0; k-- {
+		i := memfds[r.IntN(len(memfds))]
+		pages := g.s.Regions[i].Pages
+		n := 1 + r.IntN(min(16, pages))
+		o := Op{Op: OpUdmabuf, R: i, P: r.IntN(pages - n + 1), N: n, V: r.Uint64()}
+		if r.IntN(2) == 0 {
+			o.Arg = "hold"
+		}
+		g.s.Ops = slices.Insert(g.s.Ops, r.IntN(len(g.s.Ops)+1), o)
+	}
 }
 
 // reattach stops and restarts the tracker in a fifth of the sequences: a

@@ -42,6 +42,7 @@ var sourceClass = map[string]string{
 	"aio-read-failed":   classMaybe,
 	"uring-read-fixed":  classPin,
 	"xwrite":            classPin,
+	"udmabuf":           classPin,
 	"ring":              classRing,
 	"fork-child":        classExternal,
 	"lazyfree":          classExternal,

@@ -125,6 +125,7 @@ const (
 	OpXPin     = "xpin"     // another process maps the region's object and registers it as its fixed buffer
 	OpXWrite   = "xwrite"   // that process's READ_FIXED into page P (written through its pin)
 	OpXUnpin   = "xunpin"
+	OpUdmabuf  = "udmabuf" // a dma-buf over memfd pages [P,P+N) (memfd_pin_folios: no mm pins them) written through its own mapping; Arg hold: closed after the next collection
 	OpCollect  = "collect" // the tracker under test; Clear: collect+clear
 )
 

@@ -3,11 +3,10 @@ package scenario
 import (
 	"errors"
 	"fmt"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
-	"ldtlab/guest/ldt"
+	"ldtlab/guest/udmabuf"
 )
 
 func init() {
@@ -25,48 +24,14 @@ func init() {
 	})
 }
 
-// udmabufCreate is struct udmabuf_create (include/uapi/linux/udmabuf.h).
-type udmabufCreate struct {
-	memfd, flags uint32
-	offset, size uint64
-}
-
-// udmabufCreateIoctl is UDMABUF_CREATE, _IOW('u', 0x42, struct
-// udmabuf_create).
-var udmabufCreateIoctl = ldt.IOW('u', 0x42, unsafe.Sizeof(udmabufCreate{}))
-
-// newUdmabuf makes a dma-buf of the first n pages of memfd fd (which must
-// be sealed against shrinking) and maps it shared: its pages are pinned
-// until both are gone.
-func newUdmabuf(fd, n int) (dmabuf int, mem []byte, err error) {
-	dev, err := unix.Open("/dev/udmabuf", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
-		return -1, nil, Skipf("no /dev/udmabuf (CONFIG_UDMABUF, the debug config's)")
+// newUdmabuf makes a udmabuf of the first n pages of memfd fd (sealed
+// against shrinking): they are pinned until it is closed.
+func newUdmabuf(fd, n int) (*udmabuf.Buf, error) {
+	b, err := udmabuf.New(fd, 0, uint64(n)*PageSize)
+	if errors.Is(err, udmabuf.ErrNoDevice) {
+		return nil, Skipf("%v", err)
 	}
-	if err != nil {
-		return -1, nil, fmt.Errorf("open /dev/udmabuf: %w", err)
-	}
-	defer unix.Close(dev)
-	arg := udmabufCreate{memfd: uint32(fd), flags: 1 /* UDMABUF_FLAGS_CLOEXEC */, size: uint64(n) * PageSize}
-	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), udmabufCreateIoctl, uintptr(unsafe.Pointer(&arg)))
-	if e != 0 {
-		return -1, nil, fmt.Errorf("UDMABUF_CREATE: %w", e)
-	}
-	dmabuf = int(r)
-	mem, err = unix.Mmap(dmabuf, 0, n*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		unix.Close(dmabuf)
-		return -1, nil, fmt.Errorf("mmap the udmabuf: %w", err)
-	}
-	return dmabuf, mem, nil
-}
-
-// closeUdmabuf unmaps and closes a udmabuf: its pages are unpinned.
-func closeUdmabuf(dmabuf int, mem []byte) error {
-	if err := unix.Munmap(mem); err != nil {
-		return err
-	}
-	return unix.Close(dmabuf)
+	return b, err
 }
 
 // writeUdmabuf writes the next generation of pages ids through mem, a
@@ -104,22 +69,22 @@ func runSharedPinUdmabuf(e *Scene) error {
 		a, b, c := ids[:third], ids[third:2*third], ids[2*third:]
 		// (a) made, written through and closed between two collections:
 		// only the pin itself can tell this mm.
-		dmabuf, mem, err := newUdmabuf(fd, n)
+		buf, err := newUdmabuf(fd, n)
 		if err != nil {
 			return err
 		}
-		if err := writeUdmabuf(ws, mem, a); err != nil {
+		if err := writeUdmabuf(ws, buf.Mem, a); err != nil {
 			return err
 		}
-		if err := closeUdmabuf(dmabuf, mem); err != nil {
+		if err := buf.Close(); err != nil {
 			return err
 		}
 		between += len(a)
 		// (b) held across the collection, beside (c) CPU writes.
-		if dmabuf, mem, err = newUdmabuf(fd, n); err != nil {
+		if buf, err = newUdmabuf(fd, n); err != nil {
 			return err
 		}
-		if err := writeUdmabuf(ws, mem, b); err != nil {
+		if err := writeUdmabuf(ws, buf.Mem, b); err != nil {
 			return err
 		}
 		held += len(b)
@@ -135,7 +100,7 @@ func runSharedPinUdmabuf(e *Scene) error {
 		if err := e.Verify(ws); err != nil {
 			return err
 		}
-		if err := closeUdmabuf(dmabuf, mem); err != nil {
+		if err := buf.Close(); err != nil {
 			return err
 		}
 		ws.Hint(0, n, "pinned-once-more-after-unpin")
