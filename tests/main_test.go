@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -89,8 +90,15 @@ func runSuite(m *testing.M) int {
 			return 1
 		}
 	}
+	daemons, since := libvirtdPids(), uptime()
 	code := m.Run()
 	stopSuiteSSHD()
+	// A libvirtd that dies mid-suite fails every later libvirt test with
+	// "connection refused": say so once, with the kernel's word on why.
+	if died := libvirtdDied(daemons, since); died != "" {
+		fmt.Printf("ldtlab e2e: FAIL: %s\n", died)
+		code = 1
+	}
 	if left := libvirtLeft(); len(left) > 0 {
 		fmt.Printf("ldtlab e2e: FAIL: libvirt domains left behind by the suite: %v\n", left)
 		code = 1
@@ -238,4 +246,54 @@ func libvirtLeft() []string {
 		gone = append(gone, "(sweep failed: "+err.Error()+")")
 	}
 	return gone
+}
+
+// libvirtdPids lists the running libvirtd processes.
+func libvirtdPids() []int {
+	var pids []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "comm")); err == nil && strings.TrimSpace(string(b)) == "libvirtd" {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// libvirtdDied says which of the libvirtds running when the suite began
+// are gone, with what the kernel logged about libvirtd since then (a
+// segfault names the thread, not the process).
+func libvirtdDied(before []int, since float64) string {
+	var gone []string
+	for _, pid := range before {
+		if syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		gone = append(gone, fmt.Sprintf("libvirtd (pid %d) died during the suite", pid))
+	}
+	if len(gone) == 0 {
+		return ""
+	}
+	if out, err := exec.Command("dmesg").Output(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			var t float64
+			if _, err := fmt.Sscanf(strings.TrimLeft(l, "[ "), "%f]", &t); err == nil && t >= since && strings.Contains(l, "libvirtd[") {
+				gone = append(gone, "kernel log: "+strings.TrimSpace(l))
+			}
+		}
+	}
+	return strings.Join(gone, "; ")
+}
+
+// uptime is the kernel's clock, which dmesg's timestamps count.
+func uptime() float64 {
+	var t float64
+	if b, err := os.ReadFile("/proc/uptime"); err == nil {
+		fmt.Sscan(string(b), &t)
+	}
+	return t
 }

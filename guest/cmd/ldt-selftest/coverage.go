@@ -35,6 +35,7 @@ var coverageChecks = []check{
 	{"swapoff-unuse", checkSwapoffUnuse},
 	{"collapse-retract", checkCollapseRetract},
 	{"split-zeropage", checkSplitZeropage},
+	{"shared-mapped-swapped", checkSharedMappedSwapped},
 }
 
 func init() { checks = append(checks, coverageChecks...) }
@@ -861,44 +862,25 @@ func swapCycle(devs []swapDev) (err error) {
 	return nil
 }
 
-// pageOut swaps the pages of mem out with MADV_PAGEOUT, from every CPU in
-// turn (a folio still in another CPU's LRU batch cannot be isolated), and
-// fails unless every one is a swap entry.
+// pageOut swaps the pages of mem out with MADV_PAGEOUT and fails unless
+// every one is a swap entry.
 func pageOut(mem []byte) error {
 	addr, n := uintptr(unsafe.Pointer(&mem[0])), len(mem)/pg
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var old unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		return err
-	}
-	defer unix.SchedSetaffinity(0, &old)
 	var es []pagemap.Entry
-	for try := range 4 {
-		for cpu := range runtime.NumCPU() {
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				return fmt.Errorf("sched_setaffinity %d: %w", cpu, err)
-			}
-			if err := unix.Madvise(mem, unix.MADV_PAGEOUT); err != nil {
-				return fmt.Errorf("MADV_PAGEOUT: %w", err)
-			}
-		}
+	ok, err := pageOutUntil(mem, func() (bool, error) {
 		var err error
 		if es, err = pagemap.Read(0, addr, n); err != nil {
-			return err
+			return false, err
 		}
-		swapped := 0
 		for _, e := range es {
-			if e.Swapped() && !e.Present() {
-				swapped++
+			if !e.Swapped() || e.Present() {
+				return false, nil
 			}
 		}
-		if swapped == n {
-			return nil
-		}
-		time.Sleep(time.Duration(10*(try+1)) * time.Millisecond)
+		return true, nil
+	})
+	if ok || err != nil {
+		return err
 	}
 	for p, e := range es {
 		if !e.Swapped() || e.Present() {
@@ -906,6 +888,36 @@ func pageOut(mem []byte) error {
 		}
 	}
 	return nil
+}
+
+// pageOutUntil runs MADV_PAGEOUT over b from every CPU in turn (a folio
+// still in another CPU's LRU batch cannot be isolated) until done says
+// the pages are out, four rounds at most.
+func pageOutUntil(b []byte, done func() (bool, error)) (bool, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return false, err
+	}
+	defer unix.SchedSetaffinity(0, &old)
+	for try := range 4 {
+		for cpu := range runtime.NumCPU() {
+			var set unix.CPUSet
+			set.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				return false, fmt.Errorf("sched_setaffinity %d: %w", cpu, err)
+			}
+			if err := unix.Madvise(b, unix.MADV_PAGEOUT); err != nil {
+				return false, fmt.Errorf("MADV_PAGEOUT: %w", err)
+			}
+		}
+		if ok, err := done(); ok || err != nil {
+			return ok, err
+		}
+		time.Sleep(time.Duration(10*(try+1)) * time.Millisecond)
+	}
+	return false, nil
 }
 
 // checkSwapoffUnuse: eight anonymous pages written and collected, p1 and
@@ -1120,4 +1132,101 @@ func pteMappedShmemTHP() ([]byte, uint64, func(), error) {
 		return fail(fmt.Errorf("setup: the 512 PTEs do not map one THP (large=%v, kpageflags %#x, %v)", ok, flags, err))
 	}
 	return mem, pfn0, release, nil
+}
+
+// checkSharedMappedSwapped: a shared mapping made in a tracked mm keeps
+// the pages of folios pinned at that moment (ldt_shared_mapped(), 0022,
+// called from mmap_region()), found by walking the file's page cache; a
+// shmem page swapped out is a value entry there, which the walk must step
+// over ("xa_is_value(folio)) continue;") and go on. A memfd of six small
+// folios (shmem_enabled=never) is mapped as A and written whole; p3 is
+// registered as an io_uring fixed buffer (pinned), and p1 swapped out
+// through A (MADV_PAGEOUT; A's smaps shows the swap). Then B, a second
+// shared mapping of the memfd, is made: its walk meets p1's value entry
+// before p3's pinned folio. B maps nothing yet, so its collection reports
+// exactly the kept p3; after the unpin a clearing collection reports p3
+// once more and the next nothing; p1 comes back from swap intact. Before
+// 0022 (no keep) nothing is reported; a walk that stopped at the value
+// entry would miss p3.
+func checkSharedMappedSwapped() error {
+	const n = 6
+	restore, err := setKnob(shmemEnabledKnob, "never")
+	if err != nil {
+		return fmt.Errorf("needs shmem THP control: %w", err)
+	}
+	defer restore()
+	f, err := attachedSelf()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fd, err := memfdOf("ldt-selftest-swapped", n*pg)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	a, err := unix.Mmap(fd, 0, n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map A: %w", err)
+	}
+	defer unix.Munmap(a)
+	for p := range n {
+		a[p*pg] = byte(p + 1)
+	}
+	r, err := kio.NewRing(4)
+	if err != nil {
+		return fmt.Errorf("no io_uring: %w", err)
+	}
+	defer r.Close()
+	if err := r.Register([][]byte{a[3*pg : 4*pg]}); err != nil {
+		return err
+	}
+	pinned := true
+	defer func() {
+		if pinned {
+			r.Unregister()
+		}
+	}()
+	if err := shmemPageOut(a, 1); err != nil {
+		return err
+	}
+	b, err := unix.Mmap(fd, 0, n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map B: %w", err)
+	}
+	defer unix.Munmap(b)
+	base := uintptr(unsafe.Pointer(&b[0]))
+	end := base + n*pg
+	if err := expect(f, base, end, 0, pageRegions(uint64(base), 3, 4), "B while p3 is pinned (p1 swapped out)"); err != nil {
+		return err
+	}
+	pinned = false
+	if err := r.Unregister(); err != nil {
+		return err
+	}
+	if err := expect(f, base, end, ldt.Clear, pageRegions(uint64(base), 3, 4), "B after the unpin"); err != nil {
+		return err
+	}
+	if err := expect(f, base, end, 0, nil, "B after the clear"); err != nil {
+		return err
+	}
+	if got := b[pg]; got != 2 {
+		return fmt.Errorf("p1 holds %d after its swap-in, want 2", got)
+	}
+	return nil
+}
+
+// shmemPageOut swaps page p of mem, a shared mapping of shmem, out until
+// the mapping's smaps counts it (pagemap shows a swapped-out shmem page
+// as none).
+func shmemPageOut(mem []byte, p int) error {
+	addr := uintptr(unsafe.Pointer(&mem[0]))
+	ok, err := pageOutUntil(mem[p*pg:(p+1)*pg], func() (bool, error) {
+		kb, err := pagemap.SmapsKB(addr, "Swap")
+		return kb >= pg/1024, err
+	})
+	if !ok && err == nil {
+		err = fmt.Errorf("setup: shmem page %d not swapped out by MADV_PAGEOUT (smaps Swap stays 0 kB)", p)
+	}
+	return err
 }
