@@ -84,7 +84,7 @@ func (m *Machine) onClose(name string, undo func() error) {
 // BootBuilt boots an already prepared kernel and image.
 func BootBuilt(ctx context.Context, o Options, kb *kernel.Build, img *rootfs.Image) (_ *Machine, err error) {
 	o.defaults()
-	m := &Machine{Name: o.Name, Kernel: kb, Image: img, log: o.Log,
+	m := &Machine{Name: o.Name, Kernel: kb, Image: img, log: o.Log, memoryMiB: o.MemoryMiB,
 		panic: make(chan struct{}), diskErrC: make(chan struct{})}
 	defer func() {
 		if err != nil {

@@ -95,15 +95,16 @@ func (o *Options) KernelOptions() kernel.Options {
 
 // Machine is a booted guest with a ready channel.
 type Machine struct {
-	Name     string
-	Dir      string
-	Kernel   *kernel.Build
-	Image    *rootfs.Image
-	Accel    accel.Choice
-	Timeouts vm.Timeouts
-	slowdown float64
-	BootTime time.Duration // backend start → agent ready
-	log      io.Writer
+	Name      string
+	Dir       string
+	Kernel    *kernel.Build
+	Image     *rootfs.Image
+	Accel     accel.Choice
+	Timeouts  vm.Timeouts
+	slowdown  float64
+	memoryMiB int
+	BootTime  time.Duration // backend start → agent ready
+	log       io.Writer
 
 	backend vm.Backend
 	inst    vm.Instance
@@ -133,6 +134,9 @@ type Machine struct {
 // kernel runs the same work (4 for sanitize), for limits that are not
 // guest timeouts (a stress run's).
 func (m *Machine) Slowdown() float64 { return m.slowdown }
+
+// MemoryMiB is the guest's memory.
+func (m *Machine) MemoryMiB() int { return m.memoryMiB }
 
 // Instance exposes the backend instance (pause; vm.Process for the pid).
 func (m *Machine) Instance() vm.Instance { return m.inst }

@@ -1,6 +1,8 @@
 package stress
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +18,36 @@ func TestLimit(t *testing.T) {
 	assert.Equal(t, 90*time.Second+3*time.Minute, Limit(o, 1))
 	assert.Equal(t, 90*time.Second+12*time.Minute, Limit(o, 4))
 	assert.Equal(t, Limit(o, 1), Limit(o, 0.25))
+}
+
+// TestSwappingSet: a set that overflows the guest beside its shadow is
+// compared fewer times, says so on its command line, and its limit pays
+// for the comparisons it does make; a set that fits keeps ldt-stress's
+// own epochs and command.
+func TestSwappingSet(t *testing.T) {
+	for _, c := range []struct {
+		name              string
+		pages, guest, sec int
+		epochs            int
+		flag              bool
+		limit             time.Duration
+	}{
+		{"fits", 40000, 768, 8, 8, false, 24*time.Second + 2*time.Minute + 40*time.Second},
+		{"unknown guest", 120000, 0, 8, 8, false, 24*time.Second + 2*time.Minute + 120*time.Second},
+		// 4 min / (120,000 × 0.3 ms = 36 s): 6 comparisons.
+		{"swaps", 120000, 768, 8, 6, true, 24*time.Second + 2*time.Minute + 120*time.Second + 2*6*36*time.Second},
+		{"swaps, short", 120000, 768, 3, 3, false, 9*time.Second + 2*time.Minute + 120*time.Second + 2*3*36*time.Second},
+		// 4 min / 66 s: 3.
+		{"swaps hard", 220000, 768, 40, 3, true, 120*time.Second + 2*time.Minute + 220*time.Second + 2*3*66*time.Second},
+		{"bigger guest", 120000, 2048, 8, 8, false, 24*time.Second + 2*time.Minute + 120*time.Second},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := Options{Duration: time.Duration(c.sec) * time.Second, Pages: c.pages, GuestMiB: c.guest, Seed: 1}
+			assert.Equal(t, c.epochs, Epochs(o))
+			assert.Equal(t, c.flag, strings.Contains(Command("ldt", false, o), fmt.Sprintf(" -epochs %d", c.epochs)))
+			assert.Equal(t, c.limit, Limit(o, 1))
+		})
+	}
 }
 
 func TestJudge(t *testing.T) {

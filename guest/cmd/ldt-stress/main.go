@@ -22,6 +22,7 @@ func main() {
 	flag.IntVar(&o.Writers, "writers", 0, "writer threads (0: one per CPU)")
 	flag.DurationVar(&o.Duration, "duration", 10*time.Second, "how long writers and agitators run")
 	flag.DurationVar(&o.Interval, "interval", 2*time.Millisecond, "pause between collections")
+	flag.IntVar(&o.Epochs, "epochs", 0, "comparisons of the set with its shadow, the duration split evenly (0: one a second)")
 	flag.Uint64Var(&o.Seed, "seed", uint64(time.Now().UnixNano()), "random seed")
 	flag.BoolVar(&o.THP, "thp", false, "let the working set use transparent huge pages")
 	flag.StringVar(&o.MTHP, "mthp", "", "enable this anonymous mTHP size for the run (16kB, 32kB, 64kB, ...; see /sys/kernel/mm/transparent_hugepage)")
