@@ -758,6 +758,19 @@ func (e *executor) write(i int, r *region, p, n int, o Op) {
 	e.done(o.Op)
 }
 
+// wroteWord records in the model that operation i's writer src stored v
+// into word w of page q.
+func (r *region) wroteWord(i, q, w int, v uint64, src string) {
+	st := &r.st[q]
+	if st.lazy {
+		// Discarded or not: the rest of the page is unknown.
+		st.lazy, st.known = false, false
+		st.add(i, "lazyfree")
+	}
+	putWord(r.model[q*pg:], w, v)
+	st.add(i, src)
+}
+
 func putWord(b []byte, w int, v uint64) {
 	*(*uint64)(unsafe.Pointer(&b[w*8])) = v
 }
@@ -786,14 +799,7 @@ func (e *executor) gupWrite(i int, r *region, p, n int, o Op) {
 			continue
 		}
 		did++
-		st := &r.st[q]
-		if st.lazy {
-			// Discarded or not: the rest of the page is unknown.
-			st.lazy, st.known = false, false
-			st.add(i, "lazyfree")
-		}
-		putWord(r.model[q*pg:], w, v)
-		st.add(i, o.Op)
+		r.wroteWord(i, q, w, v, o.Op)
 	}
 	if did > 0 {
 		e.done(o.Op)

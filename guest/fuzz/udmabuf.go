@@ -24,15 +24,9 @@ func (e *executor) udmabufWrite(i int, r *region, p, n int, o Op) {
 	for q := p; q < p+n; q++ {
 		w, v := wordOf(o.V, q), wordVal(o.V, q)
 		putWord(mem[(q-p)*pg:], w, v)
-		st := &r.st[q]
-		if st.lazy {
-			st.lazy, st.known = false, false
-			st.add(i, "lazyfree")
-		}
-		putWord(r.model[q*pg:], w, v)
-		st.add(i, o.Op)
+		r.wroteWord(i, q, w, v, o.Op)
 		if !r.writable(q) {
-			st.pinRO = true
+			r.st[q].pinRO = true
 		}
 	}
 	if o.Arg == "hold" {

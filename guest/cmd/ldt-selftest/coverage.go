@@ -678,7 +678,16 @@ func checkPerfRingReported() error {
 // reports nothing. Without 0022's keep nothing is reported; a full vec
 // that skipped a page or stopped elsewhere fails too.
 func checkSmallVecKept() error {
-	const n = 6
+	return withSmallFolioMemfd("ldt-selftest-kept", smallMemfdPages, smallVecKept)
+}
+
+// smallMemfdPages is the size of small-vec-kept's and
+// shared-mapped-swapped's memfds.
+const smallMemfdPages = 6
+
+// withSmallFolioMemfd runs check with this process tracked and a memfd
+// of n pages in small folios (shmem_enabled=never meanwhile).
+func withSmallFolioMemfd(name string, n int, check func(f *ldt.File, fd int) error) error {
 	restore, err := setKnob(shmemEnabledKnob, "never")
 	if err != nil {
 		return fmt.Errorf("needs shmem THP control: %w", err)
@@ -689,11 +698,16 @@ func checkSmallVecKept() error {
 		return err
 	}
 	defer f.Close()
-	fd, err := memfdOf("ldt-selftest-kept", n*pg)
+	fd, err := memfdOf(name, n*pg)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	return check(f, fd)
+}
+
+func smallVecKept(f *ldt.File, fd int) error {
+	const n = smallMemfdPages
 	res, err := unix.Mmap(-1, 0, 3*hpage, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		return err
@@ -1149,22 +1163,11 @@ func pteMappedShmemTHP() ([]byte, uint64, func(), error) {
 // 0022 (no keep) nothing is reported; a walk that stopped at the value
 // entry would miss p3.
 func checkSharedMappedSwapped() error {
-	const n = 6
-	restore, err := setKnob(shmemEnabledKnob, "never")
-	if err != nil {
-		return fmt.Errorf("needs shmem THP control: %w", err)
-	}
-	defer restore()
-	f, err := attachedSelf()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fd, err := memfdOf("ldt-selftest-swapped", n*pg)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
+	return withSmallFolioMemfd("ldt-selftest-swapped", smallMemfdPages, sharedMappedSwapped)
+}
+
+func sharedMappedSwapped(f *ldt.File, fd int) error {
+	const n = smallMemfdPages
 	a, err := unix.Mmap(fd, 0, n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("map A: %w", err)
