@@ -36,6 +36,7 @@ var coverageChecks = []check{
 	{"collapse-retract", checkCollapseRetract},
 	{"split-zeropage", checkSplitZeropage},
 	{"shared-mapped-swapped", checkSharedMappedSwapped},
+	{"shared-mapped-resched", checkSharedMappedResched},
 }
 
 func init() { checks = append(checks, coverageChecks...) }
@@ -1232,4 +1233,96 @@ func shmemPageOut(mem []byte, p int) error {
 		err = fmt.Errorf("setup: shmem page %d not swapped out by MADV_PAGEOUT (smaps Swap stays 0 kB)", p)
 	}
 	return err
+}
+
+// checkSharedMappedResched: ldt_shared_mapped() walks the whole page
+// cache of a shared mapping made in a tracked mm, and every 4096 folios
+// lets the CPU go if it must ("xas_pause(&xas); rcu_read_unlock();
+// cond_resched();"), then goes on from where it stopped. A 256 MiB memfd
+// in small folios (fallocate; shmem_enabled=never) whose last page is
+// pinned (an io_uring fixed buffer through a one-page mapping) is mapped
+// whole, eight times, while another thread spins on the same CPU, so the
+// scheduler wants the CPU back during the walk. Each mapping must keep
+// the pinned last page, the one the walk reaches last, and nothing else;
+// after the unpin a clearing collection reports it once more and the
+// next nothing. A walk that lost its place at a pause would miss it (or
+// report pages nobody pinned).
+func checkSharedMappedResched() error {
+	const n, maps = 65536, 8
+	return withSmallFolioMemfd("ldt-selftest-resched", n, func(f *ldt.File, fd int) error {
+		if err := unix.Fallocate(fd, 0, 0, n*pg); err != nil {
+			return fmt.Errorf("fallocate the memfd: %w", err)
+		}
+		last, err := unix.Mmap(fd, (n-1)*pg, pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return fmt.Errorf("map the last page: %w", err)
+		}
+		defer unix.Munmap(last)
+		last[0] = 1
+		r, err := kio.NewRing(4)
+		if err != nil {
+			return fmt.Errorf("no io_uring: %w", err)
+		}
+		defer r.Close()
+		if err := r.Register([][]byte{last}); err != nil {
+			return err
+		}
+		pinned := true
+		defer func() {
+			if pinned {
+				r.Unregister()
+			}
+		}()
+		// This thread and a spinner share CPU 0.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var old, cpu0 unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &old); err != nil {
+			return err
+		}
+		defer unix.SchedSetaffinity(0, &old)
+		cpu0.Set(0)
+		if err := unix.SchedSetaffinity(0, &cpu0); err != nil {
+			return fmt.Errorf("sched_setaffinity: %w", err)
+		}
+		var stop atomic.Bool
+		spun := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if err := unix.SchedSetaffinity(0, &cpu0); err != nil {
+				spun <- err
+				return
+			}
+			for !stop.Load() {
+			}
+			spun <- nil
+		}()
+		defer func() {
+			stop.Store(true)
+			<-spun
+		}()
+		for i := range maps {
+			b, err := unix.Mmap(fd, 0, n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				return fmt.Errorf("map %d: %w", i, err)
+			}
+			base := uintptr(unsafe.Pointer(&b[0]))
+			err = expect(f, base, base+n*pg, 0, pageRegions(uint64(base), n-1, n), fmt.Sprintf("mapping %d, the last page pinned", i))
+			if err == nil && i == maps-1 {
+				pinned = false
+				if err = r.Unregister(); err == nil {
+					err = expect(f, base, base+n*pg, ldt.Clear, pageRegions(uint64(base), n-1, n), "the last mapping after the unpin")
+				}
+				if err == nil {
+					err = expect(f, base, base+n*pg, 0, nil, "the last mapping after the clear")
+				}
+			}
+			unix.Munmap(b)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
