@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -733,32 +734,27 @@ func smallVecKept(f *ldt.File, fd int) error {
 		return fmt.Errorf("map B: %w", err)
 	}
 	defer unix.Munmap(mb)
-	r, err := kio.NewRing(4)
-	if err != nil {
-		return fmt.Errorf("no io_uring: %w", err)
-	}
-	defer r.Close()
 	pinned := []int{0, 2, 4}
 	var bufs [][]byte
 	for _, p := range pinned {
 		bufs = append(bufs, mb[p*pg:(p+1)*pg])
 	}
-	if err := r.Register(bufs); err != nil {
+	unpin, err := pinBuffers(bufs)
+	if err != nil {
 		return err
 	}
+	defer unpin()
 	bAddr := uintptr(unsafe.Pointer(&mb[0]))
 	for _, p := range pinned {
 		_, flags, err := pageFlags(bAddr + uintptr(p)*pg)
 		if err != nil {
-			r.Unregister()
 			return fmt.Errorf("setup: B page %d after the registration: %w", p, err)
 		}
 		if flags&(pagemap.KPFCompoundHead|pagemap.KPFCompoundTail) != 0 {
-			r.Unregister()
 			return fmt.Errorf("setup: B page %d is part of a large folio (kpageflags %#x) with shmem_enabled=never", p, flags)
 		}
 	}
-	if err := r.Unregister(); err != nil {
+	if err := unpin(); err != nil {
 		return err
 	}
 	es, err := pagemap.Read(0, a, n)
@@ -1177,20 +1173,11 @@ func sharedMappedSwapped(f *ldt.File, fd int) error {
 	for p := range n {
 		a[p*pg] = byte(p + 1)
 	}
-	r, err := kio.NewRing(4)
+	unpin, err := pinBuffers([][]byte{a[3*pg : 4*pg]})
 	if err != nil {
-		return fmt.Errorf("no io_uring: %w", err)
-	}
-	defer r.Close()
-	if err := r.Register([][]byte{a[3*pg : 4*pg]}); err != nil {
 		return err
 	}
-	pinned := true
-	defer func() {
-		if pinned {
-			r.Unregister()
-		}
-	}()
+	defer unpin()
 	if err := shmemPageOut(a, 1); err != nil {
 		return err
 	}
@@ -1204,8 +1191,7 @@ func sharedMappedSwapped(f *ldt.File, fd int) error {
 	if err := expect(f, base, end, 0, pageRegions(uint64(base), 3, 4), "B while p3 is pinned (p1 swapped out)"); err != nil {
 		return err
 	}
-	pinned = false
-	if err := r.Unregister(); err != nil {
+	if err := unpin(); err != nil {
 		return err
 	}
 	if err := expect(f, base, end, ldt.Clear, pageRegions(uint64(base), 3, 4), "B after the unpin"); err != nil {
@@ -1259,20 +1245,11 @@ func checkSharedMappedResched() error {
 		}
 		defer unix.Munmap(last)
 		last[0] = 1
-		r, err := kio.NewRing(4)
+		unpin, err := pinBuffers([][]byte{last})
 		if err != nil {
-			return fmt.Errorf("no io_uring: %w", err)
-		}
-		defer r.Close()
-		if err := r.Register([][]byte{last}); err != nil {
 			return err
 		}
-		pinned := true
-		defer func() {
-			if pinned {
-				r.Unregister()
-			}
-		}()
+		defer unpin()
 		// This thread and a spinner share CPU 0.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
@@ -1291,38 +1268,71 @@ func checkSharedMappedResched() error {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			if err := unix.SchedSetaffinity(0, &cpu0); err != nil {
-				spun <- err
+				spun <- fmt.Errorf("setup: the spinner's sched_setaffinity: %w", err)
 				return
 			}
 			for !stop.Load() {
 			}
 			spun <- nil
 		}()
-		defer func() {
+		stopSpinner := sync.OnceValue(func() error {
 			stop.Store(true)
-			<-spun
-		}()
-		for i := range maps {
+			return <-spun
+		})
+		defer stopSpinner()
+		// mapped makes mapping i, which must keep the pinned last page and
+		// nothing else.
+		mapped := func(i int) ([]byte, uintptr, error) {
 			b, err := unix.Mmap(fd, 0, n*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 			if err != nil {
-				return fmt.Errorf("map %d: %w", i, err)
+				return nil, 0, fmt.Errorf("map %d: %w", i, err)
 			}
 			base := uintptr(unsafe.Pointer(&b[0]))
-			err = expect(f, base, base+n*pg, 0, pageRegions(uint64(base), n-1, n), fmt.Sprintf("mapping %d, the last page pinned", i))
-			if err == nil && i == maps-1 {
-				pinned = false
-				if err = r.Unregister(); err == nil {
-					err = expect(f, base, base+n*pg, ldt.Clear, pageRegions(uint64(base), n-1, n), "the last mapping after the unpin")
-				}
-				if err == nil {
-					err = expect(f, base, base+n*pg, 0, nil, "the last mapping after the clear")
-				}
+			if err := expect(f, base, base+n*pg, 0, pageRegions(uint64(base), n-1, n), fmt.Sprintf("mapping %d, the last page pinned", i)); err != nil {
+				unix.Munmap(b)
+				return nil, 0, err
 			}
-			unix.Munmap(b)
+			return b, base, nil
+		}
+		for i := range maps - 1 {
+			b, _, err := mapped(i)
 			if err != nil {
 				return err
 			}
+			unix.Munmap(b)
 		}
-		return nil
+		b, base, err := mapped(maps - 1)
+		if err != nil {
+			return err
+		}
+		defer unix.Munmap(b)
+		if err := stopSpinner(); err != nil {
+			return err
+		}
+		if err := unpin(); err != nil {
+			return err
+		}
+		if err := expect(f, base, base+n*pg, ldt.Clear, pageRegions(uint64(base), n-1, n), "the last mapping after the unpin"); err != nil {
+			return err
+		}
+		return expect(f, base, base+n*pg, 0, nil, "the last mapping after the clear")
 	})
+}
+
+// pinBuffers registers bufs as io_uring fixed buffers: FOLL_PIN |
+// FOLL_LONGTERM pins, held until unpin drops them and closes the ring.
+// unpin acts once; defer it for the error paths.
+func pinBuffers(bufs [][]byte) (unpin func() error, err error) {
+	r, err := kio.NewRing(4)
+	if err != nil {
+		return nil, fmt.Errorf("no io_uring: %w", err)
+	}
+	if err := r.Register(bufs); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return sync.OnceValue(func() error {
+		defer r.Close()
+		return r.Unregister()
+	}), nil
 }

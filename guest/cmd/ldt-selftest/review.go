@@ -200,26 +200,7 @@ func checkEfaultPartialVec() error {
 func checkEfaultReadonlyArg() error {
 	const n = 64
 	return withSelf(n, func(f *ldt.File, m *mapping) error {
-		page, err := unix.Mmap(-1, 0, pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-		if err != nil {
-			return err
-		}
-		defer unix.Munmap(page)
-		vec := make([]ldt.Region, n)
-		arg := (*ldt.CollectArg)(unsafe.Pointer(&page[0]))
-		*arg = ldt.CollectArg{Size: f.ArgSize(), Flags: uint64(ldt.Clear), Start: uint64(m.base),
-			End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: n}
-		if err := unix.Mprotect(page, unix.PROT_READ); err != nil {
-			return err
-		}
-		for p := range n {
-			m.write(p)
-		}
-		_, err = f.CollectRaw(arg)
-		if err := wantErrno(err, unix.EFAULT, "collect with a read-only argument"); err != nil {
-			return err
-		}
-		return expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "after the EFAULT")
+		return collectEfaults(f, m, n, 0, 0, f.ArgSize(), "collect with a read-only argument")
 	})
 }
 
@@ -234,28 +215,36 @@ func checkEfaultReadonlyCounts() error {
 		if f.ArgSize() != ldt.SizeofCollectArg {
 			return skipf("the kernel has no counts (a series before 0026)")
 		}
-		two, err := unix.Mmap(-1, 0, 2*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-		if err != nil {
-			return err
-		}
-		defer unix.Munmap(two)
-		vec := make([]ldt.Region, n)
 		off := pg - int(unsafe.Offsetof(ldt.CollectArg{}.Visited))
-		arg := (*ldt.CollectArg)(unsafe.Pointer(&two[off]))
-		*arg = ldt.CollectArg{Size: ldt.SizeofCollectArg, Flags: uint64(ldt.Clear), Start: uint64(m.base),
-			End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: n}
-		if err := unix.Mprotect(two[pg:], unix.PROT_READ); err != nil {
-			return err
-		}
-		for p := range n {
-			m.write(p)
-		}
-		_, err = f.CollectRaw(arg)
-		if err := wantErrno(err, unix.EFAULT, "collect with read-only counts"); err != nil {
-			return err
-		}
-		return expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "after the EFAULT")
+		return collectEfaults(f, m, n, off, pg, ldt.SizeofCollectArg, "collect with read-only counts")
 	})
+}
+
+// collectEfaults puts a collect+clear of m's n written pages (struct
+// ldt_collect of size bytes) at byte off of two fresh pages, makes them
+// read-only from byte ro on, and collects: the call must fail with EFAULT
+// and clear nothing, so the next collection reports every page.
+func collectEfaults(f *ldt.File, m *mapping, n, off, ro int, size uint64, what string) error {
+	two, err := unix.Mmap(-1, 0, 2*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(two)
+	vec := make([]ldt.Region, n)
+	arg := (*ldt.CollectArg)(unsafe.Pointer(&two[off]))
+	*arg = ldt.CollectArg{Size: size, Flags: uint64(ldt.Clear), Start: uint64(m.base),
+		End: uint64(m.end()), Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: uint64(n)}
+	if err := unix.Mprotect(two[ro:], unix.PROT_READ); err != nil {
+		return err
+	}
+	for p := range n {
+		m.write(p)
+	}
+	_, err = f.CollectRaw(arg)
+	if err := wantErrno(err, unix.EFAULT, what); err != nil {
+		return err
+	}
+	return expect(f, m.base, m.end(), ldt.Clear, pageRegions(uint64(m.base), 0, n), "after the EFAULT")
 }
 
 // kpageflags of the page mapped at addr (needs root): the folio structure.
